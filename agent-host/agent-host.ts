@@ -1,0 +1,357 @@
+import * as grpc from '@grpc/grpc-js';
+import retry from 'retry';
+import type { Clock } from '../common/clock.js';
+import { FailedPreconditionError } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import { isRefusal, PROTOCOL_VERSION, REFUSAL_METADATA_KEY, type Refusal } from '../common/protocol.js';
+import { StreamWriter } from '../common/stream-writer.js';
+import type { Credential, Label } from '../gen/tether/v1/common.js';
+import {
+  HostServiceClient,
+  type ControlMessage,
+  type HostMessage,
+  type StartAgent,
+  type TokenRotated,
+  type Welcome,
+} from '../gen/tether/v1/host.js';
+import { AgentHostEvents } from './events.js';
+import type { HostCredentialStore } from './host-credential-store.js';
+import { HostedAgent } from './hosted-agent.js';
+import type { AgentModule } from './tools/agent-module.js';
+import { assertPlaintextAllowed } from './tools/loopback.js';
+
+/** The host software's version, sent in Hello. */
+export const HOST_VERSION = '0.1.0';
+
+/** Options of {@link AgentHost}. */
+export interface AgentHostOptions {
+  /** The control plane, `host:port`. */
+  target: string;
+  clock: Clock;
+  logger: Logger;
+  /** Where the host keeps its own credential. */
+  credentialStore: HostCredentialStore;
+  /** `ID.SECRET`, used only while the store holds no credential. */
+  joinToken?: string;
+  /** TLS channel credentials; without them, plaintext to loopback only. */
+  channelCredentials?: grpc.ChannelCredentials;
+  channelOptions?: grpc.ChannelOptions;
+  /** Module agents this host can run, by name. */
+  modules?: ReadonlyMap<string, AgentModule>;
+  /** Commands process agents may run. */
+  allowedCommands?: readonly string[];
+  /** Agents this host will run; 0 for no limit. */
+  capacity?: number;
+  labels?: readonly Label[];
+  /** Reconnect backoff: about 0.5 s doubling to 30 s, jittered. */
+  reconnectMinDelayMs?: number;
+  reconnectMaxDelayMs?: number;
+  /** Transport keepalive ping interval. Production: no faster than 30 s. */
+  keepaliveTimeMs?: number;
+  keepaliveTimeoutMs?: number;
+}
+
+/**
+ * The host's lifecycle:
+ * - `connecting`: opening the stream, or waiting to retry.
+ * - `connected`: Welcome received; envelopes flow.
+ * - `refused`: the control plane refused this host for good; it does no more.
+ * - `closed`: `close()` was called; agents stopped, stream and channel closed.
+ */
+export type AgentHostState = 'connecting' | 'connected' | 'refused' | 'closed';
+
+/** How the host's connection loop ended. */
+export interface HostExit {
+  refusal?: Refusal;
+  details?: string;
+}
+
+/** What happened to one stream. */
+interface StreamOutcome {
+  isWelcomed: boolean;
+  code: number;
+  details: string;
+  refusal: Refusal | undefined;
+}
+
+/**
+ * An agent host: keeps one stream open to the control plane, starts the agents
+ * it is told to, applies each rotated credential to that agent's own holder, and
+ * reconnects with jittered backoff when the stream is lost (its agents keep
+ * running with their current tokens meanwhile).
+ */
+export class AgentHost {
+  /** What happens, as it happens. */
+  readonly events = new AgentHostEvents();
+  /** Settles when the connection loop ends (refused or closed). */
+  readonly done: Promise<HostExit>;
+  readonly #options: AgentHostOptions;
+  readonly #logger: Logger;
+  readonly #channel: grpc.Channel;
+  readonly #client: HostServiceClient;
+  readonly #agents = new Map<string, HostedAgent>();
+  readonly #closing = new AbortController();
+  #state: AgentHostState = 'connecting';
+  #hostId = '';
+  #epoch = '';
+  #heartbeatIntervalMs = 30_000;
+  #writer: StreamWriter<HostMessage> | undefined;
+  #call: grpc.ClientDuplexStream<HostMessage, ControlMessage> | undefined;
+
+  private constructor(options: AgentHostOptions) {
+    this.#options = options;
+    this.#logger = options.logger.child({ component: 'agent-host' });
+    if (options.channelCredentials === undefined) assertPlaintextAllowed(options.target);
+    const keepaliveTimeMs = options.keepaliveTimeMs ?? 30_000;
+    const channelOptions: grpc.ChannelOptions = {
+      'grpc.keepalive_time_ms': keepaliveTimeMs,
+      'grpc.keepalive_timeout_ms': options.keepaliveTimeoutMs ?? 10_000,
+      'grpc.keepalive_permit_without_calls': 1,
+      // Match the channel's own reconnect backoff to ours (grpc-js defaults to 1 s ×1.6 up to 120 s).
+      'grpc.initial_reconnect_backoff_ms': options.reconnectMinDelayMs ?? 500,
+      'grpc.max_reconnect_backoff_ms': options.reconnectMaxDelayMs ?? 30_000,
+      ...options.channelOptions,
+    };
+    this.#channel = new grpc.Channel(options.target, options.channelCredentials ?? grpc.credentials.createInsecure(), channelOptions);
+    this.#client = new HostServiceClient(options.target, options.channelCredentials ?? grpc.credentials.createInsecure(), {
+      channelOverride: this.#channel,
+    });
+    this.done = this.#run();
+  }
+
+  /** Starts a host; it connects in the background. */
+  static start(options: AgentHostOptions): AgentHost {
+    return new AgentHost(options);
+  }
+
+  /** The host's state. */
+  get state(): AgentHostState {
+    return this.#state;
+  }
+
+  /** The host's id, once welcomed. */
+  get hostId(): string {
+    return this.#hostId;
+  }
+
+  /** The ids of the agents running here. */
+  agentIds(): string[] {
+    return [...this.#agents.keys()];
+  }
+
+  /** An agent's credential generation and expiry, if it runs here. */
+  agentCredential(agentId: string): { generation: number; expiresAtMs: number } | undefined {
+    const agent = this.#agents.get(agentId);
+    return agent === undefined ? undefined : { generation: agent.holder.generation, expiresAtMs: agent.holder.expiresAtMs };
+  }
+
+  /**
+   * Shuts down gracefully: stops every agent (their AgentEvents flushed on the
+   * stream), closes the stream, then the channel. Idempotent.
+   */
+  async close(): Promise<void> {
+    if (this.#state === 'closed') return;
+    const wasRefused = this.#state === 'refused';
+    this.#state = 'closed';
+    await this.#stopAllAgents('host shutting down');
+    this.#closing.abort();
+    if (!wasRefused) {
+      this.#call?.end();
+      this.#call?.cancel();
+    }
+    await this.done;
+    this.#client.close();
+    this.#channel.close();
+  }
+
+  async #run(): Promise<HostExit> {
+    const { clock } = this.#options;
+    const signal = this.#closing.signal;
+    let attempt = 0;
+    while (!signal.aborted) {
+      const outcome = await this.#stream();
+      if (signal.aborted) break;
+      if (outcome.refusal !== undefined) {
+        this.#state = 'refused';
+        this.#logger.error({ refusal: outcome.refusal, details: outcome.details }, 'control plane refused this host for good');
+        this.events.emit('refused', { refusal: outcome.refusal, details: outcome.details });
+        await this.#stopAllAgents(`host refused: ${outcome.refusal}`);
+        return { refusal: outcome.refusal, details: outcome.details };
+      }
+      this.#state = 'connecting';
+      if (outcome.isWelcomed) attempt = 0;
+      const delayMs = retry.createTimeout(attempt, {
+        factor: 2,
+        minTimeout: this.#options.reconnectMinDelayMs ?? 500,
+        maxTimeout: this.#options.reconnectMaxDelayMs ?? 30_000,
+        randomize: true,
+      });
+      attempt = Math.min(attempt + 1, 30);
+      this.#logger.info({ code: outcome.code, details: outcome.details, delayMs }, 'stream lost; reconnecting');
+      this.events.emit('disconnected', { code: outcome.code, details: outcome.details });
+      await clock.sleep(delayMs, signal);
+    }
+    return {};
+  }
+
+  /** Runs one stream to its end. */
+  async #stream(): Promise<StreamOutcome> {
+    const metadata = new grpc.Metadata();
+    const stored = await this.#options.credentialStore.load();
+    if (stored !== undefined) metadata.set('authorization', `Bearer ${stored.token}`);
+    else if (this.#options.joinToken !== undefined) metadata.set('authorization', `Join ${this.#options.joinToken}`);
+    else return { isWelcomed: false, code: grpc.status.UNAUTHENTICATED, details: 'no host credential and no join token', refusal: 'unknown-host' };
+
+    const call = this.#client.connect(metadata);
+    this.#call = call;
+    const writer = new StreamWriter<HostMessage>(call);
+    this.#writer = writer;
+    let isWelcomed = false;
+    let chain = Promise.resolve();
+    call.on('data', (message: ControlMessage) => {
+      if (message.welcome !== undefined) isWelcomed = true;
+      chain = chain
+        .then(() => this.#onMessage(writer, message))
+        .catch((err: unknown) => this.#logger.error({ err }, 'failed to handle an envelope'));
+    });
+    writer.write({
+      hello: {
+        protocolVersion: PROTOCOL_VERSION,
+        version: HOST_VERSION,
+        capacity: this.#options.capacity ?? 0,
+        labels: [...(this.#options.labels ?? [])],
+        allowedCommands: [...(this.#options.allowedCommands ?? [])],
+        modules: [...(this.#options.modules?.keys() ?? [])],
+        running: [...this.#agents.values()].map((agent) => ({
+          agentId: agent.agentId,
+          incarnation: agent.incarnation,
+          epoch: this.#epoch,
+          lastSeq: 0,
+          generation: agent.holder.generation,
+        })),
+      },
+    });
+    const outcome = await new Promise<StreamOutcome>((resolve) => {
+      call.on('error', () => undefined);
+      call.on('status', (status: grpc.StatusObject) => {
+        const refusal = status.metadata.get(REFUSAL_METADATA_KEY)[0];
+        resolve({
+          isWelcomed,
+          code: status.code,
+          details: status.details,
+          refusal: status.code !== grpc.status.OK && isRefusal(refusal) ? refusal : undefined,
+        });
+      });
+    });
+    writer.close();
+    if (this.#writer === writer) this.#writer = undefined;
+    await chain;
+    return outcome;
+  }
+
+  async #onMessage(writer: StreamWriter<HostMessage>, message: ControlMessage): Promise<void> {
+    if (message.welcome !== undefined) await this.#onWelcome(writer, message.welcome);
+    else if (message.startAgent !== undefined) await this.#onStartAgent(writer, message.startAgent);
+    else if (message.tokenRotated !== undefined) await this.#onTokenRotated(writer, message.tokenRotated);
+    else if (message.stopAgent !== undefined) await this.#onStopAgent(writer, message.stopAgent.agentId, message.stopAgent.reason);
+    else if (message.ping !== undefined) writer.write({ pong: { pingTimeMs: message.ping.timeMs, timeMs: this.#options.clock.now() } });
+    else if (message.reject !== undefined) {
+      const { what, agentId, reason } = message.reject;
+      this.#logger.warn({ what, agentId, reason }, 'control plane rejected an envelope');
+      this.events.emit('reject', { what, agentId, reason });
+    }
+  }
+
+  async #onWelcome(writer: StreamWriter<HostMessage>, welcome: Welcome): Promise<void> {
+    this.#hostId = welcome.hostId;
+    this.#epoch = welcome.epoch;
+    if (welcome.heartbeatIntervalMs > 0) this.#heartbeatIntervalMs = welcome.heartbeatIntervalMs;
+    if (welcome.hostCredential !== undefined) await this.#storeHostCredential(writer, welcome.hostCredential);
+    this.#state = 'connected';
+    this.#logger.info({ hostId: welcome.hostId, sessionId: welcome.sessionId, epoch: welcome.epoch }, 'connected to control plane');
+    this.events.emit('connected', { hostId: welcome.hostId, sessionId: welcome.sessionId, epoch: welcome.epoch });
+  }
+
+  async #storeHostCredential(writer: StreamWriter<HostMessage>, credential: Credential): Promise<void> {
+    await this.#options.credentialStore.save(credential);
+    writer.write({ ack: { agentId: '', generation: credential.generation, ok: true, error: '' } });
+    this.#logger.info({ gen: credential.generation, jti: credential.tokenId, kid: credential.keyId, exp: credential.expiresAtMs }, 'host credential stored');
+    this.events.emit('host-credential', { generation: credential.generation, expiresAtMs: credential.expiresAtMs });
+  }
+
+  async #onStartAgent(writer: StreamWriter<HostMessage>, start: StartAgent): Promise<void> {
+    const existing = this.#agents.get(start.agentId);
+    if (existing !== undefined) {
+      if (existing.incarnation === start.incarnation) return;
+      await this.#stopAgent(existing, 'superseded by a newer incarnation');
+    }
+    const spec = start.spec;
+    const module = spec?.kind === 'module' ? this.#options.modules?.get(spec.module) : undefined;
+    try {
+      if (module === undefined) throw new FailedPreconditionError(`cannot run a ${spec?.kind ?? 'missing'} agent named ${spec?.module ?? spec?.command ?? ''}`);
+      const agent = await HostedAgent.start({
+        start,
+        epoch: this.#epoch,
+        module,
+        clock: this.#options.clock,
+        logger: this.#options.logger,
+        channel: this.#channel,
+        target: this.#options.target,
+        heartbeatIntervalMs: () => this.#heartbeatIntervalMs,
+        onHeartbeat: (result) => this.events.emit('heartbeat', { agentId: start.agentId, ...result }),
+      });
+      if (this.#state === 'closed' || this.#state === 'refused') {
+        await agent.stop();
+        return;
+      }
+      this.#agents.set(start.agentId, agent);
+      writer.write({ agentEvent: { agentId: start.agentId, state: 'started', detail: '', incarnation: start.incarnation } });
+      this.#logger.info({ agentId: start.agentId, incarnation: start.incarnation, gen: agent.holder.generation }, 'agent started');
+      this.events.emit('agent-started', { agentId: start.agentId, incarnation: start.incarnation, credentials: agent.holder.readOnly() });
+    } catch (err) {
+      this.#logger.error({ err, agentId: start.agentId }, 'agent failed to start');
+      writer.write({ agentEvent: { agentId: start.agentId, state: 'failed', detail: err instanceof Error ? err.message : 'failed to start', incarnation: start.incarnation } });
+    }
+  }
+
+  async #onTokenRotated(writer: StreamWriter<HostMessage>, rotated: TokenRotated): Promise<void> {
+    const credential = rotated.credential;
+    if (credential === undefined) return;
+    if (rotated.agentId === '') {
+      await this.#storeHostCredential(writer, credential);
+      return;
+    }
+    const agent = this.#agents.get(rotated.agentId);
+    if (agent === undefined) return;
+    const result = agent.holder.apply(credential, this.#epoch);
+    writer.write({ ack: { agentId: rotated.agentId, generation: credential.generation, ok: result !== 'revoked', error: result === 'revoked' ? 'agent stopped' : '' } });
+    if (result === 'applied') {
+      this.#logger.debug({ agentId: rotated.agentId, gen: credential.generation, jti: credential.tokenId, kid: credential.keyId, exp: credential.expiresAtMs }, 'credential rotated');
+      this.events.emit('rotation-applied', { agentId: rotated.agentId, generation: credential.generation });
+    }
+  }
+
+  async #onStopAgent(writer: StreamWriter<HostMessage>, agentId: string, reason: string): Promise<void> {
+    const agent = this.#agents.get(agentId);
+    if (agent === undefined) return;
+    await this.#stopAgent(agent, reason);
+    writer.write({ agentEvent: { agentId, state: 'stopped', detail: reason, incarnation: agent.incarnation } });
+  }
+
+  async #stopAgent(agent: HostedAgent, reason: string): Promise<void> {
+    if (this.#agents.get(agent.agentId) === agent) this.#agents.delete(agent.agentId);
+    await agent.stop();
+    this.#logger.info({ agentId: agent.agentId, reason }, 'agent stopped');
+    this.events.emit('agent-stopped', { agentId: agent.agentId, reason });
+  }
+
+  async #stopAllAgents(reason: string): Promise<void> {
+    const agents = [...this.#agents.values()];
+    await Promise.all(
+      agents.map(async (agent) => {
+        await this.#stopAgent(agent, reason);
+        this.#writer?.write({ agentEvent: { agentId: agent.agentId, state: 'stopped', detail: reason, incarnation: agent.incarnation } });
+      }),
+    );
+  }
+}

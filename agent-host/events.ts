@@ -1,0 +1,28 @@
+import { EventEmitter } from 'node:events';
+import type { Refusal } from '../common/protocol.js';
+import type { ReadOnlyCredentials } from './tools/credential-source.js';
+
+/** What an agent host reports as it happens; no event carries a token. */
+export interface AgentHostEventMap {
+  /** Welcome received. */
+  connected: [{ hostId: string; sessionId: string; epoch: string }];
+  /** The stream ended; the host will reconnect unless refused or closing. */
+  disconnected: [{ code: number; details: string }];
+  /** The control plane refused the host for good. */
+  refused: [{ refusal: Refusal; details: string }];
+  /** An agent was started. `credentials` is its read-only view. */
+  'agent-started': [{ agentId: string; incarnation: number; credentials: ReadOnlyCredentials }];
+  /** An agent stopped. */
+  'agent-stopped': [{ agentId: string; reason: string }];
+  /** A rotated credential was applied to an agent's holder. */
+  'rotation-applied': [{ agentId: string; generation: number }];
+  /** The host's own credential was stored. */
+  'host-credential': [{ generation: number; expiresAtMs: number }];
+  /** One heartbeat finished. */
+  heartbeat: [{ agentId: string; isOk: boolean; generation: number; error?: Error }];
+  /** The control plane refused one envelope. */
+  reject: [{ what: string; agentId: string; reason: string }];
+}
+
+/** A typed emitter of {@link AgentHostEventMap}. */
+export class AgentHostEvents extends EventEmitter<AgentHostEventMap> {}

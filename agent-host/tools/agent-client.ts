@@ -1,0 +1,113 @@
+import * as grpc from '@grpc/grpc-js';
+import { status } from '@grpc/grpc-js';
+import {
+  AgentServiceClient as GeneratedAgentServiceClient,
+  type HeartbeatResponse,
+  type WhoAmIResponse,
+} from '../../gen/tether/v1/agent.js';
+import { bearerInterceptor } from './call-credentials.js';
+import type { CredentialSource } from './credential-source.js';
+import { assertPlaintextAllowed } from './loopback.js';
+import { fromServiceError, isServiceError } from './service-errors.js';
+
+/** Options of {@link AgentClient}. */
+export interface AgentClientOptions {
+  /** The control plane, `host:port`. */
+  target: string;
+  /** Where the agent's token is read at each call. */
+  source: CredentialSource;
+  /** TLS channel credentials. Without them the channel is plaintext, allowed to loopback only. */
+  channelCredentials?: grpc.ChannelCredentials;
+  channelOptions?: grpc.ChannelOptions;
+  /** @internal Share an existing channel (the host's); the client then does not close it. */
+  channel?: grpc.Channel;
+  /** Per-call deadline. Default 30 s. */
+  deadlineMs?: number;
+}
+
+/** Per-call options. */
+export interface CallOptions {
+  signal?: AbortSignal;
+}
+
+/**
+ * A typed client of `AgentService` that calls as one agent. It reads the token
+ * from its source at each call; on UNAUTHENTICATED it re-reads the source and
+ * retries once (a rotation may have raced the call), never more.
+ */
+export class AgentClient {
+  readonly #client: GeneratedAgentServiceClient;
+  readonly #deadlineMs: number;
+  readonly #isChannelOwned: boolean;
+
+  constructor(options: AgentClientOptions) {
+    if (options.channel === undefined && options.channelCredentials === undefined) assertPlaintextAllowed(options.target);
+    this.#client = new GeneratedAgentServiceClient(
+      options.target,
+      options.channelCredentials ?? grpc.credentials.createInsecure(),
+      {
+        ...options.channelOptions,
+        interceptors: [bearerInterceptor(options.source)],
+        ...(options.channel === undefined ? {} : { channelOverride: options.channel }),
+      },
+    );
+    this.#deadlineMs = options.deadlineMs ?? 30_000;
+    this.#isChannelOwned = options.channel === undefined;
+  }
+
+  /** Tells the control plane `agentId` (which must be this agent) is alive. */
+  heartbeat(agentId: string, options: CallOptions = {}): Promise<HeartbeatResponse> {
+    return this.#call((done) => (metadata, callOptions) => this.#client.heartbeat({ agentId }, metadata, callOptions, done), options);
+  }
+
+  /** What the control plane sees in this agent's token. */
+  whoAmI(options: CallOptions = {}): Promise<WhoAmIResponse> {
+    return this.#call((done) => (metadata, callOptions) => this.#client.whoAmI({}, metadata, callOptions, done), options);
+  }
+
+  /** Closes the channel if this client made it. Idempotent. */
+  close(): void {
+    if (this.#isChannelOwned) this.#client.close();
+  }
+
+  async #call<T>(
+    start: (done: (err: grpc.ServiceError | null, response: T) => void) => (metadata: grpc.Metadata, options: grpc.CallOptions) => grpc.ClientUnaryCall,
+    options: CallOptions,
+  ): Promise<T> {
+    try {
+      return await this.#once(start, options);
+    } catch (err) {
+      if (!isServiceError(err) || err.code !== status.UNAUTHENTICATED || options.signal?.aborted === true) throw fromServiceError(err);
+    }
+    try {
+      return await this.#once(start, options);
+    } catch (err) {
+      throw fromServiceError(err);
+    }
+  }
+
+  #once<T>(
+    start: (done: (err: grpc.ServiceError | null, response: T) => void) => (metadata: grpc.Metadata, options: grpc.CallOptions) => grpc.ClientUnaryCall,
+    options: CallOptions,
+  ): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const signal = options.signal;
+      if (signal?.aborted === true) {
+        reject(new DOMException('aborted', 'AbortError'));
+        return;
+      }
+      const onAbort = (): void => call.cancel();
+      const call = start((err, response) => {
+        signal?.removeEventListener('abort', onAbort);
+        if (err !== null) reject(err);
+        else resolve(response);
+      })(new grpc.Metadata(), { deadline: deadlineAfter(this.#deadlineMs) });
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+}
+
+/** A grpc-js deadline `ms` from now. grpc-js measures deadlines on the real clock itself. */
+function deadlineAfter(ms: number): grpc.Deadline {
+  return new Date(performance.timeOrigin + performance.now() + ms);
+}

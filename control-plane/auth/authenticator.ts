@@ -1,0 +1,68 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { Metadata } from '@grpc/grpc-js';
+import { UnauthenticatedError } from '../../common/errors.js';
+import type { TokenClaims } from '../tokens/token-kinds.js';
+import type { TokenVerifier } from '../tokens/token-verifier.js';
+
+/** An `authorization` header's scheme and credential. */
+export interface PresentedCredential {
+  scheme: 'bearer' | 'join';
+  credential: string;
+}
+
+/** Reads `authorization: Bearer <token>` (or `Join <ID.SECRET>`); throws if absent or malformed. */
+export function presentedCredential(metadata: Metadata): PresentedCredential {
+  const values = metadata.get('authorization');
+  if (values.length !== 1 || typeof values[0] !== 'string') throw new UnauthenticatedError('missing authorization');
+  const match = /^(Bearer|Join) ([\x21-\x7e]+)$/i.exec(values[0].trim());
+  if (match === null) throw new UnauthenticatedError('malformed authorization');
+  const scheme = match[1]?.toLowerCase() === 'join' ? 'join' : 'bearer';
+  return { scheme, credential: match[2] ?? '' };
+}
+
+/** Hashes a secret for constant-time comparison (equal-length digests, whatever the inputs). */
+export function secretDigest(secret: string): Buffer {
+  return createHash('sha256').update(secret, 'utf8').digest();
+}
+
+/** Options of {@link Authenticator}. */
+export interface AuthenticatorOptions {
+  verifier: TokenVerifier;
+  /** The operator's secret; compared in constant time, never logged. */
+  adminToken: string;
+}
+
+/**
+ * Decides who is calling. Each principal is accepted by exactly one service:
+ * the admin token by AdminService, agent tokens by AgentService, host tokens by
+ * HostService.Connect. Identity comes from the verified token, never a request.
+ */
+export class Authenticator {
+  readonly #verifier: TokenVerifier;
+  readonly #adminDigest: Buffer;
+
+  constructor(options: AuthenticatorOptions) {
+    this.#verifier = options.verifier;
+    this.#adminDigest = secretDigest(options.adminToken);
+  }
+
+  /** Throws unless the call carries the admin token. */
+  admin(metadata: Metadata): void {
+    const presented = presentedCredential(metadata);
+    if (presented.scheme !== 'bearer' || !timingSafeEqual(secretDigest(presented.credential), this.#adminDigest)) {
+      throw new UnauthenticatedError('not the admin token');
+    }
+  }
+
+  /** The verified claims of the agent token the call carries. */
+  async agent(metadata: Metadata): Promise<TokenClaims> {
+    const presented = presentedCredential(metadata);
+    if (presented.scheme !== 'bearer') throw new UnauthenticatedError('malformed authorization');
+    return this.#verifier.verify(presented.credential, 'agent');
+  }
+
+  /** The verified claims of a host token. */
+  async host(token: string): Promise<TokenClaims> {
+    return this.#verifier.verify(token, 'host');
+  }
+}

@@ -1,0 +1,313 @@
+import { randomInt } from 'node:crypto';
+import { createServer, type Server as HttpServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
+import type { Clock } from '../common/clock.js';
+import { InvalidArgumentError } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import { AdminServiceService } from '../gen/tether/v1/admin.js';
+import { AgentServiceService } from '../gen/tether/v1/agent.js';
+import { HostServiceService, type HostServiceServer } from '../gen/tether/v1/host.js';
+import { AgentManager } from './agents/agent-manager.js';
+import { Authenticator } from './auth/authenticator.js';
+import { ControlPlaneEvents } from './events.js';
+import { HostService } from './hosts/host-service.js';
+import { HostSessions } from './hosts/host-session.js';
+import { adminService } from './services/admin-service.js';
+import { agentService } from './services/agent-service.js';
+import { HeartbeatLedger } from './services/heartbeat-ledger.js';
+import type { Store } from './store/store.js';
+import { SigningKeyRing } from './tokens/signing-keys.js';
+import { TokenIssuer } from './tokens/token-issuer.js';
+import { TokenVerifier } from './tokens/token-verifier.js';
+
+const PROTO_ROOT = fileURLToPath(new URL('../proto', import.meta.url));
+const PROTO_FILES = ['tether/v1/common.proto', 'tether/v1/host.proto', 'tether/v1/agent.proto', 'tether/v1/admin.proto'];
+
+/** Options of {@link ControlPlane}; all but the first four have defaults. */
+export interface ControlPlaneOptions {
+  store: Store;
+  clock: Clock;
+  logger: Logger;
+  /** The operator's secret (from the environment or a file, never argv). */
+  adminToken: string;
+  /** gRPC listen address, `host:port`; port 0 picks one. Default `127.0.0.1:7443`. */
+  address?: string;
+  /** HTTP listen address for `/.well-known/jwks.json`; undefined: none. */
+  httpAddress?: string;
+  /** PEM certificate and key: serve TLS. */
+  tls?: { certPem: Buffer; keyPem: Buffer };
+  /** Allow plaintext on a non-loopback address. */
+  isInsecureAllowed?: boolean;
+  issuer?: string;
+  audience?: string;
+  agentTokenTtlMs?: number;
+  hostTokenTtlMs?: number;
+  joinTokenTtlMs?: number;
+  clockToleranceMs?: number;
+  heartbeatIntervalMs?: number;
+  isRotationEnabled?: boolean;
+  maxRotationsPerSecond?: number;
+  /** Uniform in [0, 1): rotation jitter. */
+  random?: () => number;
+  /** Keepalive ping interval towards hosts. Production: no faster than 30 s. */
+  keepaliveTimeMs?: number;
+  keepaliveTimeoutMs?: number;
+  maxPayloadBytes?: number;
+  deliveryWindow?: number;
+}
+
+/** Loopback host names and addresses: the only places plaintext is allowed by default. */
+export function isLoopbackHost(host: string): boolean {
+  const bare = host.replace(/^\[|\]$/g, '');
+  return bare === 'localhost' || bare === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(bare);
+}
+
+/** Splits `host:port` (IPv6 in brackets). */
+export function splitHostPort(address: string): { host: string; port: number } {
+  const match = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(address);
+  if (match === null) throw new InvalidArgumentError(`address must be host:port, got ${address}`);
+  return { host: match[1] ?? '', port: Number(match[2]) };
+}
+
+/**
+ * A running control plane: gRPC (HostService, AgentService, AdminService,
+ * Health, reflection) and, optionally, HTTP for the JWKS. Build with
+ * {@link ControlPlane.start}; `close()` stops it.
+ */
+export class ControlPlane {
+  /** What happens, as it happens (for observers and tests). */
+  readonly events: ControlPlaneEvents;
+  /** The bound gRPC port. */
+  readonly port: number;
+  /** The bound HTTP port (0 when there is no HTTP listener). */
+  readonly httpPort: number;
+  readonly #server: grpc.Server;
+  readonly #http: HttpServer | undefined;
+  readonly #agents: AgentManager;
+  readonly #hosts: HostService;
+  readonly #sessions: HostSessions;
+  readonly #verifier: TokenVerifier;
+  readonly #issuer: TokenIssuer;
+  readonly #keys: SigningKeyRing;
+  readonly #logger: Logger;
+  #closing: Promise<void> | undefined;
+
+  private constructor(parts: {
+    events: ControlPlaneEvents;
+    port: number;
+    httpPort: number;
+    server: grpc.Server;
+    http: HttpServer | undefined;
+    agents: AgentManager;
+    hosts: HostService;
+    sessions: HostSessions;
+    verifier: TokenVerifier;
+    issuer: TokenIssuer;
+    keys: SigningKeyRing;
+    logger: Logger;
+  }) {
+    this.events = parts.events;
+    this.port = parts.port;
+    this.httpPort = parts.httpPort;
+    this.#server = parts.server;
+    this.#http = parts.http;
+    this.#agents = parts.agents;
+    this.#hosts = parts.hosts;
+    this.#sessions = parts.sessions;
+    this.#verifier = parts.verifier;
+    this.#issuer = parts.issuer;
+    this.#keys = parts.keys;
+    this.#logger = parts.logger;
+  }
+
+  /** Loads keys, binds the listeners and starts serving. */
+  static async start(options: ControlPlaneOptions): Promise<ControlPlane> {
+    const { store, clock } = options;
+    const logger = options.logger.child({ component: 'control-plane' });
+    const address = options.address ?? '127.0.0.1:7443';
+    const { host } = splitHostPort(address);
+    if (options.tls === undefined && !isLoopbackHost(host) && options.isInsecureAllowed !== true) {
+      throw new InvalidArgumentError(`refusing plaintext on ${host}: give a TLS certificate and key, or --insecure`);
+    }
+    const issuerName = options.issuer ?? 'tether-control-plane';
+    const audience = options.audience ?? 'tether:control-plane';
+    const agentTokenTtlMs = options.agentTokenTtlMs ?? 3_600_000;
+    const hostTokenTtlMs = options.hostTokenTtlMs ?? 72 * 3_600_000;
+    const clockToleranceMs = options.clockToleranceMs ?? 30_000;
+    const heartbeatIntervalMs = options.heartbeatIntervalMs ?? 30_000;
+    const maxPayloadBytes = options.maxPayloadBytes ?? 1024 * 1024;
+    const deliveryWindow = options.deliveryWindow ?? 32;
+    const random = options.random ?? ((): number => randomInt(0, 2 ** 32) / 2 ** 32);
+
+    const events = new ControlPlaneEvents();
+    const keys = await SigningKeyRing.load(store, clock, logger.child({ component: 'keys' }));
+    const issuer = new TokenIssuer({ keys, clock, issuer: issuerName, audience });
+    const sessions = new HostSessions();
+    const heartbeats = new HeartbeatLedger();
+    // The verifier consults agents and hosts on a cache miss; they are built below (and before any call can arrive).
+    const verifier: TokenVerifier = new TokenVerifier({
+      keys,
+      clock,
+      issuer: issuerName,
+      audience,
+      clockToleranceMs,
+      isRevoked: async (claims): Promise<boolean> => {
+        if (claims.kind === 'agent') return agents.isAgentTokenRevoked(claims);
+        if (claims.kind === 'host') return hosts.isHostTokenRevoked(claims);
+        return false;
+      },
+    });
+    const authenticator = new Authenticator({ verifier, adminToken: options.adminToken });
+    const agents: AgentManager = new AgentManager({
+      store,
+      issuer,
+      verifier,
+      sessions,
+      clock,
+      logger,
+      events,
+      agentTokenTtlMs,
+      isRotationEnabled: options.isRotationEnabled ?? true,
+      maxRotationsPerSecond: options.maxRotationsPerSecond ?? 200,
+      random,
+      reject: (session, what, agentId, reason) => hosts.reject(session, what, agentId, reason),
+    });
+    const hosts: HostService = new HostService({
+      store,
+      issuer,
+      verifier,
+      authenticator,
+      agents,
+      sessions,
+      clock,
+      logger,
+      events,
+      hostTokenTtlMs,
+      agentTokenTtlMs,
+      clockToleranceMs,
+      heartbeatIntervalMs,
+      joinTokenTtlMs: options.joinTokenTtlMs ?? 3_600_000,
+      maxPayloadBytes,
+      deliveryWindow,
+    });
+
+    const keepaliveTimeMs = options.keepaliveTimeMs ?? 30_000;
+    const server = new grpc.Server({
+      'grpc.keepalive_time_ms': keepaliveTimeMs,
+      'grpc.keepalive_timeout_ms': options.keepaliveTimeoutMs ?? 10_000,
+      'grpc.keepalive_permit_without_calls': 1,
+      // Hosts ping no faster than our own keepalive; allow that and no more.
+      'grpc.http2.min_ping_interval_without_data_ms': Math.min(keepaliveTimeMs, 30_000) / 2,
+      'grpc.max_receive_message_length': maxPayloadBytes + 64 * 1024,
+    });
+    const hostServer: HostServiceServer = { connect: (call) => hosts.connect(call) };
+    server.addService(HostServiceService, hostServer);
+    server.addService(AgentServiceService, agentService({ authenticator, agents, clock, events, heartbeats, logger }));
+    server.addService(AdminServiceService, adminService({ authenticator, agents, hosts, store, keys, clock, heartbeats, logger }));
+    const health = new HealthImplementation({
+      '': 'SERVING',
+      'tether.v1.HostService': 'SERVING',
+      'tether.v1.AgentService': 'SERVING',
+      'tether.v1.AdminService': 'SERVING',
+    });
+    health.addToServer(server);
+    const packageDefinition = protoLoader.loadSync([...PROTO_FILES, healthProtoPath], {
+      includeDirs: [PROTO_ROOT],
+      keepCase: true,
+    });
+    new ReflectionService(packageDefinition).addToServer(server);
+
+    const credentials =
+      options.tls === undefined
+        ? grpc.ServerCredentials.createInsecure()
+        : grpc.ServerCredentials.createSsl(null, [{ cert_chain: options.tls.certPem, private_key: options.tls.keyPem }], false);
+    const port = await new Promise<number>((resolve, reject) => {
+      server.bindAsync(address, credentials, (err, boundPort) => (err === null ? resolve(boundPort) : reject(err)));
+    });
+
+    let http: HttpServer | undefined;
+    let httpPort = 0;
+    if (options.httpAddress !== undefined) {
+      const httpAt = splitHostPort(options.httpAddress);
+      http = createServer((request, response) => {
+        if (request.method === 'GET' && request.url === '/.well-known/jwks.json') {
+          response.writeHead(200, { 'content-type': 'application/jwk-set+json', 'cache-control': 'max-age=60' });
+          response.end(JSON.stringify(keys.jwks(clock.now())));
+          return;
+        }
+        if (request.method === 'GET' && request.url === '/healthz') {
+          response.writeHead(200, { 'content-type': 'text/plain' });
+          response.end('ok\n');
+          return;
+        }
+        response.writeHead(404, { 'content-type': 'text/plain' });
+        response.end('not found\n');
+      });
+      const server = http;
+      httpPort = await new Promise<number>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(httpAt.port, httpAt.host.replace(/^\[|\]$/g, ''), () => {
+          server.off('error', reject);
+          resolve((server.address() as AddressInfo).port);
+        });
+      });
+    }
+
+    agents.start();
+    await agents.placePending();
+    logger.info({ port, httpPort, agentTokenTtlMs, hostTokenTtlMs, tls: options.tls !== undefined }, 'control plane serving');
+    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, sessions, verifier, issuer, keys, logger });
+  }
+
+  /** How many hosts are connected. */
+  get connectedHosts(): number {
+    return this.#sessions.size;
+  }
+
+  /** True when every rotation time has made due is done; for tests on a fake clock. */
+  isSettled(): boolean {
+    return this.#agents.isSettled();
+  }
+
+  /** Verified tokens in the cache. */
+  get verifierCacheEntries(): number {
+    return this.#verifier.cacheEntries;
+  }
+
+  /** @internal The issuer, for tests that forge edge cases. */
+  get issuer(): TokenIssuer {
+    return this.#issuer;
+  }
+
+  /** @internal The signing keys. */
+  get keys(): SigningKeyRing {
+    return this.#keys;
+  }
+
+  /** Stops serving: ends host streams, stops rotation, closes listeners. Idempotent. Does not close the store. */
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    await this.#agents.close();
+    this.#hosts.closeAll();
+    await new Promise<void>((resolve) => {
+      this.#server.tryShutdown(() => resolve());
+      // Streams that do not end promptly are cut.
+      queueMicrotask(() => this.#server.forceShutdown());
+    });
+    if (this.#http !== undefined) {
+      const http = this.#http;
+      http.closeAllConnections();
+      await new Promise<void>((resolve) => http.close(() => resolve()));
+    }
+    this.#logger.info('control plane stopped');
+  }
+}

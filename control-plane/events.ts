@@ -1,0 +1,21 @@
+import { EventEmitter } from 'node:events';
+import type { AgentStateName } from './store/store.js';
+
+/** What the control plane reports as it happens; no event carries a token. */
+export interface ControlPlaneEventMap {
+  /** An agent heartbeat was accepted; `generation` is that of the token it carried. */
+  heartbeat: [{ agentId: string; subject: string; generation: number; tokenId: string }];
+  /** A host's stream opened (Welcome sent). */
+  'host-connected': [{ hostId: string; sessionId: string }];
+  /** A host's stream ended. */
+  'host-disconnected': [{ hostId: string; sessionId: string }];
+  /** An agent changed state. */
+  'agent-state': [{ agentId: string; state: AgentStateName; incarnation: number }];
+  /** A credential was issued to an agent (or, with an empty agentId, to a host). */
+  'credential-issued': [{ agentId: string; hostId: string; generation: number; tokenId: string; expiresAtMs: number }];
+  /** An envelope from a host was refused. */
+  reject: [{ hostId: string; what: string; agentId: string; reason: string }];
+}
+
+/** A typed emitter of {@link ControlPlaneEventMap}. */
+export class ControlPlaneEvents extends EventEmitter<ControlPlaneEventMap> {}

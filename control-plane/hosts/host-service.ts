@@ -1,0 +1,372 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { Metadata, status, type ServerDuplexStream, type StatusObject } from '@grpc/grpc-js';
+import { decodeJwt } from 'jose';
+import type { Clock } from '../../common/clock.js';
+import { InvalidArgumentError, NotFoundError, TetherError, TokenExpiredError, UnauthenticatedError } from '../../common/errors.js';
+import type { Logger } from '../../common/logger.js';
+import { PROTOCOL_VERSION, REFUSAL_METADATA_KEY, type Refusal } from '../../common/protocol.js';
+import type { Ack, ControlMessage, Hello, HostMessage, Pong } from '../../gen/tether/v1/host.js';
+import { toCredential, type AgentManager } from '../agents/agent-manager.js';
+import { presentedCredential, type Authenticator } from '../auth/authenticator.js';
+import type { ControlPlaneEvents } from '../events.js';
+import { toStatus } from '../grpc/status.js';
+import { LIVE_AGENT_STATES, type HostRecord, type LabelRecord, type Store } from '../store/store.js';
+import type { TokenIssuer } from '../tokens/token-issuer.js';
+import type { IssuedToken, TokenClaims } from '../tokens/token-kinds.js';
+import type { TokenVerifier } from '../tokens/token-verifier.js';
+import { joinSecretMatches, mintJoinToken, parseJoinToken } from './join-token.js';
+import { HostSession, type HostSessions } from './host-session.js';
+
+/** A host token expired longer ago than tolerance plus this is refused for good. */
+const EXPIRED_REFUSAL_MARGIN_MS = 5 * 60_000;
+/** Incoming envelopes processed per stream before it is paused. */
+const MAX_INBOUND_BACKLOG = 256;
+
+/** Options of {@link HostService}. */
+export interface HostServiceOptions {
+  store: Store;
+  issuer: TokenIssuer;
+  verifier: TokenVerifier;
+  authenticator: Authenticator;
+  agents: AgentManager;
+  sessions: HostSessions;
+  clock: Clock;
+  logger: Logger;
+  events: ControlPlaneEvents;
+  hostTokenTtlMs: number;
+  agentTokenTtlMs: number;
+  clockToleranceMs: number;
+  heartbeatIntervalMs: number;
+  joinTokenTtlMs: number;
+  maxPayloadBytes: number;
+  deliveryWindow: number;
+}
+
+/** A stream refused: the status to end it with. */
+class StreamRefusedError extends TetherError {
+  readonly refusal: Refusal | undefined;
+
+  constructor(message: string, refusal?: Refusal) {
+    super('unauthenticated', message);
+    this.refusal = refusal;
+  }
+}
+
+/** Who opened a stream. */
+interface StreamIdentity {
+  hostId: string;
+  /** Set when the host joined with a join token: its first credential. */
+  joined?: IssuedToken;
+}
+
+/** Per-stream state while it is open. */
+interface StreamState {
+  sessionId: string;
+  identity: StreamIdentity;
+  session: HostSession | undefined;
+  pingSentAtMs: Map<number, number>;
+}
+
+/**
+ * `HostService.Connect` and host enrollment. The host's identity is the subject
+ * of its verified token (or the host record its join token names); every
+ * agent id a host mentions is checked against what was assigned to it.
+ */
+export class HostService {
+  readonly #options: HostServiceOptions;
+  readonly #logger: Logger;
+  /** Streams open right now (authenticated or not): join-token leases are held by these. */
+  readonly #liveStreams = new Set<string>();
+
+  constructor(options: HostServiceOptions) {
+    this.#options = options;
+    this.#logger = options.logger.child({ component: 'hosts' });
+  }
+
+  /** Creates a host record and its one-time join token (shown once, stored hashed). */
+  async enroll(name: string, joinTtlMs: number): Promise<{ host: HostRecord; joinToken: string }> {
+    if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/.test(name)) throw new InvalidArgumentError('name must match [A-Za-z0-9][A-Za-z0-9_-]{0,62}');
+    const nowMs = this.#options.clock.now();
+    const hostId = `${name}-${randomBytes(4).toString('hex')}`;
+    const { joinToken, secretHash } = mintJoinToken(hostId);
+    const host: HostRecord = {
+      hostId,
+      name,
+      state: 'enrolled',
+      joinSecretHash: secretHash,
+      joinExpiresAtMs: nowMs + (joinTtlMs > 0 ? joinTtlMs : this.#options.joinTokenTtlMs),
+      joinLeaseSessionId: null,
+      credentialGeneration: 0,
+      minValidGeneration: 0,
+      credentialExpiresAtMs: 0,
+      capacity: 0,
+      labels: [],
+      lastSeenMs: 0,
+      createdAtMs: nowMs,
+    };
+    await this.#options.store.insertHost(host);
+    this.#logger.info({ hostId }, 'host enrolled');
+    return { host, joinToken };
+  }
+
+  /** Whether a verified host token has been revoked or superseded. */
+  async isHostTokenRevoked(claims: TokenClaims): Promise<boolean> {
+    const host = await this.#options.store.getHost(claims.subject);
+    if (host === undefined || host.state === 'revoked') return true;
+    return claims.generation < host.minValidGeneration || claims.generation > host.credentialGeneration;
+  }
+
+  /** The grpc-js handler of `Connect`. */
+  connect(call: ServerDuplexStream<HostMessage, ControlMessage>): void {
+    const sessionId = randomUUID();
+    this.#liveStreams.add(sessionId);
+    const state: StreamState = { sessionId, identity: { hostId: '' }, session: undefined, pingSentAtMs: new Map() };
+    let isEnded = false;
+    const onEnded = (): void => {
+      if (isEnded) return;
+      isEnded = true;
+      this.#liveStreams.delete(sessionId);
+      const session = state.session;
+      if (session !== undefined) {
+        session.markClosed();
+        if (this.#options.sessions.remove(session)) {
+          this.#options.events.emit('host-disconnected', { hostId: session.hostId, sessionId });
+          this.#logger.info({ hostId: session.hostId, sessionId }, 'host disconnected');
+        }
+      }
+    };
+    call.on('cancelled', onEnded);
+    call.on('close', onEnded);
+    call.on('finish', onEnded);
+    call.on('error', onEnded);
+    call.on('end', () => {
+      onEnded();
+      call.end();
+    });
+
+    let backlog = 0;
+    let chain: Promise<void> = this.#authenticate(call.metadata, sessionId).then(
+      (identity) => {
+        state.identity = identity;
+      },
+      (err: unknown) => {
+        isEnded = true;
+        this.#refuse(call, err);
+        throw err;
+      },
+    );
+    call.on('data', (message: HostMessage) => {
+      backlog++;
+      if (backlog > MAX_INBOUND_BACKLOG) call.pause();
+      chain = chain
+        .then(() => (isEnded ? undefined : this.#onMessage(call, state, message)))
+        .catch((err: unknown) => {
+          if (!isEnded) {
+            isEnded = true;
+            this.#refuse(call, err);
+          }
+        })
+        .finally(() => {
+          backlog--;
+          if (backlog === MAX_INBOUND_BACKLOG) call.resume();
+        });
+    });
+    chain.catch(() => undefined);
+  }
+
+  /** Ends a stream with the status for `err` (and a final refusal in trailing metadata, if any). */
+  #refuse(call: ServerDuplexStream<HostMessage, ControlMessage>, err: unknown): void {
+    const metadata = new Metadata();
+    if (err instanceof StreamRefusedError && err.refusal !== undefined) metadata.set(REFUSAL_METADATA_KEY, err.refusal);
+    const statusObject = toStatus(err, this.#logger, metadata);
+    if (err instanceof TetherError && err.code === 'unauthenticated') {
+      this.#logger.info({ reason: err.message }, 'host stream refused');
+    }
+    call.emit('error', statusObject);
+  }
+
+  async #authenticate(metadata: Metadata, sessionId: string): Promise<StreamIdentity> {
+    const presented = presentedCredential(metadata);
+    if (presented.scheme === 'join') return this.#join(presented.credential, sessionId);
+    try {
+      const claims = await this.#options.authenticator.host(presented.credential);
+      return { hostId: claims.subject };
+    } catch (err) {
+      throw await this.#explainHostTokenFailure(presented.credential, err);
+    }
+  }
+
+  /** Decides whether a refused host token is refused for good, and says so. */
+  async #explainHostTokenFailure(token: string, err: unknown): Promise<unknown> {
+    let subject: string | undefined;
+    let expiresAtS: number | undefined;
+    try {
+      const payload = decodeJwt(token);
+      subject = payload.sub;
+      expiresAtS = payload.exp;
+    } catch {
+      return err;
+    }
+    if (subject === undefined) return err;
+    const host = await this.#options.store.getHost(subject);
+    if (err instanceof TokenExpiredError) {
+      const limitMs = (expiresAtS ?? 0) * 1000 + this.#options.clockToleranceMs + EXPIRED_REFUSAL_MARGIN_MS;
+      if (host !== undefined && this.#options.clock.now() > limitMs) return new StreamRefusedError('host credential expired; enroll the host again', 'expired');
+      return err;
+    }
+    if (err instanceof TetherError && err.code === 'token-revoked') {
+      if (host === undefined) return new StreamRefusedError('unknown host', 'unknown-host');
+      if (host.state === 'revoked') return new StreamRefusedError('host revoked', 'revoked');
+    }
+    return err;
+  }
+
+  /** Exchanges a join token for the host's first credential, leased to this stream. */
+  async #join(value: string, sessionId: string): Promise<StreamIdentity> {
+    const { store, clock } = this.#options;
+    const parsed = parseJoinToken(value);
+    if (parsed === undefined) throw new UnauthenticatedError('malformed join token');
+    const host = await store.getHost(parsed.hostId);
+    if (host === undefined) throw new StreamRefusedError('unknown host', 'unknown-host');
+    if (host.state === 'revoked') throw new StreamRefusedError('host revoked', 'revoked');
+    if (host.joinSecretHash === null) throw new StreamRefusedError('join token already used', 'revoked');
+    if (!joinSecretMatches(parsed.secret, host.joinSecretHash)) throw new StreamRefusedError('wrong join token', 'revoked');
+    const nowMs = clock.now();
+    if (nowMs >= host.joinExpiresAtMs) throw new StreamRefusedError('join token expired; enroll the host again', 'expired');
+    const leased = await store.leaseJoinToken(parsed.hostId, sessionId, nowMs, (id) => this.#liveStreams.has(id));
+    if (leased === undefined) throw new UnauthenticatedError('join token is in use by another stream');
+    const generation = leased.credentialGeneration + 1;
+    const joined = await this.#options.issuer.issue({ kind: 'host', subject: leased.hostId, ttlMs: this.#options.hostTokenTtlMs, generation });
+    // A credential issued to an earlier, unacknowledged attempt is revoked: one join token, one live host.
+    await store.updateHost(leased.hostId, {
+      credentialGeneration: generation,
+      minValidGeneration: generation,
+      credentialExpiresAtMs: joined.claims.expiresAtMs,
+    });
+    this.#options.verifier.forgetSubject('host', leased.hostId);
+    this.#logger.info({ hostId: leased.hostId, jti: joined.claims.tokenId, kid: joined.claims.keyId, gen: generation }, 'host credential issued for join');
+    return { hostId: leased.hostId, joined };
+  }
+
+  async #onMessage(call: ServerDuplexStream<HostMessage, ControlMessage>, state: StreamState, message: HostMessage): Promise<void> {
+    if (message.hello !== undefined) {
+      if (state.session !== undefined) {
+        this.#reject(state.session, 'hello', '', 'a second Hello');
+        return;
+      }
+      state.session = await this.#onHello(call, state, message.hello);
+      return;
+    }
+    const session = state.session;
+    if (session === undefined) throw new InvalidArgumentError('the first envelope must be Hello');
+    if (message.ack !== undefined) await this.#onAck(session, state, message.ack);
+    else if (message.agentEvent !== undefined) await this.#options.agents.onAgentEvent(session, message.agentEvent);
+    else if (message.ping !== undefined) session.send({ pong: { pingTimeMs: message.ping.timeMs, timeMs: this.#options.clock.now() } });
+    else if (message.pong !== undefined) this.#onPong(session, state, message.pong);
+    else this.#reject(session, 'unknown', '', 'empty envelope');
+  }
+
+  async #onHello(call: ServerDuplexStream<HostMessage, ControlMessage>, state: StreamState, hello: Hello): Promise<HostSession> {
+    const { store, clock, sessions, events } = this.#options;
+    if (hello.protocolVersion !== PROTOCOL_VERSION) {
+      throw new InvalidArgumentError(`protocol version ${hello.protocolVersion} is not supported (this control plane speaks ${PROTOCOL_VERSION})`);
+    }
+    const { hostId, joined } = state.identity;
+    const nowMs = clock.now();
+    const host = await store.updateHost(hostId, {
+      capacity: hello.capacity,
+      labels: hello.labels.map((l): LabelRecord => ({ key: l.key, value: l.value })),
+      lastSeenMs: nowMs,
+    });
+    if (host === undefined) throw new NotFoundError(`no host ${hostId}`);
+    const session = new HostSession({ hostId, sessionId: state.sessionId, hello, connectedAtMs: nowMs, call });
+    const previous = sessions.add(session);
+    previous?.close({ code: status.ABORTED, details: 'superseded by a newer stream from the same host', metadata: new Metadata() });
+    session.send({
+      welcome: {
+        sessionId: state.sessionId,
+        epoch: await store.epoch(),
+        serverTimeMs: nowMs,
+        heartbeatIntervalMs: this.#options.heartbeatIntervalMs,
+        rotation: {
+          agentTokenTtlMs: this.#options.agentTokenTtlMs,
+          hostTokenTtlMs: this.#options.hostTokenTtlMs,
+          clockToleranceMs: this.#options.clockToleranceMs,
+        },
+        limits: { maxPayloadBytes: this.#options.maxPayloadBytes, deliveryWindow: this.#options.deliveryWindow },
+        hostId,
+        hostCredential: joined === undefined ? undefined : toCredential(joined),
+      },
+    });
+    const pingAtMs = clock.now();
+    state.pingSentAtMs.set(pingAtMs, pingAtMs);
+    session.send({ ping: { timeMs: pingAtMs } });
+    this.#logger.info({ hostId, sessionId: state.sessionId, running: hello.running.length, version: hello.version }, 'host connected');
+    events.emit('host-connected', { hostId, sessionId: state.sessionId });
+    await this.#options.agents.onHostConnected(session);
+    return session;
+  }
+
+  async #onAck(session: HostSession, state: StreamState, ack: Ack): Promise<void> {
+    if (ack.agentId === '') {
+      const joined = state.identity.joined;
+      if (ack.generation !== undefined && joined !== undefined && ack.generation === joined.claims.generation) {
+        // The host has stored its credential: burn the join token.
+        await this.#options.store.updateHost(session.hostId, { state: 'active', joinSecretHash: null, joinLeaseSessionId: null });
+        state.identity = { hostId: session.hostId };
+        this.#logger.info({ hostId: session.hostId, gen: ack.generation }, 'host credential acknowledged; join token burnt');
+        return;
+      }
+      if (ack.generation === undefined) this.#reject(session, 'ack', '', 'an Ack for a seq of no agent');
+      return;
+    }
+    if (!(await this.#options.agents.isAgentOfHost(session.hostId, ack.agentId))) {
+      this.#reject(session, 'ack', ack.agentId, 'agent not assigned to this host');
+      return;
+    }
+    if (ack.seq !== undefined) {
+      this.#reject(session, 'ack', ack.agentId, `an Ack for seq ${ack.seq}, never sent`);
+      return;
+    }
+    if (!ack.ok) this.#logger.warn({ hostId: session.hostId, agentId: ack.agentId, gen: ack.generation, error: ack.error }, 'host refused a credential');
+  }
+
+  #onPong(session: HostSession, state: StreamState, pong: Pong): void {
+    const sentAtMs = state.pingSentAtMs.get(pong.pingTimeMs);
+    if (sentAtMs === undefined) return;
+    state.pingSentAtMs.delete(pong.pingTimeMs);
+    const nowMs = this.#options.clock.now();
+    session.clockSkewMs = Math.round(pong.timeMs - (sentAtMs + nowMs) / 2);
+  }
+
+  #reject(session: HostSession, what: string, agentId: string, reason: string): void {
+    session.send({ reject: { what, agentId, reason } });
+    this.#logger.warn({ hostId: session.hostId, what, agentId, reason }, 'envelope rejected');
+    this.#options.events.emit('reject', { hostId: session.hostId, what, agentId, reason });
+  }
+
+  /** Answers an envelope-level violation with Reject; the stream goes on. */
+  reject(session: HostSession, what: string, agentId: string, reason: string): void {
+    this.#reject(session, what, agentId, reason);
+  }
+
+  /** Hosts for ListHosts, with their live state. */
+  async listHosts(afterId: string | null, limit: number): Promise<{ hosts: (HostRecord & { isConnected: boolean; agents: number; clockSkewMs: number })[]; nextAfterId: string | null }> {
+    const page = await this.#options.store.listHosts(afterId, limit);
+    const load = await this.#options.store.countAgentsByHost(LIVE_AGENT_STATES);
+    return {
+      hosts: page.items.map((host) => {
+        const session = this.#options.sessions.get(host.hostId);
+        return { ...host, isConnected: session !== undefined, agents: load.get(host.hostId) ?? 0, clockSkewMs: session?.clockSkewMs ?? 0 };
+      }),
+      nextAfterId: page.nextAfterId,
+    };
+  }
+
+  /** Ends every stream (shutdown). */
+  closeAll(): void {
+    for (const session of this.#options.sessions.all()) {
+      session.close({ code: status.UNAVAILABLE, details: 'control plane shutting down', metadata: new Metadata() } satisfies Partial<StatusObject>);
+    }
+  }
+}

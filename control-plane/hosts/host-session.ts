@@ -1,0 +1,115 @@
+import type { ServerDuplexStream, StatusObject } from '@grpc/grpc-js';
+import { StreamWriter } from '../../common/stream-writer.js';
+import type { ControlMessage, Hello, HostMessage } from '../../gen/tether/v1/host.js';
+
+/**
+ * A session's lifecycle:
+ * - `open`: Hello received and Welcome sent; envelopes flow both ways.
+ * - `closed`: the stream ended (by either side); sends are dropped.
+ */
+export type HostSessionState = 'open' | 'closed';
+
+/**
+ * One host's live stream. Envelopes are written in the order they were sent (a
+ * TokenRotated sent before a Deliver reaches the host first), and writing waits
+ * for `drain` whenever grpc-js reports a full buffer.
+ */
+export class HostSession {
+  readonly hostId: string;
+  readonly sessionId: string;
+  readonly hello: Hello;
+  readonly connectedAtMs: number;
+  /** Host clock minus ours, from the last Ping/Pong; 0 until measured. */
+  clockSkewMs = 0;
+  #state: HostSessionState = 'open';
+  readonly #call: ServerDuplexStream<HostMessage, ControlMessage>;
+  readonly #writer: StreamWriter<ControlMessage>;
+
+  constructor(options: {
+    hostId: string;
+    sessionId: string;
+    hello: Hello;
+    connectedAtMs: number;
+    call: ServerDuplexStream<HostMessage, ControlMessage>;
+  }) {
+    this.hostId = options.hostId;
+    this.sessionId = options.sessionId;
+    this.hello = options.hello;
+    this.connectedAtMs = options.connectedAtMs;
+    this.#call = options.call;
+    this.#writer = new StreamWriter(options.call);
+  }
+
+  /** The session's state. */
+  get state(): HostSessionState {
+    return this.#state;
+  }
+
+  /** Envelopes waiting for the stream to drain. */
+  get queued(): number {
+    return this.#writer.queued;
+  }
+
+  /** Queues an envelope for the host; dropped if the session is closed. */
+  send(message: ControlMessage): void {
+    if (this.#state === 'closed') return;
+    this.#writer.write(message);
+  }
+
+  /** Ends the stream, with an error status if given. Idempotent. */
+  close(error?: Partial<StatusObject>): void {
+    if (this.#state === 'closed') return;
+    this.markClosed();
+    if (error !== undefined) this.#call.emit('error', error);
+    else this.#call.end();
+  }
+
+  /** Marks the session closed after the stream ended from the other side. */
+  markClosed(): void {
+    this.#state = 'closed';
+    this.#writer.close();
+  }
+}
+
+/** The live session of each connected host. One per host: a newer one supersedes an older. */
+export class HostSessions {
+  readonly #byHost = new Map<string, HostSession>();
+  readonly #bySessionId = new Map<string, HostSession>();
+
+  /** The live session of `hostId`, if connected. */
+  get(hostId: string): HostSession | undefined {
+    return this.#byHost.get(hostId);
+  }
+
+  /** Whether a session with this id is still open. */
+  isLive(sessionId: string): boolean {
+    return this.#bySessionId.get(sessionId)?.state === 'open';
+  }
+
+  /** Registers `session`, returning the one it supersedes, if any. */
+  add(session: HostSession): HostSession | undefined {
+    const previous = this.#byHost.get(session.hostId);
+    if (previous !== undefined) this.#bySessionId.delete(previous.sessionId);
+    this.#byHost.set(session.hostId, session);
+    this.#bySessionId.set(session.sessionId, session);
+    return previous;
+  }
+
+  /** Forgets `session` if it is still the registered one; true if it was. */
+  remove(session: HostSession): boolean {
+    this.#bySessionId.delete(session.sessionId);
+    if (this.#byHost.get(session.hostId) !== session) return false;
+    this.#byHost.delete(session.hostId);
+    return true;
+  }
+
+  /** Every live session. */
+  all(): HostSession[] {
+    return [...this.#byHost.values()];
+  }
+
+  /** How many hosts are connected. */
+  get size(): number {
+    return this.#byHost.size;
+  }
+}

@@ -1,0 +1,36 @@
+/**
+ * When credentials are replaced. Pure functions of time, so they can be table-
+ * and property-tested. The margin they keep (at least 40 % of an agent token's
+ * life left when it is replaced) is what "no agent sees a 401 while its host
+ * reaches the control plane once in every third of a TTL" stands on.
+ */
+
+/** Earliest point of the jittered rotation window, as a fraction of the TTL. */
+export const ROTATION_WINDOW_START = 0.5;
+/** Width of the jittered rotation window, as a fraction of the TTL. */
+export const ROTATION_WINDOW_WIDTH = 0.1;
+
+/**
+ * When an agent token's rotation falls due: `iat + TTL·(0.5 + 0.1·u)`, with `u`
+ * uniform in [0, 1], so agents started together drift apart.
+ */
+export function rotationDueAtMs(issuedAtMs: number, expiresAtMs: number, u: number): number {
+  const ttlMs = expiresAtMs - issuedAtMs;
+  const clamped = Math.min(1, Math.max(0, u));
+  return issuedAtMs + Math.floor(ttlMs * (ROTATION_WINDOW_START + ROTATION_WINDOW_WIDTH * clamped));
+}
+
+/** Whether a credential whose rotation falls due at `dueAtMs` should be replaced at `nowMs`. */
+export function isRotationDue(nowMs: number, dueAtMs: number): boolean {
+  return nowMs >= dueAtMs;
+}
+
+/** Whether a token is past half its life: a message delivered now is preceded by a fresh token. */
+export function isPastHalfLife(nowMs: number, issuedAtMs: number, expiresAtMs: number): boolean {
+  return nowMs >= issuedAtMs + (expiresAtMs - issuedAtMs) / 2;
+}
+
+/** When a host credential's rotation falls due: once a third of its life has passed. */
+export function hostRotationDueAtMs(issuedAtMs: number, expiresAtMs: number): number {
+  return issuedAtMs + Math.floor((expiresAtMs - issuedAtMs) / 3);
+}

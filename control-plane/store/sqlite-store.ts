@@ -1,0 +1,460 @@
+import { randomUUID } from 'node:crypto';
+import Database from 'better-sqlite3';
+import { AlreadyExistsError, ClosedError } from '../../common/errors.js';
+import type {
+  AgentExpectation,
+  AgentPatch,
+  AgentRecord,
+  AgentSpecRecord,
+  AgentStateName,
+  HostPatch,
+  HostRecord,
+  LabelRecord,
+  Page,
+  SigningKeyRecord,
+  Store,
+} from './store.js';
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS signing_keys (
+  kid TEXT PRIMARY KEY,
+  private_jwk TEXT NOT NULL,
+  public_jwk TEXT NOT NULL,
+  created_at_ms INTEGER NOT NULL,
+  retired_at_ms INTEGER,
+  verify_until_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS hosts (
+  host_id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  state TEXT NOT NULL,
+  join_secret_hash TEXT,
+  join_expires_at_ms INTEGER NOT NULL,
+  join_lease_session_id TEXT,
+  credential_generation INTEGER NOT NULL,
+  min_valid_generation INTEGER NOT NULL,
+  credential_expires_at_ms INTEGER NOT NULL,
+  capacity INTEGER NOT NULL,
+  labels TEXT NOT NULL,
+  last_seen_ms INTEGER NOT NULL,
+  created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS agents (
+  agent_id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  state TEXT NOT NULL,
+  host_id TEXT,
+  host_labels TEXT NOT NULL,
+  spec TEXT NOT NULL,
+  incarnation INTEGER NOT NULL,
+  generation INTEGER NOT NULL,
+  token_id TEXT,
+  issued_at_ms INTEGER NOT NULL,
+  expires_at_ms INTEGER NOT NULL,
+  rotation_due_at_ms INTEGER NOT NULL,
+  created_at_ms INTEGER NOT NULL,
+  updated_at_ms INTEGER NOT NULL,
+  detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS agents_by_host ON agents (host_id, state);
+`;
+
+interface AgentRow {
+  agent_id: string;
+  name: string;
+  state: string;
+  host_id: string | null;
+  host_labels: string;
+  spec: string;
+  incarnation: number;
+  generation: number;
+  token_id: string | null;
+  issued_at_ms: number;
+  expires_at_ms: number;
+  rotation_due_at_ms: number;
+  created_at_ms: number;
+  updated_at_ms: number;
+  detail: string;
+}
+
+interface HostRow {
+  host_id: string;
+  name: string;
+  state: string;
+  join_secret_hash: string | null;
+  join_expires_at_ms: number;
+  join_lease_session_id: string | null;
+  credential_generation: number;
+  min_valid_generation: number;
+  credential_expires_at_ms: number;
+  capacity: number;
+  labels: string;
+  last_seen_ms: number;
+  created_at_ms: number;
+}
+
+interface KeyRow {
+  kid: string;
+  private_jwk: string;
+  public_jwk: string;
+  created_at_ms: number;
+  retired_at_ms: number | null;
+  verify_until_ms: number | null;
+}
+
+const AGENT_COLUMNS: Record<keyof AgentPatch, string> = {
+  name: 'name',
+  state: 'state',
+  hostId: 'host_id',
+  hostLabels: 'host_labels',
+  spec: 'spec',
+  incarnation: 'incarnation',
+  generation: 'generation',
+  tokenId: 'token_id',
+  issuedAtMs: 'issued_at_ms',
+  expiresAtMs: 'expires_at_ms',
+  rotationDueAtMs: 'rotation_due_at_ms',
+  updatedAtMs: 'updated_at_ms',
+  detail: 'detail',
+};
+
+const HOST_COLUMNS: Record<keyof HostPatch, string> = {
+  name: 'name',
+  state: 'state',
+  joinSecretHash: 'join_secret_hash',
+  joinExpiresAtMs: 'join_expires_at_ms',
+  joinLeaseSessionId: 'join_lease_session_id',
+  credentialGeneration: 'credential_generation',
+  minValidGeneration: 'min_valid_generation',
+  credentialExpiresAtMs: 'credential_expires_at_ms',
+  capacity: 'capacity',
+  labels: 'labels',
+  lastSeenMs: 'last_seen_ms',
+};
+
+function agentFromRow(row: AgentRow): AgentRecord {
+  return {
+    agentId: row.agent_id,
+    name: row.name,
+    state: row.state as AgentStateName,
+    hostId: row.host_id,
+    hostLabels: JSON.parse(row.host_labels) as LabelRecord[],
+    spec: JSON.parse(row.spec) as AgentSpecRecord,
+    incarnation: row.incarnation,
+    generation: row.generation,
+    tokenId: row.token_id,
+    issuedAtMs: row.issued_at_ms,
+    expiresAtMs: row.expires_at_ms,
+    rotationDueAtMs: row.rotation_due_at_ms,
+    createdAtMs: row.created_at_ms,
+    updatedAtMs: row.updated_at_ms,
+    detail: row.detail,
+  };
+}
+
+function hostFromRow(row: HostRow): HostRecord {
+  return {
+    hostId: row.host_id,
+    name: row.name,
+    state: row.state as HostRecord['state'],
+    joinSecretHash: row.join_secret_hash,
+    joinExpiresAtMs: row.join_expires_at_ms,
+    joinLeaseSessionId: row.join_lease_session_id,
+    credentialGeneration: row.credential_generation,
+    minValidGeneration: row.min_valid_generation,
+    credentialExpiresAtMs: row.credential_expires_at_ms,
+    capacity: row.capacity,
+    labels: JSON.parse(row.labels) as LabelRecord[],
+    lastSeenMs: row.last_seen_ms,
+    createdAtMs: row.created_at_ms,
+  };
+}
+
+function keyFromRow(row: KeyRow): SigningKeyRecord {
+  return {
+    kid: row.kid,
+    privateJwk: row.private_jwk,
+    publicJwk: row.public_jwk,
+    createdAtMs: row.created_at_ms,
+    retiredAtMs: row.retired_at_ms,
+    verifyUntilMs: row.verify_until_ms,
+  };
+}
+
+/** Encodes a patch value for its column: JSON for structured fields, as-is otherwise. */
+function columnValue(value: unknown): unknown {
+  return typeof value === 'object' && value !== null ? JSON.stringify(value) : value;
+}
+
+/**
+ * The embedded default {@link Store}: one SQLite file in WAL mode. better-sqlite3
+ * is synchronous, so each method runs its transaction to completion before
+ * the Promise it returns settles; no transaction spans an `await`.
+ */
+export class SqliteStore implements Store {
+  readonly #db: Database.Database;
+  #isClosed = false;
+
+  private constructor(db: Database.Database) {
+    this.#db = db;
+  }
+
+  /** Opens (creating if needed) the database at `path`; `:memory:` for a throwaway one. */
+  static open(path: string): SqliteStore {
+    const db = new Database(path);
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = NORMAL');
+    db.pragma('busy_timeout = 5000');
+    db.pragma('foreign_keys = ON');
+    db.exec(SCHEMA);
+    db.prepare("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)").run(randomUUID());
+    return new SqliteStore(db);
+  }
+
+  #open(): Database.Database {
+    if (this.#isClosed) throw new ClosedError('store');
+    return this.#db;
+  }
+
+  epoch(): Promise<string> {
+    return this.#run(() => {
+      const row = this.#open().prepare("SELECT value FROM meta WHERE key = 'epoch'").get() as { value: string };
+      return row.value;
+    });
+  }
+
+  listSigningKeys(): Promise<SigningKeyRecord[]> {
+    return this.#run(() =>
+      (this.#open().prepare('SELECT * FROM signing_keys ORDER BY created_at_ms, kid').all() as KeyRow[]).map(keyFromRow),
+    );
+  }
+
+  insertSigningKey(key: SigningKeyRecord): Promise<void> {
+    return this.#run(() => {
+      this.#open()
+        .prepare(
+          'INSERT INTO signing_keys (kid, private_jwk, public_jwk, created_at_ms, retired_at_ms, verify_until_ms) VALUES (?, ?, ?, ?, ?, ?)',
+        )
+        .run(key.kid, key.privateJwk, key.publicJwk, key.createdAtMs, key.retiredAtMs, key.verifyUntilMs);
+    });
+  }
+
+  updateSigningKey(kid: string, patch: Pick<SigningKeyRecord, 'retiredAtMs' | 'verifyUntilMs'>): Promise<void> {
+    return this.#run(() => {
+      this.#open()
+        .prepare('UPDATE signing_keys SET retired_at_ms = ?, verify_until_ms = ? WHERE kid = ?')
+        .run(patch.retiredAtMs, patch.verifyUntilMs, kid);
+    });
+  }
+
+  deleteSigningKey(kid: string): Promise<void> {
+    return this.#run(() => {
+      this.#open().prepare('DELETE FROM signing_keys WHERE kid = ?').run(kid);
+    });
+  }
+
+  insertHost(host: HostRecord): Promise<void> {
+    return this.#run(() => {
+      try {
+        this.#open()
+          .prepare(
+            `INSERT INTO hosts (host_id, name, state, join_secret_hash, join_expires_at_ms, join_lease_session_id,
+               credential_generation, min_valid_generation, credential_expires_at_ms, capacity, labels, last_seen_ms, created_at_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          )
+          .run(
+            host.hostId,
+            host.name,
+            host.state,
+            host.joinSecretHash,
+            host.joinExpiresAtMs,
+            host.joinLeaseSessionId,
+            host.credentialGeneration,
+            host.minValidGeneration,
+            host.credentialExpiresAtMs,
+            host.capacity,
+            JSON.stringify(host.labels),
+            host.lastSeenMs,
+            host.createdAtMs,
+          );
+      } catch (err) {
+        if (isUniqueViolation(err)) throw new AlreadyExistsError(`host ${host.hostId} exists`, { cause: err });
+        throw err;
+      }
+    });
+  }
+
+  getHost(hostId: string): Promise<HostRecord | undefined> {
+    return this.#run(() => this.#getHost(hostId));
+  }
+
+  #getHost(hostId: string): HostRecord | undefined {
+    const row = this.#open().prepare('SELECT * FROM hosts WHERE host_id = ?').get(hostId) as HostRow | undefined;
+    return row === undefined ? undefined : hostFromRow(row);
+  }
+
+  updateHost(hostId: string, patch: HostPatch): Promise<HostRecord | undefined> {
+    return this.#run(() => this.#updateHost(hostId, patch));
+  }
+
+  #updateHost(hostId: string, patch: HostPatch): HostRecord | undefined {
+    const entries = Object.entries(patch).filter(([, value]) => value !== undefined) as [keyof HostPatch, unknown][];
+    if (entries.length > 0) {
+      const sets = entries.map(([key]) => `${HOST_COLUMNS[key]} = ?`).join(', ');
+      this.#open()
+        .prepare(`UPDATE hosts SET ${sets} WHERE host_id = ?`)
+        .run(...entries.map(([, value]) => columnValue(value)), hostId);
+    }
+    return this.#getHost(hostId);
+  }
+
+  listHosts(afterId: string | null, limit: number): Promise<Page<HostRecord>> {
+    return this.#run(() => {
+      const rows = this.#open()
+        .prepare('SELECT * FROM hosts WHERE host_id > ? ORDER BY host_id LIMIT ?')
+        .all(afterId ?? '', limit + 1) as HostRow[];
+      return page(rows.map(hostFromRow), limit, (host) => host.hostId);
+    });
+  }
+
+  leaseJoinToken(
+    hostId: string,
+    sessionId: string,
+    nowMs: number,
+    isLeaseLive: (sessionId: string) => boolean,
+  ): Promise<HostRecord | undefined> {
+    return this.#run(() =>
+      this.#open().transaction(() => {
+        const host = this.#getHost(hostId);
+        if (host === undefined || host.state === 'revoked' || host.joinSecretHash === null) return undefined;
+        if (nowMs >= host.joinExpiresAtMs) return undefined;
+        if (host.joinLeaseSessionId !== null && isLeaseLive(host.joinLeaseSessionId)) return undefined;
+        return this.#updateHost(hostId, { joinLeaseSessionId: sessionId });
+      })(),
+    );
+  }
+
+  insertAgent(agent: AgentRecord): Promise<void> {
+    return this.#run(() => {
+      try {
+        this.#open()
+          .prepare(
+            `INSERT INTO agents (agent_id, name, state, host_id, host_labels, spec, incarnation, generation, token_id,
+               issued_at_ms, expires_at_ms, rotation_due_at_ms, created_at_ms, updated_at_ms, detail)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          )
+          .run(
+            agent.agentId,
+            agent.name,
+            agent.state,
+            agent.hostId,
+            JSON.stringify(agent.hostLabels),
+            JSON.stringify(agent.spec),
+            agent.incarnation,
+            agent.generation,
+            agent.tokenId,
+            agent.issuedAtMs,
+            agent.expiresAtMs,
+            agent.rotationDueAtMs,
+            agent.createdAtMs,
+            agent.updatedAtMs,
+            agent.detail,
+          );
+      } catch (err) {
+        if (isUniqueViolation(err)) throw new AlreadyExistsError(`agent ${agent.agentId} exists`, { cause: err });
+        throw err;
+      }
+    });
+  }
+
+  getAgent(agentId: string): Promise<AgentRecord | undefined> {
+    return this.#run(() => this.#getAgent(agentId));
+  }
+
+  #getAgent(agentId: string): AgentRecord | undefined {
+    const row = this.#open().prepare('SELECT * FROM agents WHERE agent_id = ?').get(agentId) as AgentRow | undefined;
+    return row === undefined ? undefined : agentFromRow(row);
+  }
+
+  updateAgent(agentId: string, patch: AgentPatch, expect: AgentExpectation = {}): Promise<AgentRecord | undefined> {
+    return this.#run(() =>
+      this.#open().transaction(() => {
+        const current = this.#getAgent(agentId);
+        if (current === undefined) return undefined;
+        if (expect.incarnation !== undefined && current.incarnation !== expect.incarnation) return undefined;
+        if (expect.generation !== undefined && current.generation !== expect.generation) return undefined;
+        if (expect.states !== undefined && !expect.states.includes(current.state)) return undefined;
+        const entries = Object.entries(patch).filter(([, value]) => value !== undefined) as [keyof AgentPatch, unknown][];
+        if (entries.length === 0) return current;
+        const sets = entries.map(([key]) => `${AGENT_COLUMNS[key]} = ?`).join(', ');
+        this.#open()
+          .prepare(`UPDATE agents SET ${sets} WHERE agent_id = ?`)
+          .run(...entries.map(([, value]) => columnValue(value)), agentId);
+        return this.#getAgent(agentId);
+      })(),
+    );
+  }
+
+  listAgents(
+    filter: { hostId?: string; states?: readonly AgentStateName[] },
+    afterId: string | null,
+    limit: number,
+  ): Promise<Page<AgentRecord>> {
+    return this.#run(() => {
+      const where = ['agent_id > ?'];
+      const params: unknown[] = [afterId ?? ''];
+      if (filter.hostId !== undefined) {
+        where.push('host_id = ?');
+        params.push(filter.hostId);
+      }
+      if (filter.states !== undefined) {
+        where.push(`state IN (${filter.states.map(() => '?').join(', ') || "''"})`);
+        params.push(...filter.states);
+      }
+      const rows = this.#open()
+        .prepare(`SELECT * FROM agents WHERE ${where.join(' AND ')} ORDER BY agent_id LIMIT ?`)
+        .all(...params, limit + 1) as AgentRow[];
+      return page(rows.map(agentFromRow), limit, (agent) => agent.agentId);
+    });
+  }
+
+  countAgentsByHost(states: readonly AgentStateName[]): Promise<Map<string, number>> {
+    return this.#run(() => {
+      const rows = this.#open()
+        .prepare(
+          `SELECT host_id, COUNT(*) AS n FROM agents WHERE host_id IS NOT NULL AND state IN (${states.map(() => '?').join(', ') || "''"}) GROUP BY host_id`,
+        )
+        .all(...states) as { host_id: string; n: number }[];
+      return new Map(rows.map((row) => [row.host_id, row.n]));
+    });
+  }
+
+  close(): Promise<void> {
+    if (!this.#isClosed) {
+      this.#isClosed = true;
+      this.#db.close();
+    }
+    return Promise.resolve();
+  }
+
+  /** Runs a synchronous body and turns its result or throw into a settled Promise. */
+  #run<T>(body: () => T): Promise<T> {
+    try {
+      return Promise.resolve(body());
+    } catch (err) {
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+}
+
+function page<T>(rows: T[], limit: number, idOf: (row: T) => string): Page<T> {
+  if (rows.length <= limit) return { items: rows, nextAfterId: null };
+  const items = rows.slice(0, limit);
+  const last = items[items.length - 1];
+  return { items, nextAfterId: last === undefined ? null : idOf(last) };
+}
+
+function isUniqueViolation(err: unknown): boolean {
+  return err instanceof Error && 'code' in err && (err as { code: unknown }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
+}

@@ -1,0 +1,167 @@
+/**
+ * The control plane's durable state. Every method is one transaction and
+ * returns a Promise, so an asynchronous engine (PostgreSQL) can implement the
+ * same interface as the embedded synchronous one (SQLite).
+ */
+
+/** An agent's lifecycle, as the control plane sees it. */
+export type AgentStateName =
+  /** Not placed on a host yet. */
+  | 'pending'
+  /** Sent to its host; not reported started yet. */
+  | 'starting'
+  /** Its host reported it started. */
+  | 'running'
+  /** Heartbeats missed, or a message held past its handler deadline. */
+  | 'stalled'
+  /** Its host has been gone longer than the grace period. */
+  | 'lost'
+  /** It ended by itself. */
+  | 'exited'
+  /** It ended with an error. */
+  | 'failed'
+  /** An operator stopped it; all of its tokens are revoked. */
+  | 'stopped';
+
+/** States in which an agent is meant to be on a host and holds a live credential. */
+export const LIVE_AGENT_STATES: readonly AgentStateName[] = ['starting', 'running', 'stalled'];
+
+/** What to run for an agent. */
+export interface AgentSpecRecord {
+  kind: string;
+  module: string;
+  command: string;
+  args: string[];
+  config: string;
+}
+
+/** A key/value label. */
+export interface LabelRecord {
+  key: string;
+  value: string;
+}
+
+/** One agent. */
+export interface AgentRecord {
+  agentId: string;
+  name: string;
+  state: AgentStateName;
+  /** The host it is placed on (or, while pending, the host it was asked for). */
+  hostId: string | null;
+  /** While pending: labels a host must carry to be chosen. */
+  hostLabels: LabelRecord[];
+  spec: AgentSpecRecord;
+  /** Bumped at every placement; tokens of older incarnations are refused. */
+  incarnation: number;
+  /** Bumped at every credential issued. */
+  generation: number;
+  tokenId: string | null;
+  issuedAtMs: number;
+  expiresAtMs: number;
+  /** When the current credential's rotation falls due (jittered). */
+  rotationDueAtMs: number;
+  createdAtMs: number;
+  updatedAtMs: number;
+  detail: string;
+}
+
+/** A host's lifecycle. */
+export type HostStateName =
+  /** Enrolled; its join token has not been exchanged yet. */
+  | 'enrolled'
+  /** Holds a host credential. */
+  | 'active'
+  /** Revoked by an operator; its credentials are refused. */
+  | 'revoked';
+
+/** One host. */
+export interface HostRecord {
+  hostId: string;
+  name: string;
+  state: HostStateName;
+  /** SHA-256 of the join token's secret, hex; null once burnt. */
+  joinSecretHash: string | null;
+  joinExpiresAtMs: number;
+  /** The Connect session the join token is leased to, if any. */
+  joinLeaseSessionId: string | null;
+  /** The newest host credential issued. */
+  credentialGeneration: number;
+  /** Host tokens with a generation below this are refused (unacknowledged or superseded ones). */
+  minValidGeneration: number;
+  credentialExpiresAtMs: number;
+  capacity: number;
+  labels: LabelRecord[];
+  lastSeenMs: number;
+  createdAtMs: number;
+}
+
+/** One signing key. Private material never leaves the control plane. */
+export interface SigningKeyRecord {
+  kid: string;
+  /** JWK JSON of the private key. */
+  privateJwk: string;
+  /** JWK JSON of the public key. */
+  publicJwk: string;
+  createdAtMs: number;
+  /** When it stopped signing; null while it is the active key. */
+  retiredAtMs: number | null;
+  /** Published and accepted until then (the last token it signed has expired). */
+  verifyUntilMs: number | null;
+}
+
+/** A page of a listing. */
+export interface Page<T> {
+  items: T[];
+  /** Pass back as `afterId` for the next page; null on the last one. */
+  nextAfterId: string | null;
+}
+
+/** Fields of an agent that may change. */
+export type AgentPatch = Partial<Omit<AgentRecord, 'agentId' | 'createdAtMs'>>;
+
+/** Conditions an update requires; it does nothing when they do not hold. */
+export interface AgentExpectation {
+  incarnation?: number;
+  generation?: number;
+  states?: readonly AgentStateName[];
+}
+
+/** Fields of a host that may change. */
+export type HostPatch = Partial<Omit<HostRecord, 'hostId' | 'createdAtMs'>>;
+
+/** The control plane's durable state. */
+export interface Store {
+  /** The identity of this store's history; a restore mints a new one. */
+  epoch(): Promise<string>;
+
+  listSigningKeys(): Promise<SigningKeyRecord[]>;
+  insertSigningKey(key: SigningKeyRecord): Promise<void>;
+  updateSigningKey(kid: string, patch: Pick<SigningKeyRecord, 'retiredAtMs' | 'verifyUntilMs'>): Promise<void>;
+  deleteSigningKey(kid: string): Promise<void>;
+
+  insertHost(host: HostRecord): Promise<void>;
+  getHost(hostId: string): Promise<HostRecord | undefined>;
+  /** Applies `patch` and returns the updated host, or undefined if there is none. */
+  updateHost(hostId: string, patch: HostPatch): Promise<HostRecord | undefined>;
+  listHosts(afterId: string | null, limit: number): Promise<Page<HostRecord>>;
+  /**
+   * Leases the host's join token to `sessionId` if it is unexpired, unburnt and
+   * not leased to a live session (`isLeaseLive` decides). Atomic: of two
+   * concurrent callers, one wins.
+   */
+  leaseJoinToken(hostId: string, sessionId: string, nowMs: number, isLeaseLive: (sessionId: string) => boolean): Promise<HostRecord | undefined>;
+
+  /** Throws AlreadyExistsError when the id is taken. */
+  insertAgent(agent: AgentRecord): Promise<void>;
+  getAgent(agentId: string): Promise<AgentRecord | undefined>;
+  /**
+   * Applies `patch` if `expect` holds and returns the updated agent; returns
+   * undefined if the agent does not exist or `expect` does not hold.
+   */
+  updateAgent(agentId: string, patch: AgentPatch, expect?: AgentExpectation): Promise<AgentRecord | undefined>;
+  listAgents(filter: { hostId?: string; states?: readonly AgentStateName[] }, afterId: string | null, limit: number): Promise<Page<AgentRecord>>;
+  countAgentsByHost(states: readonly AgentStateName[]): Promise<Map<string, number>>;
+
+  /** Closes the database; later calls throw ClosedError. Idempotent. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,82 @@
+import { randomUUID } from 'node:crypto';
+import { SignJWT } from 'jose';
+import type { Clock } from '../../common/clock.js';
+import { SIGNING_ALGORITHM, type SigningKeyRing } from './signing-keys.js';
+import { TOKEN_TYPES, type IssuedToken, type TokenKind } from './token-kinds.js';
+
+/** Options of {@link TokenIssuer}. */
+export interface TokenIssuerOptions {
+  keys: SigningKeyRing;
+  clock: Clock;
+  /** The `iss` of every token. */
+  issuer: string;
+  /** The `aud` of agent and host tokens: the control plane itself. */
+  audience: string;
+}
+
+/** What to put in a token. */
+export interface IssueRequest {
+  kind: TokenKind;
+  subject: string;
+  ttlMs: number;
+  generation: number;
+  hostId?: string;
+  incarnation?: number;
+  /** For audience tokens; defaults to the control plane's audience. */
+  audience?: string;
+  /** Caps `exp` (an audience token never outlives the agent token it was minted with). */
+  notAfterMs?: number;
+}
+
+/** Signs Tether's JWTs with the active Ed25519 key. */
+export class TokenIssuer {
+  readonly #options: TokenIssuerOptions;
+
+  constructor(options: TokenIssuerOptions) {
+    this.#options = options;
+  }
+
+  /** The control plane's own audience. */
+  get audience(): string {
+    return this.#options.audience;
+  }
+
+  /** Signs a token of `request.kind`. */
+  async issue(request: IssueRequest): Promise<IssuedToken> {
+    const { keys, clock, issuer } = this.#options;
+    const key = keys.active();
+    const issuedAtS = Math.floor(clock.now() / 1000);
+    let expiresAtS = issuedAtS + Math.max(1, Math.floor(request.ttlMs / 1000));
+    if (request.notAfterMs !== undefined) expiresAtS = Math.min(expiresAtS, Math.floor(request.notAfterMs / 1000));
+    const tokenId = randomUUID();
+    const audience = request.audience ?? this.#options.audience;
+    const payload: Record<string, unknown> = { gen: request.generation };
+    if (request.hostId !== undefined) payload.host = request.hostId;
+    if (request.incarnation !== undefined) payload.inc = request.incarnation;
+    const token = await new SignJWT(payload)
+      .setProtectedHeader({ alg: SIGNING_ALGORITHM, kid: key.kid, typ: TOKEN_TYPES[request.kind] })
+      .setIssuer(issuer)
+      .setAudience(audience)
+      .setSubject(request.subject)
+      .setJti(tokenId)
+      .setIssuedAt(issuedAtS)
+      .setNotBefore(issuedAtS)
+      .setExpirationTime(expiresAtS)
+      .sign(key.privateKey);
+    return {
+      token,
+      claims: {
+        kind: request.kind,
+        subject: request.subject,
+        hostId: request.hostId ?? '',
+        audience,
+        generation: request.generation,
+        incarnation: request.incarnation ?? 0,
+        tokenId,
+        keyId: key.kid,
+        issuedAtMs: issuedAtS * 1000,
+        expiresAtMs: expiresAtS * 1000,
+      },
+    };
+  }
+}

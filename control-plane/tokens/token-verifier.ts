@@ -1,0 +1,162 @@
+import { errors, jwtVerify, type JWTHeaderParameters } from 'jose';
+import type { Clock } from '../../common/clock.js';
+import { TokenExpiredError, TokenRevokedError, UnauthenticatedError } from '../../common/errors.js';
+import { SIGNING_ALGORITHM, type SigningKeyRing } from './signing-keys.js';
+import { MAX_TOKEN_LENGTH, TOKEN_TYPES, type TokenClaims, type TokenKind } from './token-kinds.js';
+
+/** Why a token was refused; a metric label, never the token. */
+export type RejectReason = 'malformed' | 'oversize' | 'unknown-key' | 'bad-signature' | 'expired' | 'claims' | 'revoked';
+
+/** Thrown for a refused token; `reason` is safe to log and to count. */
+export class TokenRejectedError extends UnauthenticatedError {
+  readonly reason: RejectReason;
+
+  constructor(reason: RejectReason, options?: ErrorOptions) {
+    super(`token refused: ${reason}`, options);
+    this.reason = reason;
+  }
+}
+
+/** Options of {@link TokenVerifier}. */
+export interface TokenVerifierOptions {
+  keys: SigningKeyRing;
+  clock: Clock;
+  issuer: string;
+  /** The control plane's own audience, required on agent and host tokens. */
+  audience: string;
+  /** Allowed skew on `nbf` and `exp`. */
+  clockToleranceMs: number;
+  /** Verified tokens kept; the oldest is dropped beyond this. */
+  cacheSize?: number;
+  /**
+   * Consulted after the signature and claims check out, before a token is
+   * cached: true refuses it as revoked.
+   */
+  isRevoked: (claims: TokenClaims) => Promise<boolean>;
+}
+
+interface CacheEntry {
+  claims: TokenClaims;
+  cacheKey: string;
+}
+
+/**
+ * Verifies Tether tokens: EdDSA only, `kid` required and known, `typ` of the
+ * expected kind, `iss` and `aud` pinned, `exp` required. Verified tokens are
+ * cached until they expire so the hot path skips the signature check; entries
+ * are dropped when their subject's tokens are revoked.
+ */
+export class TokenVerifier {
+  readonly #options: TokenVerifierOptions;
+  readonly #cache = new Map<string, CacheEntry>();
+  /** `kind:subject` → tokens of it in the cache, so revocation can drop them. */
+  readonly #bySubject = new Map<string, Set<string>>();
+  readonly #cacheSize: number;
+
+  constructor(options: TokenVerifierOptions) {
+    this.#options = options;
+    this.#cacheSize = options.cacheSize ?? 100_000;
+  }
+
+  /** How many verified tokens are cached. */
+  get cacheEntries(): number {
+    return this.#cache.size;
+  }
+
+  /** Verifies `token` as a token of `kind`; throws {@link TokenRejectedError} or {@link TokenExpiredError}. */
+  async verify(token: string, kind: TokenKind, audience?: string): Promise<TokenClaims> {
+    const nowMs = this.#options.clock.now();
+    const cached = this.#cache.get(token);
+    if (cached !== undefined && cached.claims.kind === kind) {
+      if (nowMs < cached.claims.expiresAtMs + this.#options.clockToleranceMs) return cached.claims;
+      this.#drop(token);
+      throw new TokenExpiredError();
+    }
+    const claims = await this.#verifySignature(token, kind, nowMs, audience ?? this.#options.audience);
+    if (await this.#options.isRevoked(claims)) throw new TokenRevokedError();
+    this.#remember(token, claims);
+    return claims;
+  }
+
+  /** Drops every cached token of `subject` (its tokens were revoked). */
+  forgetSubject(kind: TokenKind, subject: string): void {
+    const key = `${kind}:${subject}`;
+    const tokens = this.#bySubject.get(key);
+    if (tokens === undefined) return;
+    this.#bySubject.delete(key);
+    for (const token of tokens) this.#cache.delete(token);
+  }
+
+  async #verifySignature(token: string, kind: TokenKind, nowMs: number, audience: string): Promise<TokenClaims> {
+    if (token.length > MAX_TOKEN_LENGTH) throw new TokenRejectedError('oversize');
+    const { keys, issuer, clockToleranceMs } = this.#options;
+    let keyId = '';
+    try {
+      const { payload } = await jwtVerify(
+        token,
+        (header: JWTHeaderParameters) => {
+          if (header.alg !== SIGNING_ALGORITHM || typeof header.kid !== 'string') throw new TokenRejectedError('malformed');
+          const key = keys.publicKey(header.kid, nowMs);
+          if (key === undefined) throw new TokenRejectedError('unknown-key');
+          keyId = header.kid;
+          return key;
+        },
+        {
+          algorithms: [SIGNING_ALGORITHM],
+          issuer,
+          audience,
+          typ: TOKEN_TYPES[kind],
+          requiredClaims: ['exp', 'iat', 'sub', 'jti'],
+          currentDate: new Date(nowMs),
+          clockTolerance: Math.floor(clockToleranceMs / 1000),
+        },
+      );
+      const generation = payload.gen;
+      if (typeof generation !== 'number' || !Number.isSafeInteger(generation)) throw new TokenRejectedError('claims');
+      const hostId = typeof payload.host === 'string' ? payload.host : '';
+      if (kind !== 'host' && hostId === '') throw new TokenRejectedError('claims');
+      return {
+        kind,
+        subject: payload.sub ?? '',
+        hostId,
+        audience,
+        generation,
+        incarnation: typeof payload.inc === 'number' ? payload.inc : 0,
+        tokenId: payload.jti ?? '',
+        keyId,
+        issuedAtMs: (payload.iat ?? 0) * 1000,
+        expiresAtMs: (payload.exp ?? 0) * 1000,
+      };
+    } catch (err) {
+      if (err instanceof TokenRejectedError) throw err;
+      if (err instanceof errors.JWTExpired) throw new TokenExpiredError();
+      if (err instanceof errors.JWSSignatureVerificationFailed) throw new TokenRejectedError('bad-signature');
+      if (err instanceof errors.JWTClaimValidationFailed) throw new TokenRejectedError('claims');
+      throw new TokenRejectedError('malformed');
+    }
+  }
+
+  #remember(token: string, claims: TokenClaims): void {
+    if (this.#cache.size >= this.#cacheSize) {
+      const oldest = this.#cache.keys().next();
+      if (oldest.done !== true) this.#drop(oldest.value);
+    }
+    const cacheKey = `${claims.kind}:${claims.subject}`;
+    this.#cache.set(token, { claims, cacheKey });
+    let tokens = this.#bySubject.get(cacheKey);
+    if (tokens === undefined) {
+      tokens = new Set();
+      this.#bySubject.set(cacheKey, tokens);
+    }
+    tokens.add(token);
+  }
+
+  #drop(token: string): void {
+    const entry = this.#cache.get(token);
+    if (entry === undefined) return;
+    this.#cache.delete(token);
+    const tokens = this.#bySubject.get(entry.cacheKey);
+    tokens?.delete(token);
+    if (tokens?.size === 0) this.#bySubject.delete(entry.cacheKey);
+  }
+}

@@ -1,0 +1,169 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { AgentHost, type AgentHostOptions } from '../../agent-host/agent-host.js';
+import { MemoryHostCredentialStore } from '../../agent-host/host-credential-store.js';
+import type { AgentModule } from '../../agent-host/tools/agent-module.js';
+import { bearerInterceptor } from '../../agent-host/tools/call-credentials.js';
+import { ControlPlane, type ControlPlaneOptions } from '../../control-plane/control-plane.js';
+import { SqliteStore } from '../../control-plane/store/sqlite-store.js';
+import { AdminServiceClient } from '../../gen/tether/v1/admin.js';
+import { AgentServiceClient } from '../../gen/tether/v1/agent.js';
+import { FakeClock } from './fake-clock.js';
+import { LogCapture } from './log-capture.js';
+import { nextEvent } from './wait.js';
+
+/** Calls a grpc-js unary method and returns a Promise. */
+export function call<Req, Res>(
+  method: (
+    request: Req,
+    metadata: grpc.Metadata,
+    options: Partial<grpc.CallOptions>,
+    callback: (err: grpc.ServiceError | null, response: Res) => void,
+  ) => grpc.ClientUnaryCall,
+  request: Req,
+  metadata: grpc.Metadata = new grpc.Metadata(),
+): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    method(request, metadata, {}, (err, response) => (err === null ? resolve(response) : reject(err)));
+  });
+}
+
+/** The status code a promise rejects with (or 'ok'). */
+export async function statusOf(promise: Promise<unknown>): Promise<grpc.status | 'ok'> {
+  try {
+    await promise;
+    return 'ok';
+  } catch (err) {
+    return (err as grpc.ServiceError).code;
+  }
+}
+
+/** Metadata with `authorization: Bearer <token>`. */
+export function bearer(token: string): grpc.Metadata {
+  const metadata = new grpc.Metadata();
+  metadata.set('authorization', `Bearer ${token}`);
+  return metadata;
+}
+
+/** A module agent that does nothing but exist (and heartbeat, which the host does for it). */
+export const idleModule: AgentModule = () => ({});
+
+/** Options of {@link Harness.start}. */
+export interface HarnessOptions extends Partial<Omit<ControlPlaneOptions, 'store' | 'clock' | 'logger' | 'adminToken'>> {
+  clock?: FakeClock;
+  logs?: LogCapture;
+  dataDir?: string;
+}
+
+/** A control plane on a fresh SQLite file and a 127.0.0.1:0 port, an admin client, and hosts on demand. */
+export class Harness {
+  readonly clock: FakeClock;
+  readonly logs: LogCapture;
+  readonly dir: string;
+  readonly adminToken = `admin-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
+  cp!: ControlPlane;
+  store!: SqliteStore;
+  admin!: AdminServiceClient;
+  readonly hosts: AgentHost[] = [];
+  readonly #clients: grpc.Client[] = [];
+  readonly #ownsDir: boolean;
+  readonly #options: HarnessOptions;
+
+  private constructor(options: HarnessOptions) {
+    this.#options = options;
+    this.clock = options.clock ?? new FakeClock();
+    this.logs = options.logs ?? new LogCapture();
+    this.#ownsDir = options.dataDir === undefined;
+    this.dir = options.dataDir ?? mkdtempSync(join(tmpdir(), 'tether-test-'));
+  }
+
+  /** Starts a control plane (fake clock, debug logs captured). */
+  static async start(options: HarnessOptions = {}): Promise<Harness> {
+    const harness = new Harness(options);
+    await harness.startControlPlane();
+    return harness;
+  }
+
+  /** (Re)starts the control plane on the same data directory. */
+  async startControlPlane(): Promise<void> {
+    const { clock: _clock, logs: _logs, dataDir: _dataDir, ...rest } = this.#options;
+    this.store = SqliteStore.open(join(this.dir, 'tether.db'));
+    this.cp = await ControlPlane.start({
+      address: '127.0.0.1:0',
+      heartbeatIntervalMs: 3_000,
+      ...rest,
+      store: this.store,
+      clock: this.clock,
+      logger: this.logs.logger,
+      adminToken: this.adminToken,
+    });
+    this.admin = new AdminServiceClient(`127.0.0.1:${this.cp.port}`, grpc.credentials.createInsecure(), {
+      interceptors: [bearerInterceptor({ get: () => this.adminToken })],
+    });
+    this.#clients.push(this.admin);
+  }
+
+  /** The control plane's gRPC target. */
+  get target(): string {
+    return `127.0.0.1:${this.cp.port}`;
+  }
+
+  /** A raw AgentService client (no credentials attached). */
+  agentClient(): AgentServiceClient {
+    const client = new AgentServiceClient(this.target, grpc.credentials.createInsecure());
+    this.#clients.push(client);
+    return client;
+  }
+
+  /** Enrolls a host and starts it with its join token; resolves once it is connected. */
+  async startHost(
+    name = 'host',
+    options: Partial<AgentHostOptions> & { modules?: ReadonlyMap<string, AgentModule> } = {},
+  ): Promise<{ host: AgentHost; hostId: string; joinToken: string }> {
+    const enrolled = await call(this.admin.enrollHost.bind(this.admin), { name, joinTtlMs: 0 });
+    const host = AgentHost.start({
+      target: this.target,
+      clock: this.clock,
+      logger: this.logs.logger,
+      credentialStore: new MemoryHostCredentialStore(),
+      joinToken: enrolled.joinToken,
+      modules: new Map([['idle', idleModule]]),
+      reconnectMinDelayMs: 10,
+      reconnectMaxDelayMs: 50,
+      ...options,
+    });
+    this.hosts.push(host);
+    await nextEvent(host.events, 'connected');
+    return { host, hostId: enrolled.hostId, joinToken: enrolled.joinToken };
+  }
+
+  /** Dispatches a module agent onto `hostId` and waits for its host to start it. */
+  async dispatch(host: AgentHost, hostId: string, agentId: string, module = 'idle'): Promise<void> {
+    const started = nextEvent<{ agentId: string }>(host.events, 'agent-started', (e) => e.agentId === agentId);
+    await call(this.admin.dispatchAgent.bind(this.admin), {
+      agentId,
+      name: agentId,
+      hostId,
+      hostLabels: [],
+      spec: { kind: 'module', module, command: '', args: [], config: '' },
+    });
+    await started;
+  }
+
+  /** Stops the control plane (leaves hosts running). */
+  async stopControlPlane(): Promise<void> {
+    await this.cp.close();
+    await this.store.close();
+  }
+
+  /** Closes hosts, clients, the control plane and the store; removes the data directory. */
+  async close(): Promise<void> {
+    for (const host of this.hosts) await host.close();
+    for (const client of this.#clients) client.close();
+    await this.cp.close();
+    await this.store.close();
+    if (this.#ownsDir) rmSync(this.dir, { recursive: true, force: true });
+  }
+}
