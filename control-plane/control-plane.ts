@@ -1,14 +1,18 @@
 import { randomInt } from 'node:crypto';
 import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
+import type * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
-import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
+import { HealthImplementation } from 'grpc-health-check';
+import { fromBinary, toBinary } from '@bufbuild/protobuf';
+import { FileDescriptorProtoSchema, FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
 import type { Clock } from '../common/clock.js';
 import { InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
+import { isLoopback } from '../common/loopback.js';
 import { AdminServiceService } from '../gen/tether/v1/admin.js';
 import { AgentServiceService } from '../gen/tether/v1/agent.js';
 import { HostServiceService, type HostServiceServer } from '../gen/tether/v1/host.js';
@@ -25,8 +29,20 @@ import { SigningKeyRing } from './tokens/signing-keys.js';
 import { TokenIssuer } from './tokens/token-issuer.js';
 import { TokenVerifier } from './tokens/token-verifier.js';
 
-const PROTO_ROOT = fileURLToPath(new URL('../proto', import.meta.url));
-const PROTO_FILES = ['tether/v1/common.proto', 'tether/v1/host.proto', 'tether/v1/agent.proto', 'tether/v1/admin.proto'];
+/** The FileDescriptorSet `buf build` makes of proto/ (committed, checked for freshness in CI). */
+const DESCRIPTORS_PATH = fileURLToPath(new URL('../gen/descriptors.binpb', import.meta.url));
+
+/**
+ * What server reflection serves: the real descriptors buf compiled, file by file,
+ * rather than proto-loader's (which merges files per package and names types in
+ * ways strict clients such as buf curl and grpcurl cannot resolve). The
+ * reflection service reads only `fileDescriptorProtos` from its package definition.
+ */
+function reflectedDescriptors(): protoLoader.PackageDefinition {
+  const set = fromBinary(FileDescriptorSetSchema, readFileSync(DESCRIPTORS_PATH));
+  const fileDescriptorProtos = set.file.map((file) => Buffer.from(toBinary(FileDescriptorProtoSchema, file)));
+  return { 'tether.descriptors': { format: 'Protocol Buffer 3 DescriptorProto', type: {}, fileDescriptorProtos } } as unknown as protoLoader.PackageDefinition;
+}
 
 /** Options of {@link ControlPlane}; all but the first four have defaults. */
 export interface ControlPlaneOptions {
@@ -59,12 +75,6 @@ export interface ControlPlaneOptions {
   keepaliveTimeoutMs?: number;
   maxPayloadBytes?: number;
   deliveryWindow?: number;
-}
-
-/** Loopback host names and addresses: the only places plaintext is allowed by default. */
-export function isLoopbackHost(host: string): boolean {
-  const bare = host.replace(/^\[|\]$/g, '');
-  return bare === 'localhost' || bare === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(bare);
 }
 
 /** Splits `host:port` (IPv6 in brackets). */
@@ -128,10 +138,12 @@ export class ControlPlane {
   /** Loads keys, binds the listeners and starts serving. */
   static async start(options: ControlPlaneOptions): Promise<ControlPlane> {
     const { store, clock } = options;
-    const logger = options.logger.child({ component: 'control-plane' });
+    // Components derive their own `component` child from the root logger; this one is for the control plane's own lines.
+    const root = options.logger;
+    const logger = root.child({ component: 'control-plane' });
     const address = options.address ?? '127.0.0.1:7443';
     const { host } = splitHostPort(address);
-    if (options.tls === undefined && !isLoopbackHost(host) && options.isInsecureAllowed !== true) {
+    if (options.tls === undefined && !isLoopback(host) && options.isInsecureAllowed !== true) {
       throw new InvalidArgumentError(`refusing plaintext on ${host}: give a TLS certificate and key, or --insecure`);
     }
     const issuerName = options.issuer ?? 'tether-control-plane';
@@ -145,7 +157,7 @@ export class ControlPlane {
     const random = options.random ?? ((): number => randomInt(0, 2 ** 32) / 2 ** 32);
 
     const events = new ControlPlaneEvents();
-    const keys = await SigningKeyRing.load(store, clock, logger.child({ component: 'keys' }));
+    const keys = await SigningKeyRing.load(store, clock, root.child({ component: 'keys' }));
     const issuer = new TokenIssuer({ keys, clock, issuer: issuerName, audience });
     const sessions = new HostSessions();
     const heartbeats = new HeartbeatLedger();
@@ -169,7 +181,7 @@ export class ControlPlane {
       verifier,
       sessions,
       clock,
-      logger,
+      logger: root,
       events,
       agentTokenTtlMs,
       isRotationEnabled: options.isRotationEnabled ?? true,
@@ -185,7 +197,7 @@ export class ControlPlane {
       agents,
       sessions,
       clock,
-      logger,
+      logger: root,
       events,
       hostTokenTtlMs,
       agentTokenTtlMs,
@@ -207,8 +219,8 @@ export class ControlPlane {
     });
     const hostServer: HostServiceServer = { connect: (call) => hosts.connect(call) };
     server.addService(HostServiceService, hostServer);
-    server.addService(AgentServiceService, agentService({ authenticator, agents, clock, events, heartbeats, logger }));
-    server.addService(AdminServiceService, adminService({ authenticator, agents, hosts, store, keys, clock, heartbeats, logger }));
+    server.addService(AgentServiceService, agentService({ authenticator, agents, clock, events, heartbeats, logger: root }));
+    server.addService(AdminServiceService, adminService({ authenticator, agents, hosts, store, keys, clock, heartbeats, logger: root }));
     const health = new HealthImplementation({
       '': 'SERVING',
       'tether.v1.HostService': 'SERVING',
@@ -216,11 +228,7 @@ export class ControlPlane {
       'tether.v1.AdminService': 'SERVING',
     });
     health.addToServer(server);
-    const packageDefinition = protoLoader.loadSync([...PROTO_FILES, healthProtoPath], {
-      includeDirs: [PROTO_ROOT],
-      keepCase: true,
-    });
-    new ReflectionService(packageDefinition).addToServer(server);
+    new ReflectionService(reflectedDescriptors()).addToServer(server);
 
     const credentials =
       options.tls === undefined

@@ -6,6 +6,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 node_modules/.bin/buf lint
 node_modules/.bin/buf generate --output "$tmp"
+node_modules/.bin/buf build -o "$tmp/gen/descriptors.binpb"
 if ! diff -r gen "$tmp/gen" >/dev/null; then
   echo "gen/ is stale: run 'npm run gen' and commit the result." >&2
   diff -r gen "$tmp/gen" | head -40 >&2

@@ -12,6 +12,7 @@ import { AdminServiceClient } from '../../gen/tether/v1/admin.js';
 import { AgentServiceClient } from '../../gen/tether/v1/agent.js';
 import { FakeClock } from './fake-clock.js';
 import { LogCapture } from './log-capture.js';
+import { assertNoSecrets } from './secrets.js';
 import { nextEvent } from './wait.js';
 
 /** Calls a grpc-js unary method and returns a Promise. */
@@ -158,12 +159,17 @@ export class Harness {
     await this.store.close();
   }
 
-  /** Closes hosts, clients, the control plane and the store; removes the data directory. */
+  /**
+   * Closes hosts, clients, the control plane and the store; removes the data
+   * directory. Then checks the whole run's debug logs: no admin token and
+   * nothing JWT-shaped, in every test that uses the harness.
+   */
   async close(): Promise<void> {
     for (const host of this.hosts) await host.close();
     for (const client of this.#clients) client.close();
     await this.cp.close();
     await this.store.close();
     if (this.#ownsDir) rmSync(this.dir, { recursive: true, force: true });
+    assertNoSecrets(this.logs.text(), [this.adminToken], 'the captured logs');
   }
 }

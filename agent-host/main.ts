@@ -1,0 +1,99 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import { Command, Option, InvalidArgumentError as CommanderInvalidArgument } from 'commander';
+import { SystemClock } from '../common/clock.js';
+import { collect, collectLabel, parseCount, parseDurationMs, readSecret } from '../common/cli.js';
+import { createLogger } from '../common/logger.js';
+import type { Label } from '../gen/tether/v1/common.js';
+import { AgentHost } from './agent-host.js';
+import { FileHostCredentialStore } from './host-credential-store.js';
+import { builtinModules } from './modules/builtin-modules.js';
+import type { AgentModule } from './tools/agent-module.js';
+
+/** Flags of `agent-host`. */
+interface HostFlags {
+  server: string;
+  dataDir: string;
+  joinTokenFile?: string;
+  caFile?: string;
+  capacity: number;
+  label?: Label[];
+  module?: string[];
+  allowCommand?: string[];
+  keepalive: number;
+  logLevel: string;
+}
+
+/** Loads `name=path` modules: each file's named export `agent` is an AgentModule. */
+async function loadModules(specs: readonly string[]): Promise<Map<string, AgentModule>> {
+  const modules = builtinModules();
+  for (const spec of specs) {
+    const eq = spec.indexOf('=');
+    if (eq <= 0) throw new CommanderInvalidArgument(`--module is name=path, got ${spec}`);
+    const name = spec.slice(0, eq);
+    const loaded = (await import(pathToFileURL(resolve(spec.slice(eq + 1))).href)) as { agent?: unknown };
+    if (typeof loaded.agent !== 'function') throw new Error(`${spec.slice(eq + 1)} has no exported function \`agent\``);
+    modules.set(name, loaded.agent as AgentModule);
+  }
+  return modules;
+}
+
+/** Runs a host until SIGINT/SIGTERM (exit 0) or a final refusal (exit 2). */
+async function runHost(flags: HostFlags): Promise<void> {
+  const logger = createLogger({ level: flags.logLevel as 'info', base: { service: 'agent-host' } });
+  const credentialStore = new FileHostCredentialStore(flags.dataDir);
+  const joinToken = readSecret(flags.joinTokenFile, 'TETHER_JOIN_TOKEN');
+  if ((await credentialStore.load()) === undefined && joinToken === undefined) {
+    throw new Error(`no host credential in ${flags.dataDir} and no join token: enroll with \`control-plane hosts enroll NAME\` and pass the token via $TETHER_JOIN_TOKEN or --join-token-file`);
+  }
+  const host = AgentHost.start({
+    target: flags.server,
+    clock: new SystemClock(),
+    logger,
+    credentialStore,
+    ...(joinToken === undefined ? {} : { joinToken }),
+    ...(flags.caFile === undefined ? {} : { channelCredentials: grpc.credentials.createSsl(readFileSync(flags.caFile)) }),
+    modules: await loadModules(flags.module ?? []),
+    allowedCommands: flags.allowCommand ?? [],
+    capacity: flags.capacity,
+    labels: flags.label ?? [],
+    keepaliveTimeMs: flags.keepalive,
+  });
+  const stop = (signal: string): void => {
+    logger.info({ signal }, 'shutting down');
+    void host.close();
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  const exit = await host.done;
+  await host.close();
+  process.off('SIGINT', stop);
+  process.off('SIGTERM', stop);
+  logger.flush();
+  if (exit.refusal !== undefined) {
+    console.error(`agent-host: the control plane refused this host for good (${exit.refusal}): ${exit.details ?? ''}`);
+    process.exitCode = 2;
+  }
+}
+
+/** Builds the `agent-host` command line. */
+export function agentHostProgram(): Command {
+  return new Command('agent-host')
+    .description('Tether agent host: keeps one stream to the control plane and runs the agents it is given.')
+    .showHelpAfterError()
+    .addOption(new Option('--server <host:port>', 'the control plane').env('TETHER_SERVER').default('127.0.0.1:7443'))
+    .addOption(new Option('--data-dir <dir>', "where the host keeps its own credential (0600)").env('TETHER_HOST_DATA_DIR').default('.tether/host'))
+    .addOption(new Option('--join-token-file <path>', 'file holding the one-time join token (else $TETHER_JOIN_TOKEN); needed only on first start').env('TETHER_JOIN_TOKEN_FILE'))
+    .addOption(new Option('--ca-file <path>', 'CA certificate to verify a TLS control plane (plaintext otherwise, loopback only)').env('TETHER_CA_FILE'))
+    .addOption(new Option('--capacity <n>', 'agents this host runs at most; 0 for no limit').env('TETHER_CAPACITY').default(100).argParser(parseCount))
+    .option('--label <key=value>', 'a label agents can be placed by (repeatable)', collectLabel)
+    .option('--module <name=path>', 'register a module agent: the file exports `agent` (repeatable); `demo` and `idle` are built in', collect)
+    .option('--allow-command <path>', 'a command process agents may run (repeatable; none by default)', collect)
+    .addOption(new Option('--keepalive <duration>', 'transport keepalive ping interval').env('TETHER_KEEPALIVE').default(30_000, '30s').argParser(parseDurationMs))
+    .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
+    .action(async (flags: HostFlags) => {
+      await runHost(flags);
+    });
+}

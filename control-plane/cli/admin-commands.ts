@@ -1,0 +1,245 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import type { Command } from 'commander';
+import { collectLabel, parseDurationMs, readSecret } from '../../common/cli.js';
+import { assertPlaintextAllowed } from '../../common/loopback.js';
+import { AdminServiceClient, AgentInfo, HostInfo } from '../../gen/tether/v1/admin.js';
+import { AgentState, type Label } from '../../gen/tether/v1/common.js';
+
+/** Flags every admin subcommand shares. */
+interface ClientFlags {
+  server: string;
+  adminTokenFile?: string;
+  caFile?: string;
+  dataDir: string;
+}
+
+/** A promisified unary call of the generated client. */
+type Unary<Req, Res> = (
+  request: Req,
+  metadata: grpc.Metadata,
+  options: Partial<grpc.CallOptions>,
+  callback: (err: grpc.ServiceError | null, response: Res) => void,
+) => grpc.ClientUnaryCall;
+
+function invoke<Req, Res>(method: Unary<Req, Res>, request: Req): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    method(request, new grpc.Metadata(), { deadline: new Date(performance.timeOrigin + performance.now() + 30_000) }, (err, response) =>
+      err === null ? resolve(response) : reject(err),
+    );
+  });
+}
+
+function adminToken(flags: ClientFlags): string {
+  const token = readSecret(flags.adminTokenFile, 'TETHER_ADMIN_TOKEN');
+  if (token !== undefined) return token;
+  const fallback = join(flags.dataDir, 'admin-token');
+  if (existsSync(fallback)) return readFileSync(fallback, 'utf8').trim();
+  throw new Error('no admin token: set TETHER_ADMIN_TOKEN or --admin-token-file (or run from beside the data directory)');
+}
+
+function client(flags: ClientFlags): AdminServiceClient {
+  const token = adminToken(flags);
+  const credentials =
+    flags.caFile === undefined ? grpc.credentials.createInsecure() : grpc.credentials.createSsl(readFileSync(flags.caFile));
+  if (flags.caFile === undefined) assertPlaintextAllowed(flags.server);
+  const interceptor: grpc.Interceptor = (options, nextCall) =>
+    new grpc.InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set('authorization', `Bearer ${token}`);
+        next(metadata, listener);
+      },
+    });
+  return new AdminServiceClient(flags.server, credentials, { interceptors: [interceptor] });
+}
+
+function stateName(state: AgentState): string {
+  return AgentState[state].replace('AGENT_STATE_', '').toLowerCase();
+}
+
+function isoOrDash(ms: number): string {
+  return ms === 0 ? '-' : new Date(ms).toISOString();
+}
+
+function printTable(rows: string[][]): void {
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((row) => (row[i] ?? '').length))) ?? [];
+  for (const row of rows) console.log(row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd());
+}
+
+/** Runs `body` with an admin client for the command's flags; turns gRPC errors into one clear line and exit 1. */
+async function withClient(command: Command, body: (admin: AdminServiceClient) => Promise<void>): Promise<void> {
+  const admin = client(command.optsWithGlobals<ClientFlags>());
+  try {
+    await body(admin);
+  } catch (err) {
+    const serviceError = err as Partial<grpc.ServiceError>;
+    if (typeof serviceError.code === 'number') {
+      console.error(`error: ${grpc.status[serviceError.code]}: ${serviceError.details ?? ''}`);
+      process.exitCode = 1;
+      return;
+    }
+    throw err;
+  } finally {
+    admin.close();
+  }
+}
+
+interface SpecFlags {
+  module?: string;
+  command?: string;
+  arg?: string[];
+  config?: string;
+  name?: string;
+  host?: string;
+  label?: Label[];
+}
+
+function dispatchRequest(agentId: string, flags: SpecFlags): {
+  agentId: string;
+  name: string;
+  hostId: string;
+  hostLabels: Label[];
+  spec: { kind: string; module: string; command: string; args: string[]; config: string };
+} {
+  if ((flags.module === undefined) === (flags.command === undefined)) throw new Error('give exactly one of --module or --command');
+  return {
+    agentId,
+    name: flags.name ?? '',
+    hostId: flags.host ?? '',
+    hostLabels: flags.label ?? [],
+    spec: {
+      kind: flags.module === undefined ? 'process' : 'module',
+      module: flags.module ?? '',
+      command: flags.command ?? '',
+      args: flags.arg ?? [],
+      config: flags.config ?? '',
+    },
+  };
+}
+
+function addSpecOptions(command: Command): Command {
+  return command
+    .option('--module <name>', 'run a module agent registered on the host under this name')
+    .option('--command <path>', 'run a process agent (the host must allow the command)')
+    .option('--arg <value>', 'an argument of the command (repeatable)', (v: string, p: string[] = []) => [...p, v])
+    .option('--config <json>', 'configuration handed to the agent')
+    .option('--name <name>', 'a display name')
+    .option('--host <host-id>', 'place on this host')
+    .option('--label <key=value>', 'place on a host carrying this label (repeatable)', collectLabel);
+}
+
+/** Adds the admin subcommands (`hosts`, `agents`, `jwks`) to `program`. */
+export function addAdminCommands(program: Command): void {
+  const hosts = program.command('hosts').description('enroll and list agent hosts');
+  hosts
+    .command('enroll')
+    .description('create a host and print its one-time join token (ID.SECRET); give it to `agent-host` via $TETHER_JOIN_TOKEN or --join-token-file')
+    .argument('<name>', 'a name for the host')
+    .option('--join-ttl <duration>', 'how long the join token is valid (default 1h)', parseDurationMs)
+    .action(async (name: string, flags: { joinTtl?: number }, command: Command) => {
+      await withClient(command, async (admin) => {
+        const response = await invoke(admin.enrollHost.bind(admin), { name, joinTtlMs: flags.joinTtl ?? 0 });
+        console.error(`host ${response.hostId} enrolled; join token valid until ${isoOrDash(response.joinExpiresAtMs)} (shown once):`);
+        console.log(response.joinToken);
+      });
+    });
+  hosts
+    .command('ls')
+    .description('list hosts')
+    .option('--json', 'print JSON')
+    .action(async (flags: { json?: boolean }, command: Command) => {
+      await withClient(command, async (admin) => {
+        const found: HostInfo[] = [];
+        let pageToken = '';
+        for (let page = 0; page < 10_000; page++) {
+          const response = await invoke(admin.listHosts.bind(admin), { pageSize: 1000, pageToken });
+          found.push(...response.hosts);
+          pageToken = response.nextPageToken;
+          if (pageToken === '') break;
+        }
+        if (flags.json === true) {
+          console.log(JSON.stringify(found.map((h) => HostInfo.toJSON(h)), null, 2));
+          return;
+        }
+        printTable([
+          ['HOST', 'STATE', 'CONNECTED', 'AGENTS', 'CAPACITY', 'SKEW_MS', 'CREDENTIAL_EXPIRES'],
+          ...found.map((h) => [h.hostId, h.state, String(h.connected), String(h.agents), String(h.capacity), String(h.clockSkewMs), isoOrDash(h.credentialExpiresAtMs)]),
+        ]);
+      });
+    });
+
+  const agents = program.command('agents').description('dispatch, list, stop and rotate agents');
+  agents
+    .command('ls')
+    .description('list agents')
+    .option('--host <host-id>', 'only those on this host')
+    .option('--json', 'print JSON')
+    .action(async (flags: { host?: string; json?: boolean }, command: Command) => {
+      await withClient(command, async (admin) => {
+        const found: AgentInfo[] = [];
+        let pageToken = '';
+        for (let page = 0; page < 10_000; page++) {
+          const response = await invoke(admin.listAgents.bind(admin), { pageSize: 1000, pageToken, hostId: flags.host ?? '' });
+          found.push(...response.agents);
+          pageToken = response.nextPageToken;
+          if (pageToken === '') break;
+        }
+        if (flags.json === true) {
+          console.log(JSON.stringify(found.map((a) => AgentInfo.toJSON(a)), null, 2));
+          return;
+        }
+        printTable([
+          ['AGENT', 'STATE', 'HOST', 'INCARNATION', 'GENERATION', 'TOKEN_EXPIRES', 'LAST_HEARTBEAT'],
+          ...found.map((a) => [a.agentId, stateName(a.state), a.hostId || '-', String(a.incarnation), String(a.generation), isoOrDash(a.expiresAtMs), isoOrDash(a.lastHeartbeatMs)]),
+        ]);
+      });
+    });
+  addSpecOptions(agents.command('dispatch').description('create an agent and place it on a host').option('--id <agent-id>', 'the agent id (generated if absent)')).action(
+    async (flags: SpecFlags & { id?: string }, command: Command) => {
+      await withClient(command, async (admin) => {
+        const response = await invoke(admin.dispatchAgent.bind(admin), dispatchRequest(flags.id ?? '', flags));
+        console.log(JSON.stringify(AgentInfo.toJSON(response.agent as AgentInfo), null, 2));
+      });
+    },
+  );
+  addSpecOptions(agents.command('ensure').description('create the agent if missing, start it again if it ended').argument('<agent-id>')).action(
+    async (agentId: string, flags: SpecFlags, command: Command) => {
+      await withClient(command, async (admin) => {
+        const response = await invoke(admin.ensureAgent.bind(admin), dispatchRequest(agentId, flags));
+        console.log(JSON.stringify({ created: response.created, agent: AgentInfo.toJSON(response.agent as AgentInfo) }, null, 2));
+      });
+    },
+  );
+  agents
+    .command('stop')
+    .description('stop an agent and revoke all of its tokens')
+    .argument('<agent-id>')
+    .option('--reason <text>', 'why (shown to the host)')
+    .action(async (agentId: string, flags: { reason?: string }, command: Command) => {
+      await withClient(command, async (admin) => {
+        const response = await invoke(admin.stopAgent.bind(admin), { agentId, reason: flags.reason ?? '' });
+        console.log(JSON.stringify(AgentInfo.toJSON(response.agent as AgentInfo), null, 2));
+      });
+    });
+  agents
+    .command('rotate')
+    .description("issue a fresh credential to an agent now (its host must be connected)")
+    .argument('<agent-id>')
+    .action(async (agentId: string, _flags: unknown, command: Command) => {
+      await withClient(command, async (admin) => {
+        const response = await invoke(admin.rotateAgentCredential.bind(admin), { agentId });
+        console.log(JSON.stringify({ agentId, generation: response.generation, expiresAt: isoOrDash(response.expiresAtMs) }));
+      });
+    });
+
+  program
+    .command('jwks')
+    .description('print the public signing keys (JWKS)')
+    .action(async (_flags: unknown, command: Command) => {
+      await withClient(command, async (admin) => {
+        const response = await invoke(admin.getJwks.bind(admin), {});
+        console.log(JSON.stringify(JSON.parse(response.jwksJson), null, 2));
+      });
+    });
+}

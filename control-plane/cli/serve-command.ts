@@ -1,0 +1,105 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { SystemClock } from '../../common/clock.js';
+import { readSecret } from '../../common/cli.js';
+import { createLogger, type Logger } from '../../common/logger.js';
+import { ControlPlane } from '../control-plane.js';
+import { SqliteStore } from '../store/sqlite-store.js';
+
+/** Flags of `control-plane serve`. */
+export interface ServeFlags {
+  listen: string;
+  httpListen: string;
+  dataDir: string;
+  adminTokenFile?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  insecure?: boolean;
+  agentTokenTtl: number;
+  hostTokenTtl: number;
+  joinTokenTtl: number;
+  clockTolerance: number;
+  heartbeatInterval: number;
+  keepalive: number;
+  maxRotationsPerSecond: number;
+  logLevel: string;
+}
+
+/** Creates a file with mode 0600 from the start (never chmod after writing); leaves an existing one alone. */
+async function createSecretFile(path: string, content: string): Promise<boolean> {
+  try {
+    const handle = await open(path, 'wx', 0o600);
+    try {
+      await handle.writeFile(content, 'utf8');
+    } finally {
+      await handle.close();
+    }
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw err;
+  }
+}
+
+/**
+ * The admin token: from --admin-token-file or $TETHER_ADMIN_TOKEN; otherwise the
+ * one in `<data-dir>/admin-token`, generated on first run. Beside it,
+ * `admin-headers` holds the header line for `buf curl -H @file`.
+ */
+export async function resolveAdminToken(flags: Pick<ServeFlags, 'adminTokenFile' | 'dataDir'>, logger: Logger): Promise<string> {
+  const given = readSecret(flags.adminTokenFile, 'TETHER_ADMIN_TOKEN');
+  if (given !== undefined) return given;
+  const path = join(flags.dataDir, 'admin-token');
+  if (await createSecretFile(path, `${randomBytes(32).toString('base64url')}\n`)) {
+    logger.info({ path }, 'generated an admin token');
+  }
+  const token = readFileSync(path, 'utf8').trim();
+  await createSecretFile(join(flags.dataDir, 'admin-headers'), `authorization: Bearer ${token}\n`);
+  return token;
+}
+
+/** Runs the control plane until SIGINT or SIGTERM. */
+export async function serve(flags: ServeFlags): Promise<void> {
+  const logger = createLogger({ level: flags.logLevel as 'info', base: { service: 'control-plane' } });
+  mkdirSync(flags.dataDir, { recursive: true, mode: 0o700 });
+  if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) throw new Error('--tls-cert and --tls-key go together');
+  for (const file of [flags.tlsCert, flags.tlsKey]) {
+    if (file !== undefined && !existsSync(file)) throw new Error(`no such file: ${file}`);
+  }
+  const adminToken = await resolveAdminToken(flags, logger);
+  const store = SqliteStore.open(join(flags.dataDir, 'tether.db'));
+  const controlPlane = await ControlPlane.start({
+    store,
+    clock: new SystemClock(),
+    logger,
+    adminToken,
+    address: flags.listen,
+    ...(flags.httpListen === '' ? {} : { httpAddress: flags.httpListen }),
+    ...(flags.tlsCert !== undefined && flags.tlsKey !== undefined
+      ? { tls: { certPem: readFileSync(flags.tlsCert), keyPem: readFileSync(flags.tlsKey) } }
+      : {}),
+    isInsecureAllowed: flags.insecure === true,
+    agentTokenTtlMs: flags.agentTokenTtl,
+    hostTokenTtlMs: flags.hostTokenTtl,
+    joinTokenTtlMs: flags.joinTokenTtl,
+    clockToleranceMs: flags.clockTolerance,
+    heartbeatIntervalMs: flags.heartbeatInterval,
+    keepaliveTimeMs: flags.keepalive,
+    maxRotationsPerSecond: flags.maxRotationsPerSecond,
+  });
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      logger.info({ signal }, 'shutting down');
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      resolve();
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+  await controlPlane.close();
+  await store.close();
+  logger.flush();
+}

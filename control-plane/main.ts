@@ -1,0 +1,42 @@
+import { Command, Option } from 'commander';
+import { parseCount, parseDurationMs } from '../common/cli.js';
+import { addAdminCommands } from './cli/admin-commands.js';
+import { serve, type ServeFlags } from './cli/serve-command.js';
+
+/** Builds the `control-plane` command line. */
+export function controlPlaneProgram(): Command {
+  const program = new Command('control-plane')
+    .description('Tether control plane: serve it, or administer one over AdminService.')
+    .showHelpAfterError()
+    .addOption(new Option('--server <host:port>', 'the control plane admin commands talk to').env('TETHER_SERVER').default('127.0.0.1:7443'))
+    .addOption(
+      new Option('--admin-token-file <path>', 'file holding the admin token (else $TETHER_ADMIN_TOKEN, else <data-dir>/admin-token)').env(
+        'TETHER_ADMIN_TOKEN_FILE',
+      ),
+    )
+    .addOption(new Option('--ca-file <path>', 'CA certificate to verify a TLS control plane (plaintext otherwise, loopback only)').env('TETHER_CA_FILE'))
+    .addOption(new Option('--data-dir <dir>', 'data directory (SQLite store, generated admin token)').env('TETHER_DATA_DIR').default('.tether'));
+
+  program
+    .command('serve')
+    .description('run the control plane (gRPC, plus HTTP for /.well-known/jwks.json)')
+    .addOption(new Option('--listen <host:port>', 'gRPC listen address; plaintext only on loopback unless --insecure').env('TETHER_LISTEN').default('127.0.0.1:7443'))
+    .addOption(new Option('--http-listen <host:port>', 'HTTP listen address for the JWKS; empty for none').env('TETHER_HTTP_LISTEN').default('127.0.0.1:7480'))
+    .addOption(new Option('--tls-cert <path>', 'PEM certificate: serve TLS').env('TETHER_TLS_CERT'))
+    .addOption(new Option('--tls-key <path>', 'PEM private key of --tls-cert').env('TETHER_TLS_KEY'))
+    .addOption(new Option('--insecure', 'allow plaintext on a non-loopback address').env('TETHER_INSECURE'))
+    .addOption(new Option('--agent-token-ttl <duration>', 'agent token lifetime').env('TETHER_AGENT_TOKEN_TTL').default(3_600_000, '1h').argParser(parseDurationMs))
+    .addOption(new Option('--host-token-ttl <duration>', 'host token lifetime').env('TETHER_HOST_TOKEN_TTL').default(259_200_000, '72h').argParser(parseDurationMs))
+    .addOption(new Option('--join-token-ttl <duration>', 'default join token lifetime').env('TETHER_JOIN_TOKEN_TTL').default(3_600_000, '1h').argParser(parseDurationMs))
+    .addOption(new Option('--clock-tolerance <duration>', 'allowed clock skew on nbf/exp').env('TETHER_CLOCK_TOLERANCE').default(30_000, '30s').argParser(parseDurationMs))
+    .addOption(new Option('--heartbeat-interval <duration>', 'agent heartbeat interval told to hosts').env('TETHER_HEARTBEAT_INTERVAL').default(30_000, '30s').argParser(parseDurationMs))
+    .addOption(new Option('--keepalive <duration>', 'transport keepalive ping interval towards hosts').env('TETHER_KEEPALIVE').default(30_000, '30s').argParser(parseDurationMs))
+    .addOption(new Option('--max-rotations-per-second <n>', 'cap on credential signing rate; storms are smoothed, not dropped').env('TETHER_MAX_ROTATIONS_PER_SECOND').default(200).argParser(parseCount))
+    .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
+    .action(async (flags: Omit<ServeFlags, 'dataDir'>, command: Command) => {
+      await serve({ ...flags, dataDir: command.optsWithGlobals<{ dataDir: string }>().dataDir });
+    });
+
+  addAdminCommands(program);
+  return program;
+}
