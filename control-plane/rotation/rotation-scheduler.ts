@@ -166,12 +166,14 @@ export class RotationScheduler {
         continue;
       }
       if (this.#entries.get(entry.agentId) !== entry) continue;
+      // Busy while waiting for budget too: the entry is out of both heaps, held only here.
+      this.#isBusy = true;
       if (!(await this.#takeBudget(signal))) {
+        this.#isBusy = false;
         this.#ready.push(entry);
         continue;
       }
       this.#entries.delete(entry.agentId);
-      this.#isBusy = true;
       try {
         await this.#options.rotate(entry.agentId);
       } catch (err) {
