@@ -9,6 +9,7 @@ import type { Credential, Label } from '../gen/tether/v1/common.js';
 import {
   HostServiceClient,
   type ControlMessage,
+  type Deliver,
   type HostMessage,
   type StartAgent,
   type TokenRotated,
@@ -226,7 +227,7 @@ export class AgentHost {
           agentId: agent.agentId,
           incarnation: agent.incarnation,
           epoch: this.#epoch,
-          lastSeq: 0,
+          lastSeq: agent.takenSeq,
           generation: agent.holder.generation,
         })),
       },
@@ -253,6 +254,8 @@ export class AgentHost {
     if (message.welcome !== undefined) await this.#onWelcome(writer, message.welcome);
     else if (message.startAgent !== undefined) await this.#onStartAgent(writer, message.startAgent);
     else if (message.tokenRotated !== undefined) await this.#onTokenRotated(writer, message.tokenRotated);
+    else if (message.deliver !== undefined) this.#onDeliver(message.deliver);
+    else if (message.skip !== undefined) this.#agents.get(message.skip.agentId)?.onDelivery({ type: 'skip', seq: message.skip.seq });
     else if (message.stopAgent !== undefined) await this.#onStopAgent(writer, message.stopAgent.agentId, message.stopAgent.reason);
     else if (message.ping !== undefined) writer.write({ pong: { pingTimeMs: message.ping.timeMs, timeMs: this.#options.clock.now() } });
     else if (message.reject !== undefined) {
@@ -299,6 +302,8 @@ export class AgentHost {
         target: this.#options.target,
         heartbeatIntervalMs: () => this.#heartbeatIntervalMs,
         onHeartbeat: (result) => this.events.emit('heartbeat', { agentId: start.agentId, ...result }),
+        send: (envelope) => this.#writer?.write(envelope),
+        onTaken: (seq) => this.events.emit('message-taken', { agentId: start.agentId, seq }),
       });
       if (this.#state === 'closed' || this.#state === 'refused') {
         await agent.stop();
@@ -312,6 +317,24 @@ export class AgentHost {
       this.#logger.error({ err, agentId: start.agentId }, 'agent failed to start');
       writer.write({ agentEvent: { agentId: start.agentId, state: 'failed', detail: err instanceof Error ? err.message : 'failed to start', incarnation: start.incarnation } });
     }
+  }
+
+  #onDeliver(deliver: Deliver): void {
+    const agent = this.#agents.get(deliver.agentId);
+    const message = deliver.message;
+    if (agent === undefined || message === undefined) return;
+    agent.onDelivery({
+      type: 'deliver',
+      seq: deliver.seq,
+      message: {
+        seq: deliver.seq,
+        id: message.id,
+        from: message.from,
+        contentType: message.contentType,
+        payload: message.payload,
+        createdAtMs: message.createdAtMs,
+      },
+    });
   }
 
   async #onTokenRotated(writer: StreamWriter<HostMessage>, rotated: TokenRotated): Promise<void> {

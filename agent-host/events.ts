@@ -20,6 +20,8 @@ export interface AgentHostEventMap {
   'host-credential': [{ generation: number; expiresAtMs: number }];
   /** One heartbeat finished. */
   heartbeat: [{ agentId: string; isOk: boolean; generation: number; error?: Error }];
+  /** An agent took the message at `seq`. */
+  'message-taken': [{ agentId: string; seq: number }];
   /** The control plane refused one envelope. */
   reject: [{ what: string; agentId: string; reason: string }];
 }

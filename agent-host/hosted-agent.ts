@@ -1,11 +1,12 @@
 import type * as grpc from '@grpc/grpc-js';
 import type { Clock } from '../common/clock.js';
 import type { Logger } from '../common/logger.js';
-import type { StartAgent } from '../gen/tether/v1/host.js';
+import type { HostMessage, StartAgent } from '../gen/tether/v1/host.js';
+import { initialDeliveryState, reduceDelivery, type DeliveryEffect, type DeliveryEvent, type DeliveryState } from './delivery/delivery-reducer.js';
 import { CredentialHolder } from './credential-holder.js';
 import { runHeartbeats } from './heartbeat.js';
 import { AgentClient } from './tools/agent-client.js';
-import type { AgentContext, AgentInstance, AgentModule } from './tools/agent-module.js';
+import type { AgentContext, AgentInstance, AgentModule, DeliveredMessage } from './tools/agent-module.js';
 
 /**
  * A hosted agent's lifecycle:
@@ -27,6 +28,10 @@ export interface HostedAgentOptions {
   target: string;
   heartbeatIntervalMs: () => number;
   onHeartbeat: (result: { isOk: boolean; generation: number; error?: Error }) => void;
+  /** Sends an envelope on the host's current stream (dropped while it is down; delivery state makes up for it). */
+  send: (message: HostMessage) => void;
+  /** Called after each message the agent took. */
+  onTaken?: (seq: number) => void;
 }
 
 /**
@@ -43,12 +48,19 @@ export class HostedAgent {
   #instance: AgentInstance | undefined;
   #heartbeats: Promise<void> | undefined;
   #stopping: Promise<void> | undefined;
+  #delivery: DeliveryState<DeliveredMessage>;
+  #handling: Promise<void> = Promise.resolve();
+  readonly #send: (message: HostMessage) => void;
+  readonly #onTaken: ((seq: number) => void) | undefined;
 
-  private constructor(agentId: string, incarnation: number, holder: CredentialHolder, logger: Logger) {
-    this.agentId = agentId;
-    this.incarnation = incarnation;
+  private constructor(options: HostedAgentOptions, holder: CredentialHolder, logger: Logger) {
+    this.agentId = options.start.agentId;
+    this.incarnation = options.start.incarnation;
     this.holder = holder;
     this.#logger = logger;
+    this.#send = options.send;
+    this.#onTaken = options.onTaken;
+    this.#delivery = initialDeliveryState(options.start.ackedSeq);
   }
 
   /** Applies the start credential, initialises the module and starts heartbeating. */
@@ -57,7 +69,7 @@ export class HostedAgent {
     const holder = new CredentialHolder(clock);
     if (start.credential !== undefined) holder.apply(start.credential, options.epoch);
     const logger = options.logger.child({ agentId: start.agentId });
-    const agent = new HostedAgent(start.agentId, start.incarnation, holder, logger);
+    const agent = new HostedAgent(options, holder, logger);
     const client = new AgentClient({ target: options.target, channel: options.channel, source: holder.readOnly() });
     const context: AgentContext = Object.freeze({
       agentId: start.agentId,
@@ -65,6 +77,7 @@ export class HostedAgent {
       config: start.spec?.config ?? '',
       credentials: holder.readOnly(),
       agent: client,
+      clock,
       logger,
       signal: agent.#abort.signal,
     });
@@ -94,6 +107,49 @@ export class HostedAgent {
     return this.#state;
   }
 
+  /** Every message up to this seq has been taken (or skipped). */
+  get takenSeq(): number {
+    return this.#delivery.takenSeq;
+  }
+
+  /** A Deliver or Skip from the control plane (duplicates are dropped by seq). */
+  onDelivery(event: DeliveryEvent<DeliveredMessage>): void {
+    const { state, effects } = reduceDelivery(this.#delivery, event);
+    this.#delivery = state;
+    for (const effect of effects) this.#carryOut(effect);
+  }
+
+  #carryOut(effect: DeliveryEffect<DeliveredMessage>): void {
+    switch (effect.type) {
+      case 'give':
+        this.#handling = this.#handle(effect.seq, effect.message);
+        return;
+      case 'ack':
+        this.#send({ ack: { agentId: this.agentId, seq: effect.seq, ok: true, error: '' } });
+        return;
+      case 'nack':
+        this.#send({ ack: { agentId: this.agentId, seq: effect.seq, ok: false, error: effect.error } });
+        return;
+    }
+  }
+
+  /** Hands one message to the module; its outcome feeds back into the reducer. */
+  async #handle(seq: number, message: DeliveredMessage): Promise<void> {
+    const instance = this.#instance;
+    let outcome: DeliveryEvent<DeliveredMessage>;
+    try {
+      await instance?.onMessage?.(message);
+      outcome = { type: 'taken', seq };
+    } catch (err) {
+      const error = err instanceof Error ? err.message : String(err);
+      this.#logger.info({ seq, error }, 'agent refused a message');
+      outcome = { type: 'refused', seq, error: error.slice(0, 512) };
+    }
+    if (this.#state === 'stopped') return;
+    this.onDelivery(outcome);
+    if (outcome.type === 'taken') this.#onTaken?.(seq);
+  }
+
   /** Stops heartbeats and the module, then revokes the holder. Idempotent. */
   stop(): Promise<void> {
     this.#stopping ??= this.#stop();
@@ -102,8 +158,10 @@ export class HostedAgent {
 
   async #stop(): Promise<void> {
     this.#state = 'stopped';
+    this.onDelivery({ type: 'stop' });
     this.#abort.abort();
     await this.#heartbeats;
+    await this.#handling;
     try {
       await this.#instance?.close?.();
     } catch (err) {

@@ -15,6 +15,7 @@ export class StreamWriter<T> {
   #head = 0;
   #isBlocked = false;
   #isClosed = false;
+  #roomWaiters: { below: number; resolve: () => void }[] = [];
 
   constructor(stream: WritableLike<T>) {
     this.#stream = stream;
@@ -32,11 +33,26 @@ export class StreamWriter<T> {
     this.#pump();
   }
 
+  /** Resolves once fewer than `below` messages wait (at once if that holds now, or once closed). */
+  whenBelow(below: number): Promise<void> {
+    if (this.queued < below || this.#isClosed) return Promise.resolve();
+    return new Promise((resolve) => this.#roomWaiters.push({ below, resolve }));
+  }
+
   /** Drops what waits and writes nothing more. Idempotent. */
   close(): void {
     this.#isClosed = true;
     this.#queue.length = 0;
     this.#head = 0;
+    this.#wakeWaiters();
+  }
+
+  #wakeWaiters(): void {
+    if (this.#roomWaiters.length === 0) return;
+    const queued = this.queued;
+    const ready = this.#roomWaiters.filter((w) => this.#isClosed || queued < w.below);
+    this.#roomWaiters = this.#roomWaiters.filter((w) => !ready.includes(w));
+    for (const waiter of ready) waiter.resolve();
   }
 
   #pump(): void {
@@ -61,5 +77,6 @@ export class StreamWriter<T> {
       this.#queue.splice(0, this.#head);
       this.#head = 0;
     }
+    this.#wakeWaiters();
   }
 }

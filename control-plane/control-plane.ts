@@ -18,6 +18,7 @@ import { AgentServiceService } from '../gen/tether/v1/agent.js';
 import { HostServiceService, type HostServiceServer } from '../gen/tether/v1/host.js';
 import { AgentManager } from './agents/agent-manager.js';
 import { Authenticator } from './auth/authenticator.js';
+import { DeliveryManager } from './delivery/delivery-manager.js';
 import { ControlPlaneEvents } from './events.js';
 import { HostService } from './hosts/host-service.js';
 import { HostSessions } from './hosts/host-session.js';
@@ -62,6 +63,8 @@ export interface ControlPlaneOptions {
   issuer?: string;
   audience?: string;
   agentTokenTtlMs?: number;
+  /** Lifetime of tokens minted for other audiences (MintToken); never past the agent token's `exp`. Default 5 min. */
+  audienceTokenTtlMs?: number;
   hostTokenTtlMs?: number;
   joinTokenTtlMs?: number;
   clockToleranceMs?: number;
@@ -74,7 +77,18 @@ export interface ControlPlaneOptions {
   keepaliveTimeMs?: number;
   keepaliveTimeoutMs?: number;
   maxPayloadBytes?: number;
+  /** Unacknowledged deliveries per agent. Default 32. */
   deliveryWindow?: number;
+  /** Refusals after which a message is dead-lettered. Default 5. */
+  maxDeliveryAttempts?: number;
+  /** Unacknowledged messages per agent before sends get RESOURCE_EXHAUSTED. Default 10,000. */
+  maxOutboxMessages?: number;
+  redeliveryMinDelayMs?: number;
+  redeliveryMaxDelayMs?: number;
+  /** How long acknowledged messages (and so idempotency keys) are kept. Default 24 h. */
+  ackedRetentionMs?: number;
+  /** How long messages of stopped agents are kept. Default 7 days. */
+  endedRetentionMs?: number;
 }
 
 /** Splits `host:port` (IPv6 in brackets). */
@@ -100,6 +114,7 @@ export class ControlPlane {
   readonly #http: HttpServer | undefined;
   readonly #agents: AgentManager;
   readonly #hosts: HostService;
+  readonly #delivery: DeliveryManager;
   readonly #sessions: HostSessions;
   readonly #verifier: TokenVerifier;
   readonly #issuer: TokenIssuer;
@@ -115,6 +130,7 @@ export class ControlPlane {
     http: HttpServer | undefined;
     agents: AgentManager;
     hosts: HostService;
+    delivery: DeliveryManager;
     sessions: HostSessions;
     verifier: TokenVerifier;
     issuer: TokenIssuer;
@@ -128,6 +144,7 @@ export class ControlPlane {
     this.#http = parts.http;
     this.#agents = parts.agents;
     this.#hosts = parts.hosts;
+    this.#delivery = parts.delivery;
     this.#sessions = parts.sessions;
     this.#verifier = parts.verifier;
     this.#issuer = parts.issuer;
@@ -149,6 +166,8 @@ export class ControlPlane {
     const issuerName = options.issuer ?? 'tether-control-plane';
     const audience = options.audience ?? 'tether:control-plane';
     const agentTokenTtlMs = options.agentTokenTtlMs ?? 3_600_000;
+    const audienceTokenTtlMs = options.audienceTokenTtlMs ?? 300_000;
+    if (!Number.isFinite(audienceTokenTtlMs) || audienceTokenTtlMs < 1_000) throw new InvalidArgumentError('audienceTokenTtlMs must be at least 1 s');
     const hostTokenTtlMs = options.hostTokenTtlMs ?? 72 * 3_600_000;
     const clockToleranceMs = options.clockToleranceMs ?? 30_000;
     const heartbeatIntervalMs = options.heartbeatIntervalMs ?? 30_000;
@@ -175,6 +194,25 @@ export class ControlPlane {
       },
     });
     const authenticator = new Authenticator({ verifier, adminToken: options.adminToken });
+    const delivery = new DeliveryManager({
+      store,
+      clock,
+      logger: root,
+      events,
+      rotate: async (agentId) => {
+        await agents.rotate(agentId, 'deliver');
+      },
+      window: deliveryWindow,
+      maxAttempts: options.maxDeliveryAttempts ?? 5,
+      maxPending: options.maxOutboxMessages ?? 10_000,
+      maxPayloadBytes,
+      maxBatch: 1000,
+      retryMinDelayMs: options.redeliveryMinDelayMs ?? 1_000,
+      retryMaxDelayMs: options.redeliveryMaxDelayMs ?? 60_000,
+      maxQueuedPerHost: 4096,
+      ackedRetentionMs: options.ackedRetentionMs ?? 24 * 3_600_000,
+      endedRetentionMs: options.endedRetentionMs ?? 7 * 24 * 3_600_000,
+    });
     const agents: AgentManager = new AgentManager({
       store,
       issuer,
@@ -188,6 +226,7 @@ export class ControlPlane {
       maxRotationsPerSecond: options.maxRotationsPerSecond ?? 200,
       random,
       reject: (session, what, agentId, reason) => hosts.reject(session, what, agentId, reason),
+      delivery,
     });
     const hosts: HostService = new HostService({
       store,
@@ -195,6 +234,7 @@ export class ControlPlane {
       verifier,
       authenticator,
       agents,
+      delivery,
       sessions,
       clock,
       logger: root,
@@ -219,8 +259,8 @@ export class ControlPlane {
     });
     const hostServer: HostServiceServer = { connect: (call) => hosts.connect(call) };
     server.addService(HostServiceService, hostServer);
-    server.addService(AgentServiceService, agentService({ authenticator, agents, clock, events, heartbeats, logger: root }));
-    server.addService(AdminServiceService, adminService({ authenticator, agents, hosts, store, keys, clock, heartbeats, logger: root }));
+    server.addService(AgentServiceService, agentService({ authenticator, agents, clock, events, heartbeats, issuer, audienceTokenTtlMs, logger: root }));
+    server.addService(AdminServiceService, adminService({ authenticator, agents, hosts, delivery, store, keys, clock, heartbeats, logger: root }));
     const health = new HealthImplementation({
       '': 'SERVING',
       'tether.v1.HostService': 'SERVING',
@@ -267,9 +307,10 @@ export class ControlPlane {
     }
 
     agents.start();
+    delivery.start();
     await agents.placePending();
     logger.info({ port, httpPort, agentTokenTtlMs, hostTokenTtlMs, tls: options.tls !== undefined }, 'control plane serving');
-    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, sessions, verifier, issuer, keys, logger });
+    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, logger });
   }
 
   /** How many hosts are connected. */
@@ -305,6 +346,7 @@ export class ControlPlane {
 
   async #close(): Promise<void> {
     await this.#agents.close();
+    await this.#delivery.close();
     this.#hosts.closeAll();
     await new Promise<void>((resolve) => {
       this.#server.tryShutdown(() => resolve());

@@ -13,6 +13,10 @@ export interface ControlPlaneEventMap {
   'agent-state': [{ agentId: string; state: AgentStateName; incarnation: number }];
   /** A credential was issued to an agent (or, with an empty agentId, to a host). */
   'credential-issued': [{ agentId: string; hostId: string; generation: number; tokenId: string; expiresAtMs: number }];
+  /** A host acknowledged an agent's messages up to `seq` (cumulative). */
+  'message-acked': [{ agentId: string; seq: number }];
+  /** A message was refused too often and dead-lettered. */
+  'dead-letter': [{ agentId: string; seq: number; id: string }];
   /** An envelope from a host was refused. */
   reject: [{ hostId: string; what: string; agentId: string; reason: string }];
 }

@@ -3,11 +3,12 @@ import { status } from '@grpc/grpc-js';
 import {
   AgentServiceClient as GeneratedAgentServiceClient,
   type HeartbeatResponse,
+  type MintTokenResponse,
   type WhoAmIResponse,
 } from '../../gen/tether/v1/agent.js';
 import { bearerInterceptor } from './call-credentials.js';
 import type { CredentialSource } from './credential-source.js';
-import { assertPlaintextAllowed } from './loopback.js';
+import { assertChannelAllowed } from './loopback.js';
 import { fromServiceError, isServiceError } from './service-errors.js';
 
 /** Options of {@link AgentClient}. */
@@ -16,8 +17,9 @@ export interface AgentClientOptions {
   target: string;
   /** Where the agent's token is read at each call. */
   source: CredentialSource;
-  /** TLS channel credentials. Without them the channel is plaintext, allowed to loopback only. */
+  /** TLS channel credentials. Without them (or with insecure ones) the channel is plaintext, allowed to loopback only. */
   channelCredentials?: grpc.ChannelCredentials;
+  /** grpc-js channel options. */
   channelOptions?: grpc.ChannelOptions;
   /** @internal Share an existing channel (the host's); the client then does not close it. */
   channel?: grpc.Channel;
@@ -27,21 +29,27 @@ export interface AgentClientOptions {
 
 /** Per-call options. */
 export interface CallOptions {
+  /** Cancels the call (it rejects with an AbortError). */
   signal?: AbortSignal;
 }
 
 /**
  * A typed client of `AgentService` that calls as one agent. It reads the token
  * from its source at each call; on UNAUTHENTICATED it re-reads the source and
- * retries once (a rotation may have raced the call), never more.
+ * retries once (a rotation may have raced the call), never more. A plaintext
+ * channel to a non-loopback target is refused in the constructor
+ * (InvalidArgumentError), before any connection. Failures reject with the
+ * typed error of their status (`fromServiceError`).
  */
 export class AgentClient {
   readonly #client: GeneratedAgentServiceClient;
   readonly #deadlineMs: number;
   readonly #isChannelOwned: boolean;
 
+  /** Makes the client; throws InvalidArgumentError for a plaintext non-loopback target. */
   constructor(options: AgentClientOptions) {
-    if (options.channel === undefined && options.channelCredentials === undefined) assertPlaintextAllowed(options.target);
+    // A shared channel (the host's) was checked by whoever made it.
+    if (options.channel === undefined) assertChannelAllowed(options.target, options.channelCredentials);
     this.#client = new GeneratedAgentServiceClient(
       options.target,
       options.channelCredentials ?? grpc.credentials.createInsecure(),
@@ -63,6 +71,15 @@ export class AgentClient {
   /** What the control plane sees in this agent's token. */
   whoAmI(options: CallOptions = {}): Promise<WhoAmIResponse> {
     return this.#call((done) => (metadata, callOptions) => this.#client.whoAmI({}, metadata, callOptions, done), options);
+  }
+
+  /**
+   * A short-lived token naming this agent for another service, `audience`
+   * (AgentService.MintToken). Tools normally go through `AudienceTokens`,
+   * which caches and refreshes these.
+   */
+  mintToken(audience: string, options: CallOptions = {}): Promise<MintTokenResponse> {
+    return this.#call((done) => (metadata, callOptions) => this.#client.mintToken({ audience }, metadata, callOptions, done), options);
   }
 
   /** Closes the channel if this client made it. Idempotent. */

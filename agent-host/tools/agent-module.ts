@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import type { Clock } from '../../common/clock.js';
 import type { AgentClient } from './agent-client.js';
 import type { ReadOnlyCredentials } from './credential-source.js';
 
@@ -20,8 +21,11 @@ export interface AgentContext {
   readonly config: string;
   /** The agent's credential, read-only: `get()` at the moment of each call. */
   readonly credentials: ReadOnlyCredentials;
-  /** AgentService, called as this agent. */
+  /** AgentService, called as this agent (also what `AudienceTokens` mints through). */
   readonly agent: AgentClient;
+  /** The host's clock: read time and wait through it, never `Date.now()` or `setTimeout`. */
+  readonly clock: Clock;
+  /** The agent's logger (tokens are redacted; log `jti`, never a token). */
   readonly logger: Logger;
   /** Aborted when the agent is stopped. */
   readonly signal: AbortSignal;

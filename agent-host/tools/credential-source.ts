@@ -11,6 +11,19 @@ export interface CredentialSource {
   get(): string;
 }
 
+/**
+ * A source whose token may first have to be fetched: an audience token from
+ * `AudienceTokens.source()`, minted on demand and cached. Read at the start
+ * of each call, like a {@link CredentialSource}.
+ */
+export interface AsyncCredentialSource {
+  /** The token to send now; rejects with a typed error when there is none. */
+  get(): Promise<string>;
+}
+
+/** Anything the call helpers read a bearer token from, at the moment of each call. */
+export type BearerSource = CredentialSource | AsyncCredentialSource;
+
 /** The read-only view of an agent's credential holder handed to module agents and tools. */
 export interface ReadOnlyCredentials extends CredentialSource {
   /** When the current token expires (Unix ms); 0 before the first one. */
@@ -19,7 +32,11 @@ export interface ReadOnlyCredentials extends CredentialSource {
   readonly generation: number;
 }
 
-/** A source backed by an in-process holder (the host's `CredentialHolder` or its read-only view). */
+/**
+ * A source backed by an in-process holder (the host's `CredentialHolder` or its
+ * read-only view). Frozen, and holds the holder only in a closure: nothing
+ * reachable from it can apply or revoke a credential.
+ */
 export function fromHolder(holder: CredentialSource): CredentialSource {
   return Object.freeze({ get: (): string => holder.get() });
 }
@@ -32,8 +49,11 @@ export interface FileSourceStats {
 
 /**
  * A source backed by a token file (process agents: the host replaces it
- * atomically on each rotation). Re-reads only when `stat` shows a change (inode,
- * size or modification time), which an atomic rename always produces.
+ * atomically on each rotation). Re-reads only when `stat` shows a change (device,
+ * inode, size, modification or change time), which the write-beside-then-rename
+ * always produces: the renamed file's inode differs from the one it replaces,
+ * even when sizes and times match. Counts its reads in `stats` when given.
+ * Frozen; it can only read.
  */
 export function fromFile(path: string, stats: FileSourceStats = { reads: 0 }): CredentialSource {
   let cachedKey = '';
@@ -43,14 +63,22 @@ export function fromFile(path: string, stats: FileSourceStats = { reads: 0 }): C
       let key: string;
       try {
         const info = statSync(path, { bigint: true });
-        key = `${info.ino}:${info.size}:${info.mtimeNs}`;
+        key = `${info.dev}:${info.ino}:${info.size}:${info.mtimeNs}:${info.ctimeNs}`;
       } catch (err) {
         throw new UnauthenticatedError(`no token file at ${path}`, { cause: err });
       }
       if (key !== cachedKey) {
-        cachedToken = readFileSync(path, 'utf8').trim();
-        cachedKey = key;
+        let token: string;
+        try {
+          token = readFileSync(path, 'utf8').trim();
+        } catch (err) {
+          // Replaced or removed between stat and read: nothing cached changes, the next call stats again.
+          throw new UnauthenticatedError(`cannot read token file ${path}`, { cause: err });
+        }
         stats.reads++;
+        // Keyed by the stat taken before the read: if the file was replaced in between, the next stat differs and re-reads.
+        cachedToken = token;
+        cachedKey = key;
       }
       if (cachedToken === '') throw new UnauthenticatedError(`token file ${path} is empty`);
       return cachedToken;

@@ -19,6 +19,7 @@ import {
 import type { TokenIssuer } from '../tokens/token-issuer.js';
 import type { IssuedToken, TokenClaims } from '../tokens/token-kinds.js';
 import type { TokenVerifier } from '../tokens/token-verifier.js';
+import type { DeliveryManager } from '../delivery/delivery-manager.js';
 import { KeyedMutex } from './keyed-mutex.js';
 
 const AGENT_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -42,6 +43,7 @@ export interface AgentManagerOptions {
   random: () => number;
   /** Reports an envelope-level violation by a host (answered with Reject). */
   reject: (session: HostSession, what: string, agentId: string, reason: string) => void;
+  delivery: DeliveryManager;
 }
 
 /** What to create. */
@@ -141,6 +143,8 @@ export class AgentManager {
       createdAtMs: nowMs,
       updatedAtMs: nowMs,
       detail: '',
+      lastSeq: 0,
+      ackedSeq: 0,
     });
     this.#logger.info({ agentId, kind: request.spec.kind }, 'agent dispatched');
     return this.#locks.run(agentId, () => this.#place(agentId));
@@ -199,7 +203,7 @@ export class AgentManager {
   }
 
   /** Issues a fresh credential to a live agent and pushes it to its host. */
-  async rotate(agentId: string, why: 'due' | 'forced' | 'resume'): Promise<AgentRecord | undefined> {
+  async rotate(agentId: string, why: 'due' | 'forced' | 'resume' | 'deliver'): Promise<AgentRecord | undefined> {
     return this.#locks.run(agentId, async () => {
       const agent = await this.#options.store.getAgent(agentId);
       if (agent === undefined) {
@@ -261,6 +265,7 @@ export class AgentManager {
         } else if (this.#options.isRotationEnabled) {
           this.#scheduler.schedule(current.agentId, current.rotationDueAtMs, current.expiresAtMs);
         }
+        await this.#options.delivery.attach(session, current.agentId, running.lastSeq);
       });
     }
     // Agents this host was given but did not report: start them again, under a new incarnation.
@@ -384,10 +389,12 @@ export class AgentManager {
         spec: agent.spec,
         credential: issued.credential,
         name: agent.name,
+        ackedSeq: agent.ackedSeq,
       },
     });
     this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'starting', incarnation });
     this.#logger.info({ agentId: agent.agentId, hostId: session.hostId, incarnation }, 'agent started on host');
+    await this.#options.delivery.attach(session, agent.agentId, issued.agent.ackedSeq);
     return issued.agent;
   }
 
@@ -445,6 +452,7 @@ export class AgentManager {
     const updated = await this.#options.store.updateAgent(agent.agentId, { state, detail, updatedAtMs: this.#options.clock.now() });
     this.#options.verifier.forgetSubject('agent', agent.agentId);
     this.#scheduler.unschedule(agent.agentId);
+    this.#options.delivery.detach(agent.agentId);
     this.#options.events.emit('agent-state', { agentId: agent.agentId, state, incarnation: agent.incarnation });
     this.#logger.info({ agentId: agent.agentId, state, detail }, 'agent ended');
     return updated ?? agent;

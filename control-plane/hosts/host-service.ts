@@ -14,6 +14,7 @@ import { LIVE_AGENT_STATES, type HostRecord, type LabelRecord, type Store } from
 import type { TokenIssuer } from '../tokens/token-issuer.js';
 import type { IssuedToken, TokenClaims } from '../tokens/token-kinds.js';
 import type { TokenVerifier } from '../tokens/token-verifier.js';
+import type { DeliveryManager } from '../delivery/delivery-manager.js';
 import { joinSecretMatches, mintJoinToken, parseJoinToken } from './join-token.js';
 import { HostSession, type HostSessions } from './host-session.js';
 
@@ -29,6 +30,7 @@ export interface HostServiceOptions {
   verifier: TokenVerifier;
   authenticator: Authenticator;
   agents: AgentManager;
+  delivery: DeliveryManager;
   sessions: HostSessions;
   clock: Clock;
   logger: Logger;
@@ -129,6 +131,7 @@ export class HostService {
       const session = state.session;
       if (session !== undefined) {
         session.markClosed();
+        this.#options.delivery.detachSession(session);
         if (this.#options.sessions.remove(session)) {
           this.#options.events.emit('host-disconnected', { hostId: session.hostId, sessionId });
           this.#logger.info({ hostId: session.hostId, sessionId }, 'host disconnected');
@@ -325,7 +328,8 @@ export class HostService {
       return;
     }
     if (ack.seq !== undefined) {
-      this.#reject(session, 'ack', ack.agentId, `an Ack for seq ${ack.seq}, never sent`);
+      const refused = await this.#options.delivery.onAck(session, ack.agentId, ack.seq, ack.ok, ack.error);
+      if (refused !== undefined) this.#reject(session, 'ack', ack.agentId, refused);
       return;
     }
     if (!ack.ok) this.#logger.warn({ hostId: session.hostId, agentId: ack.agentId, gen: ack.generation, error: ack.error }, 'host refused a credential');

@@ -50,6 +50,11 @@ export class HostSession {
     return this.#writer.queued;
   }
 
+  /** Resolves once fewer than `below` envelopes wait to be written (or the session closed). */
+  whenBelow(below: number): Promise<void> {
+    return this.#writer.whenBelow(below);
+  }
+
   /** Queues an envelope for the host; dropped if the session is closed. */
   send(message: ControlMessage): void {
     if (this.#state === 'closed') return;

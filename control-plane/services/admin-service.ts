@@ -7,7 +7,10 @@ import type { HostService } from '../hosts/host-service.js';
 import type { Store } from '../store/store.js';
 import type { SigningKeyRing } from '../tokens/signing-keys.js';
 import type { Clock } from '../../common/clock.js';
+import type { DeliveryManager } from '../delivery/delivery-manager.js';
 import type { HeartbeatLedger } from './heartbeat-ledger.js';
+import { InvalidArgumentError } from '../../common/errors.js';
+import type { MessageStateName } from '../store/store.js';
 import { decodePageToken, encodePageToken, labelsFromProto, pageSize, specFromProto, toAgentInfo } from './convert.js';
 
 /** What AdminService needs. */
@@ -19,12 +22,13 @@ export interface AdminServiceDeps {
   keys: SigningKeyRing;
   clock: Clock;
   heartbeats: HeartbeatLedger;
+  delivery: DeliveryManager;
   logger: Logger;
 }
 
 /** The operator API; every call first proves the admin token. */
 export function adminService(deps: AdminServiceDeps): AdminServiceServer {
-  const { authenticator, agents, hosts, store, keys, clock, heartbeats } = deps;
+  const { authenticator, agents, hosts, store, keys, clock, heartbeats, delivery } = deps;
   const logger = deps.logger.child({ component: 'admin' });
   return {
     enrollHost: unary(logger, async (request, call) => {
@@ -101,6 +105,46 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
       authenticator.admin(call.metadata);
       const agent = await agents.get(request.agentId);
       return { agent: toAgentInfo(agent, heartbeats.last(agent.agentId)) };
+    }),
+    sendMessages: unary(logger, async (request, call) => {
+      authenticator.admin(call.metadata);
+      const results = await delivery.send(request.agentId, 'operator', request.messages);
+      return { messages: results.map((r) => ({ id: r.id, seq: r.seq, duplicate: r.isDuplicate })) };
+    }),
+    listMessages: unary(logger, async (request, call) => {
+      authenticator.admin(call.metadata);
+      const states: MessageStateName[] = request.state === 'dead' ? ['dead'] : request.state === 'pending' || request.state === '' ? ['pending'] : [];
+      if (states.length === 0) throw new InvalidArgumentError('state must be "pending" or "dead"');
+      await agents.get(request.agentId);
+      const limit = pageSize(request.pageSize);
+      const afterSeq = Number(decodePageToken(request.pageToken) ?? '0');
+      const messages = await store.listMessages(request.agentId, states, Number.isSafeInteger(afterSeq) ? afterSeq : 0, limit + 1);
+      const page = messages.slice(0, limit);
+      return {
+        messages: page.map((m) => ({
+          agentId: m.agentId,
+          seq: m.seq,
+          id: m.id,
+          from: m.from,
+          contentType: m.contentType,
+          sizeBytes: m.payload.length,
+          createdAtMs: m.createdAtMs,
+          state: m.state,
+          attempts: m.attempts,
+          lastError: m.lastError,
+        })),
+        nextPageToken: messages.length > limit ? encodePageToken(String(page[page.length - 1]?.seq ?? 0)) : '',
+      };
+    }),
+    requeueMessage: unary(logger, async (request, call) => {
+      authenticator.admin(call.metadata);
+      const seq = await delivery.requeue(request.agentId, request.seq);
+      return { seq };
+    }),
+    purgeMessage: unary(logger, async (request, call) => {
+      authenticator.admin(call.metadata);
+      await store.purgeMessage(request.agentId, request.seq);
+      return {};
     }),
     getJwks: unary(logger, (_request, call) => {
       authenticator.admin(call.metadata);

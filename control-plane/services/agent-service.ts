@@ -1,11 +1,12 @@
 import type { Clock } from '../../common/clock.js';
-import { PermissionDeniedError } from '../../common/errors.js';
+import { InvalidArgumentError, PermissionDeniedError, TokenExpiredError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
 import type { AgentServiceServer } from '../../gen/tether/v1/agent.js';
 import type { AgentManager } from '../agents/agent-manager.js';
 import type { Authenticator } from '../auth/authenticator.js';
 import type { ControlPlaneEvents } from '../events.js';
 import { unary } from '../grpc/status.js';
+import type { TokenIssuer } from '../tokens/token-issuer.js';
 import type { TokenClaims } from '../tokens/token-kinds.js';
 import { stateToProto } from './convert.js';
 import type { HeartbeatLedger } from './heartbeat-ledger.js';
@@ -17,7 +18,29 @@ export interface AgentServiceDeps {
   clock: Clock;
   events: ControlPlaneEvents;
   heartbeats: HeartbeatLedger;
+  /** Signs audience tokens (MintToken). */
+  issuer: TokenIssuer;
+  /** Lifetime of an audience token, capped by the agent token's `exp`. */
+  audienceTokenTtlMs: number;
   logger: Logger;
+}
+
+/** The longest audience MintToken accepts. */
+export const MAX_AUDIENCE_LENGTH = 256;
+
+/** An audience: printable ASCII, no spaces (it is compared byte for byte by verifiers). */
+const AUDIENCE_PATTERN = /^[\x21-\x7e]+$/;
+
+/**
+ * Throws unless `audience` may be minted for: not empty, not over-long, plain
+ * printable ASCII, and not the control plane's own (an agent already holds that
+ * token; a second, unrevocable one for it would widen what a leak yields).
+ */
+function requireForeignAudience(audience: string, ownAudience: string): void {
+  if (audience === '') throw new InvalidArgumentError('audience is required');
+  if (audience.length > MAX_AUDIENCE_LENGTH) throw new InvalidArgumentError(`audience is longer than ${MAX_AUDIENCE_LENGTH} characters`);
+  if (!AUDIENCE_PATTERN.test(audience)) throw new InvalidArgumentError('audience must be printable ASCII without spaces');
+  if (audience === ownAudience) throw new PermissionDeniedError("tokens for the control plane's own audience are not minted");
 }
 
 /** An agent may act only as itself: the id it names must be its token's subject. */
@@ -27,7 +50,7 @@ function requireSelf(claims: TokenClaims, agentId: string): void {
 
 /** The API agents (and their tools) call with their own agent token. */
 export function agentService(deps: AgentServiceDeps): AgentServiceServer {
-  const { authenticator, agents, clock, events, heartbeats } = deps;
+  const { authenticator, agents, clock, events, heartbeats, issuer, audienceTokenTtlMs } = deps;
   const logger = deps.logger.child({ component: 'agent-api' });
   return {
     heartbeat: unary(logger, async (request, call) => {
@@ -49,6 +72,32 @@ export function agentService(deps: AgentServiceDeps): AgentServiceServer {
         expiresAtMs: claims.expiresAtMs,
         keyId: claims.keyId,
         tokenId: claims.tokenId,
+      };
+    }),
+    mintToken: unary(logger, async (request, call) => {
+      const claims = await authenticator.agent(call.metadata);
+      requireForeignAudience(request.audience, issuer.audience);
+      // Within the clock tolerance the verifier still accepts an agent token past its `exp`; nothing can be minted from it.
+      if (claims.expiresAtMs <= clock.now()) throw new TokenExpiredError('the agent token has expired');
+      const minted = await issuer.issue({
+        kind: 'audience',
+        subject: claims.subject,
+        hostId: claims.hostId,
+        audience: request.audience,
+        generation: claims.generation,
+        ttlMs: audienceTokenTtlMs,
+        notAfterMs: claims.expiresAtMs,
+      });
+      const m = minted.claims;
+      logger.info({ agentId: m.subject, aud: m.audience, jti: m.tokenId, kid: m.keyId, gen: m.generation, exp: m.expiresAtMs }, 'audience token minted');
+      return {
+        token: minted.token,
+        audience: m.audience,
+        issuedAtMs: m.issuedAtMs,
+        expiresAtMs: m.expiresAtMs,
+        generation: m.generation,
+        keyId: m.keyId,
+        tokenId: m.tokenId,
       };
     }),
   };

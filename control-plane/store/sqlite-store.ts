@@ -1,15 +1,20 @@
 import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
-import { AlreadyExistsError, ClosedError } from '../../common/errors.js';
+import { AlreadyExistsError, ClosedError, NotFoundError, ResourceExhaustedError } from '../../common/errors.js';
 import type {
   AgentExpectation,
   AgentPatch,
   AgentRecord,
   AgentSpecRecord,
   AgentStateName,
+  AppendRequest,
+  AppendResult,
   HostPatch,
   HostRecord,
   LabelRecord,
+  MessageRecord,
+  MessageStateName,
+  OutboxBatch,
   Page,
   SigningKeyRecord,
   Store,
@@ -55,9 +60,28 @@ CREATE TABLE IF NOT EXISTS agents (
   rotation_due_at_ms INTEGER NOT NULL,
   created_at_ms INTEGER NOT NULL,
   updated_at_ms INTEGER NOT NULL,
-  detail TEXT NOT NULL
+  detail TEXT NOT NULL,
+  last_seq INTEGER NOT NULL DEFAULT 0,
+  acked_seq INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS agents_by_host ON agents (host_id, state);
+CREATE TABLE IF NOT EXISTS messages (
+  agent_id TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  id TEXT NOT NULL,
+  sender TEXT NOT NULL,
+  content_type TEXT NOT NULL,
+  payload BLOB NOT NULL,
+  created_at_ms INTEGER NOT NULL,
+  state TEXT NOT NULL,
+  attempts INTEGER NOT NULL,
+  last_error TEXT NOT NULL,
+  idempotency_key TEXT,
+  PRIMARY KEY (agent_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_by_state ON messages (agent_id, state, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_idempotency_key ON messages (agent_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_by_age ON messages (state, created_at_ms);
 `;
 
 interface AgentRow {
@@ -76,6 +100,22 @@ interface AgentRow {
   created_at_ms: number;
   updated_at_ms: number;
   detail: string;
+  last_seq: number;
+  acked_seq: number;
+}
+
+interface MessageRow {
+  agent_id: string;
+  seq: number;
+  id: string;
+  sender: string;
+  content_type: string;
+  payload: Buffer;
+  created_at_ms: number;
+  state: string;
+  attempts: number;
+  last_error: string;
+  idempotency_key: string | null;
 }
 
 interface HostRow {
@@ -117,6 +157,8 @@ const AGENT_COLUMNS: Record<keyof AgentPatch, string> = {
   rotationDueAtMs: 'rotation_due_at_ms',
   updatedAtMs: 'updated_at_ms',
   detail: 'detail',
+  lastSeq: 'last_seq',
+  ackedSeq: 'acked_seq',
 };
 
 const HOST_COLUMNS: Record<keyof HostPatch, string> = {
@@ -150,6 +192,24 @@ function agentFromRow(row: AgentRow): AgentRecord {
     createdAtMs: row.created_at_ms,
     updatedAtMs: row.updated_at_ms,
     detail: row.detail,
+    lastSeq: row.last_seq,
+    ackedSeq: row.acked_seq,
+  };
+}
+
+function messageFromRow(row: MessageRow): MessageRecord {
+  return {
+    agentId: row.agent_id,
+    seq: row.seq,
+    id: row.id,
+    from: row.sender,
+    contentType: row.content_type,
+    payload: row.payload,
+    createdAtMs: row.created_at_ms,
+    state: row.state as MessageStateName,
+    attempts: row.attempts,
+    lastError: row.last_error,
+    idempotencyKey: row.idempotency_key,
   };
 }
 
@@ -341,8 +401,8 @@ export class SqliteStore implements Store {
         this.#open()
           .prepare(
             `INSERT INTO agents (agent_id, name, state, host_id, host_labels, spec, incarnation, generation, token_id,
-               issued_at_ms, expires_at_ms, rotation_due_at_ms, created_at_ms, updated_at_ms, detail)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+               issued_at_ms, expires_at_ms, rotation_due_at_ms, created_at_ms, updated_at_ms, detail, last_seq, acked_seq)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
           )
           .run(
             agent.agentId,
@@ -360,6 +420,8 @@ export class SqliteStore implements Store {
             agent.createdAtMs,
             agent.updatedAtMs,
             agent.detail,
+            agent.lastSeq,
+            agent.ackedSeq,
           );
       } catch (err) {
         if (isUniqueViolation(err)) throw new AlreadyExistsError(`agent ${agent.agentId} exists`, { cause: err });
@@ -428,6 +490,160 @@ export class SqliteStore implements Store {
         .all(...states) as { host_id: string; n: number }[];
       return new Map(rows.map((row) => [row.host_id, row.n]));
     });
+  }
+
+  applyOutboxBatch(batch: OutboxBatch): Promise<(AppendResult[] | Error)[]> {
+    return this.#run(() =>
+      this.#open().transaction(() => {
+        const results = batch.appends.map((request) => {
+          // A savepoint per request, so one refused append leaves the others in the batch.
+          try {
+            return this.#open().transaction(() => this.#append(request))();
+          } catch (err) {
+            if (err instanceof NotFoundError || err instanceof ResourceExhaustedError) return err;
+            throw err;
+          }
+        });
+        const ack = this.#open().prepare(
+          "UPDATE messages SET state = 'acked', payload = x'' WHERE agent_id = ? AND state = 'pending' AND seq <= ?",
+        );
+        const watermark = this.#open().prepare('UPDATE agents SET acked_seq = MAX(acked_seq, ?) WHERE agent_id = ?');
+        for (const { agentId, seq } of batch.acks) {
+          ack.run(agentId, seq);
+          watermark.run(seq, agentId);
+        }
+        return results;
+      })(),
+    );
+  }
+
+  #append(request: AppendRequest): AppendResult[] {
+    const db = this.#open();
+    const agent = db.prepare('SELECT last_seq FROM agents WHERE agent_id = ?').get(request.agentId) as { last_seq: number } | undefined;
+    if (agent === undefined) throw new NotFoundError(`no agent ${request.agentId}`);
+    const findByKey = db.prepare('SELECT id, seq FROM messages WHERE agent_id = ? AND idempotency_key = ?');
+    const results: AppendResult[] = [];
+    const fresh: { message: AppendRequest['messages'][number]; seq: number }[] = [];
+    let lastSeq = agent.last_seq;
+    const seenKeys = new Map<string, AppendResult>();
+    for (const message of request.messages) {
+      if (message.idempotencyKey !== null) {
+        const earlier = (findByKey.get(request.agentId, message.idempotencyKey) as { id: string; seq: number } | undefined) ?? seenKeys.get(message.idempotencyKey);
+        if (earlier !== undefined) {
+          results.push({ id: earlier.id, seq: earlier.seq, isDuplicate: true });
+          continue;
+        }
+      }
+      lastSeq++;
+      const result = { id: message.id, seq: lastSeq, isDuplicate: false };
+      if (message.idempotencyKey !== null) seenKeys.set(message.idempotencyKey, result);
+      fresh.push({ message, seq: lastSeq });
+      results.push(result);
+    }
+    if (fresh.length === 0) return results;
+    const pending = (
+      db.prepare("SELECT COUNT(*) AS n FROM messages WHERE agent_id = ? AND state = 'pending'").get(request.agentId) as { n: number }
+    ).n;
+    if (pending + fresh.length > request.maxPending) {
+      throw new ResourceExhaustedError(`the outbox of ${request.agentId} is full (${pending} unacknowledged messages, at most ${request.maxPending})`);
+    }
+    const insert = db.prepare(
+      `INSERT INTO messages (agent_id, seq, id, sender, content_type, payload, created_at_ms, state, attempts, last_error, idempotency_key)
+       VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, '', ?)`,
+    );
+    for (const { message, seq } of fresh) {
+      insert.run(request.agentId, seq, message.id, message.from, message.contentType, message.payload, message.createdAtMs, message.idempotencyKey);
+    }
+    db.prepare('UPDATE agents SET last_seq = ? WHERE agent_id = ?').run(lastSeq, request.agentId);
+    return results;
+  }
+
+  listDeliverable(agentId: string, afterSeq: number, limit: number): Promise<MessageRecord[]> {
+    return this.#run(() =>
+      (
+        this.#open()
+          .prepare("SELECT * FROM messages WHERE agent_id = ? AND seq > ? AND state IN ('pending', 'dead') ORDER BY seq LIMIT ?")
+          .all(agentId, afterSeq, limit) as MessageRow[]
+      ).map(messageFromRow),
+    );
+  }
+
+  recordRefusal(agentId: string, seq: number, error: string, maxAttempts: number): Promise<MessageRecord | undefined> {
+    return this.#run(() =>
+      this.#open().transaction(() => {
+        const db = this.#open();
+        const row = db.prepare("SELECT * FROM messages WHERE agent_id = ? AND seq = ? AND state = 'pending'").get(agentId, seq) as
+          | MessageRow
+          | undefined;
+        if (row === undefined) return undefined;
+        const attempts = row.attempts + 1;
+        const state = attempts >= maxAttempts ? 'dead' : 'pending';
+        db.prepare('UPDATE messages SET attempts = ?, last_error = ?, state = ? WHERE agent_id = ? AND seq = ?').run(
+          attempts,
+          error.slice(0, 1024),
+          state,
+          agentId,
+          seq,
+        );
+        return messageFromRow({ ...row, attempts, last_error: error.slice(0, 1024), state });
+      })(),
+    );
+  }
+
+  listMessages(agentId: string, states: readonly MessageStateName[], afterSeq: number, limit: number): Promise<MessageRecord[]> {
+    return this.#run(() =>
+      (
+        this.#open()
+          .prepare(
+            `SELECT * FROM messages WHERE agent_id = ? AND seq > ? AND state IN (${states.map(() => '?').join(', ') || "''"}) ORDER BY seq LIMIT ?`,
+          )
+          .all(agentId, afterSeq, ...states, limit) as MessageRow[]
+      ).map(messageFromRow),
+    );
+  }
+
+  requeueMessage(agentId: string, seq: number): Promise<number> {
+    return this.#run(() =>
+      this.#open().transaction(() => {
+        const db = this.#open();
+        const row = db.prepare("SELECT * FROM messages WHERE agent_id = ? AND seq = ? AND state = 'dead'").get(agentId, seq) as
+          | MessageRow
+          | undefined;
+        if (row === undefined) throw new NotFoundError(`no dead letter ${agentId}/${seq}`);
+        const agent = db.prepare('SELECT last_seq FROM agents WHERE agent_id = ?').get(agentId) as { last_seq: number };
+        const newSeq = agent.last_seq + 1;
+        // The idempotency key stays with the original row, which keeps answering retried sends.
+        db.prepare("UPDATE messages SET state = 'requeued', payload = x'' WHERE agent_id = ? AND seq = ?").run(agentId, seq);
+        db.prepare(
+          `INSERT INTO messages (agent_id, seq, id, sender, content_type, payload, created_at_ms, state, attempts, last_error, idempotency_key)
+           VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, '', NULL)`,
+        ).run(agentId, newSeq, row.id, row.sender, row.content_type, row.payload, row.created_at_ms);
+        db.prepare('UPDATE agents SET last_seq = ? WHERE agent_id = ?').run(newSeq, agentId);
+        return newSeq;
+      })(),
+    );
+  }
+
+  purgeMessage(agentId: string, seq: number): Promise<void> {
+    return this.#run(() => {
+      const result = this.#open().prepare("DELETE FROM messages WHERE agent_id = ? AND seq = ? AND state = 'dead'").run(agentId, seq);
+      if (result.changes === 0) throw new NotFoundError(`no dead letter ${agentId}/${seq}`);
+    });
+  }
+
+  pruneMessages(ackedBeforeMs: number, endedBeforeMs: number): Promise<number> {
+    return this.#run(() =>
+      this.#open().transaction(() => {
+        const db = this.#open();
+        const acked = db.prepare("DELETE FROM messages WHERE state IN ('acked', 'requeued') AND created_at_ms < ?").run(ackedBeforeMs).changes;
+        const ended = db
+          .prepare(
+            "DELETE FROM messages WHERE agent_id IN (SELECT agent_id FROM agents WHERE state IN ('stopped', 'exited', 'failed') AND updated_at_ms < ?)",
+          )
+          .run(endedBeforeMs).changes;
+        return acked + ended;
+      })(),
+    );
   }
 
   close(): Promise<void> {

@@ -63,6 +63,72 @@ export interface AgentRecord {
   createdAtMs: number;
   updatedAtMs: number;
   detail: string;
+  /** The highest seq appended to its outbox (0: none yet). */
+  lastSeq: number;
+  /** Every message up to this seq has been taken by the agent (or skipped as dead). */
+  ackedSeq: number;
+}
+
+/**
+ * A message's state in an outbox:
+ * - `pending`: not acknowledged yet; delivered (again) until it is.
+ * - `acked`: taken by the agent; its payload is dropped, the row kept a while for idempotency.
+ * - `dead`: refused too often; held for an operator, skipped by delivery.
+ * - `requeued`: a dead letter appended again under a new seq.
+ */
+export type MessageStateName = 'pending' | 'acked' | 'dead' | 'requeued';
+
+/** One message in an agent's outbox. */
+export interface MessageRecord {
+  agentId: string;
+  seq: number;
+  id: string;
+  from: string;
+  contentType: string;
+  payload: Buffer;
+  createdAtMs: number;
+  state: MessageStateName;
+  attempts: number;
+  lastError: string;
+  idempotencyKey: string | null;
+}
+
+/** A message to append. */
+export interface NewMessage {
+  id: string;
+  from: string;
+  contentType: string;
+  payload: Buffer;
+  createdAtMs: number;
+  idempotencyKey: string | null;
+}
+
+/** Messages to append to one agent's outbox, all or none. */
+export interface AppendRequest {
+  agentId: string;
+  messages: NewMessage[];
+  /** Refuse (ResourceExhaustedError) if the outbox would hold more unacknowledged messages than this. */
+  maxPending: number;
+}
+
+/** Where one appended message went. */
+export interface AppendResult {
+  id: string;
+  seq: number;
+  /** An earlier append with the same idempotency key already holds it. */
+  isDuplicate: boolean;
+}
+
+/** A cumulative acknowledgement: every pending message of the agent up to `seq` was taken. */
+export interface AckRecord {
+  agentId: string;
+  seq: number;
+}
+
+/** Appends and acks committed in one transaction (group commit). */
+export interface OutboxBatch {
+  appends: AppendRequest[];
+  acks: AckRecord[];
 }
 
 /** A host's lifecycle. */
@@ -161,6 +227,33 @@ export interface Store {
   updateAgent(agentId: string, patch: AgentPatch, expect?: AgentExpectation): Promise<AgentRecord | undefined>;
   listAgents(filter: { hostId?: string; states?: readonly AgentStateName[] }, afterId: string | null, limit: number): Promise<Page<AgentRecord>>;
   countAgentsByHost(states: readonly AgentStateName[]): Promise<Map<string, number>>;
+
+  /**
+   * Applies a batch of appends and acks in one transaction. Each append succeeds
+   * or fails on its own (NotFoundError, ResourceExhaustedError) and its result
+   * or error is returned in order.
+   */
+  applyOutboxBatch(batch: OutboxBatch): Promise<(AppendResult[] | Error)[]>;
+  /** Pending and dead messages of an agent after `afterSeq`, in seq order. */
+  listDeliverable(agentId: string, afterSeq: number, limit: number): Promise<MessageRecord[]>;
+  /**
+   * Counts a refusal of a pending message; dead-letters it once `attempts`
+   * reaches `maxAttempts`. Returns the updated message, or undefined if it is
+   * not pending.
+   */
+  recordRefusal(agentId: string, seq: number, error: string, maxAttempts: number): Promise<MessageRecord | undefined>;
+  /** Messages of an agent in `states`, after `afterSeq`, in seq order. */
+  listMessages(agentId: string, states: readonly MessageStateName[], afterSeq: number, limit: number): Promise<MessageRecord[]>;
+  /** Appends a dead letter again under a new seq (same id); returns the new seq. NotFoundError if no such dead letter. */
+  requeueMessage(agentId: string, seq: number): Promise<number>;
+  /** Deletes a dead letter. NotFoundError if no such dead letter. */
+  purgeMessage(agentId: string, seq: number): Promise<void>;
+  /**
+   * Deletes acknowledged messages created before `ackedBeforeMs` (their
+   * idempotency keys with them) and every message of agents that ended before
+   * `endedBeforeMs`. Returns how many went.
+   */
+  pruneMessages(ackedBeforeMs: number, endedBeforeMs: number): Promise<number>;
 
   /** Closes the database; later calls throw ClosedError. Idempotent. */
   close(): Promise<void>;

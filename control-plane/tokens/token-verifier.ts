@@ -52,6 +52,12 @@ export class TokenVerifier {
   /** `kind:subject` → tokens of it in the cache, so revocation can drop them. */
   readonly #bySubject = new Map<string, Set<string>>();
   readonly #cacheSize: number;
+  /**
+   * Bumped by every {@link forgetSubject}. A verification caches its token only if
+   * no subject was forgotten while it awaited `isRevoked`: otherwise a stop landing
+   * between the store read and the cache write would leave a revoked token cached.
+   */
+  #forgets = 0;
 
   constructor(options: TokenVerifierOptions) {
     this.#options = options;
@@ -66,20 +72,24 @@ export class TokenVerifier {
   /** Verifies `token` as a token of `kind`; throws {@link TokenRejectedError} or {@link TokenExpiredError}. */
   async verify(token: string, kind: TokenKind, audience?: string): Promise<TokenClaims> {
     const nowMs = this.#options.clock.now();
+    const expectedAudience = audience ?? this.#options.audience;
     const cached = this.#cache.get(token);
-    if (cached !== undefined && cached.claims.kind === kind) {
+    // A hit must match what is asked for now, audience included: a token cached for one audience never passes for another.
+    if (cached !== undefined && cached.claims.kind === kind && cached.claims.audience === expectedAudience) {
       if (nowMs < cached.claims.expiresAtMs + this.#options.clockToleranceMs) return cached.claims;
       this.#drop(token);
       throw new TokenExpiredError();
     }
-    const claims = await this.#verifySignature(token, kind, nowMs, audience ?? this.#options.audience);
+    const claims = await this.#verifySignature(token, kind, nowMs, expectedAudience);
+    const forgetsBefore = this.#forgets;
     if (await this.#options.isRevoked(claims)) throw new TokenRevokedError();
-    this.#remember(token, claims);
+    if (this.#forgets === forgetsBefore) this.#remember(token, claims);
     return claims;
   }
 
   /** Drops every cached token of `subject` (its tokens were revoked). */
   forgetSubject(kind: TokenKind, subject: string): void {
+    this.#forgets++;
     const key = `${kind}:${subject}`;
     const tokens = this.#bySubject.get(key);
     if (tokens === undefined) return;

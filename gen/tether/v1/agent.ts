@@ -47,6 +47,29 @@ export interface WhoAmIResponse {
   tokenId: string;
 }
 
+export interface MintTokenRequest {
+  /**
+   * The service the token is for: its `aud` claim. 1 to 256 printable ASCII
+   * characters, no spaces; never the control plane's own audience.
+   */
+  audience: string;
+}
+
+export interface MintTokenResponse {
+  /** The token, for `authorization: Bearer <token>` towards the audience only. */
+  token: string;
+  /** The audience it names, as asked. */
+  audience: string;
+  issuedAtMs: number;
+  /** Never later than the expiry of the agent token it was minted with. */
+  expiresAtMs: number;
+  /** The generation of the agent token it was minted with. */
+  generation: number;
+  keyId: string;
+  /** The id of the JWT (jti); safe to log, unlike the token. */
+  tokenId: string;
+}
+
 function createBaseHeartbeatRequest(): HeartbeatRequest {
   return { agentId: "" };
 }
@@ -446,6 +469,254 @@ export const WhoAmIResponse: MessageFns<WhoAmIResponse> = {
   },
 };
 
+function createBaseMintTokenRequest(): MintTokenRequest {
+  return { audience: "" };
+}
+
+export const MintTokenRequest: MessageFns<MintTokenRequest> = {
+  encode(message: MintTokenRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.audience !== "") {
+      writer.uint32(10).string(message.audience);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MintTokenRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMintTokenRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.audience = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MintTokenRequest {
+    return { audience: isSet(object.audience) ? globalThis.String(object.audience) : "" };
+  },
+
+  toJSON(message: MintTokenRequest): unknown {
+    const obj: any = {};
+    if (message.audience !== "") {
+      obj.audience = message.audience;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MintTokenRequest>, I>>(base?: I): MintTokenRequest {
+    return MintTokenRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MintTokenRequest>, I>>(object: I): MintTokenRequest {
+    const message = createBaseMintTokenRequest();
+    message.audience = object.audience ?? "";
+    return message;
+  },
+};
+
+function createBaseMintTokenResponse(): MintTokenResponse {
+  return { token: "", audience: "", issuedAtMs: 0, expiresAtMs: 0, generation: 0, keyId: "", tokenId: "" };
+}
+
+export const MintTokenResponse: MessageFns<MintTokenResponse> = {
+  encode(message: MintTokenResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.token !== "") {
+      writer.uint32(10).string(message.token);
+    }
+    if (message.audience !== "") {
+      writer.uint32(18).string(message.audience);
+    }
+    if (message.issuedAtMs !== 0) {
+      writer.uint32(24).int64(message.issuedAtMs);
+    }
+    if (message.expiresAtMs !== 0) {
+      writer.uint32(32).int64(message.expiresAtMs);
+    }
+    if (message.generation !== 0) {
+      writer.uint32(40).uint64(message.generation);
+    }
+    if (message.keyId !== "") {
+      writer.uint32(50).string(message.keyId);
+    }
+    if (message.tokenId !== "") {
+      writer.uint32(58).string(message.tokenId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MintTokenResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMintTokenResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.audience = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.issuedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.expiresAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.keyId = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.tokenId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MintTokenResponse {
+    return {
+      token: isSet(object.token) ? globalThis.String(object.token) : "",
+      audience: isSet(object.audience) ? globalThis.String(object.audience) : "",
+      issuedAtMs: isSet(object.issuedAtMs)
+        ? globalThis.Number(object.issuedAtMs)
+        : isSet(object.issued_at_ms)
+        ? globalThis.Number(object.issued_at_ms)
+        : 0,
+      expiresAtMs: isSet(object.expiresAtMs)
+        ? globalThis.Number(object.expiresAtMs)
+        : isSet(object.expires_at_ms)
+        ? globalThis.Number(object.expires_at_ms)
+        : 0,
+      generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
+      keyId: isSet(object.keyId)
+        ? globalThis.String(object.keyId)
+        : isSet(object.key_id)
+        ? globalThis.String(object.key_id)
+        : "",
+      tokenId: isSet(object.tokenId)
+        ? globalThis.String(object.tokenId)
+        : isSet(object.token_id)
+        ? globalThis.String(object.token_id)
+        : "",
+    };
+  },
+
+  toJSON(message: MintTokenResponse): unknown {
+    const obj: any = {};
+    if (message.token !== "") {
+      obj.token = message.token;
+    }
+    if (message.audience !== "") {
+      obj.audience = message.audience;
+    }
+    if (message.issuedAtMs !== 0) {
+      obj.issuedAtMs = Math.round(message.issuedAtMs);
+    }
+    if (message.expiresAtMs !== 0) {
+      obj.expiresAtMs = Math.round(message.expiresAtMs);
+    }
+    if (message.generation !== 0) {
+      obj.generation = Math.round(message.generation);
+    }
+    if (message.keyId !== "") {
+      obj.keyId = message.keyId;
+    }
+    if (message.tokenId !== "") {
+      obj.tokenId = message.tokenId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MintTokenResponse>, I>>(base?: I): MintTokenResponse {
+    return MintTokenResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MintTokenResponse>, I>>(object: I): MintTokenResponse {
+    const message = createBaseMintTokenResponse();
+    message.token = object.token ?? "";
+    message.audience = object.audience ?? "";
+    message.issuedAtMs = object.issuedAtMs ?? 0;
+    message.expiresAtMs = object.expiresAtMs ?? 0;
+    message.generation = object.generation ?? 0;
+    message.keyId = object.keyId ?? "";
+    message.tokenId = object.tokenId ?? "";
+    return message;
+  },
+};
+
 /**
  * What agents (and their tools) call, each with its own agent JWT as
  * `authorization: Bearer <token>`. An agent may act only as itself.
@@ -472,6 +743,23 @@ export const AgentServiceService = {
     responseSerialize: (value: WhoAmIResponse): Buffer => Buffer.from(WhoAmIResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WhoAmIResponse => WhoAmIResponse.decode(value),
   },
+  /**
+   * A short-lived token naming the calling agent, for another service (the
+   * audience), which verifies it offline against the JWKS. Its JOSE `typ` is
+   * `tether-aud+jwt`; it never outlives the agent token it was minted with and
+   * is not accepted by the control plane itself. The control plane's own
+   * audience is refused (PERMISSION_DENIED), as is an empty or over-long one
+   * (INVALID_ARGUMENT).
+   */
+  mintToken: {
+    path: "/tether.v1.AgentService/MintToken" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: MintTokenRequest): Buffer => Buffer.from(MintTokenRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MintTokenRequest => MintTokenRequest.decode(value),
+    responseSerialize: (value: MintTokenResponse): Buffer => Buffer.from(MintTokenResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MintTokenResponse => MintTokenResponse.decode(value),
+  },
 } as const;
 
 export interface AgentServiceServer extends UntypedServiceImplementation {
@@ -479,6 +767,15 @@ export interface AgentServiceServer extends UntypedServiceImplementation {
   heartbeat: handleUnaryCall<HeartbeatRequest, HeartbeatResponse>;
   /** Who the presented token says you are. */
   whoAmI: handleUnaryCall<WhoAmIRequest, WhoAmIResponse>;
+  /**
+   * A short-lived token naming the calling agent, for another service (the
+   * audience), which verifies it offline against the JWKS. Its JOSE `typ` is
+   * `tether-aud+jwt`; it never outlives the agent token it was minted with and
+   * is not accepted by the control plane itself. The control plane's own
+   * audience is refused (PERMISSION_DENIED), as is an empty or over-long one
+   * (INVALID_ARGUMENT).
+   */
+  mintToken: handleUnaryCall<MintTokenRequest, MintTokenResponse>;
 }
 
 export interface AgentServiceClient extends Client {
@@ -513,6 +810,29 @@ export interface AgentServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: WhoAmIResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * A short-lived token naming the calling agent, for another service (the
+   * audience), which verifies it offline against the JWKS. Its JOSE `typ` is
+   * `tether-aud+jwt`; it never outlives the agent token it was minted with and
+   * is not accepted by the control plane itself. The control plane's own
+   * audience is refused (PERMISSION_DENIED), as is an empty or over-long one
+   * (INVALID_ARGUMENT).
+   */
+  mintToken(
+    request: MintTokenRequest,
+    callback: (error: ServiceError | null, response: MintTokenResponse) => void,
+  ): ClientUnaryCall;
+  mintToken(
+    request: MintTokenRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: MintTokenResponse) => void,
+  ): ClientUnaryCall;
+  mintToken(
+    request: MintTokenRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: MintTokenResponse) => void,
   ): ClientUnaryCall;
 }
 

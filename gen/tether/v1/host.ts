@@ -106,6 +106,11 @@ export interface StartAgent {
   spec: AgentSpec | undefined;
   credential: Credential | undefined;
   name: string;
+  /**
+   * Messages up to this seq were already taken by the agent (in an earlier
+   * placement); delivery resumes after it.
+   */
+  ackedSeq: number;
 }
 
 /**
@@ -1283,7 +1288,7 @@ export const Welcome: MessageFns<Welcome> = {
 };
 
 function createBaseStartAgent(): StartAgent {
-  return { agentId: "", incarnation: 0, spec: undefined, credential: undefined, name: "" };
+  return { agentId: "", incarnation: 0, spec: undefined, credential: undefined, name: "", ackedSeq: 0 };
 }
 
 export const StartAgent: MessageFns<StartAgent> = {
@@ -1302,6 +1307,9 @@ export const StartAgent: MessageFns<StartAgent> = {
     }
     if (message.name !== "") {
       writer.uint32(42).string(message.name);
+    }
+    if (message.ackedSeq !== 0) {
+      writer.uint32(48).uint64(message.ackedSeq);
     }
     return writer;
   },
@@ -1359,6 +1367,14 @@ export const StartAgent: MessageFns<StartAgent> = {
             message.name = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.ackedSeq = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1382,6 +1398,11 @@ export const StartAgent: MessageFns<StartAgent> = {
       spec: isSet(object.spec) ? AgentSpec.fromJSON(object.spec) : undefined,
       credential: isSet(object.credential) ? Credential.fromJSON(object.credential) : undefined,
       name: isSet(object.name) ? globalThis.String(object.name) : "",
+      ackedSeq: isSet(object.ackedSeq)
+        ? globalThis.Number(object.ackedSeq)
+        : isSet(object.acked_seq)
+        ? globalThis.Number(object.acked_seq)
+        : 0,
     };
   },
 
@@ -1402,6 +1423,9 @@ export const StartAgent: MessageFns<StartAgent> = {
     if (message.name !== "") {
       obj.name = message.name;
     }
+    if (message.ackedSeq !== 0) {
+      obj.ackedSeq = Math.round(message.ackedSeq);
+    }
     return obj;
   },
 
@@ -1417,6 +1441,7 @@ export const StartAgent: MessageFns<StartAgent> = {
       ? Credential.fromPartial(object.credential)
       : undefined;
     message.name = object.name ?? "";
+    message.ackedSeq = object.ackedSeq ?? 0;
     return message;
   },
 };

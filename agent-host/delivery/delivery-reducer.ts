@@ -1,0 +1,101 @@
+/**
+ * One agent's delivery state on its host, as a pure function
+ * `(state, event) → (state, effects)`, so its guarantees (each message into the
+ * agent exactly once and in order while the host lives) can be checked by
+ * property tests without a network.
+ */
+
+/** A delivered message as the reducer sees it (payload opaque). */
+export interface InboundMessage<M = unknown> {
+  seq: number;
+  message: M;
+}
+
+/** The state. Never mutated: every event yields a new one. */
+export interface DeliveryState<M = unknown> {
+  /** Every seq up to this was taken by the agent (or skipped). */
+  readonly takenSeq: number;
+  /** Deliveries and skips received ahead of the agent, by seq. */
+  readonly buffer: ReadonlyMap<number, { kind: 'message'; message: M } | { kind: 'skip' }>;
+  /** The seq the agent is handling now, if any: one at a time. */
+  readonly handlingSeq: number | undefined;
+  readonly isStopped: boolean;
+}
+
+/** What happens to one agent's delivery. */
+export type DeliveryEvent<M = unknown> =
+  /** The control plane delivered `seq` (perhaps again). */
+  | { type: 'deliver'; seq: number; message: M }
+  /** The control plane dead-lettered `seq`: move past it. */
+  | { type: 'skip'; seq: number }
+  /** The agent took `seq`. */
+  | { type: 'taken'; seq: number }
+  /** The agent refused `seq`; the control plane will deliver it again. */
+  | { type: 'refused'; seq: number; error: string }
+  /** The agent stopped: nothing more goes in. */
+  | { type: 'stop' };
+
+/** What the host must do. */
+export type DeliveryEffect<M = unknown> =
+  /** Hand `seq` to the agent. */
+  | { type: 'give'; seq: number; message: M }
+  /** Acknowledge everything up to `seq` (cumulative). */
+  | { type: 'ack'; seq: number }
+  /** Tell the control plane the agent refused `seq`. */
+  | { type: 'nack'; seq: number; error: string };
+
+/** The state of an agent whose messages up to `takenSeq` were already taken. */
+export function initialDeliveryState<M>(takenSeq: number): DeliveryState<M> {
+  return { takenSeq, buffer: new Map(), handlingSeq: undefined, isStopped: false };
+}
+
+/** Applies `event`; returns the next state and the effects to carry out, in order. */
+export function reduceDelivery<M>(state: DeliveryState<M>, event: DeliveryEvent<M>): { state: DeliveryState<M>; effects: DeliveryEffect<M>[] } {
+  if (state.isStopped) return { state, effects: [] };
+  switch (event.type) {
+    case 'stop':
+      return { state: { ...state, isStopped: true, buffer: new Map(), handlingSeq: undefined }, effects: [] };
+    case 'deliver':
+    case 'skip': {
+      if (event.seq <= state.takenSeq) {
+        // Already taken: a re-send after a reconnect. Acknowledge again so the control plane moves on.
+        return { state, effects: [{ type: 'ack', seq: state.takenSeq }] };
+      }
+      if (event.seq === state.handlingSeq) return { state, effects: [] };
+      const buffer = new Map(state.buffer);
+      buffer.set(event.seq, event.type === 'deliver' ? { kind: 'message', message: event.message } : { kind: 'skip' });
+      return advance({ ...state, buffer }, []);
+    }
+    case 'taken': {
+      if (event.seq !== state.handlingSeq) return { state, effects: [] };
+      return advance({ ...state, takenSeq: event.seq, handlingSeq: undefined }, [{ type: 'ack', seq: event.seq }]);
+    }
+    case 'refused': {
+      if (event.seq !== state.handlingSeq) return { state, effects: [] };
+      // The message is dropped here; the queue waits for its re-delivery (or a skip).
+      return advance({ ...state, handlingSeq: undefined }, [{ type: 'nack', seq: event.seq, error: event.error }]);
+    }
+  }
+}
+
+/** Hands the next message to the agent if it is free and the next seq is here; moves past skips. */
+function advance<M>(state: DeliveryState<M>, effects: DeliveryEffect<M>[]): { state: DeliveryState<M>; effects: DeliveryEffect<M>[] } {
+  if (state.handlingSeq !== undefined) return { state, effects };
+  let { takenSeq } = state;
+  if (!state.buffer.has(takenSeq + 1)) return { state, effects };
+  const buffer = new Map(state.buffer);
+  let skipped = false;
+  for (;;) {
+    const next = buffer.get(takenSeq + 1);
+    if (next === undefined) break;
+    buffer.delete(takenSeq + 1);
+    if (next.kind === 'skip') {
+      takenSeq++;
+      skipped = true;
+      continue;
+    }
+    const out: DeliveryEffect<M>[] = skipped ? [...effects, { type: 'ack', seq: takenSeq }] : effects;
+    return { state: { ...state, takenSeq, buffer, handlingSeq: takenSeq + 1 }, effects: [...out, { type: 'give', seq: takenSeq + 1, message: next.message }] };
+  }
+  return { state: { ...state, takenSeq, buffer }, effects: skipped ? [...effects, { type: 'ack', seq: takenSeq }] : effects };
+}

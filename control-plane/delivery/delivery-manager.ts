@@ -1,0 +1,284 @@
+import { randomUUID } from 'node:crypto';
+import retry from 'retry';
+import type { Clock } from '../../common/clock.js';
+import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import type { Logger } from '../../common/logger.js';
+import type { OutgoingMessage } from '../../gen/tether/v1/common.js';
+import type { ControlPlaneEvents } from '../events.js';
+import type { HostSession } from '../hosts/host-session.js';
+import { isPastHalfLife } from '../rotation/rotation-policy.js';
+import type { AppendResult, Store } from '../store/store.js';
+import { OutboxBatcher } from './outbox-batcher.js';
+
+/** Options of {@link DeliveryManager}. */
+export interface DeliveryManagerOptions {
+  store: Store;
+  clock: Clock;
+  logger: Logger;
+  events: ControlPlaneEvents;
+  /** Issues a fresh credential to the agent and sends it down its host's stream (resolves once queued there). */
+  rotate: (agentId: string) => Promise<void>;
+  /** Unacknowledged deliveries per agent. */
+  window: number;
+  /** Refusals after which a message is dead-lettered. */
+  maxAttempts: number;
+  /** Unacknowledged messages an outbox holds before sends are refused. */
+  maxPending: number;
+  maxPayloadBytes: number;
+  /** Messages per send call. */
+  maxBatch: number;
+  /** Re-send backoff after a refusal. */
+  retryMinDelayMs: number;
+  retryMaxDelayMs: number;
+  /** Envelopes queued on one host stream before delivery waits for it to drain. */
+  maxQueuedPerHost: number;
+  /** Acknowledged messages (and their idempotency keys) are kept this long. */
+  ackedRetentionMs: number;
+  /** Messages of ended agents are kept this long. */
+  endedRetentionMs: number;
+}
+
+/** Where delivery stands for one agent on its host's current stream. */
+interface Cursor {
+  agentId: string;
+  session: HostSession;
+  /** Highest seq sent on this stream (or known taken). */
+  sentSeq: number;
+  /** Highest seq the host has acknowledged (cumulative). */
+  ackedSeq: number;
+  isPumping: boolean;
+  needsPump: boolean;
+  /** A refused seq waiting for its re-send. */
+  retrySeq: number | undefined;
+}
+
+/**
+ * Delivers each agent's outbox down its host's stream: in seq order, at most
+ * `window` unacknowledged per agent, a fresh token first when the agent's is
+ * past half its life, refusals re-sent with backoff (holding that agent's queue
+ * only) and dead-lettered after `maxAttempts`, when a Skip moves the host past.
+ */
+export class DeliveryManager {
+  readonly #options: DeliveryManagerOptions;
+  readonly #logger: Logger;
+  readonly #batcher: OutboxBatcher;
+  readonly #cursors = new Map<string, Cursor>();
+  readonly #closing = new AbortController();
+  #pruning: Promise<void> | undefined;
+
+  constructor(options: DeliveryManagerOptions) {
+    this.#options = options;
+    this.#logger = options.logger.child({ component: 'delivery' });
+    this.#batcher = new OutboxBatcher(options.store);
+  }
+
+  /** Starts the retention sweep. */
+  start(): void {
+    this.#pruning ??= this.#pruneLoop();
+  }
+
+  /** Appends messages to an agent's outbox (durable before this resolves), then pushes them. */
+  async send(agentId: string, from: string, messages: readonly OutgoingMessage[]): Promise<AppendResult[]> {
+    const { maxBatch, maxPayloadBytes, clock } = this.#options;
+    if (messages.length === 0) throw new InvalidArgumentError('no messages to send');
+    if (messages.length > maxBatch) throw new InvalidArgumentError(`at most ${maxBatch} messages per call`);
+    for (const message of messages) {
+      if (message.payload.length > maxPayloadBytes) {
+        throw new InvalidArgumentError(`a payload is ${message.payload.length} bytes; the limit is ${maxPayloadBytes}`);
+      }
+      if (message.idempotencyKey.length > 256) throw new InvalidArgumentError('an idempotency key is at most 256 characters');
+      if (message.contentType.length > 256) throw new InvalidArgumentError('a content type is at most 256 characters');
+    }
+    const nowMs = clock.now();
+    const results = await this.#batcher.append({
+      agentId,
+      maxPending: this.#options.maxPending,
+      messages: messages.map((message) => ({
+        id: randomUUID(),
+        from,
+        contentType: message.contentType === '' ? 'application/octet-stream' : message.contentType,
+        payload: message.payload,
+        createdAtMs: nowMs,
+        idempotencyKey: message.idempotencyKey === '' ? null : message.idempotencyKey,
+      })),
+    });
+    this.#kick(agentId);
+    return results;
+  }
+
+  /**
+   * An agent was (re)started on `session`, or its host resumed with it: delivery
+   * starts after what the host reports taken (or what the store knows was).
+   */
+  async attach(session: HostSession, agentId: string, hostTakenSeq: number): Promise<void> {
+    const agent = await this.#options.store.getAgent(agentId);
+    if (agent === undefined) return;
+    // A host never took what was never appended; a claim past that is ignored.
+    const taken = Math.min(Math.max(agent.ackedSeq, hostTakenSeq), agent.lastSeq);
+    if (taken > agent.ackedSeq) this.#batcher.ack(agentId, taken);
+    this.#cursors.set(agentId, { agentId, session, sentSeq: taken, ackedSeq: taken, isPumping: false, needsPump: false, retrySeq: undefined });
+    this.#kick(agentId);
+  }
+
+  /** Stops delivering to an agent (stopped, ended, or moved). */
+  detach(agentId: string): void {
+    this.#cursors.delete(agentId);
+  }
+
+  /** A host's stream ended: its cursors go; they are rebuilt from its next Hello. */
+  detachSession(session: HostSession): void {
+    for (const [agentId, cursor] of this.#cursors) if (cursor.session === session) this.#cursors.delete(agentId);
+  }
+
+  /**
+   * Applies an Ack or NACK of a delivery. Returns a reason to Reject the
+   * envelope, or undefined if it was accepted.
+   */
+  async onAck(session: HostSession, agentId: string, seq: number, isOk: boolean, error: string): Promise<string | undefined> {
+    const cursor = this.#cursors.get(agentId);
+    if (cursor?.session !== session) return `no deliveries to ${agentId} on this stream`;
+    if (seq > cursor.sentSeq) return `an Ack for seq ${seq}, never sent`;
+    if (isOk) {
+      if (seq > cursor.ackedSeq) {
+        cursor.ackedSeq = seq;
+        this.#batcher.ack(agentId, seq);
+        this.#options.events.emit('message-acked', { agentId, seq });
+      }
+      if (cursor.retrySeq !== undefined && cursor.retrySeq <= seq) cursor.retrySeq = undefined;
+      this.#kick(agentId);
+      return undefined;
+    }
+    if (seq <= cursor.ackedSeq) return undefined;
+    const message = await this.#options.store.recordRefusal(agentId, seq, error, this.#options.maxAttempts);
+    if (message === undefined) return undefined;
+    if (message.state === 'dead') {
+      this.#logger.warn({ agentId, seq, id: message.id, attempts: message.attempts, error }, 'message dead-lettered');
+      this.#options.events.emit('dead-letter', { agentId, seq, id: message.id });
+      session.send({ skip: { agentId, seq } });
+      return undefined;
+    }
+    cursor.retrySeq = seq;
+    const delayMs = retry.createTimeout(message.attempts - 1, {
+      factor: 2,
+      minTimeout: this.#options.retryMinDelayMs,
+      maxTimeout: this.#options.retryMaxDelayMs,
+      randomize: true,
+    });
+    this.#logger.info({ agentId, seq, attempts: message.attempts, delayMs }, 'message refused; will re-send');
+    void this.#resendLater(cursor, seq, delayMs);
+    return undefined;
+  }
+
+  /** Appends a dead letter again under a new seq (same message id) and pushes it. */
+  async requeue(agentId: string, seq: number): Promise<number> {
+    const newSeq = await this.#options.store.requeueMessage(agentId, seq);
+    this.#kick(agentId);
+    return newSeq;
+  }
+
+  /** Commits queued acks and stops the sweep. */
+  async close(): Promise<void> {
+    this.#closing.abort();
+    await this.#pruning;
+    await this.#batcher.flush();
+  }
+
+  async #resendLater(cursor: Cursor, seq: number, delayMs: number): Promise<void> {
+    await this.#options.clock.sleep(delayMs, this.#closing.signal);
+    if (this.#closing.signal.aborted || this.#cursors.get(cursor.agentId) !== cursor || cursor.retrySeq !== seq) return;
+    const [message] = await this.#options.store.listDeliverable(cursor.agentId, seq - 1, 1);
+    if (message?.seq !== seq || message.state !== 'pending') return;
+    await this.#refreshTokenIfNeeded(cursor.agentId);
+    cursor.session.send({
+      deliver: {
+        agentId: cursor.agentId,
+        seq,
+        attempt: message.attempts + 1,
+        message: { id: message.id, from: message.from, contentType: message.contentType, payload: message.payload, createdAtMs: message.createdAtMs },
+      },
+    });
+  }
+
+  /** Pumps an agent's outbox unless a pump is running (which then goes round once more). */
+  #kick(agentId: string): void {
+    const cursor = this.#cursors.get(agentId);
+    if (cursor === undefined) return;
+    if (cursor.isPumping) {
+      cursor.needsPump = true;
+      return;
+    }
+    cursor.isPumping = true;
+    this.#pump(cursor)
+      .catch((err: unknown) => this.#logger.error({ err, agentId }, 'delivery failed'))
+      .finally(() => {
+        cursor.isPumping = false;
+      });
+  }
+
+  async #pump(cursor: Cursor): Promise<void> {
+    const { store, window, maxQueuedPerHost } = this.#options;
+    do {
+      cursor.needsPump = false;
+      for (;;) {
+        if (this.#cursors.get(cursor.agentId) !== cursor || cursor.session.state === 'closed') return;
+        const room = window - (cursor.sentSeq - cursor.ackedSeq);
+        if (room <= 0) break;
+        await cursor.session.whenBelow(maxQueuedPerHost);
+        const messages = await store.listDeliverable(cursor.agentId, cursor.sentSeq, room);
+        if (messages.length === 0) break;
+        if (messages.some((m) => m.state === 'pending')) await this.#refreshTokenIfNeeded(cursor.agentId);
+        if (this.#cursors.get(cursor.agentId) !== cursor) return;
+        for (const message of messages) {
+          if (message.seq !== cursor.sentSeq + 1) {
+            // Seqs are gapless per agent; a gap means a purge raced us. Move past it as a skip.
+            this.#logger.warn({ agentId: cursor.agentId, expected: cursor.sentSeq + 1, got: message.seq }, 'outbox gap');
+          }
+          if (message.state === 'dead') {
+            cursor.session.send({ skip: { agentId: cursor.agentId, seq: message.seq } });
+          } else {
+            cursor.session.send({
+              deliver: {
+                agentId: cursor.agentId,
+                seq: message.seq,
+                attempt: message.attempts + 1,
+                message: {
+                  id: message.id,
+                  from: message.from,
+                  contentType: message.contentType,
+                  payload: message.payload,
+                  createdAtMs: message.createdAtMs,
+                },
+              },
+            });
+          }
+          cursor.sentSeq = message.seq;
+        }
+      }
+    } while (cursor.needsPump);
+  }
+
+  /** Ahead of a delivery: a fresh token when the agent's is past half its life, sent first on the same stream. */
+  async #refreshTokenIfNeeded(agentId: string): Promise<void> {
+    const agent = await this.#options.store.getAgent(agentId);
+    if (agent === undefined) throw new NotFoundError(`no agent ${agentId}`);
+    if (isPastHalfLife(this.#options.clock.now(), agent.issuedAtMs, agent.expiresAtMs)) {
+      await this.#options.rotate(agentId);
+    }
+  }
+
+  async #pruneLoop(): Promise<void> {
+    const { clock, store, ackedRetentionMs, endedRetentionMs } = this.#options;
+    const signal = this.#closing.signal;
+    while (!signal.aborted) {
+      await clock.sleep(Math.min(ackedRetentionMs, 3_600_000), signal);
+      if (signal.aborted) return;
+      try {
+        const nowMs = clock.now();
+        const removed = await store.pruneMessages(nowMs - ackedRetentionMs, nowMs - endedRetentionMs);
+        if (removed > 0) this.#logger.info({ removed }, 'outbox pruned');
+      } catch (err) {
+        this.#logger.error({ err }, 'outbox prune failed');
+      }
+    }
+  }
+}

@@ -1,0 +1,331 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { AlreadyExistsError, ClosedError } from '../../../common/errors.js';
+import { SqliteStore } from '../../../control-plane/store/sqlite-store.js';
+import type { AgentRecord, HostRecord, SigningKeyRecord } from '../../../control-plane/store/store.js';
+
+const NOW = 1_800_000_000_000;
+
+function agent(agentId: string, patch: Partial<AgentRecord> = {}): AgentRecord {
+  return {
+    agentId,
+    name: agentId,
+    state: 'running',
+    hostId: 'host-1',
+    hostLabels: [{ key: 'zone', value: 'a' }],
+    spec: { kind: 'module', module: 'idle', command: '', args: ['--x'], config: '{"k":1}' },
+    incarnation: 1,
+    generation: 1,
+    tokenId: `jti-${agentId}`,
+    issuedAtMs: NOW,
+    expiresAtMs: NOW + 3_600_000,
+    rotationDueAtMs: NOW + 1_800_000,
+    createdAtMs: NOW,
+    updatedAtMs: NOW,
+    detail: '',
+    lastSeq: 0,
+    ackedSeq: 0,
+    ...patch,
+  };
+}
+
+function host(hostId: string, patch: Partial<HostRecord> = {}): HostRecord {
+  return {
+    hostId,
+    name: hostId,
+    state: 'enrolled',
+    joinSecretHash: 'ab'.repeat(32),
+    joinExpiresAtMs: NOW + 3_600_000,
+    joinLeaseSessionId: null,
+    credentialGeneration: 0,
+    minValidGeneration: 0,
+    credentialExpiresAtMs: 0,
+    capacity: 0,
+    labels: [{ key: 'zone', value: 'a' }],
+    lastSeenMs: 0,
+    createdAtMs: NOW,
+    ...patch,
+  };
+}
+
+function signingKey(kid: string, createdAtMs: number): SigningKeyRecord {
+  return { kid, privateJwk: `{"kid":"${kid}","d":"secret"}`, publicJwk: `{"kid":"${kid}"}`, createdAtMs, retiredAtMs: null, verifyUntilMs: null };
+}
+
+describe('SqliteStore', () => {
+  let dir: string;
+  let path: string;
+  let stores: SqliteStore[];
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'tether-store-'));
+    path = join(dir, 'tether.db');
+    stores = [];
+  });
+
+  afterEach(async () => {
+    for (const store of stores) await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  function open(): SqliteStore {
+    const store = SqliteStore.open(path);
+    stores.push(store);
+    return store;
+  }
+
+  describe('agents', () => {
+    it('inserts and gets an agent, structured fields included', async () => {
+      const store = open();
+      const record = agent('a1');
+      await store.insertAgent(record);
+      expect(await store.getAgent('a1')).toEqual(record);
+      expect(await store.getAgent('nobody')).toBeUndefined();
+    });
+
+    it('refuses a duplicate id with AlreadyExistsError', async () => {
+      const store = open();
+      await store.insertAgent(agent('a1'));
+      await expect(store.insertAgent(agent('a1', { name: 'other' }))).rejects.toBeInstanceOf(AlreadyExistsError);
+      expect((await store.getAgent('a1'))?.name).toBe('a1');
+    });
+
+    it('updates an agent and returns the new record', async () => {
+      const store = open();
+      await store.insertAgent(agent('a1'));
+      const updated = await store.updateAgent('a1', { state: 'stalled', detail: 'missed heartbeats', hostLabels: [], updatedAtMs: NOW + 1 });
+      expect(updated).toEqual(agent('a1', { state: 'stalled', detail: 'missed heartbeats', hostLabels: [], updatedAtMs: NOW + 1 }));
+      expect(await store.getAgent('a1')).toEqual(updated);
+    });
+
+    it('returns undefined when updating an agent that does not exist', async () => {
+      const store = open();
+      expect(await store.updateAgent('nobody', { state: 'stopped' })).toBeUndefined();
+    });
+
+    it.each([
+      { what: 'the generation matches', expect: { generation: 1 }, isApplied: true },
+      { what: 'the generation is wrong', expect: { generation: 2 }, isApplied: false },
+      { what: 'the incarnation matches', expect: { incarnation: 1 }, isApplied: true },
+      { what: 'the incarnation is wrong', expect: { incarnation: 0 }, isApplied: false },
+      { what: 'the state is one of those expected', expect: { states: ['starting', 'running'] as const }, isApplied: true },
+      { what: 'the state is not one of those expected', expect: { states: ['stopped'] as const }, isApplied: false },
+      { what: 'no state is expected at all', expect: { states: [] as const }, isApplied: false },
+      { what: 'all of them hold', expect: { generation: 1, incarnation: 1, states: ['running'] as const }, isApplied: true },
+      { what: 'one of them fails', expect: { generation: 1, incarnation: 2, states: ['running'] as const }, isApplied: false },
+    ])('compare-and-set applies only when $what', async ({ expect: expectation, isApplied }) => {
+      const store = open();
+      await store.insertAgent(agent('a1'));
+      const result = await store.updateAgent('a1', { generation: 2, tokenId: 'jti-2' }, expectation);
+      const stored = await store.getAgent('a1');
+      if (isApplied) {
+        expect(result?.generation).toBe(2);
+        expect(stored?.tokenId).toBe('jti-2');
+      } else {
+        expect(result).toBeUndefined();
+        expect(stored).toEqual(agent('a1'));
+      }
+    });
+
+    it('pages through agents in id order, with filters', async () => {
+      const store = open();
+      for (let i = 0; i < 7; i++) {
+        await store.insertAgent(agent(`a${i}`, { hostId: i % 2 === 0 ? 'host-even' : 'host-odd', state: i < 5 ? 'running' : 'stopped' }));
+      }
+      const ids: string[][] = [];
+      let afterId: string | null = null;
+      for (let pages = 0; pages < 10; pages++) {
+        const page: Awaited<ReturnType<SqliteStore['listAgents']>> = await store.listAgents({}, afterId, 3);
+        ids.push(page.items.map((a) => a.agentId));
+        afterId = page.nextAfterId;
+        if (afterId === null) break;
+      }
+      expect(ids).toEqual([['a0', 'a1', 'a2'], ['a3', 'a4', 'a5'], ['a6']]);
+
+      const exact = await store.listAgents({}, null, 7);
+      expect(exact.items).toHaveLength(7);
+      expect(exact.nextAfterId).toBeNull();
+
+      const even = await store.listAgents({ hostId: 'host-even' }, null, 10);
+      expect(even.items.map((a) => a.agentId)).toEqual(['a0', 'a2', 'a4', 'a6']);
+      const evenRunning = await store.listAgents({ hostId: 'host-even', states: ['running'] }, null, 10);
+      expect(evenRunning.items.map((a) => a.agentId)).toEqual(['a0', 'a2', 'a4']);
+      const none = await store.listAgents({ states: [] }, null, 10);
+      expect(none.items).toEqual([]);
+    });
+
+    it('counts live agents by host', async () => {
+      const store = open();
+      await store.insertAgent(agent('a1', { hostId: 'h1' }));
+      await store.insertAgent(agent('a2', { hostId: 'h1', state: 'starting' }));
+      await store.insertAgent(agent('a3', { hostId: 'h2' }));
+      await store.insertAgent(agent('a4', { hostId: 'h2', state: 'stopped' }));
+      await store.insertAgent(agent('a5', { hostId: null, state: 'pending' }));
+      expect(await store.countAgentsByHost(['starting', 'running'])).toEqual(new Map([['h1', 2], ['h2', 1]]));
+    });
+  });
+
+  describe('hosts', () => {
+    it('inserts, gets, updates and refuses duplicates', async () => {
+      const store = open();
+      await store.insertHost(host('h1'));
+      expect(await store.getHost('h1')).toEqual(host('h1'));
+      await expect(store.insertHost(host('h1'))).rejects.toBeInstanceOf(AlreadyExistsError);
+      const updated = await store.updateHost('h1', { state: 'active', joinSecretHash: null, labels: [], capacity: 4 });
+      expect(updated).toEqual(host('h1', { state: 'active', joinSecretHash: null, labels: [], capacity: 4 }));
+      expect(await store.updateHost('nobody', { capacity: 1 })).toBeUndefined();
+    });
+
+    it('pages through hosts in id order', async () => {
+      const store = open();
+      for (const id of ['h3', 'h1', 'h4', 'h2', 'h0']) await store.insertHost(host(id));
+      const first = await store.listHosts(null, 2);
+      expect(first.items.map((h) => h.hostId)).toEqual(['h0', 'h1']);
+      expect(first.nextAfterId).toBe('h1');
+      const second = await store.listHosts(first.nextAfterId, 2);
+      expect(second.items.map((h) => h.hostId)).toEqual(['h2', 'h3']);
+      const last = await store.listHosts(second.nextAfterId, 2);
+      expect(last.items.map((h) => h.hostId)).toEqual(['h4']);
+      expect(last.nextAfterId).toBeNull();
+    });
+  });
+
+  describe('leaseJoinToken', () => {
+    const noneLive = (): boolean => false;
+
+    it('leases an unexpired, unburnt, unleased join token', async () => {
+      const store = open();
+      await store.insertHost(host('h1'));
+      const leased = await store.leaseJoinToken('h1', 's1', NOW, noneLive);
+      expect(leased?.joinLeaseSessionId).toBe('s1');
+      expect((await store.getHost('h1'))?.joinLeaseSessionId).toBe('s1');
+    });
+
+    it.each([
+      { what: 'the host is unknown', hostId: 'nobody', record: host('h1'), nowMs: NOW },
+      { what: 'the token has expired', hostId: 'h1', record: host('h1'), nowMs: NOW + 3_600_000 },
+      { what: 'the token is burnt', hostId: 'h1', record: host('h1', { joinSecretHash: null }), nowMs: NOW },
+      { what: 'the host is revoked', hostId: 'h1', record: host('h1', { state: 'revoked' }), nowMs: NOW },
+    ])('refuses when $what', async ({ hostId, record, nowMs }) => {
+      const store = open();
+      await store.insertHost(record);
+      expect(await store.leaseJoinToken(hostId, 's1', nowMs, noneLive)).toBeUndefined();
+      expect((await store.getHost('h1'))?.joinLeaseSessionId).toBeNull();
+    });
+
+    it('refuses while the token is leased to a live session', async () => {
+      const store = open();
+      await store.insertHost(host('h1', { joinLeaseSessionId: 's1' }));
+      const asked: string[] = [];
+      const leased = await store.leaseJoinToken('h1', 's2', NOW, (sessionId) => {
+        asked.push(sessionId);
+        return sessionId === 's1';
+      });
+      expect(leased).toBeUndefined();
+      expect(asked).toEqual(['s1']);
+      expect((await store.getHost('h1'))?.joinLeaseSessionId).toBe('s1');
+    });
+
+    it('takes over a lease held by a dead session', async () => {
+      const store = open();
+      await store.insertHost(host('h1', { joinLeaseSessionId: 's1' }));
+      const leased = await store.leaseJoinToken('h1', 's2', NOW, noneLive);
+      expect(leased?.joinLeaseSessionId).toBe('s2');
+    });
+
+    it('gives one of two concurrent callers the lease', async () => {
+      const store = open();
+      await store.insertHost(host('h1'));
+      const live = new Set<string>(['s1', 's2']);
+      const results = await Promise.all([
+        store.leaseJoinToken('h1', 's1', NOW, (id) => live.has(id)),
+        store.leaseJoinToken('h1', 's2', NOW, (id) => live.has(id)),
+      ]);
+      expect(results.filter((r) => r !== undefined)).toHaveLength(1);
+      const holder = (await store.getHost('h1'))?.joinLeaseSessionId;
+      expect(results.find((r) => r !== undefined)?.joinLeaseSessionId).toBe(holder);
+    });
+
+    it('refuses a second store on the same file while the first holds a live lease', async () => {
+      const first = open();
+      const second = open();
+      await first.insertHost(host('h1'));
+      const live = new Set<string>();
+      const isLive = (id: string): boolean => live.has(id);
+      expect(await first.leaseJoinToken('h1', 's1', NOW, isLive)).toBeDefined();
+      live.add('s1');
+      expect(await second.leaseJoinToken('h1', 's2', NOW, isLive)).toBeUndefined();
+    });
+  });
+
+  describe('signing keys', () => {
+    it('inserts, lists oldest first, updates and deletes', async () => {
+      const store = open();
+      await store.insertSigningKey(signingKey('k2', NOW + 1));
+      await store.insertSigningKey(signingKey('k1', NOW));
+      expect((await store.listSigningKeys()).map((k) => k.kid)).toEqual(['k1', 'k2']);
+      await store.updateSigningKey('k1', { retiredAtMs: NOW + 5, verifyUntilMs: NOW + 10 });
+      expect((await store.listSigningKeys())[0]).toEqual({ ...signingKey('k1', NOW), retiredAtMs: NOW + 5, verifyUntilMs: NOW + 10 });
+      await store.deleteSigningKey('k1');
+      expect((await store.listSigningKeys()).map((k) => k.kid)).toEqual(['k2']);
+    });
+  });
+
+  describe('durability', () => {
+    it('finds everything again after reopening the file, under the same epoch', async () => {
+      const first = open();
+      const epoch = await first.epoch();
+      expect(epoch).toMatch(/^[0-9a-f-]{36}$/);
+      await first.insertAgent(agent('a1'));
+      await first.updateAgent('a1', { generation: 2 }, { generation: 1 });
+      await first.insertHost(host('h1'));
+      await first.leaseJoinToken('h1', 's1', NOW, () => false);
+      await first.insertSigningKey(signingKey('k1', NOW));
+      await first.close();
+
+      const second = open();
+      expect(await second.epoch()).toBe(epoch);
+      expect(await second.getAgent('a1')).toEqual(agent('a1', { generation: 2 }));
+      expect(await second.getHost('h1')).toEqual(host('h1', { joinLeaseSessionId: 's1' }));
+      expect(await second.listSigningKeys()).toEqual([signingKey('k1', NOW)]);
+    });
+
+    it('gives a different file a different epoch', async () => {
+      const first = open();
+      const other = SqliteStore.open(join(dir, 'other.db'));
+      stores.push(other);
+      expect(await other.epoch()).not.toBe(await first.epoch());
+    });
+  });
+
+  describe('close', () => {
+    it('rejects every call with ClosedError afterwards, and closes idempotently', async () => {
+      const store = open();
+      await store.insertAgent(agent('a1'));
+      await store.close();
+      await store.close();
+      const calls: [string, () => Promise<unknown>][] = [
+        ['epoch', () => store.epoch()],
+        ['getAgent', () => store.getAgent('a1')],
+        ['insertAgent', () => store.insertAgent(agent('a2'))],
+        ['updateAgent', () => store.updateAgent('a1', { state: 'stopped' })],
+        ['listAgents', () => store.listAgents({}, null, 10)],
+        ['countAgentsByHost', () => store.countAgentsByHost(['running'])],
+        ['getHost', () => store.getHost('h1')],
+        ['insertHost', () => store.insertHost(host('h1'))],
+        ['updateHost', () => store.updateHost('h1', { capacity: 1 })],
+        ['listHosts', () => store.listHosts(null, 10)],
+        ['leaseJoinToken', () => store.leaseJoinToken('h1', 's1', NOW, () => false)],
+        ['listSigningKeys', () => store.listSigningKeys()],
+        ['insertSigningKey', () => store.insertSigningKey(signingKey('k1', NOW))],
+        ['updateSigningKey', () => store.updateSigningKey('k1', { retiredAtMs: 1, verifyUntilMs: 2 })],
+        ['deleteSigningKey', () => store.deleteSigningKey('k1')],
+      ];
+      for (const [name, run] of calls) {
+        await expect(run(), name).rejects.toBeInstanceOf(ClosedError);
+      }
+    });
+  });
+});

@@ -1,0 +1,267 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { TokenExpiredError, TokenRevokedError } from '../../../common/errors.js';
+import { SqliteStore } from '../../../control-plane/store/sqlite-store.js';
+import { SigningKeyRing } from '../../../control-plane/tokens/signing-keys.js';
+import { TokenIssuer, type IssueRequest } from '../../../control-plane/tokens/token-issuer.js';
+import type { TokenClaims, TokenKind } from '../../../control-plane/tokens/token-kinds.js';
+import { TokenRejectedError, TokenVerifier } from '../../../control-plane/tokens/token-verifier.js';
+import { FakeClock } from '../../support/fake-clock.js';
+import { LogCapture } from '../../support/log-capture.js';
+
+const ISSUER = 'tether-test';
+const AUDIENCE = 'tether:control-plane';
+const TOLERANCE_MS = 30_000;
+const TTL_MS = 3_600_000;
+
+describe('TokenVerifier', () => {
+  let dir: string;
+  let store: SqliteStore;
+  let clock: FakeClock;
+  let keys: SigningKeyRing;
+  let issuer: TokenIssuer;
+  /** Every claims the verifier asked about: one per signature verification that got that far. */
+  let revocationChecks: TokenClaims[];
+  let revokedSubjects: Set<string>;
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'tether-verifier-'));
+    store = SqliteStore.open(join(dir, 'tether.db'));
+    clock = new FakeClock();
+    keys = await SigningKeyRing.load(store, clock, new LogCapture().logger);
+    issuer = new TokenIssuer({ keys, clock, issuer: ISSUER, audience: AUDIENCE });
+    revocationChecks = [];
+    revokedSubjects = new Set();
+  });
+
+  afterEach(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  function verifier(cacheSize?: number): TokenVerifier {
+    return new TokenVerifier({
+      keys,
+      clock,
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      clockToleranceMs: TOLERANCE_MS,
+      ...(cacheSize === undefined ? {} : { cacheSize }),
+      isRevoked: (claims) => {
+        revocationChecks.push(claims);
+        return Promise.resolve(revokedSubjects.has(claims.subject));
+      },
+    });
+  }
+
+  async function issue(kind: TokenKind, subject: string, extra: Partial<IssueRequest> = {}): Promise<string> {
+    const request: IssueRequest = { kind, subject, ttlMs: TTL_MS, generation: 1, ...(kind === 'host' ? {} : { hostId: 'host-1', incarnation: 1 }), ...extra };
+    return (await issuer.issue(request)).token;
+  }
+
+  /** The refusal reason, another error's name, or 'accepted'. */
+  async function reasonOf(promise: Promise<unknown>): Promise<string> {
+    try {
+      await promise;
+      return 'accepted';
+    } catch (err) {
+      if (err instanceof TokenRejectedError) return err.reason;
+      return (err as Error).name;
+    }
+  }
+
+  it('verifies an agent token and returns its claims', async () => {
+    const v = verifier();
+    const issued = await issuer.issue({ kind: 'agent', subject: 'a1', ttlMs: TTL_MS, generation: 3, hostId: 'host-1', incarnation: 2 });
+    const claims = await v.verify(issued.token, 'agent');
+    expect(claims).toEqual(issued.claims);
+    expect(claims).toMatchObject({ kind: 'agent', subject: 'a1', hostId: 'host-1', generation: 3, incarnation: 2, audience: AUDIENCE });
+    expect(revocationChecks).toHaveLength(1);
+  });
+
+  it('serves a second verification from the cache', async () => {
+    const v = verifier();
+    const token = await issue('agent', 'a1');
+    const first = await v.verify(token, 'agent');
+    const second = await v.verify(token, 'agent');
+    expect(second).toEqual(first);
+    expect(revocationChecks).toHaveLength(1);
+    expect(v.cacheEntries).toBe(1);
+  });
+
+  it('neither caches nor accepts a revoked token', async () => {
+    const v = verifier();
+    const token = await issue('agent', 'a1');
+    revokedSubjects.add('a1');
+    await expect(v.verify(token, 'agent')).rejects.toBeInstanceOf(TokenRevokedError);
+    expect(v.cacheEntries).toBe(0);
+    await expect(v.verify(token, 'agent')).rejects.toBeInstanceOf(TokenRevokedError);
+    expect(revocationChecks).toHaveLength(2);
+  });
+
+  it('drops every cached token of a subject on forgetSubject, and only those', async () => {
+    const v = verifier();
+    const a1First = await issue('agent', 'a1', { generation: 1 });
+    const a1Second = await issue('agent', 'a1', { generation: 2 });
+    const a2 = await issue('agent', 'a2');
+    for (const token of [a1First, a1Second, a2]) await v.verify(token, 'agent');
+    expect(v.cacheEntries).toBe(3);
+
+    // Same subject, other kind: nothing of the agent's goes.
+    v.forgetSubject('host', 'a1');
+    expect(v.cacheEntries).toBe(3);
+
+    v.forgetSubject('agent', 'a1');
+    expect(v.cacheEntries).toBe(1);
+    revokedSubjects.add('a1');
+    await expect(v.verify(a1First, 'agent')).rejects.toBeInstanceOf(TokenRevokedError);
+    await expect(v.verify(a1Second, 'agent')).rejects.toBeInstanceOf(TokenRevokedError);
+    expect(revocationChecks).toHaveLength(5);
+    await v.verify(a2, 'agent');
+    expect(revocationChecks).toHaveLength(5);
+  });
+
+  it('consults isRevoked again for a forgotten subject that is still live', async () => {
+    const v = verifier();
+    const token = await issue('agent', 'a1');
+    await v.verify(token, 'agent');
+    v.forgetSubject('agent', 'a1');
+    expect(v.cacheEntries).toBe(0);
+    await v.verify(token, 'agent');
+    expect(revocationChecks).toHaveLength(2);
+    expect(v.cacheEntries).toBe(1);
+  });
+
+  it('does not cache a token whose subject was forgotten while its revocation check ran', async () => {
+    // An agent stopped while one of its calls is being verified: the store said
+    // "live" a moment before the stop, so this call passes, but the token must not
+    // outlive the stop in the cache.
+    let isStopping = true;
+    const v: TokenVerifier = new TokenVerifier({
+      keys,
+      clock,
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      clockToleranceMs: TOLERANCE_MS,
+      isRevoked: (claims) => {
+        revocationChecks.push(claims);
+        const wasRevoked = revokedSubjects.has(claims.subject);
+        if (isStopping) {
+          isStopping = false;
+          revokedSubjects.add(claims.subject);
+          v.forgetSubject('agent', claims.subject);
+        }
+        return Promise.resolve(wasRevoked);
+      },
+    });
+    const token = await issue('agent', 'a1');
+    await v.verify(token, 'agent');
+    expect(v.cacheEntries).toBe(0);
+    await expect(v.verify(token, 'agent')).rejects.toBeInstanceOf(TokenRevokedError);
+    expect(revocationChecks).toHaveLength(2);
+  });
+
+  it('keeps at most cacheSize tokens, dropping the oldest', async () => {
+    const v = verifier(3);
+    const tokens: string[] = [];
+    for (let i = 0; i < 5; i++) tokens.push(await issue('agent', `a${i}`));
+    for (const token of tokens) await v.verify(token, 'agent');
+    expect(v.cacheEntries).toBe(3);
+    expect(revocationChecks).toHaveLength(5);
+
+    // The newest three are cached: no new check.
+    for (const token of tokens.slice(2)) await v.verify(token, 'agent');
+    expect(revocationChecks).toHaveLength(5);
+    // The oldest was dropped: checked again (and cached again, within the bound).
+    await v.verify(tokens[0] as string, 'agent');
+    expect(revocationChecks).toHaveLength(6);
+    expect(v.cacheEntries).toBe(3);
+
+    // Forgetting an evicted subject finds nothing stale to drop.
+    v.forgetSubject('agent', 'a1');
+    expect(v.cacheEntries).toBe(3);
+  });
+
+  it('refuses an expired cached token and drops it', async () => {
+    const v = verifier();
+    const token = await issue('agent', 'a1');
+    const claims = await v.verify(token, 'agent');
+    clock.advance(claims.expiresAtMs + TOLERANCE_MS - clock.now() - 1);
+    await v.verify(token, 'agent');
+    expect(revocationChecks).toHaveLength(1);
+
+    clock.advance(1);
+    await expect(v.verify(token, 'agent')).rejects.toBeInstanceOf(TokenExpiredError);
+    expect(v.cacheEntries).toBe(0);
+    await expect(v.verify(token, 'agent')).rejects.toBeInstanceOf(TokenExpiredError);
+    expect(revocationChecks).toHaveLength(1);
+  });
+
+  it.each([
+    { what: 'just inside the tolerance', afterExpiryMs: TOLERANCE_MS - 1, verdict: 'accepted' },
+    { what: 'at the tolerance', afterExpiryMs: TOLERANCE_MS, verdict: 'TokenExpiredError' },
+  ])('gives the same verdict cached or not, $what', async ({ afterExpiryMs, verdict }) => {
+    const cached = verifier();
+    const token = await issue('agent', 'a1');
+    const claims = await cached.verify(token, 'agent');
+    clock.advance(claims.expiresAtMs + afterExpiryMs - clock.now());
+    expect(await reasonOf(cached.verify(token, 'agent'))).toBe(verdict);
+    expect(await reasonOf(verifier().verify(token, 'agent'))).toBe(verdict);
+  });
+
+  it.each([
+    { issued: 'agent', as: 'host' },
+    { issued: 'agent', as: 'audience' },
+    { issued: 'host', as: 'agent' },
+    { issued: 'host', as: 'audience' },
+    { issued: 'audience', as: 'agent' },
+    { issued: 'audience', as: 'host' },
+  ] as const)('refuses a $issued token as a $as token, cached or not', async ({ issued, as }) => {
+    const v = verifier();
+    const token = await issue(issued, 'x1');
+    expect(await reasonOf(v.verify(token, as))).toBe('claims');
+    // Verified (and so cached) as what it is, it still does not pass for another kind.
+    await v.verify(token, issued);
+    expect(v.cacheEntries).toBe(1);
+    expect(await reasonOf(v.verify(token, as))).toBe('claims');
+  });
+
+  it('pins the audience, cached or not', async () => {
+    const v = verifier();
+    const token = await issue('audience', 'a1', { audience: 'https://svc-a.example' });
+    expect(await reasonOf(v.verify(token, 'audience', 'https://svc-b.example'))).toBe('claims');
+    expect((await v.verify(token, 'audience', 'https://svc-a.example')).audience).toBe('https://svc-a.example');
+    expect(await reasonOf(v.verify(token, 'audience', 'https://svc-b.example'))).toBe('claims');
+    expect(await reasonOf(v.verify(token, 'audience'))).toBe('claims');
+  });
+
+  it.each([
+    { what: 'a token over the size cap', mangle: (token: string): string => `${token}${'A'.repeat(9_000)}`, reason: 'oversize' },
+    { what: 'a token that is not a JWT', mangle: (): string => 'not-a-jwt', reason: 'malformed' },
+    {
+      what: 'a token with a forged signature',
+      mangle: (token: string): string => {
+        const [header, payload, signature] = token.split('.') as [string, string, string];
+        const flipped = signature.startsWith('A') ? `B${signature.slice(1)}` : `A${signature.slice(1)}`;
+        return `${header}.${payload}.${flipped}`;
+      },
+      reason: 'bad-signature',
+    },
+  ])('refuses $what as $reason', async ({ mangle, reason }) => {
+    const v = verifier();
+    const token = await issue('agent', 'a1');
+    expect(await reasonOf(v.verify(mangle(token), 'agent'))).toBe(reason);
+    expect(v.cacheEntries).toBe(0);
+    expect(revocationChecks).toHaveLength(0);
+  });
+
+  it('refuses a token signed by a key that no longer verifies', async () => {
+    const v = verifier();
+    const token = await issue('agent', 'a1');
+    await keys.rotate(60_000);
+    clock.advance(60_000);
+    expect(await reasonOf(v.verify(token, 'agent'))).toBe('unknown-key');
+  });
+});
