@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import retry from 'retry';
 import type { Clock } from '../common/clock.js';
-import { FailedPreconditionError } from '../common/errors.js';
+import { FailedPreconditionError, InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { isRefusal, PROTOCOL_VERSION, REFUSAL_METADATA_KEY, type Refusal } from '../common/protocol.js';
 import { StreamWriter } from '../common/stream-writer.js';
@@ -15,9 +15,13 @@ import {
   type TokenRotated,
   type Welcome,
 } from '../gen/tether/v1/host.js';
+import type { AgentEnd, AgentRunnerFactory } from './agent-runner.js';
+import type { ApplyResult } from './credential-holder.js';
 import { AgentHostEvents } from './events.js';
 import type { HostCredentialStore } from './host-credential-store.js';
 import { HostedAgent } from './hosted-agent.js';
+import { moduleRunner } from './module-runner.js';
+import { processRunner } from './process-agent.js';
 import type { AgentModule } from './tools/agent-module.js';
 import { assertPlaintextAllowed } from './tools/loopback.js';
 
@@ -39,14 +43,27 @@ export interface AgentHostOptions {
   channelOptions?: grpc.ChannelOptions;
   /** Module agents this host can run, by name. */
   modules?: ReadonlyMap<string, AgentModule>;
-  /** Commands process agents may run. */
+  /** Commands process agents may run (exactly as given in `spec.command`); none by default. */
   allowedCommands?: readonly string[];
+  /**
+   * Where process agents get their directories (`<agentsDir>/<agent-id>/`, 0700);
+   * required when `allowedCommands` is not empty. `agent-host` uses `<data-dir>/agents`.
+   */
+  agentsDir?: string;
+  /** How long a process agent has between SIGTERM and SIGKILL when stopped. Default 10 s. */
+  stopGraceMs?: number;
+  /** A CA certificate file process agents are told of (`TETHER_CA_FILE`) to verify a TLS control plane. */
+  caFile?: string;
   /** Agents this host will run; 0 for no limit. */
   capacity?: number;
   labels?: readonly Label[];
   /** Reconnect backoff: about 0.5 s doubling to 30 s, jittered. */
   reconnectMinDelayMs?: number;
   reconnectMaxDelayMs?: number;
+  /** App-level Ping towards the control plane (and the expiry check). Default 30 s. */
+  pingIntervalMs?: number;
+  /** Warn when the lowest time-to-expiry of any held token falls below this fraction of the agent token TTL. Default 0.25. */
+  expiryWarningFraction?: number;
   /** Transport keepalive ping interval. Production: no faster than 30 s. */
   keepaliveTimeMs?: number;
   keepaliveTimeoutMs?: number;
@@ -98,11 +115,19 @@ export class AgentHost {
   #heartbeatIntervalMs = 30_000;
   #writer: StreamWriter<HostMessage> | undefined;
   #call: grpc.ClientDuplexStream<HostMessage, ControlMessage> | undefined;
+  #agentTokenTtlMs = 3_600_000;
+  #hostCredentialExpiresAtMs = 0;
+  #clockSkewMs = 0;
+  #isExpiryWarned = false;
+  readonly #expiry: Promise<void>;
 
   private constructor(options: AgentHostOptions) {
     this.#options = options;
     this.#logger = options.logger.child({ component: 'agent-host' });
     if (options.channelCredentials === undefined) assertPlaintextAllowed(options.target);
+    if ((options.allowedCommands?.length ?? 0) > 0 && options.agentsDir === undefined) {
+      throw new InvalidArgumentError('process agents need a directory: set agentsDir along with allowedCommands');
+    }
     const keepaliveTimeMs = options.keepaliveTimeMs ?? 30_000;
     const channelOptions: grpc.ChannelOptions = {
       'grpc.keepalive_time_ms': keepaliveTimeMs,
@@ -118,6 +143,7 @@ export class AgentHost {
       channelOverride: this.#channel,
     });
     this.done = this.#run();
+    this.#expiry = this.#expiryLoop();
   }
 
   /** Starts a host; it connects in the background. */
@@ -161,6 +187,7 @@ export class AgentHost {
       this.#call?.cancel();
     }
     await this.done;
+    await this.#expiry;
     this.#client.close();
     this.#channel.close();
   }
@@ -203,14 +230,19 @@ export class AgentHost {
     else if (this.#options.joinToken !== undefined) metadata.set('authorization', `Join ${this.#options.joinToken}`);
     else return { isWelcomed: false, code: grpc.status.UNAUTHENTICATED, details: 'no host credential and no join token', refusal: 'unknown-host' };
 
+    if (stored !== undefined) this.#hostCredentialExpiresAtMs = stored.expiresAtMs;
     const call = this.#client.connect(metadata);
     this.#call = call;
     const writer = new StreamWriter<HostMessage>(call);
     this.#writer = writer;
+    const streamEnded = new AbortController();
     let isWelcomed = false;
     let chain = Promise.resolve();
     call.on('data', (message: ControlMessage) => {
-      if (message.welcome !== undefined) isWelcomed = true;
+      if (message.welcome !== undefined && !isWelcomed) {
+        isWelcomed = true;
+        void this.#pingLoop(writer, streamEnded.signal);
+      }
       chain = chain
         .then(() => this.#onMessage(writer, message))
         .catch((err: unknown) => this.#logger.error({ err }, 'failed to handle an envelope'));
@@ -244,6 +276,7 @@ export class AgentHost {
         });
       });
     });
+    streamEnded.abort();
     writer.close();
     if (this.#writer === writer) this.#writer = undefined;
     await chain;
@@ -258,6 +291,11 @@ export class AgentHost {
     else if (message.skip !== undefined) this.#agents.get(message.skip.agentId)?.onDelivery({ type: 'skip', seq: message.skip.seq });
     else if (message.stopAgent !== undefined) await this.#onStopAgent(writer, message.stopAgent.agentId, message.stopAgent.reason);
     else if (message.ping !== undefined) writer.write({ pong: { pingTimeMs: message.ping.timeMs, timeMs: this.#options.clock.now() } });
+    else if (message.pong !== undefined) {
+      // Our clock minus the control plane's, assuming a symmetric round trip.
+      const nowMs = this.#options.clock.now();
+      this.#clockSkewMs = Math.round((message.pong.pingTimeMs + nowMs) / 2 - message.pong.timeMs);
+    }
     else if (message.reject !== undefined) {
       const { what, agentId, reason } = message.reject;
       this.#logger.warn({ what, agentId, reason }, 'control plane rejected an envelope');
@@ -269,14 +307,63 @@ export class AgentHost {
     this.#hostId = welcome.hostId;
     this.#epoch = welcome.epoch;
     if (welcome.heartbeatIntervalMs > 0) this.#heartbeatIntervalMs = welcome.heartbeatIntervalMs;
+    if ((welcome.rotation?.agentTokenTtlMs ?? 0) > 0) this.#agentTokenTtlMs = welcome.rotation?.agentTokenTtlMs ?? this.#agentTokenTtlMs;
     if (welcome.hostCredential !== undefined) await this.#storeHostCredential(writer, welcome.hostCredential);
     this.#state = 'connected';
     this.#logger.info({ hostId: welcome.hostId, sessionId: welcome.sessionId, epoch: welcome.epoch }, 'connected to control plane');
     this.events.emit('connected', { hostId: welcome.hostId, sessionId: welcome.sessionId, epoch: welcome.epoch });
   }
 
+  /** App-level pings on an open stream: data through proxies, and the clock skew. */
+  async #pingLoop(writer: StreamWriter<HostMessage>, signal: AbortSignal): Promise<void> {
+    const { clock } = this.#options;
+    const intervalMs = this.#options.pingIntervalMs ?? 30_000;
+    while (!signal.aborted) {
+      writer.write({ ping: { timeMs: clock.now() } });
+      await clock.sleep(intervalMs, signal);
+    }
+  }
+
+  /** Checks, connected or not, how long the tokens held here have left. */
+  async #expiryLoop(): Promise<void> {
+    const { clock } = this.#options;
+    const signal = this.#closing.signal;
+    while (!signal.aborted) {
+      await clock.sleep(this.#options.pingIntervalMs ?? 30_000, signal);
+      if (!signal.aborted) this.#checkExpiry();
+    }
+  }
+
+  /** The lowest time-to-expiry over every held token (agents' and the host's own). */
+  lowestTimeToExpiryMs(): number {
+    const nowMs = this.#options.clock.now();
+    let lowest = this.#hostCredentialExpiresAtMs === 0 ? Infinity : this.#hostCredentialExpiresAtMs - nowMs;
+    for (const agent of this.#agents.values()) lowest = Math.min(lowest, agent.holder.expiresAtMs - nowMs);
+    return lowest;
+  }
+
+  /** Host clock minus control-plane clock, from the last Ping/Pong. */
+  get clockSkewMs(): number {
+    return this.#clockSkewMs;
+  }
+
+  #checkExpiry(): void {
+    const lowestMs = this.lowestTimeToExpiryMs();
+    const thresholdMs = this.#agentTokenTtlMs * (this.#options.expiryWarningFraction ?? 0.25);
+    if (lowestMs < thresholdMs) {
+      if (!this.#isExpiryWarned) {
+        this.#logger.warn({ lowestTimeToExpiryMs: lowestMs, thresholdMs }, 'a token is close to expiry: is the control plane reachable?');
+        this.events.emit('expiry-warning', { lowestTimeToExpiryMs: lowestMs });
+      }
+      this.#isExpiryWarned = true;
+    } else {
+      this.#isExpiryWarned = false;
+    }
+  }
+
   async #storeHostCredential(writer: StreamWriter<HostMessage>, credential: Credential): Promise<void> {
     await this.#options.credentialStore.save(credential);
+    this.#hostCredentialExpiresAtMs = credential.expiresAtMs;
     writer.write({ ack: { agentId: '', generation: credential.generation, ok: true, error: '' } });
     this.#logger.info({ gen: credential.generation, jti: credential.tokenId, kid: credential.keyId, exp: credential.expiresAtMs }, 'host credential stored');
     this.events.emit('host-credential', { generation: credential.generation, expiresAtMs: credential.expiresAtMs });
@@ -288,14 +375,11 @@ export class AgentHost {
       if (existing.incarnation === start.incarnation) return;
       await this.#stopAgent(existing, 'superseded by a newer incarnation');
     }
-    const spec = start.spec;
-    const module = spec?.kind === 'module' ? this.#options.modules?.get(spec.module) : undefined;
     try {
-      if (module === undefined) throw new FailedPreconditionError(`cannot run a ${spec?.kind ?? 'missing'} agent named ${spec?.module ?? spec?.command ?? ''}`);
       const agent = await HostedAgent.start({
         start,
         epoch: this.#epoch,
-        module,
+        runner: this.#runnerFor(start),
         clock: this.#options.clock,
         logger: this.#options.logger,
         channel: this.#channel,
@@ -310,6 +394,7 @@ export class AgentHost {
         return;
       }
       this.#agents.set(start.agentId, agent);
+      void agent.ended.then((end) => this.#onAgentEnded(agent, end));
       writer.write({ agentEvent: { agentId: start.agentId, state: 'started', detail: '', incarnation: start.incarnation } });
       this.#logger.info({ agentId: start.agentId, incarnation: start.incarnation, gen: agent.holder.generation }, 'agent started');
       this.events.emit('agent-started', { agentId: start.agentId, incarnation: start.incarnation, credentials: agent.holder.readOnly() });
@@ -317,6 +402,42 @@ export class AgentHost {
       this.#logger.error({ err, agentId: start.agentId }, 'agent failed to start');
       writer.write({ agentEvent: { agentId: start.agentId, state: 'failed', detail: err instanceof Error ? err.message : 'failed to start', incarnation: start.incarnation } });
     }
+  }
+
+  /** What runs `start`'s agent: a registered module, or an allowed command (checked here too, whatever the control plane sent). */
+  #runnerFor(start: StartAgent): AgentRunnerFactory {
+    const spec = start.spec;
+    if (spec?.kind === 'module') {
+      const module = this.#options.modules?.get(spec.module);
+      if (module === undefined) throw new FailedPreconditionError(`module ${spec.module} is not registered on this host`);
+      return moduleRunner(module);
+    }
+    if (spec?.kind === 'process') {
+      const allowedCommands = this.#options.allowedCommands ?? [];
+      if (!allowedCommands.includes(spec.command) || this.#options.agentsDir === undefined) {
+        throw new FailedPreconditionError(`command ${spec.command} is not allowed on this host`);
+      }
+      return processRunner({
+        allowedCommands,
+        agentsDir: this.#options.agentsDir,
+        server: this.#options.target,
+        ...(this.#options.caFile === undefined ? {} : { caFile: this.#options.caFile }),
+        stopGraceMs: this.#options.stopGraceMs ?? 10_000,
+        environment: process.env,
+      });
+    }
+    throw new FailedPreconditionError(`cannot run an agent of kind ${spec?.kind ?? 'missing'}`);
+  }
+
+  /** An agent ended by itself (a process exited): tell the control plane; nothing of it stays here. */
+  async #onAgentEnded(agent: HostedAgent, end: AgentEnd): Promise<void> {
+    // Stopped by us meanwhile (StopAgent, supersession, shutdown): that path reports it.
+    if (this.#agents.get(agent.agentId) !== agent) return;
+    this.#agents.delete(agent.agentId);
+    await agent.stop();
+    this.#writer?.write({ agentEvent: { agentId: agent.agentId, state: end.state, detail: end.detail, incarnation: agent.incarnation } });
+    this.#logger.info({ agentId: agent.agentId, state: end.state, detail: end.detail }, 'agent ended');
+    this.events.emit('agent-ended', { agentId: agent.agentId, state: end.state, detail: end.detail });
   }
 
   #onDeliver(deliver: Deliver): void {
@@ -346,7 +467,15 @@ export class AgentHost {
     }
     const agent = this.#agents.get(rotated.agentId);
     if (agent === undefined) return;
-    const result = agent.holder.apply(credential, this.#epoch);
+    let result: ApplyResult;
+    try {
+      result = await agent.applyCredential(credential, this.#epoch);
+    } catch (err) {
+      // In the holder (heartbeats use it) but not where the agent reads it (its token file).
+      this.#logger.error({ err, agentId: rotated.agentId, gen: credential.generation, jti: credential.tokenId }, 'rotated credential not passed on to the agent');
+      writer.write({ ack: { agentId: rotated.agentId, generation: credential.generation, ok: false, error: 'credential not passed on to the agent' } });
+      return;
+    }
     writer.write({ ack: { agentId: rotated.agentId, generation: credential.generation, ok: result !== 'revoked', error: result === 'revoked' ? 'agent stopped' : '' } });
     if (result === 'applied') {
       this.#logger.debug({ agentId: rotated.agentId, gen: credential.generation, jti: credential.tokenId, kid: credential.keyId, exp: credential.expiresAtMs }, 'credential rotated');

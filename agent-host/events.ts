@@ -14,6 +14,8 @@ export interface AgentHostEventMap {
   'agent-started': [{ agentId: string; incarnation: number; credentials: ReadOnlyCredentials }];
   /** An agent stopped. */
   'agent-stopped': [{ agentId: string; reason: string }];
+  /** An agent ended by itself (a process agent exited): `exited` for status 0, `failed` otherwise. */
+  'agent-ended': [{ agentId: string; state: 'exited' | 'failed'; detail: string }];
   /** A rotated credential was applied to an agent's holder. */
   'rotation-applied': [{ agentId: string; generation: number }];
   /** The host's own credential was stored. */
@@ -22,6 +24,8 @@ export interface AgentHostEventMap {
   heartbeat: [{ agentId: string; isOk: boolean; generation: number; error?: Error }];
   /** An agent took the message at `seq`. */
   'message-taken': [{ agentId: string; seq: number }];
+  /** The lowest time-to-expiry of any token held here fell below the warning threshold. */
+  'expiry-warning': [{ lowestTimeToExpiryMs: number }];
   /** The control plane refused one envelope. */
   reject: [{ what: string; agentId: string; reason: string }];
 }

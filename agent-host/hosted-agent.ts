@@ -1,18 +1,20 @@
 import type * as grpc from '@grpc/grpc-js';
 import type { Clock } from '../common/clock.js';
 import type { Logger } from '../common/logger.js';
+import type { Credential } from '../gen/tether/v1/common.js';
 import type { HostMessage, StartAgent } from '../gen/tether/v1/host.js';
+import type { AgentEnd, AgentRunner, AgentRunnerFactory } from './agent-runner.js';
 import { initialDeliveryState, reduceDelivery, type DeliveryEffect, type DeliveryEvent, type DeliveryState } from './delivery/delivery-reducer.js';
-import { CredentialHolder } from './credential-holder.js';
+import { CredentialHolder, type ApplyResult } from './credential-holder.js';
 import { runHeartbeats } from './heartbeat.js';
 import { AgentClient } from './tools/agent-client.js';
-import type { AgentContext, AgentInstance, AgentModule, DeliveredMessage } from './tools/agent-module.js';
+import type { DeliveredMessage } from './tools/agent-module.js';
 
 /**
  * A hosted agent's lifecycle:
- * - `starting`: its module is being initialised.
+ * - `starting`: its runner (module instance or child process) is being started.
  * - `running`: heartbeating; takes messages.
- * - `stopped`: stopped by the control plane or the host; its holder is revoked.
+ * - `stopped`: stopped by the control plane or the host, or ended by itself; its holder is revoked.
  */
 export type HostedAgentState = 'starting' | 'running' | 'stopped';
 
@@ -20,7 +22,8 @@ export type HostedAgentState = 'starting' | 'running' | 'stopped';
 export interface HostedAgentOptions {
   start: StartAgent;
   epoch: string;
-  module: AgentModule;
+  /** What runs the agent: `moduleRunner(module)` or `processRunner(...)`. */
+  runner: AgentRunnerFactory;
   clock: Clock;
   logger: Logger;
   /** The host's channel to the control plane, shared by all its agents. */
@@ -36,7 +39,8 @@ export interface HostedAgentOptions {
 
 /**
  * One agent on this host: its own {@link CredentialHolder}, its heartbeat loop
- * and its module instance. Owns all three and tears them down in `stop()`.
+ * and its runner, which takes the messages; every kind of runner goes through
+ * the same delivery reducer. Owns all three and tears them down in `stop()`.
  */
 export class HostedAgent {
   readonly agentId: string;
@@ -45,7 +49,7 @@ export class HostedAgent {
   #state: HostedAgentState = 'starting';
   readonly #abort = new AbortController();
   readonly #logger: Logger;
-  #instance: AgentInstance | undefined;
+  #runner: AgentRunner | undefined;
   #heartbeats: Promise<void> | undefined;
   #stopping: Promise<void> | undefined;
   #delivery: DeliveryState<DeliveredMessage>;
@@ -63,7 +67,7 @@ export class HostedAgent {
     this.#delivery = initialDeliveryState(options.start.ackedSeq);
   }
 
-  /** Applies the start credential, initialises the module and starts heartbeating. */
+  /** Applies the start credential, starts the runner and starts heartbeating. */
   static async start(options: HostedAgentOptions): Promise<HostedAgent> {
     const { start, clock } = options;
     const holder = new CredentialHolder(clock);
@@ -71,19 +75,10 @@ export class HostedAgent {
     const logger = options.logger.child({ agentId: start.agentId });
     const agent = new HostedAgent(options, holder, logger);
     const client = new AgentClient({ target: options.target, channel: options.channel, source: holder.readOnly() });
-    const context: AgentContext = Object.freeze({
-      agentId: start.agentId,
-      name: start.name,
-      config: start.spec?.config ?? '',
-      credentials: holder.readOnly(),
-      agent: client,
-      clock,
-      logger,
-      signal: agent.#abort.signal,
-    });
     try {
-      agent.#instance = await options.module(context);
+      agent.#runner = await options.runner({ start, credentials: holder.readOnly(), client, clock, logger, signal: agent.#abort.signal });
     } catch (err) {
+      agent.#abort.abort();
       holder.revoke();
       throw err;
     }
@@ -112,6 +107,22 @@ export class HostedAgent {
     return this.#delivery.takenSeq;
   }
 
+  /** Settles if the agent ends by itself (a process agent exiting); never for a module agent. */
+  get ended(): Promise<AgentEnd> {
+    return this.#runner?.ended ?? new Promise<AgentEnd>(() => undefined);
+  }
+
+  /**
+   * Applies a rotated credential to this agent's holder and, once it is there,
+   * lets the runner pass it on (a process agent's token file is replaced before
+   * this resolves). Rejects if the runner could not; the holder keeps it anyway.
+   */
+  async applyCredential(credential: Credential, epoch: string): Promise<ApplyResult> {
+    const result = this.holder.apply(credential, epoch);
+    if (result === 'applied' && this.#state === 'running') await this.#runner?.applyCredential?.(credential);
+    return result;
+  }
+
   /** A Deliver or Skip from the control plane (duplicates are dropped by seq). */
   onDelivery(event: DeliveryEvent<DeliveredMessage>): void {
     const { state, effects } = reduceDelivery(this.#delivery, event);
@@ -133,12 +144,11 @@ export class HostedAgent {
     }
   }
 
-  /** Hands one message to the module; its outcome feeds back into the reducer. */
+  /** Hands one message to the runner; its outcome feeds back into the reducer. */
   async #handle(seq: number, message: DeliveredMessage): Promise<void> {
-    const instance = this.#instance;
     let outcome: DeliveryEvent<DeliveredMessage>;
     try {
-      await instance?.onMessage?.(message);
+      await this.#runner?.handle(message);
       outcome = { type: 'taken', seq };
     } catch (err) {
       const error = err instanceof Error ? err.message : String(err);
@@ -150,7 +160,7 @@ export class HostedAgent {
     if (outcome.type === 'taken') this.#onTaken?.(seq);
   }
 
-  /** Stops heartbeats and the module, then revokes the holder. Idempotent. */
+  /** Stops heartbeats and the runner, then revokes the holder. Idempotent. */
   stop(): Promise<void> {
     this.#stopping ??= this.#stop();
     return this.#stopping;
@@ -161,13 +171,10 @@ export class HostedAgent {
     this.onDelivery({ type: 'stop' });
     this.#abort.abort();
     await this.#heartbeats;
+    // The runner settles the message in hand: a module finishes it, a process is stopped.
+    await this.#runner?.close();
     await this.#handling;
-    try {
-      await this.#instance?.close?.();
-    } catch (err) {
-      this.#logger.warn({ err }, 'agent module failed to close');
-    }
-    this.#instance = undefined;
+    this.#runner = undefined;
     this.holder.revoke();
   }
 }

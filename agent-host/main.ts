@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { Command, Option, InvalidArgumentError as CommanderInvalidArgument } from 'commander';
@@ -22,6 +22,8 @@ interface HostFlags {
   label?: Label[];
   module?: string[];
   allowCommand?: string[];
+  agentsDir?: string;
+  stopGrace: number;
   keepalive: number;
   logLevel: string;
 }
@@ -57,6 +59,9 @@ async function runHost(flags: HostFlags): Promise<void> {
     ...(flags.caFile === undefined ? {} : { channelCredentials: grpc.credentials.createSsl(readFileSync(flags.caFile)) }),
     modules: await loadModules(flags.module ?? []),
     allowedCommands: flags.allowCommand ?? [],
+    agentsDir: resolve(flags.agentsDir ?? join(flags.dataDir, 'agents')),
+    stopGraceMs: flags.stopGrace,
+    ...(flags.caFile === undefined ? {} : { caFile: resolve(flags.caFile) }),
     capacity: flags.capacity,
     labels: flags.label ?? [],
     keepaliveTimeMs: flags.keepalive,
@@ -91,6 +96,8 @@ export function agentHostProgram(): Command {
     .option('--label <key=value>', 'a label agents can be placed by (repeatable)', collectLabel)
     .option('--module <name=path>', 'register a module agent: the file exports `agent` (repeatable); `demo` and `idle` are built in', collect)
     .option('--allow-command <path>', 'a command process agents may run (repeatable; none by default)', collect)
+    .addOption(new Option('--agents-dir <dir>', 'where each process agent gets its own 0700 directory (default: <data-dir>/agents)').env('TETHER_AGENTS_DIR'))
+    .addOption(new Option('--stop-grace <duration>', 'how long a process agent has between SIGTERM and SIGKILL').env('TETHER_STOP_GRACE').default(10_000, '10s').argParser(parseDurationMs))
     .addOption(new Option('--keepalive <duration>', 'transport keepalive ping interval').env('TETHER_KEEPALIVE').default(30_000, '30s').argParser(parseDurationMs))
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
     .action(async (flags: HostFlags) => {

@@ -7,6 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import type * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
+import type { Registry } from 'prom-client';
 import { fromBinary, toBinary } from '@bufbuild/protobuf';
 import { FileDescriptorProtoSchema, FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
 import type { Clock } from '../common/clock.js';
@@ -20,6 +21,7 @@ import { AgentManager } from './agents/agent-manager.js';
 import { Authenticator } from './auth/authenticator.js';
 import { DeliveryManager } from './delivery/delivery-manager.js';
 import { ControlPlaneEvents } from './events.js';
+import { createMetrics } from './metrics.js';
 import { HostService } from './hosts/host-service.js';
 import { HostSessions } from './hosts/host-session.js';
 import { adminService } from './services/admin-service.js';
@@ -73,6 +75,10 @@ export interface ControlPlaneOptions {
   maxRotationsPerSecond?: number;
   /** Uniform in [0, 1): rotation jitter. */
   random?: () => number;
+  /** App-level Ping/Pong towards each host. Default 30 s. */
+  pingIntervalMs?: number;
+  /** Envelope-level violations a host stream may commit before it is ended. Default 100. */
+  violationBudget?: number;
   /** Keepalive ping interval towards hosts. Production: no faster than 30 s. */
   keepaliveTimeMs?: number;
   keepaliveTimeoutMs?: number;
@@ -120,6 +126,7 @@ export class ControlPlane {
   readonly #issuer: TokenIssuer;
   readonly #keys: SigningKeyRing;
   readonly #logger: Logger;
+  readonly #metrics: { registry: Registry; close: () => void };
   #closing: Promise<void> | undefined;
 
   private constructor(parts: {
@@ -136,6 +143,7 @@ export class ControlPlane {
     issuer: TokenIssuer;
     keys: SigningKeyRing;
     logger: Logger;
+    metrics: { registry: Registry; close: () => void };
   }) {
     this.events = parts.events;
     this.port = parts.port;
@@ -150,6 +158,12 @@ export class ControlPlane {
     this.#issuer = parts.issuer;
     this.#keys = parts.keys;
     this.#logger = parts.logger;
+    this.#metrics = parts.metrics;
+  }
+
+  /** The Prometheus registry of this control plane (also served at HTTP `/metrics`). */
+  get metrics(): Registry {
+    return this.#metrics.registry;
   }
 
   /** Loads keys, binds the listeners and starts serving. */
@@ -193,7 +207,11 @@ export class ControlPlane {
         return false;
       },
     });
-    const authenticator = new Authenticator({ verifier, adminToken: options.adminToken });
+    const authenticator = new Authenticator({
+      verifier,
+      adminToken: options.adminToken,
+      onFailure: (principal, reason) => events.emit('auth-failure', { principal, reason }),
+    });
     const delivery = new DeliveryManager({
       store,
       clock,
@@ -246,6 +264,8 @@ export class ControlPlane {
       joinTokenTtlMs: options.joinTokenTtlMs ?? 3_600_000,
       maxPayloadBytes,
       deliveryWindow,
+      pingIntervalMs: options.pingIntervalMs ?? 30_000,
+      violationBudget: options.violationBudget ?? 100,
     });
 
     const keepaliveTimeMs = options.keepaliveTimeMs ?? 30_000;
@@ -259,8 +279,19 @@ export class ControlPlane {
     });
     const hostServer: HostServiceServer = { connect: (call) => hosts.connect(call) };
     server.addService(HostServiceService, hostServer);
-    server.addService(AgentServiceService, agentService({ authenticator, agents, clock, events, heartbeats, issuer, audienceTokenTtlMs, logger: root }));
-    server.addService(AdminServiceService, adminService({ authenticator, agents, hosts, delivery, store, keys, clock, heartbeats, logger: root }));
+    server.addService(AgentServiceService, agentService({ authenticator, agents, clock, events, heartbeats, issuer, audienceTokenTtlMs, delivery, logger: root }));
+    server.addService(AdminServiceService, adminService({
+        authenticator,
+        agents,
+        hosts,
+        delivery,
+        store,
+        keys,
+        clock,
+        heartbeats,
+        logger: root,
+        maxTokenLifetimeMs: Math.max(agentTokenTtlMs, hostTokenTtlMs) + clockToleranceMs,
+      }));
     const health = new HealthImplementation({
       '': 'SERVING',
       'tether.v1.HostService': 'SERVING',
@@ -278,6 +309,7 @@ export class ControlPlane {
       server.bindAsync(address, credentials, (err, boundPort) => (err === null ? resolve(boundPort) : reject(err)));
     });
 
+    const metrics = createMetrics({ events, sessions, store });
     let http: HttpServer | undefined;
     let httpPort = 0;
     if (options.httpAddress !== undefined) {
@@ -286,6 +318,20 @@ export class ControlPlane {
         if (request.method === 'GET' && request.url === '/.well-known/jwks.json') {
           response.writeHead(200, { 'content-type': 'application/jwk-set+json', 'cache-control': 'max-age=60' });
           response.end(JSON.stringify(keys.jwks(clock.now())));
+          return;
+        }
+        if (request.method === 'GET' && request.url === '/metrics') {
+          metrics.registry.metrics().then(
+            (text) => {
+              response.writeHead(200, { 'content-type': metrics.registry.contentType });
+              response.end(text);
+            },
+            (err: unknown) => {
+              logger.error({ err }, 'metrics failed');
+              response.writeHead(500, { 'content-type': 'text/plain' });
+              response.end('metrics failed\n');
+            },
+          );
           return;
         }
         if (request.method === 'GET' && request.url === '/healthz') {
@@ -310,7 +356,7 @@ export class ControlPlane {
     delivery.start();
     await agents.placePending();
     logger.info({ port, httpPort, agentTokenTtlMs, hostTokenTtlMs, tls: options.tls !== undefined }, 'control plane serving');
-    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, logger });
+    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, logger, metrics });
   }
 
   /** How many hosts are connected. */
@@ -358,6 +404,7 @@ export class ControlPlane {
       http.closeAllConnections();
       await new Promise<void>((resolve) => http.close(() => resolve()));
     }
+    this.#metrics.close();
     this.#logger.info('control plane stopped');
   }
 }

@@ -14,9 +14,11 @@ export interface ControlPlaneEventMap {
   /** A credential was issued to an agent (or, with an empty agentId, to a host). */
   'credential-issued': [{ agentId: string; hostId: string; generation: number; tokenId: string; expiresAtMs: number }];
   /** A host acknowledged an agent's messages up to `seq` (cumulative). */
-  'message-acked': [{ agentId: string; seq: number }];
+  'message-acked': [{ agentId: string; seq: number; count: number }];
   /** A message was refused too often and dead-lettered. */
   'dead-letter': [{ agentId: string; seq: number; id: string }];
+  /** A caller was refused; `reason` is a fixed word, safe as a metric label. */
+  'auth-failure': [{ principal: 'admin' | 'agent' | 'host'; reason: string }];
   /** An envelope from a host was refused. */
   reject: [{ hostId: string; what: string; agentId: string; reason: string }];
 }

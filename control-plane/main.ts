@@ -27,11 +27,16 @@ export function controlPlaneProgram(): Command {
     .addOption(new Option('--insecure', 'allow plaintext on a non-loopback address').env('TETHER_INSECURE'))
     .addOption(new Option('--agent-token-ttl <duration>', 'agent token lifetime').env('TETHER_AGENT_TOKEN_TTL').default(3_600_000, '1h').argParser(parseDurationMs))
     .addOption(new Option('--host-token-ttl <duration>', 'host token lifetime').env('TETHER_HOST_TOKEN_TTL').default(259_200_000, '72h').argParser(parseDurationMs))
+    .addOption(new Option('--audience-token-ttl <duration>', 'lifetime of tokens minted for other services (never past the agent token)').env('TETHER_AUDIENCE_TOKEN_TTL').default(300_000, '5m').argParser(parseDurationMs))
     .addOption(new Option('--join-token-ttl <duration>', 'default join token lifetime').env('TETHER_JOIN_TOKEN_TTL').default(3_600_000, '1h').argParser(parseDurationMs))
     .addOption(new Option('--clock-tolerance <duration>', 'allowed clock skew on nbf/exp').env('TETHER_CLOCK_TOLERANCE').default(30_000, '30s').argParser(parseDurationMs))
     .addOption(new Option('--heartbeat-interval <duration>', 'agent heartbeat interval told to hosts').env('TETHER_HEARTBEAT_INTERVAL').default(30_000, '30s').argParser(parseDurationMs))
     .addOption(new Option('--keepalive <duration>', 'transport keepalive ping interval towards hosts').env('TETHER_KEEPALIVE').default(30_000, '30s').argParser(parseDurationMs))
     .addOption(new Option('--max-rotations-per-second <n>', 'cap on credential signing rate; storms are smoothed, not dropped').env('TETHER_MAX_ROTATIONS_PER_SECOND').default(200).argParser(parseCount))
+    .addOption(new Option('--delivery-window <n>', 'unacknowledged deliveries per agent').env('TETHER_DELIVERY_WINDOW').default(32).argParser(parseCount))
+    .addOption(new Option('--max-delivery-attempts <n>', 'refusals after which a message is dead-lettered').env('TETHER_MAX_DELIVERY_ATTEMPTS').default(5).argParser(parseCount))
+    .addOption(new Option('--max-outbox-messages <n>', 'unacknowledged messages per agent before sends get RESOURCE_EXHAUSTED').env('TETHER_MAX_OUTBOX_MESSAGES').default(10_000).argParser(parseCount))
+    .addOption(new Option('--max-payload-bytes <n>', 'largest message payload accepted').env('TETHER_MAX_PAYLOAD_BYTES').default(1_048_576).argParser(parseCount))
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
     .action(async (flags: Omit<ServeFlags, 'dataDir'>, command: Command) => {
       await serve({ ...flags, dataDir: command.optsWithGlobals<{ dataDir: string }>().dataDir });

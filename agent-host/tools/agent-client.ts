@@ -2,10 +2,13 @@ import * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import {
   AgentServiceClient as GeneratedAgentServiceClient,
+  type CompleteResponse,
   type HeartbeatResponse,
+  type ReportStatusResponse,
   type MintTokenResponse,
   type WhoAmIResponse,
 } from '../../gen/tether/v1/agent.js';
+import type { OutgoingMessage, SendMessagesResponse } from '../../gen/tether/v1/common.js';
 import { bearerInterceptor } from './call-credentials.js';
 import type { CredentialSource } from './credential-source.js';
 import { assertChannelAllowed } from './loopback.js';
@@ -80,6 +83,27 @@ export class AgentClient {
    */
   mintToken(audience: string, options: CallOptions = {}): Promise<MintTokenResponse> {
     return this.#call((done) => (metadata, callOptions) => this.#client.mintToken({ audience }, metadata, callOptions, done), options);
+  }
+
+  /**
+   * Sends messages to `agentId` as this agent (the control plane takes `from`
+   * from the token). Give each an idempotency key to make a retried send safe.
+   */
+  sendMessages(agentId: string, messages: readonly OutgoingMessage[], options: CallOptions = {}): Promise<SendMessagesResponse> {
+    return this.#call(
+      (done) => (metadata, callOptions) => this.#client.sendMessages({ agentId, messages: [...messages] }, metadata, callOptions, done),
+      options,
+    );
+  }
+
+  /** Reports what this agent (`agentId`, which must be this agent) is doing. */
+  reportStatus(agentId: string, status: string, options: CallOptions = {}): Promise<ReportStatusResponse> {
+    return this.#call((done) => (metadata, callOptions) => this.#client.reportStatus({ agentId, status }, metadata, callOptions, done), options);
+  }
+
+  /** Says this agent's work is done: it ends and its tokens are revoked. */
+  complete(agentId: string, detail: string, options: CallOptions = {}): Promise<CompleteResponse> {
+    return this.#call((done) => (metadata, callOptions) => this.#client.complete({ agentId, detail }, metadata, callOptions, done), options);
   }
 
   /** Closes the channel if this client made it. Idempotent. */

@@ -202,6 +202,22 @@ export class AgentManager {
     });
   }
 
+  /** Records what an agent says it is doing (shown as its detail). */
+  async reportStatus(agentId: string, status: string): Promise<void> {
+    await this.#options.store.updateAgent(agentId, { detail: status, updatedAtMs: this.#options.clock.now() }, { states: LIVE_AGENT_STATES });
+  }
+
+  /** An agent finished its work: it ends (exited), its tokens are revoked and its host stops it. */
+  async complete(agentId: string, detail: string): Promise<void> {
+    await this.#locks.run(agentId, async () => {
+      const agent = await this.get(agentId);
+      if (!LIVE_AGENT_STATES.includes(agent.state)) return;
+      await this.#end(agent, 'exited', detail === '' ? 'completed' : detail);
+      const session = agent.hostId === null ? undefined : this.#options.sessions.get(agent.hostId);
+      session?.send({ stopAgent: { agentId, reason: 'completed' } });
+    });
+  }
+
   /** Issues a fresh credential to a live agent and pushes it to its host. */
   async rotate(agentId: string, why: 'due' | 'forced' | 'resume' | 'deliver'): Promise<AgentRecord | undefined> {
     return this.#locks.run(agentId, async () => {
@@ -284,6 +300,38 @@ export class AgentManager {
       if (afterId === null) break;
     }
     await this.placePending();
+  }
+
+  /**
+   * Moves every live agent off a (revoked) host: back to pending with its
+   * tokens revoked at once, then placed on another host if one fits. The old
+   * copies can no longer act: their incarnation is fenced when they start again.
+   */
+  async evacuateHost(hostId: string): Promise<number> {
+    let moved = 0;
+    for (let afterId: string | null = null; ; ) {
+      const page = await this.#options.store.listAgents({ hostId, states: LIVE_AGENT_STATES }, afterId, PAGE);
+      for (const agent of page.items) {
+        await this.#locks.run(agent.agentId, async () => {
+          const updated = await this.#options.store.updateAgent(
+            agent.agentId,
+            { state: 'pending', hostId: null, incarnation: agent.incarnation + 1, updatedAtMs: this.#options.clock.now(), detail: `host ${hostId} revoked` },
+            { states: LIVE_AGENT_STATES, incarnation: agent.incarnation },
+          );
+          if (updated === undefined) return;
+          this.#options.verifier.forgetSubject('agent', agent.agentId);
+          this.#scheduler.unschedule(agent.agentId);
+          this.#options.delivery.detach(agent.agentId);
+          this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'pending', incarnation: updated.incarnation });
+          moved++;
+        });
+      }
+      afterId = page.nextAfterId;
+      if (afterId === null) break;
+    }
+    this.#logger.warn({ hostId, moved }, 'agents moved off a revoked host');
+    await this.placePending();
+    return moved;
   }
 
   /** Tries to place every pending agent on a connected host. */

@@ -1,8 +1,8 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Metadata } from '@grpc/grpc-js';
-import { UnauthenticatedError } from '../../common/errors.js';
+import { TetherError, UnauthenticatedError } from '../../common/errors.js';
 import type { TokenClaims } from '../tokens/token-kinds.js';
-import type { TokenVerifier } from '../tokens/token-verifier.js';
+import { TokenRejectedError, type TokenVerifier } from '../tokens/token-verifier.js';
 
 /** An `authorization` header's scheme and credential. */
 export interface PresentedCredential {
@@ -30,6 +30,15 @@ export interface AuthenticatorOptions {
   verifier: TokenVerifier;
   /** The operator's secret; compared in constant time, never logged. */
   adminToken: string;
+  /** Told of each refusal, with a fixed word for why (for metrics; never the credential). */
+  onFailure?: (principal: 'admin' | 'agent' | 'host', reason: string) => void;
+}
+
+/** A fixed word for why a credential was refused. */
+function failureReason(err: unknown): string {
+  if (err instanceof TokenRejectedError) return err.reason;
+  if (err instanceof TetherError) return err.code;
+  return 'error';
 }
 
 /**
@@ -40,29 +49,48 @@ export interface AuthenticatorOptions {
 export class Authenticator {
   readonly #verifier: TokenVerifier;
   readonly #adminDigest: Buffer;
+  readonly #onFailure: (principal: 'admin' | 'agent' | 'host', reason: string) => void;
 
   constructor(options: AuthenticatorOptions) {
     this.#verifier = options.verifier;
     this.#adminDigest = secretDigest(options.adminToken);
+    this.#onFailure = options.onFailure ?? ((): void => undefined);
   }
 
   /** Throws unless the call carries the admin token. */
   admin(metadata: Metadata): void {
-    const presented = presentedCredential(metadata);
+    let presented: PresentedCredential;
+    try {
+      presented = presentedCredential(metadata);
+    } catch (err) {
+      this.#onFailure('admin', 'malformed');
+      throw err;
+    }
     if (presented.scheme !== 'bearer' || !timingSafeEqual(secretDigest(presented.credential), this.#adminDigest)) {
+      this.#onFailure('admin', 'wrong-admin-token');
       throw new UnauthenticatedError('not the admin token');
     }
   }
 
   /** The verified claims of the agent token the call carries. */
   async agent(metadata: Metadata): Promise<TokenClaims> {
-    const presented = presentedCredential(metadata);
-    if (presented.scheme !== 'bearer') throw new UnauthenticatedError('malformed authorization');
-    return this.#verifier.verify(presented.credential, 'agent');
+    try {
+      const presented = presentedCredential(metadata);
+      if (presented.scheme !== 'bearer') throw new UnauthenticatedError('malformed authorization');
+      return await this.#verifier.verify(presented.credential, 'agent');
+    } catch (err) {
+      this.#onFailure('agent', failureReason(err));
+      throw err;
+    }
   }
 
   /** The verified claims of a host token. */
   async host(token: string): Promise<TokenClaims> {
-    return this.#verifier.verify(token, 'host');
+    try {
+      return await this.#verifier.verify(token, 'host');
+    } catch (err) {
+      this.#onFailure('host', failureReason(err));
+      throw err;
+    }
   }
 }

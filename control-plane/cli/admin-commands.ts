@@ -1,10 +1,10 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import type { Command } from 'commander';
-import { collectLabel, parseDurationMs, readSecret } from '../../common/cli.js';
+import { InvalidArgumentError as CommanderInvalidArgument, type Command } from 'commander';
+import { collectLabel, parseCount, parseDurationMs, readSecret } from '../../common/cli.js';
 import { assertPlaintextAllowed } from '../../common/loopback.js';
-import { AdminServiceClient, AgentInfo, HostInfo } from '../../gen/tether/v1/admin.js';
+import { AdminServiceClient, AgentInfo, HostInfo, MessageInfo, SigningKeyInfo } from '../../gen/tether/v1/admin.js';
 import { AgentState, type Label } from '../../gen/tether/v1/common.js';
 
 /** Flags every admin subcommand shares. */
@@ -129,7 +129,7 @@ function addSpecOptions(command: Command): Command {
     .option('--label <key=value>', 'place on a host carrying this label (repeatable)', collectLabel);
 }
 
-/** Adds the admin subcommands (`hosts`, `agents`, `jwks`) to `program`. */
+/** Adds the admin subcommands (`hosts`, `agents`, `keys`, `jwks`, `send`, `messages`) to `program`. */
 export function addAdminCommands(program: Command): void {
   const hosts = program.command('hosts').description('enroll and list agent hosts');
   hosts
@@ -168,6 +168,7 @@ export function addAdminCommands(program: Command): void {
         ]);
       });
     });
+  addHostRevokeCommand(hosts);
 
   const agents = program.command('agents').description('dispatch, list, stop and rotate agents');
   agents
@@ -240,6 +241,161 @@ export function addAdminCommands(program: Command): void {
       await withClient(command, async (admin) => {
         const response = await invoke(admin.getJwks.bind(admin), {});
         console.log(JSON.stringify(JSON.parse(response.jwksJson), null, 2));
+      });
+    });
+
+  addMessageCommands(program);
+  addKeyCommands(program);
+}
+
+interface SendFlags {
+  data?: string;
+  file?: string;
+  contentType?: string;
+  idempotencyKey?: string;
+}
+
+/** The payload of `send`: `--data`, `--file`, or (with neither) all of stdin, which must not be a terminal. */
+async function readPayload(flags: SendFlags): Promise<Buffer> {
+  if (flags.data !== undefined && flags.file !== undefined) throw new Error('give at most one of --data and --file');
+  if (flags.data !== undefined) return Buffer.from(flags.data, 'utf8');
+  if (flags.file !== undefined) return readFileSync(flags.file);
+  if (process.stdin.isTTY) throw new Error('no payload: give --data or --file, or pipe it on stdin');
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : (chunk as Buffer));
+  return Buffer.concat(chunks);
+}
+
+/** Parses a message seq argument (a positive whole number) for commander. */
+function parseSeq(value: string): number {
+  const seq = parseCount(value);
+  if (seq === 0 || !Number.isSafeInteger(seq)) throw new CommanderInvalidArgument(`not a message seq: ${value}`);
+  return seq;
+}
+
+/** Adds `send` and `messages ls|requeue|purge` (an agent's outbox and its dead letters). */
+function addMessageCommands(program: Command): void {
+  program
+    .command('send')
+    .description('send a message to an agent as the operator; it is in the agent\'s durable outbox when this prints its id and seq')
+    .argument('<agent-id>')
+    .option('--data <text>', 'the payload, as UTF-8 text')
+    .option('--file <path>', 'read the payload from this file (with neither --data nor --file: from stdin)')
+    .option('--content-type <type>', 'the payload\'s content type (default application/octet-stream)')
+    .option('--idempotency-key <key>', 'makes a retried send safe: a second send with the same key returns the first one\'s id and seq')
+    .action(async (agentId: string, flags: SendFlags, command: Command) => {
+      const payload = await readPayload(flags);
+      await withClient(command, async (admin) => {
+        const response = await invoke(admin.sendMessages.bind(admin), {
+          agentId,
+          messages: [{ payload, contentType: flags.contentType ?? '', idempotencyKey: flags.idempotencyKey ?? '' }],
+        });
+        const sent = response.messages[0];
+        if (sent === undefined) throw new Error('the control plane answered the send with no message');
+        console.log(JSON.stringify({ agentId, id: sent.id, seq: sent.seq, duplicate: sent.duplicate }));
+      });
+    });
+
+  const messages = program.command('messages').description("list an agent's unacknowledged messages or dead letters; requeue or purge a dead letter");
+  messages
+    .command('ls')
+    .description('list the messages of an agent not acknowledged yet (or, with --dead, its dead letters)')
+    .argument('<agent-id>')
+    .option('--dead', 'list dead letters instead')
+    .option('--json', 'print JSON')
+    .action(async (agentId: string, flags: { dead?: boolean; json?: boolean }, command: Command) => {
+      await withClient(command, async (admin) => {
+        const found: MessageInfo[] = [];
+        let pageToken = '';
+        for (let page = 0; page < 10_000; page++) {
+          const response = await invoke(admin.listMessages.bind(admin), { agentId, state: flags.dead === true ? 'dead' : 'pending', pageSize: 1000, pageToken });
+          found.push(...response.messages);
+          pageToken = response.nextPageToken;
+          if (pageToken === '') break;
+        }
+        if (flags.json === true) {
+          console.log(JSON.stringify(found.map((m) => MessageInfo.toJSON(m)), null, 2));
+          return;
+        }
+        printTable([
+          ['SEQ', 'ID', 'STATE', 'ATTEMPTS', 'BYTES', 'FROM', 'CONTENT_TYPE', 'CREATED', 'LAST_ERROR'],
+          ...found.map((m) => [String(m.seq), m.id, m.state, String(m.attempts), String(m.sizeBytes), m.from, m.contentType, isoOrDash(m.createdAtMs), m.lastError || '-']),
+        ]);
+      });
+    });
+  messages
+    .command('requeue')
+    .description('append a dead letter again under a new seq (same message id); prints the new seq')
+    .argument('<agent-id>')
+    .argument('<seq>', 'the seq of the dead letter', parseSeq)
+    .action(async (agentId: string, seq: number, _flags: unknown, command: Command) => {
+      await withClient(command, async (admin) => {
+        const response = await invoke(admin.requeueMessage.bind(admin), { agentId, seq });
+        console.log(JSON.stringify({ agentId, seq, newSeq: response.seq }));
+      });
+    });
+  messages
+    .command('purge')
+    .description('delete a dead letter for good')
+    .argument('<agent-id>')
+    .argument('<seq>', 'the seq of the dead letter', parseSeq)
+    .action(async (agentId: string, seq: number, _flags: unknown, command: Command) => {
+      await withClient(command, async (admin) => {
+        await invoke(admin.purgeMessage.bind(admin), { agentId, seq });
+        console.log(JSON.stringify({ agentId, seq, purged: true }));
+      });
+    });
+}
+
+/** Adds `hosts revoke`: the host's stream ends with a final refusal, its credential is refused, its agents move. */
+function addHostRevokeCommand(hosts: Command): void {
+  hosts
+    .command('revoke')
+    .description('revoke a host: it is refused for good (the agent-host exits) and its agents are placed elsewhere; it needs a new enrollment to come back')
+    .argument('<host-id>')
+    .action(async (hostId: string, _flags: unknown, command: Command) => {
+      await withClient(command, async (admin) => {
+        const response = await invoke(admin.revokeHost.bind(admin), { hostId });
+        console.log(JSON.stringify({ hostId, revoked: true, agentsMoved: response.agentsMoved }));
+      });
+    });
+}
+
+/** Adds `keys ls|rotate`: the control plane's signing keys. */
+function addKeyCommands(program: Command): void {
+  const keys = program.command('keys').description('list and rotate the signing keys');
+  keys
+    .command('ls')
+    .description('list the signing keys: the active one, and retired ones still verifying (and published) until their last token expires')
+    .option('--json', 'print JSON')
+    .action(async (flags: { json?: boolean }, command: Command) => {
+      await withClient(command, async (admin) => {
+        const response = await invoke(admin.listSigningKeys.bind(admin), {});
+        if (flags.json === true) {
+          console.log(JSON.stringify(response.keys.map((key) => SigningKeyInfo.toJSON(key)), null, 2));
+          return;
+        }
+        printTable([
+          ['KEY', 'STATE', 'CREATED', 'RETIRED', 'VERIFIES_UNTIL'],
+          ...response.keys.map((key) => [
+            key.keyId,
+            key.retiredAtMs === 0 ? 'active' : 'retired',
+            isoOrDash(key.createdAtMs),
+            isoOrDash(key.retiredAtMs),
+            isoOrDash(key.verifyUntilMs),
+          ]),
+        ]);
+      });
+    });
+  keys
+    .command('rotate')
+    .description('make a new key the signer; it is published before any token carries it, and the old one keeps verifying until its last token expires')
+    .action(async (_flags: unknown, command: Command) => {
+      await withClient(command, async (admin) => {
+        const response = await invoke(admin.rotateSigningKey.bind(admin), {});
+        console.log(
+          JSON.stringify({ keyId: response.keyId, retiredKeyId: response.retiredKeyId, retiredVerifiesUntil: isoOrDash(response.retiredVerifyUntilMs) }),
+        );
       });
     });
 }

@@ -18,12 +18,17 @@ export interface ServeFlags {
   tlsKey?: string;
   insecure?: boolean;
   agentTokenTtl: number;
+  audienceTokenTtl: number;
   hostTokenTtl: number;
   joinTokenTtl: number;
   clockTolerance: number;
   heartbeatInterval: number;
   keepalive: number;
   maxRotationsPerSecond: number;
+  deliveryWindow: number;
+  maxDeliveryAttempts: number;
+  maxOutboxMessages: number;
+  maxPayloadBytes: number;
   logLevel: string;
 }
 
@@ -82,12 +87,17 @@ export async function serve(flags: ServeFlags): Promise<void> {
       : {}),
     isInsecureAllowed: flags.insecure === true,
     agentTokenTtlMs: flags.agentTokenTtl,
+    audienceTokenTtlMs: flags.audienceTokenTtl,
     hostTokenTtlMs: flags.hostTokenTtl,
     joinTokenTtlMs: flags.joinTokenTtl,
     clockToleranceMs: flags.clockTolerance,
     heartbeatIntervalMs: flags.heartbeatInterval,
     keepaliveTimeMs: flags.keepalive,
     maxRotationsPerSecond: flags.maxRotationsPerSecond,
+    deliveryWindow: flags.deliveryWindow,
+    maxDeliveryAttempts: flags.maxDeliveryAttempts,
+    maxOutboxMessages: flags.maxOutboxMessages,
+    maxPayloadBytes: flags.maxPayloadBytes,
   });
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {

@@ -7,7 +7,7 @@ import type { OutgoingMessage } from '../../gen/tether/v1/common.js';
 import type { ControlPlaneEvents } from '../events.js';
 import type { HostSession } from '../hosts/host-session.js';
 import { isPastHalfLife } from '../rotation/rotation-policy.js';
-import type { AppendResult, Store } from '../store/store.js';
+import type { AppendResult, MessageRecord, Store } from '../store/store.js';
 import { OutboxBatcher } from './outbox-batcher.js';
 
 /** Options of {@link DeliveryManager}. */
@@ -50,6 +50,16 @@ interface Cursor {
   needsPump: boolean;
   /** A refused seq waiting for its re-send. */
   retrySeq: number | undefined;
+  /**
+   * Deliverable messages past `sentSeq`, read from the store ahead of the window
+   * opening (at most `window` of them), so acks arriving one by one do not cost
+   * one store read each. Nothing that can change a message past `sentSeq` matters
+   * here: refusals concern sent seqs, requeues append past the end, and a dead
+   * letter purged after it was read is still moved past with a Skip.
+   */
+  readAhead: MessageRecord[];
+  /** The agent's token as last read from the store (see #refreshTokenIfNeeded). */
+  token: { issuedAtMs: number; expiresAtMs: number } | undefined;
 }
 
 /**
@@ -115,8 +125,18 @@ export class DeliveryManager {
     if (agent === undefined) return;
     // A host never took what was never appended; a claim past that is ignored.
     const taken = Math.min(Math.max(agent.ackedSeq, hostTakenSeq), agent.lastSeq);
-    if (taken > agent.ackedSeq) this.#batcher.ack(agentId, taken);
-    this.#cursors.set(agentId, { agentId, session, sentSeq: taken, ackedSeq: taken, isPumping: false, needsPump: false, retrySeq: undefined });
+    if (taken > agent.ackedSeq) void this.#batcher.ack(agentId, taken);
+    this.#cursors.set(agentId, {
+      agentId,
+      session,
+      sentSeq: taken,
+      ackedSeq: taken,
+      isPumping: false,
+      needsPump: false,
+      retrySeq: undefined,
+      readAhead: [],
+      token: undefined,
+    });
     this.#kick(agentId);
   }
 
@@ -140,9 +160,12 @@ export class DeliveryManager {
     if (seq > cursor.sentSeq) return `an Ack for seq ${seq}, never sent`;
     if (isOk) {
       if (seq > cursor.ackedSeq) {
+        const count = seq - cursor.ackedSeq;
         cursor.ackedSeq = seq;
-        this.#batcher.ack(agentId, seq);
-        this.#options.events.emit('message-acked', { agentId, seq });
+        // Reported once durable, so whoever hears of it finds the outbox saying so.
+        void this.#batcher.ack(agentId, seq).then((isCommitted) => {
+          if (isCommitted) this.#options.events.emit('message-acked', { agentId, seq, count });
+        });
       }
       if (cursor.retrySeq !== undefined && cursor.retrySeq <= seq) cursor.retrySeq = undefined;
       this.#kick(agentId);
@@ -188,7 +211,7 @@ export class DeliveryManager {
     if (this.#closing.signal.aborted || this.#cursors.get(cursor.agentId) !== cursor || cursor.retrySeq !== seq) return;
     const [message] = await this.#options.store.listDeliverable(cursor.agentId, seq - 1, 1);
     if (message?.seq !== seq || message.state !== 'pending') return;
-    await this.#refreshTokenIfNeeded(cursor.agentId);
+    await this.#refreshTokenIfNeeded(cursor);
     cursor.session.send({
       deliver: {
         agentId: cursor.agentId,
@@ -224,14 +247,18 @@ export class DeliveryManager {
         const room = window - (cursor.sentSeq - cursor.ackedSeq);
         if (room <= 0) break;
         await cursor.session.whenBelow(maxQueuedPerHost);
-        const messages = await store.listDeliverable(cursor.agentId, cursor.sentSeq, room);
+        if (cursor.readAhead.length === 0) cursor.readAhead = await store.listDeliverable(cursor.agentId, cursor.sentSeq, window);
+        const messages = cursor.readAhead.splice(0, room);
         if (messages.length === 0) break;
-        if (messages.some((m) => m.state === 'pending')) await this.#refreshTokenIfNeeded(cursor.agentId);
+        if (messages.some((m) => m.state === 'pending')) await this.#refreshTokenIfNeeded(cursor);
         if (this.#cursors.get(cursor.agentId) !== cursor) return;
         for (const message of messages) {
           if (message.seq !== cursor.sentSeq + 1) {
-            // Seqs are gapless per agent; a gap means a purge raced us. Move past it as a skip.
+            // Seqs are gapless per agent, so a gap is a dead letter purged or requeued before this
+            // host acknowledged past it (say its Skip was lost with a stream). The host still
+            // waits for each missing seq: skip them, or its queue would be held for ever.
             this.#logger.warn({ agentId: cursor.agentId, expected: cursor.sentSeq + 1, got: message.seq }, 'outbox gap');
+            for (let seq = cursor.sentSeq + 1; seq < message.seq; seq++) cursor.session.send({ skip: { agentId: cursor.agentId, seq } });
           }
           if (message.state === 'dead') {
             cursor.session.send({ skip: { agentId: cursor.agentId, seq: message.seq } });
@@ -257,13 +284,25 @@ export class DeliveryManager {
     } while (cursor.needsPump);
   }
 
-  /** Ahead of a delivery: a fresh token when the agent's is past half its life, sent first on the same stream. */
-  async #refreshTokenIfNeeded(agentId: string): Promise<void> {
-    const agent = await this.#options.store.getAgent(agentId);
-    if (agent === undefined) throw new NotFoundError(`no agent ${agentId}`);
-    if (isPastHalfLife(this.#options.clock.now(), agent.issuedAtMs, agent.expiresAtMs)) {
-      await this.#options.rotate(agentId);
+  /**
+   * Ahead of a delivery: a fresh token when the agent's is past half its life,
+   * sent first on the same stream. A rotation only ever replaces a token with a
+   * later one of the same lifetime, whose half-life falls later; so while the
+   * token last read is short of half its life, the current one is too, and the
+   * store is read again only once the cached token reaches half-life.
+   */
+  async #refreshTokenIfNeeded(cursor: Cursor): Promise<void> {
+    const { clock, store } = this.#options;
+    const cached = cursor.token;
+    if (cached !== undefined && !isPastHalfLife(clock.now(), cached.issuedAtMs, cached.expiresAtMs)) return;
+    const agent = await store.getAgent(cursor.agentId);
+    if (agent === undefined) throw new NotFoundError(`no agent ${cursor.agentId}`);
+    if (isPastHalfLife(clock.now(), agent.issuedAtMs, agent.expiresAtMs)) {
+      cursor.token = undefined;
+      await this.#options.rotate(cursor.agentId);
+      return;
     }
+    cursor.token = { issuedAtMs: agent.issuedAtMs, expiresAtMs: agent.expiresAtMs };
   }
 
   async #pruneLoop(): Promise<void> {

@@ -2,19 +2,21 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { Metadata, status, type ServerDuplexStream, type StatusObject } from '@grpc/grpc-js';
 import { decodeJwt } from 'jose';
 import type { Clock } from '../../common/clock.js';
-import { InvalidArgumentError, NotFoundError, TetherError, TokenExpiredError, UnauthenticatedError } from '../../common/errors.js';
+import { InvalidArgumentError, NotFoundError, ResourceExhaustedError, TetherError, TokenExpiredError, UnauthenticatedError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
 import { PROTOCOL_VERSION, REFUSAL_METADATA_KEY, type Refusal } from '../../common/protocol.js';
 import type { Ack, ControlMessage, Hello, HostMessage, Pong } from '../../gen/tether/v1/host.js';
 import { toCredential, type AgentManager } from '../agents/agent-manager.js';
-import { presentedCredential, type Authenticator } from '../auth/authenticator.js';
+import { presentedCredential, type Authenticator, type PresentedCredential } from '../auth/authenticator.js';
 import type { ControlPlaneEvents } from '../events.js';
 import { toStatus } from '../grpc/status.js';
+import { hostRotationDueAtMs } from '../rotation/rotation-policy.js';
 import { LIVE_AGENT_STATES, type HostRecord, type LabelRecord, type Store } from '../store/store.js';
 import type { TokenIssuer } from '../tokens/token-issuer.js';
 import type { IssuedToken, TokenClaims } from '../tokens/token-kinds.js';
 import type { TokenVerifier } from '../tokens/token-verifier.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
+import { ConnectLimiter } from './connect-limiter.js';
 import { joinSecretMatches, mintJoinToken, parseJoinToken } from './join-token.js';
 import { HostSession, type HostSessions } from './host-session.js';
 
@@ -42,6 +44,10 @@ export interface HostServiceOptions {
   joinTokenTtlMs: number;
   maxPayloadBytes: number;
   deliveryWindow: number;
+  /** App-level Ping towards each host (keeps data flowing through proxies, measures skew). */
+  pingIntervalMs: number;
+  /** Violations a stream may commit before it is ended. */
+  violationBudget: number;
 }
 
 /** A stream refused: the status to end it with. */
@@ -59,6 +65,22 @@ interface StreamIdentity {
   hostId: string;
   /** Set when the host joined with a join token: its first credential. */
   joined?: IssuedToken;
+  /** Generation of the host credential the stream was opened with (or, after a join, was issued). */
+  generation: number;
+}
+
+/** The identity a credential claims (unverified): a bucket key for the connect limiter, never trusted. */
+function presentedIdentity(presented: PresentedCredential): string {
+  let identity: string | undefined;
+  if (presented.scheme === 'join') identity = parseJoinToken(presented.credential)?.hostId;
+  else {
+    try {
+      identity = decodeJwt(presented.credential).sub;
+    } catch {
+      identity = undefined;
+    }
+  }
+  return identity === undefined ? 'malformed' : identity.slice(0, 128);
 }
 
 /** Per-stream state while it is open. */
@@ -79,10 +101,12 @@ export class HostService {
   readonly #logger: Logger;
   /** Streams open right now (authenticated or not): join-token leases are held by these. */
   readonly #liveStreams = new Set<string>();
+  readonly #limiter: ConnectLimiter;
 
   constructor(options: HostServiceOptions) {
     this.#options = options;
     this.#logger = options.logger.child({ component: 'hosts' });
+    this.#limiter = new ConnectLimiter({ clock: options.clock, logger: this.#logger });
   }
 
   /** Creates a host record and its one-time join token (shown once, stored hashed). */
@@ -100,6 +124,7 @@ export class HostService {
       joinLeaseSessionId: null,
       credentialGeneration: 0,
       minValidGeneration: 0,
+      credentialIssuedAtMs: 0,
       credentialExpiresAtMs: 0,
       capacity: 0,
       labels: [],
@@ -122,7 +147,7 @@ export class HostService {
   connect(call: ServerDuplexStream<HostMessage, ControlMessage>): void {
     const sessionId = randomUUID();
     this.#liveStreams.add(sessionId);
-    const state: StreamState = { sessionId, identity: { hostId: '' }, session: undefined, pingSentAtMs: new Map() };
+    const state: StreamState = { sessionId, identity: { hostId: '', generation: 0 }, session: undefined, pingSentAtMs: new Map() };
     let isEnded = false;
     const onEnded = (): void => {
       if (isEnded) return;
@@ -183,19 +208,44 @@ export class HostService {
     if (err instanceof StreamRefusedError && err.refusal !== undefined) metadata.set(REFUSAL_METADATA_KEY, err.refusal);
     const statusObject = toStatus(err, this.#logger, metadata);
     if (err instanceof TetherError && err.code === 'unauthenticated') {
-      this.#logger.info({ reason: err.message }, 'host stream refused');
+      // Debug only: a flood of bad connects is summarised once per window by the limiter.
+      this.#logger.debug({ reason: err.message }, 'host stream refused');
     }
     call.emit('error', statusObject);
   }
 
   async #authenticate(metadata: Metadata, sessionId: string): Promise<StreamIdentity> {
-    const presented = presentedCredential(metadata);
-    if (presented.scheme === 'join') return this.#join(presented.credential, sessionId);
+    let presented: PresentedCredential;
     try {
-      const claims = await this.#options.authenticator.host(presented.credential);
-      return { hostId: claims.subject };
+      presented = presentedCredential(metadata);
     } catch (err) {
-      throw await this.#explainHostTokenFailure(presented.credential, err);
+      this.#limiter.recordFailure('malformed');
+      throw err;
+    }
+    const identity = presentedIdentity(presented);
+    if (this.#limiter.isRefused(identity)) throw new ResourceExhaustedError('too many failed connects; retry later');
+    try {
+      let result: StreamIdentity;
+      if (presented.scheme === 'join') result = await this.#join(presented.credential, sessionId);
+      else {
+        const claims = await this.#hostClaims(presented.credential);
+        result = { hostId: claims.subject, generation: claims.generation };
+      }
+      this.#limiter.recordSuccess(identity);
+      return result;
+    } catch (err) {
+      if (err instanceof TetherError && (err.code === 'unauthenticated' || err.code === 'token-expired' || err.code === 'token-revoked')) {
+        this.#limiter.recordFailure(identity);
+      }
+      throw err;
+    }
+  }
+
+  async #hostClaims(token: string): Promise<TokenClaims> {
+    try {
+      return await this.#options.authenticator.host(token);
+    } catch (err) {
+      throw await this.#explainHostTokenFailure(token, err);
     }
   }
 
@@ -244,11 +294,12 @@ export class HostService {
     await store.updateHost(leased.hostId, {
       credentialGeneration: generation,
       minValidGeneration: generation,
+      credentialIssuedAtMs: joined.claims.issuedAtMs,
       credentialExpiresAtMs: joined.claims.expiresAtMs,
     });
     this.#options.verifier.forgetSubject('host', leased.hostId);
     this.#logger.info({ hostId: leased.hostId, jti: joined.claims.tokenId, kid: joined.claims.keyId, gen: generation }, 'host credential issued for join');
-    return { hostId: leased.hostId, joined };
+    return { hostId: leased.hostId, joined, generation };
   }
 
   async #onMessage(call: ServerDuplexStream<HostMessage, ControlMessage>, state: StreamState, message: HostMessage): Promise<void> {
@@ -301,26 +352,34 @@ export class HostService {
         hostCredential: joined === undefined ? undefined : toCredential(joined),
       },
     });
-    const pingAtMs = clock.now();
-    state.pingSentAtMs.set(pingAtMs, pingAtMs);
-    session.send({ ping: { timeMs: pingAtMs } });
     this.#logger.info({ hostId, sessionId: state.sessionId, running: hello.running.length, version: hello.version }, 'host connected');
     events.emit('host-connected', { hostId, sessionId: state.sessionId });
     await this.#options.agents.onHostConnected(session);
+    void this.#pingLoop(session, state);
+    void this.#hostCredentialLoop(session, state.identity.generation);
     return session;
   }
 
   async #onAck(session: HostSession, state: StreamState, ack: Ack): Promise<void> {
     if (ack.agentId === '') {
+      if (ack.generation !== undefined && !ack.ok) {
+        // The host could not store it and keeps what it holds: burn nothing, supersede nothing (a join can be retried).
+        this.#logger.warn({ hostId: session.hostId, gen: ack.generation, error: ack.error }, 'host could not store its credential');
+        return;
+      }
       const joined = state.identity.joined;
       if (ack.generation !== undefined && joined !== undefined && ack.generation === joined.claims.generation) {
         // The host has stored its credential: burn the join token.
         await this.#options.store.updateHost(session.hostId, { state: 'active', joinSecretHash: null, joinLeaseSessionId: null });
-        state.identity = { hostId: session.hostId };
+        state.identity = { hostId: session.hostId, generation: ack.generation };
         this.#logger.info({ hostId: session.hostId, gen: ack.generation }, 'host credential acknowledged; join token burnt');
         return;
       }
-      if (ack.generation === undefined) this.#reject(session, 'ack', '', 'an Ack for a seq of no agent');
+      if (ack.generation === undefined) {
+        this.#reject(session, 'ack', '', 'an Ack for a seq of no agent');
+        return;
+      }
+      await this.#onHostCredentialAck(session, ack.generation);
       return;
     }
     if (!(await this.#options.agents.isAgentOfHost(session.hostId, ack.agentId))) {
@@ -335,6 +394,90 @@ export class HostService {
     if (!ack.ok) this.#logger.warn({ hostId: session.hostId, agentId: ack.agentId, gen: ack.generation, error: ack.error }, 'host refused a credential');
   }
 
+  /** The host stored a rotated credential: older ones are refused from now on. */
+  async #onHostCredentialAck(session: HostSession, generation: number): Promise<void> {
+    const host = await this.#options.store.getHost(session.hostId);
+    if (host === undefined || generation > host.credentialGeneration || generation <= host.minValidGeneration) return;
+    await this.#options.store.updateHost(session.hostId, { minValidGeneration: generation });
+    this.#options.verifier.forgetSubject('host', session.hostId);
+    this.#logger.info({ hostId: session.hostId, gen: generation }, 'host credential acknowledged');
+  }
+
+  /**
+   * Replaces the host's own credential once a third of its life has passed, for
+   * as long as the stream lives. `heldGeneration` is the generation the host
+   * opened the stream with. When it is older than the newest one issued, a
+   * rotation was lost with an earlier stream (sent, never stored): the host holds
+   * a credential whose third passed when that rotation was made, so it gets a
+   * fresh one now rather than when the lost one falls due.
+   */
+  async #hostCredentialLoop(session: HostSession, heldGeneration: number): Promise<void> {
+    const { clock, store } = this.#options;
+    const signal = session.closedSignal;
+    let held = heldGeneration;
+    try {
+      while (!signal.aborted) {
+        const host = await store.getHost(session.hostId);
+        if (host === undefined || host.state === 'revoked') return;
+        const nowMs = clock.now();
+        const dueAtMs = held < host.credentialGeneration ? nowMs : hostRotationDueAtMs(host.credentialIssuedAtMs, host.credentialExpiresAtMs);
+        if (nowMs < dueAtMs) {
+          await clock.sleep(dueAtMs - nowMs, signal);
+          continue;
+        }
+        const sent = await this.rotateHostCredential(session);
+        if (sent === undefined) return;
+        held = sent;
+      }
+    } catch (err) {
+      this.#logger.error({ err, hostId: session.hostId }, 'host credential rotation failed');
+    }
+  }
+
+  /** Issues the host a fresh credential down its own stream; resolves with its generation, or undefined if none was sent. */
+  async rotateHostCredential(session: HostSession): Promise<number | undefined> {
+    const { store, issuer, clock } = this.#options;
+    const host = await store.getHost(session.hostId);
+    if (host === undefined || session.state === 'closed') return undefined;
+    const generation = host.credentialGeneration + 1;
+    const issued = await issuer.issue({ kind: 'host', subject: host.hostId, ttlMs: this.#options.hostTokenTtlMs, generation });
+    await store.updateHost(host.hostId, {
+      credentialGeneration: generation,
+      credentialIssuedAtMs: issued.claims.issuedAtMs,
+      credentialExpiresAtMs: issued.claims.expiresAtMs,
+      lastSeenMs: clock.now(),
+    });
+    session.send({ tokenRotated: { agentId: '', credential: toCredential(issued) } });
+    this.#logger.info({ hostId: host.hostId, jti: issued.claims.tokenId, kid: issued.claims.keyId, gen: generation, exp: issued.claims.expiresAtMs }, 'host credential rotated');
+    this.#options.events.emit('credential-issued', { agentId: '', hostId: host.hostId, generation, tokenId: issued.claims.tokenId, expiresAtMs: issued.claims.expiresAtMs });
+    return generation;
+  }
+
+  /** App-level pings: data on an otherwise idle stream, and the host's clock skew. */
+  async #pingLoop(session: HostSession, state: StreamState): Promise<void> {
+    const { clock, pingIntervalMs } = this.#options;
+    const signal = session.closedSignal;
+    while (!signal.aborted) {
+      const sentAtMs = clock.now();
+      // Unanswered pings are forgotten after a few rounds so the map stays small.
+      if (state.pingSentAtMs.size > 8) state.pingSentAtMs.clear();
+      state.pingSentAtMs.set(sentAtMs, sentAtMs);
+      session.send({ ping: { timeMs: sentAtMs } });
+      await clock.sleep(pingIntervalMs, signal);
+    }
+  }
+
+  /** Revokes a host: its credential is refused from now on and its stream ends with a final refusal. */
+  async revoke(hostId: string): Promise<void> {
+    const host = await this.#options.store.updateHost(hostId, { state: 'revoked', joinSecretHash: null, joinLeaseSessionId: null });
+    if (host === undefined) throw new NotFoundError(`no host ${hostId}`);
+    this.#options.verifier.forgetSubject('host', hostId);
+    const metadata = new Metadata();
+    metadata.set(REFUSAL_METADATA_KEY, 'revoked');
+    this.#options.sessions.get(hostId)?.close({ code: status.UNAUTHENTICATED, details: 'host revoked', metadata });
+    this.#logger.warn({ hostId }, 'host revoked');
+  }
+
   #onPong(session: HostSession, state: StreamState, pong: Pong): void {
     const sentAtMs = state.pingSentAtMs.get(pong.pingTimeMs);
     if (sentAtMs === undefined) return;
@@ -344,9 +487,14 @@ export class HostService {
   }
 
   #reject(session: HostSession, what: string, agentId: string, reason: string): void {
+    session.violations++;
     session.send({ reject: { what, agentId, reason } });
-    this.#logger.warn({ hostId: session.hostId, what, agentId, reason }, 'envelope rejected');
+    this.#logger.warn({ hostId: session.hostId, what, agentId, reason, violations: session.violations }, 'envelope rejected');
     this.#options.events.emit('reject', { hostId: session.hostId, what, agentId, reason });
+    if (session.violations > this.#options.violationBudget) {
+      this.#logger.warn({ hostId: session.hostId }, 'violation budget spent; ending the stream');
+      session.close({ code: status.FAILED_PRECONDITION, details: 'too many protocol violations', metadata: new Metadata() });
+    }
   }
 
   /** Answers an envelope-level violation with Reject; the stream goes on. */

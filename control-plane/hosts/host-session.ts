@@ -21,6 +21,9 @@ export class HostSession {
   readonly connectedAtMs: number;
   /** Host clock minus ours, from the last Ping/Pong; 0 until measured. */
   clockSkewMs = 0;
+  /** Envelope-level violations so far on this stream. */
+  violations = 0;
+  readonly #closed = new AbortController();
   #state: HostSessionState = 'open';
   readonly #call: ServerDuplexStream<HostMessage, ControlMessage>;
   readonly #writer: StreamWriter<ControlMessage>;
@@ -43,6 +46,11 @@ export class HostSession {
   /** The session's state. */
   get state(): HostSessionState {
     return this.#state;
+  }
+
+  /** Aborted when the session closes: loops tied to the session wait on it. */
+  get closedSignal(): AbortSignal {
+    return this.#closed.signal;
   }
 
   /** Envelopes waiting for the stream to drain. */
@@ -73,6 +81,7 @@ export class HostSession {
   markClosed(): void {
     this.#state = 'closed';
     this.#writer.close();
+    this.#closed.abort();
   }
 }
 

@@ -24,6 +24,8 @@ export interface AdminServiceDeps {
   heartbeats: HeartbeatLedger;
   delivery: DeliveryManager;
   logger: Logger;
+  /** The longest any token lives (plus tolerance): how long a retired key keeps verifying. */
+  maxTokenLifetimeMs: number;
 }
 
 /** The operator API; every call first proves the admin token. */
@@ -55,6 +57,30 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
         })),
         nextPageToken: encodePageToken(page.nextAfterId),
       };
+    }),
+    revokeHost: unary(logger, async (request, call) => {
+      authenticator.admin(call.metadata);
+      await hosts.revoke(request.hostId);
+      const moved = await agents.evacuateHost(request.hostId);
+      return { agentsMoved: moved };
+    }),
+    rotateSigningKey: unary(logger, async (_request, call) => {
+      authenticator.admin(call.metadata);
+      const retiredKeyId = keys.active().kid;
+      const keyId = await keys.rotate(deps.maxTokenLifetimeMs);
+      const retired = keys.list().find((key) => key.kid === retiredKeyId);
+      return { keyId, retiredKeyId, retiredVerifyUntilMs: retired?.verifyUntilMs ?? 0 };
+    }),
+    listSigningKeys: unary(logger, (_request, call) => {
+      authenticator.admin(call.metadata);
+      return Promise.resolve({
+        keys: keys.list().map((key) => ({
+          keyId: key.kid,
+          createdAtMs: key.createdAtMs,
+          retiredAtMs: key.retiredAtMs ?? 0,
+          verifyUntilMs: key.verifyUntilMs ?? 0,
+        })),
+      });
     }),
     dispatchAgent: unary(logger, async (request, call) => {
       authenticator.admin(call.metadata);

@@ -9,6 +9,7 @@ import { unary } from '../grpc/status.js';
 import type { TokenIssuer } from '../tokens/token-issuer.js';
 import type { TokenClaims } from '../tokens/token-kinds.js';
 import { stateToProto } from './convert.js';
+import type { DeliveryManager } from '../delivery/delivery-manager.js';
 import type { HeartbeatLedger } from './heartbeat-ledger.js';
 
 /** What AgentService needs. */
@@ -22,6 +23,7 @@ export interface AgentServiceDeps {
   issuer: TokenIssuer;
   /** Lifetime of an audience token, capped by the agent token's `exp`. */
   audienceTokenTtlMs: number;
+  delivery: DeliveryManager;
   logger: Logger;
 }
 
@@ -99,6 +101,25 @@ export function agentService(deps: AgentServiceDeps): AgentServiceServer {
         keyId: m.keyId,
         tokenId: m.tokenId,
       };
+    }),
+    sendMessages: unary(logger, async (request, call) => {
+      const claims = await authenticator.agent(call.metadata);
+      const results = await deps.delivery.send(request.agentId, claims.subject, request.messages);
+      return { messages: results.map((r) => ({ id: r.id, seq: r.seq, duplicate: r.isDuplicate })) };
+    }),
+    reportStatus: unary(logger, async (request, call) => {
+      const claims = await authenticator.agent(call.metadata);
+      requireSelf(claims, request.agentId);
+      if (request.status.length > 1024) throw new InvalidArgumentError('status is at most 1 KiB');
+      await agents.reportStatus(claims.subject, request.status);
+      return {};
+    }),
+    complete: unary(logger, async (request, call) => {
+      const claims = await authenticator.agent(call.metadata);
+      requireSelf(claims, request.agentId);
+      if (request.detail.length > 1024) throw new InvalidArgumentError('detail is at most 1 KiB');
+      await agents.complete(claims.subject, request.detail);
+      return {};
     }),
   };
 }

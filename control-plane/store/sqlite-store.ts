@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS hosts (
   join_lease_session_id TEXT,
   credential_generation INTEGER NOT NULL,
   min_valid_generation INTEGER NOT NULL,
+  credential_issued_at_ms INTEGER NOT NULL DEFAULT 0,
   credential_expires_at_ms INTEGER NOT NULL,
   capacity INTEGER NOT NULL,
   labels TEXT NOT NULL,
@@ -127,6 +128,7 @@ interface HostRow {
   join_lease_session_id: string | null;
   credential_generation: number;
   min_valid_generation: number;
+  credential_issued_at_ms: number;
   credential_expires_at_ms: number;
   capacity: number;
   labels: string;
@@ -169,6 +171,7 @@ const HOST_COLUMNS: Record<keyof HostPatch, string> = {
   joinLeaseSessionId: 'join_lease_session_id',
   credentialGeneration: 'credential_generation',
   minValidGeneration: 'min_valid_generation',
+  credentialIssuedAtMs: 'credential_issued_at_ms',
   credentialExpiresAtMs: 'credential_expires_at_ms',
   capacity: 'capacity',
   labels: 'labels',
@@ -223,6 +226,7 @@ function hostFromRow(row: HostRow): HostRecord {
     joinLeaseSessionId: row.join_lease_session_id,
     credentialGeneration: row.credential_generation,
     minValidGeneration: row.min_valid_generation,
+    credentialIssuedAtMs: row.credential_issued_at_ms,
     credentialExpiresAtMs: row.credential_expires_at_ms,
     capacity: row.capacity,
     labels: JSON.parse(row.labels) as LabelRecord[],
@@ -320,8 +324,9 @@ export class SqliteStore implements Store {
         this.#open()
           .prepare(
             `INSERT INTO hosts (host_id, name, state, join_secret_hash, join_expires_at_ms, join_lease_session_id,
-               credential_generation, min_valid_generation, credential_expires_at_ms, capacity, labels, last_seen_ms, created_at_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+               credential_generation, min_valid_generation, credential_issued_at_ms, credential_expires_at_ms, capacity, labels,
+               last_seen_ms, created_at_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
           )
           .run(
             host.hostId,
@@ -332,6 +337,7 @@ export class SqliteStore implements Store {
             host.joinLeaseSessionId,
             host.credentialGeneration,
             host.minValidGeneration,
+            host.credentialIssuedAtMs,
             host.credentialExpiresAtMs,
             host.capacity,
             JSON.stringify(host.labels),
@@ -490,6 +496,19 @@ export class SqliteStore implements Store {
         .all(...states) as { host_id: string; n: number }[];
       return new Map(rows.map((row) => [row.host_id, row.n]));
     });
+  }
+
+  countAgentsByState(): Promise<Map<AgentStateName, number>> {
+    return this.#run(() => {
+      const rows = this.#open().prepare('SELECT state, COUNT(*) AS n FROM agents GROUP BY state').all() as { state: AgentStateName; n: number }[];
+      return new Map(rows.map((row) => [row.state, row.n]));
+    });
+  }
+
+  countPendingMessages(): Promise<number> {
+    return this.#run(
+      () => (this.#open().prepare("SELECT COUNT(*) AS n FROM messages WHERE state = 'pending'").get() as { n: number }).n,
+    );
   }
 
   applyOutboxBatch(batch: OutboxBatch): Promise<(AppendResult[] | Error)[]> {

@@ -154,6 +154,7 @@ export interface HostRecord {
   credentialGeneration: number;
   /** Host tokens with a generation below this are refused (unacknowledged or superseded ones). */
   minValidGeneration: number;
+  credentialIssuedAtMs: number;
   credentialExpiresAtMs: number;
   capacity: number;
   labels: LabelRecord[];
@@ -227,6 +228,10 @@ export interface Store {
   updateAgent(agentId: string, patch: AgentPatch, expect?: AgentExpectation): Promise<AgentRecord | undefined>;
   listAgents(filter: { hostId?: string; states?: readonly AgentStateName[] }, afterId: string | null, limit: number): Promise<Page<AgentRecord>>;
   countAgentsByHost(states: readonly AgentStateName[]): Promise<Map<string, number>>;
+  /** How many agents are in each state. */
+  countAgentsByState(): Promise<Map<AgentStateName, number>>;
+  /** Unacknowledged messages over all outboxes. */
+  countPendingMessages(): Promise<number>;
 
   /**
    * Applies a batch of appends and acks in one transaction. Each append succeeds

@@ -209,6 +209,41 @@ export interface GetJwksResponse {
   jwksJson: string;
 }
 
+export interface RevokeHostRequest {
+  hostId: string;
+}
+
+export interface RevokeHostResponse {
+  /** Agents moved off the host (back to pending, to be placed elsewhere). */
+  agentsMoved: number;
+}
+
+export interface RotateSigningKeyRequest {
+}
+
+export interface RotateSigningKeyResponse {
+  keyId: string;
+  retiredKeyId: string;
+  /** When the retired key stops verifying (and leaves the JWKS). */
+  retiredVerifyUntilMs: number;
+}
+
+export interface ListSigningKeysRequest {
+}
+
+export interface SigningKeyInfo {
+  keyId: string;
+  createdAtMs: number;
+  /** 0 while it signs. */
+  retiredAtMs: number;
+  /** 0 while it signs; then when it leaves the JWKS. */
+  verifyUntilMs: number;
+}
+
+export interface ListSigningKeysResponse {
+  keys: SigningKeyInfo[];
+}
+
 function createBaseListMessagesRequest(): ListMessagesRequest {
   return { agentId: "", state: "", pageSize: 0, pageToken: "" };
 }
@@ -3134,6 +3169,571 @@ export const GetJwksResponse: MessageFns<GetJwksResponse> = {
   },
 };
 
+function createBaseRevokeHostRequest(): RevokeHostRequest {
+  return { hostId: "" };
+}
+
+export const RevokeHostRequest: MessageFns<RevokeHostRequest> = {
+  encode(message: RevokeHostRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostId !== "") {
+      writer.uint32(10).string(message.hostId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RevokeHostRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRevokeHostRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RevokeHostRequest {
+    return {
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+    };
+  },
+
+  toJSON(message: RevokeHostRequest): unknown {
+    const obj: any = {};
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RevokeHostRequest>, I>>(base?: I): RevokeHostRequest {
+    return RevokeHostRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RevokeHostRequest>, I>>(object: I): RevokeHostRequest {
+    const message = createBaseRevokeHostRequest();
+    message.hostId = object.hostId ?? "";
+    return message;
+  },
+};
+
+function createBaseRevokeHostResponse(): RevokeHostResponse {
+  return { agentsMoved: 0 };
+}
+
+export const RevokeHostResponse: MessageFns<RevokeHostResponse> = {
+  encode(message: RevokeHostResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.agentsMoved !== 0) {
+      writer.uint32(8).uint32(message.agentsMoved);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RevokeHostResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRevokeHostResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.agentsMoved = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RevokeHostResponse {
+    return {
+      agentsMoved: isSet(object.agentsMoved)
+        ? globalThis.Number(object.agentsMoved)
+        : isSet(object.agents_moved)
+        ? globalThis.Number(object.agents_moved)
+        : 0,
+    };
+  },
+
+  toJSON(message: RevokeHostResponse): unknown {
+    const obj: any = {};
+    if (message.agentsMoved !== 0) {
+      obj.agentsMoved = Math.round(message.agentsMoved);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RevokeHostResponse>, I>>(base?: I): RevokeHostResponse {
+    return RevokeHostResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RevokeHostResponse>, I>>(object: I): RevokeHostResponse {
+    const message = createBaseRevokeHostResponse();
+    message.agentsMoved = object.agentsMoved ?? 0;
+    return message;
+  },
+};
+
+function createBaseRotateSigningKeyRequest(): RotateSigningKeyRequest {
+  return {};
+}
+
+export const RotateSigningKeyRequest: MessageFns<RotateSigningKeyRequest> = {
+  encode(_: RotateSigningKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RotateSigningKeyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRotateSigningKeyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): RotateSigningKeyRequest {
+    return {};
+  },
+
+  toJSON(_: RotateSigningKeyRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RotateSigningKeyRequest>, I>>(base?: I): RotateSigningKeyRequest {
+    return RotateSigningKeyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RotateSigningKeyRequest>, I>>(_: I): RotateSigningKeyRequest {
+    const message = createBaseRotateSigningKeyRequest();
+    return message;
+  },
+};
+
+function createBaseRotateSigningKeyResponse(): RotateSigningKeyResponse {
+  return { keyId: "", retiredKeyId: "", retiredVerifyUntilMs: 0 };
+}
+
+export const RotateSigningKeyResponse: MessageFns<RotateSigningKeyResponse> = {
+  encode(message: RotateSigningKeyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.keyId !== "") {
+      writer.uint32(10).string(message.keyId);
+    }
+    if (message.retiredKeyId !== "") {
+      writer.uint32(18).string(message.retiredKeyId);
+    }
+    if (message.retiredVerifyUntilMs !== 0) {
+      writer.uint32(24).int64(message.retiredVerifyUntilMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RotateSigningKeyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRotateSigningKeyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keyId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.retiredKeyId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.retiredVerifyUntilMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RotateSigningKeyResponse {
+    return {
+      keyId: isSet(object.keyId)
+        ? globalThis.String(object.keyId)
+        : isSet(object.key_id)
+        ? globalThis.String(object.key_id)
+        : "",
+      retiredKeyId: isSet(object.retiredKeyId)
+        ? globalThis.String(object.retiredKeyId)
+        : isSet(object.retired_key_id)
+        ? globalThis.String(object.retired_key_id)
+        : "",
+      retiredVerifyUntilMs: isSet(object.retiredVerifyUntilMs)
+        ? globalThis.Number(object.retiredVerifyUntilMs)
+        : isSet(object.retired_verify_until_ms)
+        ? globalThis.Number(object.retired_verify_until_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: RotateSigningKeyResponse): unknown {
+    const obj: any = {};
+    if (message.keyId !== "") {
+      obj.keyId = message.keyId;
+    }
+    if (message.retiredKeyId !== "") {
+      obj.retiredKeyId = message.retiredKeyId;
+    }
+    if (message.retiredVerifyUntilMs !== 0) {
+      obj.retiredVerifyUntilMs = Math.round(message.retiredVerifyUntilMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RotateSigningKeyResponse>, I>>(base?: I): RotateSigningKeyResponse {
+    return RotateSigningKeyResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RotateSigningKeyResponse>, I>>(object: I): RotateSigningKeyResponse {
+    const message = createBaseRotateSigningKeyResponse();
+    message.keyId = object.keyId ?? "";
+    message.retiredKeyId = object.retiredKeyId ?? "";
+    message.retiredVerifyUntilMs = object.retiredVerifyUntilMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseListSigningKeysRequest(): ListSigningKeysRequest {
+  return {};
+}
+
+export const ListSigningKeysRequest: MessageFns<ListSigningKeysRequest> = {
+  encode(_: ListSigningKeysRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSigningKeysRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSigningKeysRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ListSigningKeysRequest {
+    return {};
+  },
+
+  toJSON(_: ListSigningKeysRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListSigningKeysRequest>, I>>(base?: I): ListSigningKeysRequest {
+    return ListSigningKeysRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListSigningKeysRequest>, I>>(_: I): ListSigningKeysRequest {
+    const message = createBaseListSigningKeysRequest();
+    return message;
+  },
+};
+
+function createBaseSigningKeyInfo(): SigningKeyInfo {
+  return { keyId: "", createdAtMs: 0, retiredAtMs: 0, verifyUntilMs: 0 };
+}
+
+export const SigningKeyInfo: MessageFns<SigningKeyInfo> = {
+  encode(message: SigningKeyInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.keyId !== "") {
+      writer.uint32(10).string(message.keyId);
+    }
+    if (message.createdAtMs !== 0) {
+      writer.uint32(16).int64(message.createdAtMs);
+    }
+    if (message.retiredAtMs !== 0) {
+      writer.uint32(24).int64(message.retiredAtMs);
+    }
+    if (message.verifyUntilMs !== 0) {
+      writer.uint32(32).int64(message.verifyUntilMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SigningKeyInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSigningKeyInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keyId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.createdAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.retiredAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.verifyUntilMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SigningKeyInfo {
+    return {
+      keyId: isSet(object.keyId)
+        ? globalThis.String(object.keyId)
+        : isSet(object.key_id)
+        ? globalThis.String(object.key_id)
+        : "",
+      createdAtMs: isSet(object.createdAtMs)
+        ? globalThis.Number(object.createdAtMs)
+        : isSet(object.created_at_ms)
+        ? globalThis.Number(object.created_at_ms)
+        : 0,
+      retiredAtMs: isSet(object.retiredAtMs)
+        ? globalThis.Number(object.retiredAtMs)
+        : isSet(object.retired_at_ms)
+        ? globalThis.Number(object.retired_at_ms)
+        : 0,
+      verifyUntilMs: isSet(object.verifyUntilMs)
+        ? globalThis.Number(object.verifyUntilMs)
+        : isSet(object.verify_until_ms)
+        ? globalThis.Number(object.verify_until_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: SigningKeyInfo): unknown {
+    const obj: any = {};
+    if (message.keyId !== "") {
+      obj.keyId = message.keyId;
+    }
+    if (message.createdAtMs !== 0) {
+      obj.createdAtMs = Math.round(message.createdAtMs);
+    }
+    if (message.retiredAtMs !== 0) {
+      obj.retiredAtMs = Math.round(message.retiredAtMs);
+    }
+    if (message.verifyUntilMs !== 0) {
+      obj.verifyUntilMs = Math.round(message.verifyUntilMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SigningKeyInfo>, I>>(base?: I): SigningKeyInfo {
+    return SigningKeyInfo.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SigningKeyInfo>, I>>(object: I): SigningKeyInfo {
+    const message = createBaseSigningKeyInfo();
+    message.keyId = object.keyId ?? "";
+    message.createdAtMs = object.createdAtMs ?? 0;
+    message.retiredAtMs = object.retiredAtMs ?? 0;
+    message.verifyUntilMs = object.verifyUntilMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseListSigningKeysResponse(): ListSigningKeysResponse {
+  return { keys: [] };
+}
+
+export const ListSigningKeysResponse: MessageFns<ListSigningKeysResponse> = {
+  encode(message: ListSigningKeysResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.keys) {
+      SigningKeyInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSigningKeysResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSigningKeysResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keys.push(SigningKeyInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListSigningKeysResponse {
+    return {
+      keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => SigningKeyInfo.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListSigningKeysResponse): unknown {
+    const obj: any = {};
+    if (message.keys?.length) {
+      obj.keys = message.keys.map((e) => SigningKeyInfo.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListSigningKeysResponse>, I>>(base?: I): ListSigningKeysResponse {
+    return ListSigningKeysResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListSigningKeysResponse>, I>>(object: I): ListSigningKeysResponse {
+    const message = createBaseListSigningKeysResponse();
+    message.keys = object.keys?.map((e) => SigningKeyInfo.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 /** Operator API, authorized by the admin token (`authorization: Bearer <admin token>`). */
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
@@ -3155,6 +3755,19 @@ export const AdminServiceService = {
     requestDeserialize: (value: Buffer): ListHostsRequest => ListHostsRequest.decode(value),
     responseSerialize: (value: ListHostsResponse): Buffer => Buffer.from(ListHostsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListHostsResponse => ListHostsResponse.decode(value),
+  },
+  /**
+   * Revokes a host: its stream ends with a final refusal, its credential is
+   * refused from then on, and its agents are placed elsewhere.
+   */
+  revokeHost: {
+    path: "/tether.v1.AdminService/RevokeHost" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RevokeHostRequest): Buffer => Buffer.from(RevokeHostRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RevokeHostRequest => RevokeHostRequest.decode(value),
+    responseSerialize: (value: RevokeHostResponse): Buffer => Buffer.from(RevokeHostResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RevokeHostResponse => RevokeHostResponse.decode(value),
   },
   /** Creates an agent and places it on a host. */
   dispatchAgent: {
@@ -3228,6 +3841,32 @@ export const AdminServiceService = {
     responseDeserialize: (value: Buffer): GetJwksResponse => GetJwksResponse.decode(value),
   },
   /**
+   * Makes a new signing key the signer. It is published before any token carries
+   * it; the old one keeps verifying until the last token it signed has expired.
+   */
+  rotateSigningKey: {
+    path: "/tether.v1.AdminService/RotateSigningKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RotateSigningKeyRequest): Buffer =>
+      Buffer.from(RotateSigningKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RotateSigningKeyRequest => RotateSigningKeyRequest.decode(value),
+    responseSerialize: (value: RotateSigningKeyResponse): Buffer =>
+      Buffer.from(RotateSigningKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RotateSigningKeyResponse => RotateSigningKeyResponse.decode(value),
+  },
+  listSigningKeys: {
+    path: "/tether.v1.AdminService/ListSigningKeys" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListSigningKeysRequest): Buffer =>
+      Buffer.from(ListSigningKeysRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListSigningKeysRequest => ListSigningKeysRequest.decode(value),
+    responseSerialize: (value: ListSigningKeysResponse): Buffer =>
+      Buffer.from(ListSigningKeysResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListSigningKeysResponse => ListSigningKeysResponse.decode(value),
+  },
+  /**
    * Sends one message or a batch to an agent, from the operator. Each is in the
    * agent's durable outbox, under a seq, before this returns.
    */
@@ -3281,6 +3920,11 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   /** Creates a host record and its one-time join token. */
   enrollHost: handleUnaryCall<EnrollHostRequest, EnrollHostResponse>;
   listHosts: handleUnaryCall<ListHostsRequest, ListHostsResponse>;
+  /**
+   * Revokes a host: its stream ends with a final refusal, its credential is
+   * refused from then on, and its agents are placed elsewhere.
+   */
+  revokeHost: handleUnaryCall<RevokeHostRequest, RevokeHostResponse>;
   /** Creates an agent and places it on a host. */
   dispatchAgent: handleUnaryCall<DispatchAgentRequest, DispatchAgentResponse>;
   /** Creates the agent if it does not exist, starts it again if it stopped; otherwise returns it as it is. */
@@ -3293,6 +3937,12 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   getAgent: handleUnaryCall<GetAgentRequest, GetAgentResponse>;
   /** The public signing keys, as a JWKS document (JSON). */
   getJwks: handleUnaryCall<GetJwksRequest, GetJwksResponse>;
+  /**
+   * Makes a new signing key the signer. It is published before any token carries
+   * it; the old one keeps verifying until the last token it signed has expired.
+   */
+  rotateSigningKey: handleUnaryCall<RotateSigningKeyRequest, RotateSigningKeyResponse>;
+  listSigningKeys: handleUnaryCall<ListSigningKeysRequest, ListSigningKeysResponse>;
   /**
    * Sends one message or a batch to an agent, from the operator. Each is in the
    * agent's durable outbox, under a seq, before this returns.
@@ -3338,6 +3988,25 @@ export interface AdminServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListHostsResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Revokes a host: its stream ends with a final refusal, its credential is
+   * refused from then on, and its agents are placed elsewhere.
+   */
+  revokeHost(
+    request: RevokeHostRequest,
+    callback: (error: ServiceError | null, response: RevokeHostResponse) => void,
+  ): ClientUnaryCall;
+  revokeHost(
+    request: RevokeHostRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RevokeHostResponse) => void,
+  ): ClientUnaryCall;
+  revokeHost(
+    request: RevokeHostRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RevokeHostResponse) => void,
+  ): ClientUnaryCall;
   /** Creates an agent and places it on a host. */
   dispatchAgent(
     request: DispatchAgentRequest,
@@ -3447,6 +4116,40 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetJwksResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Makes a new signing key the signer. It is published before any token carries
+   * it; the old one keeps verifying until the last token it signed has expired.
+   */
+  rotateSigningKey(
+    request: RotateSigningKeyRequest,
+    callback: (error: ServiceError | null, response: RotateSigningKeyResponse) => void,
+  ): ClientUnaryCall;
+  rotateSigningKey(
+    request: RotateSigningKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RotateSigningKeyResponse) => void,
+  ): ClientUnaryCall;
+  rotateSigningKey(
+    request: RotateSigningKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RotateSigningKeyResponse) => void,
+  ): ClientUnaryCall;
+  listSigningKeys(
+    request: ListSigningKeysRequest,
+    callback: (error: ServiceError | null, response: ListSigningKeysResponse) => void,
+  ): ClientUnaryCall;
+  listSigningKeys(
+    request: ListSigningKeysRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListSigningKeysResponse) => void,
+  ): ClientUnaryCall;
+  listSigningKeys(
+    request: ListSigningKeysRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListSigningKeysResponse) => void,
   ): ClientUnaryCall;
   /**
    * Sends one message or a batch to an agent, from the operator. Each is in the

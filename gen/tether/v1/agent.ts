@@ -18,11 +18,35 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { AgentState, agentStateFromJSON, agentStateToJSON } from "./common.js";
+import {
+  AgentState,
+  agentStateFromJSON,
+  agentStateToJSON,
+  SendMessagesRequest,
+  SendMessagesResponse,
+} from "./common.js";
 
 export const protobufPackage = "tether.v1";
 
 export const protobufFileName = "tether/v1/agent.proto";
+
+export interface ReportStatusRequest {
+  agentId: string;
+  /** Free text, at most 1 KiB. */
+  status: string;
+}
+
+export interface ReportStatusResponse {
+}
+
+export interface CompleteRequest {
+  agentId: string;
+  /** Why, or a result summary; at most 1 KiB. */
+  detail: string;
+}
+
+export interface CompleteResponse {
+}
 
 export interface HeartbeatRequest {
   /** Must be the agent of the presented token. */
@@ -69,6 +93,288 @@ export interface MintTokenResponse {
   /** The id of the JWT (jti); safe to log, unlike the token. */
   tokenId: string;
 }
+
+function createBaseReportStatusRequest(): ReportStatusRequest {
+  return { agentId: "", status: "" };
+}
+
+export const ReportStatusRequest: MessageFns<ReportStatusRequest> = {
+  encode(message: ReportStatusRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.agentId !== "") {
+      writer.uint32(10).string(message.agentId);
+    }
+    if (message.status !== "") {
+      writer.uint32(18).string(message.status);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportStatusRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportStatusRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.agentId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.status = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReportStatusRequest {
+    return {
+      agentId: isSet(object.agentId)
+        ? globalThis.String(object.agentId)
+        : isSet(object.agent_id)
+        ? globalThis.String(object.agent_id)
+        : "",
+      status: isSet(object.status) ? globalThis.String(object.status) : "",
+    };
+  },
+
+  toJSON(message: ReportStatusRequest): unknown {
+    const obj: any = {};
+    if (message.agentId !== "") {
+      obj.agentId = message.agentId;
+    }
+    if (message.status !== "") {
+      obj.status = message.status;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportStatusRequest>, I>>(base?: I): ReportStatusRequest {
+    return ReportStatusRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportStatusRequest>, I>>(object: I): ReportStatusRequest {
+    const message = createBaseReportStatusRequest();
+    message.agentId = object.agentId ?? "";
+    message.status = object.status ?? "";
+    return message;
+  },
+};
+
+function createBaseReportStatusResponse(): ReportStatusResponse {
+  return {};
+}
+
+export const ReportStatusResponse: MessageFns<ReportStatusResponse> = {
+  encode(_: ReportStatusResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportStatusResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportStatusResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ReportStatusResponse {
+    return {};
+  },
+
+  toJSON(_: ReportStatusResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportStatusResponse>, I>>(base?: I): ReportStatusResponse {
+    return ReportStatusResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportStatusResponse>, I>>(_: I): ReportStatusResponse {
+    const message = createBaseReportStatusResponse();
+    return message;
+  },
+};
+
+function createBaseCompleteRequest(): CompleteRequest {
+  return { agentId: "", detail: "" };
+}
+
+export const CompleteRequest: MessageFns<CompleteRequest> = {
+  encode(message: CompleteRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.agentId !== "") {
+      writer.uint32(10).string(message.agentId);
+    }
+    if (message.detail !== "") {
+      writer.uint32(18).string(message.detail);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompleteRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompleteRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.agentId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompleteRequest {
+    return {
+      agentId: isSet(object.agentId)
+        ? globalThis.String(object.agentId)
+        : isSet(object.agent_id)
+        ? globalThis.String(object.agent_id)
+        : "",
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+    };
+  },
+
+  toJSON(message: CompleteRequest): unknown {
+    const obj: any = {};
+    if (message.agentId !== "") {
+      obj.agentId = message.agentId;
+    }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompleteRequest>, I>>(base?: I): CompleteRequest {
+    return CompleteRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompleteRequest>, I>>(object: I): CompleteRequest {
+    const message = createBaseCompleteRequest();
+    message.agentId = object.agentId ?? "";
+    message.detail = object.detail ?? "";
+    return message;
+  },
+};
+
+function createBaseCompleteResponse(): CompleteResponse {
+  return {};
+}
+
+export const CompleteResponse: MessageFns<CompleteResponse> = {
+  encode(_: CompleteResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompleteResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompleteResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): CompleteResponse {
+    return {};
+  },
+
+  toJSON(_: CompleteResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompleteResponse>, I>>(base?: I): CompleteResponse {
+    return CompleteResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompleteResponse>, I>>(_: I): CompleteResponse {
+    const message = createBaseCompleteResponse();
+    return message;
+  },
+};
 
 function createBaseHeartbeatRequest(): HeartbeatRequest {
   return { agentId: "" };
@@ -760,6 +1066,44 @@ export const AgentServiceService = {
     responseSerialize: (value: MintTokenResponse): Buffer => Buffer.from(MintTokenResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): MintTokenResponse => MintTokenResponse.decode(value),
   },
+  /**
+   * Sends messages to another agent (or itself); `from` is the caller's own id,
+   * taken from its token. Durable under a seq before this returns.
+   */
+  sendMessages: {
+    path: "/tether.v1.AgentService/SendMessages" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SendMessagesRequest): Buffer => Buffer.from(SendMessagesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SendMessagesRequest => SendMessagesRequest.decode(value),
+    responseSerialize: (value: SendMessagesResponse): Buffer =>
+      Buffer.from(SendMessagesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SendMessagesResponse => SendMessagesResponse.decode(value),
+  },
+  /** Reports what the agent is doing (shown to the operator); `agent_id` must be the caller. */
+  reportStatus: {
+    path: "/tether.v1.AgentService/ReportStatus" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReportStatusRequest): Buffer => Buffer.from(ReportStatusRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReportStatusRequest => ReportStatusRequest.decode(value),
+    responseSerialize: (value: ReportStatusResponse): Buffer =>
+      Buffer.from(ReportStatusResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReportStatusResponse => ReportStatusResponse.decode(value),
+  },
+  /**
+   * Says the agent's work is done: it ends (state exited), its tokens are
+   * revoked and its host stops it. `agent_id` must be the caller.
+   */
+  complete: {
+    path: "/tether.v1.AgentService/Complete" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CompleteRequest): Buffer => Buffer.from(CompleteRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CompleteRequest => CompleteRequest.decode(value),
+    responseSerialize: (value: CompleteResponse): Buffer => Buffer.from(CompleteResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CompleteResponse => CompleteResponse.decode(value),
+  },
 } as const;
 
 export interface AgentServiceServer extends UntypedServiceImplementation {
@@ -776,6 +1120,18 @@ export interface AgentServiceServer extends UntypedServiceImplementation {
    * (INVALID_ARGUMENT).
    */
   mintToken: handleUnaryCall<MintTokenRequest, MintTokenResponse>;
+  /**
+   * Sends messages to another agent (or itself); `from` is the caller's own id,
+   * taken from its token. Durable under a seq before this returns.
+   */
+  sendMessages: handleUnaryCall<SendMessagesRequest, SendMessagesResponse>;
+  /** Reports what the agent is doing (shown to the operator); `agent_id` must be the caller. */
+  reportStatus: handleUnaryCall<ReportStatusRequest, ReportStatusResponse>;
+  /**
+   * Says the agent's work is done: it ends (state exited), its tokens are
+   * revoked and its host stops it. `agent_id` must be the caller.
+   */
+  complete: handleUnaryCall<CompleteRequest, CompleteResponse>;
 }
 
 export interface AgentServiceClient extends Client {
@@ -833,6 +1189,60 @@ export interface AgentServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: MintTokenResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sends messages to another agent (or itself); `from` is the caller's own id,
+   * taken from its token. Durable under a seq before this returns.
+   */
+  sendMessages(
+    request: SendMessagesRequest,
+    callback: (error: ServiceError | null, response: SendMessagesResponse) => void,
+  ): ClientUnaryCall;
+  sendMessages(
+    request: SendMessagesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SendMessagesResponse) => void,
+  ): ClientUnaryCall;
+  sendMessages(
+    request: SendMessagesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SendMessagesResponse) => void,
+  ): ClientUnaryCall;
+  /** Reports what the agent is doing (shown to the operator); `agent_id` must be the caller. */
+  reportStatus(
+    request: ReportStatusRequest,
+    callback: (error: ServiceError | null, response: ReportStatusResponse) => void,
+  ): ClientUnaryCall;
+  reportStatus(
+    request: ReportStatusRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReportStatusResponse) => void,
+  ): ClientUnaryCall;
+  reportStatus(
+    request: ReportStatusRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReportStatusResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Says the agent's work is done: it ends (state exited), its tokens are
+   * revoked and its host stops it. `agent_id` must be the caller.
+   */
+  complete(
+    request: CompleteRequest,
+    callback: (error: ServiceError | null, response: CompleteResponse) => void,
+  ): ClientUnaryCall;
+  complete(
+    request: CompleteRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CompleteResponse) => void,
+  ): ClientUnaryCall;
+  complete(
+    request: CompleteRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CompleteResponse) => void,
   ): ClientUnaryCall;
 }
 

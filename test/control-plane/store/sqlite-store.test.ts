@@ -41,6 +41,7 @@ function host(hostId: string, patch: Partial<HostRecord> = {}): HostRecord {
     joinLeaseSessionId: null,
     credentialGeneration: 0,
     minValidGeneration: 0,
+    credentialIssuedAtMs: 0,
     credentialExpiresAtMs: 0,
     capacity: 0,
     labels: [{ key: 'zone', value: 'a' }],

@@ -1,0 +1,82 @@
+import { Counter, Gauge, Registry } from 'prom-client';
+import type { ControlPlaneEvents } from './events.js';
+import type { HostSessions } from './hosts/host-session.js';
+import type { Store } from './store/store.js';
+
+/** Options of {@link createMetrics}. */
+export interface MetricsOptions {
+  events: ControlPlaneEvents;
+  sessions: HostSessions;
+  store: Store;
+}
+
+/**
+ * The control plane's Prometheus metrics, in a registry of its own (never the
+ * global default, so two servers in one process do not collide). Labels are
+ * fixed words and agent states: never a token, never an id.
+ */
+export function createMetrics(options: MetricsOptions): { registry: Registry; close: () => void } {
+  const { events, sessions, store } = options;
+  const registry = new Registry();
+  new Gauge({
+    name: 'tether_hosts_connected',
+    help: 'Hosts with an open stream.',
+    registers: [registry],
+    collect() {
+      this.set(sessions.size);
+    },
+  });
+  new Gauge({
+    name: 'tether_agents',
+    help: 'Agents by state.',
+    labelNames: ['state'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const [state, n] of await store.countAgentsByState()) this.set({ state }, n);
+    },
+  });
+  new Gauge({
+    name: 'tether_outbox_pending_messages',
+    help: 'Messages appended and not yet acknowledged, over all agents.',
+    registers: [registry],
+    async collect() {
+      this.set(await store.countPendingMessages());
+    },
+  });
+  const credentials = new Counter({ name: 'tether_credentials_issued_total', help: 'Credentials issued, by kind.', labelNames: ['kind'], registers: [registry] });
+  const acked = new Counter({ name: 'tether_messages_acked_total', help: 'Messages taken by agents.', registers: [registry] });
+  const dead = new Counter({ name: 'tether_messages_dead_lettered_total', help: 'Messages dead-lettered after too many refusals.', registers: [registry] });
+  const heartbeats = new Counter({ name: 'tether_heartbeats_total', help: 'Agent heartbeats accepted.', registers: [registry] });
+  const authFailures = new Counter({
+    name: 'tether_auth_failures_total',
+    help: 'Refused callers, by principal and reason.',
+    labelNames: ['principal', 'reason'],
+    registers: [registry],
+  });
+  const rejects = new Counter({ name: 'tether_envelopes_rejected_total', help: 'Host envelopes answered with Reject.', labelNames: ['what'], registers: [registry] });
+
+  const onCredential = (e: { agentId: string }): void => credentials.inc({ kind: e.agentId === '' ? 'host' : 'agent' });
+  const onAcked = (e: { count: number }): void => acked.inc(e.count);
+  const onDead = (): void => dead.inc();
+  const onHeartbeat = (): void => heartbeats.inc();
+  const onAuthFailure = (e: { principal: string; reason: string }): void => authFailures.inc({ principal: e.principal, reason: e.reason });
+  const onReject = (e: { what: string }): void => rejects.inc({ what: e.what });
+  events.on('credential-issued', onCredential);
+  events.on('message-acked', onAcked);
+  events.on('dead-letter', onDead);
+  events.on('heartbeat', onHeartbeat);
+  events.on('auth-failure', onAuthFailure);
+  events.on('reject', onReject);
+  return {
+    registry,
+    close: () => {
+      events.off('credential-issued', onCredential);
+      events.off('message-acked', onAcked);
+      events.off('dead-letter', onDead);
+      events.off('heartbeat', onHeartbeat);
+      events.off('auth-failure', onAuthFailure);
+      events.off('reject', onReject);
+    },
+  };
+}

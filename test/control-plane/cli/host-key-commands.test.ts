@@ -1,0 +1,107 @@
+/**
+ * The `control-plane` binary's host and key commands, run for real (`node
+ * bin/control-plane.js ...`) against a control plane and host in this process:
+ * `hosts revoke`, `keys ls`, `keys rotate`.
+ */
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { call, Harness } from '../../support/harness.js';
+import { assertNoSecrets } from '../../support/secrets.js';
+import { HANG_BOUND_MS } from '../../support/wait.js';
+
+const ROOT = join(import.meta.dirname, '..', '..', '..');
+
+/** What one run of the binary printed. */
+interface Run {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `control-plane <args>` against `harness` (server and admin token from the environment, nothing else inherited). */
+function cli(harness: Harness, args: string[]): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['bin/control-plane.js', ...args], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH ?? '', TETHER_SERVER: harness.target, TETHER_ADMIN_TOKEN: harness.adminToken },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
+    // Only catches a hang; never a measure of speed.
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`control-plane ${args.join(' ')} hung:\n${stdout}\n${stderr}`));
+    }, HANG_BOUND_MS * 2);
+    child.once('error', reject);
+    child.once('close', (status) => {
+      clearTimeout(timer);
+      assertNoSecrets(stdout + stderr, [harness.adminToken], `the output of control-plane ${args.join(' ')}`);
+      resolve({ status, stdout, stderr });
+    });
+  });
+}
+
+/** Runs the binary, expects it to succeed, and returns its stdout. */
+async function ok(harness: Harness, args: string[]): Promise<string> {
+  const run = await cli(harness, args);
+  expect(run.status, `control-plane ${args.join(' ')}\n${run.stderr}`).toBe(0);
+  return run.stdout;
+}
+
+describe('control-plane hosts revoke / keys', () => {
+  let harness: Harness | undefined;
+  afterEach(async () => {
+    await harness?.close();
+    harness = undefined;
+  });
+
+  it('keys ls lists the signer; keys rotate retires it into a verifying window and ls shows both', async () => {
+    harness = await Harness.start({ agentTokenTtlMs: 60_000, hostTokenTtlMs: 120_000, clockToleranceMs: 30_000 });
+    const h = harness;
+    const before = JSON.parse(await ok(h, ['keys', 'ls', '--json'])) as { keyId: string; retiredAtMs?: string }[];
+    expect(before).toHaveLength(1);
+    const first = before[0]?.keyId;
+    expect(first).toBe(h.cp.keys.active().kid);
+    expect(before[0]?.retiredAtMs ?? '0').toBe('0');
+
+    const rotated = JSON.parse(await ok(h, ['keys', 'rotate'])) as { keyId: string; retiredKeyId: string; retiredVerifiesUntil: string };
+    expect(rotated.retiredKeyId).toBe(first);
+    expect(rotated.keyId).toBe(h.cp.keys.active().kid);
+    expect(rotated.keyId).not.toBe(first);
+    // The retired key verifies for the longest token lifetime plus the clock tolerance.
+    expect(rotated.retiredVerifiesUntil).toBe(new Date(h.clock.now() + 150_000).toISOString());
+
+    const table = (await ok(h, ['keys', 'ls'])).trim().split('\n');
+    expect(table[0]).toMatch(/^KEY\s+STATE\s+CREATED\s+RETIRED\s+VERIFIES_UNTIL$/);
+    const rows = table.slice(1).map((line) => line.split(/\s+/));
+    expect(rows.map((row) => [row[0], row[1]])).toEqual(
+      expect.arrayContaining([
+        [first, 'retired'],
+        [rotated.keyId, 'active'],
+      ]),
+    );
+    expect(rows).toHaveLength(2);
+  });
+
+  it('hosts revoke refuses the host for good and moves its agents; an unknown host is one clear error line', async () => {
+    harness = await Harness.start();
+    const h = harness;
+    const { host, hostId } = await h.startHost('to-revoke');
+    await h.dispatch(host, hostId, 'cli-moved');
+
+    const printed = JSON.parse(await ok(h, ['hosts', 'revoke', hostId])) as { hostId: string; revoked: boolean; agentsMoved: number };
+    expect(printed).toEqual({ hostId, revoked: true, agentsMoved: 1 });
+    expect(await host.done).toMatchObject({ refusal: 'revoked' });
+    const listed = await call(h.admin.listHosts.bind(h.admin), { pageSize: 0, pageToken: '' });
+    expect(listed.hosts.find((x) => x.hostId === hostId)?.state).toBe('revoked');
+
+    const unknown = await cli(h, ['hosts', 'revoke', 'nobody-00000000']);
+    expect(unknown.status).toBe(1);
+    expect(unknown.stderr.trim()).toMatch(/^error: NOT_FOUND: /);
+    expect(unknown.stdout).toBe('');
+  });
+});

@@ -1,0 +1,47 @@
+import { describe, expect, it } from 'vitest';
+import { ConnectLimiter } from '../../../control-plane/hosts/connect-limiter.js';
+import { FakeClock } from '../../support/fake-clock.js';
+import { LogCapture } from '../../support/log-capture.js';
+
+function limiter(clock: FakeClock, logs = new LogCapture()): ConnectLimiter {
+  return new ConnectLimiter({ clock, logger: logs.logger, windowMs: 10_000, maxFailuresPerIdentity: 3, globalBudget: 100, maxEntries: 1_000 });
+}
+
+describe('ConnectLimiter', () => {
+  it('refuses an identity unheard after its own failures, until the window rolls', () => {
+    const clock = new FakeClock();
+    const l = limiter(clock);
+    for (let i = 0; i < 3; i++) {
+      expect(l.isRefused('h1')).toBe(false);
+      l.recordFailure('h1');
+    }
+    expect(l.isRefused('h1')).toBe(true);
+    expect(l.isRefused('h2')).toBe(false);
+    clock.advance(10_000);
+    expect(l.isRefused('h1')).toBe(false);
+  });
+
+  it('keeps its table bounded under 100,000 distinct identities, and lets known-good hosts through the flood', () => {
+    const clock = new FakeClock();
+    const logs = new LogCapture();
+    const l = limiter(clock, logs);
+    l.recordSuccess('good-host');
+    let refused = 0;
+    for (let i = 0; i < 100_000; i++) {
+      const identity = `attacker-${i}`;
+      if (l.isRefused(identity)) refused++;
+      else l.recordFailure(identity);
+      expect(l.trackedIdentities).toBeLessThanOrEqual(1_000);
+    }
+    // Past the global budget every unknown identity is refused unheard; the good host is not.
+    expect(refused).toBe(100_000 - 100);
+    expect(l.isRefused('good-host')).toBe(false);
+    expect(l.isRefused('new-host')).toBe(true);
+    // Logged once per window, as a count, not once per attempt.
+    clock.advance(10_000);
+    expect(l.isRefused('new-host')).toBe(false);
+    const warnings = logs.records().filter((r) => r.msg === 'host connects with bad credentials');
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatchObject({ failures: 100 });
+  });
+});

@@ -1,0 +1,116 @@
+/**
+ * A process agent for tests: plain Node, no Tether library, only what a
+ * process agent gets (its environment, its token file, stdin and stdout).
+ * Every file it writes goes into its own directory ($TETHER_AGENT_DIR).
+ *
+ * Flags:
+ *   --read-loop       reads the token file in a tight loop, checking every read
+ *                     (a complete JWT whose payload parses, mode 0600); on each
+ *                     message it writes what it saw to report.json, then acks.
+ *   --dump-env        writes its environment to env.json at start, and prints its
+ *                     token on stdout and stderr (the host must redact both).
+ *   --ignore-sigterm  survives SIGTERM and the end of stdin (writes `sigterm` when
+ *                     it gets one); only SIGKILL ends it.
+ * Always: writes `ready` once set up; acks each message; a payload "exit N"
+ * is acked and then the process exits with status N.
+ */
+import { closeSync, fstatSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+
+const flags = new Set(process.argv.slice(2));
+const dir = process.env.TETHER_AGENT_DIR ?? '.';
+const tokenFile = process.env.TETHER_TOKEN_FILE ?? '';
+
+/** Writes a file atomically (so the test never reads half of it). */
+function publish(name, content) {
+  const temporary = join(dir, `.${name}.tmp`);
+  writeFileSync(temporary, content, { mode: 0o600 });
+  renameSync(temporary, join(dir, name));
+}
+
+const seen = { reads: 0, bad: 0, problems: [], generations: new Set(), inodes: new Set(), maxGeneration: 0 };
+
+/** One read of the token file, checked. */
+function readOnce() {
+  seen.reads++;
+  let problem;
+  try {
+    const fd = openSync(tokenFile, 'r');
+    try {
+      const info = fstatSync(fd);
+      const content = readFileSync(fd, 'utf8');
+      seen.inodes.add(info.ino);
+      const parts = content.split('.');
+      if ((info.mode & 0o777) !== 0o600) problem = `mode ${(info.mode & 0o777).toString(8)}`;
+      else if (parts.length !== 3 || parts.some((part) => part === '')) problem = `${parts.length} parts`;
+      else {
+        const payload = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
+        if (typeof payload.gen !== 'number') problem = 'no gen';
+        else {
+          seen.generations.add(payload.gen);
+          seen.maxGeneration = Math.max(seen.maxGeneration, payload.gen);
+        }
+      }
+    } finally {
+      closeSync(fd);
+    }
+  } catch (err) {
+    problem = err.code ?? err.message;
+  }
+  if (problem !== undefined) {
+    seen.bad++;
+    if (seen.problems.length < 10) seen.problems.push(problem);
+  }
+}
+
+/** Reads in bursts, yielding between them so stdin is still served. */
+function readLoop() {
+  for (let i = 0; i < 200; i++) readOnce();
+  setImmediate(readLoop);
+}
+
+function report() {
+  readOnce();
+  publish(
+    'report.json',
+    JSON.stringify({
+      reads: seen.reads,
+      bad: seen.bad,
+      problems: seen.problems,
+      generations: seen.generations.size,
+      inodes: seen.inodes.size,
+      maxGeneration: seen.maxGeneration,
+    }),
+  );
+}
+
+function onLine(line) {
+  if (line.trim() === '') return;
+  const message = JSON.parse(line);
+  const text = Buffer.from(message.payload, 'base64').toString('utf8');
+  if (flags.has('--read-loop')) report();
+  process.stdout.write(`${JSON.stringify({ ack: message.seq })}\n`);
+  const exit = /^exit (\d+)$/.exec(text);
+  if (exit !== null) process.exit(Number(exit[1]));
+}
+
+process.stdout.on('error', () => process.exit(1));
+if (flags.has('--dump-env')) {
+  publish('env.json', JSON.stringify(process.env));
+  const token = readFileSync(tokenFile, 'utf8');
+  console.log(`my token is ${token}`);
+  console.error(`my token is ${token}`);
+}
+if (flags.has('--ignore-sigterm')) {
+  process.on('SIGTERM', () => publish('sigterm', String(process.pid)));
+  // Keeps the process alive once stdin has ended.
+  setInterval(() => undefined, 1 << 30);
+}
+const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
+lines.on('line', onLine);
+lines.on('close', () => {
+  if (!flags.has('--ignore-sigterm')) process.exit(0);
+});
+if (flags.has('--read-loop')) readLoop();
+publish('ready', String(process.pid));
