@@ -20,9 +20,10 @@ export interface ConnectLimiterOptions {
  * keyed by presented identity (the host id a join token or token names — a
  * bucket key, not trusted), plus a global budget per window. Past its own
  * limit an identity is refused without verifying anything; past the global
- * budget, only identities that authenticated recently get through, so hosts
- * that were connected keep reconnecting during a flood. Failures are logged
- * once per window, as a count.
+ * budget, others are refused unheard too. An identity that authenticated
+ * recently is always heard, so hosts that were connected keep reconnecting
+ * during a flood, and forged attempts under a real host's name cannot lock it
+ * out. Failures are logged once per window, as a count.
  */
 export class ConnectLimiter {
   readonly #clock: Clock;
@@ -56,8 +57,10 @@ export class ConnectLimiter {
   /** Whether an attempt presenting `identity` should be refused without being verified. */
   isRefused(identity: string): boolean {
     this.#roll();
-    const refused =
-      (this.#failures.get(identity) ?? 0) >= this.#maxPerIdentity || (this.#globalFailures >= this.#globalBudget && !this.#good.has(identity));
+    // A host that authenticated recently is always heard: failures presented under its
+    // (unverified) name by someone else must not lock it out.
+    if (this.#good.has(identity)) return false;
+    const refused = (this.#failures.get(identity) ?? 0) >= this.#maxPerIdentity || this.#globalFailures >= this.#globalBudget;
     if (refused) this.#refused++;
     return refused;
   }

@@ -21,6 +21,14 @@ describe('ConnectLimiter', () => {
     expect(l.isRefused('h1')).toBe(false);
   });
 
+  it('never locks out a host that authenticated recently, whatever is presented under its name', () => {
+    const clock = new FakeClock();
+    const l = limiter(clock);
+    l.recordSuccess('real-host');
+    for (let i = 0; i < 10; i++) l.recordFailure('real-host');
+    expect(l.isRefused('real-host')).toBe(false);
+  });
+
   it('keeps its table bounded under 100,000 distinct identities, and lets known-good hosts through the flood', () => {
     const clock = new FakeClock();
     const logs = new LogCapture();
