@@ -270,6 +270,12 @@ export class HostService {
     if (err instanceof TetherError && err.code === 'token-revoked') {
       if (host === undefined) return new StreamRefusedError('unknown host', 'unknown-host');
       if (host.state === 'revoked') return new StreamRefusedError('host revoked', 'revoked');
+      // Superseded: the host acknowledged a newer credential (stored before the ack), so only a
+      // stale copy of its data directory presents this one. It will never work again.
+      const presented = decodeJwt(token).gen;
+      if (typeof presented === 'number' && presented < host.minValidGeneration) {
+        return new StreamRefusedError('host credential superseded by a newer one; is a stale copy of this host running?', 'revoked');
+      }
     }
     return err;
   }
