@@ -8,6 +8,7 @@ import { StreamWriter } from '../common/stream-writer.js';
 import type { Credential, Label } from '../gen/tether/v1/common.js';
 import {
   HostServiceClient,
+  type AgentEvent,
   type ControlMessage,
   type Deliver,
   type HostMessage,
@@ -119,6 +120,10 @@ export class AgentHost {
   #hostCredentialExpiresAtMs = 0;
   #clockSkewMs = 0;
   #isExpiryWarned = false;
+  /** Agents that ended by themselves, until a Welcome follows the Hello that reported them. */
+  readonly #unreportedEnds = new Map<string, AgentEvent>();
+  /** The ends reported in the Hello of the current stream. */
+  #endsInHello: AgentEvent[] = [];
   readonly #expiry: Promise<void>;
 
   private constructor(options: AgentHostOptions) {
@@ -247,6 +252,7 @@ export class AgentHost {
         .then(() => this.#onMessage(writer, message))
         .catch((err: unknown) => this.#logger.error({ err }, 'failed to handle an envelope'));
     });
+    this.#endsInHello = [...this.#unreportedEnds.values()];
     writer.write({
       hello: {
         protocolVersion: PROTOCOL_VERSION,
@@ -255,6 +261,7 @@ export class AgentHost {
         labels: [...(this.#options.labels ?? [])],
         allowedCommands: [...(this.#options.allowedCommands ?? [])],
         modules: [...(this.#options.modules?.keys() ?? [])],
+        ended: [...this.#unreportedEnds.values()],
         running: [...this.#agents.values()].map((agent) => ({
           agentId: agent.agentId,
           incarnation: agent.incarnation,
@@ -304,6 +311,10 @@ export class AgentHost {
   }
 
   async #onWelcome(writer: StreamWriter<HostMessage>, welcome: Welcome): Promise<void> {
+    for (const reported of this.#endsInHello) {
+      if (this.#unreportedEnds.get(reported.agentId) === reported) this.#unreportedEnds.delete(reported.agentId);
+    }
+    this.#endsInHello = [];
     this.#hostId = welcome.hostId;
     this.#epoch = welcome.epoch;
     if (welcome.heartbeatIntervalMs > 0) this.#heartbeatIntervalMs = welcome.heartbeatIntervalMs;
@@ -435,7 +446,10 @@ export class AgentHost {
     if (this.#agents.get(agent.agentId) !== agent) return;
     this.#agents.delete(agent.agentId);
     await agent.stop();
-    this.#writer?.write({ agentEvent: { agentId: agent.agentId, state: end.state, detail: end.detail, incarnation: agent.incarnation } });
+    const event = { agentId: agent.agentId, state: end.state, detail: end.detail, incarnation: agent.incarnation };
+    // Kept for the next Hello until a Welcome confirms the control plane has it: the stream may be down now.
+    this.#unreportedEnds.set(agent.agentId, event);
+    this.#writer?.write({ agentEvent: event });
     this.#logger.info({ agentId: agent.agentId, state: end.state, detail: end.detail }, 'agent ended');
     this.events.emit('agent-ended', { agentId: agent.agentId, state: end.state, detail: end.detail });
   }

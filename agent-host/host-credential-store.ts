@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Credential } from '../gen/tether/v1/common.js';
@@ -27,14 +28,17 @@ export class MemoryHostCredentialStore implements HostCredentialStore {
  * created exclusively with that mode (never chmod after writing), then renamed over.
  */
 export async function writeFileAtomic0600(path: string, content: string): Promise<void> {
-  const temporary = `${path}.${process.pid}.${Math.floor(Math.random() * 1e9)}.tmp`;
+  const temporary = `${path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
   const handle = await open(temporary, 'wx', 0o600);
   try {
     await handle.writeFile(content, 'utf8');
     await handle.sync();
-  } finally {
+  } catch (err) {
     await handle.close();
+    await rm(temporary, { force: true });
+    throw err;
   }
+  await handle.close();
   try {
     await rename(temporary, path);
   } catch (err) {

@@ -250,6 +250,8 @@ export class AgentManager {
     const { store, clock } = this.#options;
     const hello: Hello = session.hello;
     const epoch = await store.epoch();
+    // Agents that ended while the stream was down: applied first, so they are not started again.
+    for (const ended of hello.ended) await this.onAgentEvent(session, ended);
     const reported = new Set<string>();
     for (const running of hello.running) {
       reported.add(running.agentId);

@@ -22,6 +22,8 @@ import { FileHostCredentialStore, MemoryHostCredentialStore } from '../../agent-
 import { AgentClient } from '../../agent-host/tools/agent-client.js';
 import { fromFile } from '../../agent-host/tools/credential-source.js';
 import { AgentState } from '../../gen/tether/v1/common.js';
+import { advanceUntil } from '../support/advance-until.js';
+import { FaultProxy } from '../support/fault-proxy.js';
 import { call, Harness, statusOf } from '../support/harness.js';
 import { assertNoSecrets, JWT_SHAPE } from '../support/secrets.js';
 import { nextEvent, waitUntil } from '../support/wait.js';
@@ -480,6 +482,40 @@ describe('process agents', () => {
       expect(agent.agent?.detail).toBe(c.detail);
       expect(host.agentIds()).not.toContain(c.agentId);
       expect(existsSync(join(agentsDir, c.agentId, 'token'))).toBe(false);
+    }
+  });
+
+  it('reports an exit that happened while the stream was down in its next Hello, so the agent is not started again', async () => {
+    harness = await Harness.start();
+    const h = harness;
+    const proxy = await FaultProxy.start({ targetPort: h.cp.port });
+    try {
+      const agentsDir = join(tempDir(), 'agents');
+      const { host, hostId } = await h.startHost('h', { allowedCommands: [NODE], agentsDir, stopGraceMs: GRACE_MS, target: `127.0.0.1:${proxy.port}` });
+      await dispatchProcess(h, host, hostId, 'short-lived', [FIXTURE]);
+      await waitUntil(() => existsSync(join(agentsDir, 'short-lived', 'ready')), 'the agent to be ready');
+
+      const lost = nextEvent(host.events, 'disconnected');
+      await h.stopControlPlane();
+      await lost;
+      const ended = nextEvent<{ agentId: string; state: string }>(host.events, 'agent-ended', (e) => e.agentId === 'short-lived');
+      process.kill(pidOf(h, 'short-lived') ?? 0, 'SIGKILL');
+      expect((await ended).state).toBe('failed');
+
+      await h.startControlPlane();
+      proxy.setTarget(h.cp.port);
+      let isConnected = false;
+      host.events.once('connected', () => {
+        isConnected = true;
+      });
+      // The reconnect backoff sleeps on the fake clock.
+      await advanceUntil(h.clock, 100, () => isConnected, 'the host to reconnect');
+      await waitUntil(async () => (await call(h.admin.getAgent.bind(h.admin), { agentId: 'short-lived' })).agent?.state === AgentState.AGENT_STATE_FAILED, 'the control plane to learn of the exit');
+      // Started once, never again.
+      expect(h.logs.records().filter((r) => r.msg === 'agent process started' && r.agentId === 'short-lived')).toHaveLength(1);
+      expect(host.agentIds()).not.toContain('short-lived');
+    } finally {
+      await proxy.close();
     }
   });
 });

@@ -23,6 +23,7 @@ export function helloEnvelope(overrides: Partial<Hello> & { running?: RunningAge
       allowedCommands: [],
       modules: ['idle'],
       running: [],
+      ended: [],
       ...overrides,
     },
   };

@@ -31,7 +31,7 @@ export class RawHost {
   static connect(target: string, authorization: string, running: RunningAgent[] = [], modules: string[] = ['idle']): RawHost {
     const host = new RawHost(target, authorization);
     host.send({
-      hello: { protocolVersion: PROTOCOL_VERSION, version: 'raw', capacity: 0, labels: [], allowedCommands: [], modules, running },
+      hello: { protocolVersion: PROTOCOL_VERSION, version: 'raw', capacity: 0, labels: [], allowedCommands: [], modules, running, ended: [] },
     });
     return host;
   }

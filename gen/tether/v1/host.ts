@@ -66,6 +66,12 @@ export interface Hello {
   allowedCommands: string[];
   modules: string[];
   running: RunningAgent[];
+  /**
+   * Agents that ended on this host (exited, failed) since its last Welcome,
+   * whose AgentEvent may have been lost with a stream: applied before
+   * `running` is reconciled, so an ended agent is not started again.
+   */
+  ended: AgentEvent[];
 }
 
 export interface RotationPolicy {
@@ -691,7 +697,16 @@ export const RunningAgent: MessageFns<RunningAgent> = {
 };
 
 function createBaseHello(): Hello {
-  return { protocolVersion: 0, version: "", capacity: 0, labels: [], allowedCommands: [], modules: [], running: [] };
+  return {
+    protocolVersion: 0,
+    version: "",
+    capacity: 0,
+    labels: [],
+    allowedCommands: [],
+    modules: [],
+    running: [],
+    ended: [],
+  };
 }
 
 export const Hello: MessageFns<Hello> = {
@@ -716,6 +731,9 @@ export const Hello: MessageFns<Hello> = {
     }
     for (const v of message.running) {
       RunningAgent.encode(v!, writer.uint32(58).fork()).join();
+    }
+    for (const v of message.ended) {
+      AgentEvent.encode(v!, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -789,6 +807,14 @@ export const Hello: MessageFns<Hello> = {
             message.running.push(RunningAgent.decode(reader, reader.uint32()));
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.ended.push(AgentEvent.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -820,6 +846,7 @@ export const Hello: MessageFns<Hello> = {
       running: globalThis.Array.isArray(object?.running)
         ? object.running.map((e: any) => RunningAgent.fromJSON(e))
         : [],
+      ended: globalThis.Array.isArray(object?.ended) ? object.ended.map((e: any) => AgentEvent.fromJSON(e)) : [],
     };
   },
 
@@ -846,6 +873,9 @@ export const Hello: MessageFns<Hello> = {
     if (message.running?.length) {
       obj.running = message.running.map((e) => RunningAgent.toJSON(e));
     }
+    if (message.ended?.length) {
+      obj.ended = message.ended.map((e) => AgentEvent.toJSON(e));
+    }
     return obj;
   },
 
@@ -861,6 +891,7 @@ export const Hello: MessageFns<Hello> = {
     message.allowedCommands = object.allowedCommands?.map((e) => e) || [];
     message.modules = object.modules?.map((e) => e) || [];
     message.running = object.running?.map((e) => RunningAgent.fromPartial(e)) || [];
+    message.ended = object.ended?.map((e) => AgentEvent.fromPartial(e)) || [];
     return message;
   },
 };
