@@ -157,7 +157,15 @@ export class DeliveryManager {
   async onAck(session: HostSession, agentId: string, seq: number, isOk: boolean, error: string): Promise<string | undefined> {
     const cursor = this.#cursors.get(agentId);
     if (cursor?.session !== session) return `no deliveries to ${agentId} on this stream`;
-    if (seq > cursor.sentSeq) return `an Ack for seq ${seq}, never sent`;
+    if (seq > cursor.sentSeq) {
+      // Not sent on this stream yet, but perhaps on the previous one: right after a resume the
+      // host may ack what it took before it saw the re-sends. Only a seq never appended is a lie.
+      const agent = await this.#options.store.getAgent(agentId);
+      if (agent === undefined || seq > agent.lastSeq || !isOk) return `an Ack for seq ${seq}, never sent`;
+      if (this.#cursors.get(agentId) !== cursor) return undefined;
+      cursor.sentSeq = Math.max(cursor.sentSeq, seq);
+      cursor.readAhead = cursor.readAhead.filter((message) => message.seq > cursor.sentSeq);
+    }
     if (isOk) {
       if (seq > cursor.ackedSeq) {
         const count = seq - cursor.ackedSeq;
@@ -253,6 +261,8 @@ export class DeliveryManager {
         if (messages.some((m) => m.state === 'pending')) await this.#refreshTokenIfNeeded(cursor);
         if (this.#cursors.get(cursor.agentId) !== cursor) return;
         for (const message of messages) {
+          // Already taken on a previous stream (its ack moved the cursor past it meanwhile).
+          if (message.seq <= cursor.sentSeq) continue;
           if (message.seq !== cursor.sentSeq + 1) {
             // Seqs are gapless per agent, so a gap is a dead letter purged or requeued before this
             // host acknowledged past it (say its Skip was lost with a stream). The host still

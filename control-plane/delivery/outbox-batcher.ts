@@ -20,12 +20,13 @@ const MAX_HELD_ACKS = 256;
  *
  * Acks come one envelope at a time and each is a cumulative watermark, so a
  * batch of acks alone waits while more keep coming: it is committed at the
- * first turn of the event loop in which no further ack arrived, once
- * MAX_HELD_ACKS have gathered, as soon as an append joins it, or on flush.
- * Under a steady stream that is one commit per few hundred messages instead of
- * one per message or two (each commit rewrites the same outbox and index
- * pages); a lone ack is committed at the next turn, as before. No timer is
- * involved, so a fake clock sees the same behaviour.
+ * first turn of the event loop in which no ack arrived, once MAX_HELD_ACKS have
+ * gathered, as soon as an append joins it, or on flush. Under a steady stream
+ * that is one commit per few hundred messages instead of one per message or two
+ * (each commit rewrites the same outbox and index pages); a lone ack is
+ * committed one turn later than it would be alone, a few microseconds when
+ * idle. No timer is involved, so a fake clock sees the same behaviour. Whoever
+ * reports an ack (the `message-acked` event) waits for its commit.
  */
 export class OutboxBatcher {
   readonly #store: Store;
@@ -36,7 +37,7 @@ export class OutboxBatcher {
   #ackWaiters: ((isCommitted: boolean) => void)[] = [];
   /** Acks that advanced a watermark since the last commit. */
   #heldAcks = 0;
-  /** Acks that arrived since the scheduled commit last looked. */
+  /** Acks that arrived since the scheduled commit last looked (or was scheduled). */
   #acksSinceLook = 0;
   #flushRequests = 0;
   #isScheduled = false;
@@ -90,8 +91,6 @@ export class OutboxBatcher {
   #schedule(): void {
     if (this.#isScheduled) return;
     this.#isScheduled = true;
-    // What arrived before this point is already in the batch; only later arrivals count as "still coming".
-    this.#acksSinceLook = 0;
     const previous = this.#flushing;
     this.#flushing = new Promise<void>((resolve) => {
       const look = (): void => {
@@ -105,7 +104,7 @@ export class OutboxBatcher {
     });
   }
 
-  /** Whether a batch of acks alone waits one more turn: more arrived since the last look, and not too many are held. */
+  /** Whether a batch of acks alone waits one more turn: acks arrived since the last look, and not too many are held. */
   #isHoldingAcks(): boolean {
     const isArriving = this.#acksSinceLook > 0;
     this.#acksSinceLook = 0;
@@ -122,6 +121,7 @@ export class OutboxBatcher {
     this.#acks = new Map();
     this.#ackWaiters = [];
     this.#heldAcks = 0;
+    this.#acksSinceLook = 0;
     if (appends.length === 0 && acks.size === 0) {
       for (const settle of ackWaiters) settle(true);
       return;

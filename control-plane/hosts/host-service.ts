@@ -388,13 +388,14 @@ export class HostService {
       await this.#onHostCredentialAck(session, ack.generation);
       return;
     }
-    if (!(await this.#options.agents.isAgentOfHost(session.hostId, ack.agentId))) {
-      this.#reject(session, 'ack', ack.agentId, 'agent not assigned to this host');
-      return;
-    }
     if (ack.seq !== undefined) {
+      // Delivery keeps a cursor only for agents placed on this very stream: that check is the assignment check.
       const refused = await this.#options.delivery.onAck(session, ack.agentId, ack.seq, ack.ok, ack.error);
       if (refused !== undefined) this.#reject(session, 'ack', ack.agentId, refused);
+      return;
+    }
+    if (!(await this.#options.agents.isAgentOfHost(session.hostId, ack.agentId))) {
+      this.#reject(session, 'ack', ack.agentId, 'agent not assigned to this host');
       return;
     }
     if (!ack.ok) this.#logger.warn({ hostId: session.hostId, agentId: ack.agentId, gen: ack.generation, error: ack.error }, 'host refused a credential');

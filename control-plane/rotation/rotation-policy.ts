@@ -12,11 +12,14 @@ export const ROTATION_WINDOW_WIDTH = 0.1;
 
 /**
  * When an agent token's rotation falls due: `iat + TTL·(0.5 + 0.1·u)`, with `u`
- * uniform in [0, 1], so agents started together drift apart.
+ * uniform in [0, 1], so agents started together drift apart. `u` outside [0, 1]
+ * is clamped into it; NaN counts as 0.
  */
 export function rotationDueAtMs(issuedAtMs: number, expiresAtMs: number, u: number): number {
   const ttlMs = expiresAtMs - issuedAtMs;
-  const clamped = Math.min(1, Math.max(0, u));
+  // A jitter that is not a number (an injected source gone wrong) counts as 0, the earliest and safest:
+  // NaN would make the due time NaN, never due, and the scheduler wait NaN ms in a busy loop.
+  const clamped = Number.isNaN(u) ? 0 : Math.min(1, Math.max(0, u));
   return issuedAtMs + Math.floor(ttlMs * (ROTATION_WINDOW_START + ROTATION_WINDOW_WIDTH * clamped));
 }
 

@@ -146,34 +146,45 @@ export class RotationScheduler {
     }
   }
 
+  /** Moves every entry due at `nowMs` into the ready heap, and drops replaced or removed ones from the top of both. */
+  #promoteDue(nowMs: number): void {
+    this.#dropStale();
+    for (let top = this.#byDue.peek(); top !== undefined && top.dueAtMs <= nowMs; top = this.#byDue.peek()) {
+      this.#byDue.pop();
+      if (this.#entries.get(top.agentId) === top) this.#ready.push(top);
+      this.#dropStale();
+    }
+    for (let top = this.#ready.peek(); top !== undefined && this.#entries.get(top.agentId) !== top; top = this.#ready.peek()) {
+      this.#ready.pop();
+    }
+  }
+
   async #run(): Promise<void> {
     const { clock, logger } = this.#options;
     const signal = this.#closing.signal;
     while (!signal.aborted) {
       const nowMs = clock.now();
-      this.#dropStale();
-      for (let top = this.#byDue.peek(); top !== undefined && top.dueAtMs <= nowMs; top = this.#byDue.peek()) {
-        this.#byDue.pop();
-        if (this.#entries.get(top.agentId) === top) this.#ready.push(top);
-        this.#dropStale();
-      }
-      const entry = this.#ready.pop();
-      if (entry === undefined) {
+      this.#promoteDue(nowMs);
+      if (this.#ready.peek() === undefined) {
         const next = this.#byDue.peek();
         this.#wake = new AbortController();
         const waitMs = next === undefined ? 3_600_000 : next.dueAtMs - nowMs;
         await clock.sleep(waitMs, AbortSignal.any([signal, this.#wake.signal]));
         continue;
       }
-      if (this.#entries.get(entry.agentId) !== entry) continue;
-      // Busy while waiting for budget too: the entry is out of both heaps, held only here.
-      this.#isBusy = true;
-      if (!(await this.#takeBudget(signal))) {
-        this.#isBusy = false;
-        this.#ready.push(entry);
+      // The budget is waited for before an entry is chosen, never while holding one: whatever falls
+      // due meanwhile competes on expiry with what was waiting (a held entry would go first even if
+      // one expiring sooner fell due during the wait; found by the scheduler's property test).
+      const budgetWaitMs = this.#budgetWaitMs(nowMs);
+      if (budgetWaitMs > 0) {
+        await clock.sleep(budgetWaitMs, signal);
         continue;
       }
+      const entry = this.#ready.pop();
+      if (entry === undefined || this.#entries.get(entry.agentId) !== entry) continue;
+      this.#budget -= 1;
       this.#entries.delete(entry.agentId);
+      this.#isBusy = true;
       try {
         await this.#options.rotate(entry.agentId);
       } catch (err) {
@@ -187,19 +198,11 @@ export class RotationScheduler {
     }
   }
 
-  /** A token bucket refilled by the clock; waits when empty. False if closed meanwhile. */
-  async #takeBudget(signal: AbortSignal): Promise<boolean> {
-    const { clock, maxPerSecond } = this.#options;
-    for (;;) {
-      const nowMs = clock.now();
-      this.#budget = Math.min(maxPerSecond, this.#budget + ((nowMs - this.#budgetAtMs) * maxPerSecond) / 1000);
-      this.#budgetAtMs = nowMs;
-      if (this.#budget >= 1) {
-        this.#budget -= 1;
-        return true;
-      }
-      await clock.sleep(Math.ceil(((1 - this.#budget) * 1000) / maxPerSecond), signal);
-      if (signal.aborted) return false;
-    }
+  /** Refills the token bucket up to `nowMs`; how long until it holds one token (0: it does now). */
+  #budgetWaitMs(nowMs: number): number {
+    const { maxPerSecond } = this.#options;
+    this.#budget = Math.min(maxPerSecond, this.#budget + ((nowMs - this.#budgetAtMs) * maxPerSecond) / 1000);
+    this.#budgetAtMs = nowMs;
+    return this.#budget >= 1 ? 0 : Math.ceil(((1 - this.#budget) * 1000) / maxPerSecond);
   }
 }

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { closeSync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { AlreadyExistsError, ClosedError, NotFoundError, ResourceExhaustedError } from '../../common/errors.js';
 import type {
@@ -266,6 +267,14 @@ export class SqliteStore implements Store {
 
   /** Opens (creating if needed) the database at `path`; `:memory:` for a throwaway one. */
   static open(path: string): SqliteStore {
+    if (path !== ':memory:') {
+      // Created 0600 from the start: it holds the private signing keys.
+      try {
+        closeSync(openSync(path, 'wx', 0o600));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
+    }
     const db = new Database(path);
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = NORMAL');

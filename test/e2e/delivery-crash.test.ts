@@ -63,14 +63,11 @@ class Recorder {
   readonly events = new EventEmitter<{ received: [{ agentId: string; count: number }] }>();
   readonly #byAgent = new Map<string, { seq: number; payload: string }[]>();
   #total = 0;
-  #onTotal: { at: number; action: () => void } | undefined;
+  #onTotal: { at: number; action: (agentId: string) => Promise<void> } | undefined;
 
-  /** The module every agent runs: records each message it is given. */
+  /** The module every agent runs: records each message it is given (and holds the one `onTotal` says to). */
   readonly module: AgentModule = (context) => ({
-    onMessage: (message: DeliveredMessage) => {
-      this.#record(context.agentId, message);
-      return Promise.resolve();
-    },
+    onMessage: (message: DeliveredMessage) => this.#record(context.agentId, message),
   });
 
   get total(): number {
@@ -81,8 +78,12 @@ class Recorder {
     return this.#byAgent.get(agentId) ?? [];
   }
 
-  /** Runs `action` synchronously inside the receipt that brings the total to `at`. */
-  onTotal(at: number, action: () => void): void {
+  /**
+   * Runs `action` synchronously inside the receipt that brings the total to
+   * `at`; that agent finishes taking the message only when the promise
+   * `action` returns settles.
+   */
+  onTotal(at: number, action: (agentId: string) => Promise<void>): void {
     this.#onTotal = { at, action };
   }
 
@@ -92,7 +93,7 @@ class Recorder {
     await nextEvent<{ agentId: string; count: number }>(this.events, 'received', (e) => e.agentId === agentId && e.count >= count, boundMs);
   }
 
-  #record(agentId: string, message: DeliveredMessage): void {
+  #record(agentId: string, message: DeliveredMessage): Promise<void> {
     let list = this.#byAgent.get(agentId);
     if (list === undefined) {
       list = [];
@@ -100,8 +101,9 @@ class Recorder {
     }
     list.push({ seq: message.seq, payload: Buffer.from(message.payload).toString('utf8') });
     this.#total++;
-    if (this.#onTotal !== undefined && this.#total === this.#onTotal.at) this.#onTotal.action();
+    const held = this.#onTotal !== undefined && this.#total === this.#onTotal.at ? this.#onTotal.action(agentId) : Promise.resolve();
     this.events.emit('received', { agentId, count: list.length });
+    return held;
   }
 }
 
@@ -201,7 +203,11 @@ describe('delivery across a control-plane crash', () => {
       }
       await waitUntil(() => started.size === AGENTS, 'all agents started');
 
-      // The crash: SIGKILL inside the receipt that reaches the kill point.
+      // The crash: SIGKILL inside the receipt that reaches the kill point. That agent
+      // holds the message until its host is back: the host then reports it (and what
+      // it has buffered behind it) as not taken, the restarted control plane sends
+      // them all again, and they reach a host whose agent takes its backlog meanwhile,
+      // so the host's drop-by-seq is what keeps the agent's intake exactly once.
       let isCrashed = false;
       let sentAtCrash = 0;
       let sent = 0;
@@ -209,8 +215,10 @@ describe('delivery across a control-plane crash', () => {
         recorder.onTotal(killAt, () => {
           isCrashed = true;
           sentAtCrash = sent;
+          const reconnected = nextEvent(host.events, 'connected', () => true, RUN_BOUND_MS);
           cp.crash();
           resolve();
+          return reconnected.then(() => undefined);
         });
       });
 

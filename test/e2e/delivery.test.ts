@@ -134,6 +134,10 @@ describe('delivery', () => {
     // Slow still holds its first message and has been handed nothing else; all six wait for it.
     expect(mail.of('slow').map((r) => [r.payload, r.outcome])).toEqual([['s1', undefined]]);
     expect((await listed(harness, 'slow', 'pending')).map((m) => m.seq)).toEqual(slowSent.map((s) => s.seq));
+    // Listed a page at a time, too.
+    const firstPage = await call(harness.admin.listMessages.bind(harness.admin), { agentId: 'slow', state: 'pending', pageSize: 4, pageToken: '' });
+    const secondPage = await call(harness.admin.listMessages.bind(harness.admin), { agentId: 'slow', state: 'pending', pageSize: 4, pageToken: firstPage.nextPageToken });
+    expect([firstPage.messages.map((m) => m.seq), secondPage.messages.map((m) => m.seq), secondPage.nextPageToken]).toEqual([[1, 2, 3, 4], [5, 6], '']);
 
     gate.open();
     await waitUntil(() => mail.taken('slow').length >= 6, 'slow to drain');

@@ -32,6 +32,7 @@ export class Gate {
     this.#open();
   }
 
+  /** Whether {@link open} was called. */
   get isOpen(): boolean {
     return this.#isOpen;
   }

@@ -28,6 +28,8 @@ describe('rotation policy', () => {
     { what: 'a 60 s token at u = 1', iat: IAT, exp: IAT + 60_000, u: 1, due: IAT + 36_000 },
     { what: 'fractions of a ms round down', iat: 0, exp: 3, u: 0, due: 1 },
     { what: 'a zero TTL is due at once', iat: IAT, exp: IAT, u: 0.5, due: IAT },
+    // Shrunk from the jitter-bounds property below: NaN made the due time NaN, never due, and the scheduler spin.
+    { what: 'u NaN counts as 0', iat: IAT, exp: IAT + HOUR, u: Number.NaN, due: IAT + 1_800_000 },
   ])('rotationDueAtMs: $what', ({ iat, exp, u, due }) => {
     expect(rotationDueAtMs(iat, exp, u)).toBe(due);
   });
@@ -79,5 +81,80 @@ describe('rotation policy', () => {
       ),
       { numRuns: 2_000 },
     );
+  });
+
+  it('keeps every due time inside the jitter window [50 %, 60 %] of the TTL, whatever the random source gives', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 4_000_000_000_000 }),
+        fc.integer({ min: 0, max: 400 * 24 * HOUR }),
+        // Any double at all: NaN, infinities and values outside [0, 1] included (the source is injected).
+        fc.double(),
+        (iat, ttl, u) => {
+          const due = rotationDueAtMs(iat, iat + ttl, u);
+          expect(Number.isSafeInteger(due)).toBe(true);
+          // In integers: ttl/2 - 1 < due - iat <= 0.6·ttl.
+          expect(2 * (due - iat)).toBeGreaterThan(ttl - 2);
+          expect(10 * (due - iat)).toBeLessThanOrEqual(6 * ttl);
+        },
+      ),
+      { numRuns: 2_000 },
+    );
+  });
+
+  it('moves the due time later as the jitter grows (agents started together drift apart, in order)', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 4_000_000_000_000 }),
+        fc.integer({ min: 1, max: 400 * 24 * HOUR }),
+        fc.double({ min: 0, max: 1, noNaN: true }),
+        fc.double({ min: 0, max: 1, noNaN: true }),
+        (iat, ttl, u1, u2) => {
+          const [low, high] = u1 <= u2 ? [u1, u2] : [u2, u1];
+          expect(rotationDueAtMs(iat, iat + ttl, low)).toBeLessThanOrEqual(rotationDueAtMs(iat, iat + ttl, high));
+        },
+      ),
+      { numRuns: 2_000 },
+    );
+  });
+
+  describe('the half-life rule on delivery (isPastHalfLife)', () => {
+    const times = fc.integer({ min: 0, max: 4_000_000_000_000 });
+    const ttls = fc.integer({ min: 1, max: 400 * 24 * HOUR });
+
+    it('is exactly "half the TTL has passed", and so monotone in time', () => {
+      fc.assert(
+        fc.property(times, ttls, fc.integer({ min: -2 * 400 * 24 * HOUR, max: 2 * 400 * 24 * HOUR }), fc.nat({ max: 400 * 24 * HOUR }), (iat, ttl, offset, later) => {
+          const now = iat + offset;
+          // In integers: past half-life iff 2·(now - iat) >= ttl.
+          expect(isPastHalfLife(now, iat, iat + ttl)).toBe(2 * (now - iat) >= ttl);
+          if (isPastHalfLife(now, iat, iat + ttl)) expect(isPastHalfLife(now + later, iat, iat + ttl)).toBe(true);
+        }),
+        { numRuns: 2_000 },
+      );
+    });
+
+    it('leaves a message more than half a lifetime of token: a token short of half-life has more than TTL/2 to go', () => {
+      fc.assert(
+        fc.property(times, ttls, fc.nat({ max: 400 * 24 * HOUR }), (iat, ttl, offset) => {
+          const now = iat + offset;
+          if (!isPastHalfLife(now, iat, iat + ttl)) expect(2 * (iat + ttl - now)).toBeGreaterThan(ttl);
+        }),
+        { numRuns: 2_000 },
+      );
+    });
+
+    // DeliveryManager reads the agent's token from the store only once the token it last read is past
+    // half-life: sound only if a later token of the same TTL is never past half-life before an earlier one.
+    it('never finds a later token of the same lifetime past half-life while an earlier one is not', () => {
+      fc.assert(
+        fc.property(times, ttls, fc.nat({ max: 400 * 24 * HOUR }), fc.integer({ min: -400 * 24 * HOUR, max: 2 * 400 * 24 * HOUR }), (iat, ttl, gap, offset) => {
+          const now = iat + offset;
+          const laterIat = iat + gap;
+          if (isPastHalfLife(now, laterIat, laterIat + ttl)) expect(isPastHalfLife(now, iat, iat + ttl)).toBe(true);
+        }),
+        { numRuns: 2_000 },
+      );
+    });
   });
 });
