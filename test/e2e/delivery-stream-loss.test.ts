@@ -15,7 +15,7 @@ import type { FakeClock } from '../support/fake-clock.js';
 import { call, Harness } from '../support/harness.js';
 import { RawHost } from '../support/raw-host.js';
 import { ScriptedModule } from '../support/scripted-module.js';
-import { TcpProxy } from '../support/tcp-proxy.js';
+import { FaultProxy } from '../support/fault-proxy.js';
 import { nextEvent, waitUntil } from '../support/wait.js';
 
 /** The host's reconnect backoff in these tests (its waits run on the fake clock). */
@@ -61,7 +61,7 @@ async function driveReconnect(host: AgentHost, clock: FakeClock): Promise<void> 
 
 describe('delivery across a lost host stream (real host)', () => {
   let harness: Harness | undefined;
-  let proxy: TcpProxy | undefined;
+  let proxy: FaultProxy | undefined;
   let scripted: ScriptedModule | undefined;
   afterEach(async () => {
     scripted?.openAll();
@@ -76,12 +76,12 @@ describe('delivery across a lost host stream (real host)', () => {
   async function setUp(
     agentId: string,
     deliveryWindow: number,
-  ): Promise<{ harness: Harness; proxy: TcpProxy; scripted: ScriptedModule; host: AgentHost; rejects: unknown[] }> {
+  ): Promise<{ harness: Harness; proxy: FaultProxy; scripted: ScriptedModule; host: AgentHost; rejects: unknown[] }> {
     harness = await Harness.start({ deliveryWindow });
-    proxy = await TcpProxy.start(harness.cp.port);
+    proxy = await FaultProxy.start({ targetPort: harness.cp.port });
     scripted = new ScriptedModule();
     const { host, hostId } = await harness.startHost('proxied', {
-      target: proxy.target,
+      target: `127.0.0.1:${proxy.port}`,
       modules: new Map([['scripted', scripted.module]]),
       reconnectMinDelayMs: 10,
       reconnectMaxDelayMs: RECONNECT_MAX_DELAY_MS,
@@ -106,7 +106,7 @@ describe('delivery across a lost host stream (real host)', () => {
     await harness.stopControlPlane();
     await disconnected;
     await harness.startControlPlane();
-    proxy.retarget(harness.cp.port);
+    proxy.setTarget(harness.cp.port);
     // Appended while the host is away.
     await send(harness, 'steady', ['m7', 'm8']);
     await driveReconnect(host, harness.clock);
@@ -129,7 +129,7 @@ describe('delivery across a lost host stream (real host)', () => {
     await waitUntil(() => scripted.of('offline').length >= 1, 'm1 handed to the agent');
 
     const disconnected = nextEvent(host.events, 'disconnected');
-    proxy.cut();
+    proxy.cutAll();
     await disconnected;
     // Taken with no stream to carry the ack: the control plane still has m1 pending.
     gate.open();
