@@ -22,7 +22,7 @@ import { Authenticator } from './auth/authenticator.js';
 import { DeliveryManager } from './delivery/delivery-manager.js';
 import { ControlPlaneEvents } from './events.js';
 import { createMetrics } from './metrics.js';
-import { HostService } from './hosts/host-service.js';
+import { HostService, type ConnectLimits } from './hosts/host-service.js';
 import { HostSessions } from './hosts/host-session.js';
 import { adminService } from './services/admin-service.js';
 import { agentService } from './services/agent-service.js';
@@ -79,9 +79,19 @@ export interface ControlPlaneOptions {
   pingIntervalMs?: number;
   /** Envelope-level violations a host stream may commit before it is ended. Default 100. */
   violationBudget?: number;
+  /** Limits on Connect attempts with bad credentials (window 10 s, 5 per identity, 500 in all, 10,000 identities tracked). */
+  connectLimits?: ConnectLimits;
   /** Keepalive ping interval towards hosts. Production: no faster than 30 s. */
   keepaliveTimeMs?: number;
   keepaliveTimeoutMs?: number;
+  /**
+   * Streams one client connection may have open at once (a host's carries its
+   * Connect stream and its agents' calls). Default 1,000. Also what bounds the
+   * streams a hostile client leaves half-open: grpc-js answers a refused call
+   * with trailers but never resets the stream, so the server holds it (about
+   * 8 KiB) until the client ends it or the connection goes.
+   */
+  maxConcurrentStreams?: number;
   maxPayloadBytes?: number;
   /** Unacknowledged deliveries per agent. Default 32. */
   deliveryWindow?: number;
@@ -266,6 +276,7 @@ export class ControlPlane {
       deliveryWindow,
       pingIntervalMs: options.pingIntervalMs ?? 30_000,
       violationBudget: options.violationBudget ?? 100,
+      ...(options.connectLimits === undefined ? {} : { connectLimits: options.connectLimits }),
     });
 
     const keepaliveTimeMs = options.keepaliveTimeMs ?? 30_000;
@@ -276,6 +287,7 @@ export class ControlPlane {
       // Hosts ping no faster than our own keepalive; allow that and no more.
       'grpc.http2.min_ping_interval_without_data_ms': Math.min(keepaliveTimeMs, 30_000) / 2,
       'grpc.max_receive_message_length': maxPayloadBytes + 64 * 1024,
+      'grpc.max_concurrent_streams': options.maxConcurrentStreams ?? 1_000,
     });
     const hostServer: HostServiceServer = { connect: (call) => hosts.connect(call) };
     server.addService(HostServiceService, hostServer);
@@ -372,6 +384,16 @@ export class ControlPlane {
   /** Verified tokens in the cache. */
   get verifierCacheEntries(): number {
     return this.#verifier.cacheEntries;
+  }
+
+  /** @internal Connect streams open right now, authenticated or not; for tests that check none is left behind. */
+  get openHostStreams(): number {
+    return this.#hosts.openStreams;
+  }
+
+  /** @internal Sizes of the connect limiter's tables (failing identities, recently good ones); for tests that flood it. */
+  get connectLimiterIdentities(): { failing: number; trusted: number } {
+    return this.#hosts.connectLimiterIdentities;
   }
 
   /** @internal The issuer, for tests that forge edge cases. */

@@ -54,6 +54,11 @@ export class ConnectLimiter {
     return this.#failures.size;
   }
 
+  /** Entries in the table of identities that authenticated recently (bounded by `maxEntries`). */
+  get trustedIdentities(): number {
+    return this.#good.size;
+  }
+
   /** Whether an attempt presenting `identity` should be refused without being verified. */
   isRefused(identity: string): boolean {
     this.#roll();

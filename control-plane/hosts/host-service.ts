@@ -16,7 +16,7 @@ import type { TokenIssuer } from '../tokens/token-issuer.js';
 import type { IssuedToken, TokenClaims } from '../tokens/token-kinds.js';
 import type { TokenVerifier } from '../tokens/token-verifier.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
-import { ConnectLimiter } from './connect-limiter.js';
+import { ConnectLimiter, type ConnectLimiterOptions } from './connect-limiter.js';
 import { joinSecretMatches, mintJoinToken, parseJoinToken } from './join-token.js';
 import { HostSession, type HostSessions } from './host-session.js';
 
@@ -48,7 +48,12 @@ export interface HostServiceOptions {
   pingIntervalMs: number;
   /** Violations a stream may commit before it is ended. */
   violationBudget: number;
+  /** Limits on Connect attempts with bad credentials; defaults in {@link ConnectLimiterOptions}. */
+  connectLimits?: ConnectLimits;
 }
+
+/** The tunable limits of the {@link ConnectLimiter}. */
+export type ConnectLimits = Partial<Pick<ConnectLimiterOptions, 'windowMs' | 'maxFailuresPerIdentity' | 'globalBudget' | 'maxEntries'>>;
 
 /** A stream refused: the status to end it with. */
 class StreamRefusedError extends TetherError {
@@ -89,6 +94,8 @@ interface StreamState {
   identity: StreamIdentity;
   session: HostSession | undefined;
   pingSentAtMs: Map<number, number>;
+  /** The stream has ended (or was refused); nothing more is done for it. */
+  isEnded: boolean;
 }
 
 /**
@@ -106,7 +113,17 @@ export class HostService {
   constructor(options: HostServiceOptions) {
     this.#options = options;
     this.#logger = options.logger.child({ component: 'hosts' });
-    this.#limiter = new ConnectLimiter({ clock: options.clock, logger: this.#logger });
+    this.#limiter = new ConnectLimiter({ ...options.connectLimits, clock: options.clock, logger: this.#logger });
+  }
+
+  /** @internal Connect streams open right now, authenticated or not (each ends up forgotten when it ends). */
+  get openStreams(): number {
+    return this.#liveStreams.size;
+  }
+
+  /** @internal Sizes of the connect limiter's tables (failing identities, recently good ones): both bounded. */
+  get connectLimiterIdentities(): { failing: number; trusted: number } {
+    return { failing: this.#limiter.trackedIdentities, trusted: this.#limiter.trustedIdentities };
   }
 
   /** Creates a host record and its one-time join token (shown once, stored hashed). */
@@ -147,22 +164,8 @@ export class HostService {
   connect(call: ServerDuplexStream<HostMessage, ControlMessage>): void {
     const sessionId = randomUUID();
     this.#liveStreams.add(sessionId);
-    const state: StreamState = { sessionId, identity: { hostId: '', generation: 0 }, session: undefined, pingSentAtMs: new Map() };
-    let isEnded = false;
-    const onEnded = (): void => {
-      if (isEnded) return;
-      isEnded = true;
-      this.#liveStreams.delete(sessionId);
-      const session = state.session;
-      if (session !== undefined) {
-        session.markClosed();
-        this.#options.delivery.detachSession(session);
-        if (this.#options.sessions.remove(session)) {
-          this.#options.events.emit('host-disconnected', { hostId: session.hostId, sessionId });
-          this.#logger.info({ hostId: session.hostId, sessionId }, 'host disconnected');
-        }
-      }
-    };
+    const state: StreamState = { sessionId, identity: { hostId: '', generation: 0 }, session: undefined, pingSentAtMs: new Map(), isEnded: false };
+    const onEnded = (): void => this.#onStreamEnded(state);
     call.on('cancelled', onEnded);
     call.on('close', onEnded);
     call.on('finish', onEnded);
@@ -178,8 +181,10 @@ export class HostService {
         state.identity = identity;
       },
       (err: unknown) => {
-        isEnded = true;
-        this.#refuse(call, err);
+        // Refused: the status goes out, then the stream is forgotten like any that ended (a flag set
+        // before the refusal made onEnded skip its cleanup, so every refused stream stayed "live").
+        if (!state.isEnded) this.#refuse(call, err);
+        onEnded();
         throw err;
       },
     );
@@ -187,11 +192,11 @@ export class HostService {
       backlog++;
       if (backlog > MAX_INBOUND_BACKLOG) call.pause();
       chain = chain
-        .then(() => (isEnded ? undefined : this.#onMessage(call, state, message)))
+        .then(() => (state.isEnded ? undefined : this.#onMessage(call, state, message)))
         .catch((err: unknown) => {
-          if (!isEnded) {
-            isEnded = true;
+          if (!state.isEnded) {
             this.#refuse(call, err);
+            onEnded();
           }
         })
         .finally(() => {
@@ -200,6 +205,26 @@ export class HostService {
         });
     });
     chain.catch(() => undefined);
+  }
+
+  /** A stream ended (either side, or refused): forget it, and its session if it had one. Idempotent. */
+  #onStreamEnded(state: StreamState): void {
+    if (state.isEnded) return;
+    state.isEnded = true;
+    this.#liveStreams.delete(state.sessionId);
+    this.#releaseSession(state);
+  }
+
+  /** Closes and unregisters the stream's session, if any. */
+  #releaseSession(state: StreamState): void {
+    const session = state.session;
+    if (session === undefined) return;
+    session.markClosed();
+    this.#options.delivery.detachSession(session);
+    if (this.#options.sessions.remove(session)) {
+      this.#options.events.emit('host-disconnected', { hostId: session.hostId, sessionId: state.sessionId });
+      this.#logger.info({ hostId: session.hostId, sessionId: state.sessionId }, 'host disconnected');
+    }
   }
 
   /** Ends a stream with the status for `err` (and a final refusal in trailing metadata, if any). */
@@ -315,6 +340,9 @@ export class HostService {
         return;
       }
       state.session = await this.#onHello(call, state, message.hello);
+      // The stream may have ended while the Hello was handled (its awaits): the session it made
+      // must not outlive it, or the host would look connected, with deliveries going nowhere.
+      if (state.isEnded) this.#releaseSession(state);
       return;
     }
     const session = state.session;

@@ -4,11 +4,13 @@ import { generateKeyPair, type JWK, type JWTPayload } from 'jose';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { AgentModule } from '../../agent-host/tools/agent-module.js';
 import type { ReadOnlyCredentials } from '../../agent-host/tools/credential-source.js';
+import { MemoryHostCredentialStore } from '../../agent-host/host-credential-store.js';
 import type { ActiveKey } from '../../control-plane/tokens/signing-keys.js';
 import type { IssuedToken } from '../../control-plane/tokens/token-kinds.js';
 import type { AgentServiceClient } from '../../gen/tether/v1/agent.js';
 import { base64url, hs256Jwt, partsOf, signEdDsa, unsecuredJwt, withPayload, type TokenParts } from '../support/forge-token.js';
 import { bearer, call, Harness, statusOf } from '../support/harness.js';
+import { probeHostConnect } from '../support/host-stream-probe.js';
 
 const { UNAUTHENTICATED } = grpc.status;
 const AGENT_ID = 'good';
@@ -267,6 +269,21 @@ describe('bad agent tokens are refused and the server goes on serving', () => {
     await expectServing();
   });
 
+  // Two real keys, each token's kid naming the other: the kid picks the key the signature is checked
+  // with, so a token signed by one real key under the other's kid must fail, both ways round.
+  it('refuses a kid swapped between two real keys (after a signing-key rotation), both ways round', async () => {
+    const h = forge.harness;
+    const previous = forge.key;
+    await call(h.admin.rotateSigningKey.bind(h.admin), {});
+    const current = h.cp.keys.active();
+    expect(current.kid).not.toBe(previous.kid);
+    // Control: each key under its own kid is accepted (the old one still verifies during the overlap).
+    expect(await whoAmI(bearer(await signEdDsa({ ...forge.good.header, kid: current.kid }, claims(forge), current.privateKey)))).toBe('ok');
+    expect(await whoAmI(bearer(await signEdDsa({ ...forge.good.header, kid: previous.kid }, claims(forge), previous.privateKey)))).toBe('ok');
+    await expectRefusedThenServing(bearer(await signEdDsa({ ...forge.good.header, kid: previous.kid }, claims(forge), current.privateKey)));
+    await expectRefusedThenServing(bearer(await signEdDsa({ ...forge.good.header, kid: current.kid }, claims(forge), previous.privateKey)));
+  });
+
   it('refuses every bad token in turn on one server, serving the good agent between each', async () => {
     for (const bad of forged) {
       await expectRefusedThenServing(bearer(await bad.token(forge)));
@@ -274,5 +291,66 @@ describe('bad agent tokens are refused and the server goes on serving', () => {
     for (const bad of garbage) {
       await expectRefusedThenServing(metadataWith(bad.value(forge)));
     }
+  });
+});
+
+/** Bad host tokens on HostService.Connect: each refused at the door, none accepted, the real host untouched. */
+describe('bad host tokens on Connect', () => {
+  let harness: Harness | undefined;
+  afterEach(async () => {
+    await harness?.close();
+    harness = undefined;
+  });
+
+  it('refuses each as UNAUTHENTICATED (and never for good), while the real host stays connected', async () => {
+    harness = await Harness.start({ clockToleranceMs: TOLERANCE_MS });
+    const h = harness;
+    const store = new MemoryHostCredentialStore();
+    const { host, hostId } = await h.startHost('real', { credentialStore: store });
+    const other = await call(h.admin.enrollHost.bind(h.admin), { name: 'other', joinTtlMs: 0 });
+    const stored = await store.load();
+    if (stored === undefined) throw new Error('the real host stored no credential');
+    const hostToken = stored.token;
+    const good = partsOf(hostToken);
+    const key = h.cp.keys.active();
+    const { jwksJson } = await call(h.admin.getJwks.bind(h.admin), {});
+    const publicJwk = (JSON.parse(jwksJson) as { keys: JWK[] }).keys.find((k) => k.kid === key.kid);
+    if (publicJwk === undefined) throw new Error('the active key is not in the JWKS');
+    const fresh = (change: JWTPayload = {}): JWTPayload => ({ ...good.payload, jti: randomUUID(), ...change });
+    const disconnects: number[] = [];
+    host.events.on('disconnected', (e) => disconnects.push(e.code));
+
+    // Control: the real token, and one re-signed with nothing wrong, are accepted (INVALID_ARGUMENT: Ping before Hello).
+    expect((await probeHostConnect(h.target, bearer(hostToken))).code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect((await probeHostConnect(h.target, bearer(await signEdDsa(good.header, fresh(), key.privateKey)))).code).toBe(grpc.status.INVALID_ARGUMENT);
+
+    const bad: { name: string; token: () => Promise<string> | string }[] = [
+      { name: 'alg none', token: () => unsecuredJwt(good.header, fresh()) },
+      { name: 'HS256 keyed with the public JWK x', token: () => hs256Jwt(good.header, fresh(), Buffer.from(publicJwk.x ?? '', 'base64url')) },
+      { name: 'HS256 keyed with the JWKS document', token: () => hs256Jwt(good.header, fresh(), jwksJson) },
+      {
+        name: 'unknown kid',
+        token: async () => signEdDsa({ ...good.header, kid: randomUUID() }, fresh(), (await generateKeyPair('EdDSA', { crv: 'Ed25519' })).privateKey),
+      },
+      { name: 'the real kid, another key', token: async () => signEdDsa(good.header, fresh(), (await generateKeyPair('EdDSA', { crv: 'Ed25519' })).privateKey) },
+      { name: 'payload tampered: sub names another host', token: () => withPayload(hostToken, { ...good.payload, sub: other.hostId }) },
+      { name: 'payload tampered: gen raised', token: () => withPayload(hostToken, { ...good.payload, gen: Number(good.payload.gen) + 5 }) },
+      { name: 'typ of an agent token (real key)', token: () => signEdDsa({ ...good.header, typ: 'tether-agent+jwt' }, fresh({ host: hostId }), key.privateKey) },
+      { name: 'wrong aud (real key)', token: () => signEdDsa(good.header, fresh({ aud: 'https://other.example' }), key.privateKey) },
+      { name: 'wrong iss (real key)', token: () => signEdDsa(good.header, fresh({ iss: 'not-tether' }), key.privateKey) },
+      { name: 'no exp (real key)', token: () => signEdDsa(good.header, without(fresh(), 'exp'), key.privateKey) },
+      { name: 'nbf an hour ahead (real key)', token: () => signEdDsa(good.header, fresh({ nbf: Number(good.payload.iat) + 3_600 }), key.privateKey) },
+      { name: 'a generation never issued (real key)', token: () => signEdDsa(good.header, fresh({ gen: Number(good.payload.gen) + 1 }), key.privateKey) },
+      { name: '16 KiB (real key)', token: () => signEdDsa(good.header, fresh({ pad: 'x'.repeat(12 * 1024) }), key.privateKey) },
+    ];
+    for (const { name, token } of bad) {
+      const status = await probeHostConnect(h.target, bearer(await token()));
+      expect(status.code, name).toBe(grpc.status.UNAUTHENTICATED);
+      // Never a final refusal for a forgery (it would tell a stale host to give up; here it only reaches the forger).
+      expect(status.metadata.get('tether-refusal'), name).toEqual([]);
+    }
+    expect(disconnects).toEqual([]);
+    expect(host.state).toBe('connected');
+    expect(h.cp.connectedHosts).toBe(1);
   });
 });

@@ -52,4 +52,32 @@ describe('ConnectLimiter', () => {
     expect(warnings).toHaveLength(1);
     expect(warnings[0]).toMatchObject({ failures: 100 });
   });
+
+  it('keeps its table bounded when every one of 100,000 distinct identities is heard and fails (oldest forgotten first)', () => {
+    const clock = new FakeClock();
+    const logs = new LogCapture();
+    // A budget no flood reaches in one window: every failure is recorded, so only eviction bounds the table.
+    const l = new ConnectLimiter({ clock, logger: logs.logger, windowMs: 10_000, maxFailuresPerIdentity: 3, globalBudget: 1_000_000, maxEntries: 1_000 });
+    let peak = 0;
+    for (let i = 0; i < 100_000; i++) {
+      const identity = `attacker-${i}`;
+      expect(l.isRefused(identity)).toBe(false);
+      l.recordFailure(identity);
+      peak = Math.max(peak, l.trackedIdentities);
+    }
+    expect(peak).toBe(1_000);
+    // The newest are remembered (refused after their own limit); the oldest were forgotten.
+    for (let k = 0; k < 2; k++) l.recordFailure('attacker-99999');
+    expect(l.isRefused('attacker-99999')).toBe(true);
+    for (let k = 0; k < 2; k++) l.recordFailure('attacker-0');
+    expect(l.isRefused('attacker-0')).toBe(false);
+  });
+
+  it('keeps the table of recently good identities bounded too', () => {
+    const clock = new FakeClock();
+    const l = limiter(clock);
+    for (let i = 0; i < 100_000; i++) l.recordSuccess(`host-${i}`);
+    expect(l.trustedIdentities).toBe(1_000);
+    expect(l.trackedIdentities).toBe(0);
+  });
 });
