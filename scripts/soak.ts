@@ -1,0 +1,721 @@
+/**
+ * `npm run soak -- --minutes N [--seed S] [--storm-hosts N]`: the chaos soak.
+ *
+ * What runs: `control-plane serve` as a child process (bin/control-plane.js, a
+ * data directory in a temp folder, short agent TTL, real clock), and in this
+ * process several agent hosts, each on a channel of its own and through a
+ * fault proxy of its own, with module agents that record every message they
+ * are given and keep making tool calls (WhoAmI and Heartbeat as themselves,
+ * now and then a Heartbeat for another agent, which must be refused). A sender
+ * keeps a steady load of messages going (idempotency keys, retries).
+ *
+ * What breaks, at seeded random moments (the seed is printed; --seed replays
+ * the schedule): SIGKILL and restart of the control plane (same port, same data
+ * directory); a host crash (its proxy closed at once and every agent of it
+ * dead on the spot, a new host started from the same data directory: the
+ * agents start again there, so what the dead ones had taken may come again);
+ * a cut of one host's connections; a blackhole shorter than a third of the TTL;
+ * a signing-key rotation; a forced rotation of every agent. The first phase
+ * has every kind; the second has all but control-plane restarts, so the
+ * control plane's memory is compared across a stretch one process lived.
+ *
+ * Who judges: an independent ledger of what the sender was told and what the
+ * agents received and saw (scripts/soak/ledger.ts). A 401 counts against the
+ * promise unless the agent's host was cut off from the control plane for more
+ * than a third of the TTL at some point in the TTL before it (its stream not
+ * welcomed, or its link blackholed): see scripts/soak/reachability.ts. Memory:
+ * heap after a full collection, RSS and open descriptors (/proc/<pid>/fd) of
+ * this process and the control plane, at quiet points (no fault active, load
+ * paused, every message delivered, after GC). Exits 1 if any promise broke,
+ * if heap grew more than 20 % or descriptors by more than 5 between the last
+ * two quiet points, or if anything did not finish within its bound.
+ *
+ * Flags: --minutes (2), --seed, --hosts (3), --agents (30), --agent-ttl (60s),
+ * --rate (messages per second, 40), --storm-hosts (0: no storm), --keep (keep
+ * the temp folder), --heap-snapshots (both processes, at each quiet point). Every wait is bounded and a watchdog ends a soak that runs
+ * far past its time. Tokens never reach any output; the logs are checked.
+ */
+import { randomBytes, randomInt } from 'node:crypto';
+import { createWriteStream, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { Command, Option } from 'commander';
+import { pino } from 'pino';
+import { AgentHost } from '../agent-host/agent-host.js';
+import { FileHostCredentialStore } from '../agent-host/host-credential-store.js';
+import type { AgentContext, AgentModule } from '../agent-host/tools/agent-module.js';
+import { bearerInterceptor } from '../agent-host/tools/call-credentials.js';
+import { SystemClock } from '../common/clock.js';
+import { parseCount, parseDurationMs } from '../common/cli.js';
+import { TetherError } from '../common/errors.js';
+import { createLogger, type Logger } from '../common/logger.js';
+import { AdminServiceClient } from '../gen/tether/v1/admin.js';
+import { ControlPlaneProcess } from './support/control-plane-process.js';
+import { FaultProxy } from './support/fault-proxy.js';
+import { Ledger, type AgentInstance, type CallOutcome } from './soak/ledger.js';
+import { measureChild, measureSelf, mib, type MemorySnapshot } from './soak/memory.js';
+import { Reachability } from './soak/reachability.js';
+import { SeededRandom } from './soak/seeded-random.js';
+import { runStorm, type StormResult } from './soak/storm.js';
+import { codeOf, pause, unary, waitFor, within } from './soak/waiting.js';
+
+/** Bound on any one step (a restart, a reconnect, a quiet point's drain): only catches a hang. */
+const STEP_BOUND_MS = 120_000;
+/** Bound on one admin or send call. */
+const CALL_BOUND_MS = 15_000;
+/** Growth between the last two quiet points that fails the soak. */
+const MAX_HEAP_GROWTH = 0.2;
+const MAX_FD_GROWTH = 5;
+/** Anything shaped like a compact JWS: never allowed in a log. */
+const JWT_SHAPE = /eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*/;
+
+type FaultKind = 'cp-restart' | 'host-crash' | 'cut' | 'blackhole' | 'key-rotation' | 'rotate-all';
+const ALL_FAULTS: readonly FaultKind[] = ['cp-restart', 'host-crash', 'cut', 'blackhole', 'key-rotation', 'rotate-all'];
+
+interface SoakOptions {
+  minutes: number;
+  seed: number;
+  hosts: number;
+  agents: number;
+  agentTtlMs: number;
+  rate: number;
+  stormHosts: number;
+  isKeeping: boolean;
+  /** Heap snapshots of both processes at each quiet point, in the kept temp folder. */
+  isSnapshotting: boolean;
+}
+
+function parseOptions(argv: readonly string[]): SoakOptions {
+  const program = new Command('soak')
+    .description('Tether chaos soak')
+    .addOption(new Option('--minutes <n>', 'how long the chaos runs').default(2).argParser((v) => positive(v, '--minutes')))
+    .addOption(new Option('--seed <n>', 'seed of the fault schedule (printed; replays it)').argParser(parseCount))
+    .addOption(new Option('--hosts <n>', 'agent hosts').default(3).argParser(parseCount))
+    .addOption(new Option('--agents <n>', 'module agents over all hosts').default(30).argParser(parseCount))
+    .addOption(new Option('--agent-ttl <duration>', 'agent token lifetime').default(60_000, '60s').argParser(parseDurationMs))
+    .addOption(new Option('--rate <n>', 'messages per second, all agents together').default(40).argParser(parseCount))
+    .addOption(new Option('--storm-hosts <n>', 'after the chaos, a reconnect storm of this many hosts (0: none)').default(0).argParser(parseCount))
+    .addOption(new Option('--keep', 'keep the temp folder (data, logs) even if the soak passed'))
+    .addOption(new Option('--heap-snapshots', 'write heap snapshots of both processes at each quiet point (implies --keep)'))
+    .exitOverride();
+  program.parse(argv);
+  const flags = program.opts<{ minutes: number; seed?: number; hosts: number; agents: number; agentTtl: number; rate: number; stormHosts: number; keep?: boolean; heapSnapshots?: boolean }>();
+  if (flags.hosts < 1 || flags.agents < flags.hosts || flags.rate < 1) throw new Error('need at least one host, an agent per host and a rate of at least 1');
+  if (flags.agentTtl < 15_000) throw new Error('--agent-ttl must be at least 15s (blackholes are up to a third of it, minus margins)');
+  return {
+    minutes: flags.minutes,
+    seed: flags.seed ?? randomInt(0, 2 ** 31),
+    hosts: flags.hosts,
+    agents: flags.agents,
+    agentTtlMs: flags.agentTtl,
+    rate: flags.rate,
+    stormHosts: flags.stormHosts,
+    isKeeping: flags.keep === true || flags.heapSnapshots === true,
+    isSnapshotting: flags.heapSnapshots === true,
+  };
+}
+
+function positive(value: string, name: string): number {
+  const parsed = Number(value);
+  if (!Number.isFinite(parsed) || parsed <= 0) throw new Error(`${name} must be a positive number, got ${value}`);
+  return parsed;
+}
+
+/** One host position: its data directory survives the host crashing; its proxy and host are replaced. */
+interface HostSlot {
+  readonly index: number;
+  readonly dataDir: string;
+  readonly reach: Reachability;
+  hostId: string;
+  proxy: FaultProxy;
+  host: AgentHost;
+  incarnation: number;
+}
+
+/** A quiet point's figures. */
+interface QuietPoint {
+  name: string;
+  atMs: number;
+  soak: MemorySnapshot;
+  controlPlane: MemorySnapshot;
+}
+
+/**
+ * The steady message load: workers, each owning some agents and sending to
+ * them in turn, one batch at a time, so each agent's messages go in send
+ * order. A batch is retried with the same idempotency keys until it is in.
+ */
+class Load {
+  readonly #admin: AdminServiceClient;
+  readonly #ledger: Ledger;
+  readonly #agentIds: readonly string[];
+  readonly #rate: number;
+  readonly #random: SeededRandom;
+  readonly #nextIndex = new Map<string, number>();
+  readonly #workers: Promise<void>[] = [];
+  #isPaused = false;
+  #isStopped = false;
+  #inFlight = 0;
+  retries = 0;
+  readonly retryCodes = new Map<string, number>();
+
+  constructor(admin: AdminServiceClient, ledger: Ledger, agentIds: readonly string[], rate: number, random: SeededRandom) {
+    this.#admin = admin;
+    this.#ledger = ledger;
+    this.#agentIds = agentIds;
+    this.#rate = rate;
+    this.#random = random;
+  }
+
+  start(workers: number): void {
+    for (let w = 0; w < workers; w++) {
+      const mine = this.#agentIds.filter((_, i) => i % workers === w);
+      this.#workers.push(this.#work(mine, workers));
+    }
+  }
+
+  /** Stops starting batches and waits for those under way (bounded). */
+  async pause(): Promise<void> {
+    this.#isPaused = true;
+    await waitFor(() => this.#inFlight === 0, 'the sends under way to finish', STEP_BOUND_MS);
+  }
+
+  resume(): void {
+    this.#isPaused = false;
+  }
+
+  async stop(): Promise<void> {
+    this.#isStopped = true;
+    await within(Promise.all(this.#workers), 'the senders to stop', STEP_BOUND_MS);
+  }
+
+  async #work(agentIds: readonly string[], workers: number): Promise<void> {
+    for (let turn = 0; !this.#isStopped; turn++) {
+      if (this.#isPaused) {
+        await pause(50);
+        continue;
+      }
+      const agentId = agentIds[turn % agentIds.length];
+      if (agentId === undefined) return;
+      const count = this.#random.int(1, 3);
+      this.#inFlight++;
+      try {
+        await this.#sendBatch(agentId, count);
+      } finally {
+        this.#inFlight--;
+      }
+      // Paced so that all workers together send about `rate` messages a second.
+      await pause((count * workers * 1000) / this.#rate);
+    }
+  }
+
+  async #sendBatch(agentId: string, count: number): Promise<void> {
+    const first = this.#nextIndex.get(agentId) ?? 0;
+    const request = {
+      agentId,
+      messages: Array.from({ length: count }, (_, i) => ({ contentType: 'text/plain', payload: Ledger.payload(agentId, first + i), idempotencyKey: `${agentId}/${first + i}` })),
+    };
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const response = await unary(this.#admin.sendMessages.bind(this.#admin), request, CALL_BOUND_MS);
+        response.messages.forEach((sent, i) => this.#ledger.onSendConfirmed(agentId, first + i, sent.seq));
+        this.#nextIndex.set(agentId, first + count);
+        return;
+      } catch (err) {
+        // Retried with the same keys, however it failed: the outbox answers a repeat with the seq it gave.
+        this.retries++;
+        const code = grpc.status[codeOf(err) ?? grpc.status.UNKNOWN] ?? 'UNKNOWN';
+        this.retryCodes.set(code, (this.retryCodes.get(code) ?? 0) + 1);
+        if (this.#isStopped) return;
+        await pause(Math.min(2_000, 100 * 2 ** Math.min(attempt, 5)));
+      }
+    }
+  }
+}
+
+/** How a tool call ended, in the ledger's words. */
+function outcomeOf(err: unknown): CallOutcome {
+  if (!(err instanceof TetherError)) return 'other';
+  switch (err.code) {
+    case 'unauthenticated':
+    case 'token-expired':
+    case 'token-revoked':
+      return 'unauthenticated';
+    case 'permission-denied':
+      return 'permission-denied';
+    case 'unavailable':
+      return 'unavailable';
+    default:
+      return 'other';
+  }
+}
+
+/** Runs the soak; resolves with the exit code. */
+async function soak(options: SoakOptions, startedAtMs: number): Promise<number> {
+  const elapsed = (): number => Date.now() - startedAtMs;
+  const stamp = (): string => `[+${(elapsed() / 1000).toFixed(1)}s]`;
+  const say = (line: string): void => console.log(`${stamp()} ${line}`);
+  const { agentTtlMs } = options;
+  const totalMs = options.minutes * 60_000;
+  const warmupMs = Math.min(60_000, Math.max(10_000, totalMs * 0.12));
+  const phase1Ms = totalMs * 0.5;
+  const phase2Ms = Math.max(10_000, totalMs - warmupMs - phase1Ms);
+  const faults = SeededRandom.derived(options.seed, 'faults');
+  const loadRandom = SeededRandom.derived(options.seed, 'load');
+  console.log(
+    `soak: seed=${options.seed} minutes=${options.minutes} hosts=${options.hosts} agents=${options.agents} agent-ttl=${agentTtlMs / 1000}s rate=${options.rate}/s` +
+      ` (replay: npm run soak -- --minutes ${options.minutes} --seed ${options.seed})`,
+  );
+
+  const dir = mkdtempSync(join(tmpdir(), 'tether-soak-'));
+  const cpLogPath = join(dir, 'control-plane.log');
+  const hostLogPath = join(dir, 'hosts.log');
+  const cpLog = createWriteStream(cpLogPath, { flags: 'a' });
+  const hostLogDestination = pino.destination({ dest: hostLogPath, sync: false, mkdir: true });
+  const logger: Logger = createLogger({ level: 'info', destination: hostLogDestination, base: { service: 'soak-hosts' } });
+  const adminToken = randomBytes(32).toString('base64url');
+  const joinTokens: string[] = [];
+  const violations: string[] = [];
+  const fail = (what: string): void => {
+    violations.push(what);
+    say(`FAIL: ${what}`);
+  };
+
+  const startControlPlane = (listen: string): Promise<ControlPlaneProcess> =>
+    ControlPlaneProcess.start({
+      dataDir: join(dir, 'control-plane'),
+      adminToken,
+      listen,
+      env: {
+        TETHER_AGENT_TOKEN_TTL: String(agentTtlMs),
+        // Same machine, no skew: a small tolerance, so an expired token is refused about when it expires.
+        TETHER_CLOCK_TOLERANCE: '2000',
+        TETHER_HEARTBEAT_INTERVAL: '5000',
+      },
+      nodeArgs: ['--expose-gc', '--import', './scripts/support/memory-probe.mjs'],
+      hasIpc: true,
+      onLine: (line) => cpLog.write(`${line}\n`),
+      boundMs: STEP_BOUND_MS,
+    });
+  let cp = await startControlPlane('127.0.0.1:0');
+  const port = cp.port;
+  say(`control plane serving on 127.0.0.1:${port} (pid ${cp.pid}); data and logs in ${dir}`);
+  const admin = new AdminServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
+    interceptors: [bearerInterceptor({ get: () => adminToken })],
+    'grpc.initial_reconnect_backoff_ms': 100,
+    'grpc.max_reconnect_backoff_ms': 1_000,
+  });
+
+  const agentIds = Array.from({ length: options.agents }, (_, i) => `soak-${String(i).padStart(3, '0')}`);
+  const slots: HostSlot[] = [];
+  const slotOf = (agentId: string): number => agentIds.indexOf(agentId) % options.hosts;
+  const ledger = new Ledger(agentIds, (slot, atMs) => slots[slot]?.reach.isExcused(atMs) ?? true);
+  const instances = new Map<string, AgentInstance>();
+  let isShuttingDown = false;
+  const crashedHostClosings: Promise<void>[] = [];
+  const toolLoops = new Set<Promise<void>>();
+
+  /** The module every soak agent runs, bound to the host (slot and incarnation) that runs it. */
+  const soakModule = (slot: number, hostIncarnation: number): AgentModule => (context: AgentContext) => {
+    const instance = ledger.onInstanceStart(context.agentId, slot, hostIncarnation);
+    instances.set(context.agentId, instance);
+    const loop = toolCalls(context, instance).catch((err: unknown) => fail(`tool loop of ${context.agentId} threw: ${String(err)}`));
+    toolLoops.add(loop);
+    void loop.finally(() => toolLoops.delete(loop));
+    return {
+      onMessage: (message) => {
+        // A crashed host's agents take nothing more: they died with it.
+        if (instance.isDead) return Promise.reject(new Error('this agent died with its host'));
+        ledger.onReceipt(instance, message.seq, message.payload);
+        return Promise.resolve();
+      },
+      close: () => loop,
+    };
+  };
+
+  /** An agent's own tool calls, every 2–4 s while it lives. */
+  const toolCalls = async (context: AgentContext, instance: AgentInstance): Promise<void> => {
+    const random = SeededRandom.derived(options.seed, `${context.agentId}/${instance.slot}/${instance.hostIncarnation}`);
+    const others = agentIds.filter((id) => id !== context.agentId);
+    const isOver = (): boolean => context.signal.aborted || instance.isDead || isShuttingDown;
+    for (let round = 0; !isOver(); round++) {
+      await context.clock.sleep(random.int(2_000, 4_000), context.signal);
+      if (isOver()) return;
+      try {
+        const me = await context.agent.whoAmI({ signal: context.signal });
+        if (isOver()) return;
+        ledger.onToolCall(instance, 'as-itself', 'ok', elapsed());
+        if (me.agentId !== context.agentId) ledger.onWrongIdentity(instance, me.agentId);
+      } catch (err) {
+        if (isOver()) return;
+        ledger.onToolCall(instance, 'as-itself', outcomeOf(err), elapsed(), `(WhoAmI: ${err instanceof Error ? err.message : String(err)})`);
+      }
+      try {
+        await context.agent.heartbeat(context.agentId, { signal: context.signal });
+        if (isOver()) return;
+        ledger.onToolCall(instance, 'as-itself', 'ok', elapsed());
+      } catch (err) {
+        if (isOver()) return;
+        ledger.onToolCall(instance, 'as-itself', outcomeOf(err), elapsed(), `(Heartbeat: ${err instanceof Error ? err.message : String(err)})`);
+      }
+      if (round % 5 === 4 && others.length > 0) {
+        try {
+          await context.agent.heartbeat(random.pick(others), { signal: context.signal });
+          if (isOver()) return;
+          ledger.onToolCall(instance, 'as-another', 'ok', elapsed());
+        } catch (err) {
+          if (isOver()) return;
+          ledger.onToolCall(instance, 'as-another', outcomeOf(err), elapsed(), `(Heartbeat as another: ${err instanceof Error ? err.message : String(err)})`);
+        }
+      }
+    }
+  };
+
+  /** Starts a host for slot `index` (its first, or the one after a crash) through `proxy`. */
+  const startHost = (index: number, proxy: FaultProxy, joinToken: string | undefined, incarnation: number): AgentHost => {
+    const host = AgentHost.start({
+      target: proxy.target,
+      clock: new SystemClock(),
+      logger: logger.child({ slot: index, incarnation }),
+      credentialStore: new FileHostCredentialStore(join(dir, `host-${index}`)),
+      ...(joinToken === undefined ? {} : { joinToken }),
+      modules: new Map([['soak', soakModule(index, incarnation)]]),
+      channelOptions: { 'grpc.use_local_subchannel_pool': 1 },
+    });
+    // Only the slot's current host speaks for it (a crashed one is let go; its events mean nothing).
+    const isCurrent = (): boolean => slots[index]?.host === host;
+    host.events.on('connected', () => {
+      if (isCurrent()) slots[index]?.reach.setStreamUp(true, elapsed());
+    });
+    host.events.on('disconnected', () => {
+      if (isCurrent()) slots[index]?.reach.setStreamUp(false, elapsed());
+    });
+    host.events.on('heartbeat', (e) => {
+      if (!isCurrent() || isShuttingDown || e.isOk) return;
+      if (e.error instanceof TetherError && outcomeOf(e.error) === 'unauthenticated') ledger.onHostHeartbeatUnauthenticated(index, e.agentId, elapsed());
+    });
+    return host;
+  };
+
+  const allConnected = (): boolean => slots.every((s) => s.host.state === 'connected');
+  const agentsOfSlot = (index: number): string[] => agentIds.filter((id) => slotOf(id) === index);
+  const slotAgentsStarted = (slot: HostSlot): boolean =>
+    agentsOfSlot(slot.index).every((id) => {
+      const instance = instances.get(id);
+      return instance !== undefined && instance.slot === slot.index && instance.hostIncarnation === slot.incarnation;
+    });
+
+  // Hosts and agents.
+  for (let index = 0; index < options.hosts; index++) {
+    const enrolled = await unary(admin.enrollHost.bind(admin), { name: `soak-host-${index}`, joinTtlMs: 0 }, CALL_BOUND_MS);
+    joinTokens.push(enrolled.joinToken);
+    mkdirSync(join(dir, `host-${index}`), { recursive: true, mode: 0o700 });
+    const proxy = await FaultProxy.start({ targetPort: port });
+    slots.push({
+      index,
+      dataDir: join(dir, `host-${index}`),
+      reach: new Reachability(agentTtlMs, elapsed()),
+      hostId: enrolled.hostId,
+      proxy,
+      host: startHost(index, proxy, enrolled.joinToken, 1),
+      incarnation: 1,
+    });
+  }
+  await waitFor(allConnected, 'every host to connect', STEP_BOUND_MS);
+  for (const agentId of agentIds) {
+    const slot = slots[slotOf(agentId)] as HostSlot;
+    await unary(
+      admin.dispatchAgent.bind(admin),
+      { agentId, name: agentId, hostId: slot.hostId, hostLabels: [], spec: { kind: 'module', module: 'soak', command: '', args: [], config: '' } },
+      CALL_BOUND_MS,
+    );
+  }
+  await waitFor(() => slots.every(slotAgentsStarted), 'every agent to start', STEP_BOUND_MS);
+  say(`${options.hosts} hosts connected, ${options.agents} agents running`);
+
+  const load = new Load(admin, ledger, agentIds, options.rate, loadRandom);
+  load.start(Math.min(6, options.agents));
+
+  // Faults.
+  const faultCounts = new Map<FaultKind, number>();
+  let longestBlackholeMs = 0;
+  let longestCpDowntimeMs = 0;
+  const rotations = { ok: 0, notConnected: 0, other: 0 };
+
+  const crashHost = async (slot: HostSlot): Promise<void> => {
+    const oldHost = slot.host;
+    const oldProxy = slot.proxy;
+    // The new proxy first, so it cannot be given the port the old one frees.
+    const newProxy = await FaultProxy.start({ targetPort: port });
+    // One synchronous step: every agent of the host dies and its links are reset, as if the process died.
+    for (const id of agentsOfSlot(slot.index)) {
+      const instance = instances.get(id);
+      if (instance !== undefined && instance.slot === slot.index && instance.hostIncarnation === slot.incarnation) instance.isDead = true;
+    }
+    slot.reach.setStreamUp(false, elapsed());
+    const proxyClosed = oldProxy.close();
+    // The object itself is let go: its links are gone, so nothing it does any more reaches the control plane.
+    crashedHostClosings.push(proxyClosed.then(() => oldHost.close()));
+    slot.incarnation++;
+    slot.proxy = newProxy;
+    slot.host = startHost(slot.index, newProxy, undefined, slot.incarnation);
+    await waitFor(() => slot.host.state === 'connected' && slotAgentsStarted(slot), `host ${slot.index} to come back with its agents`, STEP_BOUND_MS);
+  };
+
+  const runFault = async (kind: FaultKind): Promise<void> => {
+    faultCounts.set(kind, (faultCounts.get(kind) ?? 0) + 1);
+    switch (kind) {
+      case 'cp-restart': {
+        say('fault: SIGKILL the control plane, restart it on the same port and data directory');
+        const downAtMs = performance.now();
+        cp.crash();
+        const exit = await within(cp.exited, 'the killed control plane to exit', STEP_BOUND_MS);
+        if (exit.signal !== 'SIGKILL') fail(`the control plane exited with ${JSON.stringify(exit)} instead of being killed`);
+        cp = await startControlPlane(`127.0.0.1:${port}`);
+        await waitFor(allConnected, 'every host back after the restart', STEP_BOUND_MS);
+        longestCpDowntimeMs = Math.max(longestCpDowntimeMs, performance.now() - downAtMs);
+        say(`  control plane back (pid ${cp.pid}); every host reconnected ${Math.round(performance.now() - downAtMs)} ms after the kill`);
+        return;
+      }
+      case 'host-crash': {
+        const slot = faults.pick(slots);
+        say(`fault: crash host ${slot.index} (incarnation ${slot.incarnation}); start a new one from its data directory`);
+        await crashHost(slot);
+        say(`  host ${slot.index} back as incarnation ${slot.incarnation}, its agents started again`);
+        return;
+      }
+      case 'cut': {
+        const slot = faults.pick(slots);
+        say(`fault: cut host ${slot.index}'s connections`);
+        slot.proxy.cutAll();
+        await waitFor(() => slot.host.state === 'connected' && slot.proxy.openConnections > 0, `host ${slot.index} to reconnect after the cut`, STEP_BOUND_MS);
+        return;
+      }
+      case 'blackhole': {
+        const slot = faults.pick(slots);
+        const ms = faults.int(2_000, Math.floor(agentTtlMs / 3) - 3_000);
+        say(`fault: blackhole host ${slot.index} for ${(ms / 1000).toFixed(1)} s (a third of the TTL is ${(agentTtlMs / 3000).toFixed(1)} s)`);
+        slot.proxy.blackhole();
+        slot.reach.setBlackholed(true, elapsed());
+        await pause(ms);
+        slot.proxy.heal();
+        slot.reach.setBlackholed(false, elapsed());
+        longestBlackholeMs = Math.max(longestBlackholeMs, ms);
+        await waitFor(() => slot.host.state === 'connected', `host ${slot.index} to be connected after the blackhole`, STEP_BOUND_MS);
+        return;
+      }
+      case 'key-rotation': {
+        const rotated = await unary(admin.rotateSigningKey.bind(admin), {}, CALL_BOUND_MS);
+        say(`fault: signing key rotated (new kid ${rotated.keyId}, the old one verifies until its tokens expire)`);
+        return;
+      }
+      case 'rotate-all': {
+        say(`fault: force a rotation of all ${agentIds.length} agents`);
+        await Promise.all(
+          agentIds.map(async (agentId) => {
+            try {
+              await unary(admin.rotateAgentCredential.bind(admin), { agentId }, CALL_BOUND_MS);
+              rotations.ok++;
+            } catch (err) {
+              if (codeOf(err) === grpc.status.FAILED_PRECONDITION) rotations.notConnected++;
+              else rotations.other++;
+            }
+          }),
+        );
+        return;
+      }
+    }
+  };
+
+  /** Faults at seeded random moments until `untilMs`; then any kind of `kinds` not yet seen in this run, so a short run covers them all. */
+  const chaos = async (kinds: readonly FaultKind[], untilMs: number): Promise<void> => {
+    let deck: FaultKind[] = [];
+    for (let n = 0; n < 10_000; n++) {
+      const gapMs = faults.int(2_000, 8_000);
+      if (elapsed() + gapMs >= untilMs) break;
+      await pause(gapMs);
+      if (deck.length === 0) deck = faults.shuffled(kinds);
+      const kind = deck.shift() as FaultKind;
+      await runFault(kind);
+    }
+    for (const kind of kinds) if ((faultCounts.get(kind) ?? 0) === 0) await runFault(kind);
+  };
+
+  let measureId = 0;
+  const quietPoints: QuietPoint[] = [];
+  const quietPoint = async (name: string): Promise<void> => {
+    await load.pause();
+    await waitFor(allConnected, `${name}: every host connected`, STEP_BOUND_MS);
+    try {
+      await waitFor(() => ledger.isAllDelivered(), `${name}: every message sent delivered`, STEP_BOUND_MS);
+      await waitFor(
+        async () => {
+          for (const agentId of agentIds) {
+            const pending = await unary(admin.listMessages.bind(admin), { agentId, state: 'pending', pageSize: 1, pageToken: '' }, CALL_BOUND_MS);
+            if (pending.messages.length > 0) return false;
+          }
+          return true;
+        },
+        `${name}: every outbox acknowledged`,
+        STEP_BOUND_MS,
+      );
+    } catch (err) {
+      fail(err instanceof Error ? err.message : String(err));
+    }
+    const snapshot = (which: string): string | undefined => (options.isSnapshotting ? join(dir, `${name}-${which}.heapsnapshot`) : undefined);
+    const point: QuietPoint = { name, atMs: elapsed(), soak: measureSelf(snapshot('soak')), controlPlane: await measureChild(cp, ++measureId, snapshot('control-plane')) };
+    quietPoints.push(point);
+    say(
+      `quiet point ${name}: soak heap ${mib(point.soak.heapUsedBytes)}, RSS ${mib(point.soak.rssBytes)}, ${point.soak.openFds} fds; ` +
+        `control plane (pid ${point.controlPlane.pid}) heap ${mib(point.controlPlane.heapUsedBytes)}, RSS ${mib(point.controlPlane.rssBytes)}, ${point.controlPlane.openFds} fds`,
+    );
+    load.resume();
+  };
+
+  await pause(warmupMs);
+  await quietPoint('start');
+  await chaos(ALL_FAULTS, elapsed() + phase1Ms);
+  await quietPoint('mid');
+  await chaos(
+    ALL_FAULTS.filter((kind) => kind !== 'cp-restart'),
+    elapsed() + phase2Ms,
+  );
+  await quietPoint('end');
+  await load.stop();
+
+  let storm: StormResult | undefined;
+  if (options.stormHosts > 0) {
+    say(`reconnect storm: ${options.stormHosts} hosts, each on its own connection, through one proxy`);
+    storm = await runStorm({ hosts: options.stormHosts, controlPlanePort: port, admin, logger: logger.child({ storm: true }), boundMs: Math.max(STEP_BOUND_MS, options.stormHosts * 200) });
+    say(
+      `  storm: ${storm.back}/${storm.hosts} back, reconnect min ${storm.reconnectMs.min} ms, median ${storm.reconnectMs.median} ms, max ${storm.reconnectMs.max} ms; ` +
+        `${storm.adminCalls} ListHosts calls (${storm.adminFailures} failed); agents started again ${storm.agentsStartedAgain}, incarnations changed ${storm.incarnationsChanged}`,
+    );
+    if (storm.back !== storm.hosts) fail(`storm: only ${storm.back} of ${storm.hosts} hosts came back`);
+    if (storm.agentsStartedAgain > 0 || storm.incarnationsChanged > 0) fail(`storm: agents restarted (${storm.agentsStartedAgain} started again, ${storm.incarnationsChanged} incarnations changed)`);
+    if (storm.adminFailures > 0) fail(`storm: ${storm.adminFailures} ListHosts calls failed`);
+    for (const problem of storm.problems) fail(`storm: ${problem}`);
+  }
+
+  // Shutdown: hosts gracefully, then the control plane with SIGTERM (it must exit 0).
+  isShuttingDown = true;
+  for (const slot of slots) await within(slot.host.close(), `host ${slot.index} to close`, STEP_BOUND_MS);
+  await within(Promise.all(crashedHostClosings), 'crashed hosts to be let go', STEP_BOUND_MS);
+  await within(Promise.all([...toolLoops]), 'agent tool loops to end', STEP_BOUND_MS);
+  for (const slot of slots) await slot.proxy.close();
+  admin.close();
+  const exit = await cp.stop();
+  if (exit.code !== 0) fail(`the control plane exited with ${JSON.stringify(exit)} on SIGTERM: ${cp.stderrText().trim().slice(-500)}`);
+  await new Promise<void>((resolve) => cpLog.end(() => resolve()));
+  logger.flush();
+  try {
+    hostLogDestination.flushSync();
+  } catch {
+    // Not open yet: nothing was written.
+  }
+
+  // Logs: no token, no admin or join token, anywhere.
+  const logs = `${readFileSync(cpLogPath, 'utf8')}\n${readFileSync(hostLogPath, 'utf8')}`;
+  if (JWT_SHAPE.test(logs)) fail('a log holds something JWT-shaped');
+  if (logs.includes(adminToken) || joinTokens.some((t) => logs.includes(t))) fail('a log holds the admin token or a join token');
+  const cpErrors = readFileSync(cpLogPath, 'utf8')
+    .split('\n')
+    .filter((line) => /"level":(50|60)/.test(line)).length;
+
+  // The verdict.
+  ledger.finish();
+  const c = ledger.counts;
+  const check = (count: number, what: string): void => {
+    if (count > 0) fail(`${count} ${what}`);
+  };
+  check(c.messagesLost, 'messages lost');
+  check(c.seqsMissing, 'seqs never delivered though later ones were');
+  check(c.outOfOrder, 'messages out of order');
+  check(c.duplicatedIntoAgent, 'messages duplicated into an agent while its host lived');
+  check(c.misdelivered, "messages delivered to an agent they were not for");
+  check(c.contentMismatches, 'messages whose seq carried another message');
+  check(c.sendOrderMismatches, 'sends given seqs out of send order');
+  check(c.restartsWhileHostLived, 'agents started again while their host lived');
+  check(c.unauthenticatedCounted, 'tool calls refused UNAUTHENTICATED while their host reached the control plane');
+  check(c.hostHeartbeatUnauthenticatedCounted, 'host heartbeats refused UNAUTHENTICATED while the host reached the control plane');
+  check(c.refusedAsItself, 'tool calls refused PERMISSION_DENIED though the agent acted as itself');
+  check(c.wrongIdentity, 'WhoAmI answers naming another agent');
+  check(c.actedAsAnother, 'calls as another agent accepted');
+  const [mid, end] = [quietPoints.at(-2), quietPoints.at(-1)];
+  const growth: string[] = [];
+  if (mid !== undefined && end !== undefined) {
+    for (const which of ['soak', 'controlPlane'] as const) {
+      const before = mid[which];
+      const after = end[which];
+      const heapGrowth = after.heapUsedBytes / before.heapUsedBytes - 1;
+      const fdGrowth = after.openFds - before.openFds;
+      const label = which === 'soak' ? 'soak process' : 'control plane';
+      growth.push(`${label}: heap ${(heapGrowth * 100).toFixed(1)} %, fds ${fdGrowth >= 0 ? '+' : ''}${fdGrowth}`);
+      if (before.pid !== after.pid) fail(`${label}: the quiet points ${mid.name} and ${end.name} are of different processes`);
+      if (heapGrowth > MAX_HEAP_GROWTH) fail(`${label}: heap grew ${(heapGrowth * 100).toFixed(1)} % between quiet points ${mid.name} and ${end.name}`);
+      if (fdGrowth > MAX_FD_GROWTH) fail(`${label}: ${fdGrowth} more open descriptors between quiet points ${mid.name} and ${end.name}`);
+    }
+  }
+
+  const faultLine = ALL_FAULTS.map((kind) => `${kind}×${faultCounts.get(kind) ?? 0}`).join(' ');
+  const lines = [
+    '',
+    `soak summary (seed ${options.seed}; replay: npm run soak -- --minutes ${options.minutes} --seed ${options.seed})`,
+    `  ran ${(elapsed() / 60_000).toFixed(1)} min: ${options.hosts} hosts, ${options.agents} agents, agent TTL ${agentTtlMs / 1000} s (a third: ${(agentTtlMs / 3000).toFixed(1)} s)`,
+    `  faults: ${faultLine}; longest blackhole ${(longestBlackholeMs / 1000).toFixed(1)} s; longest control-plane outage ${(longestCpDowntimeMs / 1000).toFixed(1)} s (kill to every host back)`,
+    `  forced rotations: ${rotations.ok} ok, ${rotations.notConnected} refused (host not connected), ${rotations.other} other`,
+    `  longest outage per host: ${slots.map((s) => `${s.index}: ${(s.reach.longestOutageMs(elapsed()) / 1000).toFixed(1)} s`).join(', ')}`,
+    `  messages: sent ${c.messagesSent}, delivered ${c.messagesDelivered}, lost ${c.messagesLost} (+${c.seqsMissing} seqs missing), out of order ${c.outOfOrder}, ` +
+      `duplicated into an agent ${c.duplicatedIntoAgent}, redelivered after a host crash ${c.redeliveredAfterHostCrash} (seq already seen, counted apart), ` +
+      `misdelivered ${c.misdelivered}, delivered though their send was unconfirmed ${c.deliveredUnconfirmed}; send retries ${load.retries} (${[...load.retryCodes].map(([k, v]) => `${k}×${v}`).join(', ') || 'none'})`,
+    `  agents: started again after a host crash ${c.restartsAfterHostCrash}, started again while their host lived ${c.restartsWhileHostLived}`,
+    `  tool calls: made ${c.toolCalls} (ok ${c.toolCallsOk}, unavailable ${c.toolCallsUnavailable}, other ${c.toolCallsOther}); UNAUTHENTICATED counted against the promise ${c.unauthenticatedCounted}, ` +
+      `excused ${c.unauthenticatedExcused} (host cut off > TTL/3 within the TTL before); host heartbeats UNAUTHENTICATED ${c.hostHeartbeatUnauthenticatedCounted} (+${c.hostHeartbeatUnauthenticatedExcused} excused)`,
+    `  identity: refused as itself ${c.refusedAsItself}, WhoAmI named another ${c.wrongIdentity}, calls as another agent ${c.crossAgentAttempts} (refused ${c.crossAgentRefused}, accepted ${c.actedAsAnother})`,
+    ...quietPoints.map(
+      (q) =>
+        `  memory at ${q.name} (+${(q.atMs / 1000).toFixed(0)} s): soak heap ${mib(q.soak.heapUsedBytes)}, RSS ${mib(q.soak.rssBytes)}, ${q.soak.openFds} fds; ` +
+        `control plane pid ${q.controlPlane.pid} heap ${mib(q.controlPlane.heapUsedBytes)}, RSS ${mib(q.controlPlane.rssBytes)}, ${q.controlPlane.openFds} fds`,
+    ),
+    `  growth ${mid?.name ?? '?'} → ${end?.name ?? '?'} (limits: heap ${MAX_HEAP_GROWTH * 100} %, fds +${MAX_FD_GROWTH}): ${growth.join('; ')}`,
+    `  control plane: ${cpErrors} error lines in its log; exit on SIGTERM ${JSON.stringify(exit)}`,
+    ...(storm === undefined ? [] : [`  storm: ${storm.back}/${storm.hosts} back; reconnect min/median/max ${storm.reconnectMs.min}/${storm.reconnectMs.median}/${storm.reconnectMs.max} ms; ListHosts ${storm.adminCalls} (${storm.adminFailures} failed)`]),
+    ...ledger.incidents.slice(0, 20).map((text) => `  incident: ${text}`),
+    violations.length === 0 ? '  verdict: PASS' : `  verdict: FAIL (${violations.length}): ${violations.join('; ')}`,
+  ];
+  console.log(lines.join('\n'));
+  if (violations.length === 0 && !options.isKeeping) rmSync(dir, { recursive: true, force: true });
+  else console.log(`  data and logs kept in ${dir}`);
+  return violations.length === 0 ? 0 : 1;
+}
+
+async function main(): Promise<void> {
+  const startedAtMs = Date.now();
+  let options: SoakOptions;
+  try {
+    options = parseOptions(process.argv);
+  } catch (err) {
+    console.error(`soak: ${err instanceof Error ? err.message : String(err)}`);
+    process.exitCode = 2;
+    return;
+  }
+  // The watchdog: a soak that runs far past its time is a hang, and fails.
+  const watchdogMs = options.minutes * 60_000 * 2 + 15 * 60_000 + options.stormHosts * 1_000;
+  const watchdog = setTimeout(() => {
+    console.error(`soak: still running after ${Math.round(watchdogMs / 60_000)} min; giving up (seed ${options.seed})`);
+    process.exit(1);
+  }, watchdogMs);
+  watchdog.unref();
+  try {
+    process.exitCode = await soak(options, startedAtMs);
+  } catch (err) {
+    console.error(`soak: failed (seed ${options.seed}):`, err);
+    process.exitCode = 1;
+  }
+  clearTimeout(watchdog);
+  // Whatever grpc-js or a crashed host still holds must not keep the process alive past the verdict.
+  setTimeout(() => process.exit(), 2_000).unref();
+}
+
+await main();

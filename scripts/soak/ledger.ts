@@ -1,0 +1,326 @@
+/**
+ * The soak's independent checker. It knows only what the sender was told
+ * (which seq each message it sent got) and what each agent instance actually
+ * received and saw from its tool calls; it never asks the control plane what
+ * happened. Per-message records live in typed arrays, outside the V8 heap, so
+ * the soak's own heap measurement is not the ledger growing.
+ */
+
+/** A growable column of 32-bit integers (0 where nothing was set). */
+class IntColumn {
+  #data = new Int32Array(1024);
+
+  get(index: number): number {
+    return index < this.#data.length ? (this.#data[index] ?? 0) : 0;
+  }
+
+  set(index: number, value: number): void {
+    if (index >= this.#data.length) {
+      let length = this.#data.length;
+      while (length <= index) length *= 2;
+      const grown = new Int32Array(length);
+      grown.set(this.#data);
+      this.#data = grown;
+    }
+    this.#data[index] = value;
+  }
+}
+
+/** One run of one agent: what a module instance on one host incarnation saw. */
+export interface AgentInstance {
+  readonly agentId: string;
+  readonly slot: number;
+  readonly hostIncarnation: number;
+  /** Started because its host crashed and a new one took over (redeliveries are then expected). */
+  readonly isAfterHostCrash: boolean;
+  /** Its host crashed: it takes nothing more, and nothing it sees counts. */
+  isDead: boolean;
+  firstSeq: number;
+  lastSeq: number;
+}
+
+/** Everything the checker keeps about one agent. */
+class AgentRecord {
+  /** index (send order) → seq the outbox gave it; 0 while unconfirmed. */
+  readonly seqOfIndex = new IntColumn();
+  confirmed = 0;
+  /** seq → receipts into the agent (all instances). */
+  readonly receipts = new IntColumn();
+  /** seq → index + 1, from the payload of its first receipt. */
+  readonly indexAtSeq = new IntColumn();
+  maxSeqSeen = 0;
+  uniqueDelivered = 0;
+  /** Every confirmed message below this index is known to have arrived. */
+  deliveredPrefix = 0;
+  current: AgentInstance | undefined;
+}
+
+/** How a tool call ended, as the agent saw it (after the tool library's one retry on UNAUTHENTICATED). */
+export type CallOutcome = 'ok' | 'unauthenticated' | 'permission-denied' | 'unavailable' | 'other';
+
+/** The counts the summary prints and the verdict is drawn from. */
+export interface LedgerCounts {
+  messagesSent: number;
+  messagesDelivered: number;
+  messagesLost: number;
+  seqsMissing: number;
+  outOfOrder: number;
+  duplicatedIntoAgent: number;
+  redeliveredAfterHostCrash: number;
+  misdelivered: number;
+  contentMismatches: number;
+  sendOrderMismatches: number;
+  deliveredUnconfirmed: number;
+  restartsWhileHostLived: number;
+  restartsAfterHostCrash: number;
+  toolCalls: number;
+  toolCallsOk: number;
+  toolCallsUnavailable: number;
+  toolCallsOther: number;
+  unauthenticatedCounted: number;
+  unauthenticatedExcused: number;
+  hostHeartbeatUnauthenticatedCounted: number;
+  hostHeartbeatUnauthenticatedExcused: number;
+  refusedAsItself: number;
+  wrongIdentity: number;
+  crossAgentAttempts: number;
+  crossAgentRefused: number;
+  actedAsAnother: number;
+}
+
+/** The checker. */
+export class Ledger {
+  readonly #agents = new Map<string, AgentRecord>();
+  readonly #isExcused: (slot: number, atMs: number) => boolean;
+  readonly counts: LedgerCounts = {
+    messagesSent: 0,
+    messagesDelivered: 0,
+    messagesLost: 0,
+    seqsMissing: 0,
+    outOfOrder: 0,
+    duplicatedIntoAgent: 0,
+    redeliveredAfterHostCrash: 0,
+    misdelivered: 0,
+    contentMismatches: 0,
+    sendOrderMismatches: 0,
+    deliveredUnconfirmed: 0,
+    restartsWhileHostLived: 0,
+    restartsAfterHostCrash: 0,
+    toolCalls: 0,
+    toolCallsOk: 0,
+    toolCallsUnavailable: 0,
+    toolCallsOther: 0,
+    unauthenticatedCounted: 0,
+    unauthenticatedExcused: 0,
+    hostHeartbeatUnauthenticatedCounted: 0,
+    hostHeartbeatUnauthenticatedExcused: 0,
+    refusedAsItself: 0,
+    wrongIdentity: 0,
+    crossAgentAttempts: 0,
+    crossAgentRefused: 0,
+    actedAsAnother: 0,
+  };
+  /** The first few things that went wrong, described (no token ever). */
+  readonly incidents: string[] = [];
+
+  /** `isExcused(slot, atMs)`: whether a 401 on that host's agent at that moment falls outside the promise. */
+  constructor(agentIds: readonly string[], isExcused: (slot: number, atMs: number) => boolean) {
+    for (const agentId of agentIds) this.#agents.set(agentId, new AgentRecord());
+    this.#isExcused = isExcused;
+  }
+
+  /** The payload the sender puts in the `index`-th message to `agentId`. */
+  static payload(agentId: string, index: number): Buffer {
+    return Buffer.from(`${agentId}#${index}`, 'utf8');
+  }
+
+  /** A module instance of `agentId` started on host `slot`, incarnation `hostIncarnation`. */
+  onInstanceStart(agentId: string, slot: number, hostIncarnation: number): AgentInstance {
+    const record = this.#record(agentId);
+    const previous = record.current;
+    let isAfterHostCrash = false;
+    if (previous !== undefined) {
+      if (previous.slot === slot && previous.hostIncarnation === hostIncarnation) {
+        this.counts.restartsWhileHostLived++;
+        this.#incident(`${agentId} started again on host ${slot}#${hostIncarnation}, which had it running`);
+      } else {
+        isAfterHostCrash = previous.isDead;
+        this.counts.restartsAfterHostCrash++;
+      }
+    }
+    const instance: AgentInstance = { agentId, slot, hostIncarnation, isAfterHostCrash, isDead: false, firstSeq: 0, lastSeq: 0 };
+    record.current = instance;
+    return instance;
+  }
+
+  /** What an instance received (its host passed it the message; it takes it). */
+  onReceipt(instance: AgentInstance, seq: number, payload: Uint8Array): void {
+    if (instance.isDead) return;
+    const record = this.#record(instance.agentId);
+    const text = Buffer.from(payload).toString('utf8');
+    const hash = text.lastIndexOf('#');
+    const addressee = text.slice(0, hash);
+    const index = Number(text.slice(hash + 1));
+    if (addressee !== instance.agentId || !Number.isSafeInteger(index)) {
+      this.counts.misdelivered++;
+      this.#incident(`${instance.agentId} received seq ${seq} addressed to ${addressee}`);
+      return;
+    }
+    const count = record.receipts.get(seq) + 1;
+    record.receipts.set(seq, count);
+    if (count === 1) {
+      record.uniqueDelivered++;
+      record.indexAtSeq.set(seq, index + 1);
+    } else {
+      if (record.indexAtSeq.get(seq) !== index + 1) {
+        this.counts.contentMismatches++;
+        this.#incident(`${instance.agentId} seq ${seq} came with message ${index}, earlier with ${record.indexAtSeq.get(seq) - 1}`);
+      }
+      const isSeenByThisInstance = instance.firstSeq !== 0 && seq >= instance.firstSeq && seq <= instance.lastSeq;
+      if (!isSeenByThisInstance && instance.isAfterHostCrash) {
+        this.counts.redeliveredAfterHostCrash++;
+      } else {
+        this.counts.duplicatedIntoAgent++;
+        this.#incident(`${instance.agentId} received seq ${seq} again on host ${instance.slot}#${instance.hostIncarnation}`);
+      }
+    }
+    if (instance.firstSeq === 0) {
+      if (seq > record.maxSeqSeen + 1) {
+        this.counts.outOfOrder++;
+        this.#incident(`${instance.agentId} started at seq ${seq}, past ${record.maxSeqSeen + 1}`);
+      }
+      instance.firstSeq = seq;
+    } else if (seq !== instance.lastSeq + 1) {
+      this.counts.outOfOrder++;
+      this.#incident(`${instance.agentId} received seq ${seq} after ${instance.lastSeq}`);
+    }
+    instance.lastSeq = Math.max(instance.lastSeq, seq);
+    record.maxSeqSeen = Math.max(record.maxSeqSeen, seq);
+  }
+
+  /** The sender's send of message `index` to `agentId` was answered with `seq`. */
+  onSendConfirmed(agentId: string, index: number, seq: number): void {
+    const record = this.#record(agentId);
+    if (record.seqOfIndex.get(index) === 0) this.counts.messagesSent++;
+    record.seqOfIndex.set(index, seq);
+    record.confirmed = Math.max(record.confirmed, index + 1);
+  }
+
+  /** Messages the sender has had confirmed for `agentId`. */
+  confirmed(agentId: string): number {
+    return this.#record(agentId).confirmed;
+  }
+
+  /** Whether every confirmed message of every agent has reached it at least once. */
+  isAllDelivered(): boolean {
+    for (const record of this.#agents.values()) {
+      while (record.deliveredPrefix < record.confirmed && record.receipts.get(record.seqOfIndex.get(record.deliveredPrefix)) > 0) record.deliveredPrefix++;
+      if (record.deliveredPrefix < record.confirmed) return false;
+    }
+    return true;
+  }
+
+  /** A tool call the agent made as itself (`expected`: what it should see) ended with `outcome`. */
+  onToolCall(instance: AgentInstance, kind: 'as-itself' | 'as-another', outcome: CallOutcome, atMs: number, detail = ''): void {
+    if (instance.isDead) return;
+    this.counts.toolCalls++;
+    if (kind === 'as-another') {
+      this.counts.crossAgentAttempts++;
+      if (outcome === 'permission-denied') {
+        this.counts.crossAgentRefused++;
+        return;
+      }
+      if (outcome === 'ok') {
+        this.counts.actedAsAnother++;
+        this.#incident(`${instance.agentId} acted as another agent`);
+        return;
+      }
+    }
+    switch (outcome) {
+      case 'ok':
+        this.counts.toolCallsOk++;
+        return;
+      case 'unauthenticated':
+        if (this.#isExcused(instance.slot, atMs)) this.counts.unauthenticatedExcused++;
+        else {
+          this.counts.unauthenticatedCounted++;
+          this.#incident(`${instance.agentId} on host ${instance.slot} got UNAUTHENTICATED at +${atMs} ms ${detail}`);
+        }
+        return;
+      case 'permission-denied':
+        this.counts.refusedAsItself++;
+        this.#incident(`${instance.agentId} refused acting as itself ${detail}`);
+        return;
+      case 'unavailable':
+        this.counts.toolCallsUnavailable++;
+        return;
+      default:
+        this.counts.toolCallsOther++;
+        this.#incident(`${instance.agentId}: ${detail}`);
+    }
+  }
+
+  /** WhoAmI named someone else. */
+  onWrongIdentity(instance: AgentInstance, named: string): void {
+    if (instance.isDead) return;
+    this.counts.wrongIdentity++;
+    this.#incident(`${instance.agentId} was told it is ${named}`);
+  }
+
+  /** The host's own heartbeat loop for an agent on `slot` got UNAUTHENTICATED. */
+  onHostHeartbeatUnauthenticated(slot: number, agentId: string, atMs: number): void {
+    if (this.#isExcused(slot, atMs)) this.counts.hostHeartbeatUnauthenticatedExcused++;
+    else {
+      this.counts.hostHeartbeatUnauthenticatedCounted++;
+      this.#incident(`host ${slot}'s heartbeat for ${agentId} got UNAUTHENTICATED at +${atMs} ms`);
+    }
+  }
+
+  /** Final accounting, once the load has stopped and delivery has settled. Idempotent. */
+  finish(): void {
+    const c = this.counts;
+    c.messagesDelivered = 0;
+    c.messagesLost = 0;
+    c.seqsMissing = 0;
+    c.sendOrderMismatches = 0;
+    c.deliveredUnconfirmed = 0;
+    for (const [agentId, record] of this.#agents) {
+      c.messagesDelivered += record.uniqueDelivered;
+      let previousSeq = 0;
+      for (let index = 0; index < record.confirmed; index++) {
+        const seq = record.seqOfIndex.get(index);
+        if (seq === 0) continue;
+        if (seq <= previousSeq) {
+          c.sendOrderMismatches++;
+          this.#incident(`${agentId}: message ${index} got seq ${seq}, after seq ${previousSeq}`);
+        }
+        previousSeq = seq;
+        if (record.receipts.get(seq) === 0) {
+          c.messagesLost++;
+          this.#incident(`${agentId}: message ${index} (seq ${seq}) never arrived`);
+        } else if (record.indexAtSeq.get(seq) !== index + 1) {
+          c.contentMismatches++;
+          this.#incident(`${agentId}: seq ${seq} carried message ${record.indexAtSeq.get(seq) - 1}, not ${index}`);
+        }
+      }
+      for (let seq = 1; seq <= record.maxSeqSeen; seq++) {
+        if (record.receipts.get(seq) === 0) {
+          c.seqsMissing++;
+          this.#incident(`${agentId}: seq ${seq} never arrived though later ones did`);
+        } else if (record.indexAtSeq.get(seq) - 1 >= record.confirmed) {
+          c.deliveredUnconfirmed++;
+        }
+      }
+    }
+  }
+
+  #record(agentId: string): AgentRecord {
+    const record = this.#agents.get(agentId);
+    if (record === undefined) throw new Error(`no agent ${agentId} in the ledger`);
+    return record;
+  }
+
+  #incident(text: string): void {
+    if (this.incidents.length < 50) this.incidents.push(text);
+  }
+}
