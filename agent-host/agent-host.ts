@@ -186,17 +186,12 @@ export class AgentHost {
     const wasRefused = this.#state === 'refused';
     this.#state = 'closed';
     await this.#stopAllAgents('host shutting down');
-    // Flush the agents' last events and acks, then half-close and let the control plane end
-    // the stream; cut it only if that takes longer than a short grace.
+    // Hand the agents' last events and acks to the stream before closing it.
     await this.#writer?.whenBelow(1);
     this.#closing.abort();
-    if (!wasRefused && this.#call !== undefined) {
-      const call = this.#call;
-      call.end();
-      const grace = new AbortController();
-      await Promise.race([this.done, this.#options.clock.sleep(2_000, grace.signal)]);
-      grace.abort();
-      call.cancel();
+    if (!wasRefused) {
+      this.#call?.end();
+      this.#call?.cancel();
     }
     await this.done;
     await this.#expiry;
