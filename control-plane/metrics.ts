@@ -1,5 +1,5 @@
 import { Counter, Gauge, Registry } from 'prom-client';
-import type { ControlPlaneEvents } from './events.js';
+import type { ControlPlaneEventMap, ControlPlaneEvents } from './events.js';
 import type { HostSessions } from './hosts/host-session.js';
 import type { Store } from './store/store.js';
 
@@ -56,27 +56,21 @@ export function createMetrics(options: MetricsOptions): { registry: Registry; cl
   });
   const rejects = new Counter({ name: 'tether_envelopes_rejected_total', help: 'Host envelopes answered with Reject.', labelNames: ['what'], registers: [registry] });
 
-  const onCredential = (e: { agentId: string }): void => credentials.inc({ kind: e.agentId === '' ? 'host' : 'agent' });
-  const onAcked = (e: { count: number }): void => acked.inc(e.count);
-  const onDead = (): void => dead.inc();
-  const onHeartbeat = (): void => heartbeats.inc();
-  const onAuthFailure = (e: { principal: string; reason: string }): void => authFailures.inc({ principal: e.principal, reason: e.reason });
-  const onReject = (e: { what: string }): void => rejects.inc({ what: e.what });
-  events.on('credential-issued', onCredential);
-  events.on('message-acked', onAcked);
-  events.on('dead-letter', onDead);
-  events.on('heartbeat', onHeartbeat);
-  events.on('auth-failure', onAuthFailure);
-  events.on('reject', onReject);
+  // Each subscription with its removal, so close() undoes exactly what was done here.
+  const subscriptions: [keyof ControlPlaneEventMap, (event: never) => void][] = [
+    ['credential-issued', (e: { agentId: string }) => credentials.inc({ kind: e.agentId === '' ? 'host' : 'agent' })],
+    ['message-acked', (e: { count: number }) => acked.inc(e.count)],
+    ['dead-letter', () => dead.inc()],
+    ['heartbeat', () => heartbeats.inc()],
+    ['auth-failure', (e: { principal: string; reason: string }) => authFailures.inc({ principal: e.principal, reason: e.reason })],
+    ['reject', (e: { what: string }) => rejects.inc({ what: e.what })],
+  ];
+  const emitter = events as unknown as { on(name: string, listener: (event: never) => void): void; off(name: string, listener: (event: never) => void): void };
+  for (const [name, listener] of subscriptions) emitter.on(name, listener);
   return {
     registry,
     close: () => {
-      events.off('credential-issued', onCredential);
-      events.off('message-acked', onAcked);
-      events.off('dead-letter', onDead);
-      events.off('heartbeat', onHeartbeat);
-      events.off('auth-failure', onAuthFailure);
-      events.off('reject', onReject);
+      for (const [name, listener] of subscriptions) emitter.off(name, listener);
     },
   };
 }

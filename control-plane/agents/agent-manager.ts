@@ -346,11 +346,6 @@ export class AgentManager {
     }
   }
 
-  /** A host's stream ended: its agents keep running there; nothing is rotated until it is back. */
-  onHostDisconnected(hostId: string, agentIds: readonly string[]): void {
-    for (const agentId of agentIds) this.#scheduler.unschedule(agentId);
-    this.#logger.debug({ hostId }, 'host agents unscheduled until it reconnects');
-  }
 
   /** Applies an AgentEvent from a host. */
   async onAgentEvent(session: HostSession, event: AgentEvent): Promise<void> {
