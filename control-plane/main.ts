@@ -1,6 +1,7 @@
 import { Command, Option } from 'commander';
 import { parseCount, parseDurationMs } from '../common/cli.js';
 import { addAdminCommands } from './cli/admin-commands.js';
+import { addBackupCommands } from './cli/backup-commands.js';
 import { serve, type ServeFlags } from './cli/serve-command.js';
 
 /** Builds the `control-plane` command line. */
@@ -43,5 +44,6 @@ export function controlPlaneProgram(): Command {
     });
 
   addAdminCommands(program);
+  addBackupCommands(program);
   return program;
 }

@@ -18,8 +18,10 @@ import { bearerInterceptor } from '../agent-host/tools/call-credentials.js';
 import { SystemClock } from '../common/clock.js';
 import { parseDurationMs } from '../common/cli.js';
 import { createLogger } from '../common/logger.js';
+import { databasePath } from '../control-plane/cli/backup-commands.js';
 import { resolveAdminToken } from '../control-plane/cli/serve-command.js';
 import { ControlPlane } from '../control-plane/control-plane.js';
+import { claimDatabase } from '../control-plane/store/sqlite-backup.js';
 import { SqliteStore } from '../control-plane/store/sqlite-store.js';
 import { AdminServiceClient } from '../gen/tether/v1/admin.js';
 import { tryCommands } from './try-commands.js';
@@ -46,7 +48,9 @@ async function main(): Promise<void> {
   });
   const clock = new SystemClock();
   const adminToken = await resolveAdminToken({ dataDir }, logger);
-  const store = SqliteStore.open(join(dataDir, 'tether.db'));
+  const dbPath = databasePath(dataDir);
+  const store = SqliteStore.open(dbPath);
+  const release = claimDatabase(dbPath);
   const controlPlane = await ControlPlane.start({
     store,
     clock,
@@ -113,6 +117,7 @@ async function main(): Promise<void> {
   admin.close();
   await controlPlane.close();
   await store.close();
+  release();
   logger.flush();
 }
 

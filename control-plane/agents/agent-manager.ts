@@ -263,9 +263,15 @@ export class AgentManager {
           return;
         }
         if (running.incarnation !== agent.incarnation || running.epoch !== epoch) {
-          this.#options.reject(session, 'hello', running.agentId, 'stale incarnation');
+          // Not a violation: the agent was placed again while the host was away, or the store was
+          // restored (a new epoch, in which the host's seqs and generations mean nothing). Start it
+          // afresh: delivery resumes from what this store knows was taken, at least once and in order.
+          this.#logger.info(
+            { agentId: running.agentId, hostId: session.hostId, incarnation: running.incarnation, isNewEpoch: running.epoch !== epoch },
+            'host runs an outdated placement; starting the agent again',
+          );
           session.send({ stopAgent: { agentId: running.agentId, reason: 'superseded' } });
-          await this.#startOn(agent, session);
+          await this.#startOn(agent, session, running.epoch === epoch ? 0 : running.incarnation);
           return;
         }
         let current = agent;
@@ -421,8 +427,11 @@ export class AgentManager {
   }
 
   /** Starts `agent` on `session` under a new incarnation, fencing any older one; caller holds the lock. */
-  async #startOn(agent: AgentRecord, session: HostSession): Promise<AgentRecord | undefined> {
-    const incarnation = agent.incarnation + 1;
+  async #startOn(agent: AgentRecord, session: HostSession, outdatedIncarnation = 0): Promise<AgentRecord | undefined> {
+    // Past the one the host still runs, too: after a restore, the host's may be ahead of the store's
+    // (a host's claim only moves its own agent's number, and only within reason).
+    const claimed = Number.isSafeInteger(outdatedIncarnation) && outdatedIncarnation < 2 ** 48 ? outdatedIncarnation : 0;
+    const incarnation = Math.max(agent.incarnation, claimed) + 1;
     const issued = await this.#issue(agent, { hostId: session.hostId, incarnation, state: 'starting' }, 'start');
     if (issued === undefined) return undefined;
     // Tokens of the old incarnation are refused from now on (isAgentTokenRevoked); drop cached ones.

@@ -6,7 +6,9 @@ import { SystemClock } from '../../common/clock.js';
 import { readSecret } from '../../common/cli.js';
 import { createLogger, type Logger } from '../../common/logger.js';
 import { ControlPlane } from '../control-plane.js';
+import { claimDatabase } from '../store/sqlite-backup.js';
 import { SqliteStore } from '../store/sqlite-store.js';
+import { databasePath } from './backup-commands.js';
 
 /** Flags of `control-plane serve`. */
 export interface ServeFlags {
@@ -74,7 +76,9 @@ export async function serve(flags: ServeFlags): Promise<void> {
     if (file !== undefined && !existsSync(file)) throw new Error(`no such file: ${file}`);
   }
   const adminToken = await resolveAdminToken(flags, logger);
-  const store = SqliteStore.open(join(flags.dataDir, 'tether.db'));
+  const dbPath = databasePath(flags.dataDir);
+  const store = SqliteStore.open(dbPath);
+  const release = claimDatabase(dbPath);
   const controlPlane = await ControlPlane.start({
     store,
     clock: new SystemClock(),
@@ -111,5 +115,6 @@ export async function serve(flags: ServeFlags): Promise<void> {
   });
   await controlPlane.close();
   await store.close();
+  release();
   logger.flush();
 }

@@ -1,0 +1,43 @@
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import { SystemClock } from '../../common/clock.js';
+import { backupDatabase, restoreDatabase, RESTORE_GENERATION_GAP } from '../store/sqlite-backup.js';
+
+/** The store file in a data directory. */
+export function databasePath(dataDir: string): string {
+  return join(dataDir, 'tether.db');
+}
+
+/** Adds `backup` and `restore`, which work on the data directory's store file, not over gRPC. */
+export function addBackupCommands(program: Command): void {
+  program
+    .command('backup')
+    .description('write a consistent copy of the store in --data-dir to a new file (safe while the control plane runs)')
+    .requiredOption('--out <file>', 'the backup file to create (never overwritten; mode 0600, as it holds the signing keys)')
+    .action(async (flags: { out: string }, command: Command) => {
+      const { dataDir } = command.optsWithGlobals<{ dataDir: string }>();
+      const summary = await backupDatabase(databasePath(dataDir), flags.out);
+      console.log(
+        `backed up ${summary.hosts} hosts, ${summary.agents} agents, ${summary.pendingMessages} pending messages ` +
+          `(epoch ${summary.epoch}, ${summary.bytes} bytes) to ${flags.out}`,
+      );
+    });
+  program
+    .command('restore')
+    .description(
+      'replace the store in --data-dir with a backup, with the control plane stopped. The restored store starts a new epoch: ' +
+        'hosts keep their credentials, every agent is started again under a new incarnation with a new credential, ' +
+        'messages not acknowledged at backup time are delivered again (at least once, in order), messages sent after ' +
+        'the backup are gone, and unused join tokens are burnt. The replaced store is kept beside it.',
+    )
+    .requiredOption('--from <file>', 'the backup file (from `control-plane backup`)')
+    .action((flags: { from: string }, command: Command) => {
+      const { dataDir } = command.optsWithGlobals<{ dataDir: string }>();
+      const summary = restoreDatabase(databasePath(dataDir), flags.from, new SystemClock().now());
+      console.log(`restored ${summary.hosts} hosts, ${summary.agents} agents, ${summary.pendingMessages} pending messages from ${flags.from}`);
+      console.log(`epoch ${summary.previousEpoch} -> ${summary.epoch}; generations advanced by ${RESTORE_GENERATION_GAP}`);
+      if (summary.signingKeysKept > 0) console.log(`kept ${summary.signingKeysKept} signing keys made after the backup`);
+      if (summary.joinTokensBurnt > 0) console.log(`burnt ${summary.joinTokensBurnt} unused join tokens: enroll those hosts again`);
+      if (summary.replacedPath !== undefined) console.log(`the replaced store is kept at ${summary.replacedPath}`);
+    });
+}

@@ -1,0 +1,238 @@
+/**
+ * Backups of the embedded store, and the only supported way back from one.
+ *
+ * A backup is SQLite's online backup of the live database: consistent, and
+ * safe to take while the control plane runs. A restore puts one back in place
+ * of a stopped control plane's database and starts a new history (a new
+ * epoch), because the hosts have lived on past the backup:
+ *
+ * - Seqs and generations of the old history mean nothing in the new one. Hosts
+ *   report their agents under the old epoch, so the control plane starts each
+ *   again under a new incarnation with a fresh credential and delivers from
+ *   what the restored store knows was taken: at least once, in order.
+ * - Credentials issued after the backup are unknown to it. Every agent's and
+ *   host's generation is advanced past any the lost history can have reached,
+ *   so a host's newest credential still opens its stream and its agents'
+ *   heartbeats still pass until their replacements arrive; the control plane
+ *   replaces them all on the host's first stream. Nothing the old history
+ *   revoked outlives its own expiry.
+ * - Join tokens unused at backup time are burnt: one used since would otherwise
+ *   enroll its host a second time.
+ * - Signing keys the replaced database holds and the backup does not (made
+ *   after it) are kept, so the tokens they signed still verify.
+ */
+import { randomUUID } from 'node:crypto';
+import { chmodSync, closeSync, copyFileSync, existsSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import Database from 'better-sqlite3';
+import { SqliteStore } from './sqlite-store.js';
+
+/**
+ * Added to every generation on restore: more credentials than any agent or host
+ * can have been issued since a backup (one a second for 136 years).
+ */
+export const RESTORE_GENERATION_GAP = 2 ** 32;
+
+/** What a backup holds. */
+export interface BackupSummary {
+  epoch: string;
+  bytes: number;
+  hosts: number;
+  agents: number;
+  /** Messages not yet taken by their agents. */
+  pendingMessages: number;
+}
+
+/** What a restore did. */
+export interface RestoreSummary extends BackupSummary {
+  /** The backup's epoch; the restored store has a new one. */
+  previousEpoch: string;
+  /** Where the replaced database was moved (it is kept), or undefined if there was none. */
+  replacedPath: string | undefined;
+  joinTokensBurnt: number;
+  /** Signing keys kept from the replaced database. */
+  signingKeysKept: number;
+}
+
+/** The backup or the data directory is not fit for the operation; the message says why. */
+export class BackupError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = 'BackupError';
+  }
+}
+
+/** The file a serving control plane keeps its pid in, beside its database. */
+export function pidFilePath(dbPath: string): string {
+  return `${dbPath}.pid`;
+}
+
+/** Records that this process serves `dbPath` (so a restore refuses to run under it); returns the release. */
+export function claimDatabase(dbPath: string): () => void {
+  const path = pidFilePath(dbPath);
+  rmSync(path, { force: true });
+  const fd = openSync(path, 'wx', 0o600);
+  try {
+    writeSync(fd, `${process.pid}\n`);
+  } finally {
+    closeSync(fd);
+  }
+  return () => {
+    if (runningPid(dbPath) === process.pid) rmSync(path, { force: true });
+  };
+}
+
+/** The pid of a live process that claimed `dbPath`, if any (a stale claim reads as none). */
+export function runningPid(dbPath: string): number | undefined {
+  let pid: number;
+  try {
+    pid = Number.parseInt(readFileSync(pidFilePath(dbPath), 'utf8').trim(), 10);
+  } catch {
+    return undefined;
+  }
+  if (!Number.isSafeInteger(pid) || pid <= 0) return undefined;
+  try {
+    process.kill(pid, 0);
+    return pid;
+  } catch (err) {
+    // EPERM: alive, someone else's.
+    return (err as NodeJS.ErrnoException).code === 'EPERM' ? pid : undefined;
+  }
+}
+
+/** Opens a database file that must already be a Tether store; checks its integrity. */
+function openChecked(path: string, what: string): Database.Database {
+  if (!existsSync(path)) throw new BackupError(`${what} ${path} does not exist`);
+  let db: Database.Database;
+  try {
+    db = new Database(path, { fileMustExist: true });
+    const check = db.pragma('integrity_check', { simple: true });
+    if (check !== 'ok') throw new BackupError(`${what} ${path} is damaged: ${String(check)}`);
+    const epoch = db.prepare("SELECT value FROM meta WHERE key = 'epoch'").get() as { value: string } | undefined;
+    if (epoch === undefined) throw new BackupError(`${what} ${path} is not a Tether store (no epoch)`);
+  } catch (err) {
+    if (err instanceof BackupError) throw err;
+    throw new BackupError(`${what} ${path} is not a readable Tether store: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+  return db;
+}
+
+function summarize(db: Database.Database, path: string): BackupSummary {
+  const count = (sql: string): number => (db.prepare(sql).get() as { n: number }).n;
+  return {
+    epoch: (db.prepare("SELECT value FROM meta WHERE key = 'epoch'").get() as { value: string }).value,
+    bytes: statSync(path).size,
+    hosts: count('SELECT count(*) AS n FROM hosts'),
+    agents: count('SELECT count(*) AS n FROM agents'),
+    pendingMessages: count("SELECT count(*) AS n FROM messages WHERE state = 'pending'"),
+  };
+}
+
+/**
+ * Writes a consistent copy of the store at `dbPath` to `outPath` (a new file,
+ * mode 0600: it holds the private signing keys), safe while the control plane
+ * runs. The copy is a single self-contained file, checked before this returns.
+ */
+export async function backupDatabase(dbPath: string, outPath: string): Promise<BackupSummary> {
+  const source = openChecked(dbPath, 'the database');
+  try {
+    try {
+      closeSync(openSync(outPath, 'wx', 0o600));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new BackupError(`${outPath} already exists; a backup never overwrites a file`);
+      throw err;
+    }
+    try {
+      await source.backup(outPath);
+    } catch (err) {
+      rmSync(outPath, { force: true });
+      throw err;
+    }
+  } finally {
+    source.close();
+  }
+  const copy = openChecked(outPath, 'the backup');
+  try {
+    copy.pragma('journal_mode = DELETE');
+    return summarize(copy, outPath);
+  } finally {
+    copy.close();
+  }
+}
+
+/**
+ * Replaces the store at `dbPath` with the backup at `fromPath` and starts a new
+ * epoch (see the module comment). Refuses while a control plane serves
+ * `dbPath`. The replaced database is moved aside, not deleted; `nowMs` names it.
+ */
+export function restoreDatabase(dbPath: string, fromPath: string, nowMs: number): RestoreSummary {
+  const pid = runningPid(dbPath);
+  if (pid !== undefined && pid !== process.pid) {
+    throw new BackupError(`a control plane (pid ${pid}) serves ${dbPath}: stop it first (if none runs, remove ${pidFilePath(dbPath)})`);
+  }
+  openChecked(fromPath, 'the backup').close();
+
+  // Keys made after the backup live only in the database being replaced: keep them, if it can be read.
+  let keptKeys: unknown[] = [];
+  if (existsSync(dbPath)) {
+    try {
+      const replaced = new Database(dbPath, { fileMustExist: true });
+      try {
+        keptKeys = replaced.prepare('SELECT * FROM signing_keys').all();
+      } finally {
+        replaced.close();
+      }
+    } catch {
+      // A damaged or foreign file: restoring is how one gets past it; its keys are lost with it.
+      keptKeys = [];
+    }
+  }
+
+  const stagingPath = `${dbPath}.restoring`;
+  for (const suffix of ['', '-wal', '-shm']) rmSync(`${stagingPath}${suffix}`, { force: true });
+  copyFileSync(fromPath, stagingPath);
+  chmodSync(stagingPath, 0o600);
+  // Brings an older backup's schema up to date.
+  void SqliteStore.open(stagingPath).close();
+
+  const db = new Database(stagingPath, { fileMustExist: true });
+  let changes: Pick<RestoreSummary, 'previousEpoch' | 'joinTokensBurnt' | 'signingKeysKept'>;
+  try {
+    changes = db.transaction(() => {
+      const previousEpoch = (db.prepare("SELECT value FROM meta WHERE key = 'epoch'").get() as { value: string }).value;
+      db.prepare("UPDATE meta SET value = ? WHERE key = 'epoch'").run(randomUUID());
+      db.prepare('UPDATE agents SET generation = generation + ?').run(RESTORE_GENERATION_GAP);
+      db.prepare('UPDATE hosts SET credential_generation = credential_generation + ?').run(RESTORE_GENERATION_GAP);
+      const joinTokensBurnt = db
+        .prepare('UPDATE hosts SET join_secret_hash = NULL, join_lease_session_id = NULL WHERE join_secret_hash IS NOT NULL')
+        .run().changes;
+      const insertKey = db.prepare(
+        'INSERT OR IGNORE INTO signing_keys (kid, private_jwk, public_jwk, created_at_ms, retired_at_ms, verify_until_ms) ' +
+          'VALUES (@kid, @private_jwk, @public_jwk, @created_at_ms, @retired_at_ms, @verify_until_ms)',
+      );
+      let signingKeysKept = 0;
+      for (const key of keptKeys) signingKeysKept += insertKey.run(key).changes;
+      return { previousEpoch, joinTokensBurnt, signingKeysKept };
+    })();
+    db.pragma('wal_checkpoint(TRUNCATE)');
+    db.pragma('journal_mode = DELETE');
+  } finally {
+    db.close();
+  }
+
+  let replacedPath: string | undefined;
+  if (existsSync(dbPath)) {
+    replacedPath = `${dbPath}.replaced-${new Date(nowMs).toISOString().replaceAll(':', '')}`;
+    renameSync(dbPath, replacedPath);
+    for (const suffix of ['-wal', '-shm']) {
+      if (existsSync(`${dbPath}${suffix}`)) renameSync(`${dbPath}${suffix}`, `${replacedPath}${suffix}`);
+    }
+  }
+  renameSync(stagingPath, dbPath);
+
+  const restored = new Database(dbPath, { fileMustExist: true, readonly: true });
+  try {
+    return { ...summarize(restored, dbPath), ...changes, replacedPath };
+  } finally {
+    restored.close();
+  }
+}

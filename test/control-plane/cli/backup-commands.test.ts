@@ -1,0 +1,95 @@
+/**
+ * `control-plane backup` and `control-plane restore`, run for real (`node
+ * bin/control-plane.js ...`) on a data directory: what they print, and that a
+ * restore refuses to run under a serving control plane.
+ */
+import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { pidFilePath } from '../../../control-plane/store/sqlite-backup.js';
+import { SqliteStore } from '../../../control-plane/store/sqlite-store.js';
+import { agent, host } from '../../support/store-records.js';
+import { HANG_BOUND_MS } from '../../support/wait.js';
+
+const ROOT = join(import.meta.dirname, '..', '..', '..');
+
+/** Runs `control-plane --data-dir <dir> <args>` with nothing inherited but PATH. */
+function cli(dataDir: string, args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['bin/control-plane.js', '--data-dir', dataDir, ...args], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH ?? '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
+    // Only catches a hang; never a measure of speed.
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`control-plane ${args.join(' ')} hung:\n${stdout}\n${stderr}`));
+    }, HANG_BOUND_MS * 2);
+    child.once('error', reject);
+    child.once('close', (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, stderr });
+    });
+  });
+}
+
+describe('control-plane backup / restore', () => {
+  let dir: string;
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'tether-backup-cli-'));
+  });
+
+  afterEach(() => {
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('backs up, refuses to restore under a running control plane, then restores into a new epoch', async () => {
+    const dataDir = join(dir, 'data');
+    const dbPath = join(dataDir, 'tether.db');
+    const backupPath = join(dir, 'tether-backup.db');
+    mkdirSync(dataDir, { mode: 0o700 });
+    const store = SqliteStore.open(dbPath);
+    await store.insertHost(host('h1', { state: 'active', joinSecretHash: null, credentialGeneration: 1 }));
+    await store.insertAgent(agent('a1', { hostId: 'h1' }));
+    const epoch = await store.epoch();
+    await store.close();
+
+    const backup = await cli(dataDir, ['backup', '--out', backupPath]);
+    expect(backup.status, backup.stderr).toBe(0);
+    expect(backup.stdout).toBe(`backed up 1 hosts, 1 agents, 0 pending messages (epoch ${epoch}, ${/(\d+) bytes/.exec(backup.stdout)?.[1]} bytes) to ${backupPath}\n`);
+    const again = await cli(dataDir, ['backup', '--out', backupPath]);
+    expect(again.status).toBe(1);
+    expect(again.stderr).toBe(`control-plane: ${backupPath} already exists; a backup never overwrites a file\n`);
+
+    writeFileSync(pidFilePath(dbPath), `${process.pid}\n`);
+    const refused = await cli(dataDir, ['restore', '--from', backupPath]);
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toBe(`control-plane: a control plane (pid ${process.pid}) serves ${dbPath}: stop it first (if none runs, remove ${pidFilePath(dbPath)})\n`);
+
+    rmSync(pidFilePath(dbPath));
+    const restored = await cli(dataDir, ['restore', '--from', backupPath]);
+    expect(restored.status, restored.stderr).toBe(0);
+    const reopened = SqliteStore.open(dbPath);
+    const newEpoch = await reopened.epoch();
+    await reopened.close();
+    expect(newEpoch).not.toBe(epoch);
+    const lines = restored.stdout.trimEnd().split('\n');
+    expect(lines.slice(0, 2)).toEqual([
+      `restored 1 hosts, 1 agents, 0 pending messages from ${backupPath}`,
+      `epoch ${epoch} -> ${newEpoch}; generations advanced by 4294967296`,
+    ]);
+    expect(lines[2]).toMatch(new RegExp(`^the replaced store is kept at ${dbPath}\\.replaced-\\d{4}-\\d\\d-\\d\\dT\\d{6}\\.\\d{3}Z$`));
+
+    const help = await cli(dataDir, ['restore', '--help']);
+    expect(help.stdout).toMatch(/new epoch/);
+    expect(help.stdout).toMatch(/--from <file>/);
+  });
+});

@@ -1,0 +1,176 @@
+/**
+ * Backup and restore of the embedded store, on real files: what a backup
+ * holds, and what a restore changes (a new epoch, generations past the lost
+ * history, join tokens burnt, newer signing keys kept) and refuses (a running
+ * control plane, a damaged or foreign backup).
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  backupDatabase,
+  BackupError,
+  claimDatabase,
+  pidFilePath,
+  restoreDatabase,
+  RESTORE_GENERATION_GAP,
+  runningPid,
+} from '../../../control-plane/store/sqlite-backup.js';
+import { SqliteStore } from '../../../control-plane/store/sqlite-store.js';
+import { agent, host, NOW, signingKey } from '../../support/store-records.js';
+
+describe('backup and restore of the SQLite store', () => {
+  let dir: string;
+  let dbPath: string;
+  let backupPath: string;
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'tether-backup-'));
+    dbPath = join(dir, 'tether.db');
+    backupPath = join(dir, 'backup.db');
+  });
+
+  afterEach(() => {
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** A store with a joined host, an enrolled one not joined yet, two agents (one with mail), and a signing key. */
+  async function populate(): Promise<SqliteStore> {
+    const store = SqliteStore.open(dbPath);
+    await store.insertSigningKey(signingKey('k1', NOW));
+    await store.insertHost(host('joined', { state: 'active', joinSecretHash: null, credentialGeneration: 3, minValidGeneration: 3 }));
+    await store.insertHost(host('waiting'));
+    await store.insertAgent(agent('a1', { hostId: 'joined', generation: 7 }));
+    await store.insertAgent(agent('a2', { hostId: 'joined', generation: 2 }));
+    await store.applyOutboxBatch({
+      appends: [
+        {
+          agentId: 'a1',
+          maxPending: 100,
+          messages: ['m1', 'm2'].map((id) => ({ id, from: 'admin', contentType: 'text/plain', payload: Buffer.from(id), createdAtMs: NOW, idempotencyKey: null })),
+        },
+      ],
+      acks: [],
+    });
+    return store;
+  }
+
+  it('writes a consistent, self-contained copy (mode 0600) while the store is open and written to', async () => {
+    const store = await populate();
+    const summary = await backupDatabase(dbPath, backupPath);
+    expect(summary).toMatchObject({ epoch: await store.epoch(), hosts: 2, agents: 2, pendingMessages: 2 });
+    expect(summary.bytes).toBe(statSync(backupPath).size);
+    expect(statSync(backupPath).mode & 0o777).toBe(0o600);
+    expect(existsSync(`${backupPath}-wal`)).toBe(false);
+    // Writes after the backup are not in it.
+    await store.insertAgent(agent('a3'));
+    const copy = new Database(backupPath, { readonly: true });
+    expect((copy.prepare('SELECT agent_id FROM agents ORDER BY agent_id').all() as { agent_id: string }[]).map((r) => r.agent_id)).toEqual(['a1', 'a2']);
+    copy.close();
+    await store.close();
+  });
+
+  it('never overwrites an existing file, and refuses a data directory with no store', async () => {
+    await (await populate()).close();
+    writeFileSync(backupPath, 'precious');
+    await expect(backupDatabase(dbPath, backupPath)).rejects.toThrow(/already exists/);
+    expect(readFileSync(backupPath, 'utf8')).toBe('precious');
+    await expect(backupDatabase(join(dir, 'nowhere.db'), join(dir, 'other.db'))).rejects.toThrow(BackupError);
+  });
+
+  it('restores into a new epoch: generations past the lost history, join tokens burnt, newer keys kept, the old store kept aside', async () => {
+    const store = await populate();
+    const firstEpoch = await store.epoch();
+    await backupDatabase(dbPath, backupPath);
+    // The history the backup does not have: a new key, more credentials, more mail.
+    await store.insertSigningKey(signingKey('k2', NOW + 1));
+    await store.updateAgent('a1', { generation: 9 });
+    await store.updateHost('joined', { credentialGeneration: 4 });
+    await store.close();
+
+    const summary = restoreDatabase(dbPath, backupPath, NOW);
+    expect(summary).toMatchObject({ previousEpoch: firstEpoch, hosts: 2, agents: 2, pendingMessages: 2, joinTokensBurnt: 1, signingKeysKept: 1 });
+    expect(summary.epoch).not.toBe(firstEpoch);
+    expect(summary.replacedPath).toBe(`${dbPath}.replaced-2027-01-15T080000.000Z`);
+
+    const restored = SqliteStore.open(dbPath);
+    expect(await restored.epoch()).toBe(summary.epoch);
+    expect((await restored.getAgent('a1'))?.generation).toBe(7 + RESTORE_GENERATION_GAP);
+    expect((await restored.getAgent('a2'))?.generation).toBe(2 + RESTORE_GENERATION_GAP);
+    expect(await restored.getHost('joined')).toMatchObject({ credentialGeneration: 3 + RESTORE_GENERATION_GAP, minValidGeneration: 3 });
+    expect(await restored.getHost('waiting')).toMatchObject({ joinSecretHash: null, joinLeaseSessionId: null });
+    expect((await restored.listSigningKeys()).map((k) => k.kid).sort()).toEqual(['k1', 'k2']);
+    expect((await restored.listDeliverable('a1', 0, 10)).map((m) => m.id)).toEqual(['m1', 'm2']);
+    expect(statSync(dbPath).mode & 0o777).toBe(0o600);
+    await restored.close();
+
+    // The replaced store is intact beside it, under the old epoch.
+    const replaced = SqliteStore.open(summary.replacedPath ?? '');
+    expect(await replaced.epoch()).toBe(firstEpoch);
+    expect((await replaced.getAgent('a1'))?.generation).toBe(9);
+    await replaced.close();
+  });
+
+  it('mints a different epoch each time the same backup is restored', async () => {
+    await (await populate()).close();
+    await backupDatabase(dbPath, backupPath);
+    const first = restoreDatabase(dbPath, backupPath, NOW);
+    const second = restoreDatabase(dbPath, backupPath, NOW + 1);
+    expect(second.previousEpoch).toBe(first.previousEpoch);
+    expect(new Set([first.previousEpoch, first.epoch, second.epoch]).size).toBe(3);
+  });
+
+  it('refuses while a live process serves the store, and leaves it untouched', async () => {
+    const store = await populate();
+    const epoch = await store.epoch();
+    await backupDatabase(dbPath, backupPath);
+    await store.close();
+    // Our parent stands in for a control plane that is still running.
+    writeFileSync(pidFilePath(dbPath), `${process.ppid}\n`);
+    expect(runningPid(dbPath)).toBe(process.ppid);
+    expect(() => restoreDatabase(dbPath, backupPath, NOW)).toThrow(new RegExp(`pid ${process.ppid}\\) serves .*stop it first`));
+    const after = SqliteStore.open(dbPath);
+    expect(await after.epoch()).toBe(epoch);
+    await after.close();
+
+    // A claim left by a process that is gone is stale: the restore goes ahead.
+    const gone = spawnSync(process.execPath, ['-e', '0']).pid;
+    writeFileSync(pidFilePath(dbPath), `${gone}\n`);
+    expect(runningPid(dbPath)).toBeUndefined();
+    expect(restoreDatabase(dbPath, backupPath, NOW).previousEpoch).toBe(epoch);
+  });
+
+  it('claims the store for this process and releases it', () => {
+    const release = claimDatabase(dbPath);
+    expect(readFileSync(pidFilePath(dbPath), 'utf8').trim()).toBe(String(process.pid));
+    expect(statSync(pidFilePath(dbPath)).mode & 0o777).toBe(0o600);
+    expect(runningPid(dbPath)).toBe(process.pid);
+    release();
+    expect(existsSync(pidFilePath(dbPath))).toBe(false);
+  });
+
+  it.each([
+    ['random bytes', (path: string): void => writeFileSync(path, Buffer.alloc(8192, 7))],
+    [
+      'an SQLite file that is not a Tether store',
+      (path: string): void => {
+        const db = new Database(path);
+        db.exec('CREATE TABLE t (x)');
+        db.close();
+      },
+    ],
+  ])('refuses a backup that is %s, and leaves the store untouched', async (_what, make) => {
+    const store = await populate();
+    const epoch = await store.epoch();
+    await store.close();
+    make(backupPath);
+    expect(() => restoreDatabase(dbPath, backupPath, NOW)).toThrow(BackupError);
+    expect(() => restoreDatabase(dbPath, join(dir, 'missing.db'), NOW)).toThrow(/does not exist/);
+    const after = SqliteStore.open(dbPath);
+    expect(await after.epoch()).toBe(epoch);
+    await after.close();
+  });
+});
