@@ -61,14 +61,18 @@ export function reduceDelivery<M>(state: DeliveryState<M>, event: DeliveryEvent<
         // Already taken: a re-send after a reconnect. Acknowledge again so the control plane moves on.
         return { state, effects: [{ type: 'ack', seq: state.takenSeq }] };
       }
-      if (event.seq === state.handlingSeq) return { state, effects: [] };
+      // The message in hand is not given twice; a dead letter is final, whatever is re-sent after it.
+      if (event.type === 'deliver' && (event.seq === state.handlingSeq || state.buffer.get(event.seq)?.kind === 'skip')) return { state, effects: [] };
       const buffer = new Map(state.buffer);
+      // A Skip of the message in hand is kept: if the agent refuses it, the queue moves past it at once.
       buffer.set(event.seq, event.type === 'deliver' ? { kind: 'message', message: event.message } : { kind: 'skip' });
       return advance({ ...state, buffer }, []);
     }
     case 'taken': {
       if (event.seq !== state.handlingSeq) return { state, effects: [] };
-      return advance({ ...state, takenSeq: event.seq, handlingSeq: undefined }, [{ type: 'ack', seq: event.seq }]);
+      const buffer = new Map(state.buffer);
+      buffer.delete(event.seq);
+      return advance({ ...state, buffer, takenSeq: event.seq, handlingSeq: undefined }, [{ type: 'ack', seq: event.seq }]);
     }
     case 'refused': {
       if (event.seq !== state.handlingSeq) return { state, effects: [] };

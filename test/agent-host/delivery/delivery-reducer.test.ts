@@ -13,18 +13,8 @@ import {
   type DeliveryEvent,
   type DeliveryState,
 } from '../../../agent-host/delivery/delivery-reducer.js';
+import { run } from './run-delivery.js';
 
-/** Applies `events` in turn from `state`; returns the final state and every effect, in order. */
-function run(state: DeliveryState<string>, events: DeliveryEvent<string>[]): { state: DeliveryState<string>; effects: DeliveryEffect<string>[] } {
-  const effects: DeliveryEffect<string>[] = [];
-  let current = state;
-  for (const event of events) {
-    const next = reduceDelivery(current, event);
-    current = next.state;
-    effects.push(...next.effects);
-  }
-  return { state: current, effects };
-}
 
 const deliver = (seq: number): DeliveryEvent<string> => ({ type: 'deliver', seq, message: `m${seq}` });
 const skip = (seq: number): DeliveryEvent<string> => ({ type: 'skip', seq });
@@ -122,6 +112,29 @@ describe('reduceDelivery', () => {
       events: [skip(2)],
       effects: [],
       takenAfter: 0,
+      handlingAfter: undefined,
+    },
+    {
+      // Re-given after a refusal, then dead-lettered while in hand: a second refusal must not stall the queue
+      // waiting for a Skip the control plane already sent.
+      name: 'keeps a Skip of the message in hand, and moves past it if the agent refuses it',
+      events: [deliver(1), deliver(2), refused(1), deliver(1), skip(1), refused(1)],
+      effects: [give(1), nack(1), give(1), nack(1), ack(1), give(2)],
+      takenAfter: 1,
+      handlingAfter: 2,
+    },
+    {
+      name: 'forgets a Skip of the message in hand once the agent takes it',
+      events: [deliver(1), skip(1), taken(1), deliver(2)],
+      effects: [give(1), ack(1), give(2)],
+      takenAfter: 1,
+      handlingAfter: 2,
+    },
+    {
+      name: 'never gives a dead letter re-sent after its Skip',
+      events: [skip(2), deliver(2), deliver(1), taken(1)],
+      effects: [give(1), ack(1), ack(2)],
+      takenAfter: 2,
       handlingAfter: undefined,
     },
     {
