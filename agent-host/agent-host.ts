@@ -377,7 +377,7 @@ export class AgentHost {
   async #storeHostCredential(writer: StreamWriter<HostMessage>, credential: Credential): Promise<void> {
     await this.#options.credentialStore.save(credential);
     this.#hostCredentialExpiresAtMs = credential.expiresAtMs;
-    writer.write({ ack: { agentId: '', generation: credential.generation, ok: true, error: '' } });
+    writer.write({ ack: { agentId: '', generation: credential.generation, ok: true, error: '', incarnation: 0 } });
     this.#logger.info({ gen: credential.generation, jti: credential.tokenId, kid: credential.keyId, exp: credential.expiresAtMs }, 'host credential stored');
     this.events.emit('host-credential', { generation: credential.generation, expiresAtMs: credential.expiresAtMs });
   }
@@ -489,10 +489,12 @@ export class AgentHost {
     } catch (err) {
       // In the holder (heartbeats use it) but not where the agent reads it (its token file).
       this.#logger.error({ err, agentId: rotated.agentId, gen: credential.generation, jti: credential.tokenId }, 'rotated credential not passed on to the agent');
-      writer.write({ ack: { agentId: rotated.agentId, generation: credential.generation, ok: false, error: 'credential not passed on to the agent' } });
+      writer.write({ ack: { agentId: rotated.agentId, generation: credential.generation, ok: false, error: 'credential not passed on to the agent', incarnation: agent.incarnation } });
       return;
     }
-    writer.write({ ack: { agentId: rotated.agentId, generation: credential.generation, ok: result !== 'revoked', error: result === 'revoked' ? 'agent stopped' : '' } });
+    writer.write({
+      ack: { agentId: rotated.agentId, generation: credential.generation, ok: result !== 'revoked', error: result === 'revoked' ? 'agent stopped' : '', incarnation: agent.incarnation },
+    });
     if (result === 'applied') {
       this.#logger.debug({ agentId: rotated.agentId, gen: credential.generation, jti: credential.tokenId, kid: credential.keyId, exp: credential.expiresAtMs }, 'credential rotated');
       this.events.emit('rotation-applied', { agentId: rotated.agentId, generation: credential.generation });

@@ -136,10 +136,10 @@ export class HostedAgent {
         this.#handling = this.#handle(effect.seq, effect.message);
         return;
       case 'ack':
-        this.#send({ ack: { agentId: this.agentId, seq: effect.seq, ok: true, error: '' } });
+        this.#send({ ack: { agentId: this.agentId, seq: effect.seq, ok: true, error: '', incarnation: this.incarnation } });
         return;
       case 'nack':
-        this.#send({ ack: { agentId: this.agentId, seq: effect.seq, ok: false, error: effect.error } });
+        this.#send({ ack: { agentId: this.agentId, seq: effect.seq, ok: false, error: effect.error, incarnation: this.incarnation } });
         return;
     }
   }

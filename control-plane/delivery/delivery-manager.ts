@@ -42,6 +42,8 @@ export interface DeliveryManagerOptions {
 interface Cursor {
   agentId: string;
   session: HostSession;
+  /** The placement this cursor delivers to; Acks from any other are stale. */
+  incarnation: number;
   /** Highest seq sent on this stream (or known taken). */
   sentSeq: number;
   /** Highest seq the host has acknowledged (cumulative). */
@@ -129,6 +131,7 @@ export class DeliveryManager {
     this.#cursors.set(agentId, {
       agentId,
       session,
+      incarnation: agent.incarnation,
       sentSeq: taken,
       ackedSeq: taken,
       isPumping: false,
@@ -154,9 +157,16 @@ export class DeliveryManager {
    * Applies an Ack or NACK of a delivery. Returns a reason to Reject the
    * envelope, or undefined if it was accepted.
    */
-  async onAck(session: HostSession, agentId: string, seq: number, isOk: boolean, error: string): Promise<string | undefined> {
+  async onAck(session: HostSession, agentId: string, incarnation: number, seq: number, isOk: boolean, error: string): Promise<string | undefined> {
     const cursor = this.#cursors.get(agentId);
     if (cursor?.session !== session) return `no deliveries to ${agentId} on this stream`;
+    if (incarnation === 0) return 'an Ack of a delivery must name the incarnation';
+    if (incarnation !== cursor.incarnation) {
+      // From the agent's earlier placement on this host, finishing a message after its host resumed
+      // (a restore, or a placement made while it was away): it says nothing about this placement.
+      this.#logger.debug({ agentId, seq, incarnation, current: cursor.incarnation }, 'Ack from an earlier placement ignored');
+      return undefined;
+    }
     if (seq > cursor.sentSeq) {
       // Not sent on this stream yet, but perhaps on the previous one: right after a resume the
       // host may ack what it took before it saw the re-sends. Only a seq never appended is a lie.
@@ -181,7 +191,12 @@ export class DeliveryManager {
     }
     if (seq <= cursor.ackedSeq) return undefined;
     const message = await this.#options.store.recordRefusal(agentId, seq, error, this.#options.maxAttempts);
-    if (message === undefined) return undefined;
+    if (message === undefined) {
+      // Refused again after it was dead-lettered (its Skip crossed a re-delivery): say Skip again.
+      const [dead] = await this.#options.store.listMessages(agentId, ['dead'], seq - 1, 1);
+      if (dead?.seq === seq && this.#cursors.get(agentId) === cursor) session.send({ skip: { agentId, seq } });
+      return undefined;
+    }
     if (message.state === 'dead') {
       this.#logger.warn({ agentId, seq, id: message.id, attempts: message.attempts, error }, 'message dead-lettered');
       this.#options.events.emit('dead-letter', { agentId, seq, id: message.id });

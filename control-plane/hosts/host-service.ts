@@ -418,7 +418,7 @@ export class HostService {
     }
     if (ack.seq !== undefined) {
       // Delivery keeps a cursor only for agents placed on this very stream: that check is the assignment check.
-      const refused = await this.#options.delivery.onAck(session, ack.agentId, ack.seq, ack.ok, ack.error);
+      const refused = await this.#options.delivery.onAck(session, ack.agentId, ack.incarnation, ack.seq, ack.ok, ack.error);
       if (refused !== undefined) this.#reject(session, 'ack', ack.agentId, refused);
       return;
     }

@@ -198,7 +198,7 @@ describe('what the control plane re-sends when a host resumes (raw host)', () =>
     const welcome = (await raw.first((m) => m.welcome !== undefined, 'Welcome')).welcome as Welcome;
     const credential = welcome.hostCredential;
     if (credential === undefined) throw new Error('no host credential in the Welcome of a join');
-    raw.send({ ack: { agentId: '', generation: credential.generation, ok: true, error: '' } });
+    raw.send({ ack: { agentId: '', generation: credential.generation, ok: true, error: '', incarnation: 0 } });
     await waitUntil(async () => (await h.store.getHost(enrolled.hostId))?.state === 'active', 'the join token burnt');
     await call(h.admin.dispatchAgent.bind(h.admin), {
       agentId,
@@ -240,7 +240,7 @@ describe('what the control plane re-sends when a host resumes (raw host)', () =>
     const sent = await send(harness, 'resumer', ['m1', 'm2', 'm3']);
     await joined.raw.first((m) => m.deliver?.seq === 3, 'Deliver 3');
     const acked = nextEvent<{ agentId: string; seq: number }>(harness.cp.events, 'message-acked', (e) => e.agentId === 'resumer');
-    joined.raw.send({ ack: { agentId: 'resumer', seq: 1, ok: true, error: '' } });
+    joined.raw.send({ ack: { agentId: 'resumer', seq: 1, ok: true, error: '', incarnation: joined.start.incarnation } });
     expect((await acked).seq).toBe(1);
     await goAway(harness, joined.raw);
 
@@ -249,7 +249,7 @@ describe('what the control plane re-sends when a host resumes (raw host)', () =>
     expect(deliveries(again.received, 'resumer')).toEqual(['deliver 2', 'deliver 3']);
     expect(again.received.filter((m) => m.deliver !== undefined).map((m) => m.deliver?.message?.id)).toEqual([sent[1]?.id, sent[2]?.id]);
     // A cumulative ack of the last one settles the outbox.
-    again.send({ ack: { agentId: 'resumer', seq: 3, ok: true, error: '' } });
+    again.send({ ack: { agentId: 'resumer', seq: 3, ok: true, error: '', incarnation: joined.start.incarnation } });
     await waitUntil(async () => harness !== undefined && (await pending(harness, 'resumer')).length === 0, 'the outbox settled');
     expect(again.received.filter((m) => m.reject !== undefined)).toEqual([]);
   });
@@ -264,10 +264,70 @@ describe('what the control plane re-sends when a host resumes (raw host)', () =>
     // The agent was busy with m1 when its host said Hello (so it reported nothing taken), then took all three at once.
     const acked = nextEvent<{ agentId: string; seq: number }>(harness.cp.events, 'message-acked', (e) => e.agentId === 'quick-ack');
     const again = resume(harness, joined, 0);
-    again.send({ ack: { agentId: 'quick-ack', seq: 3, ok: true, error: '' } });
+    again.send({ ack: { agentId: 'quick-ack', seq: 3, ok: true, error: '', incarnation: joined.start.incarnation } });
     expect((await acked).seq).toBe(3);
     await waitUntil(async () => harness !== undefined && (await pending(harness, 'quick-ack')).length === 0, 'the outbox settled');
     expect(again.received.filter((m) => m.reject !== undefined)).toEqual([]);
+  });
+
+  it('ignores an Ack from the placement it superseded, finishing a message after its host resumed', async () => {
+    harness = await Harness.start();
+    const h = harness;
+    const joined = await joinWithAgent(h, 'moved');
+    await send(h, 'moved', ['m1', 'm2', 'm3']);
+    await joined.raw.first((m) => m.deliver?.seq === 3, 'Deliver 3');
+    const acks: number[] = [];
+    h.cp.events.on('message-acked', (e: { agentId: string; seq: number }) => {
+      if (e.agentId === 'moved') acks.push(e.seq);
+    });
+    joined.raw.send({ ack: { agentId: 'moved', seq: 1, ok: true, error: '', incarnation: joined.start.incarnation } });
+    await waitUntil(() => acks.includes(1), 'm1 acknowledged');
+    await goAway(h, joined.raw);
+
+    // The host resumes reporting its agent under another history (as after a restore): the control plane starts it again.
+    const again = RawHost.connect(h.target, `Bearer ${joined.hostToken}`, [
+      { agentId: 'moved', incarnation: joined.start.incarnation, epoch: 'a-history-this-store-never-had', lastSeq: 1, generation: 1 },
+    ]);
+    raws.push(again);
+    const restart = (await again.first((m) => m.startAgent?.agentId === 'moved', 'StartAgent again')).startAgent as StartAgent;
+    expect(restart.incarnation).toBe(joined.start.incarnation + 1);
+    expect(restart.ackedSeq).toBe(1);
+    await again.first((m) => m.deliver?.seq === 3, 'Deliver 3 to the new placement');
+    expect(again.received.some((m) => m.stopAgent?.agentId === 'moved')).toBe(true);
+
+    // The old placement took m2 and m3 meanwhile; its Ack must not stand for the new one, which has taken nothing yet.
+    again.send({ ack: { agentId: 'moved', seq: 3, ok: true, error: '', incarnation: joined.start.incarnation } });
+    again.send({ ack: { agentId: 'moved', seq: 2, ok: true, error: '', incarnation: restart.incarnation } });
+    await waitUntil(() => acks.includes(2), 'm2 acknowledged by the new placement');
+    expect(acks).toEqual([1, 2]);
+    again.send({ ack: { agentId: 'moved', seq: 3, ok: true, error: '', incarnation: restart.incarnation } });
+    await waitUntil(() => acks.includes(3), 'm3 acknowledged by the new placement');
+    expect(again.received.filter((m) => m.reject !== undefined)).toEqual([]);
+  });
+
+  it('rejects an Ack of a delivery that names no incarnation, and acknowledges nothing', async () => {
+    harness = await Harness.start();
+    const joined = await joinWithAgent(harness, 'nameless');
+    await send(harness, 'nameless', ['m1']);
+    await joined.raw.first((m) => m.deliver?.seq === 1, 'Deliver 1');
+    joined.raw.send({ ack: { agentId: 'nameless', seq: 1, ok: true, error: '', incarnation: 0 } });
+    const reject = (await joined.raw.first((m) => m.reject !== undefined, 'Reject')).reject;
+    expect(reject).toMatchObject({ what: 'ack', agentId: 'nameless', reason: 'an Ack of a delivery must name the incarnation' });
+    expect((await pending(harness, 'nameless')).map((m) => m.seq)).toEqual([1]);
+  });
+
+  it('says Skip again when a dead letter is refused again, so the host never waits on it', async () => {
+    harness = await Harness.start({ maxDeliveryAttempts: 1 });
+    const joined = await joinWithAgent(harness, 'stubborn');
+    await send(harness, 'stubborn', ['poison']);
+    await joined.raw.first((m) => m.deliver?.seq === 1, 'Deliver 1');
+    const nack = { ack: { agentId: 'stubborn', seq: 1, ok: false, error: 'no thanks', incarnation: joined.start.incarnation } };
+    joined.raw.send(nack);
+    await joined.raw.first((m) => m.skip?.seq === 1, 'Skip 1');
+    // The host had given the message to its agent again before the Skip arrived, and the agent refused it again.
+    joined.raw.send(nack);
+    await waitUntil(() => deliveries(joined.raw.received, 'stubborn').filter((d) => d === 'skip 1').length === 2, 'a second Skip 1');
+    expect(joined.raw.received.filter((m) => m.reject !== undefined)).toEqual([]);
   });
 
   it.each(['purged', 'requeued'] as const)('tells a resuming host to skip a dead letter it never saw skipped, even once it is %s', async (fate) => {
@@ -275,7 +335,7 @@ describe('what the control plane re-sends when a host resumes (raw host)', () =>
     const joined = await joinWithAgent(harness, 'gappy');
     await send(harness, 'gappy', ['poison', 'm2']);
     await joined.raw.first((m) => m.deliver?.seq === 2, 'Deliver 2');
-    joined.raw.send({ ack: { agentId: 'gappy', seq: 1, ok: false, error: 'no thanks' } });
+    joined.raw.send({ ack: { agentId: 'gappy', seq: 1, ok: false, error: 'no thanks', incarnation: joined.start.incarnation } });
     // The Skip reaches the host's stream, but the host goes away before acting on it.
     await joined.raw.first((m) => m.skip?.seq === 1, 'Skip 1');
     await goAway(harness, joined.raw);

@@ -100,7 +100,7 @@ describe('host enrollment', () => {
     expect(await hostState(h, hostId)).toBe('enrolled');
 
     // The Ack burns the join token.
-    retry.send({ ack: { agentId: '', generation: retryCredential.generation, ok: true, error: '' } });
+    retry.send({ ack: { agentId: '', generation: retryCredential.generation, ok: true, error: '', incarnation: 0 } });
     await waitUntil(async () => (await hostState(h, hostId)) === 'active', 'the host to turn active on its Ack');
 
     // From now on the join token is refused for good: a host holding only it must stop retrying.
@@ -120,7 +120,7 @@ describe('host enrollment', () => {
     const { hostId, joinToken } = await enroll(h, 'diskfull');
     const first = open(h.target, `Join ${joinToken}`);
     const credential = await joinWithoutAck(first);
-    first.send({ ack: { agentId: '', generation: credential.generation, ok: false, error: 'disk full' } });
+    first.send({ ack: { agentId: '', generation: credential.generation, ok: false, error: 'disk full', incarnation: 0 } });
     // Envelopes of one stream are handled in order: the Pong means the NACK was.
     first.send({ ping: { timeMs: 42 } });
     await first.next((m) => m.pong?.pingTimeMs === 42, 'Pong');
@@ -132,7 +132,7 @@ describe('host enrollment', () => {
     const retry = open(h.target, `Join ${joinToken}`);
     const second = await joinWithoutAck(retry);
     expect(second.generation).toBeGreaterThan(credential.generation);
-    retry.send({ ack: { agentId: '', generation: second.generation, ok: true, error: '' } });
+    retry.send({ ack: { agentId: '', generation: second.generation, ok: true, error: '', incarnation: 0 } });
     await waitUntil(async () => (await hostState(h, hostId)) === 'active', 'the host to turn active on its Ack');
   });
 
@@ -173,7 +173,7 @@ describe('host enrollment', () => {
       const stream = open(h.target, `Join ${host.joinToken}`);
       const credential = await joinWithoutAck(stream);
       expect(decodeJwt(credential.token).sub).toBe(host.hostId);
-      stream.send({ ack: { agentId: '', generation: credential.generation, ok: true, error: '' } });
+      stream.send({ ack: { agentId: '', generation: credential.generation, ok: true, error: '', incarnation: 0 } });
       await waitUntil(async () => (await hostState(h, host.hostId)) === 'active', `${host.hostId} to turn active`);
     }
   });

@@ -51,7 +51,7 @@ describe('host protocol violations', () => {
     raw.send(helloEnvelope());
     const welcome = need((await raw.next((m) => m.welcome !== undefined, 'Welcome')).welcome, 'Welcome');
     const hostCredential: Credential = need(welcome.hostCredential, 'host credential');
-    raw.send({ ack: { agentId: '', generation: hostCredential.generation, ok: true, error: '' } });
+    raw.send({ ack: { agentId: '', generation: hostCredential.generation, ok: true, error: '', incarnation: 0 } });
     await call(h.admin.dispatchAgent.bind(h.admin), {
       agentId: 'own',
       name: 'own',
@@ -77,7 +77,7 @@ describe('host protocol violations', () => {
       expect(seq).toBe(lastSeq + 1);
       await stream.next((m) => m.deliver?.agentId === 'own' && m.deliver.seq === seq, `Deliver seq ${seq}`);
       const acked = nextEvent<{ agentId: string; seq: number }>(h.cp.events, 'message-acked', (e) => e.agentId === 'own' && e.seq === seq);
-      stream.send({ ack: { agentId: 'own', seq, ok: true, error: '' } });
+      stream.send({ ack: { agentId: 'own', seq, ok: true, error: '', incarnation: start.incarnation } });
       await acked;
       lastSeq = seq;
       expect(await heartbeat('own', ownToken)).toBe('ok');
@@ -88,7 +88,7 @@ describe('host protocol violations', () => {
     await ownStillWorks(raw);
 
     // 1. An Ack for a seq never sent.
-    raw.send({ ack: { agentId: 'own', seq: lastSeq + 100, ok: true, error: '' } });
+    raw.send({ ack: { agentId: 'own', seq: lastSeq + 100, ok: true, error: '', incarnation: start.incarnation } });
     expect((await rejectOf(raw, 'ack', 'own')).reason).toMatch(/never sent/);
     await ownStillWorks(raw);
 
@@ -114,7 +114,7 @@ describe('host protocol violations', () => {
 
     // 4. One more (an Ack about the neighbour's agent) is past the budget: the stream is ended.
     const gone = nextEvent<{ hostId: string }>(h.cp.events, 'host-disconnected', (e) => e.hostId === enrolled.hostId);
-    raw.send({ ack: { agentId: 'bystander', seq: 1, ok: true, error: '' } });
+    raw.send({ ack: { agentId: 'bystander', seq: 1, ok: true, error: '', incarnation: start.incarnation } });
     await rejectOf(raw, 'ack', 'bystander');
     const end = await raw.ended;
     expect(end.code).toBe(grpc.status.FAILED_PRECONDITION);
@@ -133,7 +133,7 @@ describe('host protocol violations', () => {
     await again.next((m) => m.welcome !== undefined, 'Welcome on the new stream');
     await ownStillWorks(again);
     // The budget is per stream: a new violation is rejected and the stream goes on.
-    again.send({ ack: { agentId: 'own', seq: lastSeq + 100, ok: true, error: '' } });
+    again.send({ ack: { agentId: 'own', seq: lastSeq + 100, ok: true, error: '', incarnation: start.incarnation } });
     await rejectOf(again, 'ack', 'own');
     await ownStillWorks(again);
     expect(again.received.some((m) => m.startAgent !== undefined || m.stopAgent !== undefined)).toBe(false);

@@ -240,7 +240,7 @@ describe('a stream that vanishes while its Hello is handled', () => {
     const welcome = (await joined.next((m) => m.welcome !== undefined, 'Welcome')).welcome;
     const credential = welcome?.hostCredential;
     if (credential === undefined) throw new Error('no host credential in the Welcome');
-    joined.send({ ack: { agentId: '', generation: credential.generation, ok: true, error: '' } });
+    joined.send({ ack: { agentId: '', generation: credential.generation, ok: true, error: '', incarnation: 0 } });
     await waitUntil(async () => (await call(h.admin.listHosts.bind(h.admin), { pageSize: 0, pageToken: '' })).hosts.some((x) => x.hostId === enrolled.hostId && x.state === 'active'), 'the join acknowledged');
     joined.close();
     await waitUntil(() => h.cp.connectedHosts === 1, 'the joining stream gone');

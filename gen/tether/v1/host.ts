@@ -164,6 +164,13 @@ export interface Ack {
   generation?: number | undefined;
   ok: boolean;
   error: string;
+  /**
+   * The placement of the agent that answers (StartAgent.incarnation); 0 for the
+   * host's own credential. Required on a delivery Ack: an agent's earlier
+   * placement may still finish a message after its host resumed on a new
+   * stream, and its Ack must not move the new placement's delivery.
+   */
+  incarnation: number;
 }
 
 export interface AgentEvent {
@@ -1975,7 +1982,7 @@ export const StopAgent: MessageFns<StopAgent> = {
 };
 
 function createBaseAck(): Ack {
-  return { agentId: "", seq: undefined, generation: undefined, ok: false, error: "" };
+  return { agentId: "", seq: undefined, generation: undefined, ok: false, error: "", incarnation: 0 };
 }
 
 export const Ack: MessageFns<Ack> = {
@@ -1994,6 +2001,9 @@ export const Ack: MessageFns<Ack> = {
     }
     if (message.error !== "") {
       writer.uint32(42).string(message.error);
+    }
+    if (message.incarnation !== 0) {
+      writer.uint32(48).uint64(message.incarnation);
     }
     return writer;
   },
@@ -2051,6 +2061,14 @@ export const Ack: MessageFns<Ack> = {
             message.error = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.incarnation = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2074,6 +2092,7 @@ export const Ack: MessageFns<Ack> = {
       generation: isSet(object.generation) ? globalThis.Number(object.generation) : undefined,
       ok: isSet(object.ok) ? globalThis.Boolean(object.ok) : false,
       error: isSet(object.error) ? globalThis.String(object.error) : "",
+      incarnation: isSet(object.incarnation) ? globalThis.Number(object.incarnation) : 0,
     };
   },
 
@@ -2094,6 +2113,9 @@ export const Ack: MessageFns<Ack> = {
     if (message.error !== "") {
       obj.error = message.error;
     }
+    if (message.incarnation !== 0) {
+      obj.incarnation = Math.round(message.incarnation);
+    }
     return obj;
   },
 
@@ -2107,6 +2129,7 @@ export const Ack: MessageFns<Ack> = {
     message.generation = object.generation ?? undefined;
     message.ok = object.ok ?? false;
     message.error = object.error ?? "";
+    message.incarnation = object.incarnation ?? 0;
     return message;
   },
 };
