@@ -36,7 +36,7 @@ export function controlPlaneProgram(): Command {
     .addOption(new Option('--max-rotations-per-second <n>', 'cap on credential signing rate; storms are smoothed, not dropped').env('TETHER_MAX_ROTATIONS_PER_SECOND').default(200).argParser(parseCount))
     .addOption(new Option('--delivery-window <n>', 'unacknowledged deliveries per agent').env('TETHER_DELIVERY_WINDOW').default(32).argParser(parseCount))
     .addOption(new Option('--max-delivery-attempts <n>', 'refusals after which a message is dead-lettered').env('TETHER_MAX_DELIVERY_ATTEMPTS').default(5).argParser(parseCount))
-    .addOption(new Option('--max-outbox-messages <n>', 'unacknowledged messages per agent before sends get RESOURCE_EXHAUSTED').env('TETHER_MAX_OUTBOX_MESSAGES').default(10_000).argParser(parseCount))
+    .addOption(new Option('--max-outbox-messages <n>', 'unacknowledged or dead-lettered messages per agent before sends get RESOURCE_EXHAUSTED').env('TETHER_MAX_OUTBOX_MESSAGES').default(10_000).argParser(parseCount))
     .addOption(new Option('--max-payload-bytes <n>', 'largest message payload accepted').env('TETHER_MAX_PAYLOAD_BYTES').default(1_048_576).argParser(parseCount))
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
     .action(async (flags: Omit<ServeFlags, 'dataDir'>, command: Command) => {

@@ -569,11 +569,15 @@ export class SqliteStore implements Store {
       results.push(result);
     }
     if (fresh.length === 0) return results;
-    const pending = (
-      db.prepare("SELECT COUNT(*) AS n FROM messages WHERE agent_id = ? AND state = 'pending'").get(request.agentId) as { n: number }
+    // Dead letters count too: an agent that refuses everything must not let them pile up without bound.
+    const held = (
+      db.prepare("SELECT COUNT(*) AS n FROM messages WHERE agent_id = ? AND state IN ('pending', 'dead')").get(request.agentId) as { n: number }
     ).n;
-    if (pending + fresh.length > request.maxPending) {
-      throw new ResourceExhaustedError(`the outbox of ${request.agentId} is full (${pending} unacknowledged messages, at most ${request.maxPending})`);
+    if (held + fresh.length > request.maxPending) {
+      throw new ResourceExhaustedError(
+        `the outbox of ${request.agentId} is full (${held} unacknowledged or dead-lettered messages, at most ${request.maxPending}; ` +
+          'dead letters go with `control-plane messages purge|requeue`)',
+      );
     }
     const insert = db.prepare(
       `INSERT INTO messages (agent_id, seq, id, sender, content_type, payload, created_at_ms, state, attempts, last_error, idempotency_key)

@@ -107,7 +107,7 @@ export interface NewMessage {
 export interface AppendRequest {
   agentId: string;
   messages: NewMessage[];
-  /** Refuse (ResourceExhaustedError) if the outbox would hold more unacknowledged messages than this. */
+  /** Refuse (ResourceExhaustedError) if the outbox would hold more unacknowledged or dead-lettered messages than this. */
   maxPending: number;
 }
 

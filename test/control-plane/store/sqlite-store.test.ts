@@ -2,7 +2,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { AlreadyExistsError, ClosedError } from '../../../common/errors.js';
+import { AlreadyExistsError, ClosedError, ResourceExhaustedError } from '../../../common/errors.js';
+import type { AppendResult } from '../../../control-plane/store/store.js';
 import { SqliteStore } from '../../../control-plane/store/sqlite-store.js';
 import { agent, host, NOW, signingKey } from '../../support/store-records.js';
 
@@ -209,6 +210,40 @@ describe('SqliteStore', () => {
       expect(await first.leaseJoinToken('h1', 's1', NOW, isLive)).toBeDefined();
       live.add('s1');
       expect(await second.leaseJoinToken('h1', 's2', NOW, isLive)).toBeUndefined();
+    });
+  });
+
+  describe('outbox', () => {
+    it('counts dead letters against the cap until they are purged or requeued', async () => {
+      const store = open();
+      await store.insertAgent(agent('a1'));
+      const append = async (ids: string[]): Promise<AppendResult[] | Error | undefined> =>
+        (
+          await store.applyOutboxBatch({
+            appends: [
+              {
+                agentId: 'a1',
+                maxPending: 3,
+                messages: ids.map((id) => ({ id, from: 'admin', contentType: 'text/plain', payload: Buffer.from(id), createdAtMs: NOW, idempotencyKey: null })),
+              },
+            ],
+            acks: [],
+          })
+        )[0];
+      expect(await append(['m1', 'm2', 'm3'])).toHaveLength(3);
+      // m1 and m2 are dead-lettered; m3 is taken. Two dead letters still fill two of the three places.
+      expect((await store.recordRefusal('a1', 1, 'no', 1))?.state).toBe('dead');
+      expect((await store.recordRefusal('a1', 2, 'no', 1))?.state).toBe('dead');
+      await store.applyOutboxBatch({ appends: [], acks: [{ agentId: 'a1', seq: 3 }] });
+      expect(await append(['m4'])).toHaveLength(1);
+      const full = await append(['m5']);
+      expect(full).toBeInstanceOf(ResourceExhaustedError);
+      expect((full as Error).message).toMatch(/3 unacknowledged or dead-lettered messages, at most 3/);
+      await store.purgeMessage('a1', 1);
+      expect(await append(['m5'])).toHaveLength(1);
+      // A requeue moves a dead letter back to pending: it still takes a place.
+      expect(await store.requeueMessage('a1', 2)).toBe(6);
+      expect(await append(['m6'])).toBeInstanceOf(ResourceExhaustedError);
     });
   });
 
