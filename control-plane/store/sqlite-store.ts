@@ -252,6 +252,9 @@ function columnValue(value: unknown): unknown {
   return typeof value === 'object' && value !== null ? JSON.stringify(value) : value;
 }
 
+/** Prepared statements kept per store. */
+const MAX_CACHED_STATEMENTS = 256;
+
 /**
  * The embedded default {@link Store}: one SQLite file in WAL mode. better-sqlite3
  * is synchronous, so each method runs its transaction to completion before
@@ -259,6 +262,7 @@ function columnValue(value: unknown): unknown {
  */
 export class SqliteStore implements Store {
   readonly #db: Database.Database;
+  readonly #statements = new Map<string, Database.Statement>();
   #isClosed = false;
 
   private constructor(db: Database.Database) {
@@ -290,69 +294,76 @@ export class SqliteStore implements Store {
     return this.#db;
   }
 
+  /** `sql` compiled once and kept (the hot paths run the same few statements over and over). */
+  #prepare(sql: string): Database.Statement {
+    const db = this.#open();
+    let statement = this.#statements.get(sql);
+    if (statement === undefined) {
+      // The dynamic UPDATEs have a handful of shapes; the bound only guards against a surprise.
+      if (this.#statements.size >= MAX_CACHED_STATEMENTS) this.#statements.clear();
+      statement = db.prepare(sql);
+      this.#statements.set(sql, statement);
+    }
+    return statement;
+  }
+
   epoch(): Promise<string> {
     return this.#run(() => {
-      const row = this.#open().prepare("SELECT value FROM meta WHERE key = 'epoch'").get() as { value: string };
+      const row = this.#prepare("SELECT value FROM meta WHERE key = 'epoch'").get() as { value: string };
       return row.value;
     });
   }
 
   listSigningKeys(): Promise<SigningKeyRecord[]> {
     return this.#run(() =>
-      (this.#open().prepare('SELECT * FROM signing_keys ORDER BY created_at_ms, kid').all() as KeyRow[]).map(keyFromRow),
+      (this.#prepare('SELECT * FROM signing_keys ORDER BY created_at_ms, kid').all() as KeyRow[]).map(keyFromRow),
     );
   }
 
   insertSigningKey(key: SigningKeyRecord): Promise<void> {
     return this.#run(() => {
-      this.#open()
-        .prepare(
-          'INSERT INTO signing_keys (kid, private_jwk, public_jwk, created_at_ms, retired_at_ms, verify_until_ms) VALUES (?, ?, ?, ?, ?, ?)',
-        )
-        .run(key.kid, key.privateJwk, key.publicJwk, key.createdAtMs, key.retiredAtMs, key.verifyUntilMs);
+      this.#prepare(
+        'INSERT INTO signing_keys (kid, private_jwk, public_jwk, created_at_ms, retired_at_ms, verify_until_ms) VALUES (?, ?, ?, ?, ?, ?)',
+      ).run(key.kid, key.privateJwk, key.publicJwk, key.createdAtMs, key.retiredAtMs, key.verifyUntilMs);
     });
   }
 
   updateSigningKey(kid: string, patch: Pick<SigningKeyRecord, 'retiredAtMs' | 'verifyUntilMs'>): Promise<void> {
     return this.#run(() => {
-      this.#open()
-        .prepare('UPDATE signing_keys SET retired_at_ms = ?, verify_until_ms = ? WHERE kid = ?')
-        .run(patch.retiredAtMs, patch.verifyUntilMs, kid);
+      this.#prepare('UPDATE signing_keys SET retired_at_ms = ?, verify_until_ms = ? WHERE kid = ?').run(patch.retiredAtMs, patch.verifyUntilMs, kid);
     });
   }
 
   deleteSigningKey(kid: string): Promise<void> {
     return this.#run(() => {
-      this.#open().prepare('DELETE FROM signing_keys WHERE kid = ?').run(kid);
+      this.#prepare('DELETE FROM signing_keys WHERE kid = ?').run(kid);
     });
   }
 
   insertHost(host: HostRecord): Promise<void> {
     return this.#run(() => {
       try {
-        this.#open()
-          .prepare(
-            `INSERT INTO hosts (host_id, name, state, join_secret_hash, join_expires_at_ms, join_lease_session_id,
-               credential_generation, min_valid_generation, credential_issued_at_ms, credential_expires_at_ms, capacity, labels,
-               last_seen_ms, created_at_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-          )
-          .run(
-            host.hostId,
-            host.name,
-            host.state,
-            host.joinSecretHash,
-            host.joinExpiresAtMs,
-            host.joinLeaseSessionId,
-            host.credentialGeneration,
-            host.minValidGeneration,
-            host.credentialIssuedAtMs,
-            host.credentialExpiresAtMs,
-            host.capacity,
-            JSON.stringify(host.labels),
-            host.lastSeenMs,
-            host.createdAtMs,
-          );
+        this.#prepare(
+          `INSERT INTO hosts (host_id, name, state, join_secret_hash, join_expires_at_ms, join_lease_session_id,
+             credential_generation, min_valid_generation, credential_issued_at_ms, credential_expires_at_ms, capacity, labels,
+             last_seen_ms, created_at_ms)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        ).run(
+          host.hostId,
+          host.name,
+          host.state,
+          host.joinSecretHash,
+          host.joinExpiresAtMs,
+          host.joinLeaseSessionId,
+          host.credentialGeneration,
+          host.minValidGeneration,
+          host.credentialIssuedAtMs,
+          host.credentialExpiresAtMs,
+          host.capacity,
+          JSON.stringify(host.labels),
+          host.lastSeenMs,
+          host.createdAtMs,
+        );
       } catch (err) {
         if (isUniqueViolation(err)) throw new AlreadyExistsError(`host ${host.hostId} exists`, { cause: err });
         throw err;
@@ -365,7 +376,7 @@ export class SqliteStore implements Store {
   }
 
   #getHost(hostId: string): HostRecord | undefined {
-    const row = this.#open().prepare('SELECT * FROM hosts WHERE host_id = ?').get(hostId) as HostRow | undefined;
+    const row = this.#prepare('SELECT * FROM hosts WHERE host_id = ?').get(hostId) as HostRow | undefined;
     return row === undefined ? undefined : hostFromRow(row);
   }
 
@@ -377,18 +388,14 @@ export class SqliteStore implements Store {
     const entries = Object.entries(patch).filter(([, value]) => value !== undefined) as [keyof HostPatch, unknown][];
     if (entries.length > 0) {
       const sets = entries.map(([key]) => `${HOST_COLUMNS[key]} = ?`).join(', ');
-      this.#open()
-        .prepare(`UPDATE hosts SET ${sets} WHERE host_id = ?`)
-        .run(...entries.map(([, value]) => columnValue(value)), hostId);
+      this.#prepare(`UPDATE hosts SET ${sets} WHERE host_id = ?`).run(...entries.map(([, value]) => columnValue(value)), hostId);
     }
     return this.#getHost(hostId);
   }
 
   listHosts(afterId: string | null, limit: number): Promise<Page<HostRecord>> {
     return this.#run(() => {
-      const rows = this.#open()
-        .prepare('SELECT * FROM hosts WHERE host_id > ? ORDER BY host_id LIMIT ?')
-        .all(afterId ?? '', limit + 1) as HostRow[];
+      const rows = this.#prepare('SELECT * FROM hosts WHERE host_id > ? ORDER BY host_id LIMIT ?').all(afterId ?? '', limit + 1) as HostRow[];
       return page(rows.map(hostFromRow), limit, (host) => host.hostId);
     });
   }
@@ -413,31 +420,29 @@ export class SqliteStore implements Store {
   insertAgent(agent: AgentRecord): Promise<void> {
     return this.#run(() => {
       try {
-        this.#open()
-          .prepare(
-            `INSERT INTO agents (agent_id, name, state, host_id, host_labels, spec, incarnation, generation, token_id,
-               issued_at_ms, expires_at_ms, rotation_due_at_ms, created_at_ms, updated_at_ms, detail, last_seq, acked_seq)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-          )
-          .run(
-            agent.agentId,
-            agent.name,
-            agent.state,
-            agent.hostId,
-            JSON.stringify(agent.hostLabels),
-            JSON.stringify(agent.spec),
-            agent.incarnation,
-            agent.generation,
-            agent.tokenId,
-            agent.issuedAtMs,
-            agent.expiresAtMs,
-            agent.rotationDueAtMs,
-            agent.createdAtMs,
-            agent.updatedAtMs,
-            agent.detail,
-            agent.lastSeq,
-            agent.ackedSeq,
-          );
+        this.#prepare(
+          `INSERT INTO agents (agent_id, name, state, host_id, host_labels, spec, incarnation, generation, token_id,
+             issued_at_ms, expires_at_ms, rotation_due_at_ms, created_at_ms, updated_at_ms, detail, last_seq, acked_seq)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        ).run(
+          agent.agentId,
+          agent.name,
+          agent.state,
+          agent.hostId,
+          JSON.stringify(agent.hostLabels),
+          JSON.stringify(agent.spec),
+          agent.incarnation,
+          agent.generation,
+          agent.tokenId,
+          agent.issuedAtMs,
+          agent.expiresAtMs,
+          agent.rotationDueAtMs,
+          agent.createdAtMs,
+          agent.updatedAtMs,
+          agent.detail,
+          agent.lastSeq,
+          agent.ackedSeq,
+        );
       } catch (err) {
         if (isUniqueViolation(err)) throw new AlreadyExistsError(`agent ${agent.agentId} exists`, { cause: err });
         throw err;
@@ -450,7 +455,7 @@ export class SqliteStore implements Store {
   }
 
   #getAgent(agentId: string): AgentRecord | undefined {
-    const row = this.#open().prepare('SELECT * FROM agents WHERE agent_id = ?').get(agentId) as AgentRow | undefined;
+    const row = this.#prepare('SELECT * FROM agents WHERE agent_id = ?').get(agentId) as AgentRow | undefined;
     return row === undefined ? undefined : agentFromRow(row);
   }
 
@@ -465,9 +470,7 @@ export class SqliteStore implements Store {
         const entries = Object.entries(patch).filter(([, value]) => value !== undefined) as [keyof AgentPatch, unknown][];
         if (entries.length === 0) return current;
         const sets = entries.map(([key]) => `${AGENT_COLUMNS[key]} = ?`).join(', ');
-        this.#open()
-          .prepare(`UPDATE agents SET ${sets} WHERE agent_id = ?`)
-          .run(...entries.map(([, value]) => columnValue(value)), agentId);
+        this.#prepare(`UPDATE agents SET ${sets} WHERE agent_id = ?`).run(...entries.map(([, value]) => columnValue(value)), agentId);
         return this.#getAgent(agentId);
       })(),
     );
@@ -489,34 +492,30 @@ export class SqliteStore implements Store {
         where.push(`state IN (${filter.states.map(() => '?').join(', ') || "''"})`);
         params.push(...filter.states);
       }
-      const rows = this.#open()
-        .prepare(`SELECT * FROM agents WHERE ${where.join(' AND ')} ORDER BY agent_id LIMIT ?`)
-        .all(...params, limit + 1) as AgentRow[];
+      const rows = this.#prepare(`SELECT * FROM agents WHERE ${where.join(' AND ')} ORDER BY agent_id LIMIT ?`).all(...params, limit + 1) as AgentRow[];
       return page(rows.map(agentFromRow), limit, (agent) => agent.agentId);
     });
   }
 
   countAgentsByHost(states: readonly AgentStateName[]): Promise<Map<string, number>> {
     return this.#run(() => {
-      const rows = this.#open()
-        .prepare(
-          `SELECT host_id, COUNT(*) AS n FROM agents WHERE host_id IS NOT NULL AND state IN (${states.map(() => '?').join(', ') || "''"}) GROUP BY host_id`,
-        )
-        .all(...states) as { host_id: string; n: number }[];
+      const rows = this.#prepare(
+        `SELECT host_id, COUNT(*) AS n FROM agents WHERE host_id IS NOT NULL AND state IN (${states.map(() => '?').join(', ') || "''"}) GROUP BY host_id`,
+      ).all(...states) as { host_id: string; n: number }[];
       return new Map(rows.map((row) => [row.host_id, row.n]));
     });
   }
 
   countAgentsByState(): Promise<Map<AgentStateName, number>> {
     return this.#run(() => {
-      const rows = this.#open().prepare('SELECT state, COUNT(*) AS n FROM agents GROUP BY state').all() as { state: AgentStateName; n: number }[];
+      const rows = this.#prepare('SELECT state, COUNT(*) AS n FROM agents GROUP BY state').all() as { state: AgentStateName; n: number }[];
       return new Map(rows.map((row) => [row.state, row.n]));
     });
   }
 
   countPendingMessages(): Promise<number> {
     return this.#run(
-      () => (this.#open().prepare("SELECT COUNT(*) AS n FROM messages WHERE state = 'pending'").get() as { n: number }).n,
+      () => (this.#prepare("SELECT COUNT(*) AS n FROM messages WHERE state = 'pending'").get() as { n: number }).n,
     );
   }
 
@@ -532,10 +531,10 @@ export class SqliteStore implements Store {
             throw err;
           }
         });
-        const ack = this.#open().prepare(
+        const ack = this.#prepare(
           "UPDATE messages SET state = 'acked', payload = x'' WHERE agent_id = ? AND state = 'pending' AND seq <= ?",
         );
-        const watermark = this.#open().prepare('UPDATE agents SET acked_seq = MAX(acked_seq, ?) WHERE agent_id = ?');
+        const watermark = this.#prepare('UPDATE agents SET acked_seq = MAX(acked_seq, ?) WHERE agent_id = ?');
         for (const { agentId, seq } of batch.acks) {
           ack.run(agentId, seq);
           watermark.run(seq, agentId);
@@ -546,10 +545,9 @@ export class SqliteStore implements Store {
   }
 
   #append(request: AppendRequest): AppendResult[] {
-    const db = this.#open();
-    const agent = db.prepare('SELECT last_seq FROM agents WHERE agent_id = ?').get(request.agentId) as { last_seq: number } | undefined;
+    const agent = this.#prepare('SELECT last_seq FROM agents WHERE agent_id = ?').get(request.agentId) as { last_seq: number } | undefined;
     if (agent === undefined) throw new NotFoundError(`no agent ${request.agentId}`);
-    const findByKey = db.prepare('SELECT id, seq FROM messages WHERE agent_id = ? AND idempotency_key = ?');
+    const findByKey = this.#prepare('SELECT id, seq FROM messages WHERE agent_id = ? AND idempotency_key = ?');
     const results: AppendResult[] = [];
     const fresh: { message: AppendRequest['messages'][number]; seq: number }[] = [];
     let lastSeq = agent.last_seq;
@@ -571,7 +569,7 @@ export class SqliteStore implements Store {
     if (fresh.length === 0) return results;
     // Dead letters count too: an agent that refuses everything must not let them pile up without bound.
     const held = (
-      db.prepare("SELECT COUNT(*) AS n FROM messages WHERE agent_id = ? AND state IN ('pending', 'dead')").get(request.agentId) as { n: number }
+      this.#prepare("SELECT COUNT(*) AS n FROM messages WHERE agent_id = ? AND state IN ('pending', 'dead')").get(request.agentId) as { n: number }
     ).n;
     if (held + fresh.length > request.maxPending) {
       throw new ResourceExhaustedError(
@@ -579,22 +577,21 @@ export class SqliteStore implements Store {
           'dead letters go with `control-plane messages purge|requeue`)',
       );
     }
-    const insert = db.prepare(
+    const insert = this.#prepare(
       `INSERT INTO messages (agent_id, seq, id, sender, content_type, payload, created_at_ms, state, attempts, last_error, idempotency_key)
        VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, '', ?)`,
     );
     for (const { message, seq } of fresh) {
       insert.run(request.agentId, seq, message.id, message.from, message.contentType, message.payload, message.createdAtMs, message.idempotencyKey);
     }
-    db.prepare('UPDATE agents SET last_seq = ? WHERE agent_id = ?').run(lastSeq, request.agentId);
+    this.#prepare('UPDATE agents SET last_seq = ? WHERE agent_id = ?').run(lastSeq, request.agentId);
     return results;
   }
 
   listDeliverable(agentId: string, afterSeq: number, limit: number): Promise<MessageRecord[]> {
     return this.#run(() =>
       (
-        this.#open()
-          .prepare("SELECT * FROM messages WHERE agent_id = ? AND seq > ? AND state IN ('pending', 'dead') ORDER BY seq LIMIT ?")
+        this.#prepare("SELECT * FROM messages WHERE agent_id = ? AND seq > ? AND state IN ('pending', 'dead') ORDER BY seq LIMIT ?")
           .all(agentId, afterSeq, limit) as MessageRow[]
       ).map(messageFromRow),
     );
@@ -603,14 +600,13 @@ export class SqliteStore implements Store {
   recordRefusal(agentId: string, seq: number, error: string, maxAttempts: number): Promise<MessageRecord | undefined> {
     return this.#run(() =>
       this.#open().transaction(() => {
-        const db = this.#open();
-        const row = db.prepare("SELECT * FROM messages WHERE agent_id = ? AND seq = ? AND state = 'pending'").get(agentId, seq) as
+        const row = this.#prepare("SELECT * FROM messages WHERE agent_id = ? AND seq = ? AND state = 'pending'").get(agentId, seq) as
           | MessageRow
           | undefined;
         if (row === undefined) return undefined;
         const attempts = row.attempts + 1;
         const state = attempts >= maxAttempts ? 'dead' : 'pending';
-        db.prepare('UPDATE messages SET attempts = ?, last_error = ?, state = ? WHERE agent_id = ? AND seq = ?').run(
+        this.#prepare('UPDATE messages SET attempts = ?, last_error = ?, state = ? WHERE agent_id = ? AND seq = ?').run(
           attempts,
           error.slice(0, 1024),
           state,
@@ -625,11 +621,9 @@ export class SqliteStore implements Store {
   listMessages(agentId: string, states: readonly MessageStateName[], afterSeq: number, limit: number): Promise<MessageRecord[]> {
     return this.#run(() =>
       (
-        this.#open()
-          .prepare(
-            `SELECT * FROM messages WHERE agent_id = ? AND seq > ? AND state IN (${states.map(() => '?').join(', ') || "''"}) ORDER BY seq LIMIT ?`,
-          )
-          .all(agentId, afterSeq, ...states, limit) as MessageRow[]
+        this.#prepare(
+          `SELECT * FROM messages WHERE agent_id = ? AND seq > ? AND state IN (${states.map(() => '?').join(', ') || "''"}) ORDER BY seq LIMIT ?`,
+        ).all(agentId, afterSeq, ...states, limit) as MessageRow[]
       ).map(messageFromRow),
     );
   }
@@ -637,20 +631,19 @@ export class SqliteStore implements Store {
   requeueMessage(agentId: string, seq: number): Promise<number> {
     return this.#run(() =>
       this.#open().transaction(() => {
-        const db = this.#open();
-        const row = db.prepare("SELECT * FROM messages WHERE agent_id = ? AND seq = ? AND state = 'dead'").get(agentId, seq) as
+        const row = this.#prepare("SELECT * FROM messages WHERE agent_id = ? AND seq = ? AND state = 'dead'").get(agentId, seq) as
           | MessageRow
           | undefined;
         if (row === undefined) throw new NotFoundError(`no dead letter ${agentId}/${seq}`);
-        const agent = db.prepare('SELECT last_seq FROM agents WHERE agent_id = ?').get(agentId) as { last_seq: number };
+        const agent = this.#prepare('SELECT last_seq FROM agents WHERE agent_id = ?').get(agentId) as { last_seq: number };
         const newSeq = agent.last_seq + 1;
         // The idempotency key stays with the original row, which keeps answering retried sends.
-        db.prepare("UPDATE messages SET state = 'requeued', payload = x'' WHERE agent_id = ? AND seq = ?").run(agentId, seq);
-        db.prepare(
+        this.#prepare("UPDATE messages SET state = 'requeued', payload = x'' WHERE agent_id = ? AND seq = ?").run(agentId, seq);
+        this.#prepare(
           `INSERT INTO messages (agent_id, seq, id, sender, content_type, payload, created_at_ms, state, attempts, last_error, idempotency_key)
            VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, '', NULL)`,
         ).run(agentId, newSeq, row.id, row.sender, row.content_type, row.payload, row.created_at_ms);
-        db.prepare('UPDATE agents SET last_seq = ? WHERE agent_id = ?').run(newSeq, agentId);
+        this.#prepare('UPDATE agents SET last_seq = ? WHERE agent_id = ?').run(newSeq, agentId);
         return newSeq;
       })(),
     );
@@ -658,7 +651,7 @@ export class SqliteStore implements Store {
 
   purgeMessage(agentId: string, seq: number): Promise<void> {
     return this.#run(() => {
-      const result = this.#open().prepare("DELETE FROM messages WHERE agent_id = ? AND seq = ? AND state = 'dead'").run(agentId, seq);
+      const result = this.#prepare("DELETE FROM messages WHERE agent_id = ? AND seq = ? AND state = 'dead'").run(agentId, seq);
       if (result.changes === 0) throw new NotFoundError(`no dead letter ${agentId}/${seq}`);
     });
   }
@@ -666,13 +659,10 @@ export class SqliteStore implements Store {
   pruneMessages(ackedBeforeMs: number, endedBeforeMs: number): Promise<number> {
     return this.#run(() =>
       this.#open().transaction(() => {
-        const db = this.#open();
-        const acked = db.prepare("DELETE FROM messages WHERE state IN ('acked', 'requeued') AND created_at_ms < ?").run(ackedBeforeMs).changes;
-        const ended = db
-          .prepare(
-            "DELETE FROM messages WHERE agent_id IN (SELECT agent_id FROM agents WHERE state IN ('stopped', 'exited', 'failed') AND updated_at_ms < ?)",
-          )
-          .run(endedBeforeMs).changes;
+        const acked = this.#prepare("DELETE FROM messages WHERE state IN ('acked', 'requeued') AND created_at_ms < ?").run(ackedBeforeMs).changes;
+        const ended = this.#prepare(
+          "DELETE FROM messages WHERE agent_id IN (SELECT agent_id FROM agents WHERE state IN ('stopped', 'exited', 'failed') AND updated_at_ms < ?)",
+        ).run(endedBeforeMs).changes;
         return acked + ended;
       })(),
     );
