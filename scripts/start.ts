@@ -50,7 +50,7 @@ async function main(): Promise<void> {
   const adminToken = await resolveAdminToken({ dataDir }, logger);
   const dbPath = databasePath(dataDir);
   const store = SqliteStore.open(dbPath);
-  const release = claimDatabase(dbPath);
+  const { release } = claimDatabase(dbPath);
   const controlPlane = await ControlPlane.start({
     store,
     clock,

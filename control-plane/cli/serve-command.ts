@@ -78,7 +78,11 @@ export async function serve(flags: ServeFlags): Promise<void> {
   const adminToken = await resolveAdminToken(flags, logger);
   const dbPath = databasePath(flags.dataDir);
   const store = SqliteStore.open(dbPath);
-  const release = claimDatabase(dbPath);
+  const { release, otherPid } = claimDatabase(dbPath);
+  if (otherPid !== undefined) {
+    // Not refused: after a crash, the pid in a stale claim can belong to an unrelated process.
+    logger.warn({ pid: otherPid, dataDir: flags.dataDir }, 'another live process claims this data directory; two control planes must not share one');
+  }
   const controlPlane = await ControlPlane.start({
     store,
     clock: new SystemClock(),

@@ -66,9 +66,19 @@ export function pidFilePath(dbPath: string): string {
   return `${dbPath}.pid`;
 }
 
-/** Records that this process serves `dbPath` (so a restore refuses to run under it); returns the release. */
-export function claimDatabase(dbPath: string): () => void {
+/**
+ * Records that this process serves `dbPath`, so a restore refuses to run under
+ * it. If another live process holds the claim it is left alone (and named in
+ * `otherPid`): its claim must outlive this process. `release` removes the
+ * record only if it is this process's.
+ */
+export function claimDatabase(dbPath: string): { release: () => void; otherPid: number | undefined } {
   const path = pidFilePath(dbPath);
+  const release = (): void => {
+    if (runningPid(dbPath) === process.pid) rmSync(path, { force: true });
+  };
+  const other = runningPid(dbPath);
+  if (other !== undefined && other !== process.pid) return { release, otherPid: other };
   rmSync(path, { force: true });
   const fd = openSync(path, 'wx', 0o600);
   try {
@@ -76,9 +86,7 @@ export function claimDatabase(dbPath: string): () => void {
   } finally {
     closeSync(fd);
   }
-  return () => {
-    if (runningPid(dbPath) === process.pid) rmSync(path, { force: true });
-  };
+  return { release, otherPid: undefined };
 }
 
 /** The pid of a live process that claimed `dbPath`, if any (a stale claim reads as none). */

@@ -4,11 +4,12 @@
  * restore refuses to run under a serving control plane.
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { pidFilePath } from '../../../control-plane/store/sqlite-backup.js';
+import { ControlPlaneProcess } from '../../support/control-plane-process.js';
 import { SqliteStore } from '../../../control-plane/store/sqlite-store.js';
 import { agent, host } from '../../support/store-records.js';
 import { HANG_BOUND_MS } from '../../support/wait.js';
@@ -49,6 +50,37 @@ describe('control-plane backup / restore', () => {
 
   afterEach(() => {
     rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('serve claims its data directory while it runs; restore waits for it to stop; a second serve is warned and leaves the claim', async () => {
+    const dataDir = join(dir, 'data');
+    const dbPath = join(dataDir, 'tether.db');
+    const backupPath = join(dir, 'live-backup.db');
+    const adminToken = 'admin-token-for-this-test-only-0123456789';
+    const serving = await ControlPlaneProcess.start({ dataDir, adminToken });
+    let second: ControlPlaneProcess | undefined;
+    try {
+      expect(readFileSync(pidFilePath(dbPath), 'utf8').trim()).toBe(String(serving.pid));
+      // A backup while it serves is fine; a restore is refused, naming it.
+      expect((await cli(dataDir, ['backup', '--out', backupPath])).status).toBe(0);
+      const refused = await cli(dataDir, ['restore', '--from', backupPath]);
+      expect(refused.status).toBe(1);
+      expect(refused.stderr).toContain(`a control plane (pid ${serving.pid}) serves ${dbPath}: stop it first`);
+      // A second control plane on the same directory starts (a stale claim must not lock anyone out) but says so.
+      second = await ControlPlaneProcess.start({ dataDir, adminToken });
+      expect(second.stdoutLines().some((line) => line.includes('another live process claims this data directory') && line.includes(`"pid":${serving.pid}`))).toBe(true);
+      expect(await second.stop()).toEqual({ code: 0, signal: null });
+      second = undefined;
+      // The first one's claim outlives the second.
+      expect(readFileSync(pidFilePath(dbPath), 'utf8').trim()).toBe(String(serving.pid));
+      expect(await serving.stop()).toEqual({ code: 0, signal: null });
+    } finally {
+      await second?.close();
+      await serving.close();
+    }
+    // Stopped (SIGTERM): the claim is gone, and the restore goes ahead.
+    expect(existsSync(pidFilePath(dbPath))).toBe(false);
+    expect((await cli(dataDir, ['restore', '--from', backupPath])).status).toBe(0);
   });
 
   it('backs up, refuses to restore under a running control plane, then restores into a new epoch', async () => {

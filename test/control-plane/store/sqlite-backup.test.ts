@@ -143,8 +143,16 @@ describe('backup and restore of the SQLite store', () => {
     expect(restoreDatabase(dbPath, backupPath, NOW).previousEpoch).toBe(epoch);
   });
 
-  it('claims the store for this process and releases it', () => {
-    const release = claimDatabase(dbPath);
+  it('claims the store for this process and releases it; leaves another live process its claim', () => {
+    writeFileSync(pidFilePath(dbPath), `${process.ppid}\n`);
+    const beside = claimDatabase(dbPath);
+    expect(beside.otherPid).toBe(process.ppid);
+    beside.release();
+    expect(runningPid(dbPath)).toBe(process.ppid);
+    rmSync(pidFilePath(dbPath));
+
+    const { release, otherPid } = claimDatabase(dbPath);
+    expect(otherPid).toBeUndefined();
     expect(readFileSync(pidFilePath(dbPath), 'utf8').trim()).toBe(String(process.pid));
     expect(statSync(pidFilePath(dbPath)).mode & 0o777).toBe(0o600);
     expect(runningPid(dbPath)).toBe(process.pid);
