@@ -22,7 +22,8 @@
  *   after it) are kept, so the tokens they signed still verify.
  */
 import { randomUUID } from 'node:crypto';
-import { chmodSync, closeSync, copyFileSync, existsSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { SqliteStore } from './sqlite-store.js';
 
@@ -110,18 +111,19 @@ export function runningPid(dbPath: string): number | undefined {
 /** Opens a database file that must already be a Tether store; checks its integrity. */
 function openChecked(path: string, what: string): Database.Database {
   if (!existsSync(path)) throw new BackupError(`${what} ${path} does not exist`);
-  let db: Database.Database;
+  let db: Database.Database | undefined;
   try {
     db = new Database(path, { fileMustExist: true });
     const check = db.pragma('integrity_check', { simple: true });
     if (check !== 'ok') throw new BackupError(`${what} ${path} is damaged: ${String(check)}`);
     const epoch = db.prepare("SELECT value FROM meta WHERE key = 'epoch'").get() as { value: string } | undefined;
     if (epoch === undefined) throw new BackupError(`${what} ${path} is not a Tether store (no epoch)`);
+    return db;
   } catch (err) {
+    db?.close();
     if (err instanceof BackupError) throw err;
     throw new BackupError(`${what} ${path} is not a readable Tether store: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
   }
-  return db;
 }
 
 function summarize(db: Database.Database, path: string): BackupSummary {
@@ -195,6 +197,8 @@ export function restoreDatabase(dbPath: string, fromPath: string, nowMs: number)
     }
   }
 
+  // A new machine after a lost disk has no data directory yet.
+  mkdirSync(dirname(dbPath), { recursive: true, mode: 0o700 });
   const stagingPath = `${dbPath}.restoring`;
   for (const suffix of ['', '-wal', '-shm']) rmSync(`${stagingPath}${suffix}`, { force: true });
   copyFileSync(fromPath, stagingPath);

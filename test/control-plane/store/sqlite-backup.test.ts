@@ -114,6 +114,18 @@ describe('backup and restore of the SQLite store', () => {
     await replaced.close();
   });
 
+  it('restores into a data directory that does not exist yet (a new machine)', async () => {
+    await (await populate()).close();
+    await backupDatabase(dbPath, backupPath);
+    const fresh = join(dir, 'new-machine', 'data', 'tether.db');
+    const summary = restoreDatabase(fresh, backupPath, NOW);
+    expect(summary).toMatchObject({ hosts: 2, agents: 2, replacedPath: undefined, signingKeysKept: 0 });
+    expect(statSync(join(dir, 'new-machine', 'data')).mode & 0o777).toBe(0o700);
+    const restored = SqliteStore.open(fresh);
+    expect(await restored.epoch()).toBe(summary.epoch);
+    await restored.close();
+  });
+
   it('mints a different epoch each time the same backup is restored', async () => {
     await (await populate()).close();
     await backupDatabase(dbPath, backupPath);
