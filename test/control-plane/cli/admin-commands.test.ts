@@ -3,48 +3,18 @@
  * bin/control-plane.js ...`) against a control plane and host in this process:
  * `send` (from --data, --file and stdin) and `messages ls|requeue|purge`.
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { runControlPlaneCli, type CliRun } from '../../support/control-plane-cli.js';
 import { call, Harness } from '../../support/harness.js';
 import { ScriptedModule } from '../../support/scripted-module.js';
-import { HANG_BOUND_MS, waitUntil } from '../../support/wait.js';
-
-const ROOT = join(import.meta.dirname, '..', '..', '..');
-
-/** What one run of the binary printed. */
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
+import { waitUntil } from '../../support/wait.js';
 
 /** Runs `control-plane <args>` against `harness` (server and admin token from the environment), feeding `stdin` if given. */
-function cli(harness: Harness, args: string[], stdin?: string): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['bin/control-plane.js', ...args], {
-      cwd: ROOT,
-      env: { ...process.env, TETHER_SERVER: harness.target, TETHER_ADMIN_TOKEN: harness.adminToken, TETHER_ADMIN_TOKEN_FILE: '' },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
-    // Only catches a hang; never a measure of speed.
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`control-plane ${args.join(' ')} hung:\n${stdout}\n${stderr}`));
-    }, HANG_BOUND_MS * 2);
-    child.once('error', reject);
-    child.once('close', (status) => {
-      clearTimeout(timer);
-      resolve({ status, stdout, stderr });
-    });
-    child.stdin.end(stdin ?? '');
-  });
+function cli(harness: Harness, args: string[], stdin?: string): Promise<CliRun> {
+  return runControlPlaneCli(args, { ...process.env, TETHER_SERVER: harness.target, TETHER_ADMIN_TOKEN: harness.adminToken, TETHER_ADMIN_TOKEN_FILE: '' }, stdin);
 }
 
 /** Runs the binary and expects it to succeed; returns what it printed on stdout. */

@@ -3,42 +3,19 @@
  * bin/control-plane.js ...`) on a data directory: what they print, and that a
  * restore refuses to run under a serving control plane.
  */
-import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { pidFilePath } from '../../../control-plane/store/sqlite-backup.js';
+import { runControlPlaneCli, type CliRun } from '../../support/control-plane-cli.js';
 import { ControlPlaneProcess } from '../../support/control-plane-process.js';
 import { SqliteStore } from '../../../control-plane/store/sqlite-store.js';
 import { agent, host } from '../../support/store-records.js';
-import { HANG_BOUND_MS } from '../../support/wait.js';
-
-const ROOT = join(import.meta.dirname, '..', '..', '..');
 
 /** Runs `control-plane --data-dir <dir> <args>` with nothing inherited but PATH. */
-function cli(dataDir: string, args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['bin/control-plane.js', '--data-dir', dataDir, ...args], {
-      cwd: ROOT,
-      env: { PATH: process.env.PATH ?? '' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
-    // Only catches a hang; never a measure of speed.
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`control-plane ${args.join(' ')} hung:\n${stdout}\n${stderr}`));
-    }, HANG_BOUND_MS * 2);
-    child.once('error', reject);
-    child.once('close', (status) => {
-      clearTimeout(timer);
-      resolve({ status, stdout, stderr });
-    });
-  });
+function cli(dataDir: string, args: string[]): Promise<CliRun> {
+  return runControlPlaneCli(['--data-dir', dataDir, ...args], { PATH: process.env.PATH ?? '' });
 }
 
 describe('control-plane backup / restore', () => {

@@ -3,46 +3,16 @@
  * bin/control-plane.js ...`) against a control plane and host in this process:
  * `hosts revoke`, `keys ls`, `keys rotate`.
  */
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { runControlPlaneCli, type CliRun } from '../../support/control-plane-cli.js';
 import { call, Harness } from '../../support/harness.js';
 import { assertNoSecrets } from '../../support/secrets.js';
-import { HANG_BOUND_MS } from '../../support/wait.js';
-
-const ROOT = join(import.meta.dirname, '..', '..', '..');
-
-/** What one run of the binary printed. */
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
 
 /** Runs `control-plane <args>` against `harness` (server and admin token from the environment, nothing else inherited). */
-function cli(harness: Harness, args: string[]): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['bin/control-plane.js', ...args], {
-      cwd: ROOT,
-      env: { PATH: process.env.PATH ?? '', TETHER_SERVER: harness.target, TETHER_ADMIN_TOKEN: harness.adminToken },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
-    // Only catches a hang; never a measure of speed.
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`control-plane ${args.join(' ')} hung:\n${stdout}\n${stderr}`));
-    }, HANG_BOUND_MS * 2);
-    child.once('error', reject);
-    child.once('close', (status) => {
-      clearTimeout(timer);
-      assertNoSecrets(stdout + stderr, [harness.adminToken], `the output of control-plane ${args.join(' ')}`);
-      resolve({ status, stdout, stderr });
-    });
-  });
+async function cli(harness: Harness, args: string[]): Promise<CliRun> {
+  const run = await runControlPlaneCli(args, { PATH: process.env.PATH ?? '', TETHER_SERVER: harness.target, TETHER_ADMIN_TOKEN: harness.adminToken });
+  assertNoSecrets(run.stdout + run.stderr, [harness.adminToken], `the output of control-plane ${args.join(' ')}`);
+  return run;
 }
 
 /** Runs the binary, expects it to succeed, and returns its stdout. */
