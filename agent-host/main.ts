@@ -6,9 +6,11 @@ import { Command, Option, InvalidArgumentError as CommanderInvalidArgument } fro
 import { SystemClock } from '../common/clock.js';
 import { collect, collectLabel, parseCount, parseDurationMs, readSecret } from '../common/cli.js';
 import { createLogger } from '../common/logger.js';
+import { serveMetrics } from '../common/metrics-http.js';
 import type { Label } from '../gen/tether/v1/common.js';
 import { AgentHost } from './agent-host.js';
 import { FileHostCredentialStore } from './host-credential-store.js';
+import { createHostMetrics } from './metrics.js';
 import { builtinModules } from './modules/builtin-modules.js';
 import type { AgentModule } from './tools/agent-module.js';
 
@@ -25,6 +27,7 @@ interface HostFlags {
   agentsDir?: string;
   stopGrace: number;
   keepalive: number;
+  metricsListen: string;
   logLevel: string;
 }
 
@@ -66,6 +69,17 @@ async function runHost(flags: HostFlags): Promise<void> {
     labels: flags.label ?? [],
     keepaliveTimeMs: flags.keepalive,
   });
+  const metrics = createHostMetrics(host);
+  let metricsServer: { port: number; close: () => Promise<void> } | undefined;
+  if (flags.metricsListen !== '') {
+    try {
+      metricsServer = await serveMetrics(metrics.registry, flags.metricsListen, logger);
+    } catch (err) {
+      await host.close();
+      throw err;
+    }
+    logger.info({ port: metricsServer.port }, 'metrics serving at /metrics');
+  }
   const stop = (signal: string): void => {
     logger.info({ signal }, 'shutting down');
     void host.close();
@@ -74,6 +88,8 @@ async function runHost(flags: HostFlags): Promise<void> {
   process.once('SIGTERM', stop);
   const exit = await host.done;
   await host.close();
+  await metricsServer?.close();
+  metrics.close();
   process.off('SIGINT', stop);
   process.off('SIGTERM', stop);
   logger.flush();
@@ -99,6 +115,11 @@ export function agentHostProgram(): Command {
     .addOption(new Option('--agents-dir <dir>', 'where each process agent gets its own 0700 directory (default: <data-dir>/agents)').env('TETHER_AGENTS_DIR'))
     .addOption(new Option('--stop-grace <duration>', 'how long a process agent has between SIGTERM and SIGKILL').env('TETHER_STOP_GRACE').default(10_000, '10s').argParser(parseDurationMs))
     .addOption(new Option('--keepalive <duration>', 'transport keepalive ping interval').env('TETHER_KEEPALIVE').default(30_000, '30s').argParser(parseDurationMs))
+    .addOption(
+      new Option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://<host:port>/metrics; empty for none')
+        .env('TETHER_HOST_METRICS_LISTEN')
+        .default(''),
+    )
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
     .action(async (flags: HostFlags) => {
       await runHost(flags);

@@ -1,6 +1,5 @@
 import { randomInt } from 'node:crypto';
 import { createServer, type Server as HttpServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
@@ -14,6 +13,7 @@ import type { Clock } from '../common/clock.js';
 import { InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { isLoopback } from '../common/loopback.js';
+import { answerMetrics, listen, splitHostPort } from '../common/metrics-http.js';
 import { AdminServiceService } from '../gen/tether/v1/admin.js';
 import { AgentServiceService } from '../gen/tether/v1/agent.js';
 import { HostServiceService, type HostServiceServer } from '../gen/tether/v1/host.js';
@@ -105,13 +105,6 @@ export interface ControlPlaneOptions {
   ackedRetentionMs?: number;
   /** How long messages of stopped agents are kept. Default 7 days. */
   endedRetentionMs?: number;
-}
-
-/** Splits `host:port` (IPv6 in brackets). */
-export function splitHostPort(address: string): { host: string; port: number } {
-  const match = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(address);
-  if (match === null) throw new InvalidArgumentError(`address must be host:port, got ${address}`);
-  return { host: match[1] ?? '', port: Number(match[2]) };
 }
 
 /**
@@ -325,27 +318,13 @@ export class ControlPlane {
     let http: HttpServer | undefined;
     let httpPort = 0;
     if (options.httpAddress !== undefined) {
-      const httpAt = splitHostPort(options.httpAddress);
       http = createServer((request, response) => {
         if (request.method === 'GET' && request.url === '/.well-known/jwks.json') {
           response.writeHead(200, { 'content-type': 'application/jwk-set+json', 'cache-control': 'max-age=60' });
           response.end(JSON.stringify(keys.jwks(clock.now())));
           return;
         }
-        if (request.method === 'GET' && request.url === '/metrics') {
-          metrics.registry.metrics().then(
-            (text) => {
-              response.writeHead(200, { 'content-type': metrics.registry.contentType });
-              response.end(text);
-            },
-            (err: unknown) => {
-              logger.error({ err }, 'metrics failed');
-              response.writeHead(500, { 'content-type': 'text/plain' });
-              response.end('metrics failed\n');
-            },
-          );
-          return;
-        }
+        if (answerMetrics(metrics.registry, logger, request, response)) return;
         if (request.method === 'GET' && request.url === '/healthz') {
           response.writeHead(200, { 'content-type': 'text/plain' });
           response.end('ok\n');
@@ -354,14 +333,7 @@ export class ControlPlane {
         response.writeHead(404, { 'content-type': 'text/plain' });
         response.end('not found\n');
       });
-      const server = http;
-      httpPort = await new Promise<number>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(httpAt.port, httpAt.host.replace(/^\[|\]$/g, ''), () => {
-          server.off('error', reject);
-          resolve((server.address() as AddressInfo).port);
-        });
-      });
+      httpPort = await listen(http, options.httpAddress);
     }
 
     agents.start();

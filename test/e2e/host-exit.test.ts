@@ -99,13 +99,13 @@ describe('host exit policy', () => {
     }
   });
 
-  it('the agent-host binary exits non-zero with a clear message when revoked', async () => {
+  it('the agent-host binary serves its metrics, and exits non-zero with a clear message when revoked', async () => {
     const h = await startHarness();
     const enrolled = await call(h.admin.enrollHost.bind(h.admin), { name: 'binary', joinTtlMs: 0 });
     const dataDir = mkdtempSync(join(tmpdir(), 'tether-host-bin-'));
     dirs.push(dataDir);
     const connected = nextEvent<{ hostId: string }>(h.cp.events, 'host-connected', (e) => e.hostId === enrolled.hostId);
-    const child = spawn(process.execPath, ['bin/agent-host.js', '--server', h.target, '--data-dir', dataDir], {
+    const child = spawn(process.execPath, ['bin/agent-host.js', '--server', h.target, '--data-dir', dataDir, '--metrics-listen', '127.0.0.1:0'], {
       cwd: ROOT,
       env: { PATH: process.env.PATH ?? '', TETHER_JOIN_TOKEN: enrolled.joinToken, TETHER_LOG_LEVEL: 'info' },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -124,6 +124,17 @@ describe('host exit policy', () => {
       return listed.hosts.find((x) => x.hostId === enrolled.hostId)?.state === 'active';
     }, 'the binary host to acknowledge its credential');
     expect(statSync(join(dataDir, 'host-credential.json')).mode & 0o777).toBe(0o600);
+    // --metrics-listen: the port it bound is in its log; the scrape says it is connected.
+    const metricsPort = (): number | undefined =>
+      output.stdout
+        .split('\n')
+        .filter((line) => line.startsWith('{') && line.endsWith('}'))
+        .map((line) => JSON.parse(line) as { msg?: string; port?: number })
+        .find((record) => record.msg === 'metrics serving at /metrics')?.port;
+    await waitUntil(() => metricsPort() !== undefined, 'the metrics port in the log');
+    const scraped = await (await fetch(`http://127.0.0.1:${metricsPort() ?? 0}/metrics`)).text();
+    expect(scraped).toMatch(/^tether_host_connected 1$/m);
+    assertNoSecrets(scraped, [enrolled.joinToken, h.adminToken], 'the agent-host metrics');
 
     await call(h.admin.revokeHost.bind(h.admin), { hostId: enrolled.hostId });
     const exit = await withinHangBound(exited, 'the revoked agent-host binary to exit');

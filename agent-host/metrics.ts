@@ -1,0 +1,97 @@
+import * as grpc from '@grpc/grpc-js';
+import { Counter, Gauge, Registry } from 'prom-client';
+import type { AgentHost } from './agent-host.js';
+import type { AgentHostEventMap } from './events.js';
+
+/** A heartbeat's outcome as a fixed word (a metric label: never a token, never an id). */
+export function heartbeatResult(event: AgentHostEventMap['heartbeat'][0]): string {
+  if (event.isOk) return 'ok';
+  const code = (event.error as Partial<grpc.ServiceError> | undefined)?.code;
+  if (code === grpc.status.UNAUTHENTICATED) return 'unauthenticated';
+  if (code === grpc.status.PERMISSION_DENIED) return 'permission_denied';
+  if (code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED) return 'unavailable';
+  return 'error';
+}
+
+/**
+ * The agent host's Prometheus metrics, in a registry of its own. The one to
+ * alert on is `tether_host_lowest_token_ttl_seconds`: it falls when the host
+ * cannot reach the control plane, long before any agent's token expires.
+ */
+export function createHostMetrics(host: AgentHost): { registry: Registry; close: () => void } {
+  const registry = new Registry();
+  new Gauge({
+    name: 'tether_host_connected',
+    help: '1 while the host has a stream to the control plane, else 0.',
+    registers: [registry],
+    collect() {
+      this.set(host.state === 'connected' ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'tether_host_agents',
+    help: 'Agents running on this host.',
+    registers: [registry],
+    collect() {
+      this.set(host.agentIds().length);
+    },
+  });
+  new Gauge({
+    name: 'tether_host_lowest_token_ttl_seconds',
+    help: "Seconds until the soonest-expiring token held here (an agent's or the host's own) expires; absent while none is held.",
+    registers: [registry],
+    collect() {
+      this.reset();
+      const lowestMs = host.lowestTimeToExpiryMs();
+      if (Number.isFinite(lowestMs)) this.set(lowestMs / 1000);
+    },
+  });
+  new Gauge({
+    name: 'tether_host_clock_skew_seconds',
+    help: "This host's clock minus the control plane's, from the last ping.",
+    registers: [registry],
+    collect() {
+      this.set(host.clockSkewMs / 1000);
+    },
+  });
+  const disconnects = new Counter({ name: 'tether_host_disconnects_total', help: 'Streams to the control plane that ended.', registers: [registry] });
+  const heartbeats = new Counter({
+    name: 'tether_host_heartbeats_total',
+    help: 'Agent heartbeats, by result (ok, unauthenticated, permission_denied, unavailable, error).',
+    labelNames: ['result'],
+    registers: [registry],
+  });
+  const rotations = new Counter({ name: 'tether_host_rotations_applied_total', help: 'Rotated agent credentials applied.', registers: [registry] });
+  const taken = new Counter({ name: 'tether_host_messages_taken_total', help: 'Messages agents took.', registers: [registry] });
+  const warnings = new Counter({
+    name: 'tether_host_expiry_warnings_total',
+    help: 'Times the lowest time-to-expiry fell below the warning threshold.',
+    registers: [registry],
+  });
+  const rejects = new Counter({ name: 'tether_host_envelopes_rejected_total', help: 'Envelopes the control plane refused.', registers: [registry] });
+  for (const result of ['ok', 'unauthenticated', 'unavailable']) heartbeats.inc({ result }, 0);
+
+  const onDisconnected = (): void => disconnects.inc();
+  const onHeartbeat = (event: AgentHostEventMap['heartbeat'][0]): void => heartbeats.inc({ result: heartbeatResult(event) });
+  const onRotation = (): void => rotations.inc();
+  const onTaken = (): void => taken.inc();
+  const onWarning = (): void => warnings.inc();
+  const onReject = (): void => rejects.inc();
+  host.events.on('disconnected', onDisconnected);
+  host.events.on('heartbeat', onHeartbeat);
+  host.events.on('rotation-applied', onRotation);
+  host.events.on('message-taken', onTaken);
+  host.events.on('expiry-warning', onWarning);
+  host.events.on('reject', onReject);
+  return {
+    registry,
+    close: () => {
+      host.events.off('disconnected', onDisconnected);
+      host.events.off('heartbeat', onHeartbeat);
+      host.events.off('rotation-applied', onRotation);
+      host.events.off('message-taken', onTaken);
+      host.events.off('expiry-warning', onWarning);
+      host.events.off('reject', onReject);
+    },
+  };
+}
