@@ -6,7 +6,8 @@ import type { AgentModule } from '../tools/agent-module.js';
  */
 export const demoModule: AgentModule = async (context) => {
   const me = await context.agent.whoAmI({ signal: context.signal });
-  context.logger.info({ agentId: me.agentId, hostId: me.hostId, gen: me.generation, jti: me.tokenId, kid: me.keyId }, 'demo agent started; the control plane knows me');
+  // The logger already names the agent; what the control plane answered goes under its own key.
+  context.logger.info({ knownAs: me.agentId, hostId: me.hostId, gen: me.generation, jti: me.tokenId, kid: me.keyId }, 'demo agent started; the control plane knows me');
   return {
     onMessage: (message) => {
       context.logger.info({ seq: message.seq, from: message.from, bytes: message.payload.length }, 'demo agent got a message');
