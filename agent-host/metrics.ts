@@ -71,27 +71,21 @@ export function createHostMetrics(host: AgentHost): { registry: Registry; close:
   const rejects = new Counter({ name: 'tether_host_envelopes_rejected_total', help: 'Envelopes the control plane refused.', registers: [registry] });
   for (const result of ['ok', 'unauthenticated', 'unavailable']) heartbeats.inc({ result }, 0);
 
-  const onDisconnected = (): void => disconnects.inc();
-  const onHeartbeat = (event: AgentHostEventMap['heartbeat'][0]): void => heartbeats.inc({ result: heartbeatResult(event) });
-  const onRotation = (): void => rotations.inc();
-  const onTaken = (): void => taken.inc();
-  const onWarning = (): void => warnings.inc();
-  const onReject = (): void => rejects.inc();
-  host.events.on('disconnected', onDisconnected);
-  host.events.on('heartbeat', onHeartbeat);
-  host.events.on('rotation-applied', onRotation);
-  host.events.on('message-taken', onTaken);
-  host.events.on('expiry-warning', onWarning);
-  host.events.on('reject', onReject);
+  // Each subscription with its removal, so close() undoes exactly what was done here.
+  const subscriptions: [keyof AgentHostEventMap, (event: never) => void][] = [
+    ['disconnected', () => disconnects.inc()],
+    ['heartbeat', (e: AgentHostEventMap['heartbeat'][0]) => heartbeats.inc({ result: heartbeatResult(e) })],
+    ['rotation-applied', () => rotations.inc()],
+    ['message-taken', () => taken.inc()],
+    ['expiry-warning', () => warnings.inc()],
+    ['reject', () => rejects.inc()],
+  ];
+  const emitter = host.events as unknown as { on(name: string, listener: (event: never) => void): void; off(name: string, listener: (event: never) => void): void };
+  for (const [name, listener] of subscriptions) emitter.on(name, listener);
   return {
     registry,
     close: () => {
-      host.events.off('disconnected', onDisconnected);
-      host.events.off('heartbeat', onHeartbeat);
-      host.events.off('rotation-applied', onRotation);
-      host.events.off('message-taken', onTaken);
-      host.events.off('expiry-warning', onWarning);
-      host.events.off('reject', onReject);
+      for (const [name, listener] of subscriptions) emitter.off(name, listener);
     },
   };
 }
