@@ -18,11 +18,10 @@ import { bearerInterceptor } from '../agent-host/tools/call-credentials.js';
 import { SystemClock } from '../common/clock.js';
 import { parseDurationMs } from '../common/cli.js';
 import { createLogger } from '../common/logger.js';
-import { databasePath } from '../control-plane/cli/backup-commands.js';
 import { resolveAdminToken } from '../control-plane/cli/serve-command.js';
 import { ControlPlane } from '../control-plane/control-plane.js';
 import { claimDatabase } from '../control-plane/store/sqlite-backup.js';
-import { SqliteStore } from '../control-plane/store/sqlite-store.js';
+import { databasePath, SqliteStore } from '../control-plane/store/sqlite-store.js';
 import { AdminServiceClient } from '../gen/tether/v1/admin.js';
 import { tryCommands } from './try-commands.js';
 

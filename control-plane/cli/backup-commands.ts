@@ -1,12 +1,7 @@
-import { join } from 'node:path';
 import type { Command } from 'commander';
 import { SystemClock } from '../../common/clock.js';
 import { backupDatabase, restoreDatabase, RESTORE_GENERATION_GAP } from '../store/sqlite-backup.js';
-
-/** The store file in a data directory. */
-export function databasePath(dataDir: string): string {
-  return join(dataDir, 'tether.db');
-}
+import { databasePath } from '../store/sqlite-store.js';
 
 /** Adds `backup` and `restore`, which work on the data directory's store file, not over gRPC. */
 export function addBackupCommands(program: Command): void {

@@ -7,8 +7,7 @@ import { readSecret } from '../../common/cli.js';
 import { createLogger, type Logger } from '../../common/logger.js';
 import { ControlPlane } from '../control-plane.js';
 import { claimDatabase } from '../store/sqlite-backup.js';
-import { SqliteStore } from '../store/sqlite-store.js';
-import { databasePath } from './backup-commands.js';
+import { databasePath, SqliteStore } from '../store/sqlite-store.js';
 
 /** Flags of `control-plane serve`. */
 export interface ServeFlags {

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { closeSync, openSync } from 'node:fs';
+import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { AlreadyExistsError, ClosedError, NotFoundError, ResourceExhaustedError } from '../../common/errors.js';
 import type {
@@ -250,6 +251,11 @@ function keyFromRow(row: KeyRow): SigningKeyRecord {
 /** Encodes a patch value for its column: JSON for structured fields, as-is otherwise. */
 function columnValue(value: unknown): unknown {
   return typeof value === 'object' && value !== null ? JSON.stringify(value) : value;
+}
+
+/** The store file in a control plane's data directory. */
+export function databasePath(dataDir: string): string {
+  return join(dataDir, 'tether.db');
 }
 
 /** Prepared statements kept per store. */

@@ -15,6 +15,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { AgentModule } from '../../agent-host/tools/agent-module.js';
 import type { ReadOnlyCredentials } from '../../agent-host/tools/credential-source.js';
 import { backupDatabase, restoreDatabase, RESTORE_GENERATION_GAP } from '../../control-plane/store/sqlite-backup.js';
+import { databasePath } from '../../control-plane/store/sqlite-store.js';
 import { advanceUntil } from '../support/advance-until.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { bearer, call, Harness, statusOf } from '../support/harness.js';
@@ -93,7 +94,7 @@ describe('control-plane restore (a new epoch)', () => {
     await cut;
     expect(await send(h, 'mail', ['m4', 'm5'])).toEqual([4, 5]);
     const backupPath = join(h.dir, 'backup.db');
-    const backup = await backupDatabase(join(h.dir, 'tether.db'), backupPath);
+    const backup = await backupDatabase(databasePath(h.dir), backupPath);
     expect(backup).toMatchObject({ epoch: firstEpoch, hosts: 1, agents: 1, pendingMessages: 2 });
 
     // Life goes on past the backup: m4, m5 and a sixth taken; a new signing key; the host's credential and the agent's token replaced.
@@ -114,7 +115,7 @@ describe('control-plane restore (a new epoch)', () => {
     const down = nextEvent(host.events, 'disconnected');
     await h.stopControlPlane();
     await down;
-    const restored = restoreDatabase(join(h.dir, 'tether.db'), backupPath, h.clock.now());
+    const restored = restoreDatabase(databasePath(h.dir), backupPath, h.clock.now());
     expect(restored.previousEpoch).toBe(firstEpoch);
     expect(restored.epoch).not.toBe(firstEpoch);
     expect(restored.signingKeysKept).toBe(1);

@@ -7,7 +7,7 @@ import { MemoryHostCredentialStore } from '../../agent-host/host-credential-stor
 import type { AgentModule } from '../../agent-host/tools/agent-module.js';
 import { bearerInterceptor } from '../../agent-host/tools/call-credentials.js';
 import { ControlPlane, type ControlPlaneOptions } from '../../control-plane/control-plane.js';
-import { SqliteStore } from '../../control-plane/store/sqlite-store.js';
+import { databasePath, SqliteStore } from '../../control-plane/store/sqlite-store.js';
 import { AdminServiceClient } from '../../gen/tether/v1/admin.js';
 import { AgentServiceClient } from '../../gen/tether/v1/agent.js';
 import { FakeClock } from './fake-clock.js';
@@ -90,7 +90,7 @@ export class Harness {
   /** (Re)starts the control plane on the same data directory. */
   async startControlPlane(): Promise<void> {
     const { clock: _clock, logs: _logs, dataDir: _dataDir, ...rest } = this.#options;
-    this.store = SqliteStore.open(join(this.dir, 'tether.db'));
+    this.store = SqliteStore.open(databasePath(this.dir));
     this.cp = await ControlPlane.start({
       address: '127.0.0.1:0',
       heartbeatIntervalMs: 3_000,
