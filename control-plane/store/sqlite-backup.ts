@@ -208,6 +208,7 @@ export function restoreDatabase(dbPath: string, fromPath: string, nowMs: number)
 
   const db = new Database(stagingPath, { fileMustExist: true });
   let changes: Pick<RestoreSummary, 'previousEpoch' | 'joinTokensBurnt' | 'signingKeysKept'>;
+  let summary: BackupSummary;
   try {
     changes = db.transaction(() => {
       const previousEpoch = (db.prepare("SELECT value FROM meta WHERE key = 'epoch'").get() as { value: string }).value;
@@ -227,6 +228,8 @@ export function restoreDatabase(dbPath: string, fromPath: string, nowMs: number)
     })();
     db.pragma('wal_checkpoint(TRUNCATE)');
     db.pragma('journal_mode = DELETE');
+    // One self-contained file from here on: its size is final.
+    summary = summarize(db, stagingPath);
   } finally {
     db.close();
   }
@@ -240,11 +243,5 @@ export function restoreDatabase(dbPath: string, fromPath: string, nowMs: number)
     }
   }
   renameSync(stagingPath, dbPath);
-
-  const restored = new Database(dbPath, { fileMustExist: true, readonly: true });
-  try {
-    return { ...summarize(restored, dbPath), ...changes, replacedPath };
-  } finally {
-    restored.close();
-  }
+  return { ...summary, ...changes, replacedPath };
 }
