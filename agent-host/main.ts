@@ -3,6 +3,7 @@ import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { Command, Option, InvalidArgumentError as CommanderInvalidArgument } from 'commander';
+import type { Registry } from 'prom-client';
 import { SystemClock } from '../common/clock.js';
 import { collect, collectLabel, parseCount, parseDurationMs, readSecret } from '../common/cli.js';
 import { createLogger } from '../common/logger.js';
@@ -69,16 +70,17 @@ async function runHost(flags: HostFlags): Promise<void> {
     labels: flags.label ?? [],
     keepaliveTimeMs: flags.keepalive,
   });
-  const metrics = createHostMetrics(host);
-  let metricsServer: { port: number; close: () => Promise<void> } | undefined;
+  let metrics: { registry: Registry; close: () => void; server: { port: number; close: () => Promise<void> } } | undefined;
   if (flags.metricsListen !== '') {
+    const { registry, close } = createHostMetrics(host);
     try {
-      metricsServer = await serveMetrics(metrics.registry, flags.metricsListen, logger);
+      metrics = { registry, close, server: await serveMetrics(registry, flags.metricsListen, logger) };
     } catch (err) {
+      close();
       await host.close();
       throw err;
     }
-    logger.info({ port: metricsServer.port }, 'metrics serving at /metrics');
+    logger.info({ port: metrics.server.port }, 'metrics serving at /metrics');
   }
   const stop = (signal: string): void => {
     logger.info({ signal }, 'shutting down');
@@ -88,8 +90,8 @@ async function runHost(flags: HostFlags): Promise<void> {
   process.once('SIGTERM', stop);
   const exit = await host.done;
   await host.close();
-  await metricsServer?.close();
-  metrics.close();
+  await metrics?.server.close();
+  metrics?.close();
   process.off('SIGINT', stop);
   process.off('SIGTERM', stop);
   logger.flush();

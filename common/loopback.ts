@@ -6,6 +6,13 @@ export function isLoopback(host: string): boolean {
   return bare === 'localhost' || bare === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(bare);
 }
 
+/** Splits `host:port` (IPv6 bracketed); throws InvalidArgumentError otherwise. */
+export function splitHostPort(address: string): { host: string; port: number } {
+  const match = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(address);
+  if (match === null) throw new InvalidArgumentError(`address must be host:port, got ${address}`);
+  return { host: match[1] ?? '', port: Number(match[2]) };
+}
+
 /** The host part of a gRPC target (`host:port`, `dns:host:port`, `ipv4:…`, `ipv6:[…]:port`). */
 export function targetHost(target: string): string {
   const bare = target.replace(/^(dns|ipv4|ipv6):(\/\/[^/]*\/)?/, '');

@@ -1,15 +1,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
-import { InvalidArgumentError } from './errors.js';
 import type { Logger } from './logger.js';
-
-/** Splits `host:port` (IPv6 bracketed); throws InvalidArgumentError otherwise. */
-export function splitHostPort(address: string): { host: string; port: number } {
-  const match = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(address);
-  if (match === null) throw new InvalidArgumentError(`address must be host:port, got ${address}`);
-  return { host: match[1] ?? '', port: Number(match[2]) };
-}
+import { splitHostPort } from './loopback.js';
 
 /** Answers `GET /metrics` from `registry` (Prometheus text); returns false, answering nothing, for any other request. */
 export function answerMetrics(registry: Registry, logger: Logger, request: IncomingMessage, response: ServerResponse): boolean {

@@ -12,8 +12,8 @@ import { FileDescriptorProtoSchema, FileDescriptorSetSchema } from '@bufbuild/pr
 import type { Clock } from '../common/clock.js';
 import { InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
-import { isLoopback } from '../common/loopback.js';
-import { answerMetrics, listen, splitHostPort } from '../common/metrics-http.js';
+import { isLoopback, splitHostPort } from '../common/loopback.js';
+import { answerMetrics, listen } from '../common/metrics-http.js';
 import { AdminServiceService } from '../gen/tether/v1/admin.js';
 import { AgentServiceService } from '../gen/tether/v1/agent.js';
 import { HostServiceService, type HostServiceServer } from '../gen/tether/v1/host.js';
