@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { SystemClock } from '../../common/clock.js';
 import { backupDatabase, restoreDatabase, RESTORE_GENERATION_GAP } from '../store/sqlite-backup.js';
+import { SCHEMA_VERSION } from '../store/sqlite-schema.js';
 import { databasePath } from '../store/sqlite-store.js';
 
 /** Adds `backup` and `restore`, which work on the data directory's store file, not over gRPC. */
@@ -9,9 +10,9 @@ export function addBackupCommands(program: Command): void {
     .command('backup')
     .description('write a consistent copy of the store in --data-dir to a new file (safe while the control plane runs)')
     .requiredOption('--out <file>', 'the backup file to create (never overwritten; mode 0600, as it holds the signing keys)')
-    .action(async (flags: { out: string }, command: Command) => {
+    .action((flags: { out: string }, command: Command) => {
       const { dataDir } = command.optsWithGlobals<{ dataDir: string }>();
-      const summary = await backupDatabase(databasePath(dataDir), flags.out);
+      const summary = backupDatabase(databasePath(dataDir), flags.out);
       console.log(
         `backed up ${summary.hosts} hosts, ${summary.agents} agents, ${summary.pendingMessages} pending messages ` +
           `(epoch ${summary.epoch}, ${summary.bytes} bytes) to ${flags.out}`,
@@ -31,6 +32,9 @@ export function addBackupCommands(program: Command): void {
       const summary = restoreDatabase(databasePath(dataDir), flags.from, new SystemClock().now());
       console.log(`restored ${summary.hosts} hosts, ${summary.agents} agents, ${summary.pendingMessages} pending messages from ${flags.from}`);
       console.log(`epoch ${summary.previousEpoch} -> ${summary.epoch}; generations advanced by ${RESTORE_GENERATION_GAP}`);
+      if (summary.previousSchemaVersion < SCHEMA_VERSION) {
+        console.log(`migrated the backup's schema from version ${summary.previousSchemaVersion} to ${SCHEMA_VERSION}`);
+      }
       if (summary.signingKeysKept > 0) console.log(`kept ${summary.signingKeysKept} signing keys made after the backup`);
       if (summary.joinTokensBurnt > 0) console.log(`burnt ${summary.joinTokensBurnt} unused join tokens: enroll those hosts again`);
       if (summary.replacedPath !== undefined) console.log(`the replaced store is kept at ${summary.replacedPath}`);

@@ -1,8 +1,10 @@
 /**
  * Backups of the embedded store, and the only supported way back from one.
  *
- * A backup is SQLite's online backup of the live database: consistent, and
- * safe to take while the control plane runs. A restore puts one back in place
+ * A backup is `VACUUM INTO` from the live database: one read transaction, so a
+ * consistent snapshot that completes however busy the control plane is (the
+ * online backup API restarts whenever another connection writes, and under a
+ * steady writer never finished). A restore puts one back in place
  * of a stopped control plane's database and starts a new history (a new
  * epoch), because the hosts have lived on past the backup:
  *
@@ -22,9 +24,10 @@
  *   after it) are kept, so the tokens they signed still verify.
  */
 import { randomUUID } from 'node:crypto';
-import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, copyFileSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
+import { SCHEMA_VERSION, schemaVersion } from './sqlite-schema.js';
 import { SqliteStore } from './sqlite-store.js';
 
 /**
@@ -52,6 +55,8 @@ export interface RestoreSummary extends BackupSummary {
   joinTokensBurnt: number;
   /** Signing keys kept from the replaced database. */
   signingKeysKept: number;
+  /** The backup's schema version; the restored store has this binary's. */
+  previousSchemaVersion: number;
 }
 
 /** The backup or the data directory is not fit for the operation; the message says why. */
@@ -116,7 +121,14 @@ function openChecked(path: string, what: string): Database.Database {
     db = new Database(path, { fileMustExist: true });
     const check = db.pragma('integrity_check', { simple: true });
     if (check !== 'ok') throw new BackupError(`${what} ${path} is damaged: ${String(check)}`);
-    const epoch = db.prepare("SELECT value FROM meta WHERE key = 'epoch'").get() as { value: string } | undefined;
+    const version = schemaVersion(db);
+    if (version > SCHEMA_VERSION) {
+      throw new BackupError(
+        `${what} ${path} has schema version ${version}, newer than this control plane's ${SCHEMA_VERSION}: use the Tether version that wrote it`,
+      );
+    }
+    const hasMeta = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").get() !== undefined;
+    const epoch = hasMeta ? (db.prepare("SELECT value FROM meta WHERE key = 'epoch'").get() as { value: string } | undefined) : undefined;
     if (epoch === undefined) throw new BackupError(`${what} ${path} is not a Tether store (no epoch)`);
     return db;
   } catch (err) {
@@ -142,7 +154,7 @@ function summarize(db: Database.Database, path: string): BackupSummary {
  * mode 0600: it holds the private signing keys), safe while the control plane
  * runs. The copy is a single self-contained file, checked before this returns.
  */
-export async function backupDatabase(dbPath: string, outPath: string): Promise<BackupSummary> {
+export function backupDatabase(dbPath: string, outPath: string): BackupSummary {
   const source = openChecked(dbPath, 'the database');
   try {
     try {
@@ -152,7 +164,14 @@ export async function backupDatabase(dbPath: string, outPath: string): Promise<B
       throw err;
     }
     try {
-      await source.backup(outPath);
+      // Fills the empty 0600 file made above (VACUUM INTO accepts an empty file and keeps its mode).
+      source.prepare('VACUUM INTO ?').run(outPath);
+      const fd = openSync(outPath, 'r+');
+      try {
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
     } catch (err) {
       rmSync(outPath, { force: true });
       throw err;
@@ -179,7 +198,9 @@ export function restoreDatabase(dbPath: string, fromPath: string, nowMs: number)
   if (pid !== undefined && pid !== process.pid) {
     throw new BackupError(`a control plane (pid ${pid}) serves ${dbPath}: stop it first (if none runs, remove ${pidFilePath(dbPath)})`);
   }
-  openChecked(fromPath, 'the backup').close();
+  const backup = openChecked(fromPath, 'the backup');
+  const previousSchemaVersion = schemaVersion(backup);
+  backup.close();
 
   // Keys made after the backup live only in the database being replaced: keep them, if it can be read.
   let keptKeys: unknown[] = [];
@@ -203,7 +224,7 @@ export function restoreDatabase(dbPath: string, fromPath: string, nowMs: number)
   for (const suffix of ['', '-wal', '-shm']) rmSync(`${stagingPath}${suffix}`, { force: true });
   copyFileSync(fromPath, stagingPath);
   chmodSync(stagingPath, 0o600);
-  // Brings an older backup's schema up to date.
+  // The same path every open takes: an older backup's schema is migrated here, in one transaction.
   void SqliteStore.open(stagingPath).close();
 
   const db = new Database(stagingPath, { fileMustExist: true });
@@ -243,5 +264,5 @@ export function restoreDatabase(dbPath: string, fromPath: string, nowMs: number)
     }
   }
   renameSync(stagingPath, dbPath);
-  return { ...summary, ...changes, replacedPath };
+  return { ...summary, ...changes, replacedPath, previousSchemaVersion };
 }

@@ -3,6 +3,7 @@ import { closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { AlreadyExistsError, ClosedError, NotFoundError, ResourceExhaustedError } from '../../common/errors.js';
+import { migrate } from './sqlite-schema.js';
 import type {
   AgentExpectation,
   AgentPatch,
@@ -21,71 +22,6 @@ import type {
   SigningKeyRecord,
   Store,
 } from './store.js';
-
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS signing_keys (
-  kid TEXT PRIMARY KEY,
-  private_jwk TEXT NOT NULL,
-  public_jwk TEXT NOT NULL,
-  created_at_ms INTEGER NOT NULL,
-  retired_at_ms INTEGER,
-  verify_until_ms INTEGER
-);
-CREATE TABLE IF NOT EXISTS hosts (
-  host_id TEXT PRIMARY KEY,
-  name TEXT NOT NULL,
-  state TEXT NOT NULL,
-  join_secret_hash TEXT,
-  join_expires_at_ms INTEGER NOT NULL,
-  join_lease_session_id TEXT,
-  credential_generation INTEGER NOT NULL,
-  min_valid_generation INTEGER NOT NULL,
-  credential_issued_at_ms INTEGER NOT NULL DEFAULT 0,
-  credential_expires_at_ms INTEGER NOT NULL,
-  capacity INTEGER NOT NULL,
-  labels TEXT NOT NULL,
-  last_seen_ms INTEGER NOT NULL,
-  created_at_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS agents (
-  agent_id TEXT PRIMARY KEY,
-  name TEXT NOT NULL,
-  state TEXT NOT NULL,
-  host_id TEXT,
-  host_labels TEXT NOT NULL,
-  spec TEXT NOT NULL,
-  incarnation INTEGER NOT NULL,
-  generation INTEGER NOT NULL,
-  token_id TEXT,
-  issued_at_ms INTEGER NOT NULL,
-  expires_at_ms INTEGER NOT NULL,
-  rotation_due_at_ms INTEGER NOT NULL,
-  created_at_ms INTEGER NOT NULL,
-  updated_at_ms INTEGER NOT NULL,
-  detail TEXT NOT NULL,
-  last_seq INTEGER NOT NULL DEFAULT 0,
-  acked_seq INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS agents_by_host ON agents (host_id, state);
-CREATE TABLE IF NOT EXISTS messages (
-  agent_id TEXT NOT NULL,
-  seq INTEGER NOT NULL,
-  id TEXT NOT NULL,
-  sender TEXT NOT NULL,
-  content_type TEXT NOT NULL,
-  payload BLOB NOT NULL,
-  created_at_ms INTEGER NOT NULL,
-  state TEXT NOT NULL,
-  attempts INTEGER NOT NULL,
-  last_error TEXT NOT NULL,
-  idempotency_key TEXT,
-  PRIMARY KEY (agent_id, seq)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS messages_by_state ON messages (agent_id, state, seq);
-CREATE UNIQUE INDEX IF NOT EXISTS messages_by_idempotency_key ON messages (agent_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_by_age ON messages (state, created_at_ms);
-`;
 
 interface AgentRow {
   agent_id: string;
@@ -275,7 +211,11 @@ export class SqliteStore implements Store {
     this.#db = db;
   }
 
-  /** Opens (creating if needed) the database at `path`; `:memory:` for a throwaway one. */
+  /**
+   * Opens (creating if needed) the database at `path`, `:memory:` for a
+   * throwaway one, and migrates it to this binary's schema; a store with a
+   * newer schema is refused with SchemaTooNewError.
+   */
   static open(path: string): SqliteStore {
     if (path !== ':memory:') {
       // Created 0600 from the start: it holds the private signing keys.
@@ -286,12 +226,17 @@ export class SqliteStore implements Store {
       }
     }
     const db = new Database(path);
-    db.pragma('journal_mode = WAL');
-    db.pragma('synchronous = NORMAL');
-    db.pragma('busy_timeout = 5000');
-    db.pragma('foreign_keys = ON');
-    db.exec(SCHEMA);
-    db.prepare("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)").run(randomUUID());
+    try {
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = NORMAL');
+      db.pragma('busy_timeout = 5000');
+      db.pragma('foreign_keys = ON');
+      migrate(db);
+      db.prepare("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)").run(randomUUID());
+    } catch (err) {
+      db.close();
+      throw err;
+    }
     return new SqliteStore(db);
   }
 

@@ -94,7 +94,7 @@ describe('control-plane restore (a new epoch)', () => {
     await cut;
     expect(await send(h, 'mail', ['m4', 'm5'])).toEqual([4, 5]);
     const backupPath = join(h.dir, 'backup.db');
-    const backup = await backupDatabase(databasePath(h.dir), backupPath);
+    const backup = backupDatabase(databasePath(h.dir), backupPath);
     expect(backup).toMatchObject({ epoch: firstEpoch, hosts: 1, agents: 1, pendingMessages: 2 });
 
     // Life goes on past the backup: m4, m5 and a sixth taken; a new signing key; the host's credential and the agent's token replaced.

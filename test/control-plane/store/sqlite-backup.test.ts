@@ -5,6 +5,7 @@
  * control plane, a damaged or foreign backup).
  */
 import { spawnSync } from 'node:child_process';
+import { Worker } from 'node:worker_threads';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,6 +22,7 @@ import {
 } from '../../../control-plane/store/sqlite-backup.js';
 import { SqliteStore } from '../../../control-plane/store/sqlite-store.js';
 import { agent, host, NOW, signingKey } from '../../support/store-records.js';
+import { HANG_BOUND_MS, nextEvent } from '../../support/wait.js';
 
 describe('backup and restore of the SQLite store', () => {
   let dir: string;
@@ -60,7 +62,7 @@ describe('backup and restore of the SQLite store', () => {
 
   it('writes a consistent, self-contained copy (mode 0600) while the store is open and written to', async () => {
     const store = await populate();
-    const summary = await backupDatabase(dbPath, backupPath);
+    const summary = backupDatabase(dbPath, backupPath);
     expect(summary).toMatchObject({ epoch: await store.epoch(), hosts: 2, agents: 2, pendingMessages: 2 });
     expect(summary.bytes).toBe(statSync(backupPath).size);
     expect(statSync(backupPath).mode & 0o777).toBe(0o600);
@@ -73,18 +75,84 @@ describe('backup and restore of the SQLite store', () => {
     await store.close();
   });
 
+  it('completes under a writer that never pauses, with a snapshot of what was committed when it began', async () => {
+    // Big enough that a page-by-page copy takes many steps (the online backup API restarted on every
+    // write from another connection, and with this writer it never finished).
+    const store = await populate();
+    const payload = Buffer.alloc(16 * 1024, 7);
+    for (let batch = 0; batch < 20; batch += 1) {
+      await store.applyOutboxBatch({
+        appends: [
+          {
+            agentId: 'a2',
+            maxPending: 1_000_000,
+            messages: Array.from({ length: 64 }, (_, i) => ({
+              id: `bulk-${batch}-${i}`,
+              from: 'admin',
+              contentType: 'application/octet-stream',
+              payload,
+              createdAtMs: NOW,
+              idempotencyKey: null,
+            })),
+          },
+        ],
+        acks: [],
+      });
+    }
+    const stop = new SharedArrayBuffer(4);
+    const writer = new Worker(new URL('../../support/sqlite-writer-worker.mjs', import.meta.url), {
+      workerData: { path: dbPath, stop, agentId: 'a1', maxWrites: 2_000_000, maxMs: HANG_BOUND_MS },
+    });
+    const finished = new Promise<{ writes: number; isStoppedByTest: boolean }>((resolve, reject) => {
+      writer.on('message', (m: { writes?: number; isStoppedByTest?: boolean }) => {
+        if (m.writes !== undefined) resolve({ writes: m.writes, isStoppedByTest: m.isStoppedByTest === true });
+      });
+      writer.on('error', reject);
+    });
+    try {
+      await nextEvent(writer, 'message');
+      const writesBefore = (await store.getAgent('a1'))?.lastSeq ?? 0;
+      const summary = backupDatabase(dbPath, backupPath);
+      const writesAfter = (await store.getAgent('a1'))?.lastSeq ?? 0;
+      Atomics.store(new Int32Array(stop), 0, 1);
+      const { writes, isStoppedByTest } = await finished;
+      // The backup finished while the writer was still writing, not after it gave up.
+      expect(isStoppedByTest).toBe(true);
+      // The writer kept committing during the backup, and the backup holds one consistent state in between.
+      expect(writesAfter).toBeGreaterThan(writesBefore);
+      const copy = new Database(backupPath, { readonly: true });
+      try {
+        expect(copy.pragma('integrity_check', { simple: true })).toBe('ok');
+        const a1 = copy.prepare("SELECT last_seq AS lastSeq FROM agents WHERE agent_id = 'a1'").get() as { lastSeq: number };
+        const rows = (copy.prepare("SELECT count(*) AS n FROM messages WHERE agent_id = 'a1'").get() as { n: number }).n;
+        expect(a1.lastSeq).toBeGreaterThanOrEqual(writesBefore);
+        expect(a1.lastSeq).toBeLessThanOrEqual(writesAfter);
+        expect(rows).toBe(a1.lastSeq);
+        expect(summary.pendingMessages).toBe(rows + 64 * 20);
+      } finally {
+        copy.close();
+      }
+      expect(writes).toBeGreaterThan(0);
+    } finally {
+      Atomics.store(new Int32Array(stop), 0, 1);
+      await finished.catch(() => undefined);
+      await writer.terminate();
+      await store.close();
+    }
+  });
+
   it('never overwrites an existing file, and refuses a data directory with no store', async () => {
     await (await populate()).close();
     writeFileSync(backupPath, 'precious');
-    await expect(backupDatabase(dbPath, backupPath)).rejects.toThrow(/already exists/);
+    expect(() => backupDatabase(dbPath, backupPath)).toThrow(/already exists/);
     expect(readFileSync(backupPath, 'utf8')).toBe('precious');
-    await expect(backupDatabase(join(dir, 'nowhere.db'), join(dir, 'other.db'))).rejects.toThrow(BackupError);
+    expect(() => backupDatabase(join(dir, 'nowhere.db'), join(dir, 'other.db'))).toThrow(BackupError);
   });
 
   it('restores into a new epoch: generations past the lost history, join tokens burnt, newer keys kept, the old store kept aside', async () => {
     const store = await populate();
     const firstEpoch = await store.epoch();
-    await backupDatabase(dbPath, backupPath);
+    backupDatabase(dbPath, backupPath);
     // The history the backup does not have: a new key, more credentials, more mail.
     await store.insertSigningKey(signingKey('k2', NOW + 1));
     await store.updateAgent('a1', { generation: 9 });
@@ -116,7 +184,7 @@ describe('backup and restore of the SQLite store', () => {
 
   it('restores into a data directory that does not exist yet (a new machine)', async () => {
     await (await populate()).close();
-    await backupDatabase(dbPath, backupPath);
+    backupDatabase(dbPath, backupPath);
     const fresh = join(dir, 'new-machine', 'data', 'tether.db');
     const summary = restoreDatabase(fresh, backupPath, NOW);
     expect(summary).toMatchObject({ hosts: 2, agents: 2, replacedPath: undefined, signingKeysKept: 0 });
@@ -128,7 +196,7 @@ describe('backup and restore of the SQLite store', () => {
 
   it('mints a different epoch each time the same backup is restored', async () => {
     await (await populate()).close();
-    await backupDatabase(dbPath, backupPath);
+    backupDatabase(dbPath, backupPath);
     const first = restoreDatabase(dbPath, backupPath, NOW);
     const second = restoreDatabase(dbPath, backupPath, NOW + 1);
     expect(second.previousEpoch).toBe(first.previousEpoch);
@@ -138,7 +206,7 @@ describe('backup and restore of the SQLite store', () => {
   it('refuses while a live process serves the store, and leaves it untouched', async () => {
     const store = await populate();
     const epoch = await store.epoch();
-    await backupDatabase(dbPath, backupPath);
+    backupDatabase(dbPath, backupPath);
     await store.close();
     // Our parent stands in for a control plane that is still running.
     writeFileSync(pidFilePath(dbPath), `${process.ppid}\n`);

@@ -1,0 +1,151 @@
+/**
+ * The embedded store's schema, as numbered migrations.
+ *
+ * `PRAGMA user_version` holds the number of the last migration applied. Opening
+ * a store applies every later one in a single transaction (all or none), so a
+ * store or a restored backup made by an older binary is brought up to date, and
+ * a store made by a newer binary is refused rather than misread.
+ */
+import type Database from 'better-sqlite3';
+import { FailedPreconditionError } from '../../common/errors.js';
+
+/** One step of the schema. Applied once, in order; never edited after it ships. */
+interface Migration {
+  version: number;
+  description: string;
+  apply: (db: Database.Database) => void;
+}
+
+/**
+ * The schema as it stood before migrations were numbered. Stores made then have
+ * `user_version` 0 and these tables already, so every statement tolerates them;
+ * columns added to those tables over time without a migration are added here
+ * if missing.
+ */
+const BASELINE = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS signing_keys (
+  kid TEXT PRIMARY KEY,
+  private_jwk TEXT NOT NULL,
+  public_jwk TEXT NOT NULL,
+  created_at_ms INTEGER NOT NULL,
+  retired_at_ms INTEGER,
+  verify_until_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS hosts (
+  host_id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  state TEXT NOT NULL,
+  join_secret_hash TEXT,
+  join_expires_at_ms INTEGER NOT NULL,
+  join_lease_session_id TEXT,
+  credential_generation INTEGER NOT NULL,
+  min_valid_generation INTEGER NOT NULL,
+  credential_issued_at_ms INTEGER NOT NULL DEFAULT 0,
+  credential_expires_at_ms INTEGER NOT NULL,
+  capacity INTEGER NOT NULL,
+  labels TEXT NOT NULL,
+  last_seen_ms INTEGER NOT NULL,
+  created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS agents (
+  agent_id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  state TEXT NOT NULL,
+  host_id TEXT,
+  host_labels TEXT NOT NULL,
+  spec TEXT NOT NULL,
+  incarnation INTEGER NOT NULL,
+  generation INTEGER NOT NULL,
+  token_id TEXT,
+  issued_at_ms INTEGER NOT NULL,
+  expires_at_ms INTEGER NOT NULL,
+  rotation_due_at_ms INTEGER NOT NULL,
+  created_at_ms INTEGER NOT NULL,
+  updated_at_ms INTEGER NOT NULL,
+  detail TEXT NOT NULL,
+  last_seq INTEGER NOT NULL DEFAULT 0,
+  acked_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS agents_by_host ON agents (host_id, state);
+CREATE TABLE IF NOT EXISTS messages (
+  agent_id TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  id TEXT NOT NULL,
+  sender TEXT NOT NULL,
+  content_type TEXT NOT NULL,
+  payload BLOB NOT NULL,
+  created_at_ms INTEGER NOT NULL,
+  state TEXT NOT NULL,
+  attempts INTEGER NOT NULL,
+  last_error TEXT NOT NULL,
+  idempotency_key TEXT,
+  PRIMARY KEY (agent_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_by_state ON messages (agent_id, state, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_idempotency_key ON messages (agent_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_by_age ON messages (state, created_at_ms);
+`;
+
+/** Columns that unnumbered versions of the schema added later, each with the default older rows get. */
+const BASELINE_LATE_COLUMNS: readonly { table: string; column: string; definition: string }[] = [
+  { table: 'hosts', column: 'credential_issued_at_ms', definition: 'INTEGER NOT NULL DEFAULT 0' },
+  { table: 'agents', column: 'last_seq', definition: 'INTEGER NOT NULL DEFAULT 0' },
+  { table: 'agents', column: 'acked_seq', definition: 'INTEGER NOT NULL DEFAULT 0' },
+];
+
+/** Every migration, in order. Append only; the last one's number is {@link SCHEMA_VERSION}. */
+const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    description: 'baseline: meta, signing keys, hosts, agents, messages',
+    apply: (db) => {
+      db.exec(BASELINE);
+      for (const { table, column, definition } of BASELINE_LATE_COLUMNS) {
+        const columns = db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[];
+        if (!columns.some((c) => c.name === column)) db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${definition}`);
+      }
+    },
+  },
+];
+
+/** The schema version this binary writes: the number of its last migration. */
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/** The store's schema is newer than this binary knows; opening it would misread it. */
+export class SchemaTooNewError extends FailedPreconditionError {
+  readonly storeVersion: number;
+
+  constructor(storeVersion: number, options?: ErrorOptions) {
+    super(
+      `the store has schema version ${storeVersion}, newer than this control plane's ${SCHEMA_VERSION}: ` +
+        'it was written by a newer Tether; run that version (or restore a backup made by this one)',
+      options,
+    );
+    this.storeVersion = storeVersion;
+  }
+}
+
+/** The schema version of an open database (0: made before migrations were numbered, or empty). */
+export function schemaVersion(db: Database.Database): number {
+  return db.pragma('user_version', { simple: true }) as number;
+}
+
+/**
+ * Brings `db` to {@link SCHEMA_VERSION} in one transaction, or throws
+ * {@link SchemaTooNewError} without touching it. Returns the version it found.
+ */
+export function migrate(db: Database.Database): number {
+  const found = schemaVersion(db);
+  if (found > SCHEMA_VERSION) throw new SchemaTooNewError(found);
+  if (found === SCHEMA_VERSION) return found;
+  db.transaction(() => {
+    for (const migration of MIGRATIONS) {
+      if (migration.version <= found) continue;
+      migration.apply(db);
+    }
+    // user_version is part of the database header, so it commits or rolls back with the rest.
+    db.pragma(`user_version = ${SCHEMA_VERSION}`);
+  })();
+  return found;
+}
