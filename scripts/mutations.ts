@@ -1,0 +1,85 @@
+/**
+ * `npm run mutations [-- --only NAME] [--files]`: proves the suite bites.
+ *
+ * Each mutation below is a defect the suite once let through (every one of them
+ * passed the whole `npm test`). For each, this script checks out the current
+ * commit into a scratch folder, applies that one change (an exact text that
+ * must occur exactly once, so a mutation that no longer applies is an error,
+ * never a silent pass), runs `npm test` there, and expects it to FAIL. It
+ * prints one line per mutation and exits 1 if any mutation survived or did not
+ * apply. With --files it runs only the test files named with the mutation
+ * (quicker, for iterating; the full run is what proves the claim).
+ *
+ * Run on purpose, not in CI: the full run is one `npm test` per mutation.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+interface Mutation {
+  name: string;
+  file: string;
+  /** Exact text that must occur once in `file`. */
+  find: string;
+  replace: string;
+  /** Test files that should catch it (for --files). */
+  tests: string[];
+}
+
+const MUTATIONS: Mutation[] = [];
+
+function run(command: string, args: string[], cwd: string): { status: number; output: string } {
+  const result = spawnSync(command, args, { cwd, encoding: 'utf8', env: { ...process.env, CI: 'true' }, maxBuffer: 256 * 1024 * 1024 });
+  return { status: result.status ?? 1, output: `${result.stdout}${result.stderr}` };
+}
+
+function main(): void {
+  const args = process.argv.slice(2);
+  const onlyIndex = args.indexOf('--only');
+  const only = onlyIndex >= 0 ? args[onlyIndex + 1] : undefined;
+  const isFilesOnly = args.includes('--files');
+  const root = run('git', ['rev-parse', '--show-toplevel'], process.cwd()).output.trim();
+  const selected = MUTATIONS.filter((m) => only === undefined || m.name === only);
+  if (selected.length === 0) {
+    console.error(only === undefined ? 'no mutations defined' : `no mutation named ${only}`);
+    process.exit(2);
+  }
+  const scratch = mkdtempSync(join(tmpdir(), 'tether-mutations-'));
+  const tree = join(scratch, 'tree');
+  let survived = 0;
+  try {
+    const added = run('git', ['worktree', 'add', '--detach', tree, 'HEAD'], root);
+    if (added.status !== 0) throw new Error(`git worktree add failed: ${added.output}`);
+    symlinkSync(join(root, 'node_modules'), join(tree, 'node_modules'));
+    for (const mutation of selected) {
+      run('git', ['checkout', '--', '.'], tree);
+      const path = join(tree, mutation.file);
+      const source = readFileSync(path, 'utf8');
+      const occurrences = source.split(mutation.find).length - 1;
+      if (occurrences !== 1) {
+        console.log(`NOT APPLIED  ${mutation.name}: its text occurs ${occurrences} times in ${mutation.file}`);
+        survived += 1;
+        continue;
+      }
+      writeFileSync(path, source.replace(mutation.find, mutation.replace));
+      const startedAt = performance.now();
+      const result = isFilesOnly ? run('npx', ['vitest', 'run', ...mutation.tests], tree) : run('npm', ['test'], tree);
+      const seconds = ((performance.now() - startedAt) / 1000).toFixed(0);
+      const failed = result.output.match(/^.*(FAIL|×).*$/gm)?.slice(0, 3).map((line) => line.replace(/\x1b\[[0-9;]*m/g, '').trim()) ?? [];
+      if (result.status === 0) {
+        survived += 1;
+        console.log(`SURVIVED     ${mutation.name} (${seconds} s): the suite passed with it`);
+      } else {
+        console.log(`KILLED       ${mutation.name} (${seconds} s): ${failed.join(' | ')}`);
+      }
+    }
+  } finally {
+    run('git', ['worktree', 'remove', '--force', tree], root);
+    rmSync(scratch, { recursive: true, force: true });
+  }
+  console.log(survived === 0 ? `all ${selected.length} mutations killed` : `${survived} of ${selected.length} mutations survived or did not apply`);
+  process.exit(survived === 0 ? 0 : 1);
+}
+
+main();
