@@ -130,6 +130,7 @@ export class ControlPlane {
   readonly #keys: SigningKeyRing;
   readonly #logger: Logger;
   readonly #metrics: { registry: Registry; close: () => void };
+  readonly #heartbeats: HeartbeatLedger;
   #closing: Promise<void> | undefined;
 
   private constructor(parts: {
@@ -147,6 +148,7 @@ export class ControlPlane {
     keys: SigningKeyRing;
     logger: Logger;
     metrics: { registry: Registry; close: () => void };
+    heartbeats: HeartbeatLedger;
   }) {
     this.events = parts.events;
     this.port = parts.port;
@@ -162,6 +164,7 @@ export class ControlPlane {
     this.#keys = parts.keys;
     this.#logger = parts.logger;
     this.#metrics = parts.metrics;
+    this.#heartbeats = parts.heartbeats;
   }
 
   /** The Prometheus registry of this control plane (also served at HTTP `/metrics`). */
@@ -248,6 +251,7 @@ export class ControlPlane {
       random,
       reject: (session, what, agentId, reason) => hosts.reject(session, what, agentId, reason),
       delivery,
+      heartbeats,
     });
     const hosts: HostService = new HostService({
       store,
@@ -340,7 +344,7 @@ export class ControlPlane {
     delivery.start();
     await agents.placePending();
     logger.info({ port, httpPort, agentTokenTtlMs, hostTokenTtlMs, tls: options.tls !== undefined }, 'control plane serving');
-    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, logger, metrics });
+    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, logger, metrics, heartbeats });
   }
 
   /** How many hosts are connected. */
@@ -356,6 +360,11 @@ export class ControlPlane {
   /** Verified tokens in the cache. */
   get verifierCacheEntries(): number {
     return this.#verifier.cacheEntries;
+  }
+
+  /** @internal Agents the heartbeat ledger holds; for tests that check ended and moved agents are forgotten. */
+  get heartbeatLedgerEntries(): number {
+    return this.#heartbeats.size;
   }
 
   /** @internal Connect streams open right now, authenticated or not; for tests that check none is left behind. */
