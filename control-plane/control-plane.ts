@@ -105,6 +105,24 @@ export interface ControlPlaneOptions {
   ackedRetentionMs?: number;
   /** How long messages of stopped agents are kept. Default 7 days. */
   endedRetentionMs?: number;
+  /**
+   * Bytes buffered for one host's stream (queued, or written and not yet
+   * flushed) before deliveries to it wait: what a slow host can make the control
+   * plane hold. Default 16 MiB; from 64 KiB to 1 GiB. One delivery always goes
+   * when nothing is buffered, whatever its size.
+   */
+  maxBufferedBytesPerHost?: number;
+  /** Payload bytes kept read ahead of deliveries, all agents together. Default 64 MiB; from 64 KiB to 1 GiB. */
+  maxReadAheadBytes?: number;
+}
+
+/** `value` (or `fallback`) checked to lie within the bounds of a byte-count option. */
+function byteBound(value: number | undefined, fallback: number, name: string): number {
+  const bytes = value ?? fallback;
+  if (!Number.isSafeInteger(bytes) || bytes < 64 * 1024 || bytes > 1024 * 1024 * 1024) {
+    throw new InvalidArgumentError(`${name} must be a whole number of bytes from 64 KiB to 1 GiB`);
+  }
+  return bytes;
 }
 
 /**
@@ -234,6 +252,8 @@ export class ControlPlane {
       retryMinDelayMs: options.redeliveryMinDelayMs ?? 1_000,
       retryMaxDelayMs: options.redeliveryMaxDelayMs ?? 60_000,
       maxQueuedPerHost: 4096,
+      maxBufferedBytesPerHost: byteBound(options.maxBufferedBytesPerHost, 16 * 1024 * 1024, 'maxBufferedBytesPerHost'),
+      maxReadAheadBytes: byteBound(options.maxReadAheadBytes, 64 * 1024 * 1024, 'maxReadAheadBytes'),
       ackedRetentionMs: options.ackedRetentionMs ?? 24 * 3_600_000,
       endedRetentionMs: options.endedRetentionMs ?? 7 * 24 * 3_600_000,
     });
