@@ -105,6 +105,24 @@ export interface ControlPlaneOptions {
   ackedRetentionMs?: number;
   /** How long messages of stopped agents are kept. Default 7 days. */
   endedRetentionMs?: number;
+  /**
+   * Bytes buffered for one host's stream (queued, or written and not yet
+   * flushed) before deliveries to it wait: what a slow host can make the control
+   * plane hold. Default 16 MiB; from 64 KiB to 1 GiB. One delivery always goes
+   * when nothing is buffered, whatever its size.
+   */
+  maxBufferedBytesPerHost?: number;
+  /** Payload bytes kept read ahead of deliveries, all agents together. Default 64 MiB; from 64 KiB to 1 GiB. */
+  maxReadAheadBytes?: number;
+}
+
+/** `value` (or `fallback`) checked to lie within the bounds of a byte-count option. */
+function byteBound(value: number | undefined, fallback: number, name: string): number {
+  const bytes = value ?? fallback;
+  if (!Number.isSafeInteger(bytes) || bytes < 64 * 1024 || bytes > 1024 * 1024 * 1024) {
+    throw new InvalidArgumentError(`${name} must be a whole number of bytes from 64 KiB to 1 GiB`);
+  }
+  return bytes;
 }
 
 /**
@@ -130,6 +148,7 @@ export class ControlPlane {
   readonly #keys: SigningKeyRing;
   readonly #logger: Logger;
   readonly #metrics: { registry: Registry; close: () => void };
+  readonly #heartbeats: HeartbeatLedger;
   #closing: Promise<void> | undefined;
 
   private constructor(parts: {
@@ -147,6 +166,7 @@ export class ControlPlane {
     keys: SigningKeyRing;
     logger: Logger;
     metrics: { registry: Registry; close: () => void };
+    heartbeats: HeartbeatLedger;
   }) {
     this.events = parts.events;
     this.port = parts.port;
@@ -162,6 +182,7 @@ export class ControlPlane {
     this.#keys = parts.keys;
     this.#logger = parts.logger;
     this.#metrics = parts.metrics;
+    this.#heartbeats = parts.heartbeats;
   }
 
   /** The Prometheus registry of this control plane (also served at HTTP `/metrics`). */
@@ -231,6 +252,8 @@ export class ControlPlane {
       retryMinDelayMs: options.redeliveryMinDelayMs ?? 1_000,
       retryMaxDelayMs: options.redeliveryMaxDelayMs ?? 60_000,
       maxQueuedPerHost: 4096,
+      maxBufferedBytesPerHost: byteBound(options.maxBufferedBytesPerHost, 16 * 1024 * 1024, 'maxBufferedBytesPerHost'),
+      maxReadAheadBytes: byteBound(options.maxReadAheadBytes, 64 * 1024 * 1024, 'maxReadAheadBytes'),
       ackedRetentionMs: options.ackedRetentionMs ?? 24 * 3_600_000,
       endedRetentionMs: options.endedRetentionMs ?? 7 * 24 * 3_600_000,
     });
@@ -248,6 +271,7 @@ export class ControlPlane {
       random,
       reject: (session, what, agentId, reason) => hosts.reject(session, what, agentId, reason),
       delivery,
+      heartbeats,
     });
     const hosts: HostService = new HostService({
       store,
@@ -340,7 +364,7 @@ export class ControlPlane {
     delivery.start();
     await agents.placePending();
     logger.info({ port, httpPort, agentTokenTtlMs, hostTokenTtlMs, tls: options.tls !== undefined }, 'control plane serving');
-    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, logger, metrics });
+    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, logger, metrics, heartbeats });
   }
 
   /** How many hosts are connected. */
@@ -356,6 +380,11 @@ export class ControlPlane {
   /** Verified tokens in the cache. */
   get verifierCacheEntries(): number {
     return this.#verifier.cacheEntries;
+  }
+
+  /** @internal Agents the heartbeat ledger holds; for tests that check ended and moved agents are forgotten. */
+  get heartbeatLedgerEntries(): number {
+    return this.#heartbeats.size;
   }
 
   /** @internal Connect streams open right now, authenticated or not; for tests that check none is left behind. */

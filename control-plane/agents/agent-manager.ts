@@ -6,6 +6,7 @@ import type { Credential } from '../../gen/tether/v1/common.js';
 import type { AgentEvent, Hello } from '../../gen/tether/v1/host.js';
 import type { ControlPlaneEvents } from '../events.js';
 import type { HostSession, HostSessions } from '../hosts/host-session.js';
+import type { HeartbeatLedger } from '../services/heartbeat-ledger.js';
 import { isPastHalfLife, isRotationDue, rotationDueAtMs } from '../rotation/rotation-policy.js';
 import { RotationScheduler } from '../rotation/rotation-scheduler.js';
 import {
@@ -44,6 +45,8 @@ export interface AgentManagerOptions {
   /** Reports an envelope-level violation by a host (answered with Reject). */
   reject: (session: HostSession, what: string, agentId: string, reason: string) => void;
   delivery: DeliveryManager;
+  /** Last heartbeats: an agent is forgotten whenever it ends or moves, so nothing stays for ended agents. */
+  heartbeats: HeartbeatLedger;
 }
 
 /** What to create. */
@@ -330,6 +333,7 @@ export class AgentManager {
           this.#options.verifier.forgetSubject('agent', agent.agentId);
           this.#scheduler.unschedule(agent.agentId);
           this.#options.delivery.detach(agent.agentId);
+          this.#options.heartbeats.forget(agent.agentId);
           this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'pending', incarnation: updated.incarnation });
           moved++;
         });
@@ -434,6 +438,7 @@ export class AgentManager {
     const incarnation = Math.max(agent.incarnation, claimed) + 1;
     const issued = await this.#issue(agent, { hostId: session.hostId, incarnation, state: 'starting' }, 'start');
     if (issued === undefined) return undefined;
+    this.#options.heartbeats.forget(agent.agentId);
     // Tokens of the old incarnation are refused from now on (isAgentTokenRevoked); drop cached ones.
     this.#options.verifier.forgetSubject('agent', agent.agentId);
     session.send({
@@ -507,6 +512,7 @@ export class AgentManager {
     this.#options.verifier.forgetSubject('agent', agent.agentId);
     this.#scheduler.unschedule(agent.agentId);
     this.#options.delivery.detach(agent.agentId);
+    this.#options.heartbeats.forget(agent.agentId);
     this.#options.events.emit('agent-state', { agentId: agent.agentId, state, incarnation: agent.incarnation });
     this.#logger.info({ agentId: agent.agentId, state, detail }, 'agent ended');
     return updated ?? agent;

@@ -5,7 +5,7 @@ import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
 import type { OutgoingMessage } from '../../gen/tether/v1/common.js';
 import type { ControlPlaneEvents } from '../events.js';
-import type { HostSession } from '../hosts/host-session.js';
+import { envelopeBytes, type HostSession } from '../hosts/host-session.js';
 import { isPastHalfLife } from '../rotation/rotation-policy.js';
 import type { AppendResult, MessageRecord, Store } from '../store/store.js';
 import { OutboxBatcher } from './outbox-batcher.js';
@@ -32,6 +32,14 @@ export interface DeliveryManagerOptions {
   retryMaxDelayMs: number;
   /** Envelopes queued on one host stream before delivery waits for it to drain. */
   maxQueuedPerHost: number;
+  /**
+   * Bytes buffered for one host stream (queued, or written and not yet flushed)
+   * before delivery waits for it to drain: what a slow host can make the control
+   * plane hold. One delivery always goes when nothing is buffered.
+   */
+  maxBufferedBytesPerHost: number;
+  /** Payload bytes read ahead from the store and kept for later deliveries, all agents together. */
+  maxReadAheadBytes: number;
   /** Acknowledged messages (and their idempotency keys) are kept this long. */
   ackedRetentionMs: number;
   /** Messages of ended agents are kept this long. */
@@ -53,13 +61,18 @@ interface Cursor {
   /** A refused seq waiting for its re-send. */
   retrySeq: number | undefined;
   /**
-   * Deliverable messages past `sentSeq`, read from the store ahead of the window
-   * opening (at most `window` of them), so acks arriving one by one do not cost
-   * one store read each. Nothing that can change a message past `sentSeq` matters
-   * here: refusals concern sent seqs, requeues append past the end, and a dead
-   * letter purged after it was read is still moved past with a Skip.
+   * Deliverable messages past `sentSeq`, in seq order, read from the store ahead
+   * of the window opening (at most `window` of them, and within the manager's
+   * `maxReadAheadBytes` for all cursors together), so acks arriving one by one do
+   * not cost one store read each. Nothing that can change a message past
+   * `sentSeq` matters here: refusals concern sent seqs, requeues append past the
+   * end, and a dead letter purged after it was read is still moved past with a Skip.
+   * Changed only through #takeReadAhead, #keepReadAhead, #trimReadAhead and #dropCursor,
+   * which keep the byte count.
    */
   readAhead: MessageRecord[];
+  /** The largest payload of the last store read (0 before any), to size the next read to the budget. */
+  largestPayloadBytes: number;
   /** The agent's token as last read from the store (see #refreshTokenIfNeeded). */
   token: { issuedAtMs: number; expiresAtMs: number } | undefined;
 }
@@ -76,12 +89,27 @@ export class DeliveryManager {
   readonly #batcher: OutboxBatcher;
   readonly #cursors = new Map<string, Cursor>();
   readonly #closing = new AbortController();
+  readonly #hostBounds: { maxQueued: number; maxBufferedBytes: number };
+  /** Payload bytes of every cursor's `readAhead`. */
+  #readAheadBytes = 0;
   #pruning: Promise<void> | undefined;
 
   constructor(options: DeliveryManagerOptions) {
     this.#options = options;
     this.#logger = options.logger.child({ component: 'delivery' });
     this.#batcher = new OutboxBatcher(options.store);
+    this.#hostBounds = { maxQueued: options.maxQueuedPerHost, maxBufferedBytes: options.maxBufferedBytesPerHost };
+  }
+
+  /**
+   * Payload bytes held in read-ahead right now, counted afresh from every
+   * cursor (not from the running count, so a test checks the bound itself).
+   * @internal
+   */
+  get readAheadBytes(): number {
+    let bytes = 0;
+    for (const cursor of this.#cursors.values()) bytes += payloadBytes(cursor.readAhead);
+    return bytes;
   }
 
   /** Starts the retention sweep. */
@@ -128,6 +156,7 @@ export class DeliveryManager {
     // A host never took what was never appended; a claim past that is ignored.
     const taken = Math.min(Math.max(agent.ackedSeq, hostTakenSeq), agent.lastSeq);
     if (taken > agent.ackedSeq) void this.#batcher.ack(agentId, taken);
+    this.#dropCursor(agentId);
     this.#cursors.set(agentId, {
       agentId,
       session,
@@ -138,6 +167,7 @@ export class DeliveryManager {
       needsPump: false,
       retrySeq: undefined,
       readAhead: [],
+      largestPayloadBytes: 0,
       token: undefined,
     });
     this.#kick(agentId);
@@ -145,12 +175,12 @@ export class DeliveryManager {
 
   /** Stops delivering to an agent (stopped, ended, or moved). */
   detach(agentId: string): void {
-    this.#cursors.delete(agentId);
+    this.#dropCursor(agentId);
   }
 
   /** A host's stream ended: its cursors go; they are rebuilt from its next Hello. */
   detachSession(session: HostSession): void {
-    for (const [agentId, cursor] of this.#cursors) if (cursor.session === session) this.#cursors.delete(agentId);
+    for (const [agentId, cursor] of this.#cursors) if (cursor.session === session) this.#dropCursor(agentId);
   }
 
   /**
@@ -174,7 +204,7 @@ export class DeliveryManager {
       if (agent === undefined || seq > agent.lastSeq || !isOk) return `an Ack for seq ${seq}, never sent`;
       if (this.#cursors.get(agentId) !== cursor) return undefined;
       cursor.sentSeq = Math.max(cursor.sentSeq, seq);
-      cursor.readAhead = cursor.readAhead.filter((message) => message.seq > cursor.sentSeq);
+      this.#trimReadAhead(cursor);
     }
     if (isOk) {
       if (seq > cursor.ackedSeq) {
@@ -262,51 +292,119 @@ export class DeliveryManager {
   }
 
   async #pump(cursor: Cursor): Promise<void> {
-    const { store, window, maxQueuedPerHost } = this.#options;
+    const { store, window } = this.#options;
     do {
       cursor.needsPump = false;
       for (;;) {
         if (this.#cursors.get(cursor.agentId) !== cursor || cursor.session.state === 'closed') return;
-        const room = window - (cursor.sentSeq - cursor.ackedSeq);
-        if (room <= 0) break;
-        await cursor.session.whenBelow(maxQueuedPerHost);
-        if (cursor.readAhead.length === 0) cursor.readAhead = await store.listDeliverable(cursor.agentId, cursor.sentSeq, window);
-        const messages = cursor.readAhead.splice(0, room);
+        if (cursor.sentSeq - cursor.ackedSeq >= window) break;
+        // Nothing is read from the store while the host's stream is full.
+        await cursor.session.whenRoomFor(0, this.#hostBounds);
+        let messages = this.#takeReadAhead(cursor);
+        if (messages.length === 0) {
+          messages = await store.listDeliverable(cursor.agentId, cursor.sentSeq, this.#readLimit(cursor));
+          cursor.largestPayloadBytes = messages.reduce((largest, message) => Math.max(largest, message.payload.length), 0);
+        }
+        if (this.#cursors.get(cursor.agentId) !== cursor) return;
+        // Already taken on a previous stream (its ack moved the cursor past them meanwhile).
+        messages = messages.filter((message) => message.seq > cursor.sentSeq);
         if (messages.length === 0) break;
         if (messages.some((m) => m.state === 'pending')) await this.#refreshTokenIfNeeded(cursor);
         if (this.#cursors.get(cursor.agentId) !== cursor) return;
-        for (const message of messages) {
-          // Already taken on a previous stream (its ack moved the cursor past it meanwhile).
-          if (message.seq <= cursor.sentSeq) continue;
-          if (message.seq !== cursor.sentSeq + 1) {
-            // Seqs are gapless per agent, so a gap is a dead letter purged or requeued before this
-            // host acknowledged past it (say its Skip was lost with a stream). The host still
-            // waits for each missing seq: skip them, or its queue would be held for ever.
-            this.#logger.warn({ agentId: cursor.agentId, expected: cursor.sentSeq + 1, got: message.seq }, 'outbox gap');
-            for (let seq = cursor.sentSeq + 1; seq < message.seq; seq++) cursor.session.send({ skip: { agentId: cursor.agentId, seq } });
-          }
-          if (message.state === 'dead') {
-            cursor.session.send({ skip: { agentId: cursor.agentId, seq: message.seq } });
-          } else {
-            cursor.session.send({
-              deliver: {
-                agentId: cursor.agentId,
-                seq: message.seq,
-                attempt: message.attempts + 1,
-                message: {
-                  id: message.id,
-                  from: message.from,
-                  contentType: message.contentType,
-                  payload: message.payload,
-                  createdAtMs: message.createdAtMs,
-                },
-              },
-            });
-          }
-          cursor.sentSeq = message.seq;
-        }
+        const refusedBytes = this.#sendWithinBounds(cursor, messages);
+        this.#keepReadAhead(cursor, messages);
+        if (refusedBytes !== undefined) await cursor.session.whenRoomFor(refusedBytes, this.#hostBounds);
       }
     } while (cursor.needsPump);
+  }
+
+  /**
+   * Sends `messages` (in seq order, past `sentSeq`) while the agent's window and
+   * the host stream's bounds allow. Returns the size of the delivery the stream
+   * refused, or undefined if none was.
+   */
+  #sendWithinBounds(cursor: Cursor, messages: readonly MessageRecord[]): number | undefined {
+    const room = this.#options.window - (cursor.sentSeq - cursor.ackedSeq);
+    for (const message of messages.slice(0, Math.max(0, room))) {
+      if (message.seq <= cursor.sentSeq) continue;
+      if (message.seq !== cursor.sentSeq + 1) {
+        // Seqs are gapless per agent, so a gap is a dead letter purged or requeued before this
+        // host acknowledged past it (say its Skip was lost with a stream). The host still
+        // waits for each missing seq: skip them, or its queue would be held for ever.
+        this.#logger.warn({ agentId: cursor.agentId, expected: cursor.sentSeq + 1, got: message.seq }, 'outbox gap');
+        for (let seq = cursor.sentSeq + 1; seq < message.seq; seq++) cursor.session.send({ skip: { agentId: cursor.agentId, seq } });
+        cursor.sentSeq = message.seq - 1;
+      }
+      if (message.state === 'dead') {
+        cursor.session.send({ skip: { agentId: cursor.agentId, seq: message.seq } });
+      } else {
+        const deliver = {
+          deliver: {
+            agentId: cursor.agentId,
+            seq: message.seq,
+            attempt: message.attempts + 1,
+            message: { id: message.id, from: message.from, contentType: message.contentType, payload: message.payload, createdAtMs: message.createdAtMs },
+          },
+        };
+        if (!cursor.session.trySend(deliver, this.#hostBounds)) return envelopeBytes(deliver);
+      }
+      cursor.sentSeq = message.seq;
+    }
+    return undefined;
+  }
+
+  /**
+   * How many messages to read from the store for `cursor`: what its window has
+   * room for, plus what the read-ahead budget could keep (judged by the size of
+   * its last read), so big payloads are not read only to be dropped again.
+   */
+  #readLimit(cursor: Cursor): number {
+    const { window, maxReadAheadBytes } = this.#options;
+    if (cursor.largestPayloadBytes === 0) return window;
+    const room = Math.max(1, window - (cursor.sentSeq - cursor.ackedSeq));
+    const spareBytes = Math.max(0, maxReadAheadBytes - this.#readAheadBytes);
+    return Math.min(window, room + Math.floor(spareBytes / cursor.largestPayloadBytes));
+  }
+
+  /** Empties `cursor`'s read-ahead, returning what it held. */
+  #takeReadAhead(cursor: Cursor): MessageRecord[] {
+    const messages = cursor.readAhead;
+    cursor.readAhead = [];
+    this.#readAheadBytes -= payloadBytes(messages);
+    return messages;
+  }
+
+  /**
+   * Keeps for later what of `messages` was not sent, as far as the read-ahead
+   * byte budget allows (a prefix: what is dropped is read again when its turn comes).
+   */
+  #keepReadAhead(cursor: Cursor, messages: readonly MessageRecord[]): void {
+    if (this.#cursors.get(cursor.agentId) !== cursor) return;
+    this.#takeReadAhead(cursor);
+    const kept: MessageRecord[] = [];
+    for (const message of messages) {
+      if (message.seq <= cursor.sentSeq) continue;
+      if (this.#readAheadBytes + message.payload.length > this.#options.maxReadAheadBytes) break;
+      kept.push(message);
+      this.#readAheadBytes += message.payload.length;
+    }
+    cursor.readAhead = kept;
+  }
+
+  /** Drops from `cursor`'s read-ahead what is no longer past `sentSeq`. */
+  #trimReadAhead(cursor: Cursor): void {
+    const stale = cursor.readAhead.filter((message) => message.seq <= cursor.sentSeq);
+    if (stale.length === 0) return;
+    cursor.readAhead = cursor.readAhead.filter((message) => message.seq > cursor.sentSeq);
+    this.#readAheadBytes -= payloadBytes(stale);
+  }
+
+  /** Forgets `agentId`'s cursor, giving back its read-ahead bytes. */
+  #dropCursor(agentId: string): void {
+    const cursor = this.#cursors.get(agentId);
+    if (cursor === undefined) return;
+    this.#cursors.delete(agentId);
+    this.#takeReadAhead(cursor);
   }
 
   /**
@@ -345,4 +443,10 @@ export class DeliveryManager {
       }
     }
   }
+}
+
+function payloadBytes(messages: readonly MessageRecord[]): number {
+  let bytes = 0;
+  for (const message of messages) bytes += message.payload.length;
+  return bytes;
 }

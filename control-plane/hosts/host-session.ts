@@ -1,5 +1,5 @@
 import type { ServerDuplexStream, StatusObject } from '@grpc/grpc-js';
-import { StreamWriter } from '../../common/stream-writer.js';
+import { StreamWriter, type WriteBounds } from '../../common/stream-writer.js';
 import type { ControlMessage, Hello, HostMessage } from '../../gen/tether/v1/host.js';
 
 /**
@@ -8,6 +8,15 @@ import type { ControlMessage, Hello, HostMessage } from '../../gen/tether/v1/hos
  * - `closed`: the stream ended (by either side); sends are dropped.
  */
 export type HostSessionState = 'open' | 'closed';
+
+/**
+ * What an envelope is counted as against a host stream's byte bound: its
+ * payload plus an allowance for the rest (ids, headers, a credential), an
+ * estimate that spares serialising every envelope twice.
+ */
+export function envelopeBytes(message: ControlMessage): number {
+  return (message.deliver?.message?.payload.length ?? 0) + 512;
+}
 
 /**
  * One host's live stream. Envelopes are written in the order they were sent (a
@@ -40,7 +49,7 @@ export class HostSession {
     this.hello = options.hello;
     this.connectedAtMs = options.connectedAtMs;
     this.#call = options.call;
-    this.#writer = new StreamWriter(options.call);
+    this.#writer = new StreamWriter(options.call, { sizeOf: envelopeBytes });
   }
 
   /** The session's state. */
@@ -63,7 +72,26 @@ export class HostSession {
     return this.#writer.whenBelow(below);
   }
 
-  /** Queues an envelope for the host; dropped if the session is closed. */
+  /** Bytes of envelopes queued for this host or written and not yet flushed (see {@link envelopeBytes}). */
+  get bufferedBytes(): number {
+    return this.#writer.bufferedBytes;
+  }
+
+  /** Resolves once {@link trySend} of an envelope of `bytes` within `bounds` would be taken (or the session closed). */
+  whenRoomFor(bytes: number, bounds: WriteBounds): Promise<void> {
+    return this.#writer.whenRoomFor(bytes, bounds);
+  }
+
+  /**
+   * Queues an envelope if it fits within `bounds` (one always fits when nothing
+   * is buffered); false if it does not, or the session is closed.
+   */
+  trySend(message: ControlMessage, bounds: WriteBounds): boolean {
+    if (this.#state === 'closed') return false;
+    return this.#writer.offer(message, bounds);
+  }
+
+  /** Queues an envelope for the host whatever is buffered; dropped if the session is closed. */
   send(message: ControlMessage): void {
     if (this.#state === 'closed') return;
     this.#writer.write(message);

@@ -22,12 +22,19 @@ interface Entry {
   expiresAtMs: number;
 }
 
-/** A binary min-heap ordered by `before`. */
-class Heap<T> {
-  readonly #items: T[] = [];
-  readonly #before: (a: T, b: T) => boolean;
+/**
+ * A binary min-heap ordered by `before`, holding at most one entry per agent:
+ * a position map makes replacing and removing an agent's entry O(log n), so
+ * rescheduling (a host reconnecting over and over) and unscheduling leave
+ * nothing behind.
+ */
+class IndexedHeap {
+  readonly #items: Entry[] = [];
+  /** Index in `#items` of each agent's entry. */
+  readonly #positions = new Map<string, number>();
+  readonly #before: (a: Entry, b: Entry) => boolean;
 
-  constructor(before: (a: T, b: T) => boolean) {
+  constructor(before: (a: Entry, b: Entry) => boolean) {
     this.#before = before;
   }
 
@@ -35,43 +42,90 @@ class Heap<T> {
     return this.#items.length;
   }
 
-  peek(): T | undefined {
+  has(agentId: string): boolean {
+    return this.#positions.has(agentId);
+  }
+
+  peek(): Entry | undefined {
     return this.#items[0];
   }
 
-  push(item: T): void {
+  /** Inserts `entry`, or replaces the entry of its agent in place (a decrease- or increase-key). */
+  set(entry: Entry): void {
+    const at = this.#positions.get(entry.agentId);
+    if (at === undefined) {
+      this.#items.push(entry);
+      this.#positions.set(entry.agentId, this.#items.length - 1);
+      this.#siftUp(this.#items.length - 1);
+      return;
+    }
+    this.#items[at] = entry;
+    this.#siftDown(this.#siftUp(at));
+  }
+
+  pop(): Entry | undefined {
+    const top = this.#items[0];
+    if (top !== undefined) this.delete(top.agentId);
+    return top;
+  }
+
+  /** Removes the entry of `agentId`; false when there is none. */
+  delete(agentId: string): boolean {
+    const at = this.#positions.get(agentId);
+    if (at === undefined) return false;
+    this.#positions.delete(agentId);
+    const last = this.#items.pop() as Entry;
+    if (at < this.#items.length) {
+      this.#items[at] = last;
+      this.#positions.set(last.agentId, at);
+      this.#siftDown(this.#siftUp(at));
+    }
+    return true;
+  }
+
+  /** Moves the item at `i` up while it goes before its parent; returns where it ends. */
+  #siftUp(i: number): number {
     const items = this.#items;
-    items.push(item);
-    let i = items.length - 1;
     while (i > 0) {
       const parent = (i - 1) >> 1;
-      if (!this.#before(items[i] as T, items[parent] as T)) break;
-      [items[i], items[parent]] = [items[parent] as T, items[i] as T];
+      if (!this.#before(items[i] as Entry, items[parent] as Entry)) break;
+      this.#swap(i, parent);
       i = parent;
+    }
+    return i;
+  }
+
+  #siftDown(i: number): void {
+    const items = this.#items;
+    for (;;) {
+      const left = 2 * i + 1;
+      const right = left + 1;
+      let smallest = i;
+      if (left < items.length && this.#before(items[left] as Entry, items[smallest] as Entry)) smallest = left;
+      if (right < items.length && this.#before(items[right] as Entry, items[smallest] as Entry)) smallest = right;
+      if (smallest === i) return;
+      this.#swap(i, smallest);
+      i = smallest;
     }
   }
 
-  pop(): T | undefined {
+  #swap(i: number, j: number): void {
     const items = this.#items;
-    const top = items[0];
-    const last = items.pop();
-    if (items.length > 0 && last !== undefined) {
-      items[0] = last;
-      let i = 0;
-      for (;;) {
-        const left = 2 * i + 1;
-        const right = left + 1;
-        let smallest = i;
-        if (left < items.length && this.#before(items[left] as T, items[smallest] as T)) smallest = left;
-        if (right < items.length && this.#before(items[right] as T, items[smallest] as T)) smallest = right;
-        if (smallest === i) break;
-        [items[i], items[smallest]] = [items[smallest] as T, items[i] as T];
-        i = smallest;
-      }
-    }
-    return top;
+    const a = items[i] as Entry;
+    const b = items[j] as Entry;
+    items[i] = b;
+    items[j] = a;
+    this.#positions.set(b.agentId, i);
+    this.#positions.set(a.agentId, j);
   }
 }
+
+/**
+ * Lifecycle of a {@link RotationScheduler}.
+ * - `open`: schedules, and rotates once started.
+ * - `closed`: `close()` was called; the loop ends after the rotation in progress.
+ */
+export type RotationSchedulerState = 'open' | 'closed';
 
 /**
  * Replaces agent credentials when they fall due: soonest-expiring first among
@@ -80,13 +134,20 @@ class Heap<T> {
  */
 export class RotationScheduler {
   readonly #options: RotationSchedulerOptions;
-  readonly #entries = new Map<string, Entry>();
-  /** Entries by due time; stale ones (replaced or removed) are skipped when popped. */
-  readonly #byDue = new Heap<Entry>((a, b) => a.dueAtMs < b.dueAtMs);
+  /** Entries not due yet, by due time. An agent is in at most one of the two heaps. */
+  readonly #byDue = new IndexedHeap((a, b) => a.dueAtMs < b.dueAtMs);
   /** Due entries by expiry, soonest first. */
-  readonly #ready = new Heap<Entry>((a, b) => a.expiresAtMs < b.expiresAtMs);
-  readonly #closing = new AbortController();
-  #wake = new AbortController();
+  readonly #ready = new IndexedHeap((a, b) => a.expiresAtMs < b.expiresAtMs);
+  #state: RotationSchedulerState = 'open';
+  /**
+   * The loop's current sleep, made for that one sleep and dropped after it: `close()` aborts it, and
+   * so does `schedule()` when `#isWakeable`. One controller per sleep rather than a signal combined
+   * with a long-lived one: on Node 20 every `AbortSignal.any` leaves a dependant on its sources for
+   * good (1M wakes ≈ 60 MB).
+   */
+  #sleep: AbortController | undefined;
+  /** True while the loop sleeps for lack of anything due (not for signing budget). */
+  #isWakeable = false;
   #loop: Promise<void> | undefined;
   #isBusy = false;
   #budget: number;
@@ -105,20 +166,33 @@ export class RotationScheduler {
 
   /** Schedules (or reschedules) the rotation of `agentId`. */
   schedule(agentId: string, dueAtMs: number, expiresAtMs: number): void {
-    const entry = { agentId, dueAtMs, expiresAtMs };
-    this.#entries.set(agentId, entry);
-    this.#byDue.push(entry);
-    this.#wake.abort();
+    this.#ready.delete(agentId);
+    this.#byDue.set({ agentId, dueAtMs, expiresAtMs });
+    if (this.#isWakeable) this.#sleep?.abort();
   }
 
   /** Forgets `agentId` (stopped, or its host went away). */
   unschedule(agentId: string): void {
-    this.#entries.delete(agentId);
+    if (!this.#byDue.delete(agentId)) this.#ready.delete(agentId);
   }
 
   /** How many agents are scheduled. */
   get size(): number {
-    return this.#entries.size;
+    return this.#byDue.size + this.#ready.size;
+  }
+
+  /**
+   * Entries held by both heaps together: one per scheduled agent, whatever was
+   * rescheduled or unscheduled before. For tests.
+   * @internal
+   */
+  get heapSize(): number {
+    return this.#byDue.size + this.#ready.size;
+  }
+
+  /** The scheduler's lifecycle state. */
+  get state(): RotationSchedulerState {
+    return this.#state;
   }
 
   /**
@@ -128,48 +202,50 @@ export class RotationScheduler {
    */
   isSettled(): boolean {
     if (this.#isBusy) return false;
-    const nowMs = this.#options.clock.now();
-    this.#dropStale();
     const next = this.#byDue.peek();
-    return this.#ready.size === 0 && (next === undefined || next.dueAtMs > nowMs);
+    return this.#ready.size === 0 && (next === undefined || next.dueAtMs > this.#options.clock.now());
   }
 
   /** Stops the loop and waits for a rotation in progress. Idempotent. */
   async close(): Promise<void> {
-    this.#closing.abort();
+    this.#state = 'closed';
+    this.#sleep?.abort();
     await this.#loop;
   }
 
-  #dropStale(): void {
-    for (let top = this.#byDue.peek(); top !== undefined && this.#entries.get(top.agentId) !== top; top = this.#byDue.peek()) {
+  #isScheduled(agentId: string): boolean {
+    return this.#byDue.has(agentId) || this.#ready.has(agentId);
+  }
+
+  /** Moves every entry due at `nowMs` into the ready heap. */
+  #promoteDue(nowMs: number): void {
+    for (let top = this.#byDue.peek(); top !== undefined && top.dueAtMs <= nowMs; top = this.#byDue.peek()) {
       this.#byDue.pop();
+      this.#ready.set(top);
     }
   }
 
-  /** Moves every entry due at `nowMs` into the ready heap, and drops replaced or removed ones from the top of both. */
-  #promoteDue(nowMs: number): void {
-    this.#dropStale();
-    for (let top = this.#byDue.peek(); top !== undefined && top.dueAtMs <= nowMs; top = this.#byDue.peek()) {
-      this.#byDue.pop();
-      if (this.#entries.get(top.agentId) === top) this.#ready.push(top);
-      this.#dropStale();
-    }
-    for (let top = this.#ready.peek(); top !== undefined && this.#entries.get(top.agentId) !== top; top = this.#ready.peek()) {
-      this.#ready.pop();
+  /** Sleeps `ms` on the clock, or until `close()` (or, if `isWakeable`, `schedule()`) cuts it short. */
+  async #sleepFor(ms: number, isWakeable: boolean): Promise<void> {
+    const sleep = new AbortController();
+    this.#sleep = sleep;
+    this.#isWakeable = isWakeable;
+    try {
+      await this.#options.clock.sleep(ms, sleep.signal);
+    } finally {
+      this.#sleep = undefined;
+      this.#isWakeable = false;
     }
   }
 
   async #run(): Promise<void> {
     const { clock, logger } = this.#options;
-    const signal = this.#closing.signal;
-    while (!signal.aborted) {
+    while (this.#state === 'open') {
       const nowMs = clock.now();
       this.#promoteDue(nowMs);
-      if (this.#ready.peek() === undefined) {
+      if (this.#ready.size === 0) {
         const next = this.#byDue.peek();
-        this.#wake = new AbortController();
-        const waitMs = next === undefined ? 3_600_000 : next.dueAtMs - nowMs;
-        await clock.sleep(waitMs, AbortSignal.any([signal, this.#wake.signal]));
+        await this.#sleepFor(next === undefined ? 3_600_000 : next.dueAtMs - nowMs, true);
         continue;
       }
       // The budget is waited for before an entry is chosen, never while holding one: whatever falls
@@ -177,19 +253,18 @@ export class RotationScheduler {
       // one expiring sooner fell due during the wait; found by the scheduler's property test).
       const budgetWaitMs = this.#budgetWaitMs(nowMs);
       if (budgetWaitMs > 0) {
-        await clock.sleep(budgetWaitMs, signal);
+        await this.#sleepFor(budgetWaitMs, false);
         continue;
       }
       const entry = this.#ready.pop();
-      if (entry === undefined || this.#entries.get(entry.agentId) !== entry) continue;
+      if (entry === undefined) continue;
       this.#budget -= 1;
-      this.#entries.delete(entry.agentId);
       this.#isBusy = true;
       try {
         await this.#options.rotate(entry.agentId);
       } catch (err) {
         logger.warn({ err, agentId: entry.agentId }, 'rotation failed; will retry');
-        if (!this.#entries.has(entry.agentId)) {
+        if (!this.#isScheduled(entry.agentId)) {
           this.schedule(entry.agentId, clock.now() + (this.#options.retryDelayMs ?? 1_000), entry.expiresAtMs);
         }
       } finally {

@@ -107,7 +107,6 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
     stopAgent: unary(logger, async (request, call) => {
       authenticator.admin(call.metadata);
       const agent = await agents.stop(request.agentId, request.reason);
-      heartbeats.forget(agent.agentId);
       return { agent: toAgentInfo(agent) };
     }),
     rotateAgentCredential: unary(logger, async (request, call) => {

@@ -1,4 +1,9 @@
-/** The last heartbeat time of each agent, kept in memory (a restart forgets it, which is harmless). */
+/**
+ * The last heartbeat time of each live agent, kept in memory (a restart
+ * forgets it, which is harmless). The agent manager forgets an agent whenever
+ * it ends (stopped, exited, failed) or moves to a new incarnation, so the
+ * ledger holds at most one entry per live agent however long the control plane runs.
+ */
 export class HeartbeatLedger {
   readonly #lastMs = new Map<string, number>();
 
@@ -12,8 +17,13 @@ export class HeartbeatLedger {
     return this.#lastMs.get(agentId) ?? 0;
   }
 
-  /** Forgets a stopped agent. */
+  /** Forgets an agent that ended or moved (its next incarnation starts with no heartbeat). */
   forget(agentId: string): void {
     this.#lastMs.delete(agentId);
+  }
+
+  /** How many agents the ledger holds. */
+  get size(): number {
+    return this.#lastMs.size;
   }
 }

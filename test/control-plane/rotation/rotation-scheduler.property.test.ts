@@ -18,6 +18,17 @@ interface Planned {
   expiresInMs: number;
 }
 
+/**
+ * Scheduling that is undone before the run: earlier schedules of the planned
+ * agents (replaced by their planned one) and agents scheduled then unscheduled.
+ */
+interface Churn {
+  /** An earlier schedule of planned agent `agent % planned.length`. */
+  replaced: readonly (Planned & { agent: number })[];
+  /** Agents `x0…` scheduled, then unscheduled once the planned ones are in. */
+  removed: readonly Planned[];
+}
+
 /** A rotation as the scheduler made it. */
 interface Rotation {
   agentId: string;
@@ -44,7 +55,12 @@ async function asleep(clock: FakeClock): Promise<void> {
  * order), then time moved on in the generated steps and, after them, in steps
  * of one second until nothing is left. Returns the rotations in order.
  */
-async function runSchedule(planned: readonly Planned[], maxPerSecond: number, stepsMs: readonly number[]): Promise<{ rotations: Rotation[]; t0: number }> {
+async function runSchedule(
+  planned: readonly Planned[],
+  maxPerSecond: number,
+  stepsMs: readonly number[],
+  churn: Churn = { replaced: [], removed: [] },
+): Promise<{ rotations: Rotation[]; t0: number }> {
   const clock = new FakeClock();
   const rotations: Rotation[] = [];
   const scheduler = new RotationScheduler({
@@ -59,7 +75,11 @@ async function runSchedule(planned: readonly Planned[], maxPerSecond: number, st
   const t0 = clock.now();
   try {
     scheduler.start();
+    for (const r of churn.replaced) scheduler.schedule(`a${r.agent % planned.length}`, t0 + r.dueInMs, t0 + r.expiresInMs);
+    churn.removed.forEach((p, j) => scheduler.schedule(`x${j}`, t0 + p.dueInMs, t0 + p.expiresInMs));
     planned.forEach((p, i) => scheduler.schedule(`a${i}`, t0 + p.dueInMs, t0 + p.expiresInMs));
+    churn.removed.forEach((_, j) => scheduler.unschedule(`x${j}`));
+    expect(scheduler.heapSize).toBe(planned.length);
     await asleep(clock);
     for (const stepMs of stepsMs) {
       clock.advance(stepMs);
@@ -126,6 +146,25 @@ describe('RotationScheduler, over generated schedules', () => {
         },
       ),
       { numRuns: 300 },
+    );
+  });
+
+  it('keeps its promises when entries were replaced and removed first, one heap entry per agent', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(plannedArbitrary, { minLength: 1, maxLength: 25 }),
+        fc.integer({ min: 1, max: 8 }),
+        fc.array(fc.integer({ min: 1, max: 1_500 }), { maxLength: 12 }),
+        fc.record({
+          replaced: fc.array(fc.record({ agent: fc.nat(), dueInMs: fc.integer({ min: 0, max: 5_000 }), expiresInMs: fc.integer({ min: 1, max: 15_000 }) }), { maxLength: 40 }),
+          removed: fc.array(plannedArbitrary, { maxLength: 15 }),
+        }),
+        async (planned, maxPerSecond, stepsMs, churn) => {
+          const { rotations, t0 } = await runSchedule(planned, maxPerSecond, stepsMs, churn);
+          checkPromises(planned, maxPerSecond, rotations, t0);
+        },
+      ),
+      { numRuns: 150 },
     );
   });
 

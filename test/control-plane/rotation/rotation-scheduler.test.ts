@@ -1,7 +1,9 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import type { Clock } from '../../../common/clock.js';
 import { RotationScheduler, type RotationSchedulerOptions } from '../../../control-plane/rotation/rotation-scheduler.js';
 import { FakeClock } from '../../support/fake-clock.js';
 import { LogCapture } from '../../support/log-capture.js';
+import { signalAndSources, signalRetention } from '../../support/signal-retention.js';
 import { waitUntil } from '../../support/wait.js';
 
 /**
@@ -20,12 +22,21 @@ describe('RotationScheduler', () => {
     scheduler = undefined;
   });
 
-  function start(options: Partial<RotationSchedulerOptions> = {}): RotationScheduler {
+  function start(options: Partial<RotationSchedulerOptions> = {}, sleptOn?: Set<AbortSignal>): RotationScheduler {
     clock = new FakeClock();
+    const fake = clock;
+    // Records every signal the scheduler sleeps on, and what any of them was combined from.
+    const recording: Clock = {
+      now: () => fake.now(),
+      sleep: (ms, signal) => {
+        if (signal !== undefined) for (const held of signalAndSources(signal)) sleptOn?.add(held);
+        return fake.sleep(ms, signal);
+      },
+    };
     logs = new LogCapture();
     rotated = [];
     scheduler = new RotationScheduler({
-      clock,
+      clock: recording,
       logger: logs.logger,
       maxPerSecond: 1_000,
       rotate: (agentId) => {
@@ -36,6 +47,18 @@ describe('RotationScheduler', () => {
     });
     scheduler.start();
     return scheduler;
+  }
+
+  /**
+   * Resolves once the loop waits on the clock again, polling once per event-loop turn (bounded in
+   * turns) rather than on a timer: for loops of thousands of wakes.
+   */
+  async function asleepSoon(): Promise<void> {
+    for (let turn = 0; turn < 10_000; turn++) {
+      if (clock.pendingTimers === 1) return;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    throw new Error('the scheduler never went back to sleep');
   }
 
   /** Resolves once the loop waits on the clock again. */
@@ -203,5 +226,81 @@ describe('RotationScheduler', () => {
     await new Promise((resolve) => setImmediate(resolve));
     expect(rotated).toEqual(['a']);
     expect(clock.pendingTimers).toBe(0);
+  });
+
+  // On Node 20 each `AbortSignal.any([closing, wake])` stays registered on `closing` for as long as
+  // the scheduler lives (1M wakes ≈ 60 MB). Whatever the scheduler sleeps on, nothing may pile up on it.
+  it('leaves nothing attached to any signal it sleeps on, over 10,000 wakes', async () => {
+    const sleptOn = new Set<AbortSignal>();
+    const s = start({ maxPerSecond: 1 }, sleptOn);
+    const t0 = clock.now();
+    // One rotation at once, the other after waiting for signing budget: both kinds of sleep happen.
+    s.schedule('x', t0, t0 + 60_000);
+    s.schedule('y', t0, t0 + 60_000);
+    await asleepSoon();
+    clock.advance(1_000);
+    await waitUntil(() => rotated.length === 2, 'both rotations');
+    await asleepSoon();
+
+    for (let i = 0; i < 10_000; i++) {
+      s.schedule('a', t0 + 3_600_000 + i, t0 + 7_200_000);
+      expect(clock.pendingTimers, 'a schedule() wakes the loop').toBe(0);
+      await asleepSoon();
+    }
+
+    expect(sleptOn.size).toBeGreaterThan(0);
+    let held = 0;
+    for (const signal of sleptOn) {
+      const { listeners, dependants } = signalRetention(signal);
+      held += listeners + dependants;
+    }
+    // The one sleep in progress holds one listener; nothing else is left behind.
+    expect(held).toBeLessThanOrEqual(1);
+    expect(s.size).toBe(1);
+  });
+
+  it('keeps one heap entry per agent, however often agents are rescheduled or unscheduled', async () => {
+    const s = start({ maxPerSecond: 100 });
+    const t0 = clock.now();
+    const agentIds = Array.from({ length: 1_000 }, (_, i) => `agent-${i}`);
+    // A host reconnecting 50 times: every agent rescheduled each time, due later on even rounds and
+    // earlier on odd ones, so entries move both ways in the heap.
+    for (let round = 0; round < 50; round++) {
+      const shiftMs = round % 2 === 0 ? round * 100 : -round * 50;
+      agentIds.forEach((agentId, i) => s.schedule(agentId, t0 + 10_000 + shiftMs + ((i * 37) % 1_000), t0 + 100_000 + i));
+    }
+    agentIds.forEach((agentId, i) => {
+      if (i % 2 === 0) s.unschedule(agentId);
+    });
+    expect(s.size).toBe(500);
+    expect(s.heapSize).toBe(500);
+    await asleep();
+
+    // Everything falls due; the signing cap keeps most of it waiting on the ready heap, where
+    // rescheduling and unscheduling must also leave nothing behind.
+    clock.advance(20_000);
+    await waitUntil(() => rotated.length === 100, 'the first second of rotations');
+    await asleep();
+    expect(s.heapSize).toBe(400);
+    const waiting = agentIds.filter((agentId, i) => i % 2 === 1 && !rotated.includes(agentId));
+    expect(waiting).toHaveLength(400);
+    waiting.slice(0, 100).forEach((agentId) => s.unschedule(agentId));
+    waiting.slice(100, 200).forEach((agentId) => s.schedule(agentId, clock.now() + 60_000, clock.now() + 120_000));
+    expect(s.size).toBe(300);
+    expect(s.heapSize).toBe(300);
+
+    for (let second = 1; second <= 2; second++) {
+      clock.advance(1_000);
+      await waitUntil(() => rotated.length === 100 + 100 * second, `${100 + 100 * second} rotations`);
+      await asleep();
+    }
+    expect(s.heapSize).toBe(100);
+    clock.advance(60_000);
+    await waitUntil(() => rotated.length === 400, 'the rescheduled rotations');
+    await asleep();
+    expect(s.heapSize).toBe(0);
+    // Every agent still scheduled was rotated once; none that was unscheduled.
+    const unscheduled = new Set([...agentIds.filter((_, i) => i % 2 === 0), ...waiting.slice(0, 100)]);
+    expect([...rotated].sort()).toEqual(agentIds.filter((agentId) => !unscheduled.has(agentId)).sort());
   });
 });
