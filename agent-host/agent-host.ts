@@ -3,7 +3,7 @@ import retry from 'retry';
 import type { Clock } from '../common/clock.js';
 import { FailedPreconditionError, InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
-import { isRefusal, PROTOCOL_VERSION, REFUSAL_METADATA_KEY, type Refusal } from '../common/protocol.js';
+import { HOST_MAX_RECEIVE_MESSAGE_BYTES, isRefusal, PROTOCOL_VERSION, REFUSAL_METADATA_KEY, type Refusal } from '../common/protocol.js';
 import { StreamWriter } from '../common/stream-writer.js';
 import type { Credential, Label } from '../gen/tether/v1/common.js';
 import {
@@ -141,6 +141,8 @@ export class AgentHost {
       // Match the channel's own reconnect backoff to ours (grpc-js defaults to 1 s ×1.6 up to 120 s).
       'grpc.initial_reconnect_backoff_ms': options.reconnectMinDelayMs ?? 500,
       'grpc.max_reconnect_backoff_ms': options.reconnectMaxDelayMs ?? 30_000,
+      // The control plane caps payloads below this (net of the envelope); stated, not left to grpc-js's default.
+      'grpc.max_receive_message_length': HOST_MAX_RECEIVE_MESSAGE_BYTES,
       ...options.channelOptions,
     };
     this.#channel = new grpc.Channel(options.target, options.channelCredentials ?? grpc.credentials.createInsecure(), channelOptions);

@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Command, Option, InvalidArgumentError as CommanderInvalidArgument } from 'commander';
 import type { Registry } from 'prom-client';
 import { SystemClock } from '../common/clock.js';
-import { collect, collectLabel, parseCount, parseDurationMs, readSecret } from '../common/cli.js';
+import { collect, collectLabel, parseCount, parseDurationWithin, readSecret, type DurationBounds } from '../common/cli.js';
 import { createLogger } from '../common/logger.js';
 import { serveMetrics } from '../common/metrics-http.js';
 import type { Label } from '../gen/tether/v1/common.js';
@@ -14,6 +14,16 @@ import { FileHostCredentialStore } from './host-credential-store.js';
 import { createHostMetrics } from './metrics.js';
 import { builtinModules } from './modules/builtin-modules.js';
 import type { AgentModule } from './tools/agent-module.js';
+
+/**
+ * The range of each duration flag of `agent-host`: a stop grace of 0 kills at
+ * once (allowed); a keepalive faster than a second floods the control plane;
+ * nothing is meant to wait longer than the ceilings.
+ */
+export const HOST_DURATION_BOUNDS = {
+  stopGrace: { minMs: 0, maxMs: 3_600_000 },
+  keepalive: { minMs: 1_000, maxMs: 2 * 3_600_000 },
+} as const satisfies Record<string, DurationBounds>;
 
 /** Flags of `agent-host`. */
 interface HostFlags {
@@ -115,8 +125,8 @@ export function agentHostProgram(): Command {
     .option('--module <name=path>', 'register a module agent: the file exports `agent` (repeatable); `demo` and `idle` are built in', collect)
     .option('--allow-command <path>', 'a command process agents may run (repeatable; none by default)', collect)
     .addOption(new Option('--agents-dir <dir>', 'where each process agent gets its own 0700 directory (default: <data-dir>/agents)').env('TETHER_AGENTS_DIR'))
-    .addOption(new Option('--stop-grace <duration>', 'how long a process agent has between SIGTERM and SIGKILL').env('TETHER_STOP_GRACE').default(10_000, '10s').argParser(parseDurationMs))
-    .addOption(new Option('--keepalive <duration>', 'transport keepalive ping interval').env('TETHER_KEEPALIVE').default(30_000, '30s').argParser(parseDurationMs))
+    .addOption(new Option('--stop-grace <duration>', 'how long a process agent has between SIGTERM and SIGKILL').env('TETHER_STOP_GRACE').default(10_000, '10s').argParser(parseDurationWithin('--stop-grace', HOST_DURATION_BOUNDS.stopGrace)))
+    .addOption(new Option('--keepalive <duration>', 'transport keepalive ping interval').env('TETHER_KEEPALIVE').default(30_000, '30s').argParser(parseDurationWithin('--keepalive', HOST_DURATION_BOUNDS.keepalive)))
     .addOption(
       new Option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://<host:port>/metrics; empty for none')
         .env('TETHER_HOST_METRICS_LISTEN')

@@ -12,6 +12,51 @@ export function parseDurationMs(value: string): number {
   return parsed;
 }
 
+/** The lowest and highest value a duration flag takes, in milliseconds. */
+export interface DurationBounds {
+  minMs: number;
+  maxMs: number;
+}
+
+/** `90000` → `1m 30s`, `259200000` → `3d`: how a bound is shown in an error. */
+function formatDuration(valueMs: number): string {
+  if (valueMs === 0) return '0';
+  const units: [string, number][] = [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1_000], ['ms', 1]];
+  const parts: string[] = [];
+  let left = valueMs;
+  for (const [unit, size] of units) {
+    const whole = Math.floor(left / size);
+    if (whole > 0) parts.push(`${whole}${unit}`);
+    left -= whole * size;
+  }
+  return parts.join(' ');
+}
+
+/**
+ * A commander parser for the duration flag `flag` that refuses a value outside
+ * `bounds` with an error naming the flag and the range. Every duration flag
+ * has a ceiling: a wait that long is a typo, and one past what a timer can
+ * hold used to fire at once.
+ */
+export function parseDurationWithin(flag: string, bounds: DurationBounds): (value: string) => number {
+  return (value) => {
+    const parsed = parseDurationMs(value);
+    if (parsed < bounds.minMs || parsed > bounds.maxMs) {
+      throw new CommanderInvalidArgument(`${flag} must be from ${formatDuration(bounds.minMs)} to ${formatDuration(bounds.maxMs)}, got ${value}`);
+    }
+    return parsed;
+  };
+}
+
+/** A commander parser for the whole-number flag `flag` that refuses a value outside [min, max] with an error naming the flag. */
+export function parseCountWithin(flag: string, min: number, max: number): (value: string) => number {
+  return (value) => {
+    const parsed = parseCount(value);
+    if (parsed < min || parsed > max) throw new CommanderInvalidArgument(`${flag} must be from ${min} to ${max}, got ${value}`);
+    return parsed;
+  };
+}
+
 /** Parses a non-negative integer flag for commander. */
 export function parseCount(value: string): number {
   if (!/^\d+$/.test(value)) throw new CommanderInvalidArgument(`not a whole number: ${value}`);

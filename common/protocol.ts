@@ -11,3 +11,23 @@ export type Refusal = 'revoked' | 'expired' | 'unknown-host';
 export function isRefusal(value: unknown): value is Refusal {
   return value === 'revoked' || value === 'expired' || value === 'unknown-host';
 }
+
+/**
+ * The largest message a host's channel receives: grpc-js's default, which
+ * hosts set explicitly so the bound below holds whatever that default becomes.
+ * It is fixed before the stream opens, so Welcome cannot raise it.
+ */
+export const HOST_MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Room left in a host-bound envelope for everything but the payload (a Deliver's
+ * agent id, message id, sender and content type come to well under 1 KiB).
+ */
+export const ENVELOPE_ALLOWANCE_BYTES = 64 * 1024;
+
+/**
+ * The largest payload a control plane may accept: a Deliver carrying it still
+ * fits a host's receive limit. A larger one would end the host's stream with
+ * RESOURCE_EXHAUSTED, and as it is re-sent first on every reconnect, for ever.
+ */
+export const MAX_PAYLOAD_BYTES_CEILING = HOST_MAX_RECEIVE_MESSAGE_BYTES - ENVELOPE_ALLOWANCE_BYTES;

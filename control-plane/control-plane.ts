@@ -5,7 +5,6 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import type * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
-import { HealthImplementation } from 'grpc-health-check';
 import type { Registry } from 'prom-client';
 import { fromBinary, toBinary } from '@bufbuild/protobuf';
 import { FileDescriptorProtoSchema, FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
@@ -14,6 +13,7 @@ import { InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { isLoopback, splitHostPort } from '../common/loopback.js';
 import { answerMetrics, listen } from '../common/metrics-http.js';
+import { HOST_MAX_RECEIVE_MESSAGE_BYTES, MAX_PAYLOAD_BYTES_CEILING } from '../common/protocol.js';
 import { AdminServiceService } from '../gen/tether/v1/admin.js';
 import { AgentServiceService } from '../gen/tether/v1/agent.js';
 import { HostServiceService, type HostServiceServer } from '../gen/tether/v1/host.js';
@@ -22,6 +22,7 @@ import { Authenticator } from './auth/authenticator.js';
 import { DeliveryManager } from './delivery/delivery-manager.js';
 import { ControlPlaneEvents } from './events.js';
 import { createMetrics } from './metrics.js';
+import { HealthService } from './grpc/health-service.js';
 import { HostService, type ConnectLimits } from './hosts/host-service.js';
 import { HostSessions } from './hosts/host-session.js';
 import { adminService } from './services/admin-service.js';
@@ -92,6 +93,7 @@ export interface ControlPlaneOptions {
    * 8 KiB) until the client ends it or the connection goes.
    */
   maxConcurrentStreams?: number;
+  /** Largest payload accepted. Default 1 MiB; at most {@link MAX_PAYLOAD_BYTES_CEILING}, so a Deliver always fits a host's receive limit. */
   maxPayloadBytes?: number;
   /** Unacknowledged deliveries per agent. Default 32. */
   deliveryWindow?: number;
@@ -114,6 +116,12 @@ export interface ControlPlaneOptions {
   maxBufferedBytesPerHost?: number;
   /** Payload bytes kept read ahead of deliveries, all agents together. Default 64 MiB; from 64 KiB to 1 GiB. */
   maxReadAheadBytes?: number;
+  /**
+   * How long `close()` lets calls in flight finish, on the injected clock, after
+   * health turns NOT_SERVING and new streams are refused; what is still open
+   * then is cut. 0 cuts at once. Default 10 s.
+   */
+  shutdownGraceMs?: number;
 }
 
 /** `value` (or `fallback`) checked to lie within the bounds of a byte-count option. */
@@ -149,6 +157,9 @@ export class ControlPlane {
   readonly #logger: Logger;
   readonly #metrics: { registry: Registry; close: () => void };
   readonly #heartbeats: HeartbeatLedger;
+  readonly #health: HealthService;
+  readonly #clock: Clock;
+  readonly #shutdownGraceMs: number;
   #closing: Promise<void> | undefined;
 
   private constructor(parts: {
@@ -167,6 +178,9 @@ export class ControlPlane {
     logger: Logger;
     metrics: { registry: Registry; close: () => void };
     heartbeats: HeartbeatLedger;
+    health: HealthService;
+    clock: Clock;
+    shutdownGraceMs: number;
   }) {
     this.events = parts.events;
     this.port = parts.port;
@@ -183,6 +197,9 @@ export class ControlPlane {
     this.#logger = parts.logger;
     this.#metrics = parts.metrics;
     this.#heartbeats = parts.heartbeats;
+    this.#health = parts.health;
+    this.#clock = parts.clock;
+    this.#shutdownGraceMs = parts.shutdownGraceMs;
   }
 
   /** The Prometheus registry of this control plane (also served at HTTP `/metrics`). */
@@ -210,8 +227,13 @@ export class ControlPlane {
     const clockToleranceMs = options.clockToleranceMs ?? 30_000;
     const heartbeatIntervalMs = options.heartbeatIntervalMs ?? 30_000;
     const maxPayloadBytes = options.maxPayloadBytes ?? 1024 * 1024;
+    if (!Number.isSafeInteger(maxPayloadBytes) || maxPayloadBytes < 1 || maxPayloadBytes > MAX_PAYLOAD_BYTES_CEILING) {
+      throw new InvalidArgumentError(`maxPayloadBytes must be from 1 to ${MAX_PAYLOAD_BYTES_CEILING} (a host receives at most ${HOST_MAX_RECEIVE_MESSAGE_BYTES} bytes per envelope), got ${maxPayloadBytes}`);
+    }
     const deliveryWindow = options.deliveryWindow ?? 32;
     const random = options.random ?? ((): number => randomInt(0, 2 ** 32) / 2 ** 32);
+    const shutdownGraceMs = options.shutdownGraceMs ?? 10_000;
+    if (!Number.isFinite(shutdownGraceMs) || shutdownGraceMs < 0) throw new InvalidArgumentError(`shutdownGraceMs must be 0 or more, got ${shutdownGraceMs}`);
 
     const events = new ControlPlaneEvents();
     const keys = await SigningKeyRing.load(store, clock, root.child({ component: 'keys' }));
@@ -321,12 +343,7 @@ export class ControlPlane {
         logger: root,
         maxTokenLifetimeMs: Math.max(agentTokenTtlMs, hostTokenTtlMs) + clockToleranceMs,
       }));
-    const health = new HealthImplementation({
-      '': 'SERVING',
-      'tether.v1.HostService': 'SERVING',
-      'tether.v1.AgentService': 'SERVING',
-      'tether.v1.AdminService': 'SERVING',
-    });
+    const health = new HealthService(['tether.v1.HostService', 'tether.v1.AgentService', 'tether.v1.AdminService']);
     health.addToServer(server);
     new ReflectionService(reflectedDescriptors()).addToServer(server);
 
@@ -350,8 +367,9 @@ export class ControlPlane {
         }
         if (answerMetrics(metrics.registry, logger, request, response)) return;
         if (request.method === 'GET' && request.url === '/healthz') {
-          response.writeHead(200, { 'content-type': 'text/plain' });
-          response.end('ok\n');
+          const isServing = health.state === 'serving';
+          response.writeHead(isServing ? 200 : 503, { 'content-type': 'text/plain' });
+          response.end(isServing ? 'ok\n' : 'shutting down\n');
           return;
         }
         response.writeHead(404, { 'content-type': 'text/plain' });
@@ -364,7 +382,7 @@ export class ControlPlane {
     delivery.start();
     await agents.placePending();
     logger.info({ port, httpPort, agentTokenTtlMs, hostTokenTtlMs, tls: options.tls !== undefined }, 'control plane serving');
-    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, logger, metrics, heartbeats });
+    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, logger, metrics, heartbeats, health, clock, shutdownGraceMs });
   }
 
   /** How many hosts are connected. */
@@ -407,21 +425,40 @@ export class ControlPlane {
     return this.#keys;
   }
 
-  /** Stops serving: ends host streams, stops rotation, closes listeners. Idempotent. Does not close the store. */
+  /**
+   * Stops serving, gracefully: health turns NOT_SERVING (for `""` and each
+   * service; Watch streams are told and ended), new streams are refused, host
+   * streams are ended (hosts reconnect with backoff), and calls already in
+   * flight get up to `shutdownGraceMs` to finish; whatever is still open then
+   * is cut. Then rotation and delivery stop (pending writes committed) and the
+   * HTTP listener closes. Idempotent. Does not close the store.
+   */
   close(): Promise<void> {
     this.#closing ??= this.#close();
     return this.#closing;
   }
 
   async #close(): Promise<void> {
+    this.#health.drain();
+    this.#logger.info({ graceMs: this.#shutdownGraceMs }, 'control plane draining');
+    // Listeners close and every connection gets GOAWAY: no new stream, while the calls in flight go on.
+    const drained = new Promise<void>((resolve) => this.#server.tryShutdown(() => resolve()));
+    // Host streams never end on their own; a host told UNAVAILABLE reconnects with backoff.
+    this.#hosts.closeAll();
+    const graceOver = new AbortController();
+    const isDrained = await Promise.race([
+      drained.then(() => true),
+      this.#shutdownGraceMs === 0 ? Promise.resolve(false) : this.#clock.sleep(this.#shutdownGraceMs, graceOver.signal).then(() => false),
+    ]);
+    graceOver.abort();
+    if (!isDrained) {
+      this.#logger.warn({ graceMs: this.#shutdownGraceMs }, 'shutdown grace over: cutting the calls still open');
+      this.#server.forceShutdown();
+      await drained;
+    }
+    // Only now: a call that was in flight may still have needed rotation, delivery and its group commit.
     await this.#agents.close();
     await this.#delivery.close();
-    this.#hosts.closeAll();
-    await new Promise<void>((resolve) => {
-      this.#server.tryShutdown(() => resolve());
-      // Streams that do not end promptly are cut.
-      queueMicrotask(() => this.#server.forceShutdown());
-    });
     if (this.#http !== undefined) {
       const http = this.#http;
       http.closeAllConnections();

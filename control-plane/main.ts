@@ -1,8 +1,9 @@
 import { Command, Option } from 'commander';
-import { parseCount, parseDurationMs } from '../common/cli.js';
+import { parseCount, parseCountWithin, parseDurationWithin } from '../common/cli.js';
+import { MAX_PAYLOAD_BYTES_CEILING } from '../common/protocol.js';
 import { addAdminCommands } from './cli/admin-commands.js';
 import { addBackupCommands } from './cli/backup-commands.js';
-import { serve, type ServeFlags } from './cli/serve-command.js';
+import { serve, SERVE_DURATION_BOUNDS as BOUNDS, type ServeFlags } from './cli/serve-command.js';
 
 /** Builds the `control-plane` command line. */
 export function controlPlaneProgram(): Command {
@@ -26,18 +27,24 @@ export function controlPlaneProgram(): Command {
     .addOption(new Option('--tls-cert <path>', 'PEM certificate: serve TLS').env('TETHER_TLS_CERT'))
     .addOption(new Option('--tls-key <path>', 'PEM private key of --tls-cert').env('TETHER_TLS_KEY'))
     .addOption(new Option('--insecure', 'allow plaintext on a non-loopback address').env('TETHER_INSECURE'))
-    .addOption(new Option('--agent-token-ttl <duration>', 'agent token lifetime').env('TETHER_AGENT_TOKEN_TTL').default(3_600_000, '1h').argParser(parseDurationMs))
-    .addOption(new Option('--host-token-ttl <duration>', 'host token lifetime').env('TETHER_HOST_TOKEN_TTL').default(259_200_000, '72h').argParser(parseDurationMs))
-    .addOption(new Option('--audience-token-ttl <duration>', 'lifetime of tokens minted for other services (never past the agent token)').env('TETHER_AUDIENCE_TOKEN_TTL').default(300_000, '5m').argParser(parseDurationMs))
-    .addOption(new Option('--join-token-ttl <duration>', 'default join token lifetime').env('TETHER_JOIN_TOKEN_TTL').default(3_600_000, '1h').argParser(parseDurationMs))
-    .addOption(new Option('--clock-tolerance <duration>', 'allowed clock skew on nbf/exp').env('TETHER_CLOCK_TOLERANCE').default(30_000, '30s').argParser(parseDurationMs))
-    .addOption(new Option('--heartbeat-interval <duration>', 'agent heartbeat interval told to hosts').env('TETHER_HEARTBEAT_INTERVAL').default(30_000, '30s').argParser(parseDurationMs))
-    .addOption(new Option('--keepalive <duration>', 'transport keepalive ping interval towards hosts').env('TETHER_KEEPALIVE').default(30_000, '30s').argParser(parseDurationMs))
+    .addOption(new Option('--agent-token-ttl <duration>', 'agent token lifetime').env('TETHER_AGENT_TOKEN_TTL').default(3_600_000, '1h').argParser(parseDurationWithin('--agent-token-ttl', BOUNDS.agentTokenTtl)))
+    .addOption(new Option('--host-token-ttl <duration>', 'host token lifetime').env('TETHER_HOST_TOKEN_TTL').default(259_200_000, '72h').argParser(parseDurationWithin('--host-token-ttl', BOUNDS.hostTokenTtl)))
+    .addOption(new Option('--audience-token-ttl <duration>', 'lifetime of tokens minted for other services (never past the agent token)').env('TETHER_AUDIENCE_TOKEN_TTL').default(300_000, '5m').argParser(parseDurationWithin('--audience-token-ttl', BOUNDS.audienceTokenTtl)))
+    .addOption(new Option('--join-token-ttl <duration>', 'default join token lifetime').env('TETHER_JOIN_TOKEN_TTL').default(3_600_000, '1h').argParser(parseDurationWithin('--join-token-ttl', BOUNDS.joinTokenTtl)))
+    .addOption(new Option('--clock-tolerance <duration>', 'allowed clock skew on nbf/exp').env('TETHER_CLOCK_TOLERANCE').default(30_000, '30s').argParser(parseDurationWithin('--clock-tolerance', BOUNDS.clockTolerance)))
+    .addOption(new Option('--heartbeat-interval <duration>', 'agent heartbeat interval told to hosts').env('TETHER_HEARTBEAT_INTERVAL').default(30_000, '30s').argParser(parseDurationWithin('--heartbeat-interval', BOUNDS.heartbeatInterval)))
+    .addOption(new Option('--keepalive <duration>', 'transport keepalive ping interval towards hosts').env('TETHER_KEEPALIVE').default(30_000, '30s').argParser(parseDurationWithin('--keepalive', BOUNDS.keepalive)))
+    .addOption(
+      new Option('--shutdown-grace <duration>', 'on SIGTERM: health reports NOT_SERVING, calls in flight get this long to finish, then the rest are cut')
+        .env('TETHER_SHUTDOWN_GRACE')
+        .default(10_000, '10s')
+        .argParser(parseDurationWithin('--shutdown-grace', BOUNDS.shutdownGrace)),
+    )
     .addOption(new Option('--max-rotations-per-second <n>', 'cap on credential signing rate; storms are smoothed, not dropped').env('TETHER_MAX_ROTATIONS_PER_SECOND').default(200).argParser(parseCount))
     .addOption(new Option('--delivery-window <n>', 'unacknowledged deliveries per agent').env('TETHER_DELIVERY_WINDOW').default(32).argParser(parseCount))
     .addOption(new Option('--max-delivery-attempts <n>', 'refusals after which a message is dead-lettered').env('TETHER_MAX_DELIVERY_ATTEMPTS').default(5).argParser(parseCount))
     .addOption(new Option('--max-outbox-messages <n>', 'unacknowledged or dead-lettered messages per agent before sends get RESOURCE_EXHAUSTED').env('TETHER_MAX_OUTBOX_MESSAGES').default(10_000).argParser(parseCount))
-    .addOption(new Option('--max-payload-bytes <n>', 'largest message payload accepted').env('TETHER_MAX_PAYLOAD_BYTES').default(1_048_576).argParser(parseCount))
+    .addOption(new Option('--max-payload-bytes <n>', `largest message payload accepted (at most ${MAX_PAYLOAD_BYTES_CEILING}: a delivery must fit a host's 4 MiB receive limit)`).env('TETHER_MAX_PAYLOAD_BYTES').default(1_048_576).argParser(parseCountWithin('--max-payload-bytes', 1, MAX_PAYLOAD_BYTES_CEILING)))
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
     .action(async (flags: Omit<ServeFlags, 'dataDir'>, command: Command) => {
       await serve({ ...flags, dataDir: command.optsWithGlobals<{ dataDir: string }>().dataDir });

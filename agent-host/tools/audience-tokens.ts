@@ -97,11 +97,24 @@ interface CacheEntry {
 }
 
 /**
+ * One mint shared by every caller asking for the same audience meanwhile. It
+ * runs under its own controller, never a caller's signal: one caller giving up
+ * must not cancel the token the others are waiting for. It is aborted only when
+ * every waiter has gone (or the cache closes).
+ */
+interface SharedMint {
+  readonly promise: Promise<AudienceToken>;
+  readonly controller: AbortController;
+  waiters: number;
+}
+
+/**
  * Tokens for other services, one cache per agent (never shared, never global):
  * `tokenFor(audience)` returns the cached token for `audience` while it is
  * fresh, and mints a new one through AgentService.MintToken once less than
  * 20 % of its life or 30 s is left (configurable). Concurrent requests for one
- * audience share one mint. If a refresh fails while the cached token has not
+ * audience share one mint; a caller's `signal` ends only its own wait, and the
+ * mint is cancelled only once every caller waiting on it has gone. If a refresh fails while the cached token has not
  * expired yet, the cached one is returned (a brief control-plane outage does
  * not fail tool calls); otherwise the typed error is thrown. Time is read from
  * the injected clock only.
@@ -115,7 +128,7 @@ export class AudienceTokens {
   readonly #signal: AbortSignal | undefined;
   readonly #onAbort = (): void => this.close();
   readonly #cache = new Map<string, CacheEntry>();
-  readonly #inFlight = new Map<string, Promise<AudienceToken>>();
+  readonly #inFlight = new Map<string, SharedMint>();
   #state: AudienceTokensState = 'open';
 
   /** Makes the cache; with `target` and `source`, throws InvalidArgumentError for a plaintext non-loopback target. */
@@ -160,6 +173,8 @@ export class AudienceTokens {
     try {
       return await this.#mint(audience, options);
     } catch (err) {
+      // The caller gave up: it asked for nothing more.
+      if (options.signal?.aborted === true) throw err;
       // Still valid, only due for replacement: better than failing the call; the next call tries again.
       if (cached !== undefined && this.#state === 'open' && this.#clock.now() < cached.token.expiresAtMs) return cached.token;
       throw err;
@@ -188,27 +203,71 @@ export class AudienceTokens {
     this.#state = 'closed';
     this.#signal?.removeEventListener('abort', this.#onAbort);
     this.#cache.clear();
+    for (const shared of this.#inFlight.values()) shared.controller.abort();
     this.#inFlight.clear();
     this.#ownedClient?.close();
   }
 
+  /**
+   * Waits for the shared mint of `audience` (starting one if none runs), until
+   * it settles or the caller's own `signal` aborts, whichever comes first. A
+   * caller that stops waiting leaves the mint running for the others.
+   */
   #mint(audience: string, options: CallOptions): Promise<AudienceToken> {
-    const running = this.#inFlight.get(audience);
-    if (running !== undefined) return running;
-    const minting = this.#minter.mintToken(audience, options).then(
+    const signal = options.signal;
+    if (signal?.aborted === true) return Promise.reject(abortError());
+    const shared = this.#inFlight.get(audience) ?? this.#startMint(audience);
+    shared.waiters++;
+    return new Promise<AudienceToken>((resolve, reject) => {
+      const onAbort = (): void => {
+        leave();
+        reject(abortError());
+        // The last waiter gone: nobody wants this token any more.
+        if (shared.waiters === 0 && this.#inFlight.get(audience) === shared) {
+          this.#inFlight.delete(audience);
+          shared.controller.abort();
+        }
+      };
+      let hasLeft = false;
+      const leave = (): void => {
+        if (hasLeft) return;
+        hasLeft = true;
+        shared.waiters--;
+        signal?.removeEventListener('abort', onAbort);
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      shared.promise.then(
+        (token) => {
+          leave();
+          resolve(token);
+        },
+        (err: unknown) => {
+          leave();
+          reject(err instanceof Error ? err : new Error(String(err)));
+        },
+      );
+    });
+  }
+
+  #startMint(audience: string): SharedMint {
+    const controller = new AbortController();
+    const promise = this.#minter.mintToken(audience, { signal: controller.signal }).then(
       (response) => {
-        if (this.#inFlight.get(audience) === minting) this.#inFlight.delete(audience);
+        if (this.#inFlight.get(audience) === shared) this.#inFlight.delete(audience);
         const token = toAudienceToken(response, audience);
         if (this.#state === 'open') this.#remember(audience, token);
         return token;
       },
       (err: unknown) => {
-        if (this.#inFlight.get(audience) === minting) this.#inFlight.delete(audience);
+        if (this.#inFlight.get(audience) === shared) this.#inFlight.delete(audience);
         throw err;
       },
     );
-    this.#inFlight.set(audience, minting);
-    return minting;
+    // A mint every waiter left settles with nobody listening; its rejection is expected, not unhandled.
+    promise.catch(() => undefined);
+    const shared: SharedMint = { promise, controller, waiters: 0 };
+    this.#inFlight.set(audience, shared);
+    return shared;
   }
 
   #remember(audience: string, token: AudienceToken): void {
@@ -221,6 +280,11 @@ export class AudienceTokens {
       this.#cache.delete(oldest.value);
     }
   }
+}
+
+/** What a caller whose own signal aborted is rejected with (as AgentClient does). */
+function abortError(): DOMException {
+  return new DOMException('aborted', 'AbortError');
 }
 
 /** Checks a MintToken response and freezes it into an {@link AudienceToken}. */

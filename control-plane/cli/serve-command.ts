@@ -3,11 +3,32 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SystemClock } from '../../common/clock.js';
-import { readSecret } from '../../common/cli.js';
+import { readSecret, type DurationBounds } from '../../common/cli.js';
 import { createLogger, type Logger } from '../../common/logger.js';
 import { ControlPlane } from '../control-plane.js';
 import { claimDatabase } from '../store/sqlite-backup.js';
 import { databasePath, SqliteStore } from '../store/sqlite-store.js';
+
+const SECOND_MS = 1_000;
+const MINUTE_MS = 60 * SECOND_MS;
+const HOUR_MS = 60 * MINUTE_MS;
+const DAY_MS = 24 * HOUR_MS;
+
+/**
+ * The range of each duration flag of `control-plane serve`. Floors where zero
+ * makes no sense (a token that is born expired, a keepalive that floods);
+ * ceilings everywhere, well past any sane setting.
+ */
+export const SERVE_DURATION_BOUNDS = {
+  agentTokenTtl: { minMs: 10 * SECOND_MS, maxMs: 7 * DAY_MS },
+  hostTokenTtl: { minMs: MINUTE_MS, maxMs: 365 * DAY_MS },
+  audienceTokenTtl: { minMs: SECOND_MS, maxMs: DAY_MS },
+  joinTokenTtl: { minMs: SECOND_MS, maxMs: 30 * DAY_MS },
+  clockTolerance: { minMs: 0, maxMs: HOUR_MS },
+  heartbeatInterval: { minMs: SECOND_MS, maxMs: HOUR_MS },
+  keepalive: { minMs: SECOND_MS, maxMs: 2 * HOUR_MS },
+  shutdownGrace: { minMs: 0, maxMs: 10 * MINUTE_MS },
+} as const satisfies Record<string, DurationBounds>;
 
 /** Flags of `control-plane serve`. */
 export interface ServeFlags {
@@ -25,6 +46,7 @@ export interface ServeFlags {
   clockTolerance: number;
   heartbeatInterval: number;
   keepalive: number;
+  shutdownGrace: number;
   maxRotationsPerSecond: number;
   deliveryWindow: number;
   maxDeliveryAttempts: number;
@@ -105,6 +127,7 @@ export async function serve(flags: ServeFlags): Promise<void> {
     maxDeliveryAttempts: flags.maxDeliveryAttempts,
     maxOutboxMessages: flags.maxOutboxMessages,
     maxPayloadBytes: flags.maxPayloadBytes,
+    shutdownGraceMs: flags.shutdownGrace,
   });
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {

@@ -48,10 +48,24 @@ export function labelsFromProto(labels: readonly Label[]): LabelRecord[] {
   return labels.map((label) => ({ key: label.key, value: label.value }));
 }
 
-/** Page size: default 100, at most 1000. */
+/** The page size of a list call that names none (page_size 0). */
+export const DEFAULT_PAGE_SIZE = 100;
+
+/** The largest page a list call answers; a larger page_size is served this many. */
+export const MAX_PAGE_SIZE = 1_000;
+
+/**
+ * The page size of an AdminService list call: 0 → {@link DEFAULT_PAGE_SIZE},
+ * above {@link MAX_PAGE_SIZE} → that maximum. Anything else that is not a
+ * positive whole number is InvalidArgumentError, never "everything": the
+ * store's SQL reads a negative LIMIT as no limit at all. (On the wire
+ * page_size is uint32, so a negative one reaches here only from an in-process
+ * caller or a future transcoding; the guard stands for all of them.)
+ */
 export function pageSize(requested: number): number {
-  if (requested === 0) return 100;
-  return Math.min(1000, requested);
+  if (!Number.isSafeInteger(requested) || requested < 0) throw new InvalidArgumentError(`page_size must be 0 (default ${DEFAULT_PAGE_SIZE}) or a positive whole number, got ${requested}`);
+  if (requested === 0) return DEFAULT_PAGE_SIZE;
+  return Math.min(MAX_PAGE_SIZE, requested);
 }
 
 /** Decodes an opaque page token into the id to list after. */

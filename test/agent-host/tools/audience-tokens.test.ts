@@ -6,6 +6,7 @@ import {
   type AudienceTokenMinter,
 } from '../../../agent-host/tools/audience-tokens.js';
 import { ClosedError, InvalidArgumentError, UnavailableError } from '../../../common/errors.js';
+import type { CallOptions } from '../../../agent-host/tools/agent-client.js';
 import type { MintTokenResponse } from '../../../gen/tether/v1/agent.js';
 import { FakeClock } from '../../support/fake-clock.js';
 
@@ -37,6 +38,23 @@ describe('isAudienceTokenStale', () => {
   });
 });
 
+/** Resolves as `gate` does, or rejects with an AbortError once `signal` aborts, as a cancelled gRPC call does. */
+function abortable(gate: Promise<void> | undefined, signal: AbortSignal | undefined): Promise<void> {
+  if (signal === undefined) return gate ?? Promise.resolve();
+  if (signal.aborted) return Promise.reject(new DOMException('aborted', 'AbortError'));
+  return new Promise<void>((resolve, reject) => {
+    const onAbort = (): void => reject(new DOMException('aborted', 'AbortError'));
+    signal.addEventListener('abort', onAbort, { once: true });
+    (gate ?? Promise.resolve()).then(
+      () => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      },
+      reject,
+    );
+  });
+}
+
 /** A minter of our own interface: signs nothing, records what it was asked, fails on demand. */
 class FakeMinter implements AudienceTokenMinter {
   readonly asked: string[] = [];
@@ -66,10 +84,14 @@ class FakeMinter implements AudienceTokenMinter {
     };
   }
 
-  async mintToken(audience: string): Promise<MintTokenResponse> {
+  /** Signals the mints were given, in order (as AgentClient, a mint ends when its signal aborts). */
+  readonly signals: (AbortSignal | undefined)[] = [];
+
+  async mintToken(audience: string, options: CallOptions = {}): Promise<MintTokenResponse> {
     this.asked.push(audience);
+    this.signals.push(options.signal);
     const n = this.asked.length;
-    await this.#gate;
+    await abortable(this.#gate, options.signal);
     if (this.#failure !== undefined) throw this.#failure;
     const issuedAtMs = this.#clock.now();
     return {
@@ -116,6 +138,44 @@ describe('AudienceTokens', () => {
     expect(a).toBe(b);
     expect(c).toBe(a.token);
     expect(minter.asked).toEqual(['svc-a']);
+  });
+
+  it('lets one caller of a shared mint give up without cancelling it for the others', async () => {
+    const clock = new FakeClock();
+    const minter = new FakeMinter(clock);
+    const tokens = new AudienceTokens({ client: minter, clock });
+    const release = minter.hold();
+    const impatient = new AbortController();
+    const first = tokens.tokenFor('svc-a', { signal: impatient.signal });
+    const second = tokens.tokenFor('svc-a', { signal: new AbortController().signal });
+    impatient.abort();
+    await expect(first).rejects.toMatchObject({ name: 'AbortError' });
+    release();
+    expect((await second).tokenId).toBe('jti-1');
+    expect(minter.asked).toEqual(['svc-a']);
+    // The mint ran under a signal of its own, and the token was cached for the next caller.
+    expect(minter.signals[0]?.aborted).toBe(false);
+    expect(await tokens.tokenFor('svc-a')).toBe(await second);
+  });
+
+  it('cancels a shared mint once every caller waiting on it has gone', async () => {
+    const clock = new FakeClock();
+    const minter = new FakeMinter(clock);
+    const tokens = new AudienceTokens({ client: minter, clock });
+    const release = minter.hold();
+    const a = new AbortController();
+    const b = new AbortController();
+    const first = tokens.tokenFor('svc-a', { signal: a.signal });
+    const second = tokens.tokenFor('svc-a', { signal: b.signal });
+    a.abort();
+    await expect(first).rejects.toMatchObject({ name: 'AbortError' });
+    expect(minter.signals[0]?.aborted).toBe(false);
+    b.abort();
+    await expect(second).rejects.toMatchObject({ name: 'AbortError' });
+    expect(minter.signals[0]?.aborted).toBe(true);
+    release();
+    // The next caller starts a mint of its own rather than joining the abandoned one.
+    expect((await tokens.tokenFor('svc-a')).tokenId).toBe('jti-2');
   });
 
   it('keeps a stale but unexpired token when a refresh fails, and throws once it has expired', async () => {
