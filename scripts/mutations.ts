@@ -16,6 +16,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { stripVTControlCharacters } from 'node:util';
 
 interface Mutation {
   name: string;
@@ -66,7 +67,7 @@ function main(): void {
       const startedAt = performance.now();
       const result = isFilesOnly ? run('npx', ['vitest', 'run', ...mutation.tests], tree) : run('npm', ['test'], tree);
       const seconds = ((performance.now() - startedAt) / 1000).toFixed(0);
-      const failed = result.output.match(/^.*(FAIL|×).*$/gm)?.slice(0, 3).map((line) => line.replace(/\x1b\[[0-9;]*m/g, '').trim()) ?? [];
+      const failed = result.output.match(/^.*(FAIL|×).*$/gm)?.slice(0, 3).map((line) => stripVTControlCharacters(line).trim()) ?? [];
       if (result.status === 0) {
         survived += 1;
         console.log(`SURVIVED     ${mutation.name} (${seconds} s): the suite passed with it`);
