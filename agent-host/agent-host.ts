@@ -1,5 +1,4 @@
 import * as grpc from '@grpc/grpc-js';
-import retry from 'retry';
 import type { Clock } from '../common/clock.js';
 import { FailedPreconditionError, InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
@@ -17,12 +16,14 @@ import {
   type Welcome,
 } from '../gen/tether/v1/host.js';
 import type { AgentEnd, AgentRunnerFactory } from './agent-runner.js';
+import { runConnectionLoop, type StreamOutcome } from './connection-loop.js';
 import type { ApplyResult } from './credential-holder.js';
 import { AgentHostEvents } from './events.js';
 import type { HostCredentialStore } from './host-credential-store.js';
 import { HostedAgent } from './hosted-agent.js';
 import { moduleRunner } from './module-runner.js';
 import { processRunner } from './process-agent.js';
+import { DEFAULT_RECONNECT_BACKOFF, type ReconnectBackoffPolicy } from './reconnect-backoff.js';
 import type { AgentModule } from './tools/agent-module.js';
 import { assertPlaintextAllowed } from './tools/loopback.js';
 
@@ -58,9 +59,19 @@ export interface AgentHostOptions {
   /** Agents this host will run; 0 for no limit. */
   capacity?: number;
   labels?: readonly Label[];
-  /** Reconnect backoff: about 0.5 s doubling to 30 s, jittered. */
+  /**
+   * Reconnect backoff: full jitter, its cap 0.5 s doubling to 30 s and at most
+   * a tenth of the lowest remaining token life (never below 250 ms).
+   */
   reconnectMinDelayMs?: number;
   reconnectMaxDelayMs?: number;
+  /** Uniform on [0, 1): the reconnect jitter. Default `Math.random`; tests seed it. */
+  random?: () => number;
+  /**
+   * @internal Makes the channel of one connection attempt (default `new grpc.Channel`),
+   * so a test can count and inspect them. The host closes each when its attempt ends.
+   */
+  channelFactory?: (target: string, credentials: grpc.ChannelCredentials, options: grpc.ChannelOptions) => grpc.Channel;
   /** App-level Ping towards the control plane (and the expiry check). Default 30 s. */
   pingIntervalMs?: number;
   /** Warn when the lowest time-to-expiry of any held token falls below this fraction of the agent token TTL. Default 0.25. */
@@ -85,14 +96,6 @@ export interface HostExit {
   details?: string;
 }
 
-/** What happened to one stream. */
-interface StreamOutcome {
-  isWelcomed: boolean;
-  code: number;
-  details: string;
-  refusal: Refusal | undefined;
-}
-
 /**
  * An agent host: keeps one stream open to the control plane, starts the agents
  * it is told to, applies each rotated credential to that agent's own holder, and
@@ -106,8 +109,10 @@ export class AgentHost {
   readonly done: Promise<HostExit>;
   readonly #options: AgentHostOptions;
   readonly #logger: Logger;
+  /** The agents' channel (heartbeats, tools); the stream has a channel of its own per attempt. */
   readonly #channel: grpc.Channel;
-  readonly #client: HostServiceClient;
+  readonly #streamChannelOptions: grpc.ChannelOptions;
+  readonly #backoff: ReconnectBackoffPolicy;
   readonly #agents = new Map<string, HostedAgent>();
   readonly #closing = new AbortController();
   #state: AgentHostState = 'connecting';
@@ -144,9 +149,17 @@ export class AgentHost {
       ...options.channelOptions,
     };
     this.#channel = new grpc.Channel(options.target, options.channelCredentials ?? grpc.credentials.createInsecure(), channelOptions);
-    this.#client = new HostServiceClient(options.target, options.channelCredentials ?? grpc.credentials.createInsecure(), {
-      channelOverride: this.#channel,
-    });
+    this.#streamChannelOptions = {
+      ...channelOptions,
+      // A subchannel of its own: grpc-js's global pool would otherwise hand a fresh channel the old
+      // channel's subchannel (same target, options and credentials), reconnect backoff and all.
+      'grpc.use_local_subchannel_pool': 1,
+    };
+    this.#backoff = {
+      ...DEFAULT_RECONNECT_BACKOFF,
+      initialDelayMs: options.reconnectMinDelayMs ?? DEFAULT_RECONNECT_BACKOFF.initialDelayMs,
+      maxDelayMs: options.reconnectMaxDelayMs ?? DEFAULT_RECONNECT_BACKOFF.maxDelayMs,
+    };
     this.done = this.#run();
     this.#expiry = this.#expiryLoop();
   }
@@ -195,42 +208,36 @@ export class AgentHost {
     }
     await this.done;
     await this.#expiry;
-    this.#client.close();
     this.#channel.close();
   }
 
   async #run(): Promise<HostExit> {
-    const { clock } = this.#options;
-    const signal = this.#closing.signal;
-    let attempt = 0;
-    while (!signal.aborted) {
-      const outcome = await this.#stream();
-      if (signal.aborted) break;
-      if (outcome.refusal !== undefined) {
-        this.#state = 'refused';
-        this.#logger.error({ refusal: outcome.refusal, details: outcome.details }, 'control plane refused this host for good');
-        this.events.emit('refused', { refusal: outcome.refusal, details: outcome.details });
-        await this.#stopAllAgents(`host refused: ${outcome.refusal}`);
-        return { refusal: outcome.refusal, details: outcome.details };
-      }
-      this.#state = 'connecting';
-      if (outcome.isWelcomed) attempt = 0;
-      const delayMs = retry.createTimeout(attempt, {
-        factor: 2,
-        minTimeout: this.#options.reconnectMinDelayMs ?? 500,
-        maxTimeout: this.#options.reconnectMaxDelayMs ?? 30_000,
-        randomize: true,
-      });
-      attempt = Math.min(attempt + 1, 30);
-      this.#logger.info({ code: outcome.code, details: outcome.details, delayMs }, 'stream lost; reconnecting');
-      this.events.emit('disconnected', { code: outcome.code, details: outcome.details });
-      await clock.sleep(delayMs, signal);
-    }
-    return {};
+    const credentials = this.#options.channelCredentials ?? grpc.credentials.createInsecure();
+    const channelFactory = this.#options.channelFactory ?? ((target, creds, options) => new grpc.Channel(target, creds, options));
+    const refused = await runConnectionLoop({
+      clock: this.#options.clock,
+      signal: this.#closing.signal,
+      random: this.#options.random ?? Math.random,
+      backoff: this.#backoff,
+      openChannel: () => channelFactory(this.#options.target, credentials, this.#streamChannelOptions),
+      runStream: (channel) => this.#stream(channel),
+      lowestTimeToExpiryMs: () => this.lowestTimeToExpiryMs(),
+      onLost: (outcome, retryInMs) => {
+        this.#state = 'connecting';
+        this.#logger.info({ code: outcome.code, details: outcome.details, delayMs: retryInMs }, 'stream lost; reconnecting');
+        this.events.emit('disconnected', { code: outcome.code, details: outcome.details, retryInMs });
+      },
+    });
+    if (refused?.refusal === undefined) return {};
+    this.#state = 'refused';
+    this.#logger.error({ refusal: refused.refusal, details: refused.details }, 'control plane refused this host for good');
+    this.events.emit('refused', { refusal: refused.refusal, details: refused.details });
+    await this.#stopAllAgents(`host refused: ${refused.refusal}`);
+    return { refusal: refused.refusal, details: refused.details };
   }
 
-  /** Runs one stream to its end. */
-  async #stream(): Promise<StreamOutcome> {
+  /** Runs one stream to its end, on `channel` (this attempt's own). */
+  async #stream(channel: grpc.Channel): Promise<StreamOutcome> {
     const metadata = new grpc.Metadata();
     const stored = await this.#options.credentialStore.load();
     if (stored !== undefined) metadata.set('authorization', `Bearer ${stored.token}`);
@@ -238,7 +245,10 @@ export class AgentHost {
     else return { isWelcomed: false, code: grpc.status.UNAUTHENTICATED, details: 'no host credential and no join token', refusal: 'unknown-host' };
 
     if (stored !== undefined) this.#hostCredentialExpiresAtMs = stored.expiresAtMs;
-    const call = this.#client.connect(metadata);
+    const client = new HostServiceClient(this.#options.target, this.#options.channelCredentials ?? grpc.credentials.createInsecure(), {
+      channelOverride: channel,
+    });
+    const call = client.connect(metadata);
     this.#call = call;
     const writer = new StreamWriter<HostMessage>(call);
     this.#writer = writer;
