@@ -27,6 +27,9 @@ import { DEFAULT_RECONNECT_BACKOFF, type ReconnectBackoffPolicy } from './reconn
 import type { AgentModule } from './tools/agent-module.js';
 import { assertPlaintextAllowed } from './tools/loopback.js';
 
+/** The longest grpc-js may wait between connection attempts of the agents' channel. */
+const AGENT_CHANNEL_MAX_BACKOFF_MS = 5_000;
+
 /** The host software's version, sent in Hello. */
 export const HOST_VERSION = '0.1.0';
 
@@ -143,9 +146,11 @@ export class AgentHost {
       'grpc.keepalive_time_ms': keepaliveTimeMs,
       'grpc.keepalive_timeout_ms': options.keepaliveTimeoutMs ?? 10_000,
       'grpc.keepalive_permit_without_calls': 1,
-      // Match the channel's own reconnect backoff to ours (grpc-js defaults to 1 s ×1.6 up to 120 s).
-      'grpc.initial_reconnect_backoff_ms': options.reconnectMinDelayMs ?? 500,
-      'grpc.max_reconnect_backoff_ms': options.reconnectMaxDelayMs ?? 30_000,
+      // The agents' channel lives as long as the host, so grpc-js's own backoff (1 s ×1.6 up to 120 s by
+      // default) decides how soon their calls get through once the control plane is back: keep it short.
+      // Tokens never wait for it (they come down the stream, whose channel is fresh per attempt).
+      'grpc.initial_reconnect_backoff_ms': Math.min(options.reconnectMinDelayMs ?? 500, AGENT_CHANNEL_MAX_BACKOFF_MS),
+      'grpc.max_reconnect_backoff_ms': Math.min(options.reconnectMaxDelayMs ?? 30_000, AGENT_CHANNEL_MAX_BACKOFF_MS),
       ...options.channelOptions,
     };
     this.#channel = new grpc.Channel(options.target, options.channelCredentials ?? grpc.credentials.createInsecure(), channelOptions);
