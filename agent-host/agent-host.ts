@@ -12,6 +12,7 @@ import {
   type Deliver,
   type HostMessage,
   type StartAgent,
+  type RotationPolicy,
   type TokenRotated,
   type Welcome,
 } from '../gen/tether/v1/host.js';
@@ -19,6 +20,7 @@ import type { AgentEnd, AgentRunnerFactory } from './agent-runner.js';
 import { runConnectionLoop, type StreamOutcome } from './connection-loop.js';
 import type { ApplyResult } from './credential-holder.js';
 import { AgentHostEvents } from './events.js';
+import { hostCadence } from './host-cadence.js';
 import type { HostCredentialStore } from './host-credential-store.js';
 import { HostedAgent } from './hosted-agent.js';
 import { moduleRunner } from './module-runner.js';
@@ -26,6 +28,27 @@ import { processRunner } from './process-agent.js';
 import { DEFAULT_RECONNECT_BACKOFF, type ReconnectBackoffPolicy } from './reconnect-backoff.js';
 import type { AgentModule } from './tools/agent-module.js';
 import { assertPlaintextAllowed } from './tools/loopback.js';
+
+/** The control plane's defaults, assumed until its Welcome says otherwise. */
+const DEFAULT_ROTATION_POLICY: RotationPolicy = {
+  agentTokenTtlMs: 3_600_000,
+  hostTokenTtlMs: 72 * 3_600_000,
+  clockToleranceMs: 30_000,
+  rotationWindowStart: 0.5,
+  rotationWindowWidth: 0.1,
+};
+
+/** `announced` over `current`, field by field; a field not set (0, from an older control plane) keeps what `current` had. */
+function mergeRotationPolicy(current: RotationPolicy, announced: RotationPolicy): RotationPolicy {
+  const pick = (value: number, fallback: number): number => (value > 0 ? value : fallback);
+  return {
+    agentTokenTtlMs: pick(announced.agentTokenTtlMs, current.agentTokenTtlMs),
+    hostTokenTtlMs: pick(announced.hostTokenTtlMs, current.hostTokenTtlMs),
+    clockToleranceMs: pick(announced.clockToleranceMs, current.clockToleranceMs),
+    rotationWindowStart: pick(announced.rotationWindowStart, current.rotationWindowStart),
+    rotationWindowWidth: pick(announced.rotationWindowWidth, current.rotationWindowWidth),
+  };
+}
 
 /** The longest grpc-js may wait between connection attempts of the agents' channel. */
 const AGENT_CHANNEL_MAX_BACKOFF_MS = 5_000;
@@ -71,11 +94,12 @@ export interface AgentHostOptions {
   /** Uniform on [0, 1): the reconnect jitter. Default `Math.random`; tests seed it. */
   random?: () => number;
   /**
-   * @internal Makes the channel of one connection attempt (default `new grpc.Channel`),
-   * so a test can count and inspect them. The host closes each when its attempt ends.
+   * @internal Makes the host's channels (default `new grpc.Channel`), so a test can count and
+   * inspect them: `stream` for each connection attempt (closed when its attempt ends), `agents`
+   * once, for the agents' calls (closed by `close()`).
    */
-  channelFactory?: (target: string, credentials: grpc.ChannelCredentials, options: grpc.ChannelOptions) => grpc.Channel;
-  /** App-level Ping towards the control plane (and the expiry check). Default 30 s. */
+  channelFactory?: (target: string, credentials: grpc.ChannelCredentials, options: grpc.ChannelOptions, purpose: 'stream' | 'agents') => grpc.Channel;
+  /** App-level Ping towards the control plane. Default 30 s. (The expiry check runs every TTL/10, at most 30 s.) */
   pingIntervalMs?: number;
   /** Warn when the lowest time-to-expiry of any held token falls below this fraction of the agent token TTL. Default 0.25. */
   expiryWarningFraction?: number;
@@ -115,16 +139,23 @@ export class AgentHost {
   /** The agents' channel (heartbeats, tools); the stream has a channel of its own per attempt. */
   readonly #channel: grpc.Channel;
   readonly #streamChannelOptions: grpc.ChannelOptions;
+  readonly #channelFactory: NonNullable<AgentHostOptions['channelFactory']>;
   readonly #backoff: ReconnectBackoffPolicy;
   readonly #agents = new Map<string, HostedAgent>();
   readonly #closing = new AbortController();
+  /**
+   * Aborted when a Welcome changes the cadence, so the expiry check does not sleep out a wait
+   * planned for another TTL, and by `close()`.
+   */
+  #expiryReplan = new AbortController();
   #state: AgentHostState = 'connecting';
   #hostId = '';
   #epoch = '';
   #heartbeatIntervalMs = 30_000;
   #writer: StreamWriter<HostMessage> | undefined;
   #call: grpc.ClientDuplexStream<HostMessage, ControlMessage> | undefined;
-  #agentTokenTtlMs = 3_600_000;
+  /** What the control plane said in Welcome; until then, its defaults. */
+  #rotationPolicy: RotationPolicy = { ...DEFAULT_ROTATION_POLICY };
   #hostCredentialExpiresAtMs = 0;
   #clockSkewMs = 0;
   #isExpiryWarned = false;
@@ -153,7 +184,8 @@ export class AgentHost {
       'grpc.max_reconnect_backoff_ms': Math.min(options.reconnectMaxDelayMs ?? 30_000, AGENT_CHANNEL_MAX_BACKOFF_MS),
       ...options.channelOptions,
     };
-    this.#channel = new grpc.Channel(options.target, options.channelCredentials ?? grpc.credentials.createInsecure(), channelOptions);
+    this.#channelFactory = options.channelFactory ?? ((target, credentials, channelOptions) => new grpc.Channel(target, credentials, channelOptions));
+    this.#channel = this.#channelFactory(options.target, options.channelCredentials ?? grpc.credentials.createInsecure(), channelOptions, 'agents');
     this.#streamChannelOptions = {
       ...channelOptions,
       // A subchannel of its own: grpc-js's global pool would otherwise hand a fresh channel the old
@@ -207,6 +239,7 @@ export class AgentHost {
     // Hand the agents' last events and acks to the stream before closing it.
     await this.#writer?.whenBelow(1);
     this.#closing.abort();
+    this.#expiryReplan.abort();
     if (!wasRefused) {
       this.#call?.end();
       this.#call?.cancel();
@@ -218,13 +251,12 @@ export class AgentHost {
 
   async #run(): Promise<HostExit> {
     const credentials = this.#options.channelCredentials ?? grpc.credentials.createInsecure();
-    const channelFactory = this.#options.channelFactory ?? ((target, creds, options) => new grpc.Channel(target, creds, options));
     const refused = await runConnectionLoop({
       clock: this.#options.clock,
       signal: this.#closing.signal,
       random: this.#options.random ?? Math.random,
       backoff: this.#backoff,
-      openChannel: () => channelFactory(this.#options.target, credentials, this.#streamChannelOptions),
+      openChannel: () => this.#channelFactory(this.#options.target, credentials, this.#streamChannelOptions, 'stream'),
       runStream: (channel) => this.#stream(channel),
       lowestTimeToExpiryMs: () => this.lowestTimeToExpiryMs(),
       onLost: (outcome, retryInMs) => {
@@ -335,10 +367,15 @@ export class AgentHost {
     this.#hostId = welcome.hostId;
     this.#epoch = welcome.epoch;
     if (welcome.heartbeatIntervalMs > 0) this.#heartbeatIntervalMs = welcome.heartbeatIntervalMs;
-    if ((welcome.rotation?.agentTokenTtlMs ?? 0) > 0) this.#agentTokenTtlMs = welcome.rotation?.agentTokenTtlMs ?? this.#agentTokenTtlMs;
+    const cadenceBefore = this.#cadence().expiryCheckIntervalMs;
+    if (welcome.rotation !== undefined) this.#rotationPolicy = mergeRotationPolicy(this.#rotationPolicy, welcome.rotation);
+    if (this.#cadence().expiryCheckIntervalMs !== cadenceBefore) {
+      this.#expiryReplan.abort();
+      this.#expiryReplan = new AbortController();
+    }
     if (welcome.hostCredential !== undefined) await this.#storeHostCredential(writer, welcome.hostCredential);
     this.#state = 'connected';
-    this.#logger.info({ hostId: welcome.hostId, sessionId: welcome.sessionId, epoch: welcome.epoch }, 'connected to control plane');
+    this.#logger.info({ hostId: welcome.hostId, sessionId: welcome.sessionId, epoch: welcome.epoch, rotation: this.#rotationPolicy }, 'connected to control plane');
     this.events.emit('connected', { hostId: welcome.hostId, sessionId: welcome.sessionId, epoch: welcome.epoch });
   }
 
@@ -352,14 +389,33 @@ export class AgentHost {
     }
   }
 
-  /** Checks, connected or not, how long the tokens held here have left. */
+  /** Checks, connected or not, how long the tokens held here have left: every TTL/10, at most 30 s. */
   async #expiryLoop(): Promise<void> {
     const { clock } = this.#options;
     const signal = this.#closing.signal;
+    let lastCheckAtMs = clock.now();
     while (!signal.aborted) {
-      await clock.sleep(this.#options.pingIntervalMs ?? 30_000, signal);
-      if (!signal.aborted) this.#checkExpiry();
+      const replan = this.#expiryReplan.signal;
+      // Measured from the last check, so a new cadence (a Welcome) applies to the wait already under way.
+      const dueAtMs = lastCheckAtMs + this.#cadence().expiryCheckIntervalMs;
+      if (clock.now() < dueAtMs) {
+        await clock.sleep(dueAtMs - clock.now(), replan);
+        if (signal.aborted) return;
+        if (replan.aborted) continue;
+      }
+      this.#checkExpiry();
+      lastCheckAtMs = clock.now();
     }
+  }
+
+  /** The cadences tied to the TTL the control plane announced (read each time: a Welcome may change it). */
+  #cadence(): ReturnType<typeof hostCadence> {
+    return hostCadence(this.#rotationPolicy.agentTokenTtlMs, this.#heartbeatIntervalMs);
+  }
+
+  /** The rotation policy the control plane announced in its last Welcome (its defaults before any). */
+  get rotationPolicy(): Readonly<RotationPolicy> {
+    return this.#rotationPolicy;
   }
 
   /** The lowest time-to-expiry over every held token (agents' and the host's own). */
@@ -377,7 +433,7 @@ export class AgentHost {
 
   #checkExpiry(): void {
     const lowestMs = this.lowestTimeToExpiryMs();
-    const thresholdMs = this.#agentTokenTtlMs * (this.#options.expiryWarningFraction ?? 0.25);
+    const thresholdMs = this.#rotationPolicy.agentTokenTtlMs * (this.#options.expiryWarningFraction ?? 0.25);
     if (lowestMs < thresholdMs) {
       if (!this.#isExpiryWarned) {
         this.#logger.warn({ lowestTimeToExpiryMs: lowestMs, thresholdMs }, 'a token is close to expiry: is the control plane reachable?');
@@ -413,6 +469,7 @@ export class AgentHost {
         channel: this.#channel,
         target: this.#options.target,
         heartbeatIntervalMs: () => this.#heartbeatIntervalMs,
+        callDeadlineMs: this.#cadence().callDeadlineMs,
         onHeartbeat: (result) => this.events.emit('heartbeat', { agentId: start.agentId, ...result }),
         send: (envelope) => this.#writer?.write(envelope),
         onTaken: (seq) => this.events.emit('message-taken', { agentId: start.agentId, seq }),

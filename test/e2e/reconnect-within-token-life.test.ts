@@ -64,9 +64,9 @@ describe('reconnect within the tokens\u2019 life', () => {
       reconnectMinDelayMs: 500,
       reconnectMaxDelayMs: 30_000,
       random: () => jitter.next(),
-      channelFactory: (target, credentials, options) => {
+      channelFactory: (target, credentials, options, purpose) => {
         const channel = new grpc.Channel(target, credentials, options);
-        channels.push(channel);
+        if (purpose === 'stream') channels.push(channel);
         return channel;
       },
     });
