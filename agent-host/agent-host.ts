@@ -1,5 +1,4 @@
 import * as grpc from '@grpc/grpc-js';
-import retry from 'retry';
 import type { Clock } from '../common/clock.js';
 import { FailedPreconditionError, InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
@@ -13,18 +12,46 @@ import {
   type Deliver,
   type HostMessage,
   type StartAgent,
+  type RotationPolicy,
   type TokenRotated,
   type Welcome,
 } from '../gen/tether/v1/host.js';
 import type { AgentEnd, AgentRunnerFactory } from './agent-runner.js';
+import { runConnectionLoop, type StreamOutcome } from './connection-loop.js';
 import type { ApplyResult } from './credential-holder.js';
 import { AgentHostEvents } from './events.js';
+import { hostCadence } from './host-cadence.js';
 import type { HostCredentialStore } from './host-credential-store.js';
 import { HostedAgent } from './hosted-agent.js';
 import { moduleRunner } from './module-runner.js';
 import { processRunner } from './process-agent.js';
+import { DEFAULT_RECONNECT_BACKOFF, type ReconnectBackoffPolicy } from './reconnect-backoff.js';
 import type { AgentModule } from './tools/agent-module.js';
 import { assertPlaintextAllowed } from './tools/loopback.js';
+
+/** The control plane's defaults, assumed until its Welcome says otherwise. */
+const DEFAULT_ROTATION_POLICY: RotationPolicy = {
+  agentTokenTtlMs: 3_600_000,
+  hostTokenTtlMs: 72 * 3_600_000,
+  clockToleranceMs: 30_000,
+  rotationWindowStart: 0.5,
+  rotationWindowWidth: 0.1,
+};
+
+/** `announced` over `current`, field by field; a field not set (0, from an older control plane) keeps what `current` had. */
+function mergeRotationPolicy(current: RotationPolicy, announced: RotationPolicy): RotationPolicy {
+  const pick = (value: number, fallback: number): number => (value > 0 ? value : fallback);
+  return {
+    agentTokenTtlMs: pick(announced.agentTokenTtlMs, current.agentTokenTtlMs),
+    hostTokenTtlMs: pick(announced.hostTokenTtlMs, current.hostTokenTtlMs),
+    clockToleranceMs: pick(announced.clockToleranceMs, current.clockToleranceMs),
+    rotationWindowStart: pick(announced.rotationWindowStart, current.rotationWindowStart),
+    rotationWindowWidth: pick(announced.rotationWindowWidth, current.rotationWindowWidth),
+  };
+}
+
+/** The longest grpc-js may wait between connection attempts of the agents' channel. */
+const AGENT_CHANNEL_MAX_BACKOFF_MS = 5_000;
 
 /** The host software's version, sent in Hello. */
 export const HOST_VERSION = '0.1.0';
@@ -58,10 +85,21 @@ export interface AgentHostOptions {
   /** Agents this host will run; 0 for no limit. */
   capacity?: number;
   labels?: readonly Label[];
-  /** Reconnect backoff: about 0.5 s doubling to 30 s, jittered. */
+  /**
+   * Reconnect backoff: full jitter, its cap 0.5 s doubling to 30 s and at most
+   * a tenth of the lowest remaining token life (never below 250 ms).
+   */
   reconnectMinDelayMs?: number;
   reconnectMaxDelayMs?: number;
-  /** App-level Ping towards the control plane (and the expiry check). Default 30 s. */
+  /** Uniform on [0, 1): the reconnect jitter. Default `Math.random`; tests seed it. */
+  random?: () => number;
+  /**
+   * @internal Makes the host's channels (default `new grpc.Channel`), so a test can count and
+   * inspect them: `stream` for each connection attempt (closed when its attempt ends), `agents`
+   * once, for the agents' calls (closed by `close()`).
+   */
+  channelFactory?: (target: string, credentials: grpc.ChannelCredentials, options: grpc.ChannelOptions, purpose: 'stream' | 'agents') => grpc.Channel;
+  /** App-level Ping towards the control plane. Default 30 s. (The expiry check runs every TTL/10, at most 30 s.) */
   pingIntervalMs?: number;
   /** Warn when the lowest time-to-expiry of any held token falls below this fraction of the agent token TTL. Default 0.25. */
   expiryWarningFraction?: number;
@@ -85,14 +123,6 @@ export interface HostExit {
   details?: string;
 }
 
-/** What happened to one stream. */
-interface StreamOutcome {
-  isWelcomed: boolean;
-  code: number;
-  details: string;
-  refusal: Refusal | undefined;
-}
-
 /**
  * An agent host: keeps one stream open to the control plane, starts the agents
  * it is told to, applies each rotated credential to that agent's own holder, and
@@ -106,17 +136,26 @@ export class AgentHost {
   readonly done: Promise<HostExit>;
   readonly #options: AgentHostOptions;
   readonly #logger: Logger;
+  /** The agents' channel (heartbeats, tools); the stream has a channel of its own per attempt. */
   readonly #channel: grpc.Channel;
-  readonly #client: HostServiceClient;
+  readonly #streamChannelOptions: grpc.ChannelOptions;
+  readonly #channelFactory: NonNullable<AgentHostOptions['channelFactory']>;
+  readonly #backoff: ReconnectBackoffPolicy;
   readonly #agents = new Map<string, HostedAgent>();
   readonly #closing = new AbortController();
+  /**
+   * Aborted when a Welcome changes the cadence, so the expiry check does not sleep out a wait
+   * planned for another TTL, and by `close()`.
+   */
+  #expiryReplan = new AbortController();
   #state: AgentHostState = 'connecting';
   #hostId = '';
   #epoch = '';
   #heartbeatIntervalMs = 30_000;
   #writer: StreamWriter<HostMessage> | undefined;
   #call: grpc.ClientDuplexStream<HostMessage, ControlMessage> | undefined;
-  #agentTokenTtlMs = 3_600_000;
+  /** What the control plane said in Welcome; until then, its defaults. */
+  #rotationPolicy: RotationPolicy = { ...DEFAULT_ROTATION_POLICY };
   #hostCredentialExpiresAtMs = 0;
   #clockSkewMs = 0;
   #isExpiryWarned = false;
@@ -138,17 +177,28 @@ export class AgentHost {
       'grpc.keepalive_time_ms': keepaliveTimeMs,
       'grpc.keepalive_timeout_ms': options.keepaliveTimeoutMs ?? 10_000,
       'grpc.keepalive_permit_without_calls': 1,
-      // Match the channel's own reconnect backoff to ours (grpc-js defaults to 1 s ×1.6 up to 120 s).
-      'grpc.initial_reconnect_backoff_ms': options.reconnectMinDelayMs ?? 500,
-      'grpc.max_reconnect_backoff_ms': options.reconnectMaxDelayMs ?? 30_000,
+      // The agents' channel lives as long as the host, so grpc-js's own backoff (1 s ×1.6 up to 120 s by
+      // default) decides how soon their calls get through once the control plane is back: keep it short.
+      // Tokens never wait for it (they come down the stream, whose channel is fresh per attempt).
+      'grpc.initial_reconnect_backoff_ms': Math.min(options.reconnectMinDelayMs ?? 500, AGENT_CHANNEL_MAX_BACKOFF_MS),
+      'grpc.max_reconnect_backoff_ms': Math.min(options.reconnectMaxDelayMs ?? 30_000, AGENT_CHANNEL_MAX_BACKOFF_MS),
       // The control plane caps payloads below this (net of the envelope); stated, not left to grpc-js's default.
       'grpc.max_receive_message_length': HOST_MAX_RECEIVE_MESSAGE_BYTES,
       ...options.channelOptions,
     };
-    this.#channel = new grpc.Channel(options.target, options.channelCredentials ?? grpc.credentials.createInsecure(), channelOptions);
-    this.#client = new HostServiceClient(options.target, options.channelCredentials ?? grpc.credentials.createInsecure(), {
-      channelOverride: this.#channel,
-    });
+    this.#channelFactory = options.channelFactory ?? ((target, credentials, channelOptions) => new grpc.Channel(target, credentials, channelOptions));
+    this.#channel = this.#channelFactory(options.target, options.channelCredentials ?? grpc.credentials.createInsecure(), channelOptions, 'agents');
+    this.#streamChannelOptions = {
+      ...channelOptions,
+      // A subchannel of its own: grpc-js's global pool would otherwise hand a fresh channel the old
+      // channel's subchannel (same target, options and credentials), reconnect backoff and all.
+      'grpc.use_local_subchannel_pool': 1,
+    };
+    this.#backoff = {
+      ...DEFAULT_RECONNECT_BACKOFF,
+      initialDelayMs: options.reconnectMinDelayMs ?? DEFAULT_RECONNECT_BACKOFF.initialDelayMs,
+      maxDelayMs: options.reconnectMaxDelayMs ?? DEFAULT_RECONNECT_BACKOFF.maxDelayMs,
+    };
     this.done = this.#run();
     this.#expiry = this.#expiryLoop();
   }
@@ -191,48 +241,42 @@ export class AgentHost {
     // Hand the agents' last events and acks to the stream before closing it.
     await this.#writer?.whenBelow(1);
     this.#closing.abort();
+    this.#expiryReplan.abort();
     if (!wasRefused) {
       this.#call?.end();
       this.#call?.cancel();
     }
     await this.done;
     await this.#expiry;
-    this.#client.close();
     this.#channel.close();
   }
 
   async #run(): Promise<HostExit> {
-    const { clock } = this.#options;
-    const signal = this.#closing.signal;
-    let attempt = 0;
-    while (!signal.aborted) {
-      const outcome = await this.#stream();
-      if (signal.aborted) break;
-      if (outcome.refusal !== undefined) {
-        this.#state = 'refused';
-        this.#logger.error({ refusal: outcome.refusal, details: outcome.details }, 'control plane refused this host for good');
-        this.events.emit('refused', { refusal: outcome.refusal, details: outcome.details });
-        await this.#stopAllAgents(`host refused: ${outcome.refusal}`);
-        return { refusal: outcome.refusal, details: outcome.details };
-      }
-      this.#state = 'connecting';
-      if (outcome.isWelcomed) attempt = 0;
-      const delayMs = retry.createTimeout(attempt, {
-        factor: 2,
-        minTimeout: this.#options.reconnectMinDelayMs ?? 500,
-        maxTimeout: this.#options.reconnectMaxDelayMs ?? 30_000,
-        randomize: true,
-      });
-      attempt = Math.min(attempt + 1, 30);
-      this.#logger.info({ code: outcome.code, details: outcome.details, delayMs }, 'stream lost; reconnecting');
-      this.events.emit('disconnected', { code: outcome.code, details: outcome.details });
-      await clock.sleep(delayMs, signal);
-    }
-    return {};
+    const credentials = this.#options.channelCredentials ?? grpc.credentials.createInsecure();
+    const refused = await runConnectionLoop({
+      clock: this.#options.clock,
+      signal: this.#closing.signal,
+      random: this.#options.random ?? Math.random,
+      backoff: this.#backoff,
+      openChannel: () => this.#channelFactory(this.#options.target, credentials, this.#streamChannelOptions, 'stream'),
+      runStream: (channel) => this.#stream(channel),
+      lowestTimeToExpiryMs: () => this.lowestTimeToExpiryMs(),
+      onLost: (outcome, retryInMs) => {
+        this.#state = 'connecting';
+        this.#logger.info({ code: outcome.code, details: outcome.details, delayMs: retryInMs }, 'stream lost; reconnecting');
+        this.events.emit('disconnected', { code: outcome.code, details: outcome.details, retryInMs });
+      },
+    });
+    if (refused?.refusal === undefined) return {};
+    this.#state = 'refused';
+    this.#logger.error({ refusal: refused.refusal, details: refused.details }, 'control plane refused this host for good');
+    this.events.emit('refused', { refusal: refused.refusal, details: refused.details });
+    await this.#stopAllAgents(`host refused: ${refused.refusal}`);
+    return { refusal: refused.refusal, details: refused.details };
   }
 
-  /** Runs one stream to its end. */
-  async #stream(): Promise<StreamOutcome> {
+  /** Runs one stream to its end, on `channel` (this attempt's own). */
+  async #stream(channel: grpc.Channel): Promise<StreamOutcome> {
     const metadata = new grpc.Metadata();
     const stored = await this.#options.credentialStore.load();
     if (stored !== undefined) metadata.set('authorization', `Bearer ${stored.token}`);
@@ -240,7 +284,10 @@ export class AgentHost {
     else return { isWelcomed: false, code: grpc.status.UNAUTHENTICATED, details: 'no host credential and no join token', refusal: 'unknown-host' };
 
     if (stored !== undefined) this.#hostCredentialExpiresAtMs = stored.expiresAtMs;
-    const call = this.#client.connect(metadata);
+    const client = new HostServiceClient(this.#options.target, this.#options.channelCredentials ?? grpc.credentials.createInsecure(), {
+      channelOverride: channel,
+    });
+    const call = client.connect(metadata);
     this.#call = call;
     const writer = new StreamWriter<HostMessage>(call);
     this.#writer = writer;
@@ -322,10 +369,15 @@ export class AgentHost {
     this.#hostId = welcome.hostId;
     this.#epoch = welcome.epoch;
     if (welcome.heartbeatIntervalMs > 0) this.#heartbeatIntervalMs = welcome.heartbeatIntervalMs;
-    if ((welcome.rotation?.agentTokenTtlMs ?? 0) > 0) this.#agentTokenTtlMs = welcome.rotation?.agentTokenTtlMs ?? this.#agentTokenTtlMs;
+    const cadenceBefore = this.#cadence().expiryCheckIntervalMs;
+    if (welcome.rotation !== undefined) this.#rotationPolicy = mergeRotationPolicy(this.#rotationPolicy, welcome.rotation);
+    if (this.#cadence().expiryCheckIntervalMs !== cadenceBefore) {
+      this.#expiryReplan.abort();
+      this.#expiryReplan = new AbortController();
+    }
     if (welcome.hostCredential !== undefined) await this.#storeHostCredential(writer, welcome.hostCredential);
     this.#state = 'connected';
-    this.#logger.info({ hostId: welcome.hostId, sessionId: welcome.sessionId, epoch: welcome.epoch }, 'connected to control plane');
+    this.#logger.info({ hostId: welcome.hostId, sessionId: welcome.sessionId, epoch: welcome.epoch, rotation: this.#rotationPolicy }, 'connected to control plane');
     this.events.emit('connected', { hostId: welcome.hostId, sessionId: welcome.sessionId, epoch: welcome.epoch });
   }
 
@@ -339,14 +391,33 @@ export class AgentHost {
     }
   }
 
-  /** Checks, connected or not, how long the tokens held here have left. */
+  /** Checks, connected or not, how long the tokens held here have left: every TTL/10, at most 30 s. */
   async #expiryLoop(): Promise<void> {
     const { clock } = this.#options;
     const signal = this.#closing.signal;
+    let lastCheckAtMs = clock.now();
     while (!signal.aborted) {
-      await clock.sleep(this.#options.pingIntervalMs ?? 30_000, signal);
-      if (!signal.aborted) this.#checkExpiry();
+      const replan = this.#expiryReplan.signal;
+      // Measured from the last check, so a new cadence (a Welcome) applies to the wait already under way.
+      const dueAtMs = lastCheckAtMs + this.#cadence().expiryCheckIntervalMs;
+      if (clock.now() < dueAtMs) {
+        await clock.sleep(dueAtMs - clock.now(), replan);
+        if (signal.aborted) return;
+        if (replan.aborted) continue;
+      }
+      this.#checkExpiry();
+      lastCheckAtMs = clock.now();
     }
+  }
+
+  /** The cadences tied to the TTL the control plane announced (read each time: a Welcome may change it). */
+  #cadence(): ReturnType<typeof hostCadence> {
+    return hostCadence(this.#rotationPolicy.agentTokenTtlMs, this.#heartbeatIntervalMs);
+  }
+
+  /** The rotation policy the control plane announced in its last Welcome (its defaults before any). */
+  get rotationPolicy(): Readonly<RotationPolicy> {
+    return this.#rotationPolicy;
   }
 
   /** The lowest time-to-expiry over every held token (agents' and the host's own). */
@@ -364,7 +435,7 @@ export class AgentHost {
 
   #checkExpiry(): void {
     const lowestMs = this.lowestTimeToExpiryMs();
-    const thresholdMs = this.#agentTokenTtlMs * (this.#options.expiryWarningFraction ?? 0.25);
+    const thresholdMs = this.#rotationPolicy.agentTokenTtlMs * (this.#options.expiryWarningFraction ?? 0.25);
     if (lowestMs < thresholdMs) {
       if (!this.#isExpiryWarned) {
         this.#logger.warn({ lowestTimeToExpiryMs: lowestMs, thresholdMs }, 'a token is close to expiry: is the control plane reachable?');
@@ -400,6 +471,7 @@ export class AgentHost {
         channel: this.#channel,
         target: this.#options.target,
         heartbeatIntervalMs: () => this.#heartbeatIntervalMs,
+        callDeadlineMs: this.#cadence().callDeadlineMs,
         onHeartbeat: (result) => this.events.emit('heartbeat', { agentId: start.agentId, ...result }),
         send: (envelope) => this.#writer?.write(envelope),
         onTaken: (seq) => this.events.emit('message-taken', { agentId: start.agentId, seq }),

@@ -6,8 +6,8 @@ import type { ReadOnlyCredentials } from './tools/credential-source.js';
 export interface AgentHostEventMap {
   /** Welcome received. */
   connected: [{ hostId: string; sessionId: string; epoch: string }];
-  /** The stream ended; the host will reconnect unless refused or closing. */
-  disconnected: [{ code: number; details: string }];
+  /** The stream ended; the host tries again after `retryInMs` (its reconnect backoff). */
+  disconnected: [{ code: number; details: string; retryInMs: number }];
   /** The control plane refused the host for good. */
   refused: [{ refusal: Refusal; details: string }];
   /** An agent was started. `credentials` is its read-only view. */

@@ -30,6 +30,8 @@ export interface HostedAgentOptions {
   channel: grpc.Channel;
   target: string;
   heartbeatIntervalMs: () => number;
+  /** The deadline of each of the agent's calls to the control plane (heartbeats, tools). Default 30 s. */
+  callDeadlineMs?: number;
   onHeartbeat: (result: { isOk: boolean; generation: number; error?: Error }) => void;
   /** Sends an envelope on the host's current stream (dropped while it is down; delivery state makes up for it). */
   send: (message: HostMessage) => void;
@@ -74,7 +76,12 @@ export class HostedAgent {
     if (start.credential !== undefined) holder.apply(start.credential, options.epoch);
     const logger = options.logger.child({ agentId: start.agentId });
     const agent = new HostedAgent(options, holder, logger);
-    const client = new AgentClient({ target: options.target, channel: options.channel, source: holder.readOnly() });
+    const client = new AgentClient({
+      target: options.target,
+      channel: options.channel,
+      source: holder.readOnly(),
+      ...(options.callDeadlineMs === undefined ? {} : { deadlineMs: options.callDeadlineMs }),
+    });
     try {
       agent.#runner = await options.runner({ start, credentials: holder.readOnly(), client, clock, logger, signal: agent.#abort.signal });
     } catch (err) {

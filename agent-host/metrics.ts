@@ -1,17 +1,7 @@
-import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { AgentHost } from './agent-host.js';
 import type { AgentHostEventMap } from './events.js';
-
-/** A heartbeat's outcome as a fixed word (a metric label: never a token, never an id). */
-export function heartbeatResult(event: AgentHostEventMap['heartbeat'][0]): string {
-  if (event.isOk) return 'ok';
-  const code = (event.error as Partial<grpc.ServiceError> | undefined)?.code;
-  if (code === grpc.status.UNAUTHENTICATED) return 'unauthenticated';
-  if (code === grpc.status.PERMISSION_DENIED) return 'permission_denied';
-  if (code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED) return 'unavailable';
-  return 'error';
-}
+import { HEARTBEAT_RESULTS, heartbeatResult } from './heartbeat-result.js';
 
 /**
  * The agent host's Prometheus metrics, in a registry of its own. The one to
@@ -69,7 +59,7 @@ export function createHostMetrics(host: AgentHost): { registry: Registry; close:
     registers: [registry],
   });
   const rejects = new Counter({ name: 'tether_host_envelopes_rejected_total', help: 'Envelopes the control plane refused.', registers: [registry] });
-  for (const result of ['ok', 'unauthenticated', 'unavailable']) heartbeats.inc({ result }, 0);
+  for (const result of HEARTBEAT_RESULTS) heartbeats.inc({ result }, 0);
 
   // Each subscription with its removal, so close() undoes exactly what was done here.
   const subscriptions: [keyof AgentHostEventMap, (event: never) => void][] = [

@@ -10,7 +10,7 @@ import { toCredential, type AgentManager } from '../agents/agent-manager.js';
 import { presentedCredential, type Authenticator, type PresentedCredential } from '../auth/authenticator.js';
 import type { ControlPlaneEvents } from '../events.js';
 import { toStatus } from '../grpc/status.js';
-import { hostRotationDueAtMs } from '../rotation/rotation-policy.js';
+import { hostRotationDueAtMs, ROTATION_WINDOW_START, ROTATION_WINDOW_WIDTH } from '../rotation/rotation-policy.js';
 import { LIVE_AGENT_STATES, type HostRecord, type LabelRecord, type Store } from '../store/store.js';
 import type { TokenIssuer } from '../tokens/token-issuer.js';
 import type { IssuedToken, TokenClaims } from '../tokens/token-kinds.js';
@@ -380,6 +380,8 @@ export class HostService {
           agentTokenTtlMs: this.#options.agentTokenTtlMs,
           hostTokenTtlMs: this.#options.hostTokenTtlMs,
           clockToleranceMs: this.#options.clockToleranceMs,
+          rotationWindowStart: ROTATION_WINDOW_START,
+          rotationWindowWidth: ROTATION_WINDOW_WIDTH,
         },
         limits: { maxPayloadBytes: this.#options.maxPayloadBytes, deliveryWindow: this.#options.deliveryWindow },
         hostId,

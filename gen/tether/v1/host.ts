@@ -74,10 +74,17 @@ export interface Hello {
   ended: AgentEvent[];
 }
 
+/** How the control plane replaces credentials, so a host can judge what it holds. */
 export interface RotationPolicy {
   agentTokenTtlMs: number;
   hostTokenTtlMs: number;
   clockToleranceMs: number;
+  /**
+   * An agent token's rotation falls due at iat + TTL * (window_start + window_width * u),
+   * u uniform in [0, 1]: a token is replaced with at least 1 - start - width of its life left.
+   */
+  rotationWindowStart: number;
+  rotationWindowWidth: number;
 }
 
 export interface Limits {
@@ -904,7 +911,7 @@ export const Hello: MessageFns<Hello> = {
 };
 
 function createBaseRotationPolicy(): RotationPolicy {
-  return { agentTokenTtlMs: 0, hostTokenTtlMs: 0, clockToleranceMs: 0 };
+  return { agentTokenTtlMs: 0, hostTokenTtlMs: 0, clockToleranceMs: 0, rotationWindowStart: 0, rotationWindowWidth: 0 };
 }
 
 export const RotationPolicy: MessageFns<RotationPolicy> = {
@@ -917,6 +924,12 @@ export const RotationPolicy: MessageFns<RotationPolicy> = {
     }
     if (message.clockToleranceMs !== 0) {
       writer.uint32(24).int64(message.clockToleranceMs);
+    }
+    if (message.rotationWindowStart !== 0) {
+      writer.uint32(33).double(message.rotationWindowStart);
+    }
+    if (message.rotationWindowWidth !== 0) {
+      writer.uint32(41).double(message.rotationWindowWidth);
     }
     return writer;
   },
@@ -958,6 +971,22 @@ export const RotationPolicy: MessageFns<RotationPolicy> = {
             message.clockToleranceMs = longToNumber(reader.int64());
             continue;
           }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.rotationWindowStart = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.rotationWindowWidth = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -987,6 +1016,16 @@ export const RotationPolicy: MessageFns<RotationPolicy> = {
         : isSet(object.clock_tolerance_ms)
         ? globalThis.Number(object.clock_tolerance_ms)
         : 0,
+      rotationWindowStart: isSet(object.rotationWindowStart)
+        ? globalThis.Number(object.rotationWindowStart)
+        : isSet(object.rotation_window_start)
+        ? globalThis.Number(object.rotation_window_start)
+        : 0,
+      rotationWindowWidth: isSet(object.rotationWindowWidth)
+        ? globalThis.Number(object.rotationWindowWidth)
+        : isSet(object.rotation_window_width)
+        ? globalThis.Number(object.rotation_window_width)
+        : 0,
     };
   },
 
@@ -1001,6 +1040,12 @@ export const RotationPolicy: MessageFns<RotationPolicy> = {
     if (message.clockToleranceMs !== 0) {
       obj.clockToleranceMs = Math.round(message.clockToleranceMs);
     }
+    if (message.rotationWindowStart !== 0) {
+      obj.rotationWindowStart = floatToJson(message.rotationWindowStart);
+    }
+    if (message.rotationWindowWidth !== 0) {
+      obj.rotationWindowWidth = floatToJson(message.rotationWindowWidth);
+    }
     return obj;
   },
 
@@ -1012,6 +1057,8 @@ export const RotationPolicy: MessageFns<RotationPolicy> = {
     message.agentTokenTtlMs = object.agentTokenTtlMs ?? 0;
     message.hostTokenTtlMs = object.hostTokenTtlMs ?? 0;
     message.clockToleranceMs = object.clockToleranceMs ?? 0;
+    message.rotationWindowStart = object.rotationWindowStart ?? 0;
+    message.rotationWindowWidth = object.rotationWindowWidth ?? 0;
     return message;
   },
 };
@@ -2457,6 +2504,10 @@ export const HostServiceClient = makeGenericClientConstructor(
   service: typeof HostServiceService;
   serviceName: string;
 };
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 

@@ -1,0 +1,140 @@
+/**
+ * The host's connection loop on fakes of its own callbacks and the fake
+ * clock: one channel per attempt, closed before the next is opened; the
+ * announced delay is the one slept; the attempt count restarts after a
+ * welcomed stream; a refusal ends the loop; so does the signal.
+ */
+import type * as grpc from '@grpc/grpc-js';
+import { status } from '@grpc/grpc-js';
+import { describe, expect, it } from 'vitest';
+import { runConnectionLoop, type StreamOutcome } from '../../agent-host/connection-loop.js';
+import { DEFAULT_RECONNECT_BACKOFF, reconnectCapMs } from '../../agent-host/reconnect-backoff.js';
+import { FakeClock } from '../support/fake-clock.js';
+import { waitUntil } from '../support/wait.js';
+
+/** The part of a grpc-js Channel the loop uses: `close()`. */
+class FakeChannel {
+  isClosed = false;
+  close(): void {
+    this.isClosed = true;
+  }
+}
+
+const lost = (isWelcomed = false): StreamOutcome => ({ isWelcomed, code: status.UNAVAILABLE, details: 'gone', refusal: undefined });
+
+/** Runs the loop over `outcomes` (one per attempt), stopping it once they are used up. */
+async function runOver(outcomes: StreamOutcome[], options: { lowestMs?: number; random?: () => number } = {}) {
+  const clock = new FakeClock();
+  const stop = new AbortController();
+  const channels: FakeChannel[] = [];
+  const losses: { retryInMs: number; atMs: number }[] = [];
+  const openWhileOthersOpen: number[] = [];
+  let next = 0;
+  const done = runConnectionLoop({
+    clock,
+    signal: stop.signal,
+    random: options.random ?? (() => 0.999),
+    backoff: DEFAULT_RECONNECT_BACKOFF,
+    openChannel: () => {
+      const open = channels.filter((c) => !c.isClosed).length;
+      if (open > 0) openWhileOthersOpen.push(open);
+      const channel = new FakeChannel();
+      channels.push(channel);
+      return channel as unknown as grpc.Channel;
+    },
+    runStream: (channel) => {
+      expect((channel as unknown as FakeChannel).isClosed).toBe(false);
+      const outcome = outcomes[next++];
+      if (outcome === undefined) {
+        stop.abort();
+        return Promise.resolve(lost());
+      }
+      return Promise.resolve(outcome);
+    },
+    lowestTimeToExpiryMs: () => options.lowestMs ?? Infinity,
+    onLost: (_outcome, retryInMs) => losses.push({ retryInMs, atMs: clock.now() }),
+  });
+  // Each wait is moved past as it begins; the loop ends once the outcomes are used up.
+  let isDone = false;
+  const tracked = done.then(
+    (value) => {
+      isDone = true;
+      return value;
+    },
+    (err: unknown) => {
+      isDone = true;
+      throw err;
+    },
+  );
+  for (let i = 0; i < 1_000 && !isDone; i++) {
+    await waitUntil(() => clock.pendingTimers > 0 || isDone, 'the loop to wait or end');
+    if (clock.pendingTimers > 0) clock.advance(losses.at(-1)?.retryInMs ?? 0);
+  }
+  return { result: await tracked, channels, losses, openWhileOthersOpen, attempts: next };
+}
+
+describe('runConnectionLoop', () => {
+  it('opens one channel per attempt and closes each before the next', async () => {
+    const { channels, losses, openWhileOthersOpen, attempts } = await runOver([lost(), lost(), lost(), lost()]);
+    expect(attempts).toBe(5);
+    expect(channels).toHaveLength(5);
+    expect(channels.every((c) => c.isClosed)).toBe(true);
+    expect(openWhileOthersOpen).toEqual([]);
+    expect(losses).toHaveLength(4);
+  });
+
+  it('waits the delay it announces, growing with each failed attempt and restarting after a welcomed stream', async () => {
+    // A draw just under 1 puts each delay just under its cap.
+    const { losses } = await runOver([lost(), lost(), lost(), lost(true), lost()]);
+    const caps = [0, 1, 2, 0, 1].map((attempt) => reconnectCapMs(attempt, Infinity));
+    expect(losses.map((l) => l.retryInMs)).toEqual(caps.map((cap) => Math.floor(0.999 * cap)));
+    // Each attempt came exactly its announced delay after the loss before it.
+    for (let i = 1; i < losses.length; i++) expect(losses[i]?.atMs).toBe((losses[i - 1]?.atMs ?? 0) + (losses[i - 1]?.retryInMs ?? 0));
+  });
+
+  it('bounds every delay by a tenth of the lowest remaining token life', async () => {
+    const { losses } = await runOver(Array.from({ length: 12 }, () => lost()), { lowestMs: 4_000 });
+    expect(losses.length).toBe(12);
+    for (const { retryInMs } of losses) expect(retryInMs).toBeLessThanOrEqual(400);
+  });
+
+  it('ends with the outcome of a final refusal, opening nothing more', async () => {
+    const refusal: StreamOutcome = { isWelcomed: false, code: status.UNAUTHENTICATED, details: 'revoked', refusal: 'revoked' };
+    const { result, channels, attempts } = await runOver([lost(), refusal, lost()]);
+    expect(result).toEqual(refusal);
+    expect(attempts).toBe(2);
+    expect(channels.every((c) => c.isClosed)).toBe(true);
+  });
+
+  it('treats a stream that throws (a disk hiccup reading the credential) as lost, and closes its channel', async () => {
+    const clock = new FakeClock();
+    const stop = new AbortController();
+    const channels: FakeChannel[] = [];
+    let calls = 0;
+    const losses: StreamOutcome[] = [];
+    const done = runConnectionLoop({
+      clock,
+      signal: stop.signal,
+      random: () => 0,
+      backoff: DEFAULT_RECONNECT_BACKOFF,
+      openChannel: () => {
+        const channel = new FakeChannel();
+        channels.push(channel);
+        return channel as unknown as grpc.Channel;
+      },
+      runStream: () => {
+        calls++;
+        if (calls === 1) return Promise.reject(new Error('EIO: reading the host credential'));
+        stop.abort();
+        return Promise.resolve(lost());
+      },
+      lowestTimeToExpiryMs: () => Infinity,
+      onLost: (outcome) => losses.push(outcome),
+    });
+    await waitUntil(() => calls === 2 || clock.pendingTimers > 0, 'a retry after the failure');
+    clock.advance(0);
+    expect(await done).toBeUndefined();
+    expect(losses.map((l) => l.code)).toEqual([status.UNKNOWN]);
+    expect(channels.every((c) => c.isClosed)).toBe(true);
+  });
+});
