@@ -124,7 +124,8 @@ export class DeliveryManager {
    */
   async attach(session: HostSession, agentId: string, hostTakenSeq: number): Promise<void> {
     const agent = await this.#options.store.getAgent(agentId);
-    if (agent === undefined) return;
+    // A stream that ended meanwhile had its cursors dropped (detachSession); one made now would stay behind.
+    if (agent === undefined || session.state === 'closed') return;
     // A host never took what was never appended; a claim past that is ignored.
     const taken = Math.min(Math.max(agent.ackedSeq, hostTakenSeq), agent.lastSeq);
     if (taken > agent.ackedSeq) void this.#batcher.ack(agentId, taken);

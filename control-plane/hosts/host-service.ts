@@ -338,10 +338,11 @@ export class HostService {
         this.#reject(state.session, 'hello', '', 'a second Hello');
         return;
       }
-      state.session = await this.#onHello(call, state, message.hello);
-      // The stream may have ended while the Hello was handled (its awaits): the session it made
-      // must not outlive it, or the host would look connected, with deliveries going nowhere.
-      if (state.isEnded) this.#releaseSession(state);
+      await this.#onHello(call, state, message.hello);
+      if (state.isEnded) {
+        // Its session was released the moment the stream ended (see #onHello): nothing went into the dead stream.
+        this.#logger.info({ hostId: state.identity.hostId, sessionId: state.sessionId }, 'host stream ended while its Hello was handled');
+      }
       return;
     }
     const session = state.session;
@@ -353,7 +354,14 @@ export class HostService {
     else this.#reject(session, 'unknown', '', 'empty envelope');
   }
 
-  async #onHello(call: ServerDuplexStream<HostMessage, ControlMessage>, state: StreamState, hello: Hello): Promise<HostSession> {
+  /**
+   * Registers the host's session and reconciles its agents. The session is the
+   * stream's (`state.session`) from the moment it is registered, so a stream
+   * that ends during the rest of the Hello (reconciling many agents takes a
+   * while) releases it at once: it stops looking connected, and placements,
+   * rotations and deliveries stop being sent into it.
+   */
+  async #onHello(call: ServerDuplexStream<HostMessage, ControlMessage>, state: StreamState, hello: Hello): Promise<void> {
     const { store, clock, sessions, events } = this.#options;
     if (hello.protocolVersion !== PROTOCOL_VERSION) {
       throw new InvalidArgumentError(`protocol version ${hello.protocolVersion} is not supported (this control plane speaks ${PROTOCOL_VERSION})`);
@@ -374,7 +382,10 @@ export class HostService {
       if ((await store.getHost(hostId)) === undefined) throw new NotFoundError(`no host ${hostId}`);
       throw new StreamRefusedError('host revoked', 'revoked');
     }
+    // Gone already: register nothing (the host's next stream says Hello again).
+    if (state.isEnded) return;
     const session = new HostSession({ hostId, sessionId: state.sessionId, hello, connectedAtMs: nowMs, call });
+    state.session = session;
     const previous = sessions.add(session);
     previous?.close({ code: status.ABORTED, details: 'superseded by a newer stream from the same host', metadata: new Metadata() });
     session.send({
@@ -398,7 +409,6 @@ export class HostService {
     await this.#options.agents.onHostConnected(session);
     void this.#pingLoop(session, state);
     void this.#hostCredentialLoop(session, state.identity.generation);
-    return session;
   }
 
   async #onAck(session: HostSession, state: StreamState, ack: Ack): Promise<void> {
