@@ -407,8 +407,11 @@ export class HostService {
     this.#logger.info({ hostId, sessionId: state.sessionId, running: hello.running.length, version: hello.version }, 'host connected');
     events.emit('host-connected', { hostId, sessionId: state.sessionId });
     await this.#options.agents.onHostConnected(session);
-    void this.#pingLoop(session, state);
-    void this.#hostCredentialLoop(session, state.identity.generation);
+    this.#pingLoop(session, state).catch((err: unknown) => this.#logger.error({ err, hostId }, 'ping loop failed'));
+    // Handles its own failures (logged, the loop ends): this catch is for a bug in that handling.
+    this.#hostCredentialLoop(session, state.identity.generation).catch((err: unknown) =>
+      this.#logger.error({ err, hostId }, 'host credential loop failed'),
+    );
   }
 
   async #onAck(session: HostSession, state: StreamState, ack: Ack): Promise<void> {
