@@ -119,4 +119,46 @@ describe('host races', () => {
       gate.release();
     }
   });
+
+  it('ends only the placement an agent event is about, not one another control plane made meanwhile', async () => {
+    // Another control plane on the store moves the agent (a new incarnation on another host) between this one's
+    // read of the agent and its write of the end: the end must not land on the new placement.
+    let movedBy: number | undefined;
+    const racing = (store: Store): Store =>
+      new Proxy(store, {
+        get(target, property, receiver) {
+          const value: unknown = Reflect.get(target, property, receiver);
+          if (typeof value !== 'function') return value;
+          return async (...args: unknown[]): Promise<unknown> => {
+            const [agentId, patch] = args as [string, { state?: string }];
+            if (property === 'updateAgent' && patch.state === 'exited' && movedBy === undefined) {
+              const current = await target.getAgent(agentId);
+              movedBy = (current?.incarnation ?? 0) + 1;
+              await target.updateAgent(agentId, { incarnation: movedBy, state: 'starting', hostId: 'elsewhere' });
+            }
+            return (value as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+          };
+        },
+      });
+    harness = await Harness.start({ wrapStore: racing });
+    const h = harness;
+    const enrolled = await call(h.admin.enrollHost.bind(h.admin), { name: 'ender', joinTtlMs: 0 });
+    const raw = RawHostStream.open(h.target, `Join ${enrolled.joinToken}`);
+    streams.push(raw);
+    raw.send(helloEnvelope());
+    await raw.next((m) => m.welcome !== undefined, 'Welcome');
+    await call(h.admin.dispatchAgent.bind(h.admin), {
+      agentId: 'mover',
+      name: '',
+      hostId: enrolled.hostId,
+      hostLabels: [],
+      spec: { kind: 'module', module: 'idle', command: '', args: [], config: '' },
+    });
+    const start = need((await raw.next((m) => m.startAgent?.agentId === 'mover', 'StartAgent')).startAgent, 'StartAgent');
+    raw.send({ agentEvent: { agentId: 'mover', state: 'exited', detail: 'done', incarnation: start.incarnation } });
+    raw.send({ ping: { timeMs: h.clock.now() } });
+    await raw.next((m) => m.pong !== undefined, 'Pong after the event');
+    expect(movedBy).toBe(start.incarnation + 1);
+    expect(await h.store.getAgent('mover')).toMatchObject({ state: 'starting', incarnation: start.incarnation + 1, hostId: 'elsewhere' });
+  });
 });
