@@ -297,7 +297,7 @@ export class AgentHost {
     call.on('data', (message: ControlMessage) => {
       if (message.welcome !== undefined && !isWelcomed) {
         isWelcomed = true;
-        void this.#pingLoop(writer, streamEnded.signal);
+        this.#pingLoop(writer, streamEnded.signal).catch((err: unknown) => this.#logger.error({ err }, 'ping loop failed'));
       }
       chain = chain
         .then(() => this.#onMessage(writer, message))
@@ -481,7 +481,9 @@ export class AgentHost {
         return;
       }
       this.#agents.set(start.agentId, agent);
-      void agent.ended.then((end) => this.#onAgentEnded(agent, end));
+      agent.ended
+        .then((end) => this.#onAgentEnded(agent, end))
+        .catch((err: unknown) => this.#logger.error({ err, agentId: start.agentId }, "failed to handle an agent's end"));
       writer.write({ agentEvent: { agentId: start.agentId, state: 'started', detail: '', incarnation: start.incarnation } });
       this.#logger.info({ agentId: start.agentId, incarnation: start.incarnation, gen: agent.holder.generation }, 'agent started');
       this.events.emit('agent-started', { agentId: start.agentId, incarnation: start.incarnation, credentials: agent.holder.readOnly() });

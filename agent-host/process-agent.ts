@@ -128,7 +128,11 @@ export class ProcessAgent implements AgentRunner {
       // Let the output written before the exit (an ack among it) be read first; a
       // grandchild holding the pipes open must not hold this up past the grace period.
       const drained = new AbortController();
-      void Promise.all([stdoutDone, stderrDone]).then(() => drained.abort());
+      // A pipe that fails has nothing more to read either.
+      Promise.all([stdoutDone, stderrDone]).then(
+        () => drained.abort(),
+        () => drained.abort(),
+      );
       await this.#clock.sleep(this.#stopGraceMs, drained.signal);
       drained.abort();
       const end = describeExit(status);
@@ -222,7 +226,10 @@ export class ProcessAgent implements AgentRunner {
   async #close(): Promise<void> {
     if (this.#exitStatus === undefined) {
       const exited = new AbortController();
-      void this.#exited.then(() => exited.abort());
+      this.#exited.then(
+        () => exited.abort(),
+        () => exited.abort(),
+      );
       // Armed before the signal is sent, so whoever sees the SIGTERM can count on the wait being under way.
       const grace = this.#clock.sleep(this.#stopGraceMs, exited.signal);
       this.#child.stdin.end();

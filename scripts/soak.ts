@@ -322,7 +322,10 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
     instances.set(context.agentId, instance);
     const loop = toolCalls(context, instance).catch((err: unknown) => fail(`tool loop of ${context.agentId} threw: ${String(err)}`));
     toolLoops.add(loop);
-    void loop.finally(() => toolLoops.delete(loop));
+    loop.then(
+      () => toolLoops.delete(loop),
+      () => toolLoops.delete(loop),
+    );
     return {
       onMessage: (message) => {
         // A crashed host's agents take nothing more: they died with it.

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { Clock } from '../../common/clock.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
@@ -15,6 +16,7 @@ import {
   type AgentSpecRecord,
   type AgentStateName,
   type LabelRecord,
+  type PlaceAgentResult,
   type Store,
 } from '../store/store.js';
 import type { TokenIssuer } from '../tokens/token-issuer.js';
@@ -22,10 +24,13 @@ import type { IssuedToken, TokenClaims } from '../tokens/token-kinds.js';
 import type { TokenVerifier } from '../tokens/token-verifier.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
 import { KeyedMutex } from './keyed-mutex.js';
+import { choosePlacement, type PlacementCandidate } from './placement.js';
 
 const AGENT_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const ENDED_STATES: readonly AgentStateName[] = ['stopped', 'exited', 'failed'];
 const PAGE = 500;
+/** Tries at an end that another writer keeps changing under it (another control plane on the store). */
+const MAX_END_ATTEMPTS = 5;
 
 /** Options of {@link AgentManager}. */
 export interface AgentManagerOptions {
@@ -196,12 +201,19 @@ export class AgentManager {
   /** Stops an agent: revokes all of its tokens at once and tells its host. */
   async stop(agentId: string, reason: string): Promise<AgentRecord> {
     return this.#locks.run(agentId, async () => {
-      const agent = await this.get(agentId);
-      if (agent.state === 'stopped') return agent;
-      const stopped = await this.#end(agent, 'stopped', reason === '' ? 'stopped by operator' : reason);
-      const session = agent.hostId === null ? undefined : this.#options.sessions.get(agent.hostId);
-      session?.send({ stopAgent: { agentId, reason: stopped.detail } });
-      return stopped;
+      for (let attempt = 1; ; attempt++) {
+        const agent = await this.get(agentId);
+        if (agent.state === 'stopped') return agent;
+        const stopped = await this.#end(agent, 'stopped', reason === '' ? 'stopped by operator' : reason);
+        if (stopped === undefined) {
+          // Changed under us since it was read (another control plane): read it again and stop what it is now.
+          if (attempt < MAX_END_ATTEMPTS) continue;
+          throw new FailedPreconditionError(`agent ${agentId} kept changing while it was being stopped; try again`);
+        }
+        const session = agent.hostId === null ? undefined : this.#options.sessions.get(agent.hostId);
+        session?.send({ stopAgent: { agentId, reason: stopped.detail } });
+        return stopped;
+      }
     });
   }
 
@@ -215,7 +227,8 @@ export class AgentManager {
     await this.#locks.run(agentId, async () => {
       const agent = await this.get(agentId);
       if (!LIVE_AGENT_STATES.includes(agent.state)) return;
-      await this.#end(agent, 'exited', detail === '' ? 'completed' : detail);
+      // Not ended when it changed meanwhile (moved, restarted): that placement is not the one that completed.
+      if ((await this.#end(agent, 'exited', detail === '' ? 'completed' : detail)) === undefined) return;
       const session = agent.hostId === null ? undefined : this.#options.sessions.get(agent.hostId);
       session?.send({ stopAgent: { agentId, reason: 'completed' } });
     });
@@ -242,7 +255,7 @@ export class AgentManager {
         return undefined;
       }
       const issued = await this.#issue(agent, {}, why);
-      if (issued === undefined) return undefined;
+      if (issued.outcome !== 'placed') return undefined;
       session.send({ tokenRotated: { agentId, credential: issued.credential } });
       return issued.agent;
     });
@@ -258,6 +271,8 @@ export class AgentManager {
     const reported = new Set<string>();
     for (const running of hello.running) {
       reported.add(running.agentId);
+      // The stream ended while its Hello was handled: what is left would go nowhere; its next Hello redoes it.
+      if (session.state === 'closed') return;
       await this.#locks.run(running.agentId, async () => {
         const agent = await store.getAgent(running.agentId);
         if (agent?.hostId !== session.hostId || !LIVE_AGENT_STATES.includes(agent.state)) {
@@ -288,7 +303,7 @@ export class AgentManager {
           isPastHalfLife(nowMs, current.issuedAtMs, current.expiresAtMs)
         ) {
           const issued = await this.#issue(current, {}, 'resume');
-          if (issued !== undefined) session.send({ tokenRotated: { agentId: current.agentId, credential: issued.credential } });
+          if (issued.outcome === 'placed') session.send({ tokenRotated: { agentId: current.agentId, credential: issued.credential } });
         } else if (this.#options.isRotationEnabled) {
           this.#scheduler.schedule(current.agentId, current.rotationDueAtMs, current.expiresAtMs);
         }
@@ -300,6 +315,7 @@ export class AgentManager {
       const page = await store.listAgents({ hostId: session.hostId, states: LIVE_AGENT_STATES }, afterId, PAGE);
       for (const agent of page.items) {
         if (reported.has(agent.agentId)) continue;
+        if (session.state === 'closed') return;
         await this.#locks.run(agent.agentId, async () => {
           const fresh = await store.getAgent(agent.agentId);
           if (fresh !== undefined && fresh.hostId === session.hostId && LIVE_AGENT_STATES.includes(fresh.state)) {
@@ -346,11 +362,22 @@ export class AgentManager {
     return moved;
   }
 
-  /** Tries to place every pending agent on a connected host. */
+  /**
+   * Tries to place every pending agent on a connected host. Each placement
+   * costs a fixed number of store calls, whatever the number of agents (host
+   * loads are kept by the store, never counted), and the event loop gets a
+   * turn between placements, so a long backlog never starves keepalives or
+   * other streams.
+   */
   async placePending(): Promise<void> {
     for (let afterId: string | null = null; ; ) {
+      // With no host connected nothing can be placed (a control plane starting with a backlog).
+      if (this.#options.sessions.size === 0) return;
       const page = await this.#options.store.listAgents({ states: ['pending'] }, afterId, PAGE);
-      for (const agent of page.items) await this.#locks.run(agent.agentId, () => this.#place(agent.agentId));
+      for (const agent of page.items) {
+        await this.#locks.run(agent.agentId, () => this.#place(agent.agentId));
+        await nextTurn();
+      }
       afterId = page.nextAfterId;
       if (afterId === null) break;
     }
@@ -399,45 +426,60 @@ export class AgentManager {
     }
   }
 
-  /** Places a pending agent on a host if one fits; caller holds the agent's lock. */
+  /**
+   * Places a pending agent on a host if one fits; caller holds the agent's lock.
+   * The store has the last word on capacity: a host another placement filled
+   * since the choice (here or in another control plane) is left out and the
+   * next best one tried, at most once per connected host.
+   */
   async #place(agentId: string): Promise<AgentRecord> {
     const agent = await this.get(agentId);
     if (agent.state !== 'pending') return agent;
-    const session = await this.#chooseHost(agent);
-    if (session === undefined) return agent;
-    return (await this.#startOn(agent, session)) ?? (await this.get(agentId));
+    const tried = new Set<string>();
+    for (;;) {
+      const session = await this.#chooseHost(agent, tried);
+      if (session === undefined) return agent;
+      const result = await this.#startOn(agent, session);
+      if (result.outcome === 'placed') return result.agent;
+      if (result.outcome === 'agent-changed') return this.get(agentId);
+      tried.add(session.hostId);
+    }
   }
 
-  async #chooseHost(agent: AgentRecord): Promise<HostSession | undefined> {
+  /** The open session to place `agent` on (see {@link choosePlacement}), leaving out hosts in `tried`. */
+  async #chooseHost(agent: AgentRecord, tried: ReadonlySet<string>): Promise<HostSession | undefined> {
     const { sessions, store } = this.#options;
-    if (agent.hostId !== null) {
-      const session = sessions.get(agent.hostId);
-      return session !== undefined && unsupportedReason(session.hello, agent.spec) === undefined ? session : undefined;
-    }
-    const load = await store.countAgentsByHost(LIVE_AGENT_STATES);
-    let best: HostSession | undefined;
-    let bestLoad = Infinity;
-    for (const session of sessions.all()) {
-      if (unsupportedReason(session.hello, agent.spec) !== undefined) continue;
-      if (!agent.hostLabels.every((wanted) => session.hello.labels.some((l) => l.key === wanted.key && l.value === wanted.value))) continue;
-      const n = load.get(session.hostId) ?? 0;
-      if (session.hello.capacity > 0 && n >= session.hello.capacity) continue;
-      if (n < bestLoad) {
-        best = session;
-        bestLoad = n;
-      }
-    }
-    return best;
+    const open = sessions
+      .all()
+      .filter((s) => s.state === 'open' && !tried.has(s.hostId) && (agent.hostId === null || s.hostId === agent.hostId));
+    if (open.length === 0) return undefined;
+    const loads = await store.getHostLoads(open.map((s) => s.hostId));
+    const candidates = open.map((s): PlacementCandidate => {
+      const host = loads.get(s.hostId);
+      return {
+        hostId: s.hostId,
+        labels: s.hello.labels,
+        capacity: host?.capacity ?? 0,
+        load: host?.load ?? 0,
+        isSchedulable: host !== undefined && host.state !== 'revoked' && unsupportedReason(s.hello, agent.spec) === undefined,
+      };
+    });
+    const chosen = choosePlacement(candidates, { hostId: agent.hostId, labels: agent.hostLabels });
+    return open.find((s) => s.hostId === chosen);
   }
 
-  /** Starts `agent` on `session` under a new incarnation, fencing any older one; caller holds the lock. */
-  async #startOn(agent: AgentRecord, session: HostSession, outdatedIncarnation = 0): Promise<AgentRecord | undefined> {
+  /**
+   * Starts `agent` on `session` under a new incarnation, fencing any older one;
+   * caller holds the lock. Refused by the store when the host is full (unless
+   * the agent already counts there), revoked, or the agent changed meanwhile.
+   */
+  async #startOn(agent: AgentRecord, session: HostSession, outdatedIncarnation = 0): Promise<PlaceAgentResult> {
     // Past the one the host still runs, too: after a restore, the host's may be ahead of the store's
     // (a host's claim only moves its own agent's number, and only within reason).
     const claimed = Number.isSafeInteger(outdatedIncarnation) && outdatedIncarnation < 2 ** 48 ? outdatedIncarnation : 0;
     const incarnation = Math.max(agent.incarnation, claimed) + 1;
     const issued = await this.#issue(agent, { hostId: session.hostId, incarnation, state: 'starting' }, 'start');
-    if (issued === undefined) return undefined;
+    if (issued.outcome !== 'placed') return issued;
     this.#options.heartbeats.forget(agent.agentId);
     // Tokens of the old incarnation are refused from now on (isAgentTokenRevoked); drop cached ones.
     this.#options.verifier.forgetSubject('agent', agent.agentId);
@@ -454,43 +496,54 @@ export class AgentManager {
     this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'starting', incarnation });
     this.#logger.info({ agentId: agent.agentId, hostId: session.hostId, incarnation }, 'agent started on host');
     await this.#options.delivery.attach(session, agent.agentId, issued.agent.ackedSeq);
-    return issued.agent;
+    return { outcome: 'placed', agent: issued.agent };
   }
 
-  /** Signs the next credential of `agent` and records it (compare-and-set on its generation). */
+  /**
+   * Signs the next credential of `agent` and records it (compare-and-set on its
+   * generation). With a `placement.hostId` it is a placement, which the store
+   * also checks against that host's capacity.
+   */
   async #issue(
     agent: AgentRecord,
     placement: { hostId?: string; incarnation?: number; state?: AgentStateName },
     why: string,
-  ): Promise<{ agent: AgentRecord; credential: Credential } | undefined> {
+  ): Promise<{ outcome: 'placed'; agent: AgentRecord; credential: Credential } | Exclude<PlaceAgentResult, { outcome: 'placed' }>> {
     const { issuer, store, clock, events } = this.#options;
     const hostId = placement.hostId ?? agent.hostId;
-    if (hostId === null) return undefined;
+    if (hostId === null) return { outcome: 'agent-changed' };
     const generation = agent.generation + 1;
     const incarnation = placement.incarnation ?? agent.incarnation;
     const issued = await issuer.issue({ kind: 'agent', subject: agent.agentId, ttlMs: this.#options.agentTokenTtlMs, generation, hostId, incarnation });
     const { claims } = issued;
     const dueAtMs = rotationDueAtMs(claims.issuedAtMs, claims.expiresAtMs, this.#options.random());
-    const updated = await store.updateAgent(
-      agent.agentId,
-      {
-        hostId,
-        incarnation,
-        generation,
-        tokenId: claims.tokenId,
-        issuedAtMs: claims.issuedAtMs,
-        expiresAtMs: claims.expiresAtMs,
-        rotationDueAtMs: dueAtMs,
-        updatedAtMs: clock.now(),
-        ...(placement.state === undefined ? {} : { state: placement.state }),
-      },
-      { generation: agent.generation, incarnation: agent.incarnation },
-    );
-    if (updated === undefined) return undefined;
+    const patch = {
+      hostId,
+      incarnation,
+      generation,
+      tokenId: claims.tokenId,
+      issuedAtMs: claims.issuedAtMs,
+      expiresAtMs: claims.expiresAtMs,
+      rotationDueAtMs: dueAtMs,
+      updatedAtMs: clock.now(),
+      ...(placement.state === undefined ? {} : { state: placement.state }),
+    };
+    const expect = { generation: agent.generation, incarnation: agent.incarnation };
+    let updated: AgentRecord | undefined;
+    if (placement.hostId === undefined) updated = await store.updateAgent(agent.agentId, patch, expect);
+    else {
+      const placed = await store.placeAgent(agent.agentId, patch, expect);
+      if (placed.outcome !== 'placed') {
+        this.#logger.debug({ agentId: agent.agentId, hostId, outcome: placed.outcome }, 'placement refused by the store');
+        return placed;
+      }
+      updated = placed.agent;
+    }
+    if (updated === undefined) return { outcome: 'agent-changed' };
     if (this.#options.isRotationEnabled) this.#scheduler.schedule(agent.agentId, dueAtMs, claims.expiresAtMs);
     this.#logger.debug({ agentId: agent.agentId, why, ...logFields(claims) }, 'agent credential issued');
     events.emit('credential-issued', { agentId: agent.agentId, hostId, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs });
-    return { agent: updated, credential: toCredential(issued) };
+    return { outcome: 'placed', agent: updated, credential: toCredential(issued) };
   }
 
   async #setState(agent: AgentRecord, state: AgentStateName, detail: string): Promise<AgentRecord | undefined> {
@@ -506,16 +559,25 @@ export class AgentManager {
     return updated;
   }
 
-  /** Ends an agent: state, its tokens revoked at once, no more rotations. */
-  async #end(agent: AgentRecord, state: AgentStateName, detail: string): Promise<AgentRecord> {
-    const updated = await this.#options.store.updateAgent(agent.agentId, { state, detail, updatedAtMs: this.#options.clock.now() });
+  /**
+   * Ends an agent: state, its tokens revoked at once, no more rotations. Only
+   * the agent as read (same incarnation and state): undefined, and nothing
+   * done, when it changed since (another writer on the store moved or ended it).
+   */
+  async #end(agent: AgentRecord, state: AgentStateName, detail: string): Promise<AgentRecord | undefined> {
+    const updated = await this.#options.store.updateAgent(
+      agent.agentId,
+      { state, detail, updatedAtMs: this.#options.clock.now() },
+      { incarnation: agent.incarnation, states: [agent.state] },
+    );
+    if (updated === undefined) return undefined;
     this.#options.verifier.forgetSubject('agent', agent.agentId);
     this.#scheduler.unschedule(agent.agentId);
     this.#options.delivery.detach(agent.agentId);
     this.#options.heartbeats.forget(agent.agentId);
     this.#options.events.emit('agent-state', { agentId: agent.agentId, state, incarnation: agent.incarnation });
     this.#logger.info({ agentId: agent.agentId, state, detail }, 'agent ended');
-    return updated ?? agent;
+    return updated;
   }
 }
 

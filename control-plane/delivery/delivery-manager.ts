@@ -152,10 +152,11 @@ export class DeliveryManager {
    */
   async attach(session: HostSession, agentId: string, hostTakenSeq: number): Promise<void> {
     const agent = await this.#options.store.getAgent(agentId);
-    if (agent === undefined) return;
+    // A stream that ended meanwhile had its cursors dropped (detachSession); one made now would stay behind.
+    if (agent === undefined || session.state === 'closed') return;
     // A host never took what was never appended; a claim past that is ignored.
     const taken = Math.min(Math.max(agent.ackedSeq, hostTakenSeq), agent.lastSeq);
-    if (taken > agent.ackedSeq) void this.#batcher.ack(agentId, taken);
+    if (taken > agent.ackedSeq) this.#commitAck(agentId, taken, 0);
     this.#dropCursor(agentId);
     this.#cursors.set(agentId, {
       agentId,
@@ -210,10 +211,7 @@ export class DeliveryManager {
       if (seq > cursor.ackedSeq) {
         const count = seq - cursor.ackedSeq;
         cursor.ackedSeq = seq;
-        // Reported once durable, so whoever hears of it finds the outbox saying so.
-        void this.#batcher.ack(agentId, seq).then((isCommitted) => {
-          if (isCommitted) this.#options.events.emit('message-acked', { agentId, seq, count });
-        });
+        this.#commitAck(agentId, seq, count);
       }
       if (cursor.retrySeq !== undefined && cursor.retrySeq <= seq) cursor.retrySeq = undefined;
       this.#kick(agentId);
@@ -241,8 +239,37 @@ export class DeliveryManager {
       randomize: true,
     });
     this.#logger.info({ agentId, seq, attempts: message.attempts, delayMs }, 'message refused; will re-send');
-    void this.#resendLater(cursor, seq, delayMs);
+    this.#scheduleResend(cursor, seq, delayMs);
     return undefined;
+  }
+
+  /**
+   * Queues a cumulative ack for the next group commit. Reported (`message-acked`,
+   * when `count` > 0) once durable, so whoever hears of it finds the outbox
+   * saying so; an ack whose commit failed is only a re-send the host drops.
+   */
+  #commitAck(agentId: string, seq: number, count: number): void {
+    this.#batcher.ack(agentId, seq).then(
+      (isCommitted) => {
+        if (isCommitted && count > 0) this.#options.events.emit('message-acked', { agentId, seq, count });
+      },
+      (err: unknown) => this.#logger.error({ err, agentId, seq }, 'ack not committed'),
+    );
+  }
+
+  /**
+   * Re-sends a refused message after `delayMs`. The re-send reads the store and
+   * may need a fresh token: if that fails (a full disk, say) it is logged and
+   * tried again later, for as long as the message still waits on this cursor;
+   * it never becomes an unhandled rejection, which would end the process.
+   */
+  #scheduleResend(cursor: Cursor, seq: number, delayMs: number): void {
+    this.#resendLater(cursor, seq, delayMs).catch((err: unknown) => {
+      if (this.#closing.signal.aborted || this.#cursors.get(cursor.agentId) !== cursor || cursor.retrySeq !== seq) return;
+      const nextDelayMs = Math.min(Math.max(delayMs * 2, this.#options.retryMinDelayMs), this.#options.retryMaxDelayMs);
+      this.#logger.error({ err, agentId: cursor.agentId, seq, nextDelayMs }, 're-send failed; will try again');
+      this.#scheduleResend(cursor, seq, nextDelayMs);
+    });
   }
 
   /** Appends a dead letter again under a new seq (same message id) and pushes it. */
@@ -284,11 +311,15 @@ export class DeliveryManager {
       return;
     }
     cursor.isPumping = true;
-    this.#pump(cursor)
-      .catch((err: unknown) => this.#logger.error({ err, agentId }, 'delivery failed'))
-      .finally(() => {
+    this.#pump(cursor).then(
+      () => {
         cursor.isPumping = false;
-      });
+      },
+      (err: unknown) => {
+        cursor.isPumping = false;
+        this.#logger.error({ err, agentId }, 'delivery failed');
+      },
+    );
   }
 
   async #pump(cursor: Cursor): Promise<void> {

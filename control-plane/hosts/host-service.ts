@@ -11,12 +11,13 @@ import { presentedCredential, type Authenticator, type PresentedCredential } fro
 import type { ControlPlaneEvents } from '../events.js';
 import { toStatus } from '../grpc/status.js';
 import { hostRotationDueAtMs, ROTATION_WINDOW_START, ROTATION_WINDOW_WIDTH } from '../rotation/rotation-policy.js';
-import { LIVE_AGENT_STATES, type HostRecord, type LabelRecord, type Store } from '../store/store.js';
+import type { HostRecord, LabelRecord, Store } from '../store/store.js';
 import type { TokenIssuer } from '../tokens/token-issuer.js';
 import type { IssuedToken, TokenClaims } from '../tokens/token-kinds.js';
 import type { TokenVerifier } from '../tokens/token-verifier.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
 import { ConnectLimiter, type ConnectLimiterOptions } from './connect-limiter.js';
+import { HostCredentials } from './host-credentials.js';
 import { joinSecretMatches, mintJoinToken, parseJoinToken } from './join-token.js';
 import { HostSession, type HostSessions } from './host-session.js';
 
@@ -109,11 +110,13 @@ export class HostService {
   /** Streams open right now (authenticated or not): join-token leases are held by these. */
   readonly #liveStreams = new Set<string>();
   readonly #limiter: ConnectLimiter;
+  readonly #credentials: HostCredentials;
 
   constructor(options: HostServiceOptions) {
     this.#options = options;
     this.#logger = options.logger.child({ component: 'hosts' });
     this.#limiter = new ConnectLimiter({ ...options.connectLimits, clock: options.clock, logger: this.#logger });
+    this.#credentials = new HostCredentials({ store: options.store, issuer: options.issuer, clock: options.clock, hostTokenTtlMs: options.hostTokenTtlMs });
   }
 
   /** @internal Connect streams open right now, authenticated or not (each ends up forgotten when it ends). */
@@ -319,15 +322,11 @@ export class HostService {
     if (nowMs >= host.joinExpiresAtMs) throw new StreamRefusedError('join token expired; enroll the host again', 'expired');
     const leased = await store.leaseJoinToken(parsed.hostId, sessionId, nowMs, (id) => this.#liveStreams.has(id));
     if (leased === undefined) throw new UnauthenticatedError('join token is in use by another stream');
-    const generation = leased.credentialGeneration + 1;
-    const joined = await this.#options.issuer.issue({ kind: 'host', subject: leased.hostId, ttlMs: this.#options.hostTokenTtlMs, generation });
     // A credential issued to an earlier, unacknowledged attempt is revoked: one join token, one live host.
-    await store.updateHost(leased.hostId, {
-      credentialGeneration: generation,
-      minValidGeneration: generation,
-      credentialIssuedAtMs: joined.claims.issuedAtMs,
-      credentialExpiresAtMs: joined.claims.expiresAtMs,
-    });
+    const joined = await this.#credentials.issueForJoin(leased, sessionId);
+    // Revoked, or leased to another stream, since the lease (another control plane): a retry finds out which.
+    if (joined === undefined) throw new UnauthenticatedError('the host changed while it joined; retry');
+    const generation = joined.claims.generation;
     this.#options.verifier.forgetSubject('host', leased.hostId);
     this.#logger.info({ hostId: leased.hostId, jti: joined.claims.tokenId, kid: joined.claims.keyId, gen: generation }, 'host credential issued for join');
     return { hostId: leased.hostId, joined, generation };
@@ -339,10 +338,11 @@ export class HostService {
         this.#reject(state.session, 'hello', '', 'a second Hello');
         return;
       }
-      state.session = await this.#onHello(call, state, message.hello);
-      // The stream may have ended while the Hello was handled (its awaits): the session it made
-      // must not outlive it, or the host would look connected, with deliveries going nowhere.
-      if (state.isEnded) this.#releaseSession(state);
+      await this.#onHello(call, state, message.hello);
+      if (state.isEnded) {
+        // Its session was released the moment the stream ended (see #onHello): nothing went into the dead stream.
+        this.#logger.info({ hostId: state.identity.hostId, sessionId: state.sessionId }, 'host stream ended while its Hello was handled');
+      }
       return;
     }
     const session = state.session;
@@ -354,20 +354,38 @@ export class HostService {
     else this.#reject(session, 'unknown', '', 'empty envelope');
   }
 
-  async #onHello(call: ServerDuplexStream<HostMessage, ControlMessage>, state: StreamState, hello: Hello): Promise<HostSession> {
+  /**
+   * Registers the host's session and reconciles its agents. The session is the
+   * stream's (`state.session`) from the moment it is registered, so a stream
+   * that ends during the rest of the Hello (reconciling many agents takes a
+   * while) releases it at once: it stops looking connected, and placements,
+   * rotations and deliveries stop being sent into it.
+   */
+  async #onHello(call: ServerDuplexStream<HostMessage, ControlMessage>, state: StreamState, hello: Hello): Promise<void> {
     const { store, clock, sessions, events } = this.#options;
     if (hello.protocolVersion !== PROTOCOL_VERSION) {
       throw new InvalidArgumentError(`protocol version ${hello.protocolVersion} is not supported (this control plane speaks ${PROTOCOL_VERSION})`);
     }
     const { hostId, joined } = state.identity;
     const nowMs = clock.now();
-    const host = await store.updateHost(hostId, {
-      capacity: hello.capacity,
-      labels: hello.labels.map((l): LabelRecord => ({ key: l.key, value: l.value })),
-      lastSeenMs: nowMs,
-    });
-    if (host === undefined) throw new NotFoundError(`no host ${hostId}`);
+    const host = await store.updateHost(
+      hostId,
+      {
+        capacity: hello.capacity,
+        labels: hello.labels.map((l): LabelRecord => ({ key: l.key, value: l.value })),
+        lastSeenMs: nowMs,
+      },
+      // A revoke that landed since the stream was authenticated (here or in another control plane) stands.
+      { states: ['enrolled', 'active'] },
+    );
+    if (host === undefined) {
+      if ((await store.getHost(hostId)) === undefined) throw new NotFoundError(`no host ${hostId}`);
+      throw new StreamRefusedError('host revoked', 'revoked');
+    }
+    // Gone already: register nothing (the host's next stream says Hello again).
+    if (state.isEnded) return;
     const session = new HostSession({ hostId, sessionId: state.sessionId, hello, connectedAtMs: nowMs, call });
+    state.session = session;
     const previous = sessions.add(session);
     previous?.close({ code: status.ABORTED, details: 'superseded by a newer stream from the same host', metadata: new Metadata() });
     session.send({
@@ -391,9 +409,11 @@ export class HostService {
     this.#logger.info({ hostId, sessionId: state.sessionId, running: hello.running.length, version: hello.version }, 'host connected');
     events.emit('host-connected', { hostId, sessionId: state.sessionId });
     await this.#options.agents.onHostConnected(session);
-    void this.#pingLoop(session, state);
-    void this.#hostCredentialLoop(session, state.identity.generation);
-    return session;
+    this.#pingLoop(session, state).catch((err: unknown) => this.#logger.error({ err, hostId }, 'ping loop failed'));
+    // Handles its own failures (logged, the loop ends): this catch is for a bug in that handling.
+    this.#hostCredentialLoop(session, state.identity.generation).catch((err: unknown) =>
+      this.#logger.error({ err, hostId }, 'host credential loop failed'),
+    );
   }
 
   async #onAck(session: HostSession, state: StreamState, ack: Ack): Promise<void> {
@@ -405,8 +425,13 @@ export class HostService {
       }
       const joined = state.identity.joined;
       if (ack.generation !== undefined && joined !== undefined && ack.generation === joined.claims.generation) {
-        // The host has stored its credential: burn the join token.
-        await this.#options.store.updateHost(session.hostId, { state: 'active', joinSecretHash: null, joinLeaseSessionId: null });
+        // The host has stored its credential: burn the join token (unless the host was revoked meanwhile).
+        const { isCompleted, host } = await this.#credentials.completeJoin(session.hostId, session.sessionId);
+        if (!isCompleted) {
+          this.#logger.warn({ hostId: session.hostId, gen: ack.generation, state: host?.state }, 'join not completed: the host changed since it joined');
+          if (host === undefined || host.state === 'revoked') this.#endRevoked(session);
+          return;
+        }
         state.identity = { hostId: session.hostId, generation: ack.generation };
         this.#logger.info({ hostId: session.hostId, gen: ack.generation }, 'host credential acknowledged; join token burnt');
         return;
@@ -433,9 +458,7 @@ export class HostService {
 
   /** The host stored a rotated credential: older ones are refused from now on. */
   async #onHostCredentialAck(session: HostSession, generation: number): Promise<void> {
-    const host = await this.#options.store.getHost(session.hostId);
-    if (host === undefined || generation > host.credentialGeneration || generation <= host.minValidGeneration) return;
-    await this.#options.store.updateHost(session.hostId, { minValidGeneration: generation });
+    if (!(await this.#credentials.acknowledge(session.hostId, generation))) return;
     this.#options.verifier.forgetSubject('host', session.hostId);
     this.#logger.info({ hostId: session.hostId, gen: generation }, 'host credential acknowledged');
   }
@@ -473,20 +496,14 @@ export class HostService {
 
   /** Issues the host a fresh credential down its own stream; resolves with its generation, or undefined if none was sent. */
   async rotateHostCredential(session: HostSession): Promise<number | undefined> {
-    const { store, issuer, clock } = this.#options;
-    const host = await store.getHost(session.hostId);
-    if (host === undefined || session.state === 'closed') return undefined;
-    const generation = host.credentialGeneration + 1;
-    const issued = await issuer.issue({ kind: 'host', subject: host.hostId, ttlMs: this.#options.hostTokenTtlMs, generation });
-    await store.updateHost(host.hostId, {
-      credentialGeneration: generation,
-      credentialIssuedAtMs: issued.claims.issuedAtMs,
-      credentialExpiresAtMs: issued.claims.expiresAtMs,
-      lastSeenMs: clock.now(),
-    });
+    if (session.state === 'closed') return undefined;
+    const issued = await this.#credentials.rotate(session.hostId);
+    if (issued === undefined) return undefined;
+    const { hostId } = session;
+    const generation = issued.claims.generation;
     session.send({ tokenRotated: { agentId: '', credential: toCredential(issued) } });
-    this.#logger.info({ hostId: host.hostId, jti: issued.claims.tokenId, kid: issued.claims.keyId, gen: generation, exp: issued.claims.expiresAtMs }, 'host credential rotated');
-    this.#options.events.emit('credential-issued', { agentId: '', hostId: host.hostId, generation, tokenId: issued.claims.tokenId, expiresAtMs: issued.claims.expiresAtMs });
+    this.#logger.info({ hostId, jti: issued.claims.tokenId, kid: issued.claims.keyId, gen: generation, exp: issued.claims.expiresAtMs }, 'host credential rotated');
+    this.#options.events.emit('credential-issued', { agentId: '', hostId, generation, tokenId: issued.claims.tokenId, expiresAtMs: issued.claims.expiresAtMs });
     return generation;
   }
 
@@ -509,10 +526,16 @@ export class HostService {
     const host = await this.#options.store.updateHost(hostId, { state: 'revoked', joinSecretHash: null, joinLeaseSessionId: null });
     if (host === undefined) throw new NotFoundError(`no host ${hostId}`);
     this.#options.verifier.forgetSubject('host', hostId);
+    const session = this.#options.sessions.get(hostId);
+    if (session !== undefined) this.#endRevoked(session);
+    this.#logger.warn({ hostId }, 'host revoked');
+  }
+
+  /** Ends a revoked host's stream with the final refusal. */
+  #endRevoked(session: HostSession): void {
     const metadata = new Metadata();
     metadata.set(REFUSAL_METADATA_KEY, 'revoked');
-    this.#options.sessions.get(hostId)?.close({ code: status.UNAUTHENTICATED, details: 'host revoked', metadata });
-    this.#logger.warn({ hostId }, 'host revoked');
+    session.close({ code: status.UNAUTHENTICATED, details: 'host revoked', metadata });
   }
 
   #onPong(session: HostSession, state: StreamState, pong: Pong): void {
@@ -542,11 +565,12 @@ export class HostService {
   /** Hosts for ListHosts, with their live state. */
   async listHosts(afterId: string | null, limit: number): Promise<{ hosts: (HostRecord & { isConnected: boolean; agents: number; clockSkewMs: number })[]; nextAfterId: string | null }> {
     const page = await this.#options.store.listHosts(afterId, limit);
-    const load = await this.#options.store.countAgentsByHost(LIVE_AGENT_STATES);
+    // The page's own loads (kept by the store), not a count over every agent.
+    const loads = await this.#options.store.getHostLoads(page.items.map((host) => host.hostId));
     return {
       hosts: page.items.map((host) => {
         const session = this.#options.sessions.get(host.hostId);
-        return { ...host, isConnected: session !== undefined, agents: load.get(host.hostId) ?? 0, clockSkewMs: session?.clockSkewMs ?? 0 };
+        return { ...host, isConnected: session !== undefined, agents: loads.get(host.hostId)?.load ?? 0, clockSkewMs: session?.clockSkewMs ?? 0 };
       }),
       nextAfterId: page.nextAfterId,
     };

@@ -27,8 +27,7 @@ import { randomUUID } from 'node:crypto';
 import { chmodSync, closeSync, copyFileSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import { SCHEMA_VERSION, schemaVersion } from './sqlite-schema.js';
-import { SqliteStore } from './sqlite-store.js';
+import { migrate, SCHEMA_VERSION, schemaVersion } from './sqlite-schema.js';
 
 /**
  * Added to every generation on restore: more credentials than any agent or host
@@ -224,13 +223,13 @@ export function restoreDatabase(dbPath: string, fromPath: string, nowMs: number)
   for (const suffix of ['', '-wal', '-shm']) rmSync(`${stagingPath}${suffix}`, { force: true });
   copyFileSync(fromPath, stagingPath);
   chmodSync(stagingPath, 0o600);
-  // The same path every open takes: an older backup's schema is migrated here, in one transaction.
-  void SqliteStore.open(stagingPath).close();
 
   const db = new Database(stagingPath, { fileMustExist: true });
   let changes: Pick<RestoreSummary, 'previousEpoch' | 'joinTokensBurnt' | 'signingKeysKept'>;
   let summary: BackupSummary;
   try {
+    // The same migration every open runs: an older backup's schema is brought up to date here, in one transaction.
+    migrate(db);
     changes = db.transaction(() => {
       const previousEpoch = (db.prepare("SELECT value FROM meta WHERE key = 'epoch'").get() as { value: string }).value;
       db.prepare("UPDATE meta SET value = ? WHERE key = 'epoch'").run(randomUUID());

@@ -94,6 +94,45 @@ const BASELINE_LATE_COLUMNS: readonly { table: string; column: string; definitio
   { table: 'agents', column: 'acked_seq', definition: 'INTEGER NOT NULL DEFAULT 0' },
 ];
 
+/**
+ * Each host's load (its agents in a live state: starting, running, stalled),
+ * kept by triggers on every write to `agents`, so placement reads one row per
+ * candidate host instead of counting agents, and no code path that ends, moves
+ * or deletes an agent can forget to give its place back. `placeAgent` checks it
+ * against the capacity in the same transaction that places the agent.
+ *
+ * The live states are spelled out here: a change to `LIVE_AGENT_STATES` needs a
+ * migration that recreates these triggers and recounts.
+ */
+const HOST_LOAD = `
+ALTER TABLE hosts ADD COLUMN load INTEGER NOT NULL DEFAULT 0;
+UPDATE hosts SET load = (
+  SELECT COUNT(*) FROM agents WHERE agents.host_id = hosts.host_id AND agents.state IN ('starting', 'running', 'stalled')
+);
+CREATE TRIGGER agents_load_insert AFTER INSERT ON agents
+  WHEN NEW.host_id IS NOT NULL AND NEW.state IN ('starting', 'running', 'stalled')
+BEGIN
+  UPDATE hosts SET load = load + 1 WHERE host_id = NEW.host_id;
+END;
+CREATE TRIGGER agents_load_delete AFTER DELETE ON agents
+  WHEN OLD.host_id IS NOT NULL AND OLD.state IN ('starting', 'running', 'stalled')
+BEGIN
+  UPDATE hosts SET load = load - 1 WHERE host_id = OLD.host_id;
+END;
+CREATE TRIGGER agents_load_leave AFTER UPDATE OF host_id, state ON agents
+  WHEN OLD.host_id IS NOT NULL AND OLD.state IN ('starting', 'running', 'stalled')
+    AND (NEW.host_id IS NOT OLD.host_id OR NEW.state NOT IN ('starting', 'running', 'stalled'))
+BEGIN
+  UPDATE hosts SET load = load - 1 WHERE host_id = OLD.host_id;
+END;
+CREATE TRIGGER agents_load_enter AFTER UPDATE OF host_id, state ON agents
+  WHEN NEW.host_id IS NOT NULL AND NEW.state IN ('starting', 'running', 'stalled')
+    AND (NEW.host_id IS NOT OLD.host_id OR OLD.state NOT IN ('starting', 'running', 'stalled'))
+BEGIN
+  UPDATE hosts SET load = load + 1 WHERE host_id = NEW.host_id;
+END;
+`;
+
 /** Every migration, in order. Append only; the last one's number is {@link SCHEMA_VERSION}. */
 const MIGRATIONS: readonly Migration[] = [
   {
@@ -105,6 +144,13 @@ const MIGRATIONS: readonly Migration[] = [
         const columns = db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[];
         if (!columns.some((c) => c.name === column)) db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${definition}`);
       }
+    },
+  },
+  {
+    version: 2,
+    description: 'hosts.load: live agents per host, kept by triggers (atomic placement against capacity)',
+    apply: (db) => {
+      db.exec(HOST_LOAD);
     },
   },
 ];

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { AlreadyExistsError, ClosedError, NotFoundError, ResourceExhaustedError } from '../../common/errors.js';
 import { migrate } from './sqlite-schema.js';
+import { LIVE_AGENT_STATES } from './store.js';
 import type {
   AgentExpectation,
   AgentPatch,
@@ -12,13 +13,17 @@ import type {
   AgentStateName,
   AppendRequest,
   AppendResult,
+  HostExpectation,
+  HostLoad,
   HostPatch,
   HostRecord,
+  HostStateName,
   LabelRecord,
   MessageRecord,
   MessageStateName,
   OutboxBatch,
   Page,
+  PlaceAgentResult,
   SigningKeyRecord,
   Store,
 } from './store.js';
@@ -331,8 +336,26 @@ export class SqliteStore implements Store {
     return row === undefined ? undefined : hostFromRow(row);
   }
 
-  updateHost(hostId: string, patch: HostPatch): Promise<HostRecord | undefined> {
-    return this.#run(() => this.#updateHost(hostId, patch));
+  updateHost(hostId: string, patch: HostPatch, expect: HostExpectation = {}): Promise<HostRecord | undefined> {
+    return this.#run(() =>
+      this.#open().transaction(() => {
+        const current = this.#getHost(hostId);
+        if (current === undefined || !hostMeets(current, expect)) return undefined;
+        return this.#updateHost(hostId, patch);
+      })(),
+    );
+  }
+
+  getHostLoads(hostIds: readonly string[]): Promise<Map<string, HostLoad>> {
+    return this.#run(() => {
+      const select = this.#prepare('SELECT host_id, state, capacity, load FROM hosts WHERE host_id = ?');
+      const loads = new Map<string, HostLoad>();
+      for (const hostId of hostIds) {
+        const row = select.get(hostId) as { host_id: string; state: string; capacity: number; load: number } | undefined;
+        if (row !== undefined) loads.set(row.host_id, { hostId: row.host_id, state: row.state as HostStateName, capacity: row.capacity, load: row.load });
+      }
+      return loads;
+    });
   }
 
   #updateHost(hostId: string, patch: HostPatch): HostRecord | undefined {
@@ -414,15 +437,36 @@ export class SqliteStore implements Store {
     return this.#run(() =>
       this.#open().transaction(() => {
         const current = this.#getAgent(agentId);
-        if (current === undefined) return undefined;
-        if (expect.incarnation !== undefined && current.incarnation !== expect.incarnation) return undefined;
-        if (expect.generation !== undefined && current.generation !== expect.generation) return undefined;
-        if (expect.states !== undefined && !expect.states.includes(current.state)) return undefined;
-        const entries = Object.entries(patch).filter(([, value]) => value !== undefined) as [keyof AgentPatch, unknown][];
-        if (entries.length === 0) return current;
-        const sets = entries.map(([key]) => `${AGENT_COLUMNS[key]} = ?`).join(', ');
-        this.#prepare(`UPDATE agents SET ${sets} WHERE agent_id = ?`).run(...entries.map(([, value]) => columnValue(value)), agentId);
-        return this.#getAgent(agentId);
+        if (current === undefined || !agentMeets(current, expect)) return undefined;
+        return this.#patchAgent(agentId, patch) ?? current;
+      })(),
+    );
+  }
+
+  /** Writes `patch` to an agent's row and reads it back; caller holds a transaction. */
+  #patchAgent(agentId: string, patch: AgentPatch): AgentRecord | undefined {
+    const entries = Object.entries(patch).filter(([, value]) => value !== undefined) as [keyof AgentPatch, unknown][];
+    if (entries.length > 0) {
+      const sets = entries.map(([key]) => `${AGENT_COLUMNS[key]} = ?`).join(', ');
+      this.#prepare(`UPDATE agents SET ${sets} WHERE agent_id = ?`).run(...entries.map(([, value]) => columnValue(value)), agentId);
+    }
+    return this.#getAgent(agentId);
+  }
+
+  placeAgent(agentId: string, patch: AgentPatch & { hostId: string }, expect: AgentExpectation): Promise<PlaceAgentResult> {
+    return this.#run(() =>
+      this.#open().transaction((): PlaceAgentResult => {
+        const current = this.#getAgent(agentId);
+        if (current === undefined || !agentMeets(current, expect)) return { outcome: 'agent-changed' };
+        const host = this.#prepare('SELECT state, capacity, load FROM hosts WHERE host_id = ?').get(patch.hostId) as
+          | { state: string; capacity: number; load: number }
+          | undefined;
+        if (host === undefined || host.state === 'revoked') return { outcome: 'host-unavailable' };
+        const state = patch.state ?? current.state;
+        const isCounted = current.hostId === patch.hostId && LIVE_AGENT_STATES.includes(current.state);
+        // The triggers on agents add this agent to the host's load as the row is written, inside this transaction.
+        if (LIVE_AGENT_STATES.includes(state) && !isCounted && host.capacity > 0 && host.load >= host.capacity) return { outcome: 'host-full' };
+        return { outcome: 'placed', agent: this.#patchAgent(agentId, patch) ?? current };
       })(),
     );
   }
@@ -635,6 +679,19 @@ export class SqliteStore implements Store {
       return Promise.reject(err instanceof Error ? err : new Error(String(err)));
     }
   }
+}
+
+function agentMeets(agent: AgentRecord, expect: AgentExpectation): boolean {
+  if (expect.incarnation !== undefined && agent.incarnation !== expect.incarnation) return false;
+  if (expect.generation !== undefined && agent.generation !== expect.generation) return false;
+  return expect.states === undefined || expect.states.includes(agent.state);
+}
+
+function hostMeets(host: HostRecord, expect: HostExpectation): boolean {
+  if (expect.states !== undefined && !expect.states.includes(host.state)) return false;
+  if (expect.credentialGeneration !== undefined && host.credentialGeneration !== expect.credentialGeneration) return false;
+  if (expect.minValidGeneration !== undefined && host.minValidGeneration !== expect.minValidGeneration) return false;
+  return expect.joinLeaseSessionId === undefined || host.joinLeaseSessionId === expect.joinLeaseSessionId;
 }
 
 function page<T>(rows: T[], limit: number, idOf: (row: T) => string): Page<T> {

@@ -196,6 +196,39 @@ export interface AgentExpectation {
 /** Fields of a host that may change. */
 export type HostPatch = Partial<Omit<HostRecord, 'hostId' | 'createdAtMs'>>;
 
+/**
+ * Conditions a host update requires; it does nothing when they do not hold.
+ * Every read-modify-write of a host names what it read, so two writers (two
+ * streams, or two control planes on one store) cannot both win.
+ */
+export interface HostExpectation {
+  states?: readonly HostStateName[];
+  credentialGeneration?: number;
+  minValidGeneration?: number;
+  /** The session the join token must be leased to (null: leased to none). */
+  joinLeaseSessionId?: string | null;
+}
+
+/** What placement needs of a host: its capacity and how many live agents it holds. */
+export interface HostLoad {
+  hostId: string;
+  state: HostStateName;
+  /** Agents it runs at most; 0 for no limit. */
+  capacity: number;
+  /** Its agents in a live state, kept by the store on every agent write. */
+  load: number;
+}
+
+/** How {@link Store.placeAgent} went. */
+export type PlaceAgentResult =
+  | { outcome: 'placed'; agent: AgentRecord }
+  /** The agent is gone or no longer as expected. */
+  | { outcome: 'agent-changed' }
+  /** The host holds `capacity` live agents already. */
+  | { outcome: 'host-full' }
+  /** No such host, or it is revoked. */
+  | { outcome: 'host-unavailable' };
+
 /** The control plane's durable state. */
 export interface Store {
   /** The identity of this store's history; a restore mints a new one. */
@@ -208,8 +241,13 @@ export interface Store {
 
   insertHost(host: HostRecord): Promise<void>;
   getHost(hostId: string): Promise<HostRecord | undefined>;
-  /** Applies `patch` and returns the updated host, or undefined if there is none. */
-  updateHost(hostId: string, patch: HostPatch): Promise<HostRecord | undefined>;
+  /**
+   * Applies `patch` if `expect` holds and returns the updated host; returns
+   * undefined if the host does not exist or `expect` does not hold.
+   */
+  updateHost(hostId: string, patch: HostPatch, expect?: HostExpectation): Promise<HostRecord | undefined>;
+  /** Capacity and load of each of `hostIds` that exists (one read per host, whatever the number of agents). */
+  getHostLoads(hostIds: readonly string[]): Promise<Map<string, HostLoad>>;
   listHosts(afterId: string | null, limit: number): Promise<Page<HostRecord>>;
   /**
    * Leases the host's join token to `sessionId` if it is unexpired, unburnt and
@@ -226,6 +264,13 @@ export interface Store {
    * undefined if the agent does not exist or `expect` does not hold.
    */
   updateAgent(agentId: string, patch: AgentPatch, expect?: AgentExpectation): Promise<AgentRecord | undefined>;
+  /**
+   * Applies `patch` (which puts the agent on `patch.hostId`) if `expect` holds
+   * and, when that adds the agent to the host's load, only if the host is not
+   * revoked and has room: all in one transaction, so concurrent placements
+   * (in one process or several) never overfill a host.
+   */
+  placeAgent(agentId: string, patch: AgentPatch & { hostId: string }, expect: AgentExpectation): Promise<PlaceAgentResult>;
   listAgents(filter: { hostId?: string; states?: readonly AgentStateName[] }, afterId: string | null, limit: number): Promise<Page<AgentRecord>>;
   countAgentsByHost(states: readonly AgentStateName[]): Promise<Map<string, number>>;
   /** How many agents are in each state. */

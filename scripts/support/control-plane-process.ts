@@ -101,10 +101,10 @@ export class ControlPlaneProcess {
           resolve(record.port);
         }
       });
-      void exited.then(({ code, signal }) => {
+      exited.then(({ code, signal }) => {
         clearTimeout(timer);
         reject(new Error(`control plane exited (code ${code}, signal ${signal}) before serving: ${output.stderr.join('').trim()}`));
-      });
+      }, reject);
     });
     try {
       const port = await serving;

@@ -167,7 +167,10 @@ describe('host exit policy', () => {
       const refused: unknown[] = [];
       host.events.on('refused', (e) => refused.push(e));
       let hasExited = false;
-      void host.done.then(() => (hasExited = true));
+      host.done.then(
+        () => (hasExited = true),
+        () => (hasExited = true),
+      );
       const unauthenticated: string[] = [];
       host.events.on('disconnected', (e) => {
         // The event carries the numeric status code.

@@ -111,7 +111,11 @@ describe('FaultProxy', () => {
     c.socket.write('a');
     await waitUntil(() => c.received().toString() === 'a', 'the first echo');
     const order: string[] = [];
-    void c.closed.then(() => order.push('client closed'));
+    // Never rejects: it resolves on the socket's close.
+    c.closed.then(
+      () => order.push('client closed'),
+      (err: unknown) => order.push(`client close failed: ${String(err)}`),
+    );
 
     proxy.blackhole();
     c.socket.write('b');

@@ -8,6 +8,7 @@ import type { AgentModule } from '../../agent-host/tools/agent-module.js';
 import { bearerInterceptor } from '../../agent-host/tools/call-credentials.js';
 import { ControlPlane, type ControlPlaneOptions } from '../../control-plane/control-plane.js';
 import { databasePath, SqliteStore } from '../../control-plane/store/sqlite-store.js';
+import type { Store } from '../../control-plane/store/store.js';
 import { AdminServiceClient } from '../../gen/tether/v1/admin.js';
 import { AgentServiceClient } from '../../gen/tether/v1/agent.js';
 import { FakeClock } from './fake-clock.js';
@@ -56,6 +57,8 @@ export interface HarnessOptions extends Partial<Omit<ControlPlaneOptions, 'store
   clock?: FakeClock;
   logs?: LogCapture;
   dataDir?: string;
+  /** What the control plane is given in place of the SQLite store: a fake of the Store interface around it (counting, failing, gating calls). */
+  wrapStore?: (store: SqliteStore) => Store;
 }
 
 /** A control plane on a fresh SQLite file and a 127.0.0.1:0 port, an admin client, and hosts on demand. */
@@ -89,13 +92,13 @@ export class Harness {
 
   /** (Re)starts the control plane on the same data directory. */
   async startControlPlane(): Promise<void> {
-    const { clock: _clock, logs: _logs, dataDir: _dataDir, ...rest } = this.#options;
+    const { clock: _clock, logs: _logs, dataDir: _dataDir, wrapStore, ...rest } = this.#options;
     this.store = SqliteStore.open(databasePath(this.dir));
     this.cp = await ControlPlane.start({
       address: '127.0.0.1:0',
       heartbeatIntervalMs: 3_000,
       ...rest,
-      store: this.store,
+      store: wrapStore === undefined ? this.store : wrapStore(this.store),
       clock: this.clock,
       logger: this.logs.logger,
       adminToken: this.adminToken,

@@ -72,6 +72,10 @@ describe('SQLite schema migrations', () => {
       expect((await store.listSigningKeys()).map((k) => k.kid)).toEqual(['k-old']);
       expect(await store.getHost('h-old')).toMatchObject({ name: 'old-host', credentialGeneration: 3, labels: [{ key: 'zone', value: 'a' }] });
       expect(await store.getAgent('a-old')).toMatchObject({ generation: 7, lastSeq: 2, ackedSeq: 1, spec: { kind: 'module', module: 'echo' } });
+      // Migration 2 counts each host's live agents into its load, which the store keeps from then on.
+      expect((await store.getHostLoads(['h-old'])).get('h-old')?.load).toBe(1);
+      await store.updateAgent('a-old', { state: 'exited' });
+      expect((await store.getHostLoads(['h-old'])).get('h-old')?.load).toBe(0);
       const pending = await store.listDeliverable('a-old', 1, 10);
       expect(pending.map((m) => [m.seq, m.payload.toString(), m.idempotencyKey])).toEqual([[2, 'hi', 'key-2']]);
       // It goes on where it was: the next append takes the next seq, and the old idempotency key still answers.

@@ -131,6 +131,80 @@ describe('SqliteStore', () => {
       expect(await store.updateHost('nobody', { capacity: 1 })).toBeUndefined();
     });
 
+    it('updates a host only while what the writer read still holds', async () => {
+      const store = open();
+      await store.insertHost(host('h1', { credentialGeneration: 3, minValidGeneration: 2, joinLeaseSessionId: 's1' }));
+      // Each condition, failing alone, leaves the host untouched.
+      expect(await store.updateHost('h1', { credentialGeneration: 4 }, { credentialGeneration: 2 })).toBeUndefined();
+      expect(await store.updateHost('h1', { minValidGeneration: 3 }, { minValidGeneration: 1 })).toBeUndefined();
+      expect(await store.updateHost('h1', { state: 'active' }, { states: ['active', 'revoked'] })).toBeUndefined();
+      expect(await store.updateHost('h1', { state: 'active' }, { joinLeaseSessionId: 's2' })).toBeUndefined();
+      expect(await store.updateHost('h1', { state: 'active' }, { joinLeaseSessionId: null })).toBeUndefined();
+      expect(await store.getHost('h1')).toEqual(host('h1', { credentialGeneration: 3, minValidGeneration: 2, joinLeaseSessionId: 's1' }));
+      // All holding: applied.
+      const updated = await store.updateHost(
+        'h1',
+        { state: 'active', credentialGeneration: 4 },
+        { states: ['enrolled'], credentialGeneration: 3, minValidGeneration: 2, joinLeaseSessionId: 's1' },
+      );
+      expect(updated).toMatchObject({ state: 'active', credentialGeneration: 4 });
+      // Of two writers that read the same generation, the second finds it moved.
+      expect(await store.updateHost('h1', { credentialGeneration: 4 }, { credentialGeneration: 3 })).toBeUndefined();
+      expect(await store.updateHost('nobody', { capacity: 1 }, {})).toBeUndefined();
+    });
+
+    it('keeps each host\'s load (its live agents) through every agent write', async () => {
+      const store = open();
+      await store.insertHost(host('h1'));
+      await store.insertHost(host('h2'));
+      const loads = async (): Promise<number[]> => {
+        const map = await store.getHostLoads(['h1', 'h2', 'nobody']);
+        expect(map.has('nobody')).toBe(false);
+        return [map.get('h1')?.load ?? -1, map.get('h2')?.load ?? -1];
+      };
+      await store.insertAgent(agent('a1', { hostId: 'h1', state: 'running' }));
+      await store.insertAgent(agent('a2', { hostId: 'h1', state: 'starting' }));
+      await store.insertAgent(agent('a3', { hostId: 'h1', state: 'stopped' }));
+      await store.insertAgent(agent('a4', { hostId: null, state: 'pending' }));
+      expect(await loads()).toEqual([2, 0]);
+      await store.updateAgent('a1', { state: 'stalled' });
+      expect(await loads()).toEqual([2, 0]);
+      await store.updateAgent('a1', { hostId: 'h2' });
+      expect(await loads()).toEqual([1, 1]);
+      await store.updateAgent('a2', { state: 'exited' });
+      expect(await loads()).toEqual([0, 1]);
+      await store.updateAgent('a1', { state: 'pending', hostId: null });
+      expect(await loads()).toEqual([0, 0]);
+      await store.updateAgent('a4', { state: 'starting', hostId: 'h2' });
+      await store.updateAgent('a3', { state: 'running' });
+      expect(await loads()).toEqual([1, 1]);
+      await store.updateAgent('a3', { detail: 'no move' });
+      expect(await loads()).toEqual([1, 1]);
+    });
+
+    it('places an agent only while its host has room, counting an agent already there once', async () => {
+      const store = open();
+      await store.insertHost(host('h1', { capacity: 2 }));
+      await store.insertHost(host('gone', { state: 'revoked' }));
+      for (const id of ['a1', 'a2', 'a3']) await store.insertAgent(agent(id, { hostId: null, state: 'pending', generation: 0 }));
+      const place = (agentId: string, hostId: string) =>
+        store.placeAgent(agentId, { hostId, state: 'starting', generation: 1 }, { generation: 0, states: ['pending'] });
+      expect((await place('a1', 'h1')).outcome).toBe('placed');
+      expect(await place('a1', 'h1')).toEqual({ outcome: 'agent-changed' });
+      expect((await place('a2', 'h1')).outcome).toBe('placed');
+      expect(await place('a3', 'h1')).toEqual({ outcome: 'host-full' });
+      expect(await place('a3', 'gone')).toEqual({ outcome: 'host-unavailable' });
+      expect(await place('a3', 'nobody')).toEqual({ outcome: 'host-unavailable' });
+      expect(await store.getAgent('a3')).toMatchObject({ state: 'pending', hostId: null, generation: 0 });
+      // Restarting an agent the host already counts needs no room.
+      const again = await store.placeAgent('a1', { hostId: 'h1', state: 'starting', incarnation: 2 }, { states: ['starting'] });
+      expect(again.outcome).toBe('placed');
+      // An end gives the place back.
+      await store.updateAgent('a2', { state: 'stopped' });
+      expect((await place('a3', 'h1')).outcome).toBe('placed');
+      expect((await store.getHostLoads(['h1'])).get('h1')).toEqual({ hostId: 'h1', state: 'enrolled', capacity: 2, load: 2 });
+    });
+
     it('pages through hosts in id order', async () => {
       const store = open();
       for (const id of ['h3', 'h1', 'h4', 'h2', 'h0']) await store.insertHost(host(id));
@@ -303,6 +377,8 @@ describe('SqliteStore', () => {
         ['getHost', () => store.getHost('h1')],
         ['insertHost', () => store.insertHost(host('h1'))],
         ['updateHost', () => store.updateHost('h1', { capacity: 1 })],
+        ['getHostLoads', () => store.getHostLoads(['h1'])],
+        ['placeAgent', () => store.placeAgent('a1', { hostId: 'h1' }, {})],
         ['listHosts', () => store.listHosts(null, 10)],
         ['leaseJoinToken', () => store.leaseJoinToken('h1', 's1', NOW, () => false)],
         ['listSigningKeys', () => store.listSigningKeys()],
