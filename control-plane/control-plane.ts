@@ -73,6 +73,11 @@ export interface ControlPlaneOptions {
   heartbeatIntervalMs?: number;
   isRotationEnabled?: boolean;
   maxRotationsPerSecond?: number;
+  /**
+   * Scheduled rotations running at once at most. Default 32: their store writes
+   * share a commit (one fsync) instead of one each. 1 runs them one after the other.
+   */
+  maxConcurrentRotations?: number;
   /** Uniform in [0, 1): rotation jitter. */
   random?: () => number;
   /** App-level Ping/Pong towards each host. Default 30 s. */
@@ -245,6 +250,7 @@ export class ControlPlane {
       agentTokenTtlMs,
       isRotationEnabled: options.isRotationEnabled ?? true,
       maxRotationsPerSecond: options.maxRotationsPerSecond ?? 200,
+      maxConcurrentRotations: options.maxConcurrentRotations ?? 32,
       random,
       reject: (session, what, agentId, reason) => hosts.reject(session, what, agentId, reason),
       delivery,
