@@ -84,7 +84,13 @@ export interface StoreMode {
 const ALL_MODES: readonly StoreMode[] = [
   { key: 'normal', name: 'NORMAL, one commit per write (before)', store: { synchronous: 'normal', isGroupCommit: false }, maxConcurrentRotations: 1 },
   { key: 'full-unbatched', name: 'FULL, one commit per write', store: { synchronous: 'full', isGroupCommit: false }, maxConcurrentRotations: 1 },
-  { key: 'full', name: 'FULL, group commit (after)', store: { synchronous: 'full', isGroupCommit: true }, maxConcurrentRotations: 32 },
+  {
+    key: 'full',
+    name: 'FULL, group commit (after)',
+    store: { synchronous: 'full', isGroupCommit: true },
+    // The control plane's default unless BENCH_CONCURRENT_ROTATIONS says otherwise.
+    maxConcurrentRotations: envCount('BENCH_CONCURRENT_ROTATIONS', 8),
+  },
 ];
 
 /** The modes to run: BENCH_MODES (comma-separated keys: normal, full-unbatched, full), all three by default. */

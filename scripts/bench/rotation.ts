@@ -17,8 +17,9 @@
  * heartbeats are far apart (1,000 heartbeats at every jump are not rotations).
  *
  * Environment: BENCH_AGENTS (1000), BENCH_WAVES (3), BENCH_MODES (all:
- * normal, full-unbatched, full), BENCH_DIR (OS temp dir; refused on tmpfs),
- * BENCH_BOUND_MS (120000) bounds every wait.
+ * normal, full-unbatched, full), BENCH_CONCURRENT_ROTATIONS (8, the control plane's default: scheduled
+ * rotations at once in the group-commit mode), BENCH_DIR (OS temp dir;
+ * refused on tmpfs), BENCH_BOUND_MS (120000) bounds every wait.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
