@@ -74,6 +74,14 @@ export interface ControlPlaneOptions {
   heartbeatIntervalMs?: number;
   isRotationEnabled?: boolean;
   maxRotationsPerSecond?: number;
+  /**
+   * Scheduled rotations running at once at most. Default 8: their store writes
+   * share a commit (one fsync) instead of one each, which keeps up with the
+   * default signing cap (200/s) even at 25 ms a commit, while the work one
+   * commit releases at once (and so the event-loop delay) stays small. 1 runs
+   * them one after the other.
+   */
+  maxConcurrentRotations?: number;
   /** Uniform in [0, 1): rotation jitter. */
   random?: () => number;
   /** App-level Ping/Pong towards each host. Default 30 s. */
@@ -290,6 +298,7 @@ export class ControlPlane {
       agentTokenTtlMs,
       isRotationEnabled: options.isRotationEnabled ?? true,
       maxRotationsPerSecond: options.maxRotationsPerSecond ?? 200,
+      maxConcurrentRotations: options.maxConcurrentRotations ?? 8,
       random,
       reject: (session, what, agentId, reason) => hosts.reject(session, what, agentId, reason),
       delivery,

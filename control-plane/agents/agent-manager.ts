@@ -45,6 +45,8 @@ export interface AgentManagerOptions {
   /** When false, credentials are issued once and never replaced (to show what goes wrong). */
   isRotationEnabled: boolean;
   maxRotationsPerSecond: number;
+  /** Scheduled rotations running at once at most (their store writes then share a commit). */
+  maxConcurrentRotations: number;
   /** Uniform in [0, 1); the rotation jitter. */
   random: () => number;
   /** Reports an envelope-level violation by a host (answered with Reject). */
@@ -99,6 +101,7 @@ export class AgentManager {
       clock: options.clock,
       logger: options.logger.child({ component: 'rotation' }),
       maxPerSecond: options.maxRotationsPerSecond,
+      maxInFlight: options.maxConcurrentRotations,
       rotate: async (agentId) => {
         await this.rotate(agentId, 'due');
       },

@@ -304,6 +304,20 @@ export class HostService {
       if (typeof presented === 'number' && presented < host.minValidGeneration) {
         return new StreamRefusedError('host credential superseded by a newer one; is a stale copy of this host running?', 'revoked');
       }
+      if (typeof presented === 'number' && presented > host.credentialGeneration) {
+        // Signed by this control plane, in this epoch (a restore moves every generation past the
+        // lost history's), yet newer than any the store recorded: a commit the host was answered
+        // for is gone (a rotation stored before power loss under a store that was not
+        // synchronous = FULL, or a database copied back by hand). Final: retrying cannot mend it.
+        this.#logger.error(
+          { hostId: subject, gen: presented, storeGen: host.credentialGeneration },
+          'host credential generation is ahead of the store; refused for good, enroll the host again',
+        );
+        return new StreamRefusedError(
+          `host credential generation ${presented} is ahead of the store's ${host.credentialGeneration}: the store lost a commit; enroll the host again`,
+          'generation-ahead',
+        );
+      }
     }
     return err;
   }

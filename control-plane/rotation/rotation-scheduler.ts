@@ -14,6 +14,12 @@ export interface RotationSchedulerOptions {
   rotate: (agentId: string) => Promise<void>;
   /** Delay before a failed rotation is tried again. */
   retryDelayMs?: number;
+  /**
+   * Rotations running at once at most (default 1). More than one lets the
+   * store commit their writes together (one fsync for many under
+   * `synchronous = FULL`) instead of one after the other.
+   */
+  maxInFlight?: number;
 }
 
 interface Entry {
@@ -149,7 +155,10 @@ export class RotationScheduler {
   /** True while the loop sleeps for lack of anything due (not for signing budget). */
   #isWakeable = false;
   #loop: Promise<void> | undefined;
-  #isBusy = false;
+  /** Rotations running now; each settles without rejecting. */
+  readonly #inFlight = new Set<Promise<void>>();
+  /** Wakes the loop when it waits for a rotation to finish (all maxInFlight were running). */
+  #onSlotFreed: (() => void) | undefined;
   #budget: number;
   #budgetAtMs: number;
 
@@ -201,12 +210,12 @@ export class RotationScheduler {
    * fake clock, to know when the control plane has caught up.
    */
   isSettled(): boolean {
-    if (this.#isBusy) return false;
+    if (this.#inFlight.size > 0) return false;
     const next = this.#byDue.peek();
     return this.#ready.size === 0 && (next === undefined || next.dueAtMs > this.#options.clock.now());
   }
 
-  /** Stops the loop and waits for a rotation in progress. Idempotent. */
+  /** Stops the loop and waits for the rotations in progress. Idempotent. */
   async close(): Promise<void> {
     this.#state = 'closed';
     this.#sleep?.abort();
@@ -239,7 +248,7 @@ export class RotationScheduler {
   }
 
   async #run(): Promise<void> {
-    const { clock, logger } = this.#options;
+    const { clock } = this.#options;
     while (this.#state === 'open') {
       const nowMs = clock.now();
       this.#promoteDue(nowMs);
@@ -256,19 +265,35 @@ export class RotationScheduler {
         await this.#sleepFor(budgetWaitMs, false);
         continue;
       }
+      if (this.#inFlight.size >= (this.#options.maxInFlight ?? 1)) {
+        await new Promise<void>((resolve) => {
+          this.#onSlotFreed = resolve;
+        });
+        continue;
+      }
       const entry = this.#ready.pop();
       if (entry === undefined) continue;
       this.#budget -= 1;
-      this.#isBusy = true;
-      try {
-        await this.#options.rotate(entry.agentId);
-      } catch (err) {
-        logger.warn({ err, agentId: entry.agentId }, 'rotation failed; will retry');
-        if (!this.#isScheduled(entry.agentId)) {
-          this.schedule(entry.agentId, clock.now() + (this.#options.retryDelayMs ?? 1_000), entry.expiresAtMs);
-        }
-      } finally {
-        this.#isBusy = false;
+      const rotation = this.#rotate(entry).finally(() => {
+        this.#inFlight.delete(rotation);
+        const onSlotFreed = this.#onSlotFreed;
+        this.#onSlotFreed = undefined;
+        onSlotFreed?.();
+      });
+      this.#inFlight.add(rotation);
+    }
+    await Promise.all(this.#inFlight);
+  }
+
+  /** Runs one rotation; a failure is logged and the agent scheduled again after the retry delay. Never rejects. */
+  async #rotate(entry: Entry): Promise<void> {
+    const { clock, logger } = this.#options;
+    try {
+      await this.#options.rotate(entry.agentId);
+    } catch (err) {
+      logger.warn({ err, agentId: entry.agentId }, 'rotation failed; will retry');
+      if (!this.#isScheduled(entry.agentId)) {
+        this.schedule(entry.agentId, clock.now() + (this.#options.retryDelayMs ?? 1_000), entry.expiresAtMs);
       }
     }
   }

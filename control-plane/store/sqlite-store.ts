@@ -203,17 +203,75 @@ export function databasePath(dataDir: string): string {
 const MAX_CACHED_STATEMENTS = 256;
 
 /**
- * The embedded default {@link Store}: one SQLite file in WAL mode. better-sqlite3
- * is synchronous, so each method runs its transaction to completion before
- * the Promise it returns settles; no transaction spans an `await`.
+ * Writes committed together at most: one commit (one fsync under FULL) for up
+ * to this many, and a bound on how long one flush holds the event loop. What is
+ * left waits for the next flush, one turn later.
+ */
+const MAX_WRITES_PER_COMMIT = 512;
+
+/** Transactions one flush may try when writes make SQLite give up the whole transaction (a full disk). */
+const MAX_COMMIT_PASSES = 3;
+
+/** Options of {@link SqliteStore.open}; the defaults are what a control plane runs with. */
+export interface SqliteStoreOptions {
+  /**
+   * @internal For `npm run bench:rotation` only: `normal` is the store as it was
+   * before FULL (an answered write can vanish on power loss).
+   */
+  synchronous?: 'full' | 'normal';
+  /**
+   * @internal For `npm run bench:rotation` only: false commits each write on its
+   * own at once (one fsync each), as the store did before group commit.
+   */
+  isGroupCommit?: boolean;
+}
+
+/** A write waiting for the next group commit. */
+interface QueuedWrite {
+  body: () => unknown;
+  resolve: (value: unknown) => void;
+  reject: (err: Error) => void;
+}
+
+/**
+ * What a store failure becomes at the store's edge: a full disk (or a database
+ * at its size limit) is ResourceExhaustedError, so callers answer
+ * RESOURCE_EXHAUSTED instead of INTERNAL; anything else is left as it is.
+ */
+function storeError(err: unknown): Error {
+  if (err instanceof Error && 'code' in err && (err as { code: unknown }).code === 'SQLITE_FULL') {
+    return new ResourceExhaustedError('the store is full (disk or database size limit); nothing was written', { cause: err });
+  }
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+/**
+ * The embedded default {@link Store}: one SQLite file in WAL mode with
+ * `synchronous = FULL`, so a write whose Promise has resolved survives power
+ * loss (NORMAL can lose the last commits: an answered send, or a host-credential
+ * rotation the host has already stored, leaving it a generation ahead of the store).
+ *
+ * Group commit: FULL makes every commit an fsync (milliseconds on a real disk),
+ * and better-sqlite3 is synchronous, so each one blocks the event loop. Writes
+ * are therefore queued, and one flush at the next turn of the event loop runs
+ * every queued write (up to MAX_WRITES_PER_COMMIT) in one transaction, each in
+ * its own savepoint: one write's error rolls back and rejects only that write,
+ * and every Promise settles only after the commit, so a caller that awaited its
+ * write reads it back. Writes run in the order they were made, at flush time,
+ * so a conditional update is decided against every write queued before it.
+ * Reads run at once (WAL: they see what is committed). No transaction spans an `await`.
  */
 export class SqliteStore implements Store {
   readonly #db: Database.Database;
   readonly #statements = new Map<string, Database.Statement>();
+  readonly #isGroupCommit: boolean;
+  #queue: QueuedWrite[] = [];
+  #isFlushScheduled = false;
   #isClosed = false;
 
-  private constructor(db: Database.Database) {
+  private constructor(db: Database.Database, isGroupCommit: boolean) {
     this.#db = db;
+    this.#isGroupCommit = isGroupCommit;
   }
 
   /**
@@ -221,7 +279,7 @@ export class SqliteStore implements Store {
    * throwaway one, and migrates it to this binary's schema; a store with a
    * newer schema is refused with SchemaTooNewError.
    */
-  static open(path: string): SqliteStore {
+  static open(path: string, options: SqliteStoreOptions = {}): SqliteStore {
     if (path !== ':memory:') {
       // Created 0600 from the start: it holds the private signing keys.
       try {
@@ -233,7 +291,7 @@ export class SqliteStore implements Store {
     const db = new Database(path);
     try {
       db.pragma('journal_mode = WAL');
-      db.pragma('synchronous = NORMAL');
+      db.pragma(options.synchronous === 'normal' ? 'synchronous = NORMAL' : 'synchronous = FULL');
       db.pragma('busy_timeout = 5000');
       db.pragma('foreign_keys = ON');
       migrate(db);
@@ -242,7 +300,16 @@ export class SqliteStore implements Store {
       db.close();
       throw err;
     }
-    return new SqliteStore(db);
+    return new SqliteStore(db, options.isGroupCommit ?? true);
+  }
+
+  /**
+   * @internal For tests: runs a PRAGMA on the store's own connection (e.g. reads
+   * `synchronous`, or sets `max_page_count` to make the next growing write fail
+   * with a real SQLITE_FULL) and returns its rows.
+   */
+  pragma(source: string): unknown[] {
+    return this.#open().pragma(source) as unknown[];
   }
 
   #open(): Database.Database {
@@ -277,7 +344,7 @@ export class SqliteStore implements Store {
   }
 
   insertSigningKey(key: SigningKeyRecord): Promise<void> {
-    return this.#run(() => {
+    return this.#write(() => {
       this.#prepare(
         'INSERT INTO signing_keys (kid, private_jwk, public_jwk, created_at_ms, retired_at_ms, verify_until_ms) VALUES (?, ?, ?, ?, ?, ?)',
       ).run(key.kid, key.privateJwk, key.publicJwk, key.createdAtMs, key.retiredAtMs, key.verifyUntilMs);
@@ -285,19 +352,19 @@ export class SqliteStore implements Store {
   }
 
   updateSigningKey(kid: string, patch: Pick<SigningKeyRecord, 'retiredAtMs' | 'verifyUntilMs'>): Promise<void> {
-    return this.#run(() => {
+    return this.#write(() => {
       this.#prepare('UPDATE signing_keys SET retired_at_ms = ?, verify_until_ms = ? WHERE kid = ?').run(patch.retiredAtMs, patch.verifyUntilMs, kid);
     });
   }
 
   deleteSigningKey(kid: string): Promise<void> {
-    return this.#run(() => {
+    return this.#write(() => {
       this.#prepare('DELETE FROM signing_keys WHERE kid = ?').run(kid);
     });
   }
 
   insertHost(host: HostRecord): Promise<void> {
-    return this.#run(() => {
+    return this.#write(() => {
       try {
         this.#prepare(
           `INSERT INTO hosts (host_id, name, state, join_secret_hash, join_expires_at_ms, join_lease_session_id,
@@ -337,13 +404,11 @@ export class SqliteStore implements Store {
   }
 
   updateHost(hostId: string, patch: HostPatch, expect: HostExpectation = {}): Promise<HostRecord | undefined> {
-    return this.#run(() =>
-      this.#open().transaction(() => {
-        const current = this.#getHost(hostId);
-        if (current === undefined || !hostMeets(current, expect)) return undefined;
-        return this.#updateHost(hostId, patch);
-      })(),
-    );
+    return this.#write(() => {
+      const current = this.#getHost(hostId);
+      if (current === undefined || !hostMeets(current, expect)) return undefined;
+      return this.#updateHost(hostId, patch);
+    });
   }
 
   getHostLoads(hostIds: readonly string[]): Promise<Map<string, HostLoad>> {
@@ -380,7 +445,7 @@ export class SqliteStore implements Store {
     nowMs: number,
     isLeaseLive: (sessionId: string) => boolean,
   ): Promise<HostRecord | undefined> {
-    return this.#run(() =>
+    return this.#write(() =>
       this.#open().transaction(() => {
         const host = this.#getHost(hostId);
         if (host === undefined || host.state === 'revoked' || host.joinSecretHash === null) return undefined;
@@ -392,7 +457,7 @@ export class SqliteStore implements Store {
   }
 
   insertAgent(agent: AgentRecord): Promise<void> {
-    return this.#run(() => {
+    return this.#write(() => {
       try {
         this.#prepare(
           `INSERT INTO agents (agent_id, name, state, host_id, host_labels, spec, incarnation, generation, token_id,
@@ -434,7 +499,7 @@ export class SqliteStore implements Store {
   }
 
   updateAgent(agentId: string, patch: AgentPatch, expect: AgentExpectation = {}): Promise<AgentRecord | undefined> {
-    return this.#run(() =>
+    return this.#write(() =>
       this.#open().transaction(() => {
         const current = this.#getAgent(agentId);
         if (current === undefined || !agentMeets(current, expect)) return undefined;
@@ -454,21 +519,19 @@ export class SqliteStore implements Store {
   }
 
   placeAgent(agentId: string, patch: AgentPatch & { hostId: string }, expect: AgentExpectation): Promise<PlaceAgentResult> {
-    return this.#run(() =>
-      this.#open().transaction((): PlaceAgentResult => {
-        const current = this.#getAgent(agentId);
-        if (current === undefined || !agentMeets(current, expect)) return { outcome: 'agent-changed' };
-        const host = this.#prepare('SELECT state, capacity, load FROM hosts WHERE host_id = ?').get(patch.hostId) as
-          | { state: string; capacity: number; load: number }
-          | undefined;
-        if (host === undefined || host.state === 'revoked') return { outcome: 'host-unavailable' };
-        const state = patch.state ?? current.state;
-        const isCounted = current.hostId === patch.hostId && LIVE_AGENT_STATES.includes(current.state);
-        // The triggers on agents add this agent to the host's load as the row is written, inside this transaction.
-        if (LIVE_AGENT_STATES.includes(state) && !isCounted && host.capacity > 0 && host.load >= host.capacity) return { outcome: 'host-full' };
-        return { outcome: 'placed', agent: this.#patchAgent(agentId, patch) ?? current };
-      })(),
-    );
+    return this.#write((): PlaceAgentResult => {
+      const current = this.#getAgent(agentId);
+      if (current === undefined || !agentMeets(current, expect)) return { outcome: 'agent-changed' };
+      const host = this.#prepare('SELECT state, capacity, load FROM hosts WHERE host_id = ?').get(patch.hostId) as
+        | { state: string; capacity: number; load: number }
+        | undefined;
+      if (host === undefined || host.state === 'revoked') return { outcome: 'host-unavailable' };
+      const state = patch.state ?? current.state;
+      const isCounted = current.hostId === patch.hostId && LIVE_AGENT_STATES.includes(current.state);
+      // The triggers on agents add this agent to the host's load as the row is written, inside this transaction.
+      if (LIVE_AGENT_STATES.includes(state) && !isCounted && host.capacity > 0 && host.load >= host.capacity) return { outcome: 'host-full' };
+      return { outcome: 'placed', agent: this.#patchAgent(agentId, patch) ?? current };
+    });
   }
 
   listAgents(
@@ -515,7 +578,7 @@ export class SqliteStore implements Store {
   }
 
   applyOutboxBatch(batch: OutboxBatch): Promise<(AppendResult[] | Error)[]> {
-    return this.#run(() =>
+    return this.#write(() =>
       this.#open().transaction(() => {
         const results = batch.appends.map((request) => {
           // A savepoint per request, so one refused append leaves the others in the batch.
@@ -593,7 +656,7 @@ export class SqliteStore implements Store {
   }
 
   recordRefusal(agentId: string, seq: number, error: string, maxAttempts: number): Promise<MessageRecord | undefined> {
-    return this.#run(() =>
+    return this.#write(() =>
       this.#open().transaction(() => {
         const row = this.#prepare("SELECT * FROM messages WHERE agent_id = ? AND seq = ? AND state = 'pending'").get(agentId, seq) as
           | MessageRow
@@ -624,7 +687,7 @@ export class SqliteStore implements Store {
   }
 
   requeueMessage(agentId: string, seq: number): Promise<number> {
-    return this.#run(() =>
+    return this.#write(() =>
       this.#open().transaction(() => {
         const row = this.#prepare("SELECT * FROM messages WHERE agent_id = ? AND seq = ? AND state = 'dead'").get(agentId, seq) as
           | MessageRow
@@ -645,14 +708,14 @@ export class SqliteStore implements Store {
   }
 
   purgeMessage(agentId: string, seq: number): Promise<void> {
-    return this.#run(() => {
+    return this.#write(() => {
       const result = this.#prepare("DELETE FROM messages WHERE agent_id = ? AND seq = ? AND state = 'dead'").run(agentId, seq);
       if (result.changes === 0) throw new NotFoundError(`no dead letter ${agentId}/${seq}`);
     });
   }
 
   pruneMessages(ackedBeforeMs: number, endedBeforeMs: number): Promise<number> {
-    return this.#run(() =>
+    return this.#write(() =>
       this.#open().transaction(() => {
         const acked = this.#prepare("DELETE FROM messages WHERE state IN ('acked', 'requeued') AND created_at_ms < ?").run(ackedBeforeMs).changes;
         const ended = this.#prepare(
@@ -665,19 +728,92 @@ export class SqliteStore implements Store {
 
   close(): Promise<void> {
     if (!this.#isClosed) {
+      // Writes already accepted are committed, not dropped.
+      while (this.#queue.length > 0) this.#flush();
       this.#isClosed = true;
       this.#db.close();
     }
     return Promise.resolve();
   }
 
-  /** Runs a synchronous body and turns its result or throw into a settled Promise. */
+  /** Runs a synchronous read (or an unbatched write) and turns its result or throw into a settled Promise. */
   #run<T>(body: () => T): Promise<T> {
     try {
       return Promise.resolve(body());
     } catch (err) {
-      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+      return Promise.reject(storeError(err));
     }
+  }
+
+  /** Queues a write for the next group commit; settles once it has committed (or failed). */
+  #write<T>(body: () => T): Promise<T> {
+    if (this.#isClosed) return Promise.reject(new ClosedError('store'));
+    if (!this.#isGroupCommit) return this.#run(() => this.#db.transaction(body)());
+    return new Promise<T>((resolve, reject) => {
+      this.#queue.push({ body, resolve: resolve as (value: unknown) => void, reject });
+      this.#scheduleFlush();
+    });
+  }
+
+  #scheduleFlush(): void {
+    if (this.#isFlushScheduled) return;
+    this.#isFlushScheduled = true;
+    setImmediate(() => {
+      this.#isFlushScheduled = false;
+      if (this.#isClosed) return;
+      this.#flush();
+      if (this.#queue.length > 0) this.#scheduleFlush();
+    });
+  }
+
+  /** Commits the next queued writes (at most MAX_WRITES_PER_COMMIT) and settles them. Never throws. */
+  #flush(): void {
+    let writes = this.#queue.splice(0, MAX_WRITES_PER_COMMIT);
+    for (let pass = 1; writes.length > 0; pass++) writes = this.#commit(writes, pass < MAX_COMMIT_PASSES);
+  }
+
+  /**
+   * Runs `writes` in one transaction, each in its own savepoint, and settles
+   * those it decided. Some errors (SQLITE_FULL, IOERR) make SQLite roll back the
+   * whole transaction, not only the failing statement: that write is rejected
+   * and the others are returned to be run again (when `isRetryAllowed`; if not,
+   * they fail with the same error), so an in-place update still commits beside
+   * an insert a full disk refuses.
+   */
+  #commit(writes: QueuedWrite[], isRetryAllowed: boolean): QueuedWrite[] {
+    const db = this.#db;
+    const outcomes: ({ isOk: true; value: unknown } | { isOk: false; error: Error })[] = [];
+    let lostAt = -1;
+    try {
+      db.transaction(() => {
+        for (const [i, write] of writes.entries()) {
+          try {
+            outcomes.push({ isOk: true, value: db.transaction(write.body)() });
+          } catch (err) {
+            if (!db.inTransaction) {
+              lostAt = i;
+              throw err;
+            }
+            outcomes.push({ isOk: false, error: storeError(err) });
+          }
+        }
+      })();
+    } catch (err) {
+      const error = storeError(err);
+      const failed = writes[lostAt];
+      if (failed === undefined || !isRetryAllowed) {
+        for (const write of writes) write.reject(error);
+        return [];
+      }
+      failed.reject(error);
+      return writes.filter((_, i) => i !== lostAt);
+    }
+    writes.forEach((write, i) => {
+      const outcome = outcomes[i];
+      if (outcome?.isOk === true) write.resolve(outcome.value);
+      else write.reject(outcome?.error ?? new Error('missing write outcome'));
+    });
+    return [];
   }
 }
 

@@ -13,13 +13,16 @@
  * (honouring write() === false and 'drain') to a client counting them, in this
  * process too, each message the size of one encoded Deliver envelope.
  *
- * Prints the median of BENCH_RUNS runs of each and the ratio. Environment:
+ * Delivery runs once per store mode (before and after `synchronous = FULL` and
+ * group commit, in one invocation), with the event-loop delay during each run.
+ * Prints the median of BENCH_RUNS runs of each and the ratio to raw. Environment:
  * BENCH_MESSAGES (20000), BENCH_AGENTS (10), BENCH_RUNS (3), BENCH_BATCH (500),
- * BENCH_PAYLOAD_BYTES (16). Every wait is bounded by BENCH_BOUND_MS (120000).
+ * BENCH_PAYLOAD_BYTES (16), BENCH_MODES (all: normal, full-unbatched, full),
+ * BENCH_DIR (OS temp dir; refused on tmpfs). Every wait is bounded by
+ * BENCH_BOUND_MS (120000).
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { AgentHost } from '../../agent-host/agent-host.js';
@@ -32,36 +35,15 @@ import { ControlPlane } from '../../control-plane/control-plane.js';
 import { SqliteStore } from '../../control-plane/store/sqlite-store.js';
 import { AdminServiceClient } from '../../gen/tether/v1/admin.js';
 import { ControlMessage } from '../../gen/tether/v1/host.js';
-
-function envCount(name: string, fallback: number): number {
-  const value = process.env[name];
-  if (value === undefined || value === '') return fallback;
-  const parsed = Number(value);
-  if (!Number.isSafeInteger(parsed) || parsed <= 0) throw new Error(`${name} must be a positive integer, got ${value}`);
-  return parsed;
-}
+import { benchDir, BOUND_MS, envCount, median, printTable, selectedModes, startTiming, within, type StoreMode, type Timing } from './bench-support.js';
 
 const MESSAGES = envCount('BENCH_MESSAGES', 20_000);
 const AGENTS = envCount('BENCH_AGENTS', 10);
 const RUNS = envCount('BENCH_RUNS', 3);
 const BATCH = envCount('BENCH_BATCH', 500);
 const PAYLOAD_BYTES = envCount('BENCH_PAYLOAD_BYTES', 16);
-const BOUND_MS = envCount('BENCH_BOUND_MS', 120_000);
 /** The control plane's delivery window; unset: its default. */
 const WINDOW = process.env.BENCH_WINDOW === undefined ? undefined : envCount('BENCH_WINDOW', 32);
-
-/** Resolves as `promise` does, or fails naming `what` after the bound (the benchmark never hangs). */
-async function within<T>(promise: Promise<T>, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const bound = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`bench: no ${what} within ${BOUND_MS} ms`)), BOUND_MS);
-  });
-  try {
-    return await Promise.race([promise, bound]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 function unary<Req, Res>(
   method: (request: Req, metadata: grpc.Metadata, options: Partial<grpc.CallOptions>, callback: (err: grpc.ServiceError | null, res: Res) => void) => grpc.ClientUnaryCall,
@@ -72,35 +54,22 @@ function unary<Req, Res>(
   });
 }
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)] ?? Number.NaN;
-}
-
-/** Wall and CPU (user + system, this process) milliseconds of one run. */
-interface Timing {
-  wallMs: number;
-  cpuMs: number;
-}
-
-/** Starts timing: wall clock and this process's CPU time. */
-function startTiming(): () => Timing {
-  const wallAtMs = performance.now();
-  const cpuAt = process.cpuUsage();
-  return () => {
-    const cpu = process.cpuUsage(cpuAt);
-    return { wallMs: performance.now() - wallAtMs, cpuMs: (cpu.user + cpu.system) / 1000 };
-  };
-}
-
 /** One delivery run: from the first send to the last message taken. */
-async function deliveryRun(): Promise<Timing> {
-  const dir = mkdtempSync(join(tmpdir(), 'tether-bench-'));
-  const store = SqliteStore.open(join(dir, 'tether.db'));
+async function deliveryRun(root: string, mode: StoreMode): Promise<Timing> {
+  const dir = mkdtempSync(join(root, 'tether-bench-'));
+  const store = SqliteStore.open(join(dir, 'tether.db'), mode.store);
   const clock = new SystemClock();
   const logger = createLogger({ level: 'warn' });
   const adminToken = randomBytes(24).toString('base64url');
-  const cp = await ControlPlane.start({ store, clock, logger, adminToken, address: '127.0.0.1:0', ...(WINDOW === undefined ? {} : { deliveryWindow: WINDOW }) });
+  const cp = await ControlPlane.start({
+    store,
+    clock,
+    logger,
+    adminToken,
+    address: '127.0.0.1:0',
+    maxConcurrentRotations: mode.maxConcurrentRotations,
+    ...(WINDOW === undefined ? {} : { deliveryWindow: WINDOW }),
+  });
   const target = `127.0.0.1:${cp.port}`;
   const admin = new AdminServiceClient(target, grpc.credentials.createInsecure(), { interceptors: [bearerInterceptor({ get: () => adminToken })] });
   let host: AgentHost | undefined;
@@ -261,38 +230,48 @@ function deliverEnvelopeBytes(): number {
 }
 
 async function main(): Promise<void> {
+  const root = benchDir();
+  const modes = selectedModes();
   const envelopeBytes = deliverEnvelopeBytes();
   console.log(
     `bench:delivery — ${MESSAGES} messages (${PAYLOAD_BYTES}-byte payloads, ${envelopeBytes}-byte envelopes) to ${AGENTS} agents, ` +
       `batches of ${BATCH}, ${RUNS} runs each; control plane and host in this process, loopback`,
   );
-  const delivery: Timing[] = [];
+  const delivery = new Map<StoreMode, Timing[]>(modes.map((mode) => [mode, []]));
   const raw: Timing[] = [];
   for (let run = 1; run <= RUNS; run++) {
-    const deliveryTiming = await deliveryRun();
+    // Each run starts with another mode, so none always pays for the first (cold) run.
+    for (const mode of [...modes.slice((run - 1) % modes.length), ...modes.slice(0, (run - 1) % modes.length)]) {
+      const timing = await deliveryRun(root, mode);
+      delivery.get(mode)?.push(timing);
+      console.log(
+        `  run ${run}, ${mode.key}: delivery ${timing.wallMs.toFixed(0)} ms (CPU ${timing.cpuMs.toFixed(0)} ms), ` +
+          `loop delay p99 ${timing.loopP99Ms.toFixed(1)} ms, max ${timing.loopMaxMs.toFixed(1)} ms`,
+      );
+    }
     const rawTiming = await rawRun(envelopeBytes);
-    delivery.push(deliveryTiming);
     raw.push(rawTiming);
-    console.log(
-      `  run ${run}: delivery ${deliveryTiming.wallMs.toFixed(0)} ms (CPU ${deliveryTiming.cpuMs.toFixed(0)} ms), ` +
-        `raw ${rawTiming.wallMs.toFixed(0)} ms (CPU ${rawTiming.cpuMs.toFixed(0)} ms)`,
-    );
+    console.log(`  run ${run}: raw ${rawTiming.wallMs.toFixed(0)} ms (CPU ${rawTiming.cpuMs.toFixed(0)} ms)`);
   }
+  const rawRate = MESSAGES / (median(raw.map((t) => t.wallMs)) / 1000);
   const row = (name: string, timings: Timing[]): string[] => {
     const wallMs = median(timings.map((t) => t.wallMs));
-    const cpuMs = median(timings.map((t) => t.cpuMs));
-    return [name, wallMs.toFixed(0), (MESSAGES / (wallMs / 1000)).toFixed(0), ((cpuMs * 1000) / MESSAGES).toFixed(1)];
+    const rate = MESSAGES / (wallMs / 1000);
+    return [
+      name,
+      wallMs.toFixed(0),
+      rate.toFixed(0),
+      ((median(timings.map((t) => t.cpuMs)) * 1000) / MESSAGES).toFixed(1),
+      median(timings.map((t) => t.loopP99Ms)).toFixed(1),
+      Math.max(...timings.map((t) => t.loopMaxMs)).toFixed(1),
+      (rate / rawRate).toFixed(3),
+    ];
   };
-  const deliveryRate = MESSAGES / (median(delivery.map((t) => t.wallMs)) / 1000);
-  const rawRate = MESSAGES / (median(raw.map((t) => t.wallMs)) / 1000);
-  const rows: string[][] = [
-    ['', 'median ms', 'messages/s', 'CPU µs/message'],
-    row('tether delivery (send → agent took it)', delivery),
+  printTable([
+    ['', 'median ms', 'messages/s', 'CPU µs/message', 'loop delay p99 ms', 'loop delay max ms', '/ raw'],
+    ...modes.map((mode) => row(`tether delivery, ${mode.name}`, delivery.get(mode) ?? [])),
     row('raw grpc-js bidi push', raw),
-  ];
-  const widths = [0, 1, 2, 3].map((i) => Math.max(...rows.map((r) => r[i]?.length ?? 0)));
-  for (const cells of rows) console.log(`| ${cells.map((cell, i) => (i === 0 ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0))).join(' | ')} |`);
-  console.log(`delivery / raw: ${(deliveryRate / rawRate).toFixed(3)} (raw is ${(rawRate / deliveryRate).toFixed(1)}× faster)`);
+  ]);
 }
 
 await main();

@@ -1,3 +1,18 @@
+/**
+ * Delivery across a control-plane crash: a real control-plane process is
+ * SIGKILLed while sends and deliveries are under way, then restarted on the
+ * same data directory; every message answered OK reaches its agent exactly
+ * once and in order.
+ *
+ * What it can prove, and what it cannot: a SIGKILL ends the process, not the
+ * machine, so the OS page cache survives it and every write SQLite handed to
+ * the kernel reaches the disk anyway. The test passes with `synchronous = OFF`
+ * as well as FULL: it proves the ordering (a send is committed before it is
+ * answered, an ack is committed before it is reported, resume re-sends what was
+ * not acknowledged), not that a commit is on the disk. Only power loss (or a
+ * VM/disk snapshot without the page cache) tests `synchronous = FULL`; the
+ * store's own test asserts the store opens with FULL.
+ */
 import { EventEmitter } from 'node:events';
 import { randomBytes, randomInt } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';

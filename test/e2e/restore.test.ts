@@ -8,6 +8,12 @@
  * given what the backup had not seen taken, in order (at least once across the
  * epoch change); a new message under a seq the old history already used is
  * delivered, not dropped as a duplicate.
+ *
+ * What it cannot prove: durability. Every control plane here closes cleanly or
+ * dies as a process, so the OS page cache keeps what SQLite wrote, and the test
+ * passes with `synchronous = OFF` too; it proves the ordering (what the host
+ * was told was committed first) and the restore's new-epoch rules. Only power
+ * loss tests `synchronous = FULL` (asserted at open by the store's own test).
  */
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';

@@ -195,6 +195,39 @@ describe('RotationScheduler', () => {
     expect(s.size).toBe(0);
   });
 
+  it('runs up to maxInFlight rotations at once, soonest-expiring first, and starts the next as one finishes', async () => {
+    const releases = new Map<string, () => void>();
+    const s = start({
+      maxInFlight: 3,
+      rotate: (agentId) => {
+        rotated.push(agentId);
+        return new Promise<void>((resolve) => releases.set(agentId, resolve));
+      },
+    });
+    const t0 = clock.now();
+    for (const [i, agentId] of ['e', 'd', 'c', 'b', 'a'].entries()) s.schedule(agentId, t0 + 100, t0 + 1_000 + i);
+    await asleep();
+
+    clock.advance(100);
+    await waitUntil(() => rotated.length === 3, 'three rotations running at once');
+    // Let the loop run on: with three in flight it must start no fourth.
+    for (let turn = 0; turn < 10; turn++) await new Promise((resolve) => setImmediate(resolve));
+    expect(rotated).toEqual(['e', 'd', 'c']);
+    expect(s.isSettled()).toBe(false);
+
+    releases.get('d')?.();
+    await waitUntil(() => rotated.length === 4, 'a fourth once one finished');
+    for (let turn = 0; turn < 10; turn++) await new Promise((resolve) => setImmediate(resolve));
+    expect(rotated).toEqual(['e', 'd', 'c', 'b']);
+
+    for (const agentId of ['e', 'c', 'b']) releases.get(agentId)?.();
+    await waitUntil(() => rotated.length === 5, 'the last');
+    releases.get('a')?.();
+    await asleep();
+    expect(s.isSettled()).toBe(true);
+    expect(s.size).toBe(0);
+  });
+
   it('stops the loop on close, after the rotation in progress', async () => {
     let release!: () => void;
     const s = start({
