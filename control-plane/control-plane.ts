@@ -28,7 +28,8 @@ import { adminService } from './services/admin-service.js';
 import { agentService } from './services/agent-service.js';
 import { HeartbeatLedger } from './services/heartbeat-ledger.js';
 import type { Store } from './store/store.js';
-import { SigningKeyRing } from './tokens/signing-keys.js';
+import { KeyRevoker } from './tokens/key-revoker.js';
+import { JWKS_MAX_AGE_MS, SigningKeyRing } from './tokens/signing-keys.js';
 import { TokenIssuer } from './tokens/token-issuer.js';
 import { TokenVerifier } from './tokens/token-verifier.js';
 
@@ -190,10 +191,13 @@ export class ControlPlane {
     const heartbeatIntervalMs = options.heartbeatIntervalMs ?? 30_000;
     const maxPayloadBytes = options.maxPayloadBytes ?? 1024 * 1024;
     const deliveryWindow = options.deliveryWindow ?? 32;
+    const maxRotationsPerSecond = options.maxRotationsPerSecond ?? 200;
     const random = options.random ?? ((): number => randomInt(0, 2 ** 32) / 2 ** 32);
 
     const events = new ControlPlaneEvents();
-    const keys = await SigningKeyRing.load(store, clock, root.child({ component: 'keys' }));
+    // The longest any token lives, plus the tolerance: how long a retired key keeps verifying.
+    const maxTokenLifetimeMs = Math.max(agentTokenTtlMs, hostTokenTtlMs) + clockToleranceMs;
+    const keys = await SigningKeyRing.load({ store, clock, logger: root.child({ component: 'keys' }), maxTokenLifetimeMs });
     const issuer = new TokenIssuer({ keys, clock, issuer: issuerName, audience });
     const sessions = new HostSessions();
     const heartbeats = new HeartbeatLedger();
@@ -244,7 +248,7 @@ export class ControlPlane {
       events,
       agentTokenTtlMs,
       isRotationEnabled: options.isRotationEnabled ?? true,
-      maxRotationsPerSecond: options.maxRotationsPerSecond ?? 200,
+      maxRotationsPerSecond,
       random,
       reject: (session, what, agentId, reason) => hosts.reject(session, what, agentId, reason),
       delivery,
@@ -272,6 +276,21 @@ export class ControlPlane {
       ...(options.connectLimits === undefined ? {} : { connectLimits: options.connectLimits }),
     });
 
+    const keyRevoker = new KeyRevoker({
+      keys,
+      verifier,
+      store,
+      clock,
+      logger: root,
+      maxRotationsPerSecond,
+      isHostConnected: (hostId) => sessions.get(hostId) !== undefined,
+      resignHost: async (hostId) => {
+        const session = sessions.get(hostId);
+        return session !== undefined && (await hosts.rotateHostCredential(session)) !== undefined;
+      },
+      scheduleRotation: (agentId, dueAtMs, expiresAtMs) => agents.scheduleRotation(agentId, dueAtMs, expiresAtMs),
+    });
+
     const keepaliveTimeMs = options.keepaliveTimeMs ?? 30_000;
     const server = new grpc.Server({
       'grpc.keepalive_time_ms': keepaliveTimeMs,
@@ -295,7 +314,7 @@ export class ControlPlane {
         clock,
         heartbeats,
         logger: root,
-        maxTokenLifetimeMs: Math.max(agentTokenTtlMs, hostTokenTtlMs) + clockToleranceMs,
+        keyRevoker,
       }));
     const health = new HealthImplementation({
       '': 'SERVING',
@@ -320,7 +339,7 @@ export class ControlPlane {
     if (options.httpAddress !== undefined) {
       http = createServer((request, response) => {
         if (request.method === 'GET' && request.url === '/.well-known/jwks.json') {
-          response.writeHead(200, { 'content-type': 'application/jwk-set+json', 'cache-control': 'max-age=60' });
+          response.writeHead(200, { 'content-type': 'application/jwk-set+json', 'cache-control': `max-age=${JWKS_MAX_AGE_MS / 1000}` });
           response.end(JSON.stringify(keys.jwks(clock.now())));
           return;
         }
@@ -338,6 +357,7 @@ export class ControlPlane {
 
     agents.start();
     delivery.start();
+    keys.start();
     await agents.placePending();
     logger.info({ port, httpPort, agentTokenTtlMs, hostTokenTtlMs, tls: options.tls !== undefined }, 'control plane serving');
     return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, logger, metrics });
@@ -387,6 +407,7 @@ export class ControlPlane {
   async #close(): Promise<void> {
     await this.#agents.close();
     await this.#delivery.close();
+    await this.#keys.close();
     this.#hosts.closeAll();
     await new Promise<void>((resolve) => {
       this.#server.tryShutdown(() => resolve());
