@@ -114,7 +114,7 @@ describe('SigningKeyRing', () => {
     clock.advance(JWKS_MAX_AGE_MS + 1);
     const outcomes = await Promise.allSettled([first.rotate(), second.rotate()]);
     expect(outcomes.filter((o) => o.status === 'fulfilled')).toHaveLength(1);
-    expect(outcomes.filter((o) => o.status === 'rejected').map((o) => (o as PromiseRejectedResult).reason)).toEqual([expect.any(FailedPreconditionError)]);
+    expect(outcomes.filter((o) => o.status === 'rejected').map((o) => (o).reason)).toEqual([expect.any(FailedPreconditionError)]);
 
     const keys = await openStore().listSigningKeys();
     expect(keys.filter((key) => key.state === 'signing')).toHaveLength(1);
