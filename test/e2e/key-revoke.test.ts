@@ -91,8 +91,9 @@ describe('keys revoke', () => {
     for (const { host } of hosts) {
       host.events.on('heartbeat', (e: { isOk: boolean; error?: Error }) => {
         // The agent client turns the status into a typed error, keeping the ServiceError as its cause.
-        const cause = (e.error?.cause ?? e.error);
-        beats.push({ atMs: h.clock.now(), isOk: e.isOk, isUnauthenticated: cause?.code === grpc.status.UNAUTHENTICATED });
+        const cause: unknown = e.error?.cause ?? e.error;
+        const code = typeof cause === 'object' && cause !== null && 'code' in cause ? cause.code : undefined;
+        beats.push({ atMs: h.clock.now(), isOk: e.isOk, isUnauthenticated: code === grpc.status.UNAUTHENTICATED });
       });
       host.events.on('rotation-applied', () => applied.count++);
     }
