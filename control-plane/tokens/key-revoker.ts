@@ -127,7 +127,12 @@ export class KeyRevoker {
     const isSignedInPeriod = (issuedAtMs: number): boolean => issuedAtMs >= fromMs && issuedAtMs <= period.untilMs;
     await this.#resignHosts(isSignedInPeriod, nowMs, report);
     const otherDueAtMs = await this.#scheduleAgents(fromMs, period.untilMs, isSignedInPeriod, nowMs, report);
-    report.windowMs = resignWindowMs(report.agentsScheduled, otherDueAtMs, nowMs, this.#options.maxRotationsPerSecond);
+    // Counted from the revocation: the sweep itself takes time at scale (about 2 s at 10,000 agents), then the drain.
+    const scheduledAtMs = clock.now();
+    report.windowMs =
+      report.agentsScheduled === 0
+        ? 0
+        : scheduledAtMs - nowMs + resignWindowMs(report.agentsScheduled, otherDueAtMs, scheduledAtMs, this.#options.maxRotationsPerSecond);
     this.#logger.warn(
       {
         kid,
