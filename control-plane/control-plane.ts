@@ -29,7 +29,8 @@ import { adminService } from './services/admin-service.js';
 import { agentService } from './services/agent-service.js';
 import { HeartbeatLedger } from './services/heartbeat-ledger.js';
 import type { Store } from './store/store.js';
-import { SigningKeyRing } from './tokens/signing-keys.js';
+import { KeyRevoker } from './tokens/key-revoker.js';
+import { JWKS_MAX_AGE_MS, SigningKeyRing } from './tokens/signing-keys.js';
 import { TokenIssuer } from './tokens/token-issuer.js';
 import { TokenVerifier } from './tokens/token-verifier.js';
 
@@ -239,12 +240,15 @@ export class ControlPlane {
       throw new InvalidArgumentError(`maxPayloadBytes must be from 1 to ${MAX_PAYLOAD_BYTES_CEILING} (a host receives at most ${HOST_MAX_RECEIVE_MESSAGE_BYTES} bytes per envelope), got ${maxPayloadBytes}`);
     }
     const deliveryWindow = options.deliveryWindow ?? 32;
+    const maxRotationsPerSecond = options.maxRotationsPerSecond ?? 200;
     const random = options.random ?? ((): number => randomInt(0, 2 ** 32) / 2 ** 32);
     const shutdownGraceMs = options.shutdownGraceMs ?? 10_000;
     if (!Number.isFinite(shutdownGraceMs) || shutdownGraceMs < 0) throw new InvalidArgumentError(`shutdownGraceMs must be 0 or more, got ${shutdownGraceMs}`);
 
     const events = new ControlPlaneEvents();
-    const keys = await SigningKeyRing.load(store, clock, root.child({ component: 'keys' }));
+    // The longest any token lives, plus the tolerance: how long a retired key keeps verifying.
+    const maxTokenLifetimeMs = Math.max(agentTokenTtlMs, hostTokenTtlMs) + clockToleranceMs;
+    const keys = await SigningKeyRing.load({ store, clock, logger: root.child({ component: 'keys' }), maxTokenLifetimeMs });
     const issuer = new TokenIssuer({ keys, clock, issuer: issuerName, audience });
     const sessions = new HostSessions();
     const heartbeats = new HeartbeatLedger();
@@ -297,7 +301,7 @@ export class ControlPlane {
       events,
       agentTokenTtlMs,
       isRotationEnabled: options.isRotationEnabled ?? true,
-      maxRotationsPerSecond: options.maxRotationsPerSecond ?? 200,
+      maxRotationsPerSecond,
       maxConcurrentRotations: options.maxConcurrentRotations ?? 8,
       random,
       reject: (session, what, agentId, reason) => hosts.reject(session, what, agentId, reason),
@@ -327,6 +331,21 @@ export class ControlPlane {
       ...(options.connectLimits === undefined ? {} : { connectLimits: options.connectLimits }),
     });
 
+    const keyRevoker = new KeyRevoker({
+      keys,
+      verifier,
+      store,
+      clock,
+      logger: root,
+      maxRotationsPerSecond,
+      isHostConnected: (hostId) => sessions.get(hostId) !== undefined,
+      resignHost: async (hostId) => {
+        const session = sessions.get(hostId);
+        return session !== undefined && (await hosts.rotateHostCredential(session)) !== undefined;
+      },
+      scheduleRotation: (agentId, dueAtMs, expiresAtMs) => agents.scheduleRotation(agentId, dueAtMs, expiresAtMs),
+    });
+
     const keepaliveTimeMs = options.keepaliveTimeMs ?? 30_000;
     const server = new grpc.Server({
       'grpc.keepalive_time_ms': keepaliveTimeMs,
@@ -350,7 +369,7 @@ export class ControlPlane {
         clock,
         heartbeats,
         logger: root,
-        maxTokenLifetimeMs: Math.max(agentTokenTtlMs, hostTokenTtlMs) + clockToleranceMs,
+        keyRevoker,
       }));
     const health = new HealthService(['tether.v1.HostService', 'tether.v1.AgentService', 'tether.v1.AdminService']);
     health.addToServer(server);
@@ -370,7 +389,7 @@ export class ControlPlane {
     if (options.httpAddress !== undefined) {
       http = createServer((request, response) => {
         if (request.method === 'GET' && request.url === '/.well-known/jwks.json') {
-          response.writeHead(200, { 'content-type': 'application/jwk-set+json', 'cache-control': 'max-age=60' });
+          response.writeHead(200, { 'content-type': 'application/jwk-set+json', 'cache-control': `max-age=${JWKS_MAX_AGE_MS / 1000}` });
           response.end(JSON.stringify(keys.jwks(clock.now())));
           return;
         }
@@ -389,6 +408,7 @@ export class ControlPlane {
 
     agents.start();
     delivery.start();
+    keys.start();
     await agents.placePending();
     logger.info({ port, httpPort, agentTokenTtlMs, hostTokenTtlMs, tls: options.tls !== undefined }, 'control plane serving');
     return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, logger, metrics, heartbeats, health, clock, shutdownGraceMs });
@@ -468,6 +488,7 @@ export class ControlPlane {
     // Only now: a call that was in flight may still have needed rotation, delivery and its group commit.
     await this.#agents.close();
     await this.#delivery.close();
+    await this.#keys.close();
     if (this.#http !== undefined) {
       const http = this.#http;
       http.closeAllConnections();

@@ -509,8 +509,14 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
         return;
       }
       case 'key-rotation': {
-        const rotated = await unary(admin.rotateSigningKey.bind(admin), {}, CALL_BOUND_MS);
-        say(`fault: signing key rotated (new kid ${rotated.keyId}, the old one verifies until its tokens expire)`);
+        try {
+          const rotated = await unary(admin.rotateSigningKey.bind(admin), {}, CALL_BOUND_MS);
+          say(`fault: signing key rotated (the standby ${rotated.keyId} signs; the old one verifies until its tokens expire)`);
+        } catch (err) {
+          // The standby is promoted only once it has been in the JWKS longer than its cache lifetime (60 s).
+          if (codeOf(err) !== grpc.status.FAILED_PRECONDITION) throw err;
+          say('fault: signing key rotation refused: the standby has not been published long enough yet');
+        }
         return;
       }
       case 'rotate-all': {

@@ -123,6 +123,15 @@ export class AgentManager {
     await this.#scheduler.close();
   }
 
+  /**
+   * Queues the rotation of `agentId` at `dueAtMs` on the rate-capped scheduler
+   * (soonest-expiring first among those due); replaces any rotation it had queued.
+   * For credentials that must be replaced early (their signing key was revoked).
+   */
+  scheduleRotation(agentId: string, dueAtMs: number, expiresAtMs: number): void {
+    this.#scheduler.schedule(agentId, dueAtMs, expiresAtMs);
+  }
+
   /** Whether a verified agent token has been revoked since it was issued. */
   async isAgentTokenRevoked(claims: TokenClaims): Promise<boolean> {
     const agent = await this.#options.store.getAgent(claims.subject);

@@ -361,12 +361,14 @@ function addHostRevokeCommand(hosts: Command): void {
     });
 }
 
-/** Adds `keys ls|rotate`: the control plane's signing keys. */
+/** Adds `keys ls|rotate|revoke`: the control plane's signing keys. */
 function addKeyCommands(program: Command): void {
-  const keys = program.command('keys').description('list and rotate the signing keys');
+  const keys = program.command('keys').description('list, rotate and revoke the signing keys');
   keys
     .command('ls')
-    .description('list the signing keys: the active one, and retired ones still verifying (and published) until their last token expires')
+    .description(
+      'list the signing keys and their states: standby (published, ready to sign), signing, verifying-only (retired, published until its last token expires), revoked',
+    )
     .option('--json', 'print JSON')
     .action(async (flags: { json?: boolean }, command: Command) => {
       await withClient(command, async (admin) => {
@@ -376,11 +378,12 @@ function addKeyCommands(program: Command): void {
           return;
         }
         printTable([
-          ['KEY', 'STATE', 'CREATED', 'RETIRED', 'VERIFIES_UNTIL'],
+          ['KEY', 'STATE', 'CREATED', 'SIGNING_SINCE', 'RETIRED', 'VERIFIES_UNTIL'],
           ...response.keys.map((key) => [
             key.keyId,
-            key.retiredAtMs === 0 ? 'active' : 'retired',
+            key.state,
             isoOrDash(key.createdAtMs),
+            isoOrDash(key.signingSinceMs),
             isoOrDash(key.retiredAtMs),
             isoOrDash(key.verifyUntilMs),
           ]),
@@ -389,12 +392,43 @@ function addKeyCommands(program: Command): void {
     });
   keys
     .command('rotate')
-    .description('make a new key the signer; it is published before any token carries it, and the old one keeps verifying until its last token expires')
+    .description(
+      'promote the standby key to signer (it has been in the JWKS longer than the JWKS cache lifetime); the old signer keeps verifying until its last token expires, and a new standby is published',
+    )
     .action(async (_flags: unknown, command: Command) => {
       await withClient(command, async (admin) => {
         const response = await invoke(admin.rotateSigningKey.bind(admin), {});
         console.log(
-          JSON.stringify({ keyId: response.keyId, retiredKeyId: response.retiredKeyId, retiredVerifiesUntil: isoOrDash(response.retiredVerifyUntilMs) }),
+          JSON.stringify({
+            keyId: response.keyId,
+            retiredKeyId: response.retiredKeyId,
+            retiredVerifiesUntil: isoOrDash(response.retiredVerifyUntilMs),
+            standbyKeyId: response.standbyKeyId,
+          }),
+        );
+      });
+    });
+  keys
+    .command('revoke')
+    .description(
+      'revoke a compromised key: its tokens are refused at once and it leaves the JWKS; the standby takes over if it signed; ' +
+        'connected hosts and agents get credentials from another key within the window printed; disconnected hosts it signed for must be enrolled again',
+    )
+    .argument('<key-id>')
+    .action(async (keyId: string, _flags: unknown, command: Command) => {
+      await withClient(command, async (admin) => {
+        const response = await invoke(admin.revokeSigningKey.bind(admin), { keyId });
+        console.log(
+          JSON.stringify({
+            keyId: response.keyId,
+            revoked: true,
+            signerKeyId: response.signerKeyId,
+            hostsResigned: response.hostsResigned,
+            hostsToReenroll: response.hostsToReenroll,
+            agentsScheduled: response.agentsScheduled,
+            agentsAtReconnect: response.agentsAtReconnect,
+            resignWindowMs: response.resignWindowMs,
+          }),
         );
       });
     });

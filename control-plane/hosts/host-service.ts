@@ -14,7 +14,7 @@ import { hostRotationDueAtMs, ROTATION_WINDOW_START, ROTATION_WINDOW_WIDTH } fro
 import type { HostRecord, LabelRecord, Store } from '../store/store.js';
 import type { TokenIssuer } from '../tokens/token-issuer.js';
 import type { IssuedToken, TokenClaims } from '../tokens/token-kinds.js';
-import type { TokenVerifier } from '../tokens/token-verifier.js';
+import { TokenRejectedError, type TokenVerifier } from '../tokens/token-verifier.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
 import { ConnectLimiter, type ConnectLimiterOptions } from './connect-limiter.js';
 import { HostCredentials } from './host-credentials.js';
@@ -290,6 +290,10 @@ export class HostService {
     }
     if (subject === undefined) return err;
     const host = await this.#options.store.getHost(subject);
+    if (err instanceof TokenRejectedError && err.reason === 'key-revoked' && host !== undefined) {
+      // The key was compromised: this credential can never be trusted again, and it cannot be rotated without trusting it.
+      return new StreamRefusedError('host credential signed by a revoked signing key; enroll the host again', 'revoked');
+    }
     if (err instanceof TokenExpiredError) {
       const limitMs = (expiresAtS ?? 0) * 1000 + this.#options.clockToleranceMs + EXPIRED_REFUSAL_MARGIN_MS;
       if (host !== undefined && this.#options.clock.now() > limitMs) return new StreamRefusedError('host credential expired; enroll the host again', 'expired');

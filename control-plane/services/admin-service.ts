@@ -5,6 +5,7 @@ import type { Authenticator } from '../auth/authenticator.js';
 import { unary } from '../grpc/status.js';
 import type { HostService } from '../hosts/host-service.js';
 import type { Store } from '../store/store.js';
+import type { KeyRevoker } from '../tokens/key-revoker.js';
 import type { SigningKeyRing } from '../tokens/signing-keys.js';
 import type { Clock } from '../../common/clock.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
@@ -24,13 +25,13 @@ export interface AdminServiceDeps {
   heartbeats: HeartbeatLedger;
   delivery: DeliveryManager;
   logger: Logger;
-  /** The longest any token lives (plus tolerance): how long a retired key keeps verifying. */
-  maxTokenLifetimeMs: number;
+  /** Revokes signing keys and replaces what they signed. */
+  keyRevoker: KeyRevoker;
 }
 
 /** The operator API; every call first proves the admin token. */
 export function adminService(deps: AdminServiceDeps): AdminServiceServer {
-  const { authenticator, agents, hosts, store, keys, clock, heartbeats, delivery } = deps;
+  const { authenticator, agents, hosts, store, keys, keyRevoker, clock, heartbeats, delivery } = deps;
   const logger = deps.logger.child({ component: 'admin' });
   return {
     enrollHost: unary(logger, async (request, call) => {
@@ -66,21 +67,40 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
     }),
     rotateSigningKey: unary(logger, async (_request, call) => {
       authenticator.admin(call.metadata);
-      const retiredKeyId = keys.active().kid;
-      const keyId = await keys.rotate(deps.maxTokenLifetimeMs);
-      const retired = keys.list().find((key) => key.kid === retiredKeyId);
-      return { keyId, retiredKeyId, retiredVerifyUntilMs: retired?.verifyUntilMs ?? 0 };
+      const rotation = await keys.rotate();
+      return {
+        keyId: rotation.kid,
+        retiredKeyId: rotation.retiredKid,
+        retiredVerifyUntilMs: rotation.retiredVerifyUntilMs,
+        standbyKeyId: rotation.standbyKid,
+      };
     }),
     listSigningKeys: unary(logger, (_request, call) => {
       authenticator.admin(call.metadata);
       return Promise.resolve({
         keys: keys.list().map((key) => ({
           keyId: key.kid,
+          state: key.state,
           createdAtMs: key.createdAtMs,
+          signingSinceMs: key.signingSinceMs ?? 0,
           retiredAtMs: key.retiredAtMs ?? 0,
           verifyUntilMs: key.verifyUntilMs ?? 0,
         })),
       });
+    }),
+    revokeSigningKey: unary(logger, async (request, call) => {
+      authenticator.admin(call.metadata);
+      if (request.keyId === '') throw new InvalidArgumentError('key_id is required');
+      const report = await keyRevoker.revoke(request.keyId);
+      return {
+        keyId: report.kid,
+        signerKeyId: report.signerKid,
+        hostsResigned: report.hostsResigned,
+        hostsToReenroll: report.hostsToReenroll,
+        agentsScheduled: report.agentsScheduled,
+        agentsAtReconnect: report.agentsAtReconnect,
+        resignWindowMs: report.windowMs,
+      };
     }),
     dispatchAgent: unary(logger, async (request, call) => {
       authenticator.admin(call.metadata);

@@ -188,6 +188,45 @@ export function backupDatabase(dbPath: string, outPath: string): BackupSummary {
 }
 
 /**
+ * Brings into the restored store the keys of the store it replaces (read raw,
+ * whatever its schema): a key the backup lacks is kept verifying-only, with no
+ * private half and its verify-until left for the key ring to fix if it had none
+ * (it may have signed tokens up to now); a key revoked since the backup stays
+ * revoked, even if the backup has it signing. Returns how many keys were added.
+ */
+function mergeKeptKeys(db: Database.Database, keptKeys: unknown[], nowMs: number): number {
+  const insert = db.prepare(
+    `INSERT OR IGNORE INTO signing_keys (kid, purpose, state, private_jwk, public_jwk, created_at_ms, signing_since_ms, retired_at_ms, verify_until_ms)
+     VALUES (@kid, @purpose, @state, NULL, @public_jwk, @created_at_ms, @signing_since_ms, @retired_at_ms, @verify_until_ms)`,
+  );
+  const revoke = db.prepare(
+    "UPDATE signing_keys SET state = 'revoked', private_jwk = NULL, retired_at_ms = COALESCE(retired_at_ms, @retired_at_ms), verify_until_ms = @verify_until_ms WHERE kid = @kid",
+  );
+  let kept = 0;
+  for (const raw of keptKeys) {
+    const row = raw as Record<string, unknown>;
+    if (typeof row.kid !== 'string' || typeof row.public_jwk !== 'string') continue;
+    const state = typeof row.state === 'string' ? row.state : row.retired_at_ms === null ? 'signing' : 'verifying-only';
+    const isRevoked = state === 'revoked';
+    const isRetired = isRevoked || state === 'verifying-only';
+    const values = {
+      kid: row.kid,
+      purpose: typeof row.purpose === 'string' ? row.purpose : 'tokens',
+      state: isRevoked ? 'revoked' : 'verifying-only',
+      public_jwk: row.public_jwk,
+      created_at_ms: row.created_at_ms,
+      signing_since_ms: row.signing_since_ms ?? (state === 'standby' ? null : row.created_at_ms),
+      retired_at_ms: isRetired ? (row.retired_at_ms ?? nowMs) : nowMs,
+      verify_until_ms: isRetired ? (row.verify_until_ms ?? null) : null,
+    };
+    const added = insert.run(values).changes;
+    kept += added;
+    if (added === 0 && isRevoked) revoke.run(values);
+  }
+  return kept;
+}
+
+/**
  * Replaces the store at `dbPath` with the backup at `fromPath` and starts a new
  * epoch (see the module comment). Refuses while a control plane serves
  * `dbPath`. The replaced database is moved aside, not deleted; `nowMs` names it.
@@ -238,12 +277,7 @@ export function restoreDatabase(dbPath: string, fromPath: string, nowMs: number)
       const joinTokensBurnt = db
         .prepare('UPDATE hosts SET join_secret_hash = NULL, join_lease_session_id = NULL WHERE join_secret_hash IS NOT NULL')
         .run().changes;
-      const insertKey = db.prepare(
-        'INSERT OR IGNORE INTO signing_keys (kid, private_jwk, public_jwk, created_at_ms, retired_at_ms, verify_until_ms) ' +
-          'VALUES (@kid, @private_jwk, @public_jwk, @created_at_ms, @retired_at_ms, @verify_until_ms)',
-      );
-      let signingKeysKept = 0;
-      for (const key of keptKeys) signingKeysKept += insertKey.run(key).changes;
+      const signingKeysKept = mergeKeptKeys(db, keptKeys, nowMs);
       return { previousEpoch, joinTokensBurnt, signingKeysKept };
     })();
     db.pragma('wal_checkpoint(TRUNCATE)');

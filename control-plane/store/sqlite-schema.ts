@@ -133,6 +133,47 @@ BEGIN
 END;
 `;
 
+/**
+ * Signing keys get a lifecycle the store enforces: one `signing` and at most one
+ * `standby` key per purpose (partial unique indexes, so two rotations racing, in
+ * one process or in two, cannot both promote), and no private half on a key that
+ * no longer signs (a CHECK). The table is rebuilt because SQLite cannot relax
+ * `private_jwk NOT NULL` in place. Of several unretired keys (the old race),
+ * the newest signs and the rest become verifying-only with no verify-until yet:
+ * the key ring fixes that at load from the longest token lifetime. Private halves
+ * of keys already retired are dropped here.
+ */
+const SIGNING_KEY_STATES = `
+CREATE TABLE signing_keys_v2 (
+  kid TEXT PRIMARY KEY,
+  purpose TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('standby', 'signing', 'verifying-only', 'revoked')),
+  private_jwk TEXT,
+  public_jwk TEXT NOT NULL,
+  created_at_ms INTEGER NOT NULL,
+  signing_since_ms INTEGER,
+  retired_at_ms INTEGER,
+  verify_until_ms INTEGER,
+  CHECK ((state IN ('standby', 'signing')) = (private_jwk IS NOT NULL))
+);
+INSERT INTO signing_keys_v2 (kid, purpose, state, private_jwk, public_jwk, created_at_ms, signing_since_ms, retired_at_ms, verify_until_ms)
+  SELECT kid, 'tokens',
+    CASE WHEN is_signer THEN 'signing' ELSE 'verifying-only' END,
+    CASE WHEN is_signer THEN private_jwk END,
+    public_jwk, created_at_ms,
+    created_at_ms,
+    CASE WHEN is_signer THEN NULL ELSE COALESCE(retired_at_ms, created_at_ms) END,
+    CASE WHEN is_signer THEN NULL ELSE verify_until_ms END
+  FROM (
+    SELECT k.*, k.kid = (SELECT kid FROM signing_keys WHERE retired_at_ms IS NULL ORDER BY created_at_ms DESC, kid DESC LIMIT 1) AS is_signer
+    FROM signing_keys k
+  );
+DROP TABLE signing_keys;
+ALTER TABLE signing_keys_v2 RENAME TO signing_keys;
+CREATE UNIQUE INDEX signing_keys_one_signer ON signing_keys (purpose) WHERE state = 'signing';
+CREATE UNIQUE INDEX signing_keys_one_standby ON signing_keys (purpose) WHERE state = 'standby';
+`;
+
 /** Every migration, in order. Append only; the last one's number is {@link SCHEMA_VERSION}. */
 const MIGRATIONS: readonly Migration[] = [
   {
@@ -152,6 +193,11 @@ const MIGRATIONS: readonly Migration[] = [
     apply: (db) => {
       db.exec(HOST_LOAD);
     },
+  },
+  {
+    version: 3,
+    description: 'signing keys: a state per key (standby, signing, verifying-only, revoked), one signer and one standby per purpose',
+    apply: (db) => db.exec(SIGNING_KEY_STATES),
   },
 ];
 

@@ -25,6 +25,8 @@ import type {
   Page,
   PlaceAgentResult,
   SigningKeyRecord,
+  SigningKeyState,
+  SigningKeyTransition,
   Store,
 } from './store.js';
 
@@ -81,9 +83,12 @@ interface HostRow {
 
 interface KeyRow {
   kid: string;
-  private_jwk: string;
+  purpose: string;
+  state: string;
+  private_jwk: string | null;
   public_jwk: string;
   created_at_ms: number;
+  signing_since_ms: number | null;
   retired_at_ms: number | null;
   verify_until_ms: number | null;
 }
@@ -181,12 +186,24 @@ function hostFromRow(row: HostRow): HostRecord {
 function keyFromRow(row: KeyRow): SigningKeyRecord {
   return {
     kid: row.kid,
+    purpose: row.purpose,
+    state: row.state as SigningKeyState,
     privateJwk: row.private_jwk,
     publicJwk: row.public_jwk,
     createdAtMs: row.created_at_ms,
+    signingSinceMs: row.signing_since_ms,
     retiredAtMs: row.retired_at_ms,
     verifyUntilMs: row.verify_until_ms,
   };
+}
+
+/** Thrown inside a key transition whose condition does not hold, to roll it back. */
+class TransitionRefused extends Error {}
+
+/** A taken kid, or a second signer or standby of a purpose (the partial unique indexes). */
+function isKeyConstraintViolation(err: unknown): boolean {
+  const code = err instanceof Error && 'code' in err ? (err as { code: unknown }).code : undefined;
+  return code === 'SQLITE_CONSTRAINT_PRIMARYKEY' || code === 'SQLITE_CONSTRAINT_UNIQUE';
 }
 
 /** Encodes a patch value for its column: JSON for structured fields, as-is otherwise. */
@@ -345,21 +362,70 @@ export class SqliteStore implements Store {
 
   insertSigningKey(key: SigningKeyRecord): Promise<void> {
     return this.#write(() => {
-      this.#prepare(
-        'INSERT INTO signing_keys (kid, private_jwk, public_jwk, created_at_ms, retired_at_ms, verify_until_ms) VALUES (?, ?, ?, ?, ?, ?)',
-      ).run(key.kid, key.privateJwk, key.publicJwk, key.createdAtMs, key.retiredAtMs, key.verifyUntilMs);
+      try {
+        this.#prepare(
+          `INSERT INTO signing_keys (kid, purpose, state, private_jwk, public_jwk, created_at_ms, signing_since_ms, retired_at_ms, verify_until_ms)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        ).run(key.kid, key.purpose, key.state, key.privateJwk, key.publicJwk, key.createdAtMs, key.signingSinceMs, key.retiredAtMs, key.verifyUntilMs);
+      } catch (err) {
+        if (isKeyConstraintViolation(err)) throw new AlreadyExistsError(`signing key ${key.kid} or another ${key.state} key of ${key.purpose} exists`, { cause: err });
+        throw err;
+      }
     });
   }
 
-  updateSigningKey(kid: string, patch: Pick<SigningKeyRecord, 'retiredAtMs' | 'verifyUntilMs'>): Promise<void> {
+  transitionSigningKeys(transitions: readonly SigningKeyTransition[]): Promise<boolean> {
     return this.#write(() => {
-      this.#prepare('UPDATE signing_keys SET retired_at_ms = ?, verify_until_ms = ? WHERE kid = ?').run(patch.retiredAtMs, patch.verifyUntilMs, kid);
+      const db = this.#open();
+      const toSigning = this.#prepare("UPDATE signing_keys SET state = 'signing', signing_since_ms = ? WHERE kid = ? AND state = ?");
+      const toStandby = this.#prepare("UPDATE signing_keys SET state = 'standby' WHERE kid = ? AND state = ?");
+      // A key that stops signing loses its private half in the same statement: it is never in a backup after this.
+      const toRetired = this.#prepare(
+        'UPDATE signing_keys SET state = ?, private_jwk = NULL, retired_at_ms = COALESCE(retired_at_ms, ?), verify_until_ms = ? WHERE kid = ? AND state = ?',
+      );
+      const apply = db.transaction((steps: readonly SigningKeyTransition[]): boolean => {
+        for (const step of steps) {
+          let changes: number;
+          if (step.to === 'signing') changes = toSigning.run(step.atMs, step.kid, step.from).changes;
+          else if (step.to === 'standby') changes = toStandby.run(step.kid, step.from).changes;
+          else changes = toRetired.run(step.to, step.atMs, step.verifyUntilMs ?? null, step.kid, step.from).changes;
+          // Throwing rolls back every step already applied.
+          if (changes !== 1) throw new TransitionRefused();
+        }
+        return true;
+      });
+      try {
+        return apply(transitions);
+      } catch (err) {
+        if (err instanceof TransitionRefused || isKeyConstraintViolation(err)) return false;
+        throw err;
+      }
     });
   }
 
-  deleteSigningKey(kid: string): Promise<void> {
+  fixSigningKeyVerifyUntil(verifyUntilMs: number): Promise<number> {
+    return this.#write(
+      () =>
+        this.#prepare("UPDATE signing_keys SET verify_until_ms = ? WHERE state IN ('verifying-only', 'revoked') AND verify_until_ms IS NULL").run(verifyUntilMs)
+          .changes,
+    );
+  }
+
+  deleteExpiredSigningKeys(nowMs: number): Promise<string[]> {
     return this.#write(() => {
-      this.#prepare('DELETE FROM signing_keys WHERE kid = ?').run(kid);
+      const rows = this.#prepare(
+        "DELETE FROM signing_keys WHERE state IN ('verifying-only', 'revoked') AND verify_until_ms IS NOT NULL AND verify_until_ms <= ? RETURNING kid",
+      ).all(nowMs) as { kid: string }[];
+      return rows.map((row) => row.kid);
+    });
+  }
+
+  markAgentRotationsDue(issuedFromMs: number, issuedUntilMs: number, dueAtMs: number): Promise<number> {
+    return this.#write(() => {
+      const live = LIVE_AGENT_STATES.map(() => '?').join(', ');
+      return this.#prepare(
+        `UPDATE agents SET rotation_due_at_ms = ? WHERE state IN (${live}) AND issued_at_ms >= ? AND issued_at_ms <= ? AND rotation_due_at_ms > ?`,
+      ).run(dueAtMs, ...LIVE_AGENT_STATES, issuedFromMs, issuedUntilMs, dueAtMs).changes;
     });
   }
 

@@ -162,18 +162,56 @@ export interface HostRecord {
   createdAtMs: number;
 }
 
+/**
+ * Where a signing key is in its life:
+ * - `standby`: published in the JWKS, signs nothing yet; promoted to signer once it
+ *   has been published longer than the JWKS cache lifetime.
+ * - `signing`: the one key of its purpose that signs new tokens.
+ * - `verifying-only`: stopped signing (its private half is gone); published and
+ *   accepted until the last token it signed has expired (`verifyUntilMs`), then deleted.
+ * - `revoked`: compromised; every token it signed is refused, it is out of the
+ *   JWKS, and its row stays until `verifyUntilMs` only so a token it signed is
+ *   refused for that clear reason.
+ */
+export type SigningKeyState = 'standby' | 'signing' | 'verifying-only' | 'revoked';
+
 /** One signing key. Private material never leaves the control plane. */
 export interface SigningKeyRecord {
   kid: string;
-  /** JWK JSON of the private key. */
-  privateJwk: string;
+  /** What the key signs; one signer and at most one standby per purpose (a store constraint). */
+  purpose: string;
+  state: SigningKeyState;
+  /** JWK JSON of the private key; null once the key no longer signs. */
+  privateJwk: string | null;
   /** JWK JSON of the public key. */
   publicJwk: string;
+  /** When it was made, and published. */
   createdAtMs: number;
-  /** When it stopped signing; null while it is the active key. */
+  /** When it started signing; null while it is a standby (or if it never signed). */
+  signingSinceMs: number | null;
+  /** When it stopped signing (or was revoked); null while standby or signing. */
   retiredAtMs: number | null;
-  /** Published and accepted until then (the last token it signed has expired). */
+  /**
+   * Verifying-only and revoked keys: when the last token it signed has expired
+   * (the row is deleted then). Null while standby or signing, or when the key
+   * ring has yet to fix it (a key retired by a migration or a restore).
+   */
   verifyUntilMs: number | null;
+}
+
+/**
+ * One conditional step of a key's life, applied by
+ * {@link Store.transitionSigningKeys}: `kid` moves from `from` to `to` only if
+ * it is in `from` now. Moving to `verifying-only` or `revoked` deletes its
+ * private half; moving to `signing` sets `signingSinceMs`.
+ */
+export interface SigningKeyTransition {
+  kid: string;
+  from: SigningKeyState;
+  to: SigningKeyState;
+  atMs: number;
+  /** For `verifying-only` and `revoked`: when its row may go. */
+  verifyUntilMs?: number | null;
 }
 
 /** A page of a listing. */
@@ -234,10 +272,27 @@ export interface Store {
   /** The identity of this store's history; a restore mints a new one. */
   epoch(): Promise<string>;
 
+  /** Every signing key, oldest first. */
   listSigningKeys(): Promise<SigningKeyRecord[]>;
+  /** Throws AlreadyExistsError when the kid is taken, or the purpose has a key in that state that must be alone (signing, standby). */
   insertSigningKey(key: SigningKeyRecord): Promise<void>;
-  updateSigningKey(kid: string, patch: Pick<SigningKeyRecord, 'retiredAtMs' | 'verifyUntilMs'>): Promise<void>;
-  deleteSigningKey(kid: string): Promise<void>;
+  /**
+   * Applies every transition, in order, in one transaction, or none: returns
+   * false (changing nothing) if any key is not in its `from` state, or if the
+   * result would give a purpose two signers or two standbys. This is how two
+   * concurrent rotations (in one control plane or several) resolve: one wins.
+   */
+  transitionSigningKeys(transitions: readonly SigningKeyTransition[]): Promise<boolean>;
+  /** Sets the verify-until of retired (verifying-only, revoked) keys that have none yet; returns how many. */
+  fixSigningKeyVerifyUntil(verifyUntilMs: number): Promise<number>;
+  /** Deletes retired (verifying-only, revoked) keys whose verify-until is at or before `nowMs`; returns their kids. */
+  deleteExpiredSigningKeys(nowMs: number): Promise<string[]>;
+  /**
+   * Makes the credential of every live agent issued in `[issuedFromMs, issuedUntilMs]`
+   * due for rotation at `dueAtMs` (if it was due later), in one transaction: the
+   * credentials a revoked key may have signed. Returns how many changed.
+   */
+  markAgentRotationsDue(issuedFromMs: number, issuedUntilMs: number, dueAtMs: number): Promise<number>;
 
   insertHost(host: HostRecord): Promise<void>;
   getHost(hostId: string): Promise<HostRecord | undefined>;

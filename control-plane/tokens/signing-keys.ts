@@ -1,11 +1,28 @@
 import { randomUUID } from 'node:crypto';
 import { exportJWK, generateKeyPair, importJWK, type CryptoKey, type JWK } from 'jose';
 import type { Clock } from '../../common/clock.js';
+import { AlreadyExistsError, FailedPreconditionError, NotFoundError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
-import type { SigningKeyRecord, Store } from '../store/store.js';
+import type { SigningKeyRecord, SigningKeyState, SigningKeyTransition, Store } from '../store/store.js';
 
 /** The one signing algorithm; pinned on verify. */
 export const SIGNING_ALGORITHM = 'EdDSA';
+
+/**
+ * How long the JWKS may be cached (the HTTP `Cache-Control: max-age` of
+ * `/.well-known/jwks.json`). A standby key is published longer than this before
+ * it signs, so a service holding a cached JWKS already has it.
+ */
+export const JWKS_MAX_AGE_MS = 60_000;
+
+/** The purpose of the keys that sign Tether's own tokens (one signer and one standby per purpose). */
+export const TOKEN_KEY_PURPOSE = 'tokens';
+
+/** How often the pruner looks for keys whose last token has expired, at most. */
+const PRUNE_CHECK_MS = 60_000;
+
+/** Attempts at a key transition another control plane keeps winning, before giving up. */
+const TRANSITION_ATTEMPTS = 3;
 
 interface LoadedKey {
   record: SigningKeyRecord;
@@ -20,120 +37,300 @@ export interface ActiveKey {
   privateKey: CryptoKey;
 }
 
+/** A key as operators see it: its state and times, no key material. */
+export type SigningKeyInfo = Omit<SigningKeyRecord, 'privateJwk' | 'publicJwk'>;
+
+/** What {@link SigningKeyRing.rotate} did. */
+export interface KeyRotation {
+  /** The key that signs now (the standby it promoted). */
+  kid: string;
+  /** The key that stopped signing; verifying-only until `retiredVerifyUntilMs`. */
+  retiredKid: string;
+  retiredVerifyUntilMs: number;
+  /** The new standby, published now, promotable once the JWKS cache lifetime has passed. */
+  standbyKid: string;
+}
+
+/** What {@link SigningKeyRing.revoke} did. */
+export interface KeyRevocation {
+  kid: string;
+  /** The state the key was in. */
+  previousState: SigningKeyState;
+  /** The key that signs now. */
+  signerKid: string;
+  /**
+   * When the revoked key signed: tokens issued in `[signedFromMs, signedUntilMs]`
+   * may carry it. Undefined if it never signed (a standby).
+   */
+  signedPeriod: { fromMs: number; untilMs: number } | undefined;
+}
+
+/** Options of {@link SigningKeyRing.load}. */
+export interface SigningKeyRingOptions {
+  store: Store;
+  clock: Clock;
+  logger: Logger;
+  /** The longest any token lives plus the clock tolerance: how long a retired key keeps verifying. */
+  maxTokenLifetimeMs: number;
+  /** How long the JWKS may be cached; default {@link JWKS_MAX_AGE_MS}. */
+  jwksMaxAgeMs?: number;
+}
+
 /**
- * The control plane's Ed25519 keys, persisted in the store. One key signs; every
- * key stays published and verifying until the last token it signed has expired.
+ * The control plane's Ed25519 keys, persisted in the store, each `standby`,
+ * `signing`, `verifying-only` or `revoked` (see {@link SigningKeyState}). One key
+ * signs; a published standby is always ready to take over, so a rotation never
+ * makes anyone wait and never signs with a key a cached JWKS lacks. The store
+ * keeps one signer and one standby per purpose, so rotations racing (here or in
+ * another control plane on the same store) cannot leave two signers.
  */
 export class SigningKeyRing {
+  readonly #options: SigningKeyRingOptions;
   readonly #store: Store;
   readonly #clock: Clock;
   readonly #logger: Logger;
+  readonly #jwksMaxAgeMs: number;
+  readonly #closing = new AbortController();
   #keys: LoadedKey[] = [];
+  #pruning: Promise<void> | undefined;
 
-  private constructor(store: Store, clock: Clock, logger: Logger) {
-    this.#store = store;
-    this.#clock = clock;
-    this.#logger = logger;
+  private constructor(options: SigningKeyRingOptions) {
+    this.#options = options;
+    this.#store = options.store;
+    this.#clock = options.clock;
+    this.#logger = options.logger;
+    this.#jwksMaxAgeMs = options.jwksMaxAgeMs ?? JWKS_MAX_AGE_MS;
   }
 
-  /** Loads the keys from the store, creating the first one if there is none. */
-  static async load(store: Store, clock: Clock, logger: Logger): Promise<SigningKeyRing> {
-    const ring = new SigningKeyRing(store, clock, logger);
+  /**
+   * Loads the keys from the store; makes sure one signs (promoting the standby,
+   * or creating the very first key) and a standby is published; fixes the
+   * verify-until of keys a migration or restore retired; drops expired keys.
+   */
+  static async load(options: SigningKeyRingOptions): Promise<SigningKeyRing> {
+    const ring = new SigningKeyRing(options);
+    await ring.#store.fixSigningKeyVerifyUntil(ring.#clock.now() + options.maxTokenLifetimeMs);
     await ring.#reload();
-    if (ring.#keys.every((key) => key.record.retiredAtMs !== null)) await ring.#create();
+    for (let attempt = 0; attempt < TRANSITION_ATTEMPTS && ring.#inState('signing') === undefined; attempt++) {
+      const standby = ring.#inState('standby');
+      if (standby === undefined) {
+        // The very first key (or every signer revoked with no standby): nothing else could sign.
+        await ring.#create('signing');
+      } else {
+        // No signer (a restore brought back a key revoked since): the standby takes over at once.
+        await ring.#store.transitionSigningKeys([{ kid: standby.record.kid, from: 'standby', to: 'signing', atMs: ring.#clock.now() }]);
+        await ring.#reload();
+      }
+    }
+    if (ring.#inState('signing') === undefined) throw new FailedPreconditionError('no signing key could be made');
+    await ring.#ensureStandby();
+    await ring.prune();
     return ring;
   }
 
   async #reload(): Promise<void> {
-    const records = await this.#store.listSigningKeys();
+    const records = (await this.#store.listSigningKeys()).filter((record) => record.purpose === TOKEN_KEY_PURPOSE);
     this.#keys = await Promise.all(
       records.map(async (record): Promise<LoadedKey> => {
         const publicJwk = JSON.parse(record.publicJwk) as JWK;
         const publicKey = (await importJWK(publicJwk, SIGNING_ALGORITHM)) as CryptoKey;
         const privateKey =
-          record.retiredAtMs === null
-            ? ((await importJWK(JSON.parse(record.privateJwk) as JWK, SIGNING_ALGORITHM)) as CryptoKey)
-            : undefined;
+          record.privateJwk === null ? undefined : ((await importJWK(JSON.parse(record.privateJwk) as JWK, SIGNING_ALGORITHM)) as CryptoKey);
         return { record, publicKey, privateKey, publicJwk };
       }),
     );
   }
 
-  async #create(): Promise<string> {
+  #inState(state: SigningKeyState): LoadedKey | undefined {
+    return this.#keys.find((key) => key.record.state === state);
+  }
+
+  /** Creates a key in `state`; false if the store already has one there (another control plane won). */
+  async #create(state: 'signing' | 'standby'): Promise<boolean> {
     const { publicKey, privateKey } = await generateKeyPair(SIGNING_ALGORITHM, { crv: 'Ed25519', extractable: true });
     const kid = randomUUID();
     const publicJwk = { ...(await exportJWK(publicKey)), kid, alg: SIGNING_ALGORITHM, use: 'sig' };
     const privateJwk = { ...(await exportJWK(privateKey)), kid, alg: SIGNING_ALGORITHM };
-    await this.#store.insertSigningKey({
-      kid,
-      privateJwk: JSON.stringify(privateJwk),
-      publicJwk: JSON.stringify(publicJwk),
-      createdAtMs: this.#clock.now(),
-      retiredAtMs: null,
-      verifyUntilMs: null,
-    });
+    const nowMs = this.#clock.now();
+    try {
+      await this.#store.insertSigningKey({
+        kid,
+        purpose: TOKEN_KEY_PURPOSE,
+        state,
+        privateJwk: JSON.stringify(privateJwk),
+        publicJwk: JSON.stringify(publicJwk),
+        createdAtMs: nowMs,
+        signingSinceMs: state === 'signing' ? nowMs : null,
+        retiredAtMs: null,
+        verifyUntilMs: null,
+      });
+    } catch (err) {
+      if (!(err instanceof AlreadyExistsError)) throw err;
+      await this.#reload();
+      return false;
+    }
     await this.#reload();
-    this.#logger.info({ kid }, 'signing key created');
-    return kid;
+    this.#logger.info({ kid, state }, 'signing key created');
+    return true;
+  }
+
+  async #ensureStandby(): Promise<void> {
+    if (this.#inState('standby') === undefined) await this.#create('standby');
   }
 
   /** The key that signs new tokens. */
   active(): ActiveKey {
-    for (let i = this.#keys.length - 1; i >= 0; i--) {
-      const key = this.#keys[i];
-      if (key?.privateKey !== undefined && key.record.retiredAtMs === null) return { kid: key.record.kid, privateKey: key.privateKey };
-    }
-    throw new Error('no active signing key');
+    const key = this.#inState('signing');
+    if (key?.privateKey === undefined) throw new FailedPreconditionError('no signing key');
+    return { kid: key.record.kid, privateKey: key.privateKey };
   }
 
-  /** The public key for `kid`, if it is known and still verifying at `nowMs`. */
+  /** Whether `kid` was revoked: every token it signed is refused, for that reason. */
+  isRevoked(kid: string): boolean {
+    return this.#keys.some((key) => key.record.kid === kid && key.record.state === 'revoked');
+  }
+
+  /** The public key for `kid`, if it is known, not revoked and still verifying at `nowMs`. */
   publicKey(kid: string, nowMs: number): CryptoKey | undefined {
     const key = this.#keys.find((candidate) => candidate.record.kid === kid);
-    if (key === undefined) return undefined;
-    if (key.record.verifyUntilMs !== null && nowMs >= key.record.verifyUntilMs) return undefined;
-    return key.publicKey;
+    return key !== undefined && isPublished(key.record, nowMs) ? key.publicKey : undefined;
   }
 
-  /** The JWKS document of every key still verifying at `nowMs`. */
+  /** The JWKS document at `nowMs`: the standby, the signer, and retired keys still verifying. */
   jwks(nowMs: number): { keys: JWK[] } {
-    return {
-      keys: this.#keys
-        .filter((key) => key.record.verifyUntilMs === null || nowMs < key.record.verifyUntilMs)
-        .map((key) => key.publicJwk),
-    };
+    return { keys: this.#keys.filter((key) => isPublished(key.record, nowMs)).map((key) => key.publicJwk) };
   }
 
-  /** Every key's public record (no private material), oldest first. */
-  list(): Omit<SigningKeyRecord, 'privateJwk'>[] {
+  /** Every key's state and times (no key material), oldest first. */
+  list(): SigningKeyInfo[] {
     return this.#keys.map(({ record }) => ({
       kid: record.kid,
-      publicJwk: record.publicJwk,
+      purpose: record.purpose,
+      state: record.state,
       createdAtMs: record.createdAtMs,
+      signingSinceMs: record.signingSinceMs,
       retiredAtMs: record.retiredAtMs,
       verifyUntilMs: record.verifyUntilMs,
     }));
   }
 
   /**
-   * Makes a new key the signer. The old one keeps verifying for `maxTokenLifetimeMs`
-   * (the longest TTL plus clock tolerance), the life of the last token it signed.
-   * The new key is in the ring (and so in the JWKS) before it signs anything.
+   * Promotes the standby to signer and retires the signer to verifying-only
+   * (its private half deleted) for the longest token lifetime; publishes a new
+   * standby. Refused while the standby has been published no longer than the
+   * JWKS cache lifetime (it would sign tokens a cached JWKS cannot verify), and
+   * when another rotation won a race for the same keys.
    */
-  async rotate(maxTokenLifetimeMs: number): Promise<string> {
-    const nowMs = this.#clock.now();
-    const previous = this.active();
-    const kid = await this.#create();
-    await this.#store.updateSigningKey(previous.kid, { retiredAtMs: nowMs, verifyUntilMs: nowMs + maxTokenLifetimeMs });
+  async rotate(): Promise<KeyRotation> {
     await this.#reload();
-    this.#logger.info({ kid, retiredKid: previous.kid }, 'signing key rotated');
-    return kid;
+    await this.#ensureStandby();
+    const signer = this.#inState('signing');
+    const standby = this.#inState('standby');
+    if (signer === undefined || standby === undefined) throw new FailedPreconditionError('no signing or standby key; restart the control plane');
+    const nowMs = this.#clock.now();
+    const publishedMs = nowMs - standby.record.createdAtMs;
+    if (publishedMs <= this.#jwksMaxAgeMs) {
+      const waitS = Math.ceil((this.#jwksMaxAgeMs - publishedMs + 1) / 1000);
+      throw new FailedPreconditionError(
+        `the standby key ${standby.record.kid} has been published for ${Math.floor(publishedMs / 1000)} s, not longer than the JWKS cache lifetime ` +
+          `(${this.#jwksMaxAgeMs / 1000} s); services with a cached JWKS would refuse its tokens. Rotate again in ${waitS} s`,
+      );
+    }
+    const retiredVerifyUntilMs = nowMs + this.#options.maxTokenLifetimeMs;
+    const isDone = await this.#store.transitionSigningKeys([
+      { kid: signer.record.kid, from: 'signing', to: 'verifying-only', atMs: nowMs, verifyUntilMs: retiredVerifyUntilMs },
+      { kid: standby.record.kid, from: 'standby', to: 'signing', atMs: nowMs },
+    ]);
+    await this.#reload();
+    if (!isDone) throw new FailedPreconditionError('another rotation changed the signing keys first; see `keys ls`');
+    await this.#ensureStandby();
+    const standbyKid = this.#inState('standby')?.record.kid ?? '';
+    this.#logger.info({ kid: standby.record.kid, retiredKid: signer.record.kid, standbyKid, verifyUntilMs: retiredVerifyUntilMs }, 'signing key rotated');
+    return { kid: standby.record.kid, retiredKid: signer.record.kid, retiredVerifyUntilMs, standbyKid };
   }
 
-  /** Deletes keys whose verification window has passed. */
-  async prune(): Promise<void> {
-    const nowMs = this.#clock.now();
-    const expired = this.#keys.filter((key) => key.record.verifyUntilMs !== null && nowMs >= key.record.verifyUntilMs);
-    for (const key of expired) await this.#store.deleteSigningKey(key.record.kid);
-    if (expired.length > 0) await this.#reload();
+  /**
+   * Revokes `kid` (compromised): from now on every token it signed is refused
+   * and it is out of the JWKS; its private half is deleted. If it was the
+   * signer, the standby takes over at once; if it was the standby, a new one is
+   * published. Its row stays until the last token it could have signed expires,
+   * so such a token is refused as signed by a revoked key rather than an unknown one.
+   */
+  async revoke(kid: string): Promise<KeyRevocation> {
+    for (let attempt = 0; attempt < TRANSITION_ATTEMPTS; attempt++) {
+      await this.#reload();
+      const key = this.#keys.find((candidate) => candidate.record.kid === kid);
+      if (key === undefined) throw new NotFoundError(`no signing key ${kid}`);
+      const { record } = key;
+      const nowMs = this.#clock.now();
+      const signedPeriod =
+        record.signingSinceMs === null ? undefined : { fromMs: record.signingSinceMs, untilMs: record.retiredAtMs ?? nowMs };
+      if (record.state === 'revoked') {
+        return { kid, previousState: 'revoked', signerKid: this.active().kid, signedPeriod };
+      }
+      const keepUntilMs = record.state === 'verifying-only' ? (record.verifyUntilMs ?? nowMs + this.#options.maxTokenLifetimeMs) : nowMs + this.#options.maxTokenLifetimeMs;
+      const steps: SigningKeyTransition[] = [{ kid, from: record.state, to: 'revoked', atMs: nowMs, verifyUntilMs: keepUntilMs }];
+      const standby = this.#inState('standby');
+      if (record.state === 'signing' && standby !== undefined) steps.push({ kid: standby.record.kid, from: 'standby', to: 'signing', atMs: nowMs });
+      if (!(await this.#store.transitionSigningKeys(steps))) continue;
+      await this.#reload();
+      // With no standby (never, unless the store was edited by hand) the signer is created here, with no publication delay.
+      if (this.#inState('signing') === undefined) await this.#create('signing');
+      await this.#ensureStandby();
+      const signerKid = this.active().kid;
+      this.#logger.warn({ kid, previousState: record.state, signerKid }, 'signing key revoked');
+      return { kid, previousState: record.state, signerKid, signedPeriod };
+    }
+    throw new FailedPreconditionError(`signing key ${kid} kept changing under the revocation; try again`);
   }
+
+  /** Deletes retired keys whose last token has expired; returns their kids. */
+  async prune(): Promise<string[]> {
+    const kids = await this.#store.deleteExpiredSigningKeys(this.#clock.now());
+    if (kids.length > 0) {
+      await this.#reload();
+      this.#logger.info({ kids }, 'signing keys pruned: their last tokens have expired');
+    }
+    return kids;
+  }
+
+  /** Starts pruning on the clock: each retired key is deleted once its verify-until has passed. */
+  start(): void {
+    this.#pruning ??= this.#pruneLoop();
+  }
+
+  /** Stops the pruner. Idempotent. */
+  async close(): Promise<void> {
+    this.#closing.abort();
+    await this.#pruning;
+  }
+
+  async #pruneLoop(): Promise<void> {
+    const signal = this.#closing.signal;
+    while (!signal.aborted) {
+      const nowMs = this.#clock.now();
+      const next = Math.min(...this.#keys.map((key) => (isRetired(key.record.state) ? (key.record.verifyUntilMs ?? Infinity) : Infinity)));
+      if (next <= nowMs) {
+        try {
+          await this.prune();
+        } catch (err) {
+          this.#logger.error({ err }, 'signing key prune failed');
+          await this.#clock.sleep(PRUNE_CHECK_MS, signal);
+        }
+        continue;
+      }
+      // Re-checked at least every PRUNE_CHECK_MS: a rotation or revocation adds keys while this waits.
+      await this.#clock.sleep(Math.min(next - nowMs, PRUNE_CHECK_MS), signal);
+    }
+  }
+}
+
+function isRetired(state: SigningKeyState): boolean {
+  return state === 'verifying-only' || state === 'revoked';
+}
+
+/** Whether a key is in the JWKS and verifies at `nowMs`. */
+function isPublished(record: SigningKeyRecord, nowMs: number): boolean {
+  if (record.state === 'revoked') return false;
+  return record.verifyUntilMs === null || nowMs < record.verifyUntilMs;
 }

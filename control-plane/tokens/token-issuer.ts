@@ -1,8 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { SignJWT } from 'jose';
 import type { Clock } from '../../common/clock.js';
+import { UnavailableError } from '../../common/errors.js';
 import { SIGNING_ALGORITHM, type SigningKeyRing } from './signing-keys.js';
 import { TOKEN_TYPES, type IssuedToken, type TokenKind } from './token-kinds.js';
+
+/** Signing attempts when the key is revoked under one. */
+const MAX_SIGN_ATTEMPTS = 3;
 
 /** Options of {@link TokenIssuer}. */
 export interface TokenIssuerOptions {
@@ -43,6 +47,17 @@ export class TokenIssuer {
 
   /** Signs a token of `request.kind`. */
   async issue(request: IssueRequest): Promise<IssuedToken> {
+    // A key revoked while a token was being signed with it would leave that token refused in the
+    // holder's hands with no rotation scheduled for it (the revocation's sweep may have read the
+    // credential before this one was stored): sign again with the signer that took over.
+    for (let attempt = 1; ; attempt++) {
+      const issued = await this.#sign(request);
+      if (!this.#options.keys.isRevoked(issued.claims.keyId)) return issued;
+      if (attempt >= MAX_SIGN_ATTEMPTS) throw new UnavailableError('the signing key keeps being revoked; try again');
+    }
+  }
+
+  async #sign(request: IssueRequest): Promise<IssuedToken> {
     const { keys, clock, issuer } = this.#options;
     const key = keys.active();
     const issuedAtS = Math.floor(clock.now() / 1000);

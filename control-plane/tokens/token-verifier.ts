@@ -5,7 +5,7 @@ import { SIGNING_ALGORITHM, type SigningKeyRing } from './signing-keys.js';
 import { MAX_TOKEN_LENGTH, TOKEN_TYPES, type TokenClaims, type TokenKind } from './token-kinds.js';
 
 /** Why a token was refused; a metric label, never the token. */
-export type RejectReason = 'malformed' | 'oversize' | 'unknown-key' | 'bad-signature' | 'expired' | 'claims' | 'revoked';
+export type RejectReason = 'malformed' | 'oversize' | 'unknown-key' | 'key-revoked' | 'bad-signature' | 'expired' | 'claims' | 'revoked';
 
 /** Thrown for a refused token; `reason` is safe to log and to count. */
 export class TokenRejectedError extends UnauthenticatedError {
@@ -97,6 +97,17 @@ export class TokenVerifier {
     for (const token of tokens) this.#cache.delete(token);
   }
 
+  /**
+   * Drops every cached token signed by `kid` (the key was revoked): the next
+   * presentation of one is checked again, and refused.
+   */
+  forgetKey(kid: string): void {
+    this.#forgets++;
+    for (const [token, entry] of this.#cache) {
+      if (entry.claims.keyId === kid) this.#drop(token);
+    }
+  }
+
   async #verifySignature(token: string, kind: TokenKind, nowMs: number, audience: string): Promise<TokenClaims> {
     if (token.length > MAX_TOKEN_LENGTH) throw new TokenRejectedError('oversize');
     const { keys, issuer, clockToleranceMs } = this.#options;
@@ -106,6 +117,8 @@ export class TokenVerifier {
         token,
         (header: JWTHeaderParameters) => {
           if (header.alg !== SIGNING_ALGORITHM || typeof header.kid !== 'string') throw new TokenRejectedError('malformed');
+          // Before anything else about the token: whatever a revoked key signed is refused, for that reason.
+          if (keys.isRevoked(header.kid)) throw new TokenRejectedError('key-revoked');
           const key = keys.publicKey(header.kid, nowMs);
           if (key === undefined) throw new TokenRejectedError('unknown-key');
           keyId = header.kid;

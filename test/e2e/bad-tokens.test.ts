@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { AgentModule } from '../../agent-host/tools/agent-module.js';
 import type { ReadOnlyCredentials } from '../../agent-host/tools/credential-source.js';
 import { MemoryHostCredentialStore } from '../../agent-host/host-credential-store.js';
-import type { ActiveKey } from '../../control-plane/tokens/signing-keys.js';
+import { JWKS_MAX_AGE_MS, type ActiveKey } from '../../control-plane/tokens/signing-keys.js';
 import type { IssuedToken } from '../../control-plane/tokens/token-kinds.js';
 import type { AgentServiceClient } from '../../gen/tether/v1/agent.js';
 import { base64url, hs256Jwt, partsOf, signEdDsa, unsecuredJwt, withPayload, type TokenParts } from '../support/forge-token.js';
@@ -274,6 +274,8 @@ describe('bad agent tokens are refused and the server goes on serving', () => {
   it('refuses a kid swapped between two real keys (after a signing-key rotation), both ways round', async () => {
     const h = forge.harness;
     const previous = forge.key;
+    // The standby is promotable once it has been published longer than the JWKS cache lifetime.
+    h.clock.advance(JWKS_MAX_AGE_MS + 1);
     await call(h.admin.rotateSigningKey.bind(h.admin), {});
     const current = h.cp.keys.active();
     expect(current.kid).not.toBe(previous.kid);

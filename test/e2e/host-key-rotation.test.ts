@@ -1,13 +1,15 @@
 /**
- * Signing key rotation under live agents: the new key is published before any
- * token carries it, the retired key keeps verifying until the last token it
+ * Signing key rotation under live agents: the standby promoted has been in the
+ * JWKS longer than the JWKS cache lifetime before any token carries it, the retired key keeps verifying until the last token it
  * signed has expired, then leaves the JWKS; no heartbeat fails on the way.
  */
 import { decodeProtectedHeader } from 'jose';
+import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MemoryHostCredentialStore } from '../../agent-host/host-credential-store.js';
 import type { AgentModule } from '../../agent-host/tools/agent-module.js';
 import type { ReadOnlyCredentials } from '../../agent-host/tools/credential-source.js';
+import { JWKS_MAX_AGE_MS } from '../../control-plane/tokens/signing-keys.js';
 import { bearer, call, Harness, statusOf } from '../support/harness.js';
 import { nextEvent, waitUntil } from '../support/wait.js';
 
@@ -57,20 +59,52 @@ describe('signing key rotation', () => {
     const heartbeatWith = (agentId: string, token: string): Promise<unknown> =>
       statusOf(call(agentApi.heartbeat.bind(agentApi), { agentId }, bearer(token)));
 
+    // When each kid was first served in the JWKS, as a service polling it at every step would see it.
+    const firstServedMs = new Map<string, number>();
+    const observeJwks = async (): Promise<void> => {
+      for (const kid of await jwksKids()) if (!firstServedMs.has(kid)) firstServedMs.set(kid, h.clock.now());
+    };
+    /** Moves the clock one heartbeat interval at a time up to `untilMs`, every agent heartbeating at each step. */
+    const walk = async (untilMs: number, what: string): Promise<number> => {
+      const steps = Math.ceil((untilMs - h.clock.now()) / HEARTBEAT_MS);
+      for (let step = 1; step <= steps; step++) {
+        h.clock.advance(HEARTBEAT_MS);
+        const nowMs = h.clock.now();
+        await waitUntil(
+          () => AGENT_IDS.every((agentId) => beats.some((b) => b.agentId === agentId && b.atMs === nowMs)),
+          `every agent's heartbeat at step ${step} (${what})`,
+        );
+        await waitUntil(() => h.cp.isSettled(), `the control plane settled at step ${step} (${what})`);
+        await observeJwks();
+      }
+      return steps;
+    };
+
     const oldToken = tokenOf('kr-1');
     const oldKid = kidOf(oldToken);
-    expect(await jwksKids()).toEqual([oldKid]);
+    const initial = await call(h.admin.listSigningKeys.bind(h.admin), {});
+    const standbyKid = initial.keys.find((k) => k.state === 'standby')?.keyId;
+    expect(initial.keys.find((k) => k.state === 'signing')?.keyId).toBe(oldKid);
+    // The standby is published from the start, beside the signer.
+    expect(await jwksKids()).toEqual([oldKid, standbyKid].sort());
+    await observeJwks();
 
-    // Rotate. The new key is in the JWKS by the time the call returns, before any token carries it.
+    // Too early: the standby has not been in the JWKS longer than its cache lifetime.
+    expect(await statusOf(call(h.admin.rotateSigningKey.bind(h.admin), {}))).toBe(grpc.status.FAILED_PRECONDITION);
+    let steps = await walk(h.clock.now() + JWKS_MAX_AGE_MS + 1, 'the standby ages');
+
+    // Rotate: the standby signs from now, having been in the JWKS longer than the JWKS cache lifetime.
     const rotatedAtMs = h.clock.now();
     const rotated = await call(h.admin.rotateSigningKey.bind(h.admin), {});
     expect(rotated.retiredKeyId).toBe(oldKid);
-    expect(rotated.keyId).not.toBe(oldKid);
+    expect(rotated.keyId).toBe(standbyKid);
+    expect(rotatedAtMs - (firstServedMs.get(rotated.keyId) ?? Infinity)).toBeGreaterThan(JWKS_MAX_AGE_MS);
     expect(rotated.retiredVerifyUntilMs).toBe(rotatedAtMs + HOST_TTL_MS + CLOCK_TOLERANCE_MS);
-    expect(await jwksKids()).toEqual([oldKid, rotated.keyId].sort());
+    expect(await jwksKids()).toEqual([oldKid, rotated.keyId, rotated.standbyKeyId].sort());
     const { keys } = await call(h.admin.listSigningKeys.bind(h.admin), {});
-    expect(keys.find((k) => k.keyId === oldKid)).toMatchObject({ retiredAtMs: rotatedAtMs, verifyUntilMs: rotated.retiredVerifyUntilMs });
-    expect(keys.find((k) => k.keyId === rotated.keyId)).toMatchObject({ retiredAtMs: 0, verifyUntilMs: 0 });
+    expect(keys.find((k) => k.keyId === oldKid)).toMatchObject({ state: 'verifying-only', retiredAtMs: rotatedAtMs, verifyUntilMs: rotated.retiredVerifyUntilMs });
+    expect(keys.find((k) => k.keyId === rotated.keyId)).toMatchObject({ state: 'signing', signingSinceMs: rotatedAtMs, retiredAtMs: 0, verifyUntilMs: 0 });
+    expect(keys.find((k) => k.keyId === rotated.standbyKeyId)).toMatchObject({ state: 'standby', createdAtMs: rotatedAtMs, signingSinceMs: 0 });
 
     // Overlap: a token signed before the rotation still works; a fresh one carries the new kid and works too.
     expect(await heartbeatWith('kr-1', oldToken)).toBe('ok');
@@ -83,16 +117,8 @@ describe('signing key rotation', () => {
     expect(kidOf(tokenOf('kr-2'))).toBe(oldKid);
 
     // Walk the clock past the retired key's verify-until, one heartbeat interval at a time.
-    const steps = Math.ceil((rotated.retiredVerifyUntilMs - h.clock.now()) / HEARTBEAT_MS);
-    for (let step = 1; step <= steps; step++) {
-      h.clock.advance(HEARTBEAT_MS);
-      const nowMs = h.clock.now();
-      await waitUntil(
-        () => AGENT_IDS.every((agentId) => beats.some((b) => b.agentId === agentId && b.atMs === nowMs)),
-        `every agent's heartbeat at step ${step}`,
-      );
-      await waitUntil(() => h.cp.isSettled(), `the control plane settled at step ${step}`);
-    }
+    steps += await walk(rotated.retiredVerifyUntilMs, 'the retired key verifies');
+    await waitUntil(async () => !(await jwksKids()).includes(oldKid ?? ''), 'the retired key pruned');
     expect(h.clock.now()).toBeGreaterThanOrEqual(rotated.retiredVerifyUntilMs);
 
     // Every heartbeat succeeded, those carrying the old kid during the overlap included.
@@ -100,7 +126,8 @@ describe('signing key rotation', () => {
     expect(beats.filter((b) => !b.isOk)).toEqual([]);
 
     // The old key is gone from the JWKS; every credential in use carries the new one.
-    expect(await jwksKids()).toEqual([rotated.keyId]);
+    expect(await jwksKids()).toEqual([rotated.keyId, rotated.standbyKeyId].sort());
+    expect((await h.store.listSigningKeys()).map((k) => k.kid)).not.toContain(oldKid);
     for (const agentId of AGENT_IDS) expect(kidOf(tokenOf(agentId))).toBe(rotated.keyId);
     const hostCredential = await hostStore.load();
     expect(hostCredential === undefined ? undefined : kidOf(hostCredential.token)).toBe(rotated.keyId);

@@ -22,6 +22,7 @@ import type { AgentModule } from '../../agent-host/tools/agent-module.js';
 import type { ReadOnlyCredentials } from '../../agent-host/tools/credential-source.js';
 import { backupDatabase, restoreDatabase, RESTORE_GENERATION_GAP } from '../../control-plane/store/sqlite-backup.js';
 import { databasePath } from '../../control-plane/store/sqlite-store.js';
+import { JWKS_MAX_AGE_MS } from '../../control-plane/tokens/signing-keys.js';
 import { advanceUntil } from '../support/advance-until.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { bearer, call, Harness, statusOf } from '../support/harness.js';
@@ -108,7 +109,10 @@ describe('control-plane restore (a new epoch)', () => {
     await advanceUntil(h.clock, 50, () => host.state === 'connected', 'the host to reconnect before the restore');
     await send(h, 'mail', ['m6']);
     await waitUntil(() => received.length === 6, 'm4..m6 taken');
-    const { keyId: newKeyId } = await call(h.admin.rotateSigningKey.bind(h.admin), {});
+    // A rotation promotes the standby (in the backup as a standby), once it has been published longer than the JWKS cache lifetime.
+    const standbyCreatedAtMs = h.cp.keys.list().find((key) => key.state === 'standby')?.createdAtMs ?? 0;
+    await advanceUntil(h.clock, 1_000, () => h.clock.now() - standbyCreatedAtMs > JWKS_MAX_AGE_MS, 'the standby published longer than the JWKS cache lifetime');
+    const { keyId: newKeyId, standbyKeyId } = await call(h.admin.rotateSigningKey.bind(h.admin), {});
     const agentRotated = nextEvent(host.events, 'rotation-applied', (e: { agentId: string }) => e.agentId === 'mail');
     await call(h.admin.rotateAgentCredential.bind(h.admin), { agentId: 'mail' });
     await agentRotated;
@@ -124,12 +128,13 @@ describe('control-plane restore (a new epoch)', () => {
     const restored = restoreDatabase(databasePath(h.dir), backupPath, h.clock.now());
     expect(restored.previousEpoch).toBe(firstEpoch);
     expect(restored.epoch).not.toBe(firstEpoch);
+    // Kept: the standby published after the backup (verifying-only now, with no private half).
     expect(restored.signingKeysKept).toBe(1);
     expect(restored.replacedPath).toBeDefined();
     await h.startControlPlane();
     expect(await h.store.epoch()).toBe(restored.epoch);
 
-    // Before the host is back: the agent's token from after the backup, signed by a key made after it, still passes.
+    // Before the host is back: the agent's token from after the backup, signed by the key that was the backup's standby, still passes.
     expect(lostEraAgentToken.split('.')[0]).toBeDefined();
     const agentApi = h.agentClient();
     expect(await statusOf(call(agentApi.heartbeat.bind(agentApi), { agentId: 'mail' }, bearer(lostEraAgentToken)))).toBe('ok');
@@ -170,6 +175,7 @@ describe('control-plane restore (a new epoch)', () => {
     expect(agent?.hostId).toBe(hostId);
     const keys = await call(h.admin.listSigningKeys.bind(h.admin), {});
     expect(keys.keys.map((k) => k.keyId)).toContain(newKeyId);
+    expect(keys.keys.find((k) => k.keyId === standbyKeyId)?.state).toBe('verifying-only');
 
     // No agent saw a 401, and nothing the host sent was refused as a violation.
     expect(unauthenticated).toEqual([]);

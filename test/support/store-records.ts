@@ -1,5 +1,5 @@
 /** Store records for tests: valid, with every field set, and a patch on top. */
-import type { AgentRecord, HostRecord, SigningKeyRecord } from '../../control-plane/store/store.js';
+import type { AgentRecord, HostRecord, SigningKeyRecord, SigningKeyState } from '../../control-plane/store/store.js';
 
 export const NOW = 1_800_000_000_000;
 
@@ -46,6 +46,18 @@ export function host(hostId: string, patch: Partial<HostRecord> = {}): HostRecor
   };
 }
 
-export function signingKey(kid: string, createdAtMs: number): SigningKeyRecord {
-  return { kid, privateJwk: `{"kid":"${kid}","d":"secret"}`, publicJwk: `{"kid":"${kid}"}`, createdAtMs, retiredAtMs: null, verifyUntilMs: null };
+/** A signing key record in `state` (verifying-only by default, which any number of keys may be); private half only while it can sign. */
+export function signingKey(kid: string, createdAtMs: number, state: SigningKeyState = 'verifying-only'): SigningKeyRecord {
+  const canSign = state === 'standby' || state === 'signing';
+  return {
+    kid,
+    purpose: 'tokens',
+    state,
+    privateJwk: canSign ? `{"kid":"${kid}","d":"secret"}` : null,
+    publicJwk: `{"kid":"${kid}"}`,
+    createdAtMs,
+    signingSinceMs: state === 'standby' ? null : createdAtMs,
+    retiredAtMs: canSign ? null : createdAtMs + 1,
+    verifyUntilMs: canSign ? null : createdAtMs + 10_000,
+  };
 }

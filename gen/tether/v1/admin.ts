@@ -226,6 +226,8 @@ export interface RotateSigningKeyResponse {
   retiredKeyId: string;
   /** When the retired key stops verifying (and leaves the JWKS). */
   retiredVerifyUntilMs: number;
+  /** The new standby, published now. */
+  standbyKeyId: string;
 }
 
 export interface ListSigningKeysRequest {
@@ -233,15 +235,46 @@ export interface ListSigningKeysRequest {
 
 export interface SigningKeyInfo {
   keyId: string;
+  /** When it was made and published. */
   createdAtMs: number;
-  /** 0 while it signs. */
+  /** When it stopped signing (or was revoked); 0 while standby or signing. */
   retiredAtMs: number;
-  /** 0 while it signs; then when it leaves the JWKS. */
+  /** Verifying-only: when it leaves the JWKS. Revoked: when its record goes. 0 otherwise. */
   verifyUntilMs: number;
+  /** "standby", "signing", "verifying-only" or "revoked". */
+  state: string;
+  /** When it started signing; 0 if it never did. */
+  signingSinceMs: number;
 }
 
 export interface ListSigningKeysResponse {
   keys: SigningKeyInfo[];
+}
+
+export interface RevokeSigningKeyRequest {
+  keyId: string;
+}
+
+export interface RevokeSigningKeyResponse {
+  keyId: string;
+  /** The key that signs now. */
+  signerKeyId: string;
+  /** Connected hosts whose own credential was re-signed before this returned. */
+  hostsResigned: number;
+  /**
+   * Disconnected hosts whose credential the key signed: refused for good when
+   * they connect (tether-refusal: revoked); enroll them again.
+   */
+  hostsToReenroll: string[];
+  /** Agents on connected hosts queued for a new credential. */
+  agentsScheduled: number;
+  /** Agents on disconnected hosts: re-signed when their host connects. */
+  agentsAtReconnect: number;
+  /**
+   * From the revocation, how long until every queued agent holds a credential
+   * from another key (computed from the rotation rate cap).
+   */
+  resignWindowMs: number;
 }
 
 function createBaseListMessagesRequest(): ListMessagesRequest {
@@ -3368,7 +3401,7 @@ export const RotateSigningKeyRequest: MessageFns<RotateSigningKeyRequest> = {
 };
 
 function createBaseRotateSigningKeyResponse(): RotateSigningKeyResponse {
-  return { keyId: "", retiredKeyId: "", retiredVerifyUntilMs: 0 };
+  return { keyId: "", retiredKeyId: "", retiredVerifyUntilMs: 0, standbyKeyId: "" };
 }
 
 export const RotateSigningKeyResponse: MessageFns<RotateSigningKeyResponse> = {
@@ -3381,6 +3414,9 @@ export const RotateSigningKeyResponse: MessageFns<RotateSigningKeyResponse> = {
     }
     if (message.retiredVerifyUntilMs !== 0) {
       writer.uint32(24).int64(message.retiredVerifyUntilMs);
+    }
+    if (message.standbyKeyId !== "") {
+      writer.uint32(34).string(message.standbyKeyId);
     }
     return writer;
   },
@@ -3422,6 +3458,14 @@ export const RotateSigningKeyResponse: MessageFns<RotateSigningKeyResponse> = {
             message.retiredVerifyUntilMs = longToNumber(reader.int64());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.standbyKeyId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3451,6 +3495,11 @@ export const RotateSigningKeyResponse: MessageFns<RotateSigningKeyResponse> = {
         : isSet(object.retired_verify_until_ms)
         ? globalThis.Number(object.retired_verify_until_ms)
         : 0,
+      standbyKeyId: isSet(object.standbyKeyId)
+        ? globalThis.String(object.standbyKeyId)
+        : isSet(object.standby_key_id)
+        ? globalThis.String(object.standby_key_id)
+        : "",
     };
   },
 
@@ -3465,6 +3514,9 @@ export const RotateSigningKeyResponse: MessageFns<RotateSigningKeyResponse> = {
     if (message.retiredVerifyUntilMs !== 0) {
       obj.retiredVerifyUntilMs = Math.round(message.retiredVerifyUntilMs);
     }
+    if (message.standbyKeyId !== "") {
+      obj.standbyKeyId = message.standbyKeyId;
+    }
     return obj;
   },
 
@@ -3476,6 +3528,7 @@ export const RotateSigningKeyResponse: MessageFns<RotateSigningKeyResponse> = {
     message.keyId = object.keyId ?? "";
     message.retiredKeyId = object.retiredKeyId ?? "";
     message.retiredVerifyUntilMs = object.retiredVerifyUntilMs ?? 0;
+    message.standbyKeyId = object.standbyKeyId ?? "";
     return message;
   },
 };
@@ -3533,7 +3586,7 @@ export const ListSigningKeysRequest: MessageFns<ListSigningKeysRequest> = {
 };
 
 function createBaseSigningKeyInfo(): SigningKeyInfo {
-  return { keyId: "", createdAtMs: 0, retiredAtMs: 0, verifyUntilMs: 0 };
+  return { keyId: "", createdAtMs: 0, retiredAtMs: 0, verifyUntilMs: 0, state: "", signingSinceMs: 0 };
 }
 
 export const SigningKeyInfo: MessageFns<SigningKeyInfo> = {
@@ -3549,6 +3602,12 @@ export const SigningKeyInfo: MessageFns<SigningKeyInfo> = {
     }
     if (message.verifyUntilMs !== 0) {
       writer.uint32(32).int64(message.verifyUntilMs);
+    }
+    if (message.state !== "") {
+      writer.uint32(42).string(message.state);
+    }
+    if (message.signingSinceMs !== 0) {
+      writer.uint32(48).int64(message.signingSinceMs);
     }
     return writer;
   },
@@ -3598,6 +3657,22 @@ export const SigningKeyInfo: MessageFns<SigningKeyInfo> = {
             message.verifyUntilMs = longToNumber(reader.int64());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.signingSinceMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3632,6 +3707,12 @@ export const SigningKeyInfo: MessageFns<SigningKeyInfo> = {
         : isSet(object.verify_until_ms)
         ? globalThis.Number(object.verify_until_ms)
         : 0,
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      signingSinceMs: isSet(object.signingSinceMs)
+        ? globalThis.Number(object.signingSinceMs)
+        : isSet(object.signing_since_ms)
+        ? globalThis.Number(object.signing_since_ms)
+        : 0,
     };
   },
 
@@ -3649,6 +3730,12 @@ export const SigningKeyInfo: MessageFns<SigningKeyInfo> = {
     if (message.verifyUntilMs !== 0) {
       obj.verifyUntilMs = Math.round(message.verifyUntilMs);
     }
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    if (message.signingSinceMs !== 0) {
+      obj.signingSinceMs = Math.round(message.signingSinceMs);
+    }
     return obj;
   },
 
@@ -3661,6 +3748,8 @@ export const SigningKeyInfo: MessageFns<SigningKeyInfo> = {
     message.createdAtMs = object.createdAtMs ?? 0;
     message.retiredAtMs = object.retiredAtMs ?? 0;
     message.verifyUntilMs = object.verifyUntilMs ?? 0;
+    message.state = object.state ?? "";
+    message.signingSinceMs = object.signingSinceMs ?? 0;
     return message;
   },
 };
@@ -3730,6 +3819,280 @@ export const ListSigningKeysResponse: MessageFns<ListSigningKeysResponse> = {
   fromPartial<I extends Exact<DeepPartial<ListSigningKeysResponse>, I>>(object: I): ListSigningKeysResponse {
     const message = createBaseListSigningKeysResponse();
     message.keys = object.keys?.map((e) => SigningKeyInfo.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRevokeSigningKeyRequest(): RevokeSigningKeyRequest {
+  return { keyId: "" };
+}
+
+export const RevokeSigningKeyRequest: MessageFns<RevokeSigningKeyRequest> = {
+  encode(message: RevokeSigningKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.keyId !== "") {
+      writer.uint32(10).string(message.keyId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RevokeSigningKeyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRevokeSigningKeyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keyId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RevokeSigningKeyRequest {
+    return {
+      keyId: isSet(object.keyId)
+        ? globalThis.String(object.keyId)
+        : isSet(object.key_id)
+        ? globalThis.String(object.key_id)
+        : "",
+    };
+  },
+
+  toJSON(message: RevokeSigningKeyRequest): unknown {
+    const obj: any = {};
+    if (message.keyId !== "") {
+      obj.keyId = message.keyId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RevokeSigningKeyRequest>, I>>(base?: I): RevokeSigningKeyRequest {
+    return RevokeSigningKeyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RevokeSigningKeyRequest>, I>>(object: I): RevokeSigningKeyRequest {
+    const message = createBaseRevokeSigningKeyRequest();
+    message.keyId = object.keyId ?? "";
+    return message;
+  },
+};
+
+function createBaseRevokeSigningKeyResponse(): RevokeSigningKeyResponse {
+  return {
+    keyId: "",
+    signerKeyId: "",
+    hostsResigned: 0,
+    hostsToReenroll: [],
+    agentsScheduled: 0,
+    agentsAtReconnect: 0,
+    resignWindowMs: 0,
+  };
+}
+
+export const RevokeSigningKeyResponse: MessageFns<RevokeSigningKeyResponse> = {
+  encode(message: RevokeSigningKeyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.keyId !== "") {
+      writer.uint32(10).string(message.keyId);
+    }
+    if (message.signerKeyId !== "") {
+      writer.uint32(18).string(message.signerKeyId);
+    }
+    if (message.hostsResigned !== 0) {
+      writer.uint32(24).uint32(message.hostsResigned);
+    }
+    for (const v of message.hostsToReenroll) {
+      writer.uint32(34).string(v!);
+    }
+    if (message.agentsScheduled !== 0) {
+      writer.uint32(40).uint32(message.agentsScheduled);
+    }
+    if (message.agentsAtReconnect !== 0) {
+      writer.uint32(48).uint32(message.agentsAtReconnect);
+    }
+    if (message.resignWindowMs !== 0) {
+      writer.uint32(56).int64(message.resignWindowMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RevokeSigningKeyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRevokeSigningKeyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keyId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.signerKeyId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.hostsResigned = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.hostsToReenroll.push(reader.string());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.agentsScheduled = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.agentsAtReconnect = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.resignWindowMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RevokeSigningKeyResponse {
+    return {
+      keyId: isSet(object.keyId)
+        ? globalThis.String(object.keyId)
+        : isSet(object.key_id)
+        ? globalThis.String(object.key_id)
+        : "",
+      signerKeyId: isSet(object.signerKeyId)
+        ? globalThis.String(object.signerKeyId)
+        : isSet(object.signer_key_id)
+        ? globalThis.String(object.signer_key_id)
+        : "",
+      hostsResigned: isSet(object.hostsResigned)
+        ? globalThis.Number(object.hostsResigned)
+        : isSet(object.hosts_resigned)
+        ? globalThis.Number(object.hosts_resigned)
+        : 0,
+      hostsToReenroll: globalThis.Array.isArray(object?.hostsToReenroll)
+        ? object.hostsToReenroll.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.hosts_to_reenroll)
+        ? object.hosts_to_reenroll.map((e: any) => globalThis.String(e))
+        : [],
+      agentsScheduled: isSet(object.agentsScheduled)
+        ? globalThis.Number(object.agentsScheduled)
+        : isSet(object.agents_scheduled)
+        ? globalThis.Number(object.agents_scheduled)
+        : 0,
+      agentsAtReconnect: isSet(object.agentsAtReconnect)
+        ? globalThis.Number(object.agentsAtReconnect)
+        : isSet(object.agents_at_reconnect)
+        ? globalThis.Number(object.agents_at_reconnect)
+        : 0,
+      resignWindowMs: isSet(object.resignWindowMs)
+        ? globalThis.Number(object.resignWindowMs)
+        : isSet(object.resign_window_ms)
+        ? globalThis.Number(object.resign_window_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: RevokeSigningKeyResponse): unknown {
+    const obj: any = {};
+    if (message.keyId !== "") {
+      obj.keyId = message.keyId;
+    }
+    if (message.signerKeyId !== "") {
+      obj.signerKeyId = message.signerKeyId;
+    }
+    if (message.hostsResigned !== 0) {
+      obj.hostsResigned = Math.round(message.hostsResigned);
+    }
+    if (message.hostsToReenroll?.length) {
+      obj.hostsToReenroll = message.hostsToReenroll;
+    }
+    if (message.agentsScheduled !== 0) {
+      obj.agentsScheduled = Math.round(message.agentsScheduled);
+    }
+    if (message.agentsAtReconnect !== 0) {
+      obj.agentsAtReconnect = Math.round(message.agentsAtReconnect);
+    }
+    if (message.resignWindowMs !== 0) {
+      obj.resignWindowMs = Math.round(message.resignWindowMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RevokeSigningKeyResponse>, I>>(base?: I): RevokeSigningKeyResponse {
+    return RevokeSigningKeyResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RevokeSigningKeyResponse>, I>>(object: I): RevokeSigningKeyResponse {
+    const message = createBaseRevokeSigningKeyResponse();
+    message.keyId = object.keyId ?? "";
+    message.signerKeyId = object.signerKeyId ?? "";
+    message.hostsResigned = object.hostsResigned ?? 0;
+    message.hostsToReenroll = object.hostsToReenroll?.map((e) => e) || [];
+    message.agentsScheduled = object.agentsScheduled ?? 0;
+    message.agentsAtReconnect = object.agentsAtReconnect ?? 0;
+    message.resignWindowMs = object.resignWindowMs ?? 0;
     return message;
   },
 };
@@ -3841,8 +4204,10 @@ export const AdminServiceService = {
     responseDeserialize: (value: Buffer): GetJwksResponse => GetJwksResponse.decode(value),
   },
   /**
-   * Makes a new signing key the signer. It is published before any token carries
-   * it; the old one keeps verifying until the last token it signed has expired.
+   * Promotes the standby key to signer: it has been in the JWKS longer than the
+   * JWKS cache lifetime (refused with FAILED_PRECONDITION until it has). The old
+   * signer loses its private half and keeps verifying until the last token it
+   * signed has expired; a new standby is published.
    */
   rotateSigningKey: {
     path: "/tether.v1.AdminService/RotateSigningKey" as const,
@@ -3855,6 +4220,7 @@ export const AdminServiceService = {
       Buffer.from(RotateSigningKeyResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RotateSigningKeyResponse => RotateSigningKeyResponse.decode(value),
   },
+  /** Every signing key with its state (standby, signing, verifying-only, revoked) and times. */
   listSigningKeys: {
     path: "/tether.v1.AdminService/ListSigningKeys" as const,
     requestStream: false as const,
@@ -3865,6 +4231,24 @@ export const AdminServiceService = {
     responseSerialize: (value: ListSigningKeysResponse): Buffer =>
       Buffer.from(ListSigningKeysResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListSigningKeysResponse => ListSigningKeysResponse.decode(value),
+  },
+  /**
+   * Revokes a compromised signing key: every token it signed is refused at once
+   * and it leaves the JWKS; the standby takes over if it was the signer; connected
+   * hosts' and agents' credentials it signed are re-signed (agents soonest-expiring
+   * first, under the rotation rate cap) within the window returned; a disconnected
+   * host whose credential it signed is refused for good and must be enrolled again.
+   */
+  revokeSigningKey: {
+    path: "/tether.v1.AdminService/RevokeSigningKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RevokeSigningKeyRequest): Buffer =>
+      Buffer.from(RevokeSigningKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RevokeSigningKeyRequest => RevokeSigningKeyRequest.decode(value),
+    responseSerialize: (value: RevokeSigningKeyResponse): Buffer =>
+      Buffer.from(RevokeSigningKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RevokeSigningKeyResponse => RevokeSigningKeyResponse.decode(value),
   },
   /**
    * Sends one message or a batch to an agent, from the operator. Each is in the
@@ -3938,11 +4322,22 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   /** The public signing keys, as a JWKS document (JSON). */
   getJwks: handleUnaryCall<GetJwksRequest, GetJwksResponse>;
   /**
-   * Makes a new signing key the signer. It is published before any token carries
-   * it; the old one keeps verifying until the last token it signed has expired.
+   * Promotes the standby key to signer: it has been in the JWKS longer than the
+   * JWKS cache lifetime (refused with FAILED_PRECONDITION until it has). The old
+   * signer loses its private half and keeps verifying until the last token it
+   * signed has expired; a new standby is published.
    */
   rotateSigningKey: handleUnaryCall<RotateSigningKeyRequest, RotateSigningKeyResponse>;
+  /** Every signing key with its state (standby, signing, verifying-only, revoked) and times. */
   listSigningKeys: handleUnaryCall<ListSigningKeysRequest, ListSigningKeysResponse>;
+  /**
+   * Revokes a compromised signing key: every token it signed is refused at once
+   * and it leaves the JWKS; the standby takes over if it was the signer; connected
+   * hosts' and agents' credentials it signed are re-signed (agents soonest-expiring
+   * first, under the rotation rate cap) within the window returned; a disconnected
+   * host whose credential it signed is refused for good and must be enrolled again.
+   */
+  revokeSigningKey: handleUnaryCall<RevokeSigningKeyRequest, RevokeSigningKeyResponse>;
   /**
    * Sends one message or a batch to an agent, from the operator. Each is in the
    * agent's durable outbox, under a seq, before this returns.
@@ -4118,8 +4513,10 @@ export interface AdminServiceClient extends Client {
     callback: (error: ServiceError | null, response: GetJwksResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Makes a new signing key the signer. It is published before any token carries
-   * it; the old one keeps verifying until the last token it signed has expired.
+   * Promotes the standby key to signer: it has been in the JWKS longer than the
+   * JWKS cache lifetime (refused with FAILED_PRECONDITION until it has). The old
+   * signer loses its private half and keeps verifying until the last token it
+   * signed has expired; a new standby is published.
    */
   rotateSigningKey(
     request: RotateSigningKeyRequest,
@@ -4136,6 +4533,7 @@ export interface AdminServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RotateSigningKeyResponse) => void,
   ): ClientUnaryCall;
+  /** Every signing key with its state (standby, signing, verifying-only, revoked) and times. */
   listSigningKeys(
     request: ListSigningKeysRequest,
     callback: (error: ServiceError | null, response: ListSigningKeysResponse) => void,
@@ -4150,6 +4548,28 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListSigningKeysResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Revokes a compromised signing key: every token it signed is refused at once
+   * and it leaves the JWKS; the standby takes over if it was the signer; connected
+   * hosts' and agents' credentials it signed are re-signed (agents soonest-expiring
+   * first, under the rotation rate cap) within the window returned; a disconnected
+   * host whose credential it signed is refused for good and must be enrolled again.
+   */
+  revokeSigningKey(
+    request: RevokeSigningKeyRequest,
+    callback: (error: ServiceError | null, response: RevokeSigningKeyResponse) => void,
+  ): ClientUnaryCall;
+  revokeSigningKey(
+    request: RevokeSigningKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RevokeSigningKeyResponse) => void,
+  ): ClientUnaryCall;
+  revokeSigningKey(
+    request: RevokeSigningKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RevokeSigningKeyResponse) => void,
   ): ClientUnaryCall;
   /**
    * Sends one message or a batch to an agent, from the operator. Each is in the

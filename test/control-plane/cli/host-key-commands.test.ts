@@ -1,10 +1,11 @@
 /**
  * The `control-plane` binary's host and key commands, run for real (`node
  * bin/control-plane.js ...`) against a control plane and host in this process:
- * `hosts revoke`, `keys ls`, `keys rotate`.
+ * `hosts revoke`, `keys ls`, `keys rotate`, `keys revoke`.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { runControlPlaneCli, type CliRun } from '../../support/control-plane-cli.js';
+import { JWKS_MAX_AGE_MS } from '../../../control-plane/tokens/signing-keys.js';
 import { call, Harness } from '../../support/harness.js';
 import { assertNoSecrets } from '../../support/secrets.js';
 
@@ -29,32 +30,51 @@ describe('control-plane hosts revoke / keys', () => {
     harness = undefined;
   });
 
-  it('keys ls lists the signer; keys rotate retires it into a verifying window and ls shows both', async () => {
+  it('keys ls shows the signer and the standby with their times; keys rotate promotes the standby once the JWKS cache lifetime has passed; keys revoke takes a key out', async () => {
     harness = await Harness.start({ agentTokenTtlMs: 60_000, hostTokenTtlMs: 120_000, clockToleranceMs: 30_000 });
     const h = harness;
-    const before = JSON.parse(await ok(h, ['keys', 'ls', '--json'])) as { keyId: string; retiredAtMs?: string }[];
-    expect(before).toHaveLength(1);
-    const first = before[0]?.keyId;
-    expect(first).toBe(h.cp.keys.active().kid);
-    expect(before[0]?.retiredAtMs ?? '0').toBe('0');
+    type Listed = { keyId: string; state: string; createdAtMs: string; signingSinceMs?: string; retiredAtMs?: string; verifyUntilMs?: string };
+    const before = JSON.parse(await ok(h, ['keys', 'ls', '--json'])) as Listed[];
+    expect(before.map((key) => key.state).sort()).toEqual(['signing', 'standby']);
+    const first = before.find((key) => key.state === 'signing');
+    const standby = before.find((key) => key.state === 'standby');
+    expect(first?.keyId).toBe(h.cp.keys.active().kid);
+    expect(Number(first?.signingSinceMs)).toBe(h.clock.now());
+    expect(Number(standby?.createdAtMs)).toBe(h.clock.now());
 
-    const rotated = JSON.parse(await ok(h, ['keys', 'rotate'])) as { keyId: string; retiredKeyId: string; retiredVerifiesUntil: string };
-    expect(rotated.retiredKeyId).toBe(first);
+    // Too soon: the standby has not been published longer than the JWKS cache lifetime. One clear line, exit 1.
+    const early = await cli(h, ['keys', 'rotate']);
+    expect(early.status).toBe(1);
+    expect(early.stderr).toMatch(/JWKS cache lifetime/);
+
+    h.clock.advance(JWKS_MAX_AGE_MS + 1);
+    const rotated = JSON.parse(await ok(h, ['keys', 'rotate'])) as { keyId: string; retiredKeyId: string; retiredVerifiesUntil: string; standbyKeyId: string };
+    expect(rotated.retiredKeyId).toBe(first?.keyId);
+    expect(rotated.keyId).toBe(standby?.keyId);
     expect(rotated.keyId).toBe(h.cp.keys.active().kid);
-    expect(rotated.keyId).not.toBe(first);
     // The retired key verifies for the longest token lifetime plus the clock tolerance.
     expect(rotated.retiredVerifiesUntil).toBe(new Date(h.clock.now() + 150_000).toISOString());
 
     const table = (await ok(h, ['keys', 'ls'])).trim().split('\n');
-    expect(table[0]).toMatch(/^KEY\s+STATE\s+CREATED\s+RETIRED\s+VERIFIES_UNTIL$/);
+    expect(table[0]).toMatch(/^KEY\s+STATE\s+CREATED\s+SIGNING_SINCE\s+RETIRED\s+VERIFIES_UNTIL$/);
     const rows = table.slice(1).map((line) => line.split(/\s+/));
     expect(rows.map((row) => [row[0], row[1]])).toEqual(
       expect.arrayContaining([
-        [first, 'retired'],
-        [rotated.keyId, 'active'],
+        [first?.keyId, 'verifying-only'],
+        [rotated.keyId, 'signing'],
+        [rotated.standbyKeyId, 'standby'],
       ]),
     );
-    expect(rows).toHaveLength(2);
+    expect(rows).toHaveLength(3);
+
+    const revoked = JSON.parse(await ok(h, ['keys', 'revoke', rotated.keyId])) as { keyId: string; revoked: boolean; signerKeyId: string };
+    expect(revoked).toMatchObject({ keyId: rotated.keyId, revoked: true, signerKeyId: rotated.standbyKeyId });
+    const after = JSON.parse(await ok(h, ['keys', 'ls', '--json'])) as Listed[];
+    expect(after.find((key) => key.keyId === rotated.keyId)?.state).toBe('revoked');
+    expect(after.find((key) => key.keyId === rotated.standbyKeyId)?.state).toBe('signing');
+    const unknown = await cli(h, ['keys', 'revoke', 'no-such-key']);
+    expect(unknown.status).toBe(1);
+    expect(unknown.stderr.trim().split('\n')).toHaveLength(1);
   });
 
   it('hosts revoke refuses the host for good and moves its agents; an unknown host is one clear error line', async () => {

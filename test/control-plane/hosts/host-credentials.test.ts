@@ -39,7 +39,7 @@ describe('HostCredentials', () => {
   async function controlPlane(): Promise<{ store: SqliteStore; credentials: HostCredentials }> {
     const store = SqliteStore.open(join(dir, 'tether.db'));
     stores.push(store);
-    const keys = await SigningKeyRing.load(store, clock, logs.logger);
+    const keys = await SigningKeyRing.load({ store, clock, logger: logs.logger, maxTokenLifetimeMs: TTL_MS });
     const issuer = new TokenIssuer({ keys, clock, issuer: 'test', audience: 'test' });
     return { store, credentials: new HostCredentials({ store, issuer, clock, hostTokenTtlMs: TTL_MS }) };
   }

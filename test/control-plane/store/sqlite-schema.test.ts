@@ -62,6 +62,37 @@ describe('SQLite schema migrations', () => {
     expect(readVersion(path)).toBe(SCHEMA_VERSION);
   });
 
+  it('gives signing keys states: of the keys two racing rotations left unretired the newest signs, the others verify only; no retired key keeps its private half', async () => {
+    writeFixture(path, 'store-unversioned.sql');
+    const db = new Database(path);
+    db.exec(`
+      DELETE FROM signing_keys;
+      INSERT INTO signing_keys (kid, private_jwk, public_jwk, created_at_ms, retired_at_ms, verify_until_ms) VALUES
+        ('k-retired', '{"d":"secret-1"}', '{"x":"1"}', ${NOW - 3000}, ${NOW - 2000}, ${NOW + 1000}),
+        ('k-raced-a', '{"d":"secret-2"}', '{"x":"2"}', ${NOW - 1000}, NULL, NULL),
+        ('k-raced-b', '{"d":"secret-3"}', '{"x":"3"}', ${NOW - 500}, NULL, NULL);
+    `);
+    db.close();
+    const store = SqliteStore.open(path);
+    try {
+      expect((await store.listSigningKeys()).map((k) => [k.kid, k.state, k.privateJwk, k.verifyUntilMs])).toEqual([
+        ['k-retired', 'verifying-only', null, NOW + 1000],
+        ['k-raced-a', 'verifying-only', null, null],
+        ['k-raced-b', 'signing', '{"d":"secret-3"}', null],
+      ]);
+    } finally {
+      await store.close();
+    }
+    // Nothing of the retired keys' private halves is left in the file's live pages.
+    const raw = new Database(path, { readonly: true });
+    try {
+      const rows = raw.prepare('SELECT private_jwk FROM signing_keys WHERE private_jwk IS NOT NULL').all();
+      expect(rows).toEqual([{ private_jwk: '{"d":"secret-3"}' }]);
+    } finally {
+      raw.close();
+    }
+  });
+
   it('migrates a store written by the last release without numbered migrations, keeping every row', async () => {
     writeFixture(path, 'store-unversioned.sql');
     expect(readVersion(path)).toBe(0);

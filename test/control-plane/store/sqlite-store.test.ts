@@ -322,15 +322,87 @@ describe('SqliteStore', () => {
   });
 
   describe('signing keys', () => {
-    it('inserts, lists oldest first, updates and deletes', async () => {
+    it('inserts and lists oldest first', async () => {
       const store = open();
       await store.insertSigningKey(signingKey('k2', NOW + 1));
       await store.insertSigningKey(signingKey('k1', NOW));
       expect((await store.listSigningKeys()).map((k) => k.kid)).toEqual(['k1', 'k2']);
-      await store.updateSigningKey('k1', { retiredAtMs: NOW + 5, verifyUntilMs: NOW + 10 });
-      expect((await store.listSigningKeys())[0]).toEqual({ ...signingKey('k1', NOW), retiredAtMs: NOW + 5, verifyUntilMs: NOW + 10 });
-      await store.deleteSigningKey('k1');
-      expect((await store.listSigningKeys()).map((k) => k.kid)).toEqual(['k2']);
+      expect((await store.listSigningKeys())[0]).toEqual(signingKey('k1', NOW));
+    });
+
+    it('holds one signer and one standby per purpose: a second is refused with AlreadyExistsError', async () => {
+      const store = open();
+      await store.insertSigningKey(signingKey('s1', NOW, 'signing'));
+      await store.insertSigningKey(signingKey('b1', NOW, 'standby'));
+      await expect(store.insertSigningKey(signingKey('s2', NOW, 'signing'))).rejects.toBeInstanceOf(AlreadyExistsError);
+      await expect(store.insertSigningKey(signingKey('b2', NOW, 'standby'))).rejects.toBeInstanceOf(AlreadyExistsError);
+      await store.insertSigningKey({ ...signingKey('other', NOW, 'signing'), purpose: 'audience' });
+      expect((await store.listSigningKeys()).map((k) => [k.kid, k.state])).toEqual([
+        ['b1', 'standby'],
+        ['other', 'signing'],
+        ['s1', 'signing'],
+      ]);
+    });
+
+    it('applies a promotion all or nothing: the retired signer loses its private half; a transition from a state the key is not in changes nothing', async () => {
+      const store = open();
+      await store.insertSigningKey(signingKey('s1', NOW, 'signing'));
+      await store.insertSigningKey(signingKey('b1', NOW + 1, 'standby'));
+      const promote = [
+        { kid: 's1', from: 'signing', to: 'verifying-only', atMs: NOW + 5, verifyUntilMs: NOW + 10 },
+        { kid: 'b1', from: 'standby', to: 'signing', atMs: NOW + 5 },
+      ] as const;
+      expect(await store.transitionSigningKeys(promote)).toBe(true);
+      expect(await store.listSigningKeys()).toEqual([
+        { ...signingKey('s1', NOW, 'signing'), state: 'verifying-only', privateJwk: null, retiredAtMs: NOW + 5, verifyUntilMs: NOW + 10 },
+        { ...signingKey('b1', NOW + 1, 'standby'), state: 'signing', signingSinceMs: NOW + 5 },
+      ]);
+      // The same promotion again (a second rotation that read the same keys): nothing changes.
+      const before = await store.listSigningKeys();
+      expect(await store.transitionSigningKeys(promote)).toBe(false);
+      expect(await store.listSigningKeys()).toEqual(before);
+      // A promotion that would make a second signer is refused whole, its first step rolled back.
+      await store.insertSigningKey(signingKey('b2', NOW + 2, 'standby'));
+      await store.insertSigningKey(signingKey('v1', NOW + 3));
+      expect(await store.transitionSigningKeys([
+        { kid: 'v1', from: 'verifying-only', to: 'revoked', atMs: NOW + 6, verifyUntilMs: NOW + 20 },
+        { kid: 'b2', from: 'standby', to: 'signing', atMs: NOW + 6 },
+      ])).toBe(false);
+      expect((await store.listSigningKeys()).map((k) => [k.kid, k.state])).toEqual([
+        ['s1', 'verifying-only'],
+        ['b1', 'signing'],
+        ['b2', 'standby'],
+        ['v1', 'verifying-only'],
+      ]);
+    });
+
+    it('fixes missing verify-untils and deletes retired keys whose verify-until has passed, never a signer or standby', async () => {
+      const store = open();
+      await store.insertSigningKey(signingKey('s1', NOW - 100, 'signing'));
+      await store.insertSigningKey(signingKey('b1', NOW - 100, 'standby'));
+      await store.insertSigningKey({ ...signingKey('v0', NOW - 100), verifyUntilMs: null });
+      await store.insertSigningKey({ ...signingKey('v1', NOW - 100), verifyUntilMs: NOW });
+      await store.insertSigningKey({ ...signingKey('r1', NOW - 100, 'verifying-only'), state: 'revoked', verifyUntilMs: NOW - 1 });
+      await store.insertSigningKey({ ...signingKey('v2', NOW - 100), verifyUntilMs: NOW + 1 });
+      expect(await store.fixSigningKeyVerifyUntil(NOW + 50)).toBe(1);
+      expect((await store.deleteExpiredSigningKeys(NOW)).sort()).toEqual(['r1', 'v1']);
+      expect((await store.listSigningKeys()).map((k) => [k.kid, k.verifyUntilMs])).toEqual([
+        ['b1', null],
+        ['s1', null],
+        ['v0', NOW + 50],
+        ['v2', NOW + 1],
+      ]);
+    });
+
+    it('makes due the live agents whose credential was issued in a period, and no others', async () => {
+      const store = open();
+      await store.insertAgent(agent('before', { issuedAtMs: NOW - 1000, rotationDueAtMs: NOW + 500 }));
+      await store.insertAgent(agent('in', { issuedAtMs: NOW, rotationDueAtMs: NOW + 500 }));
+      await store.insertAgent(agent('ended', { issuedAtMs: NOW, rotationDueAtMs: NOW + 500, state: 'stopped' }));
+      await store.insertAgent(agent('after', { issuedAtMs: NOW + 2000, rotationDueAtMs: NOW + 500 }));
+      expect(await store.markAgentRotationsDue(NOW, NOW + 1000, NOW + 100)).toBe(1);
+      expect((await store.getAgent('in'))?.rotationDueAtMs).toBe(NOW + 100);
+      for (const id of ['before', 'ended', 'after']) expect((await store.getAgent(id))?.rotationDueAtMs).toBe(NOW + 500);
     });
   });
 
@@ -485,8 +557,8 @@ describe('SqliteStore', () => {
         ['leaseJoinToken', () => store.leaseJoinToken('h1', 's1', NOW, () => false)],
         ['listSigningKeys', () => store.listSigningKeys()],
         ['insertSigningKey', () => store.insertSigningKey(signingKey('k1', NOW))],
-        ['updateSigningKey', () => store.updateSigningKey('k1', { retiredAtMs: 1, verifyUntilMs: 2 })],
-        ['deleteSigningKey', () => store.deleteSigningKey('k1')],
+        ['transitionSigningKeys', () => store.transitionSigningKeys([{ kid: 'k1', from: 'standby', to: 'signing', atMs: 1 }])],
+        ['deleteExpiredSigningKeys', () => store.deleteExpiredSigningKeys(NOW)],
       ];
       for (const [name, run] of calls) {
         await expect(run(), name).rejects.toBeInstanceOf(ClosedError);

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { TokenExpiredError, TokenRevokedError } from '../../../common/errors.js';
 import { SqliteStore } from '../../../control-plane/store/sqlite-store.js';
-import { SigningKeyRing } from '../../../control-plane/tokens/signing-keys.js';
+import { JWKS_MAX_AGE_MS, SigningKeyRing } from '../../../control-plane/tokens/signing-keys.js';
 import { TokenIssuer, type IssueRequest } from '../../../control-plane/tokens/token-issuer.js';
 import type { TokenClaims, TokenKind } from '../../../control-plane/tokens/token-kinds.js';
 import { TokenRejectedError, TokenVerifier } from '../../../control-plane/tokens/token-verifier.js';
@@ -30,7 +30,7 @@ describe('TokenVerifier', () => {
     dir = mkdtempSync(join(tmpdir(), 'tether-verifier-'));
     store = SqliteStore.open(join(dir, 'tether.db'));
     clock = new FakeClock();
-    keys = await SigningKeyRing.load(store, clock, new LogCapture().logger);
+    keys = await SigningKeyRing.load({ store, clock, logger: new LogCapture().logger, maxTokenLifetimeMs: 60_000 });
     issuer = new TokenIssuer({ keys, clock, issuer: ISSUER, audience: AUDIENCE });
     revocationChecks = [];
     revokedSubjects = new Set();
@@ -260,8 +260,26 @@ describe('TokenVerifier', () => {
   it('refuses a token signed by a key that no longer verifies', async () => {
     const v = verifier();
     const token = await issue('agent', 'a1');
-    await keys.rotate(60_000);
+    clock.advance(JWKS_MAX_AGE_MS + 1);
+    await keys.rotate();
     clock.advance(60_000);
     expect(await reasonOf(v.verify(token, 'agent'))).toBe('unknown-key');
+  });
+
+  it('refuses at once, as key-revoked, a token signed by a revoked key, even one it had cached; tokens of the next signer pass', async () => {
+    const v = verifier();
+    const token = await issue('agent', 'a1');
+    const other = await issue('agent', 'a2');
+    expect((await v.verify(token, 'agent')).subject).toBe('a1');
+    expect((await v.verify(other, 'agent')).subject).toBe('a2');
+    expect(v.cacheEntries).toBe(2);
+    const revokedKid = keys.active().kid;
+    await keys.revoke(revokedKid);
+    v.forgetKey(revokedKid);
+    expect(v.cacheEntries).toBe(0);
+    expect(await reasonOf(v.verify(token, 'agent'))).toBe('key-revoked');
+    expect(await reasonOf(v.verify(other, 'agent'))).toBe('key-revoked');
+    const fresh = await issue('agent', 'a1');
+    expect((await v.verify(fresh, 'agent')).keyId).not.toBe(revokedKid);
   });
 });
