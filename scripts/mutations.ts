@@ -28,7 +28,51 @@ interface Mutation {
   tests: string[];
 }
 
-const MUTATIONS: Mutation[] = [];
+/** The six mutations issue 12 named: each passed the whole suite before its tests were written. */
+const MUTATIONS: Mutation[] = [
+  {
+    name: 'placement-ignores-labels',
+    file: 'control-plane/agents/placement.ts',
+    find: ' || !carriesLabels(candidate, constraint.labels)) continue;',
+    replace: ') continue;',
+    tests: ['test/control-plane/agents/placement.test.ts', 'test/e2e/placement.test.ts'],
+  },
+  {
+    name: 'placement-ignores-capacity',
+    file: 'control-plane/agents/placement.ts',
+    find: 'return candidate.capacity <= 0 || candidate.load < candidate.capacity;',
+    replace: 'return true;',
+    tests: ['test/control-plane/agents/placement.test.ts', 'test/e2e/placement.test.ts'],
+  },
+  {
+    name: 'acked-prune-is-a-no-op',
+    file: 'control-plane/store/sqlite-store.ts',
+    find: "DELETE FROM messages WHERE state IN ('acked', 'requeued') AND created_at_ms < ?",
+    replace: "DELETE FROM messages WHERE state IN ('acked', 'requeued') AND 0 AND created_at_ms < ?",
+    tests: ['test/e2e/retention.test.ts', 'test/control-plane/store/sqlite-store.test.ts'],
+  },
+  {
+    name: 'stream-writer-never-waits-for-drain',
+    file: 'common/stream-writer.ts',
+    find: 'if (!hasRoom) {',
+    replace: 'if (hasRoom && !hasRoom) {',
+    tests: ['test/common/stream-writer.test.ts', 'test/control-plane/delivery/delivery-bounds.test.ts'],
+  },
+  {
+    name: 'heartbeat-ledger-never-forgets',
+    file: 'control-plane/services/heartbeat-ledger.ts',
+    find: 'this.#lastMs.delete(agentId);',
+    replace: 'this.#lastMs.get(agentId);',
+    tests: ['test/e2e/heartbeat-ledger.test.ts'],
+  },
+  {
+    name: 'clock-skew-always-zero',
+    file: 'control-plane/hosts/host-service.ts',
+    find: 'session.clockSkewMs = Math.round(pong.timeMs - (sentAtMs + nowMs) / 2);',
+    replace: 'session.clockSkewMs = Math.round(0 * (pong.timeMs - (sentAtMs + nowMs) / 2));',
+    tests: ['test/e2e/clock-skew.test.ts'],
+  },
+];
 
 function run(command: string, args: string[], cwd: string): { status: number; output: string } {
   const result = spawnSync(command, args, { cwd, encoding: 'utf8', env: { ...process.env, CI: 'true' }, maxBuffer: 256 * 1024 * 1024 });
