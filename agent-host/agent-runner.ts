@@ -73,3 +73,10 @@ export class AgentEndedError extends TetherError {
     super('unavailable', message, options);
   }
 }
+
+/** The agent did not start within the host's stop deadline (a module factory that never settles). */
+export class AgentStartTimeoutError extends TetherError {
+  constructor(message: string, options?: ErrorOptions) {
+    super('unavailable', message, options);
+  }
+}

@@ -3,7 +3,7 @@ import type { Clock } from '../common/clock.js';
 import type { Logger } from '../common/logger.js';
 import type { Credential } from '../gen/tether/v1/common.js';
 import type { HostMessage, StartAgent } from '../gen/tether/v1/host.js';
-import type { AgentEnd, AgentRunner, AgentRunnerFactory } from './agent-runner.js';
+import { AgentStartTimeoutError, type AgentEnd, type AgentRunner, type AgentRunnerFactory } from './agent-runner.js';
 import { initialDeliveryState, reduceDelivery, type DeliveryEffect, type DeliveryEvent, type DeliveryState } from './delivery/delivery-reducer.js';
 import { CredentialHolder, type ApplyResult } from './credential-holder.js';
 import { runHeartbeats } from './heartbeat.js';
@@ -46,6 +46,36 @@ export type StopOutcome = 'stopped' | 'abandoned';
 
 /** The default of {@link HostedAgentOptions.stopDeadlineMs}. */
 export const DEFAULT_STOP_DEADLINE_MS = 30_000;
+
+/**
+ * `starting`, or a rejection once `deadlineMs` has passed on `clock` (a module whose
+ * factory never settles must not hold its queue, the Welcome barrier or `close()`).
+ * A runner that arrives after that is closed at once.
+ */
+async function startWithin(starting: Promise<AgentRunner>, clock: Clock, deadlineMs: number, logger: Logger): Promise<AgentRunner> {
+  const settled = new AbortController();
+  let runner: AgentRunner | undefined;
+  let failure: { err: unknown } | undefined;
+  starting.then(
+    (started) => {
+      runner = started;
+      settled.abort();
+    },
+    (err: unknown) => {
+      failure = { err };
+      settled.abort();
+    },
+  );
+  await clock.sleep(deadlineMs, settled.signal);
+  if (failure !== undefined) throw failure.err;
+  if (runner !== undefined) return runner;
+  settled.abort();
+  // Late: nobody will use it, so it is closed as soon as it exists.
+  starting
+    .then((late) => late.close())
+    .catch((err: unknown) => logger.warn({ err }, 'agent that started after its deadline failed to close'));
+  throw new AgentStartTimeoutError(`agent did not start within ${deadlineMs} ms`);
+}
 
 /**
  * One agent on this host: its own {@link CredentialHolder}, its heartbeat loop
@@ -95,7 +125,12 @@ export class HostedAgent {
       ...(options.callDeadlineMs === undefined ? {} : { deadlineMs: options.callDeadlineMs }),
     });
     try {
-      agent.#runner = await options.runner({ start, credentials: holder.readOnly(), client, clock, logger, signal: agent.#abort.signal });
+      agent.#runner = await startWithin(
+        options.runner({ start, credentials: holder.readOnly(), client, clock, logger, signal: agent.#abort.signal }),
+        clock,
+        options.stopDeadlineMs ?? DEFAULT_STOP_DEADLINE_MS,
+        logger,
+      );
     } catch (err) {
       agent.#abort.abort();
       holder.revoke();

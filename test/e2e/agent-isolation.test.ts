@@ -207,6 +207,47 @@ describe('agent isolation on one host', () => {
     expect((await stopped).outcome).toBe('abandoned');
   });
 
+  it('a module agent that never finishes starting holds up neither its host nor close()', async () => {
+    harness = await Harness.start();
+    const h = harness;
+    let isFactoryCalled = false;
+    const neverStarts: AgentModule = () => {
+      isFactoryCalled = true;
+      return new Promise(() => undefined);
+    };
+    const scripted = new ScriptedModule();
+    const { host, hostId } = await h.startHost('slow-start', {
+      modules: new Map([
+        ['never', neverStarts],
+        ['scripted', scripted.module],
+      ]),
+      stopDeadlineMs: STOP_DEADLINE_MS,
+    });
+    await call(h.admin.dispatchAgent.bind(h.admin), {
+      agentId: 'never',
+      name: 'never',
+      hostId,
+      hostLabels: [],
+      spec: { kind: 'module', module: 'never', command: '', args: [], config: '' },
+    });
+    await waitUntil(() => isFactoryCalled, 'the module factory called');
+    // Its neighbour starts and takes a message meanwhile, in the same instant of fake time.
+    const clockAtStartMs = h.clock.now();
+    await h.dispatch(host, hostId, 'ok', 'scripted');
+    await send(h, 'ok', ['hello']);
+    await waitUntil(() => scripted.taken('ok').includes('hello'), 'the neighbour took its message');
+    expect(h.clock.now()).toBe(clockAtStartMs);
+    await advanceUntil(
+      h.clock,
+      CLOCK_STEP_MS,
+      () => h.logs.records().some((r) => r.msg === 'agent failed to start' && r.agentId === 'never'),
+      'the start given up at the deadline',
+    );
+    expect(host.agentIds()).toEqual(['ok']);
+    await host.close();
+    expect(host.state).toBe('closed');
+  });
+
   it('a process agent that ignores SIGTERM delays no other rotation and is killed, group and token file, at the deadline', async () => {
     harness = await Harness.start();
     const h = harness;
