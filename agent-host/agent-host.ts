@@ -22,7 +22,8 @@ import type { ApplyResult } from './credential-holder.js';
 import { AgentHostEvents } from './events.js';
 import { hostCadence } from './host-cadence.js';
 import type { HostCredentialStore } from './host-credential-store.js';
-import { HostedAgent } from './hosted-agent.js';
+import { EnvelopeRouter } from './envelope-router.js';
+import { DEFAULT_STOP_DEADLINE_MS, HostedAgent, type StopOutcome } from './hosted-agent.js';
 import { moduleRunner } from './module-runner.js';
 import { processRunner } from './process-agent.js';
 import { DEFAULT_RECONNECT_BACKOFF, type ReconnectBackoffPolicy } from './reconnect-backoff.js';
@@ -53,6 +54,22 @@ function mergeRotationPolicy(current: RotationPolicy, announced: RotationPolicy)
 /** The longest grpc-js may wait between connection attempts of the agents' channel. */
 const AGENT_CHANNEL_MAX_BACKOFF_MS = 5_000;
 
+/** The queue of the host's own credential (agents' queues are {@link agentQueue}). */
+const HOST_QUEUE = 'host';
+
+/** The queue of one agent's envelopes. */
+function agentQueue(agentId: string): string {
+  return `agent:${agentId}`;
+}
+
+/**
+ * The detail of a `stopped` AgentEvent: the reason, or `abandoned` when the agent did not let go by
+ * the deadline (still `stopped`, never `failed`: no restart policy brings back what was stopped).
+ */
+function stoppedDetail(outcome: StopOutcome, reason: string): string {
+  return outcome === 'abandoned' ? 'abandoned' : reason;
+}
+
 /** The host software's version, sent in Hello. */
 export const HOST_VERSION = '0.1.0';
 
@@ -80,6 +97,12 @@ export interface AgentHostOptions {
   agentsDir?: string;
   /** How long a process agent has between SIGTERM and SIGKILL when stopped. Default 10 s. */
   stopGraceMs?: number;
+  /**
+   * How long stopping an agent may take (on `clock`) before the host abandons it: holder revoked,
+   * token file deleted, a process agent's process group killed, a module agent fenced off (its
+   * signal aborted, whatever it still reports ignored). Reported `stopped` with detail `abandoned`. Default 30 s.
+   */
+  stopDeadlineMs?: number;
   /** A CA certificate file process agents are told of (`TETHER_CA_FILE`) to verify a TLS control plane. */
   caFile?: string;
   /** Agents this host will run; 0 for no limit. */
@@ -142,6 +165,8 @@ export class AgentHost {
   readonly #channelFactory: NonNullable<AgentHostOptions['channelFactory']>;
   readonly #backoff: ReconnectBackoffPolicy;
   readonly #agents = new Map<string, HostedAgent>();
+  /** One queue per agent and one for the host's own credential; Welcome is a barrier across them. */
+  readonly #router: EnvelopeRouter;
   readonly #closing = new AbortController();
   /**
    * Aborted when a Welcome changes the cadence, so the expiry check does not sleep out a wait
@@ -168,6 +193,7 @@ export class AgentHost {
   private constructor(options: AgentHostOptions) {
     this.#options = options;
     this.#logger = options.logger.child({ component: 'agent-host' });
+    this.#router = new EnvelopeRouter((err, key) => this.#logger.error({ err, queue: key ?? 'welcome' }, 'failed to handle an envelope'));
     if (options.channelCredentials === undefined) assertPlaintextAllowed(options.target);
     if ((options.allowedCommands?.length ?? 0) > 0 && options.agentsDir === undefined) {
       throw new InvalidArgumentError('process agents need a directory: set agentsDir along with allowedCommands');
@@ -293,15 +319,12 @@ export class AgentHost {
     this.#writer = writer;
     const streamEnded = new AbortController();
     let isWelcomed = false;
-    let chain = Promise.resolve();
     call.on('data', (message: ControlMessage) => {
       if (message.welcome !== undefined && !isWelcomed) {
         isWelcomed = true;
         this.#pingLoop(writer, streamEnded.signal).catch((err: unknown) => this.#logger.error({ err }, 'ping loop failed'));
       }
-      chain = chain
-        .then(() => this.#onMessage(writer, message))
-        .catch((err: unknown) => this.#logger.error({ err }, 'failed to handle an envelope'));
+      this.#route(writer, message);
     });
     this.#endsInHello = [...this.#unreportedEnds.values()];
     writer.write({
@@ -337,18 +360,44 @@ export class AgentHost {
     streamEnded.abort();
     writer.close();
     if (this.#writer === writer) this.#writer = undefined;
-    await chain;
+    // Every task is bounded (a stop by the stop deadline), so neither the reconnect nor close() waits on an agent for ever.
+    await this.#router.idle();
     return outcome;
   }
 
-  async #onMessage(writer: StreamWriter<HostMessage>, message: ControlMessage): Promise<void> {
-    if (message.welcome !== undefined) await this.#onWelcome(writer, message.welcome);
-    else if (message.startAgent !== undefined) await this.#onStartAgent(writer, message.startAgent);
-    else if (message.tokenRotated !== undefined) await this.#onTokenRotated(writer, message.tokenRotated);
-    else if (message.deliver !== undefined) this.#onDeliver(message.deliver);
-    else if (message.skip !== undefined) this.#agents.get(message.skip.agentId)?.onDelivery({ type: 'skip', seq: message.skip.seq });
-    else if (message.stopAgent !== undefined) await this.#onStopAgent(writer, message.stopAgent.agentId, message.stopAgent.reason);
-    else if (message.ping !== undefined) writer.write({ pong: { pingTimeMs: message.ping.timeMs, timeMs: this.#options.clock.now() } });
+  /**
+   * Sends one envelope to its queue. Per agent, StartAgent, TokenRotated, Deliver, Skip and StopAgent
+   * keep stream order, so a rotation is applied (holder, then token file) before a later Deliver is
+   * handed to the delivery reducer; a Deliver only hands the message over and never waits for the
+   * agent, so nothing queued behind it waits for a message in hand. Welcome waits for all queues.
+   * Ping, Pong and Reject concern no agent and are answered at once.
+   */
+  #route(writer: StreamWriter<HostMessage>, message: ControlMessage): void {
+    const router = this.#router;
+    if (message.welcome !== undefined) {
+      const welcome = message.welcome;
+      router.barrier(() => this.#onWelcome(writer, welcome));
+    } else if (message.startAgent !== undefined) {
+      const start = message.startAgent;
+      router.enqueue(agentQueue(start.agentId), () => this.#onStartAgent(writer, start));
+    } else if (message.tokenRotated !== undefined) {
+      const rotated = message.tokenRotated;
+      router.enqueue(rotated.agentId === '' ? HOST_QUEUE : agentQueue(rotated.agentId), () => this.#onTokenRotated(writer, rotated));
+    } else if (message.deliver !== undefined) {
+      const deliver = message.deliver;
+      router.enqueue(agentQueue(deliver.agentId), () => this.#onDeliver(deliver));
+    } else if (message.skip !== undefined) {
+      const { agentId, seq } = message.skip;
+      router.enqueue(agentQueue(agentId), () => this.#agents.get(agentId)?.onDelivery({ type: 'skip', seq }));
+    } else if (message.stopAgent !== undefined) {
+      const { agentId, reason } = message.stopAgent;
+      router.enqueue(agentQueue(agentId), () => this.#onStopAgent(writer, agentId, reason));
+    } else this.#onImmediate(writer, message);
+  }
+
+  /** The envelopes that concern no agent, answered as they come. */
+  #onImmediate(writer: StreamWriter<HostMessage>, message: ControlMessage): void {
+    if (message.ping !== undefined) writer.write({ pong: { pingTimeMs: message.ping.timeMs, timeMs: this.#options.clock.now() } });
     else if (message.pong !== undefined) {
       // Our clock minus the control plane's, assuming a symmetric round trip.
       const nowMs = this.#options.clock.now();
@@ -475,6 +524,7 @@ export class AgentHost {
         onHeartbeat: (result) => this.events.emit('heartbeat', { agentId: start.agentId, ...result }),
         send: (envelope) => this.#writer?.write(envelope),
         onTaken: (seq) => this.events.emit('message-taken', { agentId: start.agentId, seq }),
+        stopDeadlineMs: this.#stopDeadlineMs,
       });
       if (this.#state === 'closed' || this.#state === 'refused') {
         await agent.stop();
@@ -580,24 +630,31 @@ export class AgentHost {
   async #onStopAgent(writer: StreamWriter<HostMessage>, agentId: string, reason: string): Promise<void> {
     const agent = this.#agents.get(agentId);
     if (agent === undefined) return;
-    await this.#stopAgent(agent, reason);
-    writer.write({ agentEvent: { agentId, state: 'stopped', detail: reason, incarnation: agent.incarnation } });
+    const outcome = await this.#stopAgent(agent, reason);
+    writer.write({ agentEvent: { agentId, state: 'stopped', detail: stoppedDetail(outcome, reason), incarnation: agent.incarnation } });
   }
 
-  async #stopAgent(agent: HostedAgent, reason: string): Promise<void> {
+  /** Stops `agent`, within the stop deadline (past it the agent is abandoned). */
+  async #stopAgent(agent: HostedAgent, reason: string): Promise<StopOutcome> {
     if (this.#agents.get(agent.agentId) === agent) this.#agents.delete(agent.agentId);
-    await agent.stop();
-    this.#logger.info({ agentId: agent.agentId, reason }, 'agent stopped');
-    this.events.emit('agent-stopped', { agentId: agent.agentId, reason });
+    const outcome = await agent.stop();
+    if (outcome === 'abandoned') this.#logger.warn({ agentId: agent.agentId, reason, deadlineMs: this.#stopDeadlineMs }, 'agent abandoned at the stop deadline');
+    else this.#logger.info({ agentId: agent.agentId, reason }, 'agent stopped');
+    this.events.emit('agent-stopped', { agentId: agent.agentId, reason, outcome });
+    return outcome;
   }
 
   async #stopAllAgents(reason: string): Promise<void> {
     const agents = [...this.#agents.values()];
     await Promise.all(
       agents.map(async (agent) => {
-        await this.#stopAgent(agent, reason);
-        this.#writer?.write({ agentEvent: { agentId: agent.agentId, state: 'stopped', detail: reason, incarnation: agent.incarnation } });
+        const outcome = await this.#stopAgent(agent, reason);
+        this.#writer?.write({ agentEvent: { agentId: agent.agentId, state: 'stopped', detail: stoppedDetail(outcome, reason), incarnation: agent.incarnation } });
       }),
     );
+  }
+
+  get #stopDeadlineMs(): number {
+    return this.#options.stopDeadlineMs ?? DEFAULT_STOP_DEADLINE_MS;
   }
 }

@@ -48,6 +48,13 @@ export interface AgentRunner {
   applyCredential?(credential: Credential): Promise<void>;
   /** Stops the agent and releases what the runner owns. Idempotent. */
   close(): Promise<void>;
+  /**
+   * Called when `close()` did not finish by the host's stop deadline: ends
+   * what can be ended without the agent's help (a process group is killed)
+   * and deletes what the agent could still use (its token file). Must not
+   * wait for the agent. Idempotent.
+   */
+  abandon?(): Promise<void>;
 }
 
 /** Builds a runner for a starting agent; rejects if it cannot start. */
@@ -63,6 +70,13 @@ export class MessageRefusedError extends TetherError {
 /** The agent ended while it held a message. */
 export class AgentEndedError extends TetherError {
   constructor(message = 'agent ended', options?: ErrorOptions) {
+    super('unavailable', message, options);
+  }
+}
+
+/** The agent did not start within the host's stop deadline (a module factory that never settles). */
+export class AgentStartTimeoutError extends TetherError {
+  constructor(message: string, options?: ErrorOptions) {
     super('unavailable', message, options);
   }
 }

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { Refusal } from '../common/protocol.js';
+import type { StopOutcome } from './hosted-agent.js';
 import type { ReadOnlyCredentials } from './tools/credential-source.js';
 
 /** What an agent host reports as it happens; no event carries a token. */
@@ -12,8 +13,8 @@ export interface AgentHostEventMap {
   refused: [{ refusal: Refusal; details: string }];
   /** An agent was started. `credentials` is its read-only view. */
   'agent-started': [{ agentId: string; incarnation: number; credentials: ReadOnlyCredentials }];
-  /** An agent stopped. */
-  'agent-stopped': [{ agentId: string; reason: string }];
+  /** An agent stopped: `abandoned` if it did not let go by the stop deadline (and was fenced off or killed). */
+  'agent-stopped': [{ agentId: string; reason: string; outcome: StopOutcome }];
   /** An agent ended by itself (a process agent exited): `exited` for status 0, `failed` otherwise. */
   'agent-ended': [{ agentId: string; state: 'exited' | 'failed'; detail: string }];
   /** A rotated credential was applied to an agent's holder. */

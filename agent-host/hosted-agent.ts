@@ -3,7 +3,7 @@ import type { Clock } from '../common/clock.js';
 import type { Logger } from '../common/logger.js';
 import type { Credential } from '../gen/tether/v1/common.js';
 import type { HostMessage, StartAgent } from '../gen/tether/v1/host.js';
-import type { AgentEnd, AgentRunner, AgentRunnerFactory } from './agent-runner.js';
+import { AgentStartTimeoutError, type AgentEnd, type AgentRunner, type AgentRunnerFactory } from './agent-runner.js';
 import { initialDeliveryState, reduceDelivery, type DeliveryEffect, type DeliveryEvent, type DeliveryState } from './delivery/delivery-reducer.js';
 import { CredentialHolder, type ApplyResult } from './credential-holder.js';
 import { runHeartbeats } from './heartbeat.js';
@@ -37,6 +37,44 @@ export interface HostedAgentOptions {
   send: (message: HostMessage) => void;
   /** Called after each message the agent took. */
   onTaken?: (seq: number) => void;
+  /** How long `stop()` waits for the agent before abandoning it (on `clock`). Default 30 s. */
+  stopDeadlineMs?: number;
+}
+
+/** How a stop ended: the agent let go in time, or it was abandoned at the deadline (see {@link HostedAgent.stop}). */
+export type StopOutcome = 'stopped' | 'abandoned';
+
+/** The default of {@link HostedAgentOptions.stopDeadlineMs}. */
+export const DEFAULT_STOP_DEADLINE_MS = 30_000;
+
+/**
+ * `starting`, or a rejection once `deadlineMs` has passed on `clock` (a module whose
+ * factory never settles must not hold its queue, the Welcome barrier or `close()`).
+ * A runner that arrives after that is closed at once.
+ */
+async function startWithin(starting: Promise<AgentRunner>, clock: Clock, deadlineMs: number, logger: Logger): Promise<AgentRunner> {
+  const settled = new AbortController();
+  let runner: AgentRunner | undefined;
+  let failure: { err: unknown } | undefined;
+  starting.then(
+    (started) => {
+      runner = started;
+      settled.abort();
+    },
+    (err: unknown) => {
+      failure = { err };
+      settled.abort();
+    },
+  );
+  await clock.sleep(deadlineMs, settled.signal);
+  if (failure !== undefined) throw failure.err;
+  if (runner !== undefined) return runner;
+  settled.abort();
+  // Late: nobody will use it, so it is closed as soon as it exists.
+  starting
+    .then((late) => late.close())
+    .catch((err: unknown) => logger.warn({ err }, 'agent that started after its deadline failed to close'));
+  throw new AgentStartTimeoutError(`agent did not start within ${deadlineMs} ms`);
 }
 
 /**
@@ -53,7 +91,9 @@ export class HostedAgent {
   readonly #logger: Logger;
   #runner: AgentRunner | undefined;
   #heartbeats: Promise<void> | undefined;
-  #stopping: Promise<void> | undefined;
+  #stopping: Promise<StopOutcome> | undefined;
+  readonly #clock: Clock;
+  readonly #stopDeadlineMs: number;
   #delivery: DeliveryState<DeliveredMessage>;
   #handling: Promise<void> = Promise.resolve();
   readonly #send: (message: HostMessage) => void;
@@ -66,6 +106,8 @@ export class HostedAgent {
     this.#logger = logger;
     this.#send = options.send;
     this.#onTaken = options.onTaken;
+    this.#clock = options.clock;
+    this.#stopDeadlineMs = options.stopDeadlineMs ?? DEFAULT_STOP_DEADLINE_MS;
     this.#delivery = initialDeliveryState(options.start.ackedSeq);
   }
 
@@ -83,7 +125,12 @@ export class HostedAgent {
       ...(options.callDeadlineMs === undefined ? {} : { deadlineMs: options.callDeadlineMs }),
     });
     try {
-      agent.#runner = await options.runner({ start, credentials: holder.readOnly(), client, clock, logger, signal: agent.#abort.signal });
+      agent.#runner = await startWithin(
+        options.runner({ start, credentials: holder.readOnly(), client, clock, logger, signal: agent.#abort.signal }),
+        clock,
+        options.stopDeadlineMs ?? DEFAULT_STOP_DEADLINE_MS,
+        logger,
+      );
     } catch (err) {
       agent.#abort.abort();
       holder.revoke();
@@ -167,21 +214,54 @@ export class HostedAgent {
     if (outcome.type === 'taken') this.#onTaken?.(seq);
   }
 
-  /** Stops heartbeats and the runner, then revokes the holder. Idempotent. */
-  stop(): Promise<void> {
+  /**
+   * Stops heartbeats and the runner, then revokes the holder; idempotent.
+   * Bounded by the stop deadline: an agent still holding on then (a message
+   * in hand that ignores its abort signal, a process that ignores SIGTERM) is
+   * abandoned — holder revoked, its runner's `abandon()` (a process group is
+   * killed, token files deleted), and whatever it still reports ignored (the
+   * state is `stopped`, so no outcome reaches the reducer).
+   */
+  stop(): Promise<StopOutcome> {
     this.#stopping ??= this.#stop();
     return this.#stopping;
   }
 
-  async #stop(): Promise<void> {
+  async #stop(): Promise<StopOutcome> {
     this.#state = 'stopped';
     this.onDelivery({ type: 'stop' });
     this.#abort.abort();
+    const runner = this.#runner;
+    const letGo = new AbortController();
+    this.#stopGracefully(runner).then(
+      () => letGo.abort(),
+      (err: unknown) => {
+        this.#logger.warn({ err }, 'agent failed to stop cleanly');
+        letGo.abort();
+      },
+    );
+    // Armed at once, so whoever advances the clock after the stop began sees the deadline counted from here.
+    await this.#clock.sleep(this.#stopDeadlineMs, letGo.signal);
+    const outcome: StopOutcome = letGo.signal.aborted ? 'stopped' : 'abandoned';
+    letGo.abort();
+    this.holder.revoke();
+    this.#runner = undefined;
+    if (outcome === 'abandoned') {
+      this.#logger.warn({ deadlineMs: this.#stopDeadlineMs }, 'agent did not stop by the deadline; abandoned');
+      try {
+        await runner?.abandon?.();
+      } catch (err) {
+        this.#logger.warn({ err }, 'failed to abandon the agent');
+      }
+    }
+    return outcome;
+  }
+
+  /** What a stop waits for when the agent cooperates. */
+  async #stopGracefully(runner: AgentRunner | undefined): Promise<void> {
     await this.#heartbeats;
     // The runner settles the message in hand: a module finishes it, a process is stopped.
-    await this.#runner?.close();
+    await runner?.close();
     await this.#handling;
-    this.#runner = undefined;
-    this.holder.revoke();
   }
 }

@@ -18,10 +18,12 @@ import type { AgentModule } from './tools/agent-module.js';
 /**
  * The range of each duration flag of `agent-host`: a stop grace of 0 kills at
  * once (allowed); a keepalive faster than a second floods the control plane;
+ * a stop deadline under a second abandons agents that were about to let go;
  * nothing is meant to wait longer than the ceilings.
  */
 export const HOST_DURATION_BOUNDS = {
   stopGrace: { minMs: 0, maxMs: 3_600_000 },
+  stopDeadline: { minMs: 1_000, maxMs: 3_600_000 },
   keepalive: { minMs: 1_000, maxMs: 2 * 3_600_000 },
 } as const satisfies Record<string, DurationBounds>;
 
@@ -37,6 +39,7 @@ interface HostFlags {
   allowCommand?: string[];
   agentsDir?: string;
   stopGrace: number;
+  stopDeadline: number;
   keepalive: number;
   metricsListen: string;
   logLevel: string;
@@ -75,6 +78,7 @@ async function runHost(flags: HostFlags): Promise<void> {
     allowedCommands: flags.allowCommand ?? [],
     agentsDir: resolve(flags.agentsDir ?? join(flags.dataDir, 'agents')),
     stopGraceMs: flags.stopGrace,
+    stopDeadlineMs: flags.stopDeadline,
     ...(flags.caFile === undefined ? {} : { caFile: resolve(flags.caFile) }),
     capacity: flags.capacity,
     labels: flags.label ?? [],
@@ -127,6 +131,12 @@ export function agentHostProgram(): Command {
     .option('--allow-command <path>', 'a command process agents may run (repeatable; none by default)', collect)
     .addOption(new Option('--agents-dir <dir>', 'where each process agent gets its own 0700 directory (default: <data-dir>/agents)').env('TETHER_AGENTS_DIR'))
     .addOption(new Option('--stop-grace <duration>', 'how long a process agent has between SIGTERM and SIGKILL').env('TETHER_STOP_GRACE').default(10_000, '10s').argParser(parseDurationWithin('--stop-grace', HOST_DURATION_BOUNDS.stopGrace)))
+    .addOption(
+      new Option('--stop-deadline <duration>', 'how long stopping an agent may take before the host abandons it (kills a process group, fences a module off)')
+        .env('TETHER_STOP_DEADLINE')
+        .default(30_000, '30s')
+        .argParser(parseDurationWithin('--stop-deadline', HOST_DURATION_BOUNDS.stopDeadline)),
+    )
     .addOption(new Option('--keepalive <duration>', 'transport keepalive ping interval').env('TETHER_KEEPALIVE').default(30_000, '30s').argParser(parseDurationWithin('--keepalive', HOST_DURATION_BOUNDS.keepalive)))
     .addOption(
       new Option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://<host:port>/metrics; empty for none')

@@ -248,6 +248,21 @@ export class ProcessAgent implements AgentRunner {
     this.#child.stderr.destroy();
   }
 
+  /**
+   * Past the host's stop deadline: SIGKILL to the whole process group (it
+   * cannot be ignored; the agent's own children go too), the token file
+   * removed and the output pipes closed, without waiting for the agent. The
+   * exit is still reaped and logged as it comes.
+   */
+  async abandon(): Promise<void> {
+    this.#logger.warn('abandoning agent process: killing its process group');
+    this.#kill('SIGKILL');
+    this.#child.stdin.destroy();
+    this.#child.stdout.destroy();
+    this.#child.stderr.destroy();
+    await this.#tokenFile.close();
+  }
+
   /** Signals the child's process group (the child alone on Windows), only while the child is not reaped (its pid cannot be reused yet). */
   #kill(signal: NodeJS.Signals): void {
     const pid = this.#child.pid;

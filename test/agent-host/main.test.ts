@@ -50,6 +50,7 @@ function runAgentHostBinary(args: readonly string[]): Promise<{ status: number |
 
 const DURATION_FLAGS: [string, keyof typeof HOST_DURATION_BOUNDS][] = [
   ['--stop-grace', 'stopGrace'],
+  ['--stop-deadline', 'stopDeadline'],
   ['--keepalive', 'keepalive'],
 ];
 

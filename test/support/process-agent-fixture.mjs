@@ -9,6 +9,9 @@
  *                     message it writes what it saw to report.json, then acks.
  *   --dump-env        writes its environment to env.json at start, and prints its
  *                     token on stdout and stderr (the host must redact both).
+ *   --report-each     on each message, reads the token file once and appends the
+ *                     message's payload with the token's `gen` and `jti` to
+ *                     seen.json (the whole list, replaced atomically), then acks.
  *   --ignore-sigterm  survives SIGTERM and the end of stdin (writes `sigterm` when
  *                     it gets one); only SIGKILL ends it.
  * Always: writes `ready` once set up; acks each message; a payload "exit N"
@@ -85,11 +88,28 @@ function report() {
   );
 }
 
+const seenEach = [];
+
+/** What the token file holds at this moment: its `gen` and `jti` (or the error reading it). */
+function tokenNow() {
+  try {
+    const parts = readFileSync(tokenFile, 'utf8').split('.');
+    const payload = JSON.parse(Buffer.from(parts[1] ?? '', 'base64url').toString('utf8'));
+    return { gen: payload.gen, jti: payload.jti };
+  } catch (err) {
+    return { error: err.code ?? err.message };
+  }
+}
+
 function onLine(line) {
   if (line.trim() === '') return;
   const message = JSON.parse(line);
   const text = Buffer.from(message.payload, 'base64').toString('utf8');
   if (flags.has('--read-loop')) report();
+  if (flags.has('--report-each')) {
+    seenEach.push({ seq: message.seq, text, ...tokenNow() });
+    publish('seen.json', JSON.stringify(seenEach));
+  }
   process.stdout.write(`${JSON.stringify({ ack: message.seq })}\n`);
   const exit = /^exit (\d+)$/.exec(text);
   if (exit !== null) process.exit(Number(exit[1]));
