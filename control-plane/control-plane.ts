@@ -40,6 +40,8 @@ import { TokenVerifier } from './tokens/token-verifier.js';
 const REFUSAL_LOG_WINDOW_MS = 60_000;
 /** Principals the refusal log remembers at most: the `sub` is unverified, so a caller could name millions. */
 const REFUSAL_LOG_MAX_PRINCIPALS = 4_096;
+/** Refusal lines per window at most, over all principals; the rest are counted (and always in the metric). */
+const REFUSAL_LOG_MAX_LINES = 32;
 const DESCRIPTORS_PATH = fileURLToPath(new URL('../gen/descriptors.binpb', import.meta.url));
 
 /**
@@ -274,7 +276,7 @@ export class ControlPlane {
       verifier,
       adminToken: options.adminToken,
       onFailure: (principal, reason) => events.emit('auth-failure', { principal, reason }),
-      refusals: new RefusalLog({ clock, logger: root.child({ component: 'auth' }), windowMs: REFUSAL_LOG_WINDOW_MS, maxPrincipals: REFUSAL_LOG_MAX_PRINCIPALS }),
+      refusals: new RefusalLog({ clock, logger: root.child({ component: 'auth' }), windowMs: REFUSAL_LOG_WINDOW_MS, maxPrincipals: REFUSAL_LOG_MAX_PRINCIPALS, maxLinesPerWindow: REFUSAL_LOG_MAX_LINES }),
     });
     const delivery = new DeliveryManager({
       store,

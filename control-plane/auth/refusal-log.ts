@@ -46,6 +46,8 @@ export interface RefusalLogOptions {
   windowMs: number;
   /** Principals remembered at most; the oldest is forgotten first. */
   maxPrincipals: number;
+  /** Lines per window at most, over all principals: a flood of made-up subjects is counted, not logged line by line. */
+  maxLinesPerWindow: number;
 }
 
 interface Entry {
@@ -59,12 +61,17 @@ interface Entry {
  * that principal the previous line stood for. The principal is the token's
  * unverified `sub`, which a caller can vary at will: the table is bounded, and
  * evicts its oldest entry (at worst an attacker cycling subjects gets a line
- * per subject, never unbounded memory).
+ * per subject, never unbounded memory), and the lines of one window are
+ * capped over all principals (the excess is counted into the next line).
  */
 export class RefusalLog {
   readonly #options: RefusalLogOptions;
   /** Insertion order is age: an entry is moved to the end whenever it logs. */
   readonly #entries = new Map<string, Entry>();
+  #windowStartMs = Number.NEGATIVE_INFINITY;
+  #linesInWindow = 0;
+  /** Refusals not logged because the window's line budget was spent. */
+  #unlogged = 0;
 
   constructor(options: RefusalLogOptions) {
     this.#options = options;
@@ -84,6 +91,17 @@ export class RefusalLog {
       entry.suppressed++;
       return;
     }
+    if (nowMs - this.#windowStartMs >= this.#options.windowMs) {
+      this.#windowStartMs = nowMs;
+      this.#linesInWindow = 0;
+    }
+    if (this.#linesInWindow >= this.#options.maxLinesPerWindow) {
+      this.#unlogged++;
+      return;
+    }
+    this.#linesInWindow++;
+    const unlogged = this.#unlogged;
+    this.#unlogged = 0;
     this.#entries.delete(key);
     this.#entries.set(key, { loggedAtMs: nowMs, suppressed: 0 });
     while (this.#entries.size > this.#options.maxPrincipals) {
@@ -92,7 +110,7 @@ export class RefusalLog {
       this.#entries.delete(oldest.value);
     }
     this.#options.logger.warn(
-      { principal, reason, jti: identity.jti, kid: identity.kid, sub: identity.sub, suppressedBefore: entry?.suppressed ?? 0 },
+      { principal, reason, jti: identity.jti, kid: identity.kid, sub: identity.sub, suppressedBefore: entry?.suppressed ?? 0, unloggedBefore: unlogged },
       'credential refused',
     );
   }

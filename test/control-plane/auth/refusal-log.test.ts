@@ -22,7 +22,7 @@ describe('RefusalLog', () => {
   it('logs many refusals of one principal once per window, with what it suppressed', () => {
     const clock = new FakeClock();
     const logs = new LogCapture();
-    const log = new RefusalLog({ clock, logger: logs.logger, windowMs: WINDOW_MS, maxPrincipals: 16 });
+    const log = new RefusalLog({ clock, logger: logs.logger, windowMs: WINDOW_MS, maxPrincipals: 16, maxLinesPerWindow: 100 });
     const identity = { jti: 'j', kid: 'k', sub: 'agent-a' };
     for (let i = 0; i < 1_000; i++) log.record('agent', 'expired', identity);
     expect(refusalLines(logs)).toHaveLength(1);
@@ -43,7 +43,7 @@ describe('RefusalLog', () => {
   it('never holds more than its bound under 100,000 distinct subjects, evicting the oldest', () => {
     const clock = new FakeClock();
     const logs = new LogCapture('info');
-    const log = new RefusalLog({ clock, logger: logs.logger, windowMs: WINDOW_MS, maxPrincipals: 1_000 });
+    const log = new RefusalLog({ clock, logger: logs.logger, windowMs: WINDOW_MS, maxPrincipals: 1_000, maxLinesPerWindow: Number.POSITIVE_INFINITY });
     let largest = 0;
     for (let i = 0; i < 100_000; i++) {
       log.record('agent', 'bad-signature', { jti: '', kid: '', sub: `sub-${i}` });
@@ -56,6 +56,17 @@ describe('RefusalLog', () => {
     expect(refusalLines(logs)).toHaveLength(before);
     log.record('agent', 'bad-signature', { jti: '', kid: '', sub: 'sub-0' });
     expect(refusalLines(logs)).toHaveLength(before + 1);
+  });
+
+  it('caps the lines of one window over all principals and counts the rest into the next line', () => {
+    const clock = new FakeClock();
+    const logs = new LogCapture();
+    const log = new RefusalLog({ clock, logger: logs.logger, windowMs: WINDOW_MS, maxPrincipals: 1_000, maxLinesPerWindow: 10 });
+    for (let i = 0; i < 500; i++) log.record('host', 'bad-signature', { jti: '', kid: '', sub: `made-up-${i}` });
+    expect(refusalLines(logs)).toHaveLength(10);
+    clock.advance(WINDOW_MS);
+    log.record('host', 'bad-signature', { jti: '', kid: '', sub: 'next' });
+    expect(refusalLines(logs).at(-1)).toMatchObject({ sub: 'next', unloggedBefore: 490 });
   });
 
   it('reads jti, kid and sub from a token without trusting it, and nothing from what is not one', () => {
