@@ -19,6 +19,7 @@ import { AgentServiceService } from '../gen/tether/v1/agent.js';
 import { HostServiceService, type HostServiceServer } from '../gen/tether/v1/host.js';
 import { AgentManager } from './agents/agent-manager.js';
 import { Authenticator } from './auth/authenticator.js';
+import { RefusalLog } from './auth/refusal-log.js';
 import { DeliveryManager } from './delivery/delivery-manager.js';
 import { ControlPlaneEvents } from './events.js';
 import { createMetrics } from './metrics.js';
@@ -35,6 +36,12 @@ import { TokenIssuer } from './tokens/token-issuer.js';
 import { TokenVerifier } from './tokens/token-verifier.js';
 
 /** The FileDescriptorSet `buf build` makes of proto/ (committed, checked for freshness in CI). */
+/** A refused agent or host credential is logged once per principal (its claimed `sub`) in this long. */
+const REFUSAL_LOG_WINDOW_MS = 60_000;
+/** Principals the refusal log remembers at most: the `sub` is unverified, so a caller could name millions. */
+const REFUSAL_LOG_MAX_PRINCIPALS = 4_096;
+/** Refusal lines per window at most, over all principals; the rest are counted (and always in the metric). */
+const REFUSAL_LOG_MAX_LINES = 32;
 const DESCRIPTORS_PATH = fileURLToPath(new URL('../gen/descriptors.binpb', import.meta.url));
 
 /**
@@ -269,6 +276,7 @@ export class ControlPlane {
       verifier,
       adminToken: options.adminToken,
       onFailure: (principal, reason) => events.emit('auth-failure', { principal, reason }),
+      refusals: new RefusalLog({ clock, logger: root.child({ component: 'auth' }), windowMs: REFUSAL_LOG_WINDOW_MS, maxPrincipals: REFUSAL_LOG_MAX_PRINCIPALS, maxLinesPerWindow: REFUSAL_LOG_MAX_LINES }),
     });
     const delivery = new DeliveryManager({
       store,

@@ -160,6 +160,9 @@ export class AgentManager {
       issuedAtMs: 0,
       expiresAtMs: 0,
       rotationDueAtMs: 0,
+      previousExpiresAtMs: 0,
+      ackedGeneration: 0,
+      ackedExpiresAtMs: 0,
       createdAtMs: nowMs,
       updatedAtMs: nowMs,
       detail: '',
@@ -259,7 +262,8 @@ export class AgentManager {
         if (why === 'forced') throw new FailedPreconditionError(`agent ${agentId} is ${agent.state}`);
         return undefined;
       }
-      const session = this.#options.sessions.get(agent.hostId);
+      const found = this.#options.sessions.get(agent.hostId);
+      const session = found?.state === 'closed' ? undefined : found;
       if (session === undefined) {
         // Nothing to push it down; the host's next Hello gets a fresh one if it is due.
         this.#scheduler.unschedule(agentId);
@@ -307,6 +311,11 @@ export class AgentManager {
         let current = agent;
         if (agent.state === 'starting') {
           current = (await this.#setState(agent, 'running', '')) ?? agent;
+        }
+        // What the host says its holder has is what it holds: a rotation sent into a stream that died
+        // before the host read it is not counted (the comparison below sends a fresh one).
+        if (running.generation !== current.ackedGeneration && running.generation <= current.generation) {
+          current = (await this.#recordHeld(current, running.generation)) ?? current;
         }
         const nowMs = clock.now();
         if (
@@ -406,9 +415,16 @@ export class AgentManager {
       }
       if (event.incarnation !== 0 && event.incarnation !== agent.incarnation) return;
       switch (event.state) {
-        case 'started':
-          if (agent.state === 'starting' || agent.state === 'stalled') await this.#setState(agent, 'running', event.detail);
+        case 'started': {
+          // The host holds the StartAgent credential: the current one unless a rotation was issued since
+          // (previousExpiresAtMs is only set by a rotation within this placement), whose Ack follows.
+          const isRotatedSince = agent.previousExpiresAtMs !== 0;
+          const held = isRotatedSince ? agent.generation - 1 : agent.generation;
+          let current: AgentRecord | undefined = agent;
+          if (held > agent.ackedGeneration) current = await this.#recordHeld(agent, held);
+          if (current !== undefined && (current.state === 'starting' || current.state === 'stalled')) await this.#setState(current, 'running', event.detail);
           return;
+        }
         case 'exited':
         case 'failed':
           if (LIVE_AGENT_STATES.includes(agent.state)) await this.#end(agent, event.state, event.detail);
@@ -419,6 +435,34 @@ export class AgentManager {
           this.#options.reject(session, 'agent_event', event.agentId, `unknown state ${event.state}`);
       }
     });
+  }
+
+  /**
+   * Records a host's Ack of an agent credential (TokenRotated): the generation
+   * it now holds, with that generation's expiry. Returns false when the agent is
+   * not this host's (a violation the caller answers). A refused credential, one
+   * of an older placement, or one older than what is recorded changes nothing.
+   */
+  async onCredentialAck(hostId: string, agentId: string, incarnation: number, generation: number, isOk: boolean): Promise<boolean> {
+    return this.#locks.run(agentId, async () => {
+      const agent = await this.#options.store.getAgent(agentId);
+      if (agent?.hostId !== hostId) return false;
+      if (!isOk || (incarnation !== 0 && incarnation !== agent.incarnation)) return true;
+      if (generation > agent.ackedGeneration && generation <= agent.generation) await this.#recordHeld(agent, generation);
+      return true;
+    });
+  }
+
+  /** Records that `agent`'s host holds `generation` (this placement's); caller holds the lock. */
+  async #recordHeld(agent: AgentRecord, generation: number): Promise<AgentRecord | undefined> {
+    const expiresAtMs = generation === agent.generation ? agent.expiresAtMs : generation === agent.generation - 1 ? agent.previousExpiresAtMs : 0;
+    const updated = await this.#options.store.updateAgent(
+      agent.agentId,
+      { ackedGeneration: generation, ackedExpiresAtMs: expiresAtMs },
+      { incarnation: agent.incarnation, generation: agent.generation },
+    );
+    if (updated !== undefined) this.#logger.debug({ agentId: agent.agentId, gen: generation, exp: expiresAtMs }, 'agent credential held by its host');
+    return updated;
   }
 
   /** Checks that an Ack names an agent of this host. */
@@ -538,6 +582,11 @@ export class AgentManager {
       expiresAtMs: claims.expiresAtMs,
       rotationDueAtMs: dueAtMs,
       updatedAtMs: clock.now(),
+      // A new placement starts from nothing held; a rotation keeps the replaced credential's expiry,
+      // so an Ack of it that arrives after this one was issued still records the right expiry.
+      ...(placement.hostId === undefined
+        ? { previousExpiresAtMs: agent.expiresAtMs }
+        : { previousExpiresAtMs: 0, ackedGeneration: 0, ackedExpiresAtMs: 0 }),
       ...(placement.state === undefined ? {} : { state: placement.state }),
     };
     const expect = { generation: agent.generation, incarnation: agent.incarnation };

@@ -3,6 +3,7 @@ import type { Metadata } from '@grpc/grpc-js';
 import { TetherError, UnauthenticatedError } from '../../common/errors.js';
 import type { TokenClaims } from '../tokens/token-kinds.js';
 import { TokenRejectedError, type TokenVerifier } from '../tokens/token-verifier.js';
+import { refusedIdentity, type RefusalLog } from './refusal-log.js';
 
 /** An `authorization` header's scheme and credential. */
 export interface PresentedCredential {
@@ -32,6 +33,8 @@ export interface AuthenticatorOptions {
   adminToken: string;
   /** Told of each refusal, with a fixed word for why (for metrics; never the credential). */
   onFailure?: (principal: 'admin' | 'agent' | 'host', reason: string) => void;
+  /** Where refused agent and host credentials are logged, once per principal per window. */
+  refusals?: RefusalLog;
 }
 
 /** A fixed word for why a credential was refused. */
@@ -50,11 +53,19 @@ export class Authenticator {
   readonly #verifier: TokenVerifier;
   readonly #adminDigest: Buffer;
   readonly #onFailure: (principal: 'admin' | 'agent' | 'host', reason: string) => void;
+  readonly #refusals: RefusalLog | undefined;
 
   constructor(options: AuthenticatorOptions) {
     this.#verifier = options.verifier;
     this.#adminDigest = secretDigest(options.adminToken);
     this.#onFailure = options.onFailure ?? ((): void => undefined);
+    this.#refusals = options.refusals;
+  }
+
+  #refused(principal: 'agent' | 'host', err: unknown, token: string): void {
+    const reason = failureReason(err);
+    this.#onFailure(principal, reason);
+    this.#refusals?.record(principal, reason, refusedIdentity(token));
   }
 
   /** Throws unless the call carries the admin token. */
@@ -74,12 +85,14 @@ export class Authenticator {
 
   /** The verified claims of the agent token the call carries. */
   async agent(metadata: Metadata): Promise<TokenClaims> {
+    let token = '';
     try {
       const presented = presentedCredential(metadata);
       if (presented.scheme !== 'bearer') throw new UnauthenticatedError('malformed authorization');
-      return await this.#verifier.verify(presented.credential, 'agent');
+      token = presented.credential;
+      return await this.#verifier.verify(token, 'agent');
     } catch (err) {
-      this.#onFailure('agent', failureReason(err));
+      this.#refused('agent', err, token);
       throw err;
     }
   }
@@ -89,7 +102,7 @@ export class Authenticator {
     try {
       return await this.#verifier.verify(token, 'host');
     } catch (err) {
-      this.#onFailure('host', failureReason(err));
+      this.#refused('host', err, token);
       throw err;
     }
   }

@@ -191,8 +191,18 @@ export function addAdminCommands(program: Command): void {
           return;
         }
         printTable([
-          ['AGENT', 'STATE', 'HOST', 'INCARNATION', 'GENERATION', 'TOKEN_EXPIRES', 'LAST_HEARTBEAT'],
-          ...found.map((a) => [a.agentId, stateName(a.state), a.hostId || '-', String(a.incarnation), String(a.generation), isoOrDash(a.expiresAtMs), isoOrDash(a.lastHeartbeatMs)]),
+          ['AGENT', 'STATE', 'HOST', 'INCARNATION', 'GENERATION', 'TOKEN_EXPIRES', 'HELD_GENERATION', 'HELD_EXPIRES', 'LAST_HEARTBEAT'],
+          ...found.map((a) => [
+            a.agentId,
+            stateName(a.state),
+            a.hostId || '-',
+            String(a.incarnation),
+            String(a.generation),
+            isoOrDash(a.expiresAtMs),
+            a.ackedGeneration === 0 ? '-' : String(a.ackedGeneration),
+            isoOrDash(a.ackedExpiresAtMs),
+            isoOrDash(a.lastHeartbeatMs),
+          ]),
         ]);
       });
     });

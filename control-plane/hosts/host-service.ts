@@ -467,7 +467,7 @@ export class HostService {
       if (refused !== undefined) this.#reject(session, 'ack', ack.agentId, refused);
       return;
     }
-    if (!(await this.#options.agents.isAgentOfHost(session.hostId, ack.agentId))) {
+    if (!(await this.#options.agents.onCredentialAck(session.hostId, ack.agentId, ack.incarnation, ack.generation ?? 0, ack.ok))) {
       this.#reject(session, 'ack', ack.agentId, 'agent not assigned to this host');
       return;
     }

@@ -30,6 +30,8 @@ export function toAgentInfo(agent: AgentRecord, lastHeartbeatMs = 0): AgentInfo 
     incarnation: agent.incarnation,
     generation: agent.generation,
     expiresAtMs: agent.expiresAtMs,
+    ackedGeneration: agent.ackedGeneration,
+    ackedExpiresAtMs: agent.ackedExpiresAtMs,
     createdAtMs: agent.createdAtMs,
     updatedAtMs: agent.updatedAtMs,
     lastHeartbeatMs,

@@ -174,6 +174,17 @@ CREATE UNIQUE INDEX signing_keys_one_signer ON signing_keys (purpose) WHERE stat
 CREATE UNIQUE INDEX signing_keys_one_standby ON signing_keys (purpose) WHERE state = 'standby';
 `;
 
+/**
+ * What each agent's host has acknowledged holding, beside what was last issued: a rotation sent
+ * into a dead stream is not counted as held. The previous generation's expiry is kept so an Ack
+ * that arrives after the next rotation was issued still records the right expiry.
+ */
+const AGENT_ACKED_CREDENTIAL = `
+ALTER TABLE agents ADD COLUMN previous_expires_at_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN acked_generation INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN acked_expires_at_ms INTEGER NOT NULL DEFAULT 0;
+`;
+
 /** Every migration, in order. Append only; the last one's number is {@link SCHEMA_VERSION}. */
 const MIGRATIONS: readonly Migration[] = [
   {
@@ -198,6 +209,11 @@ const MIGRATIONS: readonly Migration[] = [
     version: 3,
     description: 'signing keys: a state per key (standby, signing, verifying-only, revoked), one signer and one standby per purpose',
     apply: (db) => db.exec(SIGNING_KEY_STATES),
+  },
+  {
+    version: 4,
+    description: "agents: the credential generation (and its expiry) the agent's host acknowledged, and the previous one's expiry",
+    apply: (db) => db.exec(AGENT_ACKED_CREDENTIAL),
   },
 ];
 

@@ -43,6 +43,9 @@ interface AgentRow {
   issued_at_ms: number;
   expires_at_ms: number;
   rotation_due_at_ms: number;
+  previous_expires_at_ms: number;
+  acked_generation: number;
+  acked_expires_at_ms: number;
   created_at_ms: number;
   updated_at_ms: number;
   detail: string;
@@ -105,6 +108,9 @@ const AGENT_COLUMNS: Record<keyof AgentPatch, string> = {
   issuedAtMs: 'issued_at_ms',
   expiresAtMs: 'expires_at_ms',
   rotationDueAtMs: 'rotation_due_at_ms',
+  previousExpiresAtMs: 'previous_expires_at_ms',
+  ackedGeneration: 'acked_generation',
+  ackedExpiresAtMs: 'acked_expires_at_ms',
   updatedAtMs: 'updated_at_ms',
   detail: 'detail',
   lastSeq: 'last_seq',
@@ -140,6 +146,9 @@ function agentFromRow(row: AgentRow): AgentRecord {
     issuedAtMs: row.issued_at_ms,
     expiresAtMs: row.expires_at_ms,
     rotationDueAtMs: row.rotation_due_at_ms,
+    previousExpiresAtMs: row.previous_expires_at_ms,
+    ackedGeneration: row.acked_generation,
+    ackedExpiresAtMs: row.acked_expires_at_ms,
     createdAtMs: row.created_at_ms,
     updatedAtMs: row.updated_at_ms,
     detail: row.detail,
@@ -527,8 +536,9 @@ export class SqliteStore implements Store {
       try {
         this.#prepare(
           `INSERT INTO agents (agent_id, name, state, host_id, host_labels, spec, incarnation, generation, token_id,
-             issued_at_ms, expires_at_ms, rotation_due_at_ms, created_at_ms, updated_at_ms, detail, last_seq, acked_seq)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+             issued_at_ms, expires_at_ms, rotation_due_at_ms, created_at_ms, updated_at_ms, detail, last_seq, acked_seq,
+             previous_expires_at_ms, acked_generation, acked_expires_at_ms)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         ).run(
           agent.agentId,
           agent.name,
@@ -547,6 +557,9 @@ export class SqliteStore implements Store {
           agent.detail,
           agent.lastSeq,
           agent.ackedSeq,
+          agent.previousExpiresAtMs,
+          agent.ackedGeneration,
+          agent.ackedExpiresAtMs,
         );
       } catch (err) {
         if (isUniqueViolation(err)) throw new AlreadyExistsError(`agent ${agent.agentId} exists`, { cause: err });

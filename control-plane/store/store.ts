@@ -60,6 +60,12 @@ export interface AgentRecord {
   expiresAtMs: number;
   /** When the current credential's rotation falls due (jittered). */
   rotationDueAtMs: number;
+  /** Expiry of the generation before `generation` (0: none), to record an Ack that arrives late. */
+  previousExpiresAtMs: number;
+  /** The highest generation the agent's host acknowledged holding for this placement (0: none yet). */
+  ackedGeneration: number;
+  /** Expiry of the acknowledged generation (0: none). */
+  ackedExpiresAtMs: number;
   createdAtMs: number;
   updatedAtMs: number;
   detail: string;

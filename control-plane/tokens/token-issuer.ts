@@ -60,8 +60,14 @@ export class TokenIssuer {
   async #sign(request: IssueRequest): Promise<IssuedToken> {
     const { keys, clock, issuer } = this.#options;
     const key = keys.active();
-    const issuedAtS = Math.floor(clock.now() / 1000);
-    let expiresAtS = issuedAtS + Math.max(1, Math.floor(request.ttlMs / 1000));
+    // `iat` and `exp` are whole seconds (RFC 7519 NumericDate as everyone parses it), but due times and
+    // remaining-life checks use the issue time in milliseconds kept beside the token: a floored `iat` made
+    // a token look up to a second older than it is, so its rotation fell due early and, at short TTLs,
+    // agents rotated far more often than every half TTL. `exp` is rounded up, so a fresh token has at
+    // least its TTL to live (a `notAfterMs` cap is rounded down: never past what it caps).
+    const issuedAtMs = clock.now();
+    const issuedAtS = Math.floor(issuedAtMs / 1000);
+    let expiresAtS = Math.max(issuedAtS + 1, Math.ceil((issuedAtMs + request.ttlMs) / 1000));
     if (request.notAfterMs !== undefined) expiresAtS = Math.min(expiresAtS, Math.floor(request.notAfterMs / 1000));
     const tokenId = randomUUID();
     const audience = request.audience ?? this.#options.audience;
@@ -89,7 +95,7 @@ export class TokenIssuer {
         incarnation: request.incarnation ?? 0,
         tokenId,
         keyId: key.kid,
-        issuedAtMs: issuedAtS * 1000,
+        issuedAtMs,
         expiresAtMs: expiresAtS * 1000,
       },
     };

@@ -76,6 +76,15 @@ describe('control-plane serve flags', () => {
     expect(under.error).toContain(flag);
   });
 
+  it('refuses --agent-token-ttl 1s and 0 (the floor is 10 s: shorter made a signing storm), naming the flag', async () => {
+    for (const value of ['1s', '0', '9s']) {
+      const parsed = await parseServe(['--agent-token-ttl', value]);
+      expect(parsed.flags, value).toBeUndefined();
+      expect(parsed.error, value).toContain(`--agent-token-ttl must be from 10s to 7d, got ${value}`);
+    }
+    expect((await parseServe(['--agent-token-ttl', '10s'])).flags?.agentTokenTtl).toBe(10_000);
+  });
+
   it('refuses a token lifetime of a year and a zero heartbeat interval, in any unit', async () => {
     expect((await parseServe(['--agent-token-ttl', '1y'])).error).toContain('--agent-token-ttl must be from 10s to 7d, got 1y');
     expect((await parseServe(['--host-token-ttl', '366d'])).error).toContain('--host-token-ttl must be from 1m to 365d, got 366d');

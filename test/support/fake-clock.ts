@@ -49,6 +49,13 @@ export class FakeClock implements Clock {
     return this.#timers.length;
   }
 
+  /** When the earliest waiting timer falls due, if any (to step time exactly onto due times). */
+  get nextTimerDueAtMs(): number | undefined {
+    let next: number | undefined;
+    for (const timer of this.#timers) if (next === undefined || timer.dueAtMs < next) next = timer.dueAtMs;
+    return next;
+  }
+
   /** Moves time forward by `ms`, firing every timer that falls due, in order. */
   advance(ms: number): void {
     this.#nowMs += ms;

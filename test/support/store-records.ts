@@ -22,6 +22,9 @@ export function agent(agentId: string, patch: Partial<AgentRecord> = {}): AgentR
     detail: '',
     lastSeq: 0,
     ackedSeq: 0,
+    previousExpiresAtMs: 0,
+    ackedGeneration: 0,
+    ackedExpiresAtMs: 0,
     ...patch,
   };
 }

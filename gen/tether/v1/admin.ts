@@ -199,6 +199,14 @@ export interface AgentInfo {
   updatedAtMs: number;
   lastHeartbeatMs: number;
   detail: string;
+  /**
+   * The credential generation the agent's host acknowledged holding for this
+   * placement (0: none yet), beside `generation`, the one last issued: they differ
+   * while a rotation is in flight or could not reach the host (a partition).
+   */
+  ackedGeneration: number;
+  /** When the acknowledged credential expires (0: unknown or none). */
+  ackedExpiresAtMs: number;
 }
 
 export interface GetJwksRequest {
@@ -2809,6 +2817,8 @@ function createBaseAgentInfo(): AgentInfo {
     updatedAtMs: 0,
     lastHeartbeatMs: 0,
     detail: "",
+    ackedGeneration: 0,
+    ackedExpiresAtMs: 0,
   };
 }
 
@@ -2849,6 +2859,12 @@ export const AgentInfo: MessageFns<AgentInfo> = {
     }
     if (message.detail !== "") {
       writer.uint32(98).string(message.detail);
+    }
+    if (message.ackedGeneration !== 0) {
+      writer.uint32(104).uint64(message.ackedGeneration);
+    }
+    if (message.ackedExpiresAtMs !== 0) {
+      writer.uint32(112).int64(message.ackedExpiresAtMs);
     }
     return writer;
   },
@@ -2962,6 +2978,22 @@ export const AgentInfo: MessageFns<AgentInfo> = {
             message.detail = reader.string();
             continue;
           }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.ackedGeneration = longToNumber(reader.uint64());
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.ackedExpiresAtMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3012,6 +3044,16 @@ export const AgentInfo: MessageFns<AgentInfo> = {
         ? globalThis.Number(object.last_heartbeat_ms)
         : 0,
       detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+      ackedGeneration: isSet(object.ackedGeneration)
+        ? globalThis.Number(object.ackedGeneration)
+        : isSet(object.acked_generation)
+        ? globalThis.Number(object.acked_generation)
+        : 0,
+      ackedExpiresAtMs: isSet(object.ackedExpiresAtMs)
+        ? globalThis.Number(object.ackedExpiresAtMs)
+        : isSet(object.acked_expires_at_ms)
+        ? globalThis.Number(object.acked_expires_at_ms)
+        : 0,
     };
   },
 
@@ -3053,6 +3095,12 @@ export const AgentInfo: MessageFns<AgentInfo> = {
     if (message.detail !== "") {
       obj.detail = message.detail;
     }
+    if (message.ackedGeneration !== 0) {
+      obj.ackedGeneration = Math.round(message.ackedGeneration);
+    }
+    if (message.ackedExpiresAtMs !== 0) {
+      obj.ackedExpiresAtMs = Math.round(message.ackedExpiresAtMs);
+    }
     return obj;
   },
 
@@ -3073,6 +3121,8 @@ export const AgentInfo: MessageFns<AgentInfo> = {
     message.updatedAtMs = object.updatedAtMs ?? 0;
     message.lastHeartbeatMs = object.lastHeartbeatMs ?? 0;
     message.detail = object.detail ?? "";
+    message.ackedGeneration = object.ackedGeneration ?? 0;
+    message.ackedExpiresAtMs = object.ackedExpiresAtMs ?? 0;
     return message;
   },
 };
