@@ -465,12 +465,6 @@ export class AgentManager {
     return updated;
   }
 
-  /** Checks that an Ack names an agent of this host. */
-  async isAgentOfHost(hostId: string, agentId: string): Promise<boolean> {
-    const agent = await this.#options.store.getAgent(agentId);
-    return agent?.hostId === hostId;
-  }
-
   async #requireHost(hostId: string, spec: AgentSpecRecord): Promise<void> {
     const host = await this.#options.store.getHost(hostId);
     if (host === undefined) throw new NotFoundError(`no host ${hostId}`);
