@@ -28,6 +28,8 @@ import { choosePlacement, type PlacementCandidate } from './placement.js';
 
 const AGENT_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const ENDED_STATES: readonly AgentStateName[] = ['stopped', 'exited', 'failed'];
+/** Added to a stopped agent's detail when its host reports it abandoned at the stop deadline. */
+const ABANDONED_SUFFIX = ' (abandoned by its host at the stop deadline)';
 const PAGE = 500;
 /** Tries at an end that another writer keeps changing under it (another control plane on the store). */
 const MAX_END_ATTEMPTS = 5;
@@ -430,6 +432,17 @@ export class AgentManager {
           if (LIVE_AGENT_STATES.includes(agent.state)) await this.#end(agent, event.state, event.detail);
           return;
         case 'stopped':
+          // The stop itself was recorded when it was asked for; what the host adds is how it ended. An
+          // agent that would not let go by the stop deadline was abandoned (fenced, its process group
+          // killed): the operator should know, as its last message may have been left half done.
+          if (event.detail === 'abandoned' && agent.state === 'stopped' && !agent.detail.endsWith(ABANDONED_SUFFIX)) {
+            this.#logger.warn({ agentId: agent.agentId, hostId: session.hostId }, 'agent abandoned by its host at the stop deadline');
+            await this.#options.store.updateAgent(
+              agent.agentId,
+              { detail: `${agent.detail}${ABANDONED_SUFFIX}`, updatedAtMs: this.#options.clock.now() },
+              { incarnation: agent.incarnation, states: ['stopped'] },
+            );
+          }
           return;
         default:
           this.#options.reject(session, 'agent_event', event.agentId, `unknown state ${event.state}`);

@@ -15,6 +15,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { AgentHost } from '../../agent-host/agent-host.js';
 import type { AgentContext, AgentModule } from '../../agent-host/tools/agent-module.js';
 import type { ReadOnlyCredentials } from '../../agent-host/tools/credential-source.js';
+import { AgentState } from '../../gen/tether/v1/common.js';
 import { advanceUntil } from '../support/advance-until.js';
 import { call, Harness } from '../support/harness.js';
 import { ScriptedModule } from '../support/scripted-module.js';
@@ -162,6 +163,15 @@ describe('agent isolation on one host', () => {
     expect(() => hungCredentials.get()).toThrow(/revoked/);
     expect(host.agentIds()).toEqual(['ok']);
     expect(h.logs.records().some((r) => r.msg === 'agent abandoned at the stop deadline' && r.agentId === 'hung')).toBe(true);
+    // The operator sees it too: the control plane records how the stop ended.
+    await waitUntil(
+      async () => (await call(h.admin.getAgent.bind(h.admin), { agentId: 'hung' })).agent?.detail.includes('abandoned') === true,
+      'the control plane to record the abandoned stop',
+    );
+    expect((await call(h.admin.getAgent.bind(h.admin), { agentId: 'hung' })).agent).toMatchObject({
+      state: AgentState.AGENT_STATE_STOPPED,
+      detail: 'operator stop (abandoned by its host at the stop deadline)',
+    });
     host.events.off('agent-stopped', onStopped);
 
     // Nothing of the hung agent stays reachable from the host, and no handle is left over.
