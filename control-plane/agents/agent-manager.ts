@@ -309,13 +309,19 @@ export class AgentManager {
           current = (await this.#setState(agent, 'running', '')) ?? agent;
         }
         const nowMs = clock.now();
-        if (
-          running.generation < current.generation ||
-          isRotationDue(nowMs, current.rotationDueAtMs) ||
-          isPastHalfLife(nowMs, current.issuedAtMs, current.expiresAtMs)
-        ) {
-          const issued = await this.#issue(current, {}, 'resume');
-          if (issued.outcome === 'placed') session.send({ tokenRotated: { agentId: current.agentId, credential: issued.credential } });
+        const isBehind = running.generation < current.generation;
+        if (isBehind || isRotationDue(nowMs, current.rotationDueAtMs) || isPastHalfLife(nowMs, current.issuedAtMs, current.expiresAtMs)) {
+          if (this.#options.isRotationEnabled) {
+            // Due now, but signed by the rate-capped scheduler, soonest-expiring first, never inline: a
+            // control plane coming back to every host at once would otherwise sign every due token of
+            // every host inside their Hellos, all together. A host behind holds an older token than the
+            // store's, which had at most half its life left when that one replaced it: ranked by that.
+            const heldExpiresAtMs = isBehind ? current.issuedAtMs + (current.expiresAtMs - current.issuedAtMs) / 2 : current.expiresAtMs;
+            this.#scheduler.schedule(current.agentId, nowMs, heldExpiresAtMs);
+          } else {
+            const issued = await this.#issue(current, {}, 'resume');
+            if (issued.outcome === 'placed') session.send({ tokenRotated: { agentId: current.agentId, credential: issued.credential } });
+          }
         } else if (this.#options.isRotationEnabled) {
           this.#scheduler.schedule(current.agentId, current.rotationDueAtMs, current.expiresAtMs);
         }
