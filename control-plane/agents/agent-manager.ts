@@ -281,6 +281,8 @@ export class AgentManager {
     // Agents that ended while the stream was down: applied first, so they are not started again.
     for (const ended of hello.ended) await this.onAgentEvent(session, ended);
     const reported = new Set<string>();
+    /** Rotations due now, handed to the scheduler together once every running agent is reconciled (see below). */
+    const dueOnResume: { agentId: string; dueAtMs: number; expiresAtMs: number }[] = [];
     for (const running of hello.running) {
       reported.add(running.agentId);
       // The stream ended while its Hello was handled: what is left would go nowhere; its next Hello redoes it.
@@ -317,7 +319,7 @@ export class AgentManager {
             // every host inside their Hellos, all together. A host behind holds an older token than the
             // store's, which had at most half its life left when that one replaced it: ranked by that.
             const heldExpiresAtMs = isBehind ? current.issuedAtMs + (current.expiresAtMs - current.issuedAtMs) / 2 : current.expiresAtMs;
-            this.#scheduler.schedule(current.agentId, nowMs, heldExpiresAtMs);
+            dueOnResume.push({ agentId: current.agentId, dueAtMs: nowMs, expiresAtMs: heldExpiresAtMs });
           } else {
             const issued = await this.#issue(current, {}, 'resume');
             if (issued.outcome === 'placed') session.send({ tokenRotated: { agentId: current.agentId, credential: issued.credential } });
@@ -328,6 +330,9 @@ export class AgentManager {
         await this.#options.delivery.attach(session, current.agentId, running.lastSeq);
       });
     }
+    // All at once, in one turn: scheduled one by one as they were reconciled, the first would be
+    // signed while the rest were still being read, whatever their expiry.
+    for (const due of dueOnResume) this.#scheduler.schedule(due.agentId, due.dueAtMs, due.expiresAtMs);
     // Agents this host was given but did not report: start them again, under a new incarnation.
     for (let afterId: string | null = null; ; ) {
       const page = await store.listAgents({ hostId: session.hostId, states: LIVE_AGENT_STATES }, afterId, PAGE);
