@@ -2,7 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Clock } from '../common/clock.js';
 import { FailedPreconditionError, InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
-import { HOST_MAX_RECEIVE_MESSAGE_BYTES, isRefusal, PROTOCOL_VERSION, REFUSAL_METADATA_KEY, type Refusal } from '../common/protocol.js';
+import { HOST_MAX_RECEIVE_MESSAGE_BYTES, PROTOCOL_VERSION, type Refusal } from '../common/protocol.js';
 import { StreamWriter } from '../common/stream-writer.js';
 import type { Credential, Label } from '../gen/tether/v1/common.js';
 import {
@@ -17,7 +17,7 @@ import {
   type Welcome,
 } from '../gen/tether/v1/host.js';
 import type { AgentEnd, AgentRunnerFactory } from './agent-runner.js';
-import { runConnectionLoop, type StreamOutcome } from './connection-loop.js';
+import { runConnectionLoop, streamOutcomeOf, type StreamOutcome } from './connection-loop.js';
 import type { ApplyResult } from './credential-holder.js';
 import { AgentHostEvents } from './events.js';
 import { hostCadence } from './host-cadence.js';
@@ -287,10 +287,10 @@ export class AgentHost {
       openChannel: () => this.#channelFactory(this.#options.target, credentials, this.#streamChannelOptions, 'stream'),
       runStream: (channel) => this.#stream(channel),
       lowestTimeToExpiryMs: () => this.lowestTimeToExpiryMs(),
-      onLost: (outcome, retryInMs) => {
+      onLost: (outcome, retryInMs, { attempt, capMs, retryAfterMs }) => {
         this.#state = 'connecting';
-        this.#logger.info({ code: outcome.code, details: outcome.details, delayMs: retryInMs }, 'stream lost; reconnecting');
-        this.events.emit('disconnected', { code: outcome.code, details: outcome.details, retryInMs });
+        this.#logger.info({ code: outcome.code, details: outcome.details, delayMs: retryInMs, attempt, capMs, retryAfterMs }, 'stream lost; reconnecting');
+        this.events.emit('disconnected', { code: outcome.code, details: outcome.details, retryInMs, attempt, capMs, retryAfterMs });
       },
     });
     if (refused?.refusal === undefined) return {};
@@ -347,15 +347,7 @@ export class AgentHost {
     });
     const outcome = await new Promise<StreamOutcome>((resolve) => {
       call.on('error', () => undefined);
-      call.on('status', (status: grpc.StatusObject) => {
-        const refusal = status.metadata.get(REFUSAL_METADATA_KEY)[0];
-        resolve({
-          isWelcomed,
-          code: status.code,
-          details: status.details,
-          refusal: status.code !== grpc.status.OK && isRefusal(refusal) ? refusal : undefined,
-        });
-      });
+      call.on('status', (status: grpc.StatusObject) => resolve(streamOutcomeOf(status, isWelcomed)));
     });
     streamEnded.abort();
     writer.close();

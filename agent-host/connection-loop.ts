@@ -1,8 +1,8 @@
 import type * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import type { Clock } from '../common/clock.js';
-import type { Refusal } from '../common/protocol.js';
-import { reconnectDelayMs, type ReconnectBackoffPolicy } from './reconnect-backoff.js';
+import { isRefusal, parseRetryAfterMs, REFUSAL_METADATA_KEY, RETRY_AFTER_METADATA_KEY, type Refusal } from '../common/protocol.js';
+import { reconnectCapMs, reconnectDelayMs, retryAfterDelayMs, type ReconnectBackoffPolicy } from './reconnect-backoff.js';
 
 /** What happened to one stream. */
 export interface StreamOutcome {
@@ -12,6 +12,36 @@ export interface StreamOutcome {
   details: string;
   /** A final refusal in the trailers: the host does no more. */
   refusal: Refusal | undefined;
+  /**
+   * The control plane was busy (RESOURCE_EXHAUSTED with a retry-after in the
+   * trailers): the next attempt comes after about this long. Never final.
+   */
+  retryAfterMs?: number | undefined;
+}
+
+/** The outcome of a stream that ended with `streamStatus`, reading its trailers (final refusal, retry-after). */
+export function streamOutcomeOf(streamStatus: grpc.StatusObject, isWelcomed: boolean): StreamOutcome {
+  const refusal = streamStatus.metadata.get(REFUSAL_METADATA_KEY)[0];
+  const retryAfterMs =
+    streamStatus.code === status.RESOURCE_EXHAUSTED ? parseRetryAfterMs(streamStatus.metadata.get(RETRY_AFTER_METADATA_KEY)[0]) : undefined;
+  return {
+    isWelcomed,
+    code: streamStatus.code,
+    details: streamStatus.details,
+    refusal: streamStatus.code !== status.OK && isRefusal(refusal) ? refusal : undefined,
+    retryAfterMs,
+  };
+}
+
+/** How the loop chose the delay before its next attempt. */
+export interface RetryPlan {
+  retryInMs: number;
+  /** Failed attempts since the last welcomed stream, this one included (the backoff's exponent is one less). */
+  attempt: number;
+  /** The cap the backoff drew `retryInMs` under (for a retry-after: the bound it was held to). */
+  capMs: number;
+  /** The control plane's retry-after, when it deferred the Hello. */
+  retryAfterMs: number | undefined;
 }
 
 /** Options of {@link runConnectionLoop}. */
@@ -33,14 +63,18 @@ export interface ConnectionLoopOptions {
   /** The lowest remaining life of the tokens held now (Infinity if none): bounds the backoff. */
   lowestTimeToExpiryMs: () => number;
   /** A stream ended (not refused, not closing); the next attempt comes after `retryInMs`. */
-  onLost: (outcome: StreamOutcome, retryInMs: number) => void;
+  onLost: (outcome: StreamOutcome, retryInMs: number, plan: RetryPlan) => void;
 }
 
 /**
  * Keeps one stream to the control plane: runs a stream on a fresh channel,
  * and when it ends waits a full-jitter backoff bounded by the tokens' life
  * ({@link reconnectDelayMs}) on the injected clock, then tries again. The
- * attempt count goes back to 0 after a stream that was welcomed. Resolves with
+ * attempt count goes back to 0 after a stream that was welcomed. A Hello the
+ * control plane deferred (RESOURCE_EXHAUSTED with a retry-after) is retried
+ * after the retry-after, jittered and still bounded by the tokens' life
+ * ({@link retryAfterDelayMs}); it does not grow the backoff, as the control
+ * plane was reached and set the pace itself. Resolves with
  * the outcome of a stream that carried a final refusal, or undefined once
  * `signal` aborted.
  */
@@ -52,10 +86,18 @@ export async function runConnectionLoop(options: ConnectionLoopOptions): Promise
     if (signal.aborted) return undefined;
     if (outcome.refusal !== undefined) return outcome;
     if (outcome.isWelcomed) attempt = 0;
-    const retryInMs = reconnectDelayMs(attempt, options.lowestTimeToExpiryMs(), options.random, options.backoff);
-    attempt++;
-    options.onLost(outcome, retryInMs);
-    await clock.sleep(retryInMs, signal);
+    const lowestMs = options.lowestTimeToExpiryMs();
+    let plan: RetryPlan;
+    if (outcome.retryAfterMs !== undefined && !outcome.isWelcomed) {
+      const retryInMs = retryAfterDelayMs(outcome.retryAfterMs, lowestMs, options.random, options.backoff);
+      plan = { retryInMs, attempt, capMs: retryAfterDelayMs(outcome.retryAfterMs, lowestMs, () => 1, options.backoff), retryAfterMs: outcome.retryAfterMs };
+    } else {
+      const retryInMs = reconnectDelayMs(attempt, lowestMs, options.random, options.backoff);
+      plan = { retryInMs, attempt: attempt + 1, capMs: reconnectCapMs(attempt, lowestMs, options.backoff), retryAfterMs: undefined };
+      attempt++;
+    }
+    options.onLost(outcome, plan.retryInMs, plan);
+    await clock.sleep(plan.retryInMs, signal);
   }
   return undefined;
 }

@@ -7,8 +7,12 @@ import type { ReadOnlyCredentials } from './tools/credential-source.js';
 export interface AgentHostEventMap {
   /** Welcome received. */
   connected: [{ hostId: string; sessionId: string; epoch: string }];
-  /** The stream ended; the host tries again after `retryInMs` (its reconnect backoff). */
-  disconnected: [{ code: number; details: string; retryInMs: number }];
+  /**
+   * The stream ended; the host tries again after `retryInMs` (its reconnect backoff, drawn under `capMs`;
+   * `attempt` failed attempts since the last Welcome), or after about `retryAfterMs` when the control plane
+   * deferred its Hello.
+   */
+  disconnected: [{ code: number; details: string; retryInMs: number; attempt: number; capMs: number; retryAfterMs: number | undefined }];
   /** The control plane refused the host for good. */
   refused: [{ refusal: Refusal; details: string }];
   /** An agent was started. `credentials` is its read-only view. */

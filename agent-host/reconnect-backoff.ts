@@ -70,3 +70,28 @@ export function reconnectDelayMs(
   const u = Number.isNaN(draw) ? 0 : Math.min(1, Math.max(0, draw));
   return Math.floor(u * capMs);
 }
+
+/** A retry-after asked for by the control plane is never honoured past this (a host holding no token has no other bound). */
+export const RETRY_AFTER_CEILING_MS = 5 * 60_000;
+
+/**
+ * The delay after the control plane deferred the host's Hello with a
+ * retry-after: uniform on [retryAfter, 1.5·retryAfter] (rounded down), so
+ * hosts told the same thing still spread out, then bounded like any backoff by
+ * the tokens' remaining life (max(floor, fraction·lowestRemainingMs)) and by
+ * {@link RETRY_AFTER_CEILING_MS}: a busy control plane never makes a host wait
+ * past the point where it could still resume in time.
+ */
+export function retryAfterDelayMs(
+  retryAfterMs: number,
+  lowestRemainingMs: number,
+  random: () => number,
+  policy: ReconnectBackoffPolicy = DEFAULT_RECONNECT_BACKOFF,
+): number {
+  const askedMs = Number.isNaN(retryAfterMs) ? 0 : Math.max(0, retryAfterMs);
+  const draw = random();
+  const u = Number.isNaN(draw) ? 0 : Math.min(1, Math.max(0, draw));
+  const remainingMs = Number.isNaN(lowestRemainingMs) ? 0 : lowestRemainingMs;
+  const lifetimeMs = Math.max(policy.lifetimeFloorMs, remainingMs * policy.lifetimeFraction);
+  return Math.floor(Math.min(askedMs * (1 + 0.5 * u), lifetimeMs, RETRY_AFTER_CEILING_MS));
+}

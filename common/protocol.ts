@@ -36,3 +36,16 @@ export const ENVELOPE_ALLOWANCE_BYTES = 64 * 1024;
  * RESOURCE_EXHAUSTED, and as it is re-sent first on every reconnect, for ever.
  */
 export const MAX_PAYLOAD_BYTES_CEILING = HOST_MAX_RECEIVE_MESSAGE_BYTES - ENVELOPE_ALLOWANCE_BYTES;
+
+/**
+ * Trailing-metadata key of a deferral: the control plane is busy (too many
+ * Hellos at once) and asks the host to try again after this many milliseconds.
+ * Sent with RESOURCE_EXHAUSTED; never a final refusal.
+ */
+export const RETRY_AFTER_METADATA_KEY = 'tether-retry-after-ms';
+
+/** The retry-after a trailer value carries (a whole number of ms, at least 0), or undefined if there is none or it is malformed. */
+export function parseRetryAfterMs(value: unknown): number | undefined {
+  if (typeof value !== 'string' || !/^\d{1,12}$/.test(value)) return undefined;
+  return Number(value);
+}

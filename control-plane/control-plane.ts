@@ -98,6 +98,14 @@ export interface ControlPlaneOptions {
   violationBudget?: number;
   /** Limits on Connect attempts with bad credentials (window 10 s, 5 per identity, 500 in all, 10,000 identities tracked). */
   connectLimits?: ConnectLimits;
+  /**
+   * Hellos processed at once at most (default 32): past it a host is told to
+   * retry later (RESOURCE_EXHAUSTED and a retry-after), so a control plane
+   * coming back to every host at once is not flattened.
+   */
+  maxConcurrentHellos?: number;
+  /** The unit of a deferred Hello's retry-after: `unit` plus up to `unit` per round of excess. Default 1 s. */
+  helloRetryUnitMs?: number;
   /** Keepalive ping interval towards hosts. Production: no faster than 30 s. */
   keepaliveTimeMs?: number;
   keepaliveTimeoutMs?: number;
@@ -337,6 +345,9 @@ export class ControlPlane {
       pingIntervalMs: options.pingIntervalMs ?? 30_000,
       violationBudget: options.violationBudget ?? 100,
       ...(options.connectLimits === undefined ? {} : { connectLimits: options.connectLimits }),
+      ...(options.maxConcurrentHellos === undefined ? {} : { maxConcurrentHellos: options.maxConcurrentHellos }),
+      ...(options.helloRetryUnitMs === undefined ? {} : { helloRetryUnitMs: options.helloRetryUnitMs }),
+      random,
     });
 
     const keyRevoker = new KeyRevoker({
@@ -450,6 +461,11 @@ export class ControlPlane {
   /** @internal Sizes of the connect limiter's tables (failing identities, recently good ones); for tests that flood it. */
   get connectLimiterIdentities(): { failing: number; trusted: number } {
     return this.#hosts.connectLimiterIdentities;
+  }
+
+  /** @internal The Hello admission gate's gauges (in flight, peak, deferred); for tests of a reconnect herd. */
+  get helloAdmission(): HostService['helloAdmission'] {
+    return this.#hosts.helloAdmission;
   }
 
   /** @internal The issuer, for tests that forge edge cases. */

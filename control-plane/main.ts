@@ -41,6 +41,7 @@ export function controlPlaneProgram(): Command {
         .argParser(parseDurationWithin('--shutdown-grace', BOUNDS.shutdownGrace)),
     )
     .addOption(new Option('--max-rotations-per-second <n>', 'cap on credential signing rate; storms are smoothed, not dropped').env('TETHER_MAX_ROTATIONS_PER_SECOND').default(200).argParser(parseCount))
+    .addOption(new Option('--max-concurrent-hellos <n>', 'host Hellos processed at once; the excess is told to retry later (RESOURCE_EXHAUSTED with a retry-after)').env('TETHER_MAX_CONCURRENT_HELLOS').default(32).argParser(parseCountWithin('--max-concurrent-hellos', 1, 10_000)))
     .addOption(new Option('--delivery-window <n>', 'unacknowledged deliveries per agent').env('TETHER_DELIVERY_WINDOW').default(32).argParser(parseCount))
     .addOption(new Option('--max-delivery-attempts <n>', 'refusals after which a message is dead-lettered').env('TETHER_MAX_DELIVERY_ATTEMPTS').default(5).argParser(parseCount))
     .addOption(new Option('--max-outbox-messages <n>', 'unacknowledged or dead-lettered messages per agent before sends get RESOURCE_EXHAUSTED').env('TETHER_MAX_OUTBOX_MESSAGES').default(10_000).argParser(parseCount))

@@ -287,6 +287,8 @@ export class AgentManager {
     // Agents that ended while the stream was down: applied first, so they are not started again.
     for (const ended of hello.ended) await this.onAgentEvent(session, ended);
     const reported = new Set<string>();
+    /** Rotations due now, handed to the scheduler together once every running agent is reconciled (see below). */
+    const dueOnResume: { agentId: string; dueAtMs: number; expiresAtMs: number }[] = [];
     for (const running of hello.running) {
       reported.add(running.agentId);
       // The stream ended while its Hello was handled: what is left would go nowhere; its next Hello redoes it.
@@ -320,19 +322,28 @@ export class AgentManager {
           current = (await this.#recordHeld(current, running.generation)) ?? current;
         }
         const nowMs = clock.now();
-        if (
-          running.generation < current.generation ||
-          isRotationDue(nowMs, current.rotationDueAtMs) ||
-          isPastHalfLife(nowMs, current.issuedAtMs, current.expiresAtMs)
-        ) {
-          const issued = await this.#issue(current, {}, 'resume');
-          if (issued.outcome === 'placed') session.send({ tokenRotated: { agentId: current.agentId, credential: issued.credential } });
+        const isBehind = running.generation < current.generation;
+        if (isBehind || isRotationDue(nowMs, current.rotationDueAtMs) || isPastHalfLife(nowMs, current.issuedAtMs, current.expiresAtMs)) {
+          if (this.#options.isRotationEnabled) {
+            // Due now, but signed by the rate-capped scheduler, soonest-expiring first, never inline: a
+            // control plane coming back to every host at once would otherwise sign every due token of
+            // every host inside their Hellos, all together. A host behind holds an older token than the
+            // store's, which had at most half its life left when that one replaced it: ranked by that.
+            const heldExpiresAtMs = isBehind ? current.issuedAtMs + (current.expiresAtMs - current.issuedAtMs) / 2 : current.expiresAtMs;
+            dueOnResume.push({ agentId: current.agentId, dueAtMs: nowMs, expiresAtMs: heldExpiresAtMs });
+          } else {
+            const issued = await this.#issue(current, {}, 'resume');
+            if (issued.outcome === 'placed') session.send({ tokenRotated: { agentId: current.agentId, credential: issued.credential } });
+          }
         } else if (this.#options.isRotationEnabled) {
           this.#scheduler.schedule(current.agentId, current.rotationDueAtMs, current.expiresAtMs);
         }
         await this.#options.delivery.attach(session, current.agentId, running.lastSeq);
       });
     }
+    // All at once, in one turn: scheduled one by one as they were reconciled, the first would be
+    // signed while the rest were still being read, whatever their expiry.
+    for (const due of dueOnResume) this.#scheduler.schedule(due.agentId, due.dueAtMs, due.expiresAtMs);
     // Agents this host was given but did not report: start them again, under a new incarnation.
     for (let afterId: string | null = null; ; ) {
       const page = await store.listAgents({ hostId: session.hostId, states: LIVE_AGENT_STATES }, afterId, PAGE);

@@ -48,6 +48,7 @@ export interface ServeFlags {
   keepalive: number;
   shutdownGrace: number;
   maxRotationsPerSecond: number;
+  maxConcurrentHellos: number;
   deliveryWindow: number;
   maxDeliveryAttempts: number;
   maxOutboxMessages: number;
@@ -123,6 +124,7 @@ export async function serve(flags: ServeFlags): Promise<void> {
     heartbeatIntervalMs: flags.heartbeatInterval,
     keepaliveTimeMs: flags.keepalive,
     maxRotationsPerSecond: flags.maxRotationsPerSecond,
+    maxConcurrentHellos: flags.maxConcurrentHellos,
     deliveryWindow: flags.deliveryWindow,
     maxDeliveryAttempts: flags.maxDeliveryAttempts,
     maxOutboxMessages: flags.maxOutboxMessages,

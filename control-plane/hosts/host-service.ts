@@ -4,7 +4,7 @@ import { decodeJwt } from 'jose';
 import type { Clock } from '../../common/clock.js';
 import { InvalidArgumentError, NotFoundError, ResourceExhaustedError, TetherError, TokenExpiredError, UnauthenticatedError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
-import { PROTOCOL_VERSION, REFUSAL_METADATA_KEY, type Refusal } from '../../common/protocol.js';
+import { PROTOCOL_VERSION, REFUSAL_METADATA_KEY, RETRY_AFTER_METADATA_KEY, type Refusal } from '../../common/protocol.js';
 import type { Ack, ControlMessage, Hello, HostMessage, Pong } from '../../gen/tether/v1/host.js';
 import { toCredential, type AgentManager } from '../agents/agent-manager.js';
 import { presentedCredential, type Authenticator, type PresentedCredential } from '../auth/authenticator.js';
@@ -17,6 +17,7 @@ import type { IssuedToken, TokenClaims } from '../tokens/token-kinds.js';
 import { TokenRejectedError, type TokenVerifier } from '../tokens/token-verifier.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
 import { ConnectLimiter, type ConnectLimiterOptions } from './connect-limiter.js';
+import { DEFAULT_MAX_CONCURRENT_HELLOS, HelloAdmission } from './hello-admission.js';
 import { HostCredentials } from './host-credentials.js';
 import { joinSecretMatches, mintJoinToken, parseJoinToken } from './join-token.js';
 import { HostSession, type HostSessions } from './host-session.js';
@@ -51,6 +52,12 @@ export interface HostServiceOptions {
   violationBudget: number;
   /** Limits on Connect attempts with bad credentials; defaults in {@link ConnectLimiterOptions}. */
   connectLimits?: ConnectLimits;
+  /** Hellos processed at once at most; the excess is deferred with a retry-after. Default {@link DEFAULT_MAX_CONCURRENT_HELLOS}. */
+  maxConcurrentHellos?: number;
+  /** The unit of a deferred Hello's retry-after (see {@link HelloAdmission}). Default 1 s. */
+  helloRetryUnitMs?: number;
+  /** Uniform on [0, 1): spreads deferred hosts' retry-afters. */
+  random: () => number;
 }
 
 /** The tunable limits of the {@link ConnectLimiter}. */
@@ -63,6 +70,16 @@ class StreamRefusedError extends TetherError {
   constructor(message: string, refusal?: Refusal) {
     super('unauthenticated', message);
     this.refusal = refusal;
+  }
+}
+
+/** A Hello deferred because too many are processed at once: RESOURCE_EXHAUSTED with a retry-after, never final. */
+class HelloDeferredError extends TetherError {
+  readonly retryAfterMs: number;
+
+  constructor(retryAfterMs: number) {
+    super('resource-exhausted', 'too many hosts are connecting; retry later');
+    this.retryAfterMs = retryAfterMs;
   }
 }
 
@@ -111,11 +128,18 @@ export class HostService {
   readonly #liveStreams = new Set<string>();
   readonly #limiter: ConnectLimiter;
   readonly #credentials: HostCredentials;
+  readonly #admission: HelloAdmission;
 
   constructor(options: HostServiceOptions) {
     this.#options = options;
     this.#logger = options.logger.child({ component: 'hosts' });
     this.#limiter = new ConnectLimiter({ ...options.connectLimits, clock: options.clock, logger: this.#logger });
+    this.#admission = new HelloAdmission({
+      clock: options.clock,
+      random: options.random,
+      maxConcurrent: options.maxConcurrentHellos ?? DEFAULT_MAX_CONCURRENT_HELLOS,
+      ...(options.helloRetryUnitMs === undefined ? {} : { retryUnitMs: options.helloRetryUnitMs }),
+    });
     this.#credentials = new HostCredentials({ store: options.store, issuer: options.issuer, clock: options.clock, hostTokenTtlMs: options.hostTokenTtlMs });
   }
 
@@ -127,6 +151,11 @@ export class HostService {
   /** @internal Sizes of the connect limiter's tables (failing identities, recently good ones): both bounded. */
   get connectLimiterIdentities(): { failing: number; trusted: number } {
     return { failing: this.#limiter.trackedIdentities, trusted: this.#limiter.trustedIdentities };
+  }
+
+  /** @internal The Hello admission gate: Hellos in flight, the most at once, deferrals so far. */
+  get helloAdmission(): Pick<HelloAdmission, 'inFlight' | 'peakInFlight' | 'deferredTotal' | 'resetPeak'> {
+    return this.#admission;
   }
 
   /** Creates a host record and its one-time join token (shown once, stored hashed). */
@@ -234,6 +263,7 @@ export class HostService {
   #refuse(call: ServerDuplexStream<HostMessage, ControlMessage>, err: unknown): void {
     const metadata = new Metadata();
     if (err instanceof StreamRefusedError && err.refusal !== undefined) metadata.set(REFUSAL_METADATA_KEY, err.refusal);
+    if (err instanceof HelloDeferredError) metadata.set(RETRY_AFTER_METADATA_KEY, String(err.retryAfterMs));
     const statusObject = toStatus(err, this.#logger, metadata);
     if (err instanceof TetherError && err.code === 'unauthenticated') {
       // Debug only: a flood of bad connects is summarised once per window by the limiter.
@@ -356,7 +386,17 @@ export class HostService {
         this.#reject(state.session, 'hello', '', 'a second Hello');
         return;
       }
-      await this.#onHello(call, state, message.hello);
+      const permit = this.#admission.tryAdmit();
+      if (permit === undefined) {
+        const retryAfterMs = this.#admission.retryAfterMs();
+        this.#logger.debug({ hostId: state.identity.hostId, retryAfterMs, inFlight: this.#admission.inFlight }, 'Hello deferred');
+        throw new HelloDeferredError(retryAfterMs);
+      }
+      try {
+        await this.#onHello(call, state, message.hello);
+      } finally {
+        permit.release();
+      }
       if (state.isEnded) {
         // Its session was released the moment the stream ended (see #onHello): nothing went into the dead stream.
         this.#logger.info({ hostId: state.identity.hostId, sessionId: state.sessionId }, 'host stream ended while its Hello was handled');

@@ -5,10 +5,11 @@
  * welcomed stream; a refusal ends the loop; so does the signal.
  */
 import type * as grpc from '@grpc/grpc-js';
-import { status } from '@grpc/grpc-js';
+import { Metadata, status } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
-import { runConnectionLoop, type StreamOutcome } from '../../agent-host/connection-loop.js';
+import { runConnectionLoop, streamOutcomeOf, type RetryPlan, type StreamOutcome } from '../../agent-host/connection-loop.js';
 import { DEFAULT_RECONNECT_BACKOFF, reconnectCapMs } from '../../agent-host/reconnect-backoff.js';
+import { REFUSAL_METADATA_KEY, RETRY_AFTER_METADATA_KEY } from '../../common/protocol.js';
 import { FakeClock } from '../support/fake-clock.js';
 import { waitUntil } from '../support/wait.js';
 
@@ -21,13 +22,15 @@ class FakeChannel {
 }
 
 const lost = (isWelcomed = false): StreamOutcome => ({ isWelcomed, code: status.UNAVAILABLE, details: 'gone', refusal: undefined });
+/** A Hello the control plane deferred: RESOURCE_EXHAUSTED with a retry-after. */
+const deferred = (retryAfterMs: number): StreamOutcome => ({ isWelcomed: false, code: status.RESOURCE_EXHAUSTED, details: 'busy', refusal: undefined, retryAfterMs });
 
 /** Runs the loop over `outcomes` (one per attempt), stopping it once they are used up. */
 async function runOver(outcomes: StreamOutcome[], options: { lowestMs?: number; random?: () => number } = {}) {
   const clock = new FakeClock();
   const stop = new AbortController();
   const channels: FakeChannel[] = [];
-  const losses: { retryInMs: number; atMs: number }[] = [];
+  const losses: { retryInMs: number; atMs: number; plan: RetryPlan }[] = [];
   const openWhileOthersOpen: number[] = [];
   let next = 0;
   const done = runConnectionLoop({
@@ -52,7 +55,7 @@ async function runOver(outcomes: StreamOutcome[], options: { lowestMs?: number; 
       return Promise.resolve(outcome);
     },
     lowestTimeToExpiryMs: () => options.lowestMs ?? Infinity,
-    onLost: (_outcome, retryInMs) => losses.push({ retryInMs, atMs: clock.now() }),
+    onLost: (_outcome, retryInMs, plan) => losses.push({ retryInMs, atMs: clock.now(), plan }),
   });
   // Each wait is moved past as it begins; the loop ends once the outcomes are used up.
   let isDone = false;
@@ -98,6 +101,27 @@ describe('runConnectionLoop', () => {
     for (const { retryInMs } of losses) expect(retryInMs).toBeLessThanOrEqual(400);
   });
 
+  it('honours a retry-after: waits at least that long (jittered up to half as much again), without growing the backoff or stopping', async () => {
+    const { result, losses } = await runOver([lost(), deferred(2_000), deferred(2_000), lost()]);
+    expect(result).toBeUndefined();
+    expect(losses.map((l) => l.retryInMs)).toEqual([
+      Math.floor(0.999 * reconnectCapMs(0, Infinity)),
+      Math.floor(2_000 * (1 + 0.5 * 0.999)),
+      Math.floor(2_000 * (1 + 0.5 * 0.999)),
+      // The deferrals did not count as failed attempts: the backoff goes on from where the loss left it.
+      Math.floor(0.999 * reconnectCapMs(1, Infinity)),
+    ]);
+    expect(losses.map((l) => l.plan.attempt)).toEqual([1, 1, 1, 2]);
+    expect(losses.map((l) => l.plan.retryAfterMs)).toEqual([undefined, 2_000, 2_000, undefined]);
+    for (let i = 1; i < losses.length; i++) expect(losses[i]?.atMs).toBe((losses[i - 1]?.atMs ?? 0) + (losses[i - 1]?.retryInMs ?? 0));
+  });
+
+  it('bounds a retry-after by a tenth of the lowest remaining token life, like any delay', async () => {
+    const { losses } = await runOver([deferred(60_000), deferred(60_000)], { lowestMs: 4_000 });
+    expect(losses.map((l) => l.retryInMs)).toEqual([400, 400]);
+    expect(losses.every((l) => l.plan.capMs === 400)).toBe(true);
+  });
+
   it('ends with the outcome of a final refusal, opening nothing more', async () => {
     const refusal: StreamOutcome = { isWelcomed: false, code: status.UNAUTHENTICATED, details: 'revoked', refusal: 'revoked' };
     const { result, channels, attempts } = await runOver([lost(), refusal, lost()]);
@@ -136,5 +160,33 @@ describe('runConnectionLoop', () => {
     expect(await done).toBeUndefined();
     expect(losses.map((l) => l.code)).toEqual([status.UNKNOWN]);
     expect(channels.every((c) => c.isClosed)).toBe(true);
+  });
+});
+
+describe('streamOutcomeOf', () => {
+  const statusWith = (code: status, entries: Record<string, string>): grpc.StatusObject => {
+    const metadata = new Metadata();
+    for (const [key, value] of Object.entries(entries)) metadata.set(key, value);
+    return { code, details: 'd', metadata };
+  };
+
+  it('reads a retry-after only from RESOURCE_EXHAUSTED, and never as a refusal', () => {
+    expect(streamOutcomeOf(statusWith(status.RESOURCE_EXHAUSTED, { [RETRY_AFTER_METADATA_KEY]: '1500' }), false)).toEqual({
+      isWelcomed: false,
+      code: status.RESOURCE_EXHAUSTED,
+      details: 'd',
+      refusal: undefined,
+      retryAfterMs: 1_500,
+    });
+    expect(streamOutcomeOf(statusWith(status.UNAVAILABLE, { [RETRY_AFTER_METADATA_KEY]: '1500' }), false).retryAfterMs).toBeUndefined();
+    expect(streamOutcomeOf(statusWith(status.RESOURCE_EXHAUSTED, { [RETRY_AFTER_METADATA_KEY]: '-1' }), false).retryAfterMs).toBeUndefined();
+    expect(streamOutcomeOf(statusWith(status.RESOURCE_EXHAUSTED, { [RETRY_AFTER_METADATA_KEY]: 'soon' }), false).retryAfterMs).toBeUndefined();
+    expect(streamOutcomeOf(statusWith(status.RESOURCE_EXHAUSTED, {}), false).retryAfterMs).toBeUndefined();
+  });
+
+  it('reads a final refusal from any status but OK', () => {
+    expect(streamOutcomeOf(statusWith(status.UNAUTHENTICATED, { [REFUSAL_METADATA_KEY]: 'revoked' }), false).refusal).toBe('revoked');
+    expect(streamOutcomeOf(statusWith(status.OK, { [REFUSAL_METADATA_KEY]: 'revoked' }), true).refusal).toBeUndefined();
+    expect(streamOutcomeOf(statusWith(status.UNAUTHENTICATED, { [REFUSAL_METADATA_KEY]: 'bogus' }), false).refusal).toBeUndefined();
   });
 });

@@ -3,7 +3,7 @@
  * 0.5 s to 30 s and bounded by a tenth of the lowest remaining token life.
  */
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_RECONNECT_BACKOFF, reconnectCapMs, reconnectDelayMs } from '../../agent-host/reconnect-backoff.js';
+import { DEFAULT_RECONNECT_BACKOFF, reconnectCapMs, reconnectDelayMs, RETRY_AFTER_CEILING_MS, retryAfterDelayMs } from '../../agent-host/reconnect-backoff.js';
 import { SeededRandom } from '../../scripts/soak/seeded-random.js';
 
 const NO_TOKENS = Infinity;
@@ -94,5 +94,21 @@ describe('reconnectDelayMs', () => {
     // Spread over the whole range, not bunched at the cap as a clamp after randomising would leave them.
     expect(highestMs).toBeGreaterThan(capMs * 0.99);
     expect(lowestMs).toBeLessThan(capMs * 0.01);
+  });
+});
+
+describe('retryAfterDelayMs', () => {
+  it.each([
+    // [asked, lowest remaining, draw, expected]
+    ['the retry-after at a draw of 0', 2_000, NO_TOKENS, 0, 2_000],
+    ['half as much again at a draw near 1', 2_000, NO_TOKENS, 0.999_999, 2_999],
+    ['the tokens\u2019 bound (a tenth of what is left)', 2_000, 10_000, 0, 1_000],
+    ['the lifetime floor once tokens have (nearly) run out', 2_000, 100, 0.5, DEFAULT_RECONNECT_BACKOFF.lifetimeFloorMs],
+    ['NaN remaining life as none left', 2_000, Number.NaN, 0.5, DEFAULT_RECONNECT_BACKOFF.lifetimeFloorMs],
+    ['the ceiling with no token to bound it', 3_600_000, NO_TOKENS, 0.5, RETRY_AFTER_CEILING_MS],
+    ['0 for a retry-after of 0', 0, NO_TOKENS, 0.5, 0],
+    ['a NaN draw as 0', 2_000, NO_TOKENS, Number.NaN, 2_000],
+  ])('is %s', (_what, askedMs, remainingMs, draw, expectedMs) => {
+    expect(retryAfterDelayMs(askedMs, remainingMs, () => draw)).toBe(expectedMs);
   });
 });

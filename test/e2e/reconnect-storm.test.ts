@@ -2,8 +2,10 @@
  * A reconnect storm: 100 hosts, each on a connection of its own (a local
  * subchannel pool per channel, so grpc-js does not share one connection
  * between them), all through one fault proxy, lose the control plane at once
- * and come back. Every one is back and resumed (its agent kept, not started
- * again), and the control plane answers admin calls throughout. The bound on
+ * and stay cut off until every host's reconnect backoff has reached its cap
+ * (its `disconnected` events say so), then come back in time. Every one is
+ * back and resumed (its agent kept, not started again), and the control plane
+ * answers admin calls throughout. The bound on
  * waiting only catches a hang; the spread of reconnect times is printed, not
  * asserted. The soak does the same with 1,000 hosts (`--storm-hosts`).
  */
@@ -12,10 +14,13 @@ import type { AgentHost } from '../../agent-host/agent-host.js';
 import { advanceUntil } from '../support/advance-until.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { call, Harness } from '../support/harness.js';
+import { waitUntil } from '../support/wait.js';
 
 const HOSTS = 100;
 /** Hosts started at once while setting up. */
 const SETUP_CONCURRENCY = 20;
+/** The hosts' backoff cap (the harness's): 10 ms doubling to 50 ms. */
+const RECONNECT_MAX_DELAY_MS = 50;
 /** ListHosts calls made during the storm, at most (one per poll while it lasts). */
 const MAX_ADMIN_CALLS = 500;
 
@@ -68,12 +73,26 @@ describe('a reconnect storm', () => {
     h.cp.events.on('host-connected', (e) => connectedAfterCut.push(e.hostId));
     h.cp.events.on('agent-state', (e) => void (e.state === 'starting' && agentsStarted.push(e.agentId)));
     const cutAtMs = performance.now();
+    const atCap = new Set<string>();
+    const attemptsAtCap: number[] = [];
     for (const { host, hostId } of hosts) {
       host.events.once('connected', () => reconnectMs.set(hostId, performance.now() - cutAtMs));
       host.events.on('agent-started', (e) => agentsStarted.push(e.agentId));
+      host.events.on('disconnected', (e) => {
+        if (e.capMs === RECONNECT_MAX_DELAY_MS && !atCap.has(hostId)) {
+          atCap.add(hostId);
+          attemptsAtCap.push(e.attempt);
+        }
+      });
     }
 
+    // Cut off, and every new connection reset, until each host's backoff has grown to its cap.
+    p.refuseNew();
     p.cutAll();
+    await advanceUntil(h.clock, 10, () => atCap.size === HOSTS, `all ${HOSTS} hosts' backoff to reach its cap`);
+    // 10, 20, 40, then 50 ms: the fourth failed attempt is the first at the cap.
+    expect(Math.min(...attemptsAtCap)).toBe(4);
+    p.heal();
     // Admin calls go straight to the control plane (not through the proxy) and must be answered while the storm lasts.
     let adminCalls = 0;
     const adminFailures: unknown[] = [];
@@ -114,7 +133,9 @@ describe('a reconnect storm', () => {
     // The control plane answered throughout.
     expect(adminFailures).toEqual([]);
     expect(adminCalls).toBeGreaterThan(0);
-    expect(p.openConnections).toBe(HOSTS);
+    // Nothing left of the failed attempts: per host its stream's connection and, once its agent has
+    // heartbeated (the fake clock moved on while the backoff grew), its agent calls' own channel.
+    await waitUntil(() => p.openConnections <= 2 * HOSTS, `at most two proxied connections per host (${p.openConnections} open)`);
   });
 });
 
