@@ -324,12 +324,21 @@ export class AgentManager {
         const nowMs = clock.now();
         const isBehind = running.generation < current.generation;
         if (isBehind || isRotationDue(nowMs, current.rotationDueAtMs) || isPastHalfLife(nowMs, current.issuedAtMs, current.expiresAtMs)) {
-          if (this.#options.isRotationEnabled) {
+          // A host behind holds an older token than the store's: the one it acknowledged if that is
+          // known, else one that had at most half its life left when the store's replaced it.
+          const ttlMs = current.expiresAtMs - current.issuedAtMs;
+          const heldExpiresAtMs = !isBehind
+            ? current.expiresAtMs
+            : current.ackedGeneration === running.generation && current.ackedExpiresAtMs > 0
+              ? current.ackedExpiresAtMs
+              : current.issuedAtMs + ttlMs / 2;
+          // Delivery checks the half-life of the store's token, not of an older one the host holds: a
+          // host behind whose token is past half its life gets the fresh one before any Deliver.
+          const isHeldPastHalfLife = isBehind && isPastHalfLife(nowMs, heldExpiresAtMs - ttlMs, heldExpiresAtMs);
+          if (this.#options.isRotationEnabled && !isHeldPastHalfLife) {
             // Due now, but signed by the rate-capped scheduler, soonest-expiring first, never inline: a
             // control plane coming back to every host at once would otherwise sign every due token of
-            // every host inside their Hellos, all together. A host behind holds an older token than the
-            // store's, which had at most half its life left when that one replaced it: ranked by that.
-            const heldExpiresAtMs = isBehind ? current.issuedAtMs + (current.expiresAtMs - current.issuedAtMs) / 2 : current.expiresAtMs;
+            // every host inside their Hellos, all together.
             dueOnResume.push({ agentId: current.agentId, dueAtMs: nowMs, expiresAtMs: heldExpiresAtMs });
           } else {
             const issued = await this.#issue(current, {}, 'resume');

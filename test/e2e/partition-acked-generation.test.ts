@@ -13,6 +13,7 @@ import type { AgentInfo } from '../../gen/tether/v1/admin.js';
 import { advanceUntil } from '../support/advance-until.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { call, Harness } from '../support/harness.js';
+import { ScriptedModule } from '../support/scripted-module.js';
 import { nextEvent, waitUntil } from '../support/wait.js';
 
 const TTL_MS = 30_000;
@@ -76,5 +77,39 @@ describe('a partition', () => {
     const after = await info();
     expect(host.agentCredential('island')).toEqual({ generation: after.generation, expiresAtMs: after.ackedExpiresAtMs });
     expect(after.ackedExpiresAtMs).toBe(after.expiresAtMs);
+  });
+
+  it('gives a host that comes back behind, holding a token past half its life, the fresh one before any message', async () => {
+    harness = await Harness.start({ agentTokenTtlMs: TTL_MS });
+    const h = harness;
+    proxy = await FaultProxy.start({ targetPort: h.cp.port });
+    const p = proxy;
+    const scripted = new ScriptedModule();
+    const { host, hostId } = await h.startHost('behind', { target: p.target, ...HOST_KEEPALIVE, modules: new Map([['scripted', scripted.module]]) });
+    await h.dispatch(host, hostId, 'island', 'scripted');
+    const startedAtMs = h.clock.now();
+    const held = host.agentCredential('island');
+    expect(held?.generation).toBe(1);
+
+    // Cut just short of the held token's half-life, and rotate into the dead stream: the store's token is
+    // fresh, the host's is not (and soon past half its life).
+    h.clock.advance(TTL_MS * 0.45);
+    const hostNoticed = nextEvent(host.events, 'disconnected');
+    p.blackhole();
+    await call(h.admin.rotateAgentCredential.bind(h.admin), { agentId: 'island' });
+    await hostNoticed;
+    await call(h.admin.sendMessages.bind(h.admin), {
+      agentId: 'island',
+      messages: [{ contentType: 'text/plain', payload: Buffer.from('after the partition'), idempotencyKey: '' }],
+    });
+    h.clock.advance(TTL_MS * 0.1);
+    expect(h.clock.now() - startedAtMs).toBeGreaterThan(TTL_MS / 2);
+    expect(host.agentCredential('island')?.generation).toBe(1);
+
+    // Healed: the message reaches the agent holding a token issued after the one the dead stream swallowed.
+    p.heal();
+    await advanceUntil(h.clock, 50, () => scripted.taken('island').includes('after the partition'), 'the message taken after the heal');
+    const seen = scripted.of('island').find((r) => r.payload === 'after the partition');
+    expect(seen?.generation).toBeGreaterThan(2);
   });
 });
