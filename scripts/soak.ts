@@ -360,6 +360,8 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   /** Hung agents: started on their host, and given their message. */
   const hungStarted = new Set<string>();
   const hungTaken = new Set<string>();
+  /** Per agent: when a WhoAmI of its last succeeded (soak time). */
+  const lastToolOkAtMs = new Map<string, number>();
   const instances = new Map<string, AgentInstance>();
   let isShuttingDown = false;
   const crashedHostClosings: Promise<void>[] = [];
@@ -413,6 +415,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
         const me = await context.agent.whoAmI({ signal: context.signal });
         if (isOver()) return;
         ledger.onToolCall(instance, 'as-itself', 'ok', elapsed());
+        lastToolOkAtMs.set(context.agentId, elapsed());
         if (me.agentId !== context.agentId) ledger.onWrongIdentity(instance, me.agentId);
       } catch (err) {
         if (isOver()) return;
@@ -715,14 +718,9 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
           if (record.outcome !== 'abandoned') fail(`hung agent ${agentId} was reported ${record.outcome}, not abandoned`);
           if (neighbourRotations === 0) fail(`no neighbour of hung agent ${agentId} applied a rotation while it was being stopped (a forced one was asked for)`);
           if (neighbourMessages === 0) fail(`no neighbour of hung agent ${agentId} took a message while it was being stopped`);
-          await waitFor(
-            async () => {
-              const got = await unary(admin.getAgent.bind(admin), { agentId }, CALL_BOUND_MS);
-              return got.agent?.state === AgentState.AGENT_STATE_STOPPED && got.agent.detail === 'abandoned';
-            },
-            `the control plane to show ${agentId} stopped/abandoned`,
-            STEP_BOUND_MS,
-          );
+          // The control plane marks it stopped when asked (its detail is the stop's reason, whatever the host reports after).
+          const got = await unary(admin.getAgent.bind(admin), { agentId }, CALL_BOUND_MS);
+          if (got.agent?.state !== AgentState.AGENT_STATE_STOPPED) fail(`the control plane shows hung agent ${agentId} in state ${String(got.agent?.state)}, not stopped`);
         } finally {
           host.events.off('message-taken', onTaken);
           host.events.off('rotation-applied', onRotated);
@@ -818,7 +816,10 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   const quietPoint = async (name: string): Promise<void> => {
     await load.pause();
     await waitFor(allConnected, `${name}: every host connected`, STEP_BOUND_MS);
+    const quietFromMs = elapsed();
     try {
+      // Every agent's own calls go through again, so their channels are back before descriptors are counted.
+      await waitFor(() => agentIds.every((id) => (lastToolOkAtMs.get(id) ?? -1) >= quietFromMs), `${name}: a tool call of every agent to succeed`, STEP_BOUND_MS);
       await waitFor(() => ledger.isAllDelivered(), `${name}: every message sent delivered`, STEP_BOUND_MS);
       await waitFor(
         async () => {
