@@ -526,6 +526,14 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
     for (const slot of slots) slot.reach.setControlPlaneDown(isDown, elapsed());
   };
   const lowestLeftMs = (): number => Math.min(...slots.map((s) => s.host.lowestTimeToExpiryMs()));
+  // The lowest time-to-expiry the rotation schedule has let it fall to so far (sampled): where an outage can start at best.
+  let lowestSeenMs = Infinity;
+  const sampler = (async (): Promise<void> => {
+    while (!isShuttingDown) {
+      lowestSeenMs = Math.min(lowestSeenMs, lowestLeftMs());
+      await pause(250);
+    }
+  })();
   /** The next `event` of `slot`'s current host that `matches`, bounded; the listener is removed either way. */
   const nextAgentStopped = (host: AgentHost, agentId: string, boundMs: number): Promise<{ outcome: string; atMs: number }> => {
     let listener: ((e: { agentId: string; outcome: string }) => void) | undefined;
@@ -587,7 +595,8 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
         }
         const targetDownMs = faults.int(Math.floor(maxDownMs * 0.7), maxDownMs);
         // Right before rotations fall due: the lowest time-to-expiry within a band above 40 % of the TTL (bounded: one rotation cycle).
-        const dueMs = agentTtlMs * ROTATION_LEFT_FRACTION;
+        // At best 40 % of the TTL, or the lowest the schedule has let it fall to so far if that is higher.
+        const dueMs = Math.max(agentTtlMs * ROTATION_LEFT_FRACTION, Number.isFinite(lowestSeenMs) ? lowestSeenMs : 0);
         const bandMs = Math.max(1_000, agentTtlMs * 0.05);
         const waitedFromMs = performance.now();
         let closestMs = Infinity;
@@ -603,7 +612,8 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
         const lowestAtKillMs = lowestLeftMs();
         say(
           `fault: control-plane outage of ${(targetDownMs / 1000).toFixed(1)} s (TTL/3 is ${(thirdMs / 1000).toFixed(1)} s), ` +
-            `lowest time-to-expiry ${(lowestAtKillMs / 1000).toFixed(1)} s (${((lowestAtKillMs / agentTtlMs) * 100).toFixed(0)} % of the TTL; waited ${Math.round(performance.now() - waitedFromMs)} ms)`,
+            `lowest time-to-expiry ${(lowestAtKillMs / 1000).toFixed(1)} s (${((lowestAtKillMs / agentTtlMs) * 100).toFixed(0)} % of the TTL; aimed at ≤ ${((dueMs + bandMs) / 1000).toFixed(1)} s, ` +
+            `the lowest seen so far ${(lowestSeenMs / 1000).toFixed(1)} s; waited ${Math.round(performance.now() - waitedFromMs)} ms)`,
         );
         const helloAtMs: (number | undefined)[] = slots.map(() => undefined);
         const attempts = slots.map(() => 0);
@@ -873,6 +883,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
 
   // Shutdown: hosts gracefully, then the control plane with SIGTERM (it must exit 0).
   isShuttingDown = true;
+  await within(sampler, 'the time-to-expiry sampler to stop', STEP_BOUND_MS);
   for (const slot of slots) await within(slot.host.close(), `host ${slot.index} to close`, STEP_BOUND_MS);
   await within(Promise.all(crashedHostClosings), 'crashed hosts to be let go', STEP_BOUND_MS);
   await within(Promise.all([...toolLoops]), 'agent tool loops to end', STEP_BOUND_MS);
