@@ -1,61 +1,92 @@
 /**
- * When one host could not reach the control plane: its stream down (not yet
- * welcomed again), or its link blackholed. The promise "no 401 while the host
- * reaches the control plane at least once in every third of a token's
- * lifetime" is judged against this: a 401 is excused only if an outage longer
- * than TTL/3 overlapped the TTL before it (tokens alive in it may have had no
- * chance to be replaced). Outages older than that are forgotten, so this stays
- * small however long the soak runs.
+ * When one host could not reach the control plane, and whether a 401 there
+ * falls outside the promise ("no 401 while the host reaches the control plane
+ * at least once in every third of a token's lifetime").
+ *
+ * The excuse comes from the FAULT SCHEDULE only, never from what the host was
+ * seen doing: a host that stays away long after a short outage (a backoff that
+ * outgrew its tokens, a hung reconnect) is exactly what the promise is about,
+ * so its stream being down excuses nothing. Scheduled outages are the soak's
+ * own blackholes of this host's link and the control plane being down. A 401
+ * is excused only while a scheduled outage has lasted more than TTL/3, or
+ * within `graceAfterMs` after such an outage ended (the host's time to get
+ * back and have its tokens replaced). Outages too old to excuse anything are
+ * forgotten, so this stays small however long the soak runs.
+ *
+ * What the host's stream did is kept apart, for the summary only.
  */
 export class Reachability {
   readonly #ttlMs: number;
-  /** Finished outages, oldest first. */
+  readonly #graceAfterMs: number;
+  /** Finished scheduled outages, oldest first. */
   readonly #outages: { fromMs: number; toMs: number }[] = [];
-  #downSinceMs: number | undefined;
-  #isStreamUp = false;
+  #scheduledSinceMs: number | undefined;
   #isBlackholed = false;
-  #longestMs = 0;
+  #isControlPlaneDown = false;
+  #longestScheduledMs = 0;
+  #streamDownSinceMs: number | undefined;
+  #longestStreamDownMs = 0;
 
-  constructor(ttlMs: number, nowMs: number) {
+  /** `graceAfterMs`: how long after a scheduled outage longer than TTL/3 ends its 401s stay excused. */
+  constructor(ttlMs: number, graceAfterMs: number, nowMs: number) {
     this.#ttlMs = ttlMs;
-    this.#downSinceMs = nowMs;
+    this.#graceAfterMs = graceAfterMs;
+    this.#streamDownSinceMs = nowMs;
   }
 
-  /** The longest outage seen so far (an open one counts up to now). */
-  longestOutageMs(nowMs: number): number {
-    return Math.max(this.#longestMs, this.#downSinceMs === undefined ? 0 : nowMs - this.#downSinceMs);
+  /** The longest stretch the host's stream was seen down (an open one counts up to now). Reported, never an excuse. */
+  longestStreamDownMs(nowMs: number): number {
+    return Math.max(this.#longestStreamDownMs, this.#streamDownSinceMs === undefined ? 0 : nowMs - this.#streamDownSinceMs);
   }
 
-  /** The host's stream was welcomed (true) or lost (false). */
+  /** The longest scheduled outage so far (an open one counts up to now). */
+  longestScheduledOutageMs(nowMs: number): number {
+    return Math.max(this.#longestScheduledMs, this.#scheduledSinceMs === undefined ? 0 : nowMs - this.#scheduledSinceMs);
+  }
+
+  /** The host's stream was welcomed (true) or lost (false): for the summary only. */
   setStreamUp(isUp: boolean, nowMs: number): void {
-    this.#isStreamUp = isUp;
-    this.#update(nowMs);
+    if (!isUp && this.#streamDownSinceMs === undefined) this.#streamDownSinceMs = nowMs;
+    if (isUp && this.#streamDownSinceMs !== undefined) {
+      this.#longestStreamDownMs = Math.max(this.#longestStreamDownMs, nowMs - this.#streamDownSinceMs);
+      this.#streamDownSinceMs = undefined;
+    }
   }
 
-  /** Its link was blackholed (true) or healed (false). */
+  /** The schedule blackholed this host's link (true) or healed it (false). */
   setBlackholed(isBlackholed: boolean, nowMs: number): void {
     this.#isBlackholed = isBlackholed;
     this.#update(nowMs);
   }
 
-  /** Whether a 401 at `atMs` falls outside the promise: an outage longer than TTL/3 overlapped [atMs - TTL, atMs]. */
+  /** The schedule took the control plane down (true) or it is listening again (false). */
+  setControlPlaneDown(isDown: boolean, nowMs: number): void {
+    this.#isControlPlaneDown = isDown;
+    this.#update(nowMs);
+  }
+
+  /**
+   * Whether a 401 at `atMs` falls outside the promise: a scheduled outage that,
+   * at `atMs`, had lasted more than TTL/3, or one longer than TTL/3 that ended
+   * no more than `graceAfterMs` before.
+   */
   isExcused(atMs: number): boolean {
     const thirdMs = this.#ttlMs / 3;
-    const windowStartMs = atMs - this.#ttlMs;
-    if (this.#downSinceMs !== undefined && atMs - this.#downSinceMs > thirdMs) return true;
-    return this.#outages.some((o) => o.toMs >= windowStartMs && o.toMs - o.fromMs > thirdMs);
+    if (this.#scheduledSinceMs !== undefined && atMs - this.#scheduledSinceMs > thirdMs) return true;
+    return this.#outages.some((o) => o.toMs - o.fromMs > thirdMs && atMs - o.fromMs > thirdMs && atMs <= o.toMs + this.#graceAfterMs);
   }
 
   #update(nowMs: number): void {
-    const isUp = this.#isStreamUp && !this.#isBlackholed;
-    if (!isUp && this.#downSinceMs === undefined) this.#downSinceMs = nowMs;
-    if (isUp && this.#downSinceMs !== undefined) {
-      const outage = { fromMs: this.#downSinceMs, toMs: nowMs };
-      this.#longestMs = Math.max(this.#longestMs, outage.toMs - outage.fromMs);
+    const isDown = this.#isBlackholed || this.#isControlPlaneDown;
+    if (isDown && this.#scheduledSinceMs === undefined) this.#scheduledSinceMs = nowMs;
+    if (!isDown && this.#scheduledSinceMs !== undefined) {
+      const outage = { fromMs: this.#scheduledSinceMs, toMs: nowMs };
+      this.#longestScheduledMs = Math.max(this.#longestScheduledMs, outage.toMs - outage.fromMs);
       this.#outages.push(outage);
-      this.#downSinceMs = undefined;
+      this.#scheduledSinceMs = undefined;
     }
-    // Outages that ended more than two TTLs ago can no longer excuse anything.
-    while (this.#outages.length > 0 && (this.#outages[0]?.toMs ?? 0) < nowMs - 2 * this.#ttlMs) this.#outages.shift();
+    // Outages that ended longer ago than any grace (and a TTL) can no longer excuse anything.
+    const keepMs = Math.max(this.#graceAfterMs, this.#ttlMs) * 2;
+    while (this.#outages.length > 0 && (this.#outages[0]?.toMs ?? 0) < nowMs - keepMs) this.#outages.shift();
   }
 }
