@@ -97,6 +97,18 @@ export async function serve(flags: ServeFlags): Promise<void> {
   for (const file of [flags.tlsCert, flags.tlsKey]) {
     if (file !== undefined && !existsSync(file)) throw new Error(`no such file: ${file}`);
   }
+  // Armed before anything listens: a SIGTERM that comes as soon as the listening line is printed
+  // (a supervisor, a test) must shut down gracefully, not kill the process with the default action.
+  const stopRequested = new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      logger.info({ signal }, 'shutting down');
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      resolve();
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
   const adminToken = await resolveAdminToken(flags, logger);
   const dbPath = databasePath(flags.dataDir);
   const store = SqliteStore.open(dbPath);
@@ -131,16 +143,7 @@ export async function serve(flags: ServeFlags): Promise<void> {
     maxPayloadBytes: flags.maxPayloadBytes,
     shutdownGraceMs: flags.shutdownGrace,
   });
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string): void => {
-      logger.info({ signal }, 'shutting down');
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
-      resolve();
-    };
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
-  });
+  await stopRequested;
   await controlPlane.close();
   await store.close();
   release();

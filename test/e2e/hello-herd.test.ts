@@ -20,7 +20,7 @@ import type { Store } from '../../control-plane/store/store.js';
 import { advanceUntil } from '../support/advance-until.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { call, Harness } from '../support/harness.js';
-import { HANG_BOUND_MS, waitUntil } from '../support/wait.js';
+import { HANG_BOUND_MS } from '../support/wait.js';
 
 /**
  * 200 hosts open fresh connections at once: on a loaded two-core machine that alone can take most
