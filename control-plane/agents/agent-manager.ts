@@ -442,9 +442,18 @@ export class AgentManager {
           // (previousExpiresAtMs is only set by a rotation within this placement), whose Ack follows.
           const isRotatedSince = agent.previousExpiresAtMs !== 0;
           const held = isRotatedSince ? agent.generation - 1 : agent.generation;
-          let current: AgentRecord | undefined = agent;
-          if (held > agent.ackedGeneration) current = await this.#recordHeld(agent, held);
-          if (current !== undefined && (current.state === 'starting' || current.state === 'stalled')) await this.#setState(current, 'running', event.detail);
+          const isNowRunning = agent.state === 'starting' || agent.state === 'stalled';
+          if (held <= agent.ackedGeneration && !isNowRunning) return;
+          // One write for both: a host starting many agents sends as many events, handled one after another.
+          const updated = await this.#options.store.updateAgent(
+            agent.agentId,
+            {
+              ...(held > agent.ackedGeneration ? this.#heldPatch(agent, held) : {}),
+              ...(isNowRunning ? { state: 'running' as const, detail: event.detail, updatedAtMs: this.#options.clock.now() } : {}),
+            },
+            { incarnation: agent.incarnation, generation: agent.generation, states: [agent.state] },
+          );
+          if (updated !== undefined && isNowRunning) this.#onStateChanged(agent, 'running');
           return;
         }
         case 'exited':
@@ -488,14 +497,16 @@ export class AgentManager {
 
   /** Records that `agent`'s host holds `generation` (this placement's); caller holds the lock. */
   async #recordHeld(agent: AgentRecord, generation: number): Promise<AgentRecord | undefined> {
-    const expiresAtMs = generation === agent.generation ? agent.expiresAtMs : generation === agent.generation - 1 ? agent.previousExpiresAtMs : 0;
-    const updated = await this.#options.store.updateAgent(
-      agent.agentId,
-      { ackedGeneration: generation, ackedExpiresAtMs: expiresAtMs },
-      { incarnation: agent.incarnation, generation: agent.generation },
-    );
-    if (updated !== undefined) this.#logger.debug({ agentId: agent.agentId, gen: generation, exp: expiresAtMs }, 'agent credential held by its host');
+    const patch = this.#heldPatch(agent, generation);
+    const updated = await this.#options.store.updateAgent(agent.agentId, patch, { incarnation: agent.incarnation, generation: agent.generation });
+    if (updated !== undefined) this.#logger.debug({ agentId: agent.agentId, gen: generation, exp: patch.ackedExpiresAtMs }, 'agent credential held by its host');
     return updated;
+  }
+
+  /** The fields recording that `agent`'s host holds credential `generation` (the current one, or the one it replaced). */
+  #heldPatch(agent: AgentRecord, generation: number): { ackedGeneration: number; ackedExpiresAtMs: number } {
+    const expiresAtMs = generation === agent.generation ? agent.expiresAtMs : generation === agent.generation - 1 ? agent.previousExpiresAtMs : 0;
+    return { ackedGeneration: generation, ackedExpiresAtMs: expiresAtMs };
   }
 
   async #requireHost(hostId: string, spec: AgentSpecRecord): Promise<void> {
@@ -640,11 +651,13 @@ export class AgentManager {
       { state, detail, updatedAtMs: this.#options.clock.now() },
       { incarnation: agent.incarnation, states: [agent.state] },
     );
-    if (updated !== undefined) {
-      this.#options.events.emit('agent-state', { agentId: agent.agentId, state, incarnation: agent.incarnation });
-      this.#logger.info({ agentId: agent.agentId, state }, 'agent state');
-    }
+    if (updated !== undefined) this.#onStateChanged(agent, state);
     return updated;
+  }
+
+  #onStateChanged(agent: AgentRecord, state: AgentStateName): void {
+    this.#options.events.emit('agent-state', { agentId: agent.agentId, state, incarnation: agent.incarnation });
+    this.#logger.info({ agentId: agent.agentId, state }, 'agent state');
   }
 
   /**

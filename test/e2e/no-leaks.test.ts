@@ -126,6 +126,9 @@ describe('no leaks', () => {
       }),
     );
     await waitUntil(() => started.size === AGENTS, `${AGENTS} agents started`);
+    // The control plane handles the hosts' started events one after another, well after the host sent them:
+    // measured before it caught up, its work in progress would pass for a leak.
+    await waitUntil(async () => (await h.store.countAgentsByState()).get('running') === AGENTS, `${AGENTS} agents running on the control plane`);
     expect(host.agentIds()).toHaveLength(AGENTS);
     expect([...refs.values()].map((list) => list.length)).toEqual(Array.from({ length: AGENTS }, () => 3));
 
