@@ -111,7 +111,7 @@ function main(): void {
       const startedAt = performance.now();
       const result = isFilesOnly ? run('npx', ['vitest', 'run', ...mutation.tests], tree) : run('npm', ['test'], tree);
       const seconds = ((performance.now() - startedAt) / 1000).toFixed(0);
-      const failed = result.output.match(/^.*(FAIL|×).*$/gm)?.slice(0, 3).map((line) => stripVTControlCharacters(line).trim()) ?? [];
+      const failed = stripVTControlCharacters(result.output).match(/^\s*(FAIL\s|×).*$/gm)?.slice(0, 3).map((line) => line.trim()) ?? [];
       if (result.status === 0) {
         survived += 1;
         console.log(`SURVIVED     ${mutation.name} (${seconds} s): the suite passed with it`);

@@ -59,10 +59,13 @@ describe('resume rotations', () => {
     const soonestFirst = [...expiresAtMs].sort(([, a], [, b]) => a - b).map(([agentId]) => agentId);
     expect(soonestFirst).toEqual([...AGENT_IDS].reverse());
     expect(issued.map((i) => i.agentId)).toEqual(soonestFirst);
-    // At the cap: the bucket's two at once, then one every half second.
+    // At the cap: the bucket's two at once, then one every half second (2 s of fake clock in all; an
+    // issue is seen up to a few clock steps after the scheduler started it, so allow half of that).
+    // Signed inline they would all come at one instant.
     const firstAtMs = issued[0]?.atMs ?? Number.NaN;
     const lastAtMs = issued.at(-1)?.atMs ?? Number.NaN;
-    expect(lastAtMs - firstAtMs).toBeGreaterThanOrEqual(((AGENT_IDS.length - MAX_ROTATIONS_PER_SECOND) * 1_000) / MAX_ROTATIONS_PER_SECOND - 10);
+    const atCapMs = ((AGENT_IDS.length - MAX_ROTATIONS_PER_SECOND) * 1_000) / MAX_ROTATIONS_PER_SECOND;
+    expect(lastAtMs - firstAtMs).toBeGreaterThanOrEqual(atCapMs / 2);
     expect(host.state).toBe('connected');
   });
 });
