@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { resolve } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import * as grpc from '@grpc/grpc-js';
 import type { SqliteStoreOptions } from '../../control-plane/store/sqlite-store.js';
 
 /** A positive integer from the environment, or `fallback`. */
@@ -32,6 +33,16 @@ export async function within<T>(promise: Promise<T>, what: string): Promise<T> {
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** One unary call of a generated client method, as a Promise, with the bound as its deadline. */
+export function unary<Req, Res>(
+  method: (request: Req, metadata: grpc.Metadata, options: Partial<grpc.CallOptions>, callback: (err: grpc.ServiceError | null, res: Res) => void) => grpc.ClientUnaryCall,
+  request: Req,
+): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    method(request, new grpc.Metadata(), { deadline: Date.now() + BOUND_MS }, (err, res) => (err === null ? resolve(res) : reject(err)));
+  });
 }
 
 /** The median of `values`. */

@@ -35,7 +35,7 @@ import { ControlPlane } from '../../control-plane/control-plane.js';
 import { SqliteStore } from '../../control-plane/store/sqlite-store.js';
 import { AdminServiceClient } from '../../gen/tether/v1/admin.js';
 import { ControlMessage } from '../../gen/tether/v1/host.js';
-import { benchDir, BOUND_MS, envCount, median, printTable, selectedModes, startTiming, within, type StoreMode, type Timing } from './bench-support.js';
+import { benchDir, BOUND_MS, envCount, median, printTable, selectedModes, startTiming, type StoreMode, type Timing, unary, within } from './bench-support.js';
 
 const MESSAGES = envCount('BENCH_MESSAGES', 20_000);
 const AGENTS = envCount('BENCH_AGENTS', 10);
@@ -44,15 +44,6 @@ const BATCH = envCount('BENCH_BATCH', 500);
 const PAYLOAD_BYTES = envCount('BENCH_PAYLOAD_BYTES', 16);
 /** The control plane's delivery window; unset: its default. */
 const WINDOW = process.env.BENCH_WINDOW === undefined ? undefined : envCount('BENCH_WINDOW', 32);
-
-function unary<Req, Res>(
-  method: (request: Req, metadata: grpc.Metadata, options: Partial<grpc.CallOptions>, callback: (err: grpc.ServiceError | null, res: Res) => void) => grpc.ClientUnaryCall,
-  request: Req,
-): Promise<Res> {
-  return new Promise((resolve, reject) => {
-    method(request, new grpc.Metadata(), { deadline: Date.now() + BOUND_MS }, (err, res) => (err === null ? resolve(res) : reject(err)));
-  });
-}
 
 /** One delivery run: from the first send to the last message taken. */
 async function deliveryRun(root: string, mode: StoreMode): Promise<Timing> {

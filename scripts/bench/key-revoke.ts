@@ -29,21 +29,12 @@ import { createLogger } from '../../common/logger.js';
 import { ControlPlane } from '../../control-plane/control-plane.js';
 import { SqliteStore } from '../../control-plane/store/sqlite-store.js';
 import { AdminServiceClient } from '../../gen/tether/v1/admin.js';
-import { envCount, within } from './bench-support.js';
+import { envCount, unary, within } from './bench-support.js';
 
 const AGENTS = envCount('BENCH_AGENTS', 10_000);
 const HOSTS = envCount('BENCH_HOSTS', 10);
 const RATE = envCount('BENCH_RATE', 200);
 const DISPATCH_CONCURRENCY = 100;
-
-function unary<Req, Res>(
-  method: (request: Req, metadata: grpc.Metadata, options: Partial<grpc.CallOptions>, callback: (err: grpc.ServiceError | null, response: Res) => void) => grpc.ClientUnaryCall,
-  request: Req,
-): Promise<Res> {
-  return new Promise((resolve, reject) => {
-    method(request, new grpc.Metadata(), {}, (err, response) => (err === null ? resolve(response) : reject(err)));
-  });
-}
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'tether-bench-revoke-'));

@@ -33,7 +33,7 @@ import { createLogger } from '../../common/logger.js';
 import { ControlPlane } from '../../control-plane/control-plane.js';
 import { SqliteStore } from '../../control-plane/store/sqlite-store.js';
 import { AdminServiceClient } from '../../gen/tether/v1/admin.js';
-import { benchDir, BOUND_MS, envCount, median, printTable, selectedModes, startTiming, within, type StoreMode, type Timing } from './bench-support.js';
+import { benchDir, envCount, median, printTable, selectedModes, startTiming, type StoreMode, type Timing, unary, within } from './bench-support.js';
 import { JumpClock } from './jump-clock.js';
 
 const AGENTS = envCount('BENCH_AGENTS', 1_000);
@@ -42,15 +42,6 @@ const WAVES = envCount('BENCH_WAVES', 3);
 const JUMP_MS = 40 * 60_000;
 /** Dispatch calls in flight at once while setting up. */
 const DISPATCH_CONCURRENCY = 50;
-
-function unary<Req, Res>(
-  method: (request: Req, metadata: grpc.Metadata, options: Partial<grpc.CallOptions>, callback: (err: grpc.ServiceError | null, res: Res) => void) => grpc.ClientUnaryCall,
-  request: Req,
-): Promise<Res> {
-  return new Promise((resolve, reject) => {
-    method(request, new grpc.Metadata(), { deadline: Date.now() + BOUND_MS }, (err, res) => (err === null ? resolve(res) : reject(err)));
-  });
-}
 
 /** Runs WAVES waves of N rotations in one store mode; one timing per wave. */
 async function rotationRuns(root: string, mode: StoreMode): Promise<Timing[]> {
