@@ -125,6 +125,12 @@ export interface ControlPlaneOptions {
   maxDeliveryAttempts?: number;
   /** Unacknowledged messages per agent before sends get RESOURCE_EXHAUSTED. Default 10,000. */
   maxOutboxMessages?: number;
+  /**
+   * Payload bytes of unacknowledged (and dead-lettered) messages per agent
+   * before sends get RESOURCE_EXHAUSTED. Default 64 MiB; from 64 KiB to 1 TiB,
+   * and at least `maxPayloadBytes`, so one largest message always fits an empty outbox.
+   */
+  maxOutboxBytes?: number;
   redeliveryMinDelayMs?: number;
   redeliveryMaxDelayMs?: number;
   /** How long acknowledged messages (and so idempotency keys) are kept. Default 24 h. */
@@ -153,6 +159,22 @@ function byteBound(value: number | undefined, fallback: number, name: string): n
   const bytes = value ?? fallback;
   if (!Number.isSafeInteger(bytes) || bytes < 64 * 1024 || bytes > 1024 * 1024 * 1024) {
     throw new InvalidArgumentError(`${name} must be a whole number of bytes from 64 KiB to 1 GiB`);
+  }
+  return bytes;
+}
+
+/** The smallest and largest byte cap of one outbox. */
+export const MAX_OUTBOX_BYTES_BOUNDS = { min: 64 * 1024, max: 1024 ** 4 } as const;
+
+/** The byte cap of one outbox (default 64 MiB), checked against its bounds and the largest payload. */
+function outboxBytesBound(value: number | undefined, maxPayloadBytes: number): number {
+  const bytes = value ?? 64 * 1024 * 1024;
+  const { min, max } = MAX_OUTBOX_BYTES_BOUNDS;
+  if (!Number.isSafeInteger(bytes) || bytes < min || bytes > max) {
+    throw new InvalidArgumentError(`maxOutboxBytes must be a whole number of bytes from ${min} to ${max}, got ${bytes}`);
+  }
+  if (bytes < maxPayloadBytes) {
+    throw new InvalidArgumentError(`maxOutboxBytes (${bytes}) must be at least maxPayloadBytes (${maxPayloadBytes}): a largest message must fit an empty outbox`);
   }
   return bytes;
 }
@@ -297,6 +319,7 @@ export class ControlPlane {
       window: deliveryWindow,
       maxAttempts: options.maxDeliveryAttempts ?? 5,
       maxPending: options.maxOutboxMessages ?? 10_000,
+      maxPendingBytes: outboxBytesBound(options.maxOutboxBytes, maxPayloadBytes),
       maxPayloadBytes,
       maxBatch: 1000,
       retryMinDelayMs: options.redeliveryMinDelayMs ?? 1_000,

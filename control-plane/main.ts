@@ -3,6 +3,7 @@ import { parseCount, parseCountWithin, parseDurationWithin } from '../common/cli
 import { MAX_PAYLOAD_BYTES_CEILING } from '../common/protocol.js';
 import { addAdminCommands } from './cli/admin-commands.js';
 import { addBackupCommands } from './cli/backup-commands.js';
+import { MAX_OUTBOX_BYTES_BOUNDS as OUTBOX_BYTES } from './control-plane.js';
 import { serve, SERVE_DURATION_BOUNDS as BOUNDS, type ServeFlags } from './cli/serve-command.js';
 
 /** Builds the `control-plane` command line. */
@@ -45,6 +46,7 @@ export function controlPlaneProgram(): Command {
     .addOption(new Option('--delivery-window <n>', 'unacknowledged deliveries per agent').env('TETHER_DELIVERY_WINDOW').default(32).argParser(parseCount))
     .addOption(new Option('--max-delivery-attempts <n>', 'refusals after which a message is dead-lettered').env('TETHER_MAX_DELIVERY_ATTEMPTS').default(5).argParser(parseCount))
     .addOption(new Option('--max-outbox-messages <n>', 'unacknowledged or dead-lettered messages per agent before sends get RESOURCE_EXHAUSTED').env('TETHER_MAX_OUTBOX_MESSAGES').default(10_000).argParser(parseCount))
+    .addOption(new Option('--max-outbox-bytes <n>', `payload bytes of unacknowledged or dead-lettered messages per agent before sends get RESOURCE_EXHAUSTED (${OUTBOX_BYTES.min} to ${OUTBOX_BYTES.max}, at least --max-payload-bytes)`).env('TETHER_MAX_OUTBOX_BYTES').default(67_108_864, '64 MiB').argParser(parseCountWithin('--max-outbox-bytes', OUTBOX_BYTES.min, OUTBOX_BYTES.max)))
     .addOption(new Option('--max-payload-bytes <n>', `largest message payload accepted (at most ${MAX_PAYLOAD_BYTES_CEILING}: a delivery must fit a host's 4 MiB receive limit)`).env('TETHER_MAX_PAYLOAD_BYTES').default(1_048_576).argParser(parseCountWithin('--max-payload-bytes', 1, MAX_PAYLOAD_BYTES_CEILING)))
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
     .action(async (flags: Omit<ServeFlags, 'dataDir'>, command: Command) => {

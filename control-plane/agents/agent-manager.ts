@@ -11,6 +11,7 @@ import type { HeartbeatLedger } from '../services/heartbeat-ledger.js';
 import { isPastHalfLife, isRotationDue, rotationDueAtMs } from '../rotation/rotation-policy.js';
 import { RotationScheduler } from '../rotation/rotation-scheduler.js';
 import {
+  ENDED_AGENT_STATES,
   LIVE_AGENT_STATES,
   type AgentRecord,
   type AgentSpecRecord,
@@ -27,7 +28,6 @@ import { KeyedMutex } from './keyed-mutex.js';
 import { choosePlacement, type PlacementCandidate } from './placement.js';
 
 const AGENT_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-const ENDED_STATES: readonly AgentStateName[] = ['stopped', 'exited', 'failed'];
 /** Added to a stopped agent's detail when its host reports it abandoned at the stop deadline. */
 const ABANDONED_SUFFIX = ' (abandoned by its host at the stop deadline)';
 const PAGE = 500;
@@ -188,7 +188,7 @@ export class AgentManager {
         return { agent: raced, isCreated: false };
       }
     }
-    if (!ENDED_STATES.includes(existing.state)) return { agent: existing, isCreated: false };
+    if (!ENDED_AGENT_STATES.includes(existing.state)) return { agent: existing, isCreated: false };
     validateSpec(request.spec);
     return this.#locks.run(request.agentId, async () => {
       const updated = await this.#options.store.updateAgent(
@@ -201,7 +201,7 @@ export class AgentManager {
           updatedAtMs: this.#options.clock.now(),
           detail: '',
         },
-        { states: ENDED_STATES },
+        { states: ENDED_AGENT_STATES },
       );
       if (updated === undefined) return { agent: await this.get(request.agentId), isCreated: false };
       return { agent: await this.#place(request.agentId), isCreated: true };

@@ -52,6 +52,7 @@ export interface ServeFlags {
   deliveryWindow: number;
   maxDeliveryAttempts: number;
   maxOutboxMessages: number;
+  maxOutboxBytes: number;
   maxPayloadBytes: number;
   logLevel: string;
 }
@@ -94,6 +95,9 @@ export async function serve(flags: ServeFlags): Promise<void> {
   const logger = createLogger({ level: flags.logLevel as 'info', base: { service: 'control-plane' } });
   mkdirSync(flags.dataDir, { recursive: true, mode: 0o700 });
   if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) throw new Error('--tls-cert and --tls-key go together');
+  if (flags.maxOutboxBytes < flags.maxPayloadBytes) {
+    throw new Error(`--max-outbox-bytes (${flags.maxOutboxBytes}) must be at least --max-payload-bytes (${flags.maxPayloadBytes}): a largest message must fit an empty outbox`);
+  }
   for (const file of [flags.tlsCert, flags.tlsKey]) {
     if (file !== undefined && !existsSync(file)) throw new Error(`no such file: ${file}`);
   }
@@ -140,6 +144,7 @@ export async function serve(flags: ServeFlags): Promise<void> {
     deliveryWindow: flags.deliveryWindow,
     maxDeliveryAttempts: flags.maxDeliveryAttempts,
     maxOutboxMessages: flags.maxOutboxMessages,
+    maxOutboxBytes: flags.maxOutboxBytes,
     maxPayloadBytes: flags.maxPayloadBytes,
     shutdownGraceMs: flags.shutdownGrace,
   });

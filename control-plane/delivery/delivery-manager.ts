@@ -7,7 +7,7 @@ import type { OutgoingMessage } from '../../gen/tether/v1/common.js';
 import type { ControlPlaneEvents } from '../events.js';
 import { envelopeBytes, type HostSession } from '../hosts/host-session.js';
 import { isPastHalfLife } from '../rotation/rotation-policy.js';
-import type { AppendResult, MessageRecord, Store } from '../store/store.js';
+import type { AppendResult, MessageRecord, MessageSender, Store } from '../store/store.js';
 import { OutboxBatcher } from './outbox-batcher.js';
 
 /** Options of {@link DeliveryManager}. */
@@ -24,6 +24,8 @@ export interface DeliveryManagerOptions {
   maxAttempts: number;
   /** Unacknowledged messages an outbox holds before sends are refused. */
   maxPending: number;
+  /** Payload bytes of unacknowledged messages an outbox holds before sends are refused. */
+  maxPendingBytes: number;
   maxPayloadBytes: number;
   /** Messages per send call. */
   maxBatch: number;
@@ -117,8 +119,12 @@ export class DeliveryManager {
     this.#pruning ??= this.#pruneLoop();
   }
 
-  /** Appends messages to an agent's outbox (durable before this resolves), then pushes them. */
-  async send(agentId: string, from: string, messages: readonly OutgoingMessage[]): Promise<AppendResult[]> {
+  /**
+   * Appends messages from `sender` to an agent's outbox (durable before this
+   * resolves), then pushes them. Idempotency keys are the sender's own: another
+   * sender's key never makes one of these a duplicate.
+   */
+  async send(agentId: string, sender: MessageSender, messages: readonly OutgoingMessage[]): Promise<AppendResult[]> {
     const { maxBatch, maxPayloadBytes, clock } = this.#options;
     if (messages.length === 0) throw new InvalidArgumentError('no messages to send');
     if (messages.length > maxBatch) throw new InvalidArgumentError(`at most ${maxBatch} messages per call`);
@@ -132,10 +138,11 @@ export class DeliveryManager {
     const nowMs = clock.now();
     const results = await this.#batcher.append({
       agentId,
+      sender,
       maxPending: this.#options.maxPending,
+      maxPendingBytes: this.#options.maxPendingBytes,
       messages: messages.map((message) => ({
         id: randomUUID(),
-        from,
         contentType: message.contentType === '' ? 'application/octet-stream' : message.contentType,
         payload: message.payload,
         createdAtMs: nowMs,

@@ -153,7 +153,7 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
     }),
     sendMessages: unary(logger, async (request, call) => {
       authenticator.admin(call.metadata);
-      const results = await delivery.send(request.agentId, 'operator', request.messages);
+      const results = await delivery.send(request.agentId, { kind: 'operator' }, request.messages);
       return { messages: results.map((r) => ({ id: r.id, seq: r.seq, duplicate: r.isDuplicate })) };
     }),
     listMessages: unary(logger, async (request, call) => {

@@ -104,7 +104,7 @@ export function agentService(deps: AgentServiceDeps): AgentServiceServer {
     }),
     sendMessages: unary(logger, async (request, call) => {
       const claims = await authenticator.agent(call.metadata);
-      const results = await deps.delivery.send(request.agentId, claims.subject, request.messages);
+      const results = await deps.delivery.send(request.agentId, { kind: 'agent', agentId: claims.subject }, request.messages);
       return { messages: results.map((r) => ({ id: r.id, seq: r.seq, duplicate: r.isDuplicate })) };
     }),
     reportStatus: unary(logger, async (request, call) => {

@@ -185,6 +185,61 @@ ALTER TABLE agents ADD COLUMN acked_generation INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE agents ADD COLUMN acked_expires_at_ms INTEGER NOT NULL DEFAULT 0;
 `;
 
+/**
+ * Idempotency keys scoped to (recipient, sender), not to the recipient alone: a
+ * key one sender chose no longer answers another's send with the first one's id
+ * and seq (and drops the second message). `sender_principal` is `agent:<id>` for
+ * an agent and `operator` for AdminService sends; `sender` stays what the
+ * recipient is shown. Existing rows get the principal their `sender` names:
+ * `operator` is the operator (the only name AdminService ever stored), anything
+ * else the agent of that id. An agent whose id is `operator` had its old keys
+ * share the operator's scope; they keep it until pruned (acknowledged messages
+ * are kept a day), which can make one of its retries within that day a duplicate
+ * of an operator's send, as it already was before this migration.
+ */
+const IDEMPOTENCY_BY_SENDER = `
+ALTER TABLE messages ADD COLUMN sender_principal TEXT NOT NULL DEFAULT '';
+UPDATE messages SET sender_principal = CASE WHEN sender = 'operator' THEN 'operator' ELSE 'agent:' || sender END;
+DROP INDEX messages_by_idempotency_key;
+CREATE UNIQUE INDEX messages_by_idempotency_key ON messages (agent_id, sender_principal, idempotency_key) WHERE idempotency_key IS NOT NULL;
+`;
+
+/** What an outbox holds of a message: its payload bytes while pending or dead, nothing once acknowledged or requeued. */
+function heldBytes(row: 'NEW' | 'OLD'): string {
+  return `(CASE WHEN ${row}.state IN ('pending', 'dead') THEN octet_length(${row}.payload) ELSE 0 END)`;
+}
+
+/**
+ * Each agent's outbox size in bytes (payloads of its pending and dead messages,
+ * what the count cap counts too), so a send is checked against a byte cap by
+ * reading one row rather than summing the outbox. Kept by triggers on every
+ * write to `messages` (append, ack, dead-letter, requeue, purge, prune), like
+ * `hosts.load`: no path that changes an outbox can forget it. Counted afresh
+ * here for existing rows.
+ */
+const OUTBOX_BYTES = `
+ALTER TABLE agents ADD COLUMN outbox_bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE agents SET outbox_bytes = (
+  SELECT COALESCE(SUM(octet_length(payload)), 0) FROM messages WHERE messages.agent_id = agents.agent_id AND messages.state IN ('pending', 'dead')
+);
+CREATE TRIGGER messages_bytes_insert AFTER INSERT ON messages
+  WHEN ${heldBytes('NEW')} > 0
+BEGIN
+  UPDATE agents SET outbox_bytes = outbox_bytes + ${heldBytes('NEW')} WHERE agent_id = NEW.agent_id;
+END;
+CREATE TRIGGER messages_bytes_delete AFTER DELETE ON messages
+  WHEN ${heldBytes('OLD')} > 0
+BEGIN
+  UPDATE agents SET outbox_bytes = outbox_bytes - ${heldBytes('OLD')} WHERE agent_id = OLD.agent_id;
+END;
+CREATE TRIGGER messages_bytes_update AFTER UPDATE OF agent_id, state, payload ON messages
+  WHEN NEW.agent_id IS NOT OLD.agent_id OR ${heldBytes('NEW')} != ${heldBytes('OLD')}
+BEGIN
+  UPDATE agents SET outbox_bytes = outbox_bytes - ${heldBytes('OLD')} WHERE agent_id = OLD.agent_id;
+  UPDATE agents SET outbox_bytes = outbox_bytes + ${heldBytes('NEW')} WHERE agent_id = NEW.agent_id;
+END;
+`;
+
 /** Every migration, in order. Append only; the last one's number is {@link SCHEMA_VERSION}. */
 const MIGRATIONS: readonly Migration[] = [
   {
@@ -215,6 +270,16 @@ const MIGRATIONS: readonly Migration[] = [
     description: "agents: the credential generation (and its expiry) the agent's host acknowledged, and the previous one's expiry",
     apply: (db) => db.exec(AGENT_ACKED_CREDENTIAL),
   },
+  {
+    version: 5,
+    description: 'messages: idempotency keys scoped to (recipient, sender principal)',
+    apply: (db) => db.exec(IDEMPOTENCY_BY_SENDER),
+  },
+  {
+    version: 6,
+    description: 'agents.outbox_bytes: payload bytes of pending and dead messages, kept by triggers (a byte cap per outbox)',
+    apply: (db) => db.exec(OUTBOX_BYTES),
+  },
 ];
 
 /** The schema version this binary writes: the number of its last migration. */
@@ -242,18 +307,20 @@ export function schemaVersion(db: Database.Database): number {
 /**
  * Brings `db` to {@link SCHEMA_VERSION} in one transaction, or throws
  * {@link SchemaTooNewError} without touching it. Returns the version it found.
+ * `toVersion` (@internal, for tests) stops earlier, to make a store as an older
+ * binary left it.
  */
-export function migrate(db: Database.Database): number {
+export function migrate(db: Database.Database, toVersion: number = SCHEMA_VERSION): number {
   const found = schemaVersion(db);
   if (found > SCHEMA_VERSION) throw new SchemaTooNewError(found);
-  if (found === SCHEMA_VERSION) return found;
+  if (found >= toVersion) return found;
   db.transaction(() => {
     for (const migration of MIGRATIONS) {
-      if (migration.version <= found) continue;
+      if (migration.version <= found || migration.version > toVersion) continue;
       migration.apply(db);
     }
     // user_version is part of the database header, so it commits or rolls back with the rest.
-    db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    db.pragma(`user_version = ${toVersion}`);
   })();
   return found;
 }

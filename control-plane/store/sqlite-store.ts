@@ -2,9 +2,9 @@ import { randomUUID } from 'node:crypto';
 import { closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { AlreadyExistsError, ClosedError, NotFoundError, ResourceExhaustedError } from '../../common/errors.js';
+import { AlreadyExistsError, ClosedError, FailedPreconditionError, NotFoundError, ResourceExhaustedError } from '../../common/errors.js';
 import { migrate } from './sqlite-schema.js';
-import { LIVE_AGENT_STATES } from './store.js';
+import { ENDED_AGENT_STATES, LIVE_AGENT_STATES, senderName, senderPrincipal } from './store.js';
 import type {
   AgentExpectation,
   AgentPatch,
@@ -58,6 +58,7 @@ interface MessageRow {
   seq: number;
   id: string;
   sender: string;
+  sender_principal: string;
   content_type: string;
   payload: Buffer;
   created_at_ms: number;
@@ -664,7 +665,7 @@ export class SqliteStore implements Store {
           try {
             return this.#open().transaction(() => this.#append(request))();
           } catch (err) {
-            if (err instanceof NotFoundError || err instanceof ResourceExhaustedError) return err;
+            if (err instanceof NotFoundError || err instanceof FailedPreconditionError || err instanceof ResourceExhaustedError) return err;
             throw err;
           }
         });
@@ -682,16 +683,22 @@ export class SqliteStore implements Store {
   }
 
   #append(request: AppendRequest): AppendResult[] {
-    const agent = this.#prepare('SELECT last_seq FROM agents WHERE agent_id = ?').get(request.agentId) as { last_seq: number } | undefined;
+    const agent = this.#prepare('SELECT state, last_seq, outbox_bytes FROM agents WHERE agent_id = ?').get(request.agentId) as
+      | { state: AgentStateName; last_seq: number; outbox_bytes: number }
+      | undefined;
     if (agent === undefined) throw new NotFoundError(`no agent ${request.agentId}`);
-    const findByKey = this.#prepare('SELECT id, seq FROM messages WHERE agent_id = ? AND idempotency_key = ?');
+    const principal = senderPrincipal(request.sender);
+    const findByKey = this.#prepare('SELECT id, seq FROM messages WHERE agent_id = ? AND sender_principal = ? AND idempotency_key = ?');
     const results: AppendResult[] = [];
     const fresh: { message: AppendRequest['messages'][number]; seq: number }[] = [];
     let lastSeq = agent.last_seq;
+    let freshBytes = 0;
     const seenKeys = new Map<string, AppendResult>();
     for (const message of request.messages) {
       if (message.idempotencyKey !== null) {
-        const earlier = (findByKey.get(request.agentId, message.idempotencyKey) as { id: string; seq: number } | undefined) ?? seenKeys.get(message.idempotencyKey);
+        const earlier =
+          (findByKey.get(request.agentId, principal, message.idempotencyKey) as { id: string; seq: number } | undefined) ??
+          seenKeys.get(message.idempotencyKey);
         if (earlier !== undefined) {
           results.push({ id: earlier.id, seq: earlier.seq, isDuplicate: true });
           continue;
@@ -701,9 +708,17 @@ export class SqliteStore implements Store {
       const result = { id: message.id, seq: lastSeq, isDuplicate: false };
       if (message.idempotencyKey !== null) seenKeys.set(message.idempotencyKey, result);
       fresh.push({ message, seq: lastSeq });
+      freshBytes += message.payload.length;
       results.push(result);
     }
+    // A retry whose every message was taken before the agent ended gets its earlier answer: it sends nothing new.
     if (fresh.length === 0) return results;
+    // Checked in the transaction that appends, so a stop committed just before cannot let mail in after it.
+    if (ENDED_AGENT_STATES.includes(agent.state)) {
+      throw new FailedPreconditionError(
+        `agent ${request.agentId} is ${agent.state}: its outbox takes no new messages (ensure the agent again to send to it)`,
+      );
+    }
     // Dead letters count too: an agent that refuses everything must not let them pile up without bound.
     const held = (
       this.#prepare("SELECT COUNT(*) AS n FROM messages WHERE agent_id = ? AND state IN ('pending', 'dead')").get(request.agentId) as { n: number }
@@ -714,13 +729,21 @@ export class SqliteStore implements Store {
           'dead letters go with `control-plane messages purge|requeue`)',
       );
     }
-    const insert = this.#prepare(
-      `INSERT INTO messages (agent_id, seq, id, sender, content_type, payload, created_at_ms, state, attempts, last_error, idempotency_key)
-       VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, '', ?)`,
-    );
-    for (const { message, seq } of fresh) {
-      insert.run(request.agentId, seq, message.id, message.from, message.contentType, message.payload, message.createdAtMs, message.idempotencyKey);
+    if (agent.outbox_bytes + freshBytes > request.maxPendingBytes) {
+      throw new ResourceExhaustedError(
+        `the outbox of ${request.agentId} is full (${agent.outbox_bytes} bytes of unacknowledged or dead-lettered payloads; ` +
+          `these ${freshBytes} more would pass the limit of ${request.maxPendingBytes}; dead letters go with \`control-plane messages purge|requeue\`)`,
+      );
     }
+    const insert = this.#prepare(
+      `INSERT INTO messages (agent_id, seq, id, sender, sender_principal, content_type, payload, created_at_ms, state, attempts, last_error, idempotency_key)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, '', ?)`,
+    );
+    const from = senderName(request.sender);
+    for (const { message, seq } of fresh) {
+      insert.run(request.agentId, seq, message.id, from, principal, message.contentType, message.payload, message.createdAtMs, message.idempotencyKey);
+    }
+    // The triggers on messages have added the payloads to outbox_bytes.
     this.#prepare('UPDATE agents SET last_seq = ? WHERE agent_id = ?').run(lastSeq, request.agentId);
     return results;
   }
@@ -777,9 +800,9 @@ export class SqliteStore implements Store {
         // The idempotency key stays with the original row, which keeps answering retried sends.
         this.#prepare("UPDATE messages SET state = 'requeued', payload = x'' WHERE agent_id = ? AND seq = ?").run(agentId, seq);
         this.#prepare(
-          `INSERT INTO messages (agent_id, seq, id, sender, content_type, payload, created_at_ms, state, attempts, last_error, idempotency_key)
-           VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, '', NULL)`,
-        ).run(agentId, newSeq, row.id, row.sender, row.content_type, row.payload, row.created_at_ms);
+          `INSERT INTO messages (agent_id, seq, id, sender, sender_principal, content_type, payload, created_at_ms, state, attempts, last_error, idempotency_key)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, '', NULL)`,
+        ).run(agentId, newSeq, row.id, row.sender, row.sender_principal, row.content_type, row.payload, row.created_at_ms);
         this.#prepare('UPDATE agents SET last_seq = ? WHERE agent_id = ?').run(newSeq, agentId);
         return newSeq;
       })(),
@@ -797,10 +820,11 @@ export class SqliteStore implements Store {
     return this.#write(() =>
       this.#open().transaction(() => {
         const acked = this.#prepare("DELETE FROM messages WHERE state IN ('acked', 'requeued') AND created_at_ms < ?").run(ackedBeforeMs).changes;
-        const ended = this.#prepare(
-          "DELETE FROM messages WHERE agent_id IN (SELECT agent_id FROM agents WHERE state IN ('stopped', 'exited', 'failed') AND updated_at_ms < ?)",
-        ).run(endedBeforeMs).changes;
-        return acked + ended;
+        const ended = ENDED_AGENT_STATES.map(() => '?').join(', ');
+        const gone = this.#prepare(
+          `DELETE FROM messages WHERE agent_id IN (SELECT agent_id FROM agents WHERE state IN (${ended}) AND updated_at_ms < ?)`,
+        ).run(...ENDED_AGENT_STATES, endedBeforeMs).changes;
+        return acked + gone;
       })(),
     );
   }

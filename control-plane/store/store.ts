@@ -26,6 +26,9 @@ export type AgentStateName =
 /** States in which an agent is meant to be on a host and holds a live credential. */
 export const LIVE_AGENT_STATES: readonly AgentStateName[] = ['starting', 'running', 'stalled'];
 
+/** Final states: the agent runs no more unless an operator ensures it again; its outbox takes no new mail. */
+export const ENDED_AGENT_STATES: readonly AgentStateName[] = ['stopped', 'exited', 'failed'];
+
 /** What to run for an agent. */
 export interface AgentSpecRecord {
   kind: string;
@@ -84,6 +87,27 @@ export interface AgentRecord {
  */
 export type MessageStateName = 'pending' | 'acked' | 'dead' | 'requeued';
 
+/**
+ * Who sent a message: an agent (its verified token's subject) or the operator
+ * (an AdminService call). The sender scopes idempotency keys, so one sender's
+ * key never answers for another's message.
+ */
+export type MessageSender = { kind: 'agent'; agentId: string } | { kind: 'operator' };
+
+/** The `from` a recipient sees: the sending agent's id, or `operator`. */
+export function senderName(sender: MessageSender): string {
+  return sender.kind === 'agent' ? sender.agentId : 'operator';
+}
+
+/**
+ * The sender as the scope of its idempotency keys: `agent:<id>` or `operator`.
+ * Unlike {@link senderName}, an agent whose id is `operator` (a valid id) is not
+ * taken for the operator: agent ids cannot contain `:`.
+ */
+export function senderPrincipal(sender: MessageSender): string {
+  return sender.kind === 'agent' ? `agent:${sender.agentId}` : 'operator';
+}
+
 /** One message in an agent's outbox. */
 export interface MessageRecord {
   agentId: string;
@@ -99,22 +123,30 @@ export interface MessageRecord {
   idempotencyKey: string | null;
 }
 
-/** A message to append. */
+/** A message to append; who sent it is the request's {@link AppendRequest.sender}. */
 export interface NewMessage {
   id: string;
-  from: string;
   contentType: string;
   payload: Buffer;
   createdAtMs: number;
+  /** Unique per (recipient, sender) while the message is kept; null for none. */
   idempotencyKey: string | null;
 }
 
-/** Messages to append to one agent's outbox, all or none. */
+/**
+ * Messages from one sender to append to one agent's outbox, all or none.
+ * Refused with FailedPreconditionError if the agent is in an
+ * {@link ENDED_AGENT_STATES ended state} and any message is new (a retry whose
+ * every key was taken gets its earlier answer).
+ */
 export interface AppendRequest {
   agentId: string;
+  sender: MessageSender;
   messages: NewMessage[];
   /** Refuse (ResourceExhaustedError) if the outbox would hold more unacknowledged or dead-lettered messages than this. */
   maxPending: number;
+  /** Refuse (ResourceExhaustedError) if the payloads of its unacknowledged and dead-lettered messages would exceed this many bytes. */
+  maxPendingBytes: number;
 }
 
 /** Where one appended message went. */
@@ -341,8 +373,8 @@ export interface Store {
 
   /**
    * Applies a batch of appends and acks in one transaction. Each append succeeds
-   * or fails on its own (NotFoundError, ResourceExhaustedError) and its result
-   * or error is returned in order.
+   * or fails on its own (NotFoundError, FailedPreconditionError,
+   * ResourceExhaustedError) and its result or error is returned in order.
    */
   applyOutboxBatch(batch: OutboxBatch): Promise<(AppendResult[] | Error)[]>;
   /** Pending and dead messages of an agent after `afterSeq`, in seq order. */

@@ -12,6 +12,7 @@ import type { Command } from 'commander';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HOST_MAX_RECEIVE_MESSAGE_BYTES, MAX_PAYLOAD_BYTES_CEILING } from '../../common/protocol.js';
 import { SERVE_DURATION_BOUNDS } from '../../control-plane/cli/serve-command.js';
+import { MAX_OUTBOX_BYTES_BOUNDS } from '../../control-plane/control-plane.js';
 import { controlPlaneProgram } from '../../control-plane/main.js';
 import { runControlPlaneCli } from '../support/control-plane-cli.js';
 import { ControlPlaneProcess } from '../support/control-plane-process.js';
@@ -102,6 +103,26 @@ describe('control-plane serve flags', () => {
       expect(refused.error).toContain(`--max-payload-bytes must be from 1 to ${MAX_PAYLOAD_BYTES_CEILING}`);
     }
   });
+
+  it('takes --max-outbox-bytes (default 64 MiB) from the flag or TETHER_MAX_OUTBOX_BYTES, within its bounds', async () => {
+    const { min, max } = MAX_OUTBOX_BYTES_BOUNDS;
+    expect((await parseServe([])).flags?.maxOutboxBytes).toBe(64 * 1024 * 1024);
+    expect((await parseServe([`--max-outbox-bytes=${min}`])).flags?.maxOutboxBytes).toBe(min);
+    expect((await parseServe([`--max-outbox-bytes=${max}`])).flags?.maxOutboxBytes).toBe(max);
+    for (const value of [min - 1, max + 1, 0]) {
+      const refused = await parseServe(['--max-outbox-bytes', String(value)]);
+      expect(refused.flags).toBeUndefined();
+      expect(refused.error).toContain(`--max-outbox-bytes must be from ${min} to ${max}, got ${value}`);
+    }
+    const saved = process.env.TETHER_MAX_OUTBOX_BYTES;
+    process.env.TETHER_MAX_OUTBOX_BYTES = '1048576';
+    try {
+      expect((await parseServe([])).flags?.maxOutboxBytes).toBe(1_048_576);
+    } finally {
+      if (saved === undefined) delete process.env.TETHER_MAX_OUTBOX_BYTES;
+      else process.env.TETHER_MAX_OUTBOX_BYTES = saved;
+    }
+  });
 });
 
 describe('the control-plane binary', () => {
@@ -119,6 +140,17 @@ describe('the control-plane binary', () => {
     });
     expect(run.status).not.toBe(0);
     expect(run.stderr).toContain(`--max-payload-bytes must be from 1 to ${MAX_PAYLOAD_BYTES_CEILING}, got 8388608`);
+  });
+
+  it('refuses --max-outbox-bytes below --max-payload-bytes before serving, naming both flags', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'tether-flags-'));
+    dirs.push(dataDir);
+    const run = await runControlPlaneCli(['--data-dir', dataDir, 'serve', '--listen', '127.0.0.1:0', '--http-listen', '', '--max-outbox-bytes', '65536'], {
+      PATH: process.env.PATH ?? '',
+      TETHER_ADMIN_TOKEN: 'flag-test-admin-token',
+    });
+    expect(run.status).not.toBe(0);
+    expect(run.stderr).toContain('--max-outbox-bytes (65536) must be at least --max-payload-bytes (1048576)');
   });
 
   it('refuses an out-of-range duration from the environment too', async () => {

@@ -74,6 +74,7 @@ describe('delivery bounds in bytes', () => {
       window: WINDOW,
       maxAttempts: 5,
       maxPending: 10_000,
+      maxPendingBytes: 1024 * MIB,
       maxPayloadBytes: MIB,
       maxBatch: 1_000,
       retryMinDelayMs: 1_000,
@@ -99,7 +100,7 @@ describe('delivery bounds in bytes', () => {
     const payload = Buffer.alloc(MIB, 7);
     await delivery.send(
       'a',
-      'operator',
+      { kind: 'operator' },
       Array.from({ length: 40 }, () => ({ contentType: 'application/octet-stream', payload, idempotencyKey: '' })),
     );
     return { delivery, session, hostStream };

@@ -31,8 +31,10 @@ class FakeOutboxStore {
 function appendRequest(agentId: string): AppendRequest {
   return {
     agentId,
+    sender: { kind: 'operator' },
     maxPending: 100,
-    messages: [{ id: `${agentId}-m`, from: 'operator', contentType: 'text/plain', payload: Buffer.from('x'), createdAtMs: 0, idempotencyKey: null }],
+    maxPendingBytes: 1024,
+    messages: [{ id: `${agentId}-m`, contentType: 'text/plain', payload: Buffer.from('x'), createdAtMs: 0, idempotencyKey: null }],
   };
 }
 

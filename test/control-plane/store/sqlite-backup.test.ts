@@ -51,8 +51,10 @@ describe('backup and restore of the SQLite store', () => {
       appends: [
         {
           agentId: 'a1',
+          sender: { kind: 'operator' },
           maxPending: 100,
-          messages: ['m1', 'm2'].map((id) => ({ id, from: 'admin', contentType: 'text/plain', payload: Buffer.from(id), createdAtMs: NOW, idempotencyKey: null })),
+          maxPendingBytes: 1024,
+          messages: ['m1', 'm2'].map((id) => ({ id, contentType: 'text/plain', payload: Buffer.from(id), createdAtMs: NOW, idempotencyKey: null })),
         },
       ],
       acks: [],
@@ -85,10 +87,11 @@ describe('backup and restore of the SQLite store', () => {
         appends: [
           {
             agentId: 'a2',
+            sender: { kind: 'operator' },
             maxPending: 1_000_000,
+            maxPendingBytes: 1024 ** 3,
             messages: Array.from({ length: 64 }, (_, i) => ({
               id: `bulk-${batch}-${i}`,
-              from: 'admin',
               contentType: 'application/octet-stream',
               payload,
               createdAtMs: NOW,

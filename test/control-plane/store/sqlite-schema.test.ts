@@ -10,8 +10,9 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BackupError, restoreDatabase } from '../../../control-plane/store/sqlite-backup.js';
-import { SCHEMA_VERSION, SchemaTooNewError } from '../../../control-plane/store/sqlite-schema.js';
+import { migrate, SCHEMA_VERSION, SchemaTooNewError } from '../../../control-plane/store/sqlite-schema.js';
 import { SqliteStore } from '../../../control-plane/store/sqlite-store.js';
+import type { AppendResult, MessageSender } from '../../../control-plane/store/store.js';
 import { NOW } from '../../support/store-records.js';
 
 const FIXTURES = join(import.meta.dirname, '..', '..', 'fixtures');
@@ -105,19 +106,20 @@ describe('SQLite schema migrations', () => {
       expect(await store.getAgent('a-old')).toMatchObject({ generation: 7, lastSeq: 2, ackedSeq: 1, spec: { kind: 'module', module: 'echo' } });
       // Migration 2 counts each host's live agents into its load, which the store keeps from then on.
       expect((await store.getHostLoads(['h-old'])).get('h-old')?.load).toBe(1);
-      await store.updateAgent('a-old', { state: 'exited' });
-      expect((await store.getHostLoads(['h-old'])).get('h-old')?.load).toBe(0);
       const pending = await store.listDeliverable('a-old', 1, 10);
       expect(pending.map((m) => [m.seq, m.payload.toString(), m.idempotencyKey])).toEqual([[2, 'hi', 'key-2']]);
-      // It goes on where it was: the next append takes the next seq, and the old idempotency key still answers.
+      // It goes on where it was: the next append takes the next seq, and the old idempotency key still
+      // answers its sender (the fixture's `admin`: a name the operator never had, so an agent's).
       const [results] = await store.applyOutboxBatch({
         appends: [
           {
             agentId: 'a-old',
+            sender: { kind: 'agent', agentId: 'admin' },
             maxPending: 10,
+            maxPendingBytes: 1024,
             messages: [
-              { id: 'm-3', from: 'admin', contentType: 'text/plain', payload: Buffer.from('3'), createdAtMs: NOW, idempotencyKey: null },
-              { id: 'm-again', from: 'admin', contentType: 'text/plain', payload: Buffer.from('2'), createdAtMs: NOW, idempotencyKey: 'key-2' },
+              { id: 'm-3', contentType: 'text/plain', payload: Buffer.from('3'), createdAtMs: NOW, idempotencyKey: null },
+              { id: 'm-again', contentType: 'text/plain', payload: Buffer.from('2'), createdAtMs: NOW, idempotencyKey: 'key-2' },
             ],
           },
         ],
@@ -127,6 +129,65 @@ describe('SQLite schema migrations', () => {
         { id: 'm-3', seq: 3, isDuplicate: false },
         { id: 'm-2', seq: 2, isDuplicate: true },
       ]);
+      await store.updateAgent('a-old', { state: 'exited' });
+      expect((await store.getHostLoads(['h-old'])).get('h-old')?.load).toBe(0);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('migrates a version 4 store: counts each outbox\'s bytes, and scopes its idempotency keys by the sender each message records', async () => {
+    const db = new Database(path);
+    migrate(db, 4);
+    expect(readVersion(path)).toBe(4);
+    const agentRow = (agentId: string, state: string): string =>
+      `('${agentId}', '${agentId}', '${state}', NULL, '[]', '{}', 1, 1, NULL, 0, 0, 0, 0, 0, '', 5, 0)`;
+    db.exec(`
+      INSERT INTO agents (agent_id, name, state, host_id, host_labels, spec, incarnation, generation, token_id, issued_at_ms, expires_at_ms,
+        rotation_due_at_ms, created_at_ms, updated_at_ms, detail, last_seq, acked_seq)
+        VALUES ${agentRow('bob', 'running')}, ${agentRow('carol', 'running')}, ${agentRow('idle', 'running')};
+      INSERT INTO messages (agent_id, seq, id, sender, content_type, payload, created_at_ms, state, attempts, last_error, idempotency_key) VALUES
+        ('bob', 1, 'acked', 'alice', 'text/plain', x'', ${NOW}, 'acked', 0, '', NULL),
+        ('bob', 2, 'from-alice', 'alice', 'text/plain', zeroblob(300), ${NOW}, 'pending', 0, '', 'K'),
+        ('bob', 3, 'dead', 'operator', 'text/plain', zeroblob(200), ${NOW}, 'dead', 5, 'no', NULL),
+        ('bob', 4, 'requeued', 'operator', 'text/plain', x'', ${NOW}, 'requeued', 5, 'no', NULL),
+        ('bob', 5, 'from-operator', 'operator', 'text/plain', zeroblob(50), ${NOW}, 'pending', 0, '', 'L'),
+        ('carol', 1, 'c1', 'operator', 'text/plain', zeroblob(7), ${NOW}, 'pending', 0, '', NULL);
+    `);
+    db.close();
+    const store = SqliteStore.open(path);
+    try {
+      expect(readVersion(path)).toBe(SCHEMA_VERSION);
+      const raw = new Database(path, { readonly: true });
+      try {
+        expect(raw.prepare('SELECT agent_id, outbox_bytes FROM agents ORDER BY agent_id').all()).toEqual([
+          { agent_id: 'bob', outbox_bytes: 550 },
+          { agent_id: 'carol', outbox_bytes: 7 },
+          { agent_id: 'idle', outbox_bytes: 0 },
+        ]);
+      } finally {
+        raw.close();
+      }
+      const send = async (sender: MessageSender, id: string, key: string): Promise<AppendResult[] | Error | undefined> =>
+        (
+          await store.applyOutboxBatch({
+            appends: [
+              {
+                agentId: 'bob',
+                sender,
+                maxPending: 100,
+                maxPendingBytes: 1024,
+                messages: [{ id, contentType: 'text/plain', payload: Buffer.from('x'), createdAtMs: NOW, idempotencyKey: key }],
+              },
+            ],
+            acks: [],
+          })
+        )[0];
+      // The old rows' keys answer their own sender only.
+      expect(await send({ kind: 'agent', agentId: 'alice' }, 'alice-retry', 'K')).toEqual([{ id: 'from-alice', seq: 2, isDuplicate: true }]);
+      expect(await send({ kind: 'operator' }, 'operator-retry', 'L')).toEqual([{ id: 'from-operator', seq: 5, isDuplicate: true }]);
+      expect(await send({ kind: 'operator' }, 'operator-k', 'K')).toEqual([{ id: 'operator-k', seq: 6, isDuplicate: false }]);
+      expect(await send({ kind: 'agent', agentId: 'alice' }, 'alice-l', 'L')).toEqual([{ id: 'alice-l', seq: 7, isDuplicate: false }]);
     } finally {
       await store.close();
     }

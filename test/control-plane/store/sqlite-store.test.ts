@@ -2,8 +2,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { AlreadyExistsError, ClosedError, ResourceExhaustedError } from '../../../common/errors.js';
-import type { AppendResult } from '../../../control-plane/store/store.js';
+import Database from 'better-sqlite3';
+import { AlreadyExistsError, ClosedError, FailedPreconditionError, ResourceExhaustedError } from '../../../common/errors.js';
+import type { AppendResult, MessageSender } from '../../../control-plane/store/store.js';
 import { SqliteStore, type SqliteStoreOptions } from '../../../control-plane/store/sqlite-store.js';
 import { agent, host, NOW, signingKey } from '../../support/store-records.js';
 
@@ -297,8 +298,10 @@ describe('SqliteStore', () => {
             appends: [
               {
                 agentId: 'a1',
+                sender: { kind: 'operator' },
                 maxPending: 3,
-                messages: ids.map((id) => ({ id, from: 'admin', contentType: 'text/plain', payload: Buffer.from(id), createdAtMs: NOW, idempotencyKey: null })),
+                maxPendingBytes: 1024,
+                messages: ids.map((id) => ({ id, contentType: 'text/plain', payload: Buffer.from(id), createdAtMs: NOW, idempotencyKey: null })),
               },
             ],
             acks: [],
@@ -318,6 +321,155 @@ describe('SqliteStore', () => {
       // A requeue moves a dead letter back to pending: it still takes a place.
       expect(await store.requeueMessage('a1', 2)).toBe(6);
       expect(await append(['m6'])).toBeInstanceOf(ResourceExhaustedError);
+    });
+
+    /** Appends one message per payload from `sender` to `agentId`; its results, or the error that refused it. */
+    async function send(
+      store: SqliteStore,
+      agentId: string,
+      sender: MessageSender,
+      messages: { id: string; key?: string; bytes?: number }[],
+      maxPendingBytes = 1024,
+    ): Promise<AppendResult[] | Error | undefined> {
+      const [result] = await store.applyOutboxBatch({
+        appends: [
+          {
+            agentId,
+            sender,
+            maxPending: 100,
+            maxPendingBytes,
+            messages: messages.map(({ id, key, bytes }) => ({
+              id,
+              contentType: 'text/plain',
+              payload: Buffer.alloc(bytes ?? 1, 7),
+              createdAtMs: NOW,
+              idempotencyKey: key ?? null,
+            })),
+          },
+        ],
+        acks: [],
+      });
+      return result;
+    }
+
+    /** The store's byte counter of `agentId`'s outbox and what its rows add up to, read on a connection of their own. */
+    function outboxBytes(agentId: string): { counter: number; sum: number } {
+      const db = new Database(path, { readonly: true });
+      try {
+        const counter = (db.prepare('SELECT outbox_bytes AS n FROM agents WHERE agent_id = ?').get(agentId) as { n: number }).n;
+        const sum = (
+          db.prepare("SELECT COALESCE(SUM(length(payload)), 0) AS n FROM messages WHERE agent_id = ? AND state IN ('pending', 'dead')").get(agentId) as { n: number }
+        ).n;
+        return { counter, sum };
+      } finally {
+        db.close();
+      }
+    }
+
+    const alice: MessageSender = { kind: 'agent', agentId: 'alice' };
+    const operator: MessageSender = { kind: 'operator' };
+
+    it("scopes idempotency keys to the sender: an agent's key never answers the operator's send, nor the other way round", async () => {
+      const store = open();
+      await store.insertAgent(agent('bob'));
+      expect(await send(store, 'bob', alice, [{ id: 'from-alice', key: 'K' }])).toEqual([{ id: 'from-alice', seq: 1, isDuplicate: false }]);
+      // The operator's send with the same key is stored as its own message; nothing of alice's leaks into the answer.
+      expect(await send(store, 'bob', operator, [{ id: 'from-operator', key: 'K' }])).toEqual([{ id: 'from-operator', seq: 2, isDuplicate: false }]);
+      // Operator first, then an agent: the same.
+      expect(await send(store, 'bob', operator, [{ id: 'operator-first', key: 'L' }])).toEqual([{ id: 'operator-first', seq: 3, isDuplicate: false }]);
+      expect(await send(store, 'bob', alice, [{ id: 'alice-second', key: 'L' }])).toEqual([{ id: 'alice-second', seq: 4, isDuplicate: false }]);
+      // Each sender's retry still finds its own message.
+      expect(await send(store, 'bob', alice, [{ id: 'alice-retry', key: 'K' }])).toEqual([{ id: 'from-alice', seq: 1, isDuplicate: true }]);
+      expect(await send(store, 'bob', operator, [{ id: 'operator-retry', key: 'K' }])).toEqual([{ id: 'from-operator', seq: 2, isDuplicate: true }]);
+      expect(await send(store, 'bob', alice, [{ id: 'alice-retry-2', key: 'L' }])).toEqual([{ id: 'alice-second', seq: 4, isDuplicate: true }]);
+      expect(await send(store, 'bob', operator, [{ id: 'operator-retry-2', key: 'L' }])).toEqual([{ id: 'operator-first', seq: 3, isDuplicate: true }]);
+      // An agent whose id is `operator` (a valid id) is not the operator.
+      expect(await send(store, 'bob', { kind: 'agent', agentId: 'operator' }, [{ id: 'namesake', key: 'K' }])).toEqual([
+        { id: 'namesake', seq: 5, isDuplicate: false },
+      ]);
+      const stored = await store.listMessages('bob', ['pending'], 0, 10);
+      expect(stored.map((m) => [m.seq, m.id, m.from, m.idempotencyKey])).toEqual([
+        [1, 'from-alice', 'alice', 'K'],
+        [2, 'from-operator', 'operator', 'K'],
+        [3, 'operator-first', 'operator', 'L'],
+        [4, 'alice-second', 'alice', 'L'],
+        [5, 'namesake', 'operator', 'K'],
+      ]);
+    });
+
+    it('still answers a key repeated within one send, and across sends, from one sender', async () => {
+      const store = open();
+      await store.insertAgent(agent('bob'));
+      expect(await send(store, 'bob', alice, [{ id: 'm1', key: 'K' }, { id: 'm2', key: 'K' }])).toEqual([
+        { id: 'm1', seq: 1, isDuplicate: false },
+        { id: 'm1', seq: 1, isDuplicate: true },
+      ]);
+      expect(await send(store, 'bob', alice, [{ id: 'm3', key: 'K' }])).toEqual([{ id: 'm1', seq: 1, isDuplicate: true }]);
+      expect((await store.listMessages('bob', ['pending'], 0, 10)).map((m) => m.id)).toEqual(['m1']);
+    });
+
+    it.each(['stopped', 'exited', 'failed'] as const)('refuses new mail for an agent that is %s, with FAILED_PRECONDITION naming its state', async (state) => {
+      const store = open();
+      await store.insertAgent(agent('bob'));
+      expect(await send(store, 'bob', operator, [{ id: 'before', key: 'K' }])).toHaveLength(1);
+      await store.updateAgent('bob', { state });
+      const refused = await send(store, 'bob', operator, [{ id: 'after' }]);
+      expect(refused).toBeInstanceOf(FailedPreconditionError);
+      expect((refused as Error).message).toBe(`agent bob is ${state}: its outbox takes no new messages (ensure the agent again to send to it)`);
+      // A retry of a send it took before it ended gets its earlier answer; one new message in it refuses it all.
+      expect(await send(store, 'bob', operator, [{ id: 'retry', key: 'K' }])).toEqual([{ id: 'before', seq: 1, isDuplicate: true }]);
+      expect(await send(store, 'bob', operator, [{ id: 'retry', key: 'K' }, { id: 'new' }])).toBeInstanceOf(FailedPreconditionError);
+      expect((await store.listMessages('bob', ['pending'], 0, 10)).map((m) => m.id)).toEqual(['before']);
+      expect((await store.getAgent('bob'))?.lastSeq).toBe(1);
+    });
+
+    it.each(['pending', 'starting', 'running', 'stalled', 'lost'] as const)('takes mail for an agent that is %s', async (state) => {
+      const store = open();
+      await store.insertAgent(agent('bob', { state }));
+      expect(await send(store, 'bob', operator, [{ id: 'm1' }])).toHaveLength(1);
+    });
+
+    it('caps an outbox by payload bytes, pending and dead alike, and frees them as messages are acked or purged', async () => {
+      const store = open();
+      await store.insertAgent(agent('bob'));
+      expect(await send(store, 'bob', operator, [{ id: 'm1', bytes: 400 }, { id: 'm2', bytes: 400 }])).toHaveLength(2);
+      expect(outboxBytes('bob')).toEqual({ counter: 800, sum: 800 });
+      const full = await send(store, 'bob', operator, [{ id: 'm3', bytes: 300 }]);
+      expect(full).toBeInstanceOf(ResourceExhaustedError);
+      expect((full as Error).message).toBe(
+        'the outbox of bob is full (800 bytes of unacknowledged or dead-lettered payloads; these 300 more would pass the limit of 1024; ' +
+          'dead letters go with `control-plane messages purge|requeue`)',
+      );
+      // Up to the limit exactly is taken.
+      expect(await send(store, 'bob', operator, [{ id: 'm3', bytes: 224 }])).toHaveLength(1);
+      expect(outboxBytes('bob')).toEqual({ counter: 1024, sum: 1024 });
+      expect(await send(store, 'bob', operator, [{ id: 'm4', bytes: 1 }])).toBeInstanceOf(ResourceExhaustedError);
+      // A dead letter still holds its bytes; an ack frees the taken ones.
+      expect((await store.recordRefusal('bob', 1, 'no', 1))?.state).toBe('dead');
+      expect(outboxBytes('bob')).toEqual({ counter: 1024, sum: 1024 });
+      await store.applyOutboxBatch({ appends: [], acks: [{ agentId: 'bob', seq: 2 }] });
+      expect(outboxBytes('bob')).toEqual({ counter: 624, sum: 624 });
+      expect(await send(store, 'bob', operator, [{ id: 'm4', bytes: 400 }])).toHaveLength(1);
+      // A requeue moves the dead letter's bytes to its new row; a purge frees them.
+      const requeued = await store.requeueMessage('bob', 1);
+      expect(outboxBytes('bob')).toEqual({ counter: 1024, sum: 1024 });
+      expect((await store.recordRefusal('bob', requeued, 'no', 1))?.state).toBe('dead');
+      await store.purgeMessage('bob', requeued);
+      expect(outboxBytes('bob')).toEqual({ counter: 624, sum: 624 });
+      // Messages of an ended agent pruned: its counter goes to zero with them.
+      await store.updateAgent('bob', { state: 'stopped', updatedAtMs: NOW });
+      await store.pruneMessages(NOW + 1, NOW + 1);
+      expect(outboxBytes('bob')).toEqual({ counter: 0, sum: 0 });
+    });
+
+    it('counts each outbox on its own', async () => {
+      const store = open();
+      await store.insertAgent(agent('bob'));
+      await store.insertAgent(agent('carol'));
+      expect(await send(store, 'bob', operator, [{ id: 'm1', bytes: 1000 }])).toHaveLength(1);
+      expect(await send(store, 'carol', operator, [{ id: 'm1', bytes: 1000 }])).toHaveLength(1);
+      expect(outboxBytes('bob')).toEqual({ counter: 1000, sum: 1000 });
+      expect(outboxBytes('carol')).toEqual({ counter: 1000, sum: 1000 });
     });
   });
 
