@@ -112,7 +112,7 @@ export class RawGrpc {
   echo(payload: Buffer): Promise<Buffer> {
     return new Promise((resolve, reject) => {
       this.#client.makeUnaryRequest(ECHO.path, identity, identity, payload, { deadline: Date.now() + BOUND_MS }, (err, res) =>
-        err === null || res === undefined ? reject(err ?? new Error('no response')) : resolve(res),
+        err !== null || res === undefined ? reject(err ?? new Error('no response')) : resolve(res),
       );
     });
   }
