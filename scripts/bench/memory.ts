@@ -61,7 +61,7 @@ async function main(): Promise<void> {
   const cp = await ControlPlaneProcess.start({
     dataDir,
     adminToken,
-    logLevel: 'warn',
+    logLevel: 'info', // its "serving" line is info; the lines are dropped
     nodeArgs: ['--expose-gc', '--import', './scripts/support/memory-probe.mjs'],
     hasIpc: true,
     onLine: () => undefined,
@@ -88,7 +88,8 @@ async function main(): Promise<void> {
   const rawHeap = async (): Promise<number> => (await rawRequest({ type: 'memory' }, isMemoryReply)).heapUsedBytes;
 
   const clock = new SystemClock();
-  const logger = createLogger({ level: 'warn' });
+  // Errors only: agents stopped mid-heartbeat log a refused heartbeat each (warn), 10,000 lines of noise.
+  const logger = createLogger({ level: 'error' });
   let agentRound = 0;
   let hostRound = 0;
 

@@ -15,9 +15,23 @@ import { bearerInterceptor } from '../../agent-host/tools/call-credentials.js';
 import { SystemClock, type Clock } from '../../common/clock.js';
 import { createLogger, type Logger } from '../../common/logger.js';
 import { ControlPlane, type ControlPlaneOptions } from '../../control-plane/control-plane.js';
-import { SqliteStore } from '../../control-plane/store/sqlite-store.js';
+import { SqliteStore, type SqliteStoreOptions } from '../../control-plane/store/sqlite-store.js';
 import { AdminServiceClient } from '../../gen/tether/v1/admin.js';
 import { eachLimited, unary, within } from './bench-support.js';
+
+/**
+ * The store as configured by BENCH_STORE_MODE, to compare against what the
+ * store was: `full` (the default: synchronous = FULL, group commit),
+ * `full-unbatched` (FULL, one commit per write) or `normal` (NORMAL, one commit
+ * per write: before FULL).
+ */
+export function storeOptions(): SqliteStoreOptions {
+  const mode = process.env.BENCH_STORE_MODE ?? 'full';
+  if (mode === 'full' || mode === '') return {};
+  if (mode === 'full-unbatched') return { synchronous: 'full', isGroupCommit: false };
+  if (mode === 'normal') return { synchronous: 'normal', isGroupCommit: false };
+  throw new Error(`BENCH_STORE_MODE must be full, full-unbatched or normal, got ${mode}`);
+}
 
 /** Options of a control plane started by {@link TetherFixture.start}, but the store, clock, logger and secret. */
 export type FixtureOptions = Partial<Omit<ControlPlaneOptions, 'store' | 'logger' | 'adminToken'>>;
@@ -45,7 +59,7 @@ export class TetherFixture {
   /** Starts a control plane with a store in a fresh directory under `root`. */
   static async start(root: string, options: FixtureOptions = {}): Promise<TetherFixture> {
     const dir = mkdtempSync(join(root, 'tether-bench-'));
-    const store = SqliteStore.open(join(dir, 'tether.db'));
+    const store = SqliteStore.open(join(dir, 'tether.db'), storeOptions());
     const clock = options.clock ?? new SystemClock();
     const logger = createLogger({ level: 'warn' });
     const adminToken = randomBytes(24).toString('base64url');
