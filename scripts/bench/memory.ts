@@ -158,6 +158,7 @@ async function main(): Promise<void> {
   const rawConnections = async (): Promise<Measure> => {
     const before = await rawHeap();
     const clients: grpc.Client[] = [];
+    const calls: grpc.ClientDuplexStream<Buffer, Buffer>[] = [];
     const identity = (value: Buffer): Buffer => value;
     try {
       await eachLimited(Array.from({ length: HOSTS }), 16, async () => {
@@ -165,14 +166,18 @@ async function main(): Promise<void> {
         clients.push(client);
         const call = client.makeBidiStreamRequest<Buffer, Buffer>('/bench.Raw/Hold', identity, identity);
         call.on('error', () => undefined);
+        calls.push(call);
         await within(new Promise<void>((resolve) => call.once('data', () => resolve())), 'a raw stream open');
       });
       const loaded = await rawHeap();
+      // Closing a channel leaves its calls running: end them first, as a host leaving would.
+      for (const call of calls.splice(0)) call.cancel();
       for (const client of clients.splice(0)) client.close();
       await untilAsync(async () => (await rawRequest({ type: 'memory' }, (r): r is { type: 'memory'; streams: number } => isMemoryReply(r))).streams === 0, 'raw streams closed');
       const after = await rawHeap();
       return { bytesPerItem: (loaded - before) / HOSTS, leftoverPct: ((after - before) / before) * 100 };
     } finally {
+      for (const call of calls) call.cancel();
       for (const client of clients) client.close();
     }
   };
