@@ -11,8 +11,12 @@ export interface ControlPlaneEventMap {
   'host-disconnected': [{ hostId: string; sessionId: string }];
   /** An agent changed state. */
   'agent-state': [{ agentId: string; state: AgentStateName; incarnation: number }];
-  /** A credential was issued to an agent (or, with an empty agentId, to a host). */
-  'credential-issued': [{ agentId: string; hostId: string; generation: number; tokenId: string; expiresAtMs: number }];
+  /**
+   * A credential was issued to an agent (or, with an empty agentId, to a host);
+   * `rotationDueAtMs` is when it falls due for replacement (what the rotation
+   * benchmark measures lateness against).
+   */
+  'credential-issued': [{ agentId: string; hostId: string; generation: number; tokenId: string; expiresAtMs: number; rotationDueAtMs: number }];
   /** A host acknowledged an agent's messages up to `seq` (cumulative). */
   'message-acked': [{ agentId: string; seq: number; count: number }];
   /** A message was refused too often and dead-lettered. */

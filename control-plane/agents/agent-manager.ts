@@ -641,7 +641,7 @@ export class AgentManager {
     if (updated === undefined) return { outcome: 'agent-changed' };
     if (this.#options.isRotationEnabled) this.#scheduler.schedule(agent.agentId, dueAtMs, claims.expiresAtMs);
     this.#logger.debug({ agentId: agent.agentId, why, ...logFields(claims) }, 'agent credential issued');
-    events.emit('credential-issued', { agentId: agent.agentId, hostId, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs });
+    events.emit('credential-issued', { agentId: agent.agentId, hostId, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs, rotationDueAtMs: dueAtMs });
     return { outcome: 'placed', agent: updated, credential: toCredential(issued) };
   }
 

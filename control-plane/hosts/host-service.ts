@@ -561,7 +561,14 @@ export class HostService {
     const generation = issued.claims.generation;
     session.send({ tokenRotated: { agentId: '', credential: toCredential(issued) } });
     this.#logger.info({ hostId, jti: issued.claims.tokenId, kid: issued.claims.keyId, gen: generation, exp: issued.claims.expiresAtMs }, 'host credential rotated');
-    this.#options.events.emit('credential-issued', { agentId: '', hostId, generation, tokenId: issued.claims.tokenId, expiresAtMs: issued.claims.expiresAtMs });
+    this.#options.events.emit('credential-issued', {
+      agentId: '',
+      hostId,
+      generation,
+      tokenId: issued.claims.tokenId,
+      expiresAtMs: issued.claims.expiresAtMs,
+      rotationDueAtMs: hostRotationDueAtMs(issued.claims.issuedAtMs, issued.claims.expiresAtMs),
+    });
     return generation;
   }
 

@@ -242,12 +242,12 @@ const MAX_COMMIT_PASSES = 3;
 /** Options of {@link SqliteStore.open}; the defaults are what a control plane runs with. */
 export interface SqliteStoreOptions {
   /**
-   * @internal For `npm run bench:rotation` only: `normal` is the store as it was
+   * @internal For benchmarks only (BENCH_STORE_MODE, scripts/bench/tether-fixture.ts): `normal` is the store as it was
    * before FULL (an answered write can vanish on power loss).
    */
   synchronous?: 'full' | 'normal';
   /**
-   * @internal For `npm run bench:rotation` only: false commits each write on its
+   * @internal For benchmarks only (BENCH_STORE_MODE): false commits each write on its
    * own at once (one fsync each), as the store did before group commit.
    */
   isGroupCommit?: boolean;

@@ -1,14 +1,14 @@
 /**
- * What the benchmarks share: bounded waits, timing, the store modes compared
- * (so before and after `synchronous = FULL` and group commit run in one
- * invocation), event-loop delay, and where the stores go (a real filesystem).
+ * What the benchmarks share: bounded waits, timing and event-loop delay,
+ * interleaved rounds, the table of medians, and where the stores go (a real
+ * filesystem, never tmpfs: `synchronous = FULL` must pay for its fsyncs).
  */
 import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { resolve } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
-import type { SqliteStoreOptions } from '../../control-plane/store/sqlite-store.js';
+import { roundOrder, summarize, type Summary } from './bench-cli.js';
 
 /** A positive integer from the environment, or `fallback`. */
 export function envCount(name: string, fallback: number): number {
@@ -45,12 +45,6 @@ export function unary<Req, Res>(
   });
 }
 
-/** The median of `values`. */
-export function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)] ?? Number.NaN;
-}
-
 /** Wall and CPU milliseconds of one run, and the event-loop delay during it. */
 export interface Timing {
   wallMs: number;
@@ -81,38 +75,6 @@ export function startTiming(): () => Timing {
       loopMaxMs: histogram.max / 1e6,
     };
   };
-}
-
-/** One way of running the store, compared against the others. */
-export interface StoreMode {
-  key: string;
-  name: string;
-  store: SqliteStoreOptions;
-  /** Scheduled rotations running at once (1: one after the other, as before group commit). */
-  maxConcurrentRotations: number;
-}
-
-const ALL_MODES: readonly StoreMode[] = [
-  { key: 'normal', name: 'NORMAL, one commit per write (before)', store: { synchronous: 'normal', isGroupCommit: false }, maxConcurrentRotations: 1 },
-  { key: 'full-unbatched', name: 'FULL, one commit per write', store: { synchronous: 'full', isGroupCommit: false }, maxConcurrentRotations: 1 },
-  {
-    key: 'full',
-    name: 'FULL, group commit (after)',
-    store: { synchronous: 'full', isGroupCommit: true },
-    // The control plane's default unless BENCH_CONCURRENT_ROTATIONS says otherwise.
-    maxConcurrentRotations: envCount('BENCH_CONCURRENT_ROTATIONS', 8),
-  },
-];
-
-/** The modes to run: BENCH_MODES (comma-separated keys: normal, full-unbatched, full), all three by default. */
-export function selectedModes(): StoreMode[] {
-  const wanted = (process.env.BENCH_MODES ?? '').split(',').map((key) => key.trim()).filter((key) => key !== '');
-  if (wanted.length === 0) return [...ALL_MODES];
-  return wanted.map((key) => {
-    const mode = ALL_MODES.find((m) => m.key === key);
-    if (mode === undefined) throw new Error(`BENCH_MODES: unknown mode ${key} (known: ${ALL_MODES.map((m) => m.key).join(', ')})`);
-    return mode;
-  });
 }
 
 /** The filesystem type `path` lives on, from /proc/mounts (undefined where there is none). */
@@ -153,4 +115,66 @@ export function printTable(rows: string[][]): void {
     console.log(`| ${cells.map((cell, i) => (i === 0 ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0))).join(' | ')} |`);
     if (row === 0) console.log(`|${widths.map((w, i) => (i === 0 ? '-'.repeat(w + 2) : `${'-'.repeat(w + 1)}:`)).join('|')}|`);
   });
+}
+
+/**
+ * Runs `rounds` rounds of every variant (Tether and its baseline, say), in an
+ * order rotated each round so none always runs first; each run returns its
+ * figures, which are logged and kept per variant in run order.
+ */
+export async function interleave<V extends string, F extends Record<string, number>>(
+  rounds: number,
+  variants: Readonly<Record<V, () => Promise<F>>>,
+  describe: (variant: V, figures: F) => string,
+): Promise<Record<V, F[]>> {
+  const names = Object.keys(variants) as V[];
+  const results = Object.fromEntries(names.map((name) => [name, [] as F[]])) as Record<V, F[]>;
+  for (let round = 1; round <= rounds; round++) {
+    for (const name of roundOrder(names, round)) {
+      const figures = await variants[name]();
+      results[name].push(figures);
+      console.log(`  round ${round}, ${name}: ${describe(name, figures)}`);
+    }
+  }
+  return results;
+}
+
+/** The summary of one figure over a series of runs. */
+export function figure<F extends Record<string, number>>(runs: readonly F[], key: keyof F & string): Summary {
+  return summarize(runs.map((run) => run[key] as number));
+}
+
+/** `median (min–max, ±spread %)` of a summary, `digits` decimals. */
+export function describeSummary(summary: Summary, digits = 0): string {
+  return `${summary.median.toFixed(digits)} (${summary.min.toFixed(digits)}–${summary.max.toFixed(digits)}, spread ${summary.spreadPct.toFixed(0)} %)`;
+}
+
+/** Resolves once `isDone()` holds, checking every `everyMs` (bounded by {@link BOUND_MS}). */
+export async function until(isDone: () => boolean, what: string, everyMs = 20): Promise<void> {
+  const startedMs = performance.now();
+  while (!isDone()) {
+    if (performance.now() - startedMs > BOUND_MS) throw new Error(`bench: no ${what} within ${BOUND_MS} ms`);
+    await new Promise((resolve) => setTimeout(resolve, everyMs));
+  }
+}
+
+/** Runs `task` over `items`, `concurrency` at a time, in order of start. */
+export async function eachLimited<T>(items: readonly T[], concurrency: number, task: (item: T, index: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const index = next++;
+      await task(items[index] as T, index);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
+}
+
+/** Calls `global.gc` (node --expose-gc) twice and returns the heap used; throws without it. */
+export function heapAfterGc(): number {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc === undefined) throw new Error('bench: run node with --expose-gc');
+  gc();
+  gc();
+  return process.memoryUsage().heapUsed;
 }
