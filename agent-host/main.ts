@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Command, Option, InvalidArgumentError as CommanderInvalidArgument } from 'commander';
 import type { Registry } from 'prom-client';
 import { SystemClock } from '../common/clock.js';
-import { collect, collectLabel, parseCount, parseDurationWithin, readSecret, type DurationBounds } from '../common/cli.js';
+import { collect, collectLabel, parseBooleanEnvStrictly, parseCount, parseDurationWithin, readSecret, type DurationBounds } from '../common/cli.js';
 import { createLogger } from '../common/logger.js';
 import { serveMetrics } from '../common/metrics-http.js';
 import type { Label } from '../gen/tether/v1/common.js';
@@ -28,7 +28,7 @@ export const HOST_DURATION_BOUNDS = {
 } as const satisfies Record<string, DurationBounds>;
 
 /** Flags of `agent-host`. */
-interface HostFlags {
+export interface HostFlags {
   server: string;
   dataDir: string;
   joinTokenFile?: string;
@@ -60,7 +60,7 @@ async function loadModules(specs: readonly string[]): Promise<Map<string, AgentM
 }
 
 /** Runs a host until SIGINT/SIGTERM (exit 0) or a final refusal (exit 2). */
-async function runHost(flags: HostFlags): Promise<void> {
+export async function runHost(flags: HostFlags): Promise<void> {
   const logger = createLogger({ level: flags.logLevel as 'info', base: { service: 'agent-host' } });
   const credentialStore = new FileHostCredentialStore(flags.dataDir);
   const joinToken = readSecret(flags.joinTokenFile, 'TETHER_JOIN_TOKEN');
@@ -116,9 +116,12 @@ async function runHost(flags: HostFlags): Promise<void> {
   }
 }
 
-/** Builds the `agent-host` command line. */
-export function agentHostProgram(): Command {
-  return new Command('agent-host')
+/**
+ * Builds the `agent-host` command line; its action runs `run` (a test passes
+ * its own to see the configuration the flags resolve to).
+ */
+export function agentHostProgram(run: (flags: HostFlags) => Promise<void> = runHost): Command {
+  const program = new Command('agent-host')
     .description('Tether agent host: keeps one stream to the control plane and runs the agents it is given.')
     .showHelpAfterError()
     .addOption(new Option('--server <host:port>', 'the control plane').env('TETHER_SERVER').default('127.0.0.1:7443'))
@@ -145,6 +148,7 @@ export function agentHostProgram(): Command {
     )
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
     .action(async (flags: HostFlags) => {
-      await runHost(flags);
+      await run(flags);
     });
+  return parseBooleanEnvStrictly(program);
 }
