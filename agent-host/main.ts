@@ -10,6 +10,7 @@ import { createLogger } from '../common/logger.js';
 import { serveMetrics } from '../common/metrics-http.js';
 import type { Label } from '../gen/tether/v1/common.js';
 import { AgentHost } from './agent-host.js';
+import { prepareAgentsDirectory } from './agents-directory.js';
 import { FileHostCredentialStore } from './host-credential-store.js';
 import { createHostMetrics } from './metrics.js';
 import { builtinModules } from './modules/builtin-modules.js';
@@ -67,6 +68,9 @@ export async function runHost(flags: HostFlags): Promise<void> {
   if ((await credentialStore.load()) === undefined && joinToken === undefined) {
     throw new Error(`no host credential in ${flags.dataDir} and no join token: enroll with \`control-plane hosts enroll NAME\` and pass the token via $TETHER_JOIN_TOKEN or --join-token-file`);
   }
+  const agentsDir = resolve(flags.agentsDir ?? join(flags.dataDir, 'agents'));
+  // Checked (or created) before connecting: a shared directory is refused at start, not at the first process agent.
+  if ((flags.allowCommand ?? []).length > 0) await prepareAgentsDirectory(agentsDir);
   const host = AgentHost.start({
     target: flags.server,
     clock: new SystemClock(),
@@ -76,7 +80,7 @@ export async function runHost(flags: HostFlags): Promise<void> {
     ...(flags.caFile === undefined ? {} : { channelCredentials: grpc.credentials.createSsl(readFileSync(flags.caFile)) }),
     modules: await loadModules(flags.module ?? []),
     allowedCommands: flags.allowCommand ?? [],
-    agentsDir: resolve(flags.agentsDir ?? join(flags.dataDir, 'agents')),
+    agentsDir,
     stopGraceMs: flags.stopGrace,
     stopDeadlineMs: flags.stopDeadline,
     ...(flags.caFile === undefined ? {} : { caFile: resolve(flags.caFile) }),
@@ -132,7 +136,7 @@ export function agentHostProgram(run: (flags: HostFlags) => Promise<void> = runH
     .option('--label <key=value>', 'a label agents can be placed by (repeatable)', collectLabel)
     .option('--module <name=path>', 'register a module agent: the file exports `agent` (repeatable); `demo` and `idle` are built in', collect)
     .option('--allow-command <path>', 'a command process agents may run (repeatable; none by default)', collect)
-    .addOption(new Option('--agents-dir <dir>', 'where each process agent gets its own 0700 directory (default: <data-dir>/agents)').env('TETHER_AGENTS_DIR'))
+    .addOption(new Option('--agents-dir <dir>', 'where each process agent gets its own 0700 directory (default: <data-dir>/agents); created 0700 if missing, refused if writable by group or others or not ours').env('TETHER_AGENTS_DIR'))
     .addOption(new Option('--stop-grace <duration>', 'how long a process agent has between SIGTERM and SIGKILL').env('TETHER_STOP_GRACE').default(10_000, '10s').argParser(parseDurationWithin('--stop-grace', HOST_DURATION_BOUNDS.stopGrace)))
     .addOption(
       new Option('--stop-deadline <duration>', 'how long stopping an agent may take before the host abandons it (kills a process group, fences a module off)')
