@@ -3,6 +3,7 @@ import { parseBooleanEnvStrictly, parseCount, parseCountWithin, parseDurationWit
 import { MAX_PAYLOAD_BYTES_CEILING } from '../common/protocol.js';
 import type { AdminServiceClient } from '../gen/tether/v1/admin.js';
 import { addAdminCommands, adminClient, type ClientFlags } from './cli/admin-commands.js';
+import { addAdminTokenCommand } from './cli/admin-token-command.js';
 import { addBackupCommands } from './cli/backup-commands.js';
 import { serve, SERVE_DURATION_BOUNDS as BOUNDS, type ServeFlags } from './cli/serve-command.js';
 
@@ -82,5 +83,6 @@ export function controlPlaneProgram(actions: ControlPlaneActions = { serve, conn
 
   addAdminCommands(program, actions.connectAdmin);
   addBackupCommands(program);
+  addAdminTokenCommand(program);
   return parseBooleanEnvStrictly(program);
 }

@@ -6,6 +6,7 @@ import { collectLabel, parseCount, parseDurationMs, readSecret } from '../../com
 import { assertPlaintextAllowed } from '../../common/loopback.js';
 import { AdminServiceClient, AgentInfo, HostInfo, MessageInfo, SigningKeyInfo } from '../../gen/tether/v1/admin.js';
 import { AgentState, type Label } from '../../gen/tether/v1/common.js';
+import { SecretOutputFile } from './secret-output-file.js';
 
 /** Flags every admin subcommand shares (the program's global options). */
 export interface ClientFlags {
@@ -145,15 +146,29 @@ export function addAdminCommands(program: Command, connect: (flags: ClientFlags)
   const hosts = program.command('hosts').description('enroll and list agent hosts');
   hosts
     .command('enroll')
-    .description('create a host and print its one-time join token (ID.SECRET); give it to `agent-host` via $TETHER_JOIN_TOKEN or --join-token-file')
+    .description('create a host and print its one-time join token (ID.SECRET), or write it to --token-file; give it to `agent-host` via --join-token-file or $TETHER_JOIN_TOKEN')
     .argument('<name>', 'a name for the host')
     .option('--join-ttl <duration>', 'how long the join token is valid (default 1h)', parseDurationMs)
-    .action(async (name: string, flags: { joinTtl?: number }, command: Command) => {
-      await withClient(command, async (admin) => {
-        const response = await invoke(admin.enrollHost.bind(admin), { name, joinTtlMs: flags.joinTtl ?? 0 });
-        console.error(`host ${response.hostId} enrolled; join token valid until ${isoOrDash(response.joinExpiresAtMs)} (shown once):`);
-        console.log(response.joinToken);
-      });
+    .option('--token-file <file>', 'write the join token to this new file, created 0600 (an existing path or a symbolic link is refused), and print only the host id')
+    .action(async (name: string, flags: { joinTtl?: number; tokenFile?: string }, command: Command) => {
+      // Before enrolling: a path that cannot be written must not cost a join token shown to no one.
+      const output = flags.tokenFile === undefined ? undefined : SecretOutputFile.open(flags.tokenFile);
+      try {
+        await withClient(command, async (admin) => {
+          const response = await invoke(admin.enrollHost.bind(admin), { name, joinTtlMs: flags.joinTtl ?? 0 });
+          const validUntil = isoOrDash(response.joinExpiresAtMs);
+          if (output === undefined) {
+            console.error(`host ${response.hostId} enrolled; join token valid until ${validUntil} (shown once):`);
+            console.log(response.joinToken);
+            return;
+          }
+          output.write(response.joinToken);
+          console.error(`host ${response.hostId} enrolled; join token valid until ${validUntil}, written to ${output.path}`);
+          console.log(response.hostId);
+        });
+      } finally {
+        output?.discard();
+      }
     });
   hosts
     .command('ls')

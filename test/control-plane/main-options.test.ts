@@ -137,9 +137,12 @@ function serveCommand(program: Command): Command {
   return program.commands.find((command) => command.name() === 'serve') as Command;
 }
 
-/** The admin commands: every leaf but serve, backup and restore (which work on the data directory). */
+/** The commands that call no control plane: serve, backup and restore (on the data directory), generate-admin-token (on nothing). */
+const LOCAL_COMMANDS: readonly string[] = ['serve', 'backup', 'restore', 'generate-admin-token'];
+
+/** The admin commands: every leaf but the local ones. */
 function adminCommands(program: Command): Command[] {
-  return allCommands(program).filter((command) => command.commands.length === 0 && command.parent !== null && !['serve', 'backup', 'restore'].includes(command.name()));
+  return allCommands(program).filter((command) => command.commands.length === 0 && command.parent !== null && !LOCAL_COMMANDS.includes(command.name()));
 }
 
 describe('control-plane options take effect', () => {
