@@ -5,11 +5,12 @@ import * as grpc from '@grpc/grpc-js';
 import { Command, Option, InvalidArgumentError as CommanderInvalidArgument } from 'commander';
 import type { Registry } from 'prom-client';
 import { SystemClock } from '../common/clock.js';
-import { collect, collectLabel, parseCount, parseDurationWithin, readSecret, type DurationBounds } from '../common/cli.js';
+import { collect, collectLabel, parseBooleanEnvStrictly, parseCount, parseDurationWithin, readSecret, type DurationBounds } from '../common/cli.js';
 import { createLogger } from '../common/logger.js';
 import { serveMetrics } from '../common/metrics-http.js';
 import type { Label } from '../gen/tether/v1/common.js';
 import { AgentHost } from './agent-host.js';
+import { prepareAgentsDirectory } from './agents-directory.js';
 import { FileHostCredentialStore } from './host-credential-store.js';
 import { createHostMetrics } from './metrics.js';
 import { builtinModules } from './modules/builtin-modules.js';
@@ -28,7 +29,7 @@ export const HOST_DURATION_BOUNDS = {
 } as const satisfies Record<string, DurationBounds>;
 
 /** Flags of `agent-host`. */
-interface HostFlags {
+export interface HostFlags {
   server: string;
   dataDir: string;
   joinTokenFile?: string;
@@ -60,13 +61,16 @@ async function loadModules(specs: readonly string[]): Promise<Map<string, AgentM
 }
 
 /** Runs a host until SIGINT/SIGTERM (exit 0) or a final refusal (exit 2). */
-async function runHost(flags: HostFlags): Promise<void> {
+export async function runHost(flags: HostFlags): Promise<void> {
   const logger = createLogger({ level: flags.logLevel as 'info', base: { service: 'agent-host' } });
   const credentialStore = new FileHostCredentialStore(flags.dataDir);
   const joinToken = readSecret(flags.joinTokenFile, 'TETHER_JOIN_TOKEN');
   if ((await credentialStore.load()) === undefined && joinToken === undefined) {
     throw new Error(`no host credential in ${flags.dataDir} and no join token: enroll with \`control-plane hosts enroll NAME\` and pass the token via $TETHER_JOIN_TOKEN or --join-token-file`);
   }
+  const agentsDir = resolve(flags.agentsDir ?? join(flags.dataDir, 'agents'));
+  // Checked (or created) before connecting: a shared directory is refused at start, not at the first process agent.
+  if ((flags.allowCommand ?? []).length > 0) await prepareAgentsDirectory(agentsDir);
   const host = AgentHost.start({
     target: flags.server,
     clock: new SystemClock(),
@@ -76,7 +80,7 @@ async function runHost(flags: HostFlags): Promise<void> {
     ...(flags.caFile === undefined ? {} : { channelCredentials: grpc.credentials.createSsl(readFileSync(flags.caFile)) }),
     modules: await loadModules(flags.module ?? []),
     allowedCommands: flags.allowCommand ?? [],
-    agentsDir: resolve(flags.agentsDir ?? join(flags.dataDir, 'agents')),
+    agentsDir,
     stopGraceMs: flags.stopGrace,
     stopDeadlineMs: flags.stopDeadline,
     ...(flags.caFile === undefined ? {} : { caFile: resolve(flags.caFile) }),
@@ -116,9 +120,12 @@ async function runHost(flags: HostFlags): Promise<void> {
   }
 }
 
-/** Builds the `agent-host` command line. */
-export function agentHostProgram(): Command {
-  return new Command('agent-host')
+/**
+ * Builds the `agent-host` command line; its action runs `run` (a test passes
+ * its own to see the configuration the flags resolve to).
+ */
+export function agentHostProgram(run: (flags: HostFlags) => Promise<void> = runHost): Command {
+  const program = new Command('agent-host')
     .description('Tether agent host: keeps one stream to the control plane and runs the agents it is given.')
     .showHelpAfterError()
     .addOption(new Option('--server <host:port>', 'the control plane').env('TETHER_SERVER').default('127.0.0.1:7443'))
@@ -129,7 +136,7 @@ export function agentHostProgram(): Command {
     .option('--label <key=value>', 'a label agents can be placed by (repeatable)', collectLabel)
     .option('--module <name=path>', 'register a module agent: the file exports `agent` (repeatable); `demo` and `idle` are built in', collect)
     .option('--allow-command <path>', 'a command process agents may run (repeatable; none by default)', collect)
-    .addOption(new Option('--agents-dir <dir>', 'where each process agent gets its own 0700 directory (default: <data-dir>/agents)').env('TETHER_AGENTS_DIR'))
+    .addOption(new Option('--agents-dir <dir>', 'where each process agent gets its own 0700 directory (default: <data-dir>/agents); created 0700 if missing, refused if writable by group or others or not ours').env('TETHER_AGENTS_DIR'))
     .addOption(new Option('--stop-grace <duration>', 'how long a process agent has between SIGTERM and SIGKILL').env('TETHER_STOP_GRACE').default(10_000, '10s').argParser(parseDurationWithin('--stop-grace', HOST_DURATION_BOUNDS.stopGrace)))
     .addOption(
       new Option('--stop-deadline <duration>', 'how long stopping an agent may take before the host abandons it (kills a process group, fences a module off)')
@@ -145,6 +152,7 @@ export function agentHostProgram(): Command {
     )
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
     .action(async (flags: HostFlags) => {
-      await runHost(flags);
+      await run(flags);
     });
+  return parseBooleanEnvStrictly(program);
 }

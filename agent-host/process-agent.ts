@@ -1,5 +1,4 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { chmod, lstat, mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import type { Readable } from 'node:stream';
@@ -7,6 +6,7 @@ import type { Clock } from '../common/clock.js';
 import { FailedPreconditionError, InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { Credential } from '../gen/tether/v1/common.js';
+import { ensureAgentDirectory, prepareAgentsDirectory } from './agents-directory.js';
 import { AgentEndedError, MessageRefusedError, type AgentEnd, type AgentRunner, type AgentRunnerContext, type AgentRunnerFactory } from './agent-runner.js';
 import { childEnvironment } from './child-environment.js';
 import { encodeMessageLine, LineSplitter, parseControlLine, redactJwts, type SplitLine } from './process-protocol.js';
@@ -23,7 +23,7 @@ export const MAX_OUTPUT_LINE_CHARS = 4096;
 export interface ProcessRunnerOptions {
   /** The commands this host allows; anything else is refused here too, whatever the control plane says. */
   allowedCommands: readonly string[];
-  /** Each agent runs in `<agentsDir>/<agent-id>/` (0700). */
+  /** Each agent runs in `<agentsDir>/<agent-id>/` (0700); see {@link prepareAgentsDirectory} for what `agentsDir` may be. */
   agentsDir: string;
   /** The control plane, `host:port` (the agent's `TETHER_SERVER`). */
   server: string;
@@ -54,18 +54,6 @@ interface Pending {
  */
 export function processRunner(options: ProcessRunnerOptions): AgentRunnerFactory {
   return (context) => ProcessAgent.start(context, options);
-}
-
-/** `dir` exists, is a real directory of this user (not a symlink) and is 0700; created so when missing. */
-async function ensurePrivateDirectory(dir: string): Promise<void> {
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  const info = await lstat(dir);
-  if (!info.isDirectory()) throw new FailedPreconditionError(`${dir} is not a directory`);
-  if (typeof process.getuid === 'function' && info.uid !== process.getuid()) {
-    throw new FailedPreconditionError(`${dir} belongs to another user`);
-  }
-  // Narrowing a directory that holds no secret yet (the token file is written after this).
-  if ((info.mode & 0o777) !== 0o700) await chmod(dir, 0o700);
 }
 
 /** What an exit looks like to the control plane. */
@@ -151,9 +139,9 @@ export class ProcessAgent implements AgentRunner {
     if (!AGENT_ID_PATTERN.test(start.agentId)) throw new InvalidArgumentError('agent id is not usable as a directory name');
     // Absolute: the child runs in its own directory, and the paths it is given must hold there.
     const agentsDir = resolve(options.agentsDir);
-    await ensurePrivateDirectory(agentsDir);
+    await prepareAgentsDirectory(agentsDir);
     const agentDir = join(agentsDir, start.agentId);
-    await ensurePrivateDirectory(agentDir);
+    await ensureAgentDirectory(agentDir);
     const tokenFile = new TokenFile(join(agentDir, 'token'));
     await tokenFile.write(context.credentials.get());
     const env = childEnvironment(options.environment, {

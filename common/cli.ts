@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { InvalidArgumentError as CommanderInvalidArgument } from 'commander';
+import { InvalidArgumentError as CommanderInvalidArgument, type Command, type Option } from 'commander';
 import ms from 'ms';
 import type { Label } from '../gen/tether/v1/common.js';
 
@@ -87,4 +87,60 @@ export function readSecret(file: string | undefined, envName: string): string | 
   }
   const fromEnv = process.env[envName];
   return fromEnv === undefined || fromEnv === '' ? undefined : fromEnv;
+}
+
+/** Words a boolean environment variable may hold, compared case-insensitively. */
+const TRUE_WORDS: readonly string[] = ['true', '1', 'yes'];
+const FALSE_WORDS: readonly string[] = ['false', '0', 'no'];
+
+/**
+ * Parses the boolean environment variable `name`: `true`, `1`, `yes` or
+ * `false`, `0`, `no` (any case); the empty string reads as unset, so false,
+ * as it does for every other variable here. Anything else is refused, naming
+ * the variable (never echoing the value: a misplaced secret must not reach
+ * stderr). Returns undefined when the variable is unset or empty.
+ */
+export function parseBooleanEnv(name: string, value: string | undefined): boolean | undefined {
+  if (value === undefined || value === '') return undefined;
+  const word = value.toLowerCase();
+  if (TRUE_WORDS.includes(word)) return true;
+  if (FALSE_WORDS.includes(word)) return false;
+  throw new CommanderInvalidArgument(`${name} must be one of ${[...TRUE_WORDS, ...FALSE_WORDS].join(', ')} (or empty, for false)`);
+}
+
+/** Every option `command` takes, its own and its ancestors' (the global options). */
+function optionsInScope(command: Command): { owner: Command; option: Option }[] {
+  const found: { owner: Command; option: Option }[] = [];
+  for (let owner: Command | null = command; owner !== null; owner = owner.parent) {
+    for (const option of owner.options) found.push({ owner, option });
+  }
+  return found;
+}
+
+/**
+ * Makes every boolean option of `program` and its subcommands that has an
+ * environment variable read that variable strictly ({@link parseBooleanEnv}).
+ * commander sets such an option whenever its variable is set, whatever it
+ * holds: `TETHER_INSECURE=false` meant `--insecure`. The check runs before any
+ * action, for the options in the action's scope; a malformed variable is
+ * refused even when the flag is also given on the command line. A negated
+ * option (`--no-x`) with a variable is refused here, as nothing parses it.
+ */
+export function parseBooleanEnvStrictly(program: Command): Command {
+  return program.hook('preAction', (_hooked, actionCommand) => {
+    for (const { owner, option } of optionsInScope(actionCommand)) {
+      if (option.envVar === undefined) continue;
+      if (option.negate) throw new Error(`${option.long ?? option.flags}: a negated option cannot take ${option.envVar}`);
+      if (!option.isBoolean()) continue;
+      let parsed: boolean | undefined;
+      try {
+        parsed = parseBooleanEnv(option.envVar, process.env[option.envVar]);
+      } catch (err) {
+        actionCommand.error(`error: ${(err as Error).message}`, { code: 'tether.invalidBooleanEnv' });
+      }
+      const key = option.attributeName();
+      // Only a value commander took from the environment is replaced; the command line wins.
+      if (owner.getOptionValueSource(key) === 'env') owner.setOptionValueWithSource(key, parsed === true, 'env');
+    }
+  });
 }

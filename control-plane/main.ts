@@ -1,33 +1,63 @@
 import { Command, Option } from 'commander';
-import { parseCount, parseCountWithin, parseDurationWithin } from '../common/cli.js';
+import { parseBooleanEnvStrictly, parseCount, parseCountWithin, parseDurationWithin } from '../common/cli.js';
 import { MAX_PAYLOAD_BYTES_CEILING } from '../common/protocol.js';
-import { addAdminCommands } from './cli/admin-commands.js';
+import type { AdminServiceClient } from '../gen/tether/v1/admin.js';
+import { addAdminCommands, adminClient, type ClientFlags } from './cli/admin-commands.js';
+import { addAdminTokenCommand } from './cli/admin-token-command.js';
 import { addBackupCommands } from './cli/backup-commands.js';
 import { MAX_OUTBOX_BYTES_BOUNDS as OUTBOX_BYTES } from './control-plane.js';
 import { serve, SERVE_DURATION_BOUNDS as BOUNDS, type ServeFlags } from './cli/serve-command.js';
 
+/**
+ * What the commands of {@link controlPlaneProgram} run, given the configuration
+ * they resolved from flags, environment and defaults. Tests pass their own to
+ * see that configuration without serving.
+ */
+export interface ControlPlaneActions {
+  serve: (flags: ServeFlags) => Promise<void>;
+  /** Opens the admin client the admin commands call through. */
+  connectAdmin: (flags: ClientFlags) => AdminServiceClient;
+}
+
+/**
+ * The configuration `serve` runs with: its own flags and the global ones it
+ * uses (`--data-dir`, `--admin-token-file`), wherever on the command line they
+ * were given. Reading only its own flags once dropped `--admin-token-file`.
+ */
+export function serveFlags(command: Command): ServeFlags {
+  const globals = command.optsWithGlobals<{ dataDir: string; adminTokenFile?: string }>();
+  return {
+    ...command.opts<Omit<ServeFlags, 'dataDir' | 'adminTokenFile'>>(),
+    dataDir: globals.dataDir,
+    ...(globals.adminTokenFile === undefined ? {} : { adminTokenFile: globals.adminTokenFile }),
+  };
+}
+
 /** Builds the `control-plane` command line. */
-export function controlPlaneProgram(): Command {
+export function controlPlaneProgram(actions: ControlPlaneActions = { serve, connectAdmin: adminClient }): Command {
   const program = new Command('control-plane')
     .description('Tether control plane: serve it, or administer one over AdminService.')
     .showHelpAfterError()
     .addOption(new Option('--server <host:port>', 'the control plane admin commands talk to').env('TETHER_SERVER').default('127.0.0.1:7443'))
     .addOption(
-      new Option('--admin-token-file <path>', 'file holding the admin token (else $TETHER_ADMIN_TOKEN, else <data-dir>/admin-token)').env(
+      new Option(
+        '--admin-token-file <path>',
+        'file holding the admin token serve requires and admin commands send (else $TETHER_ADMIN_TOKEN, else <data-dir>/admin-token, which serve generates)',
+      ).env(
         'TETHER_ADMIN_TOKEN_FILE',
       ),
     )
-    .addOption(new Option('--ca-file <path>', 'CA certificate to verify a TLS control plane (plaintext otherwise, loopback only)').env('TETHER_CA_FILE'))
-    .addOption(new Option('--data-dir <dir>', 'data directory (SQLite store, generated admin token)').env('TETHER_DATA_DIR').default('.tether'));
+    .addOption(new Option('--ca-file <path>', 'CA certificate admin commands verify a TLS control plane with (plaintext otherwise, loopback only)').env('TETHER_CA_FILE'))
+    .addOption(new Option('--data-dir <dir>', 'data directory: the store of serve, backup and restore, and the admin token serve generates').env('TETHER_DATA_DIR').default('.tether'));
 
   program
     .command('serve')
-    .description('run the control plane (gRPC, plus HTTP for /.well-known/jwks.json)')
+    .description('run the control plane (gRPC, plus HTTP for /.well-known/jwks.json); also takes the global --data-dir and --admin-token-file')
     .addOption(new Option('--listen <host:port>', 'gRPC listen address; plaintext only on loopback unless --insecure').env('TETHER_LISTEN').default('127.0.0.1:7443'))
     .addOption(new Option('--http-listen <host:port>', 'HTTP listen address for the JWKS; empty for none').env('TETHER_HTTP_LISTEN').default('127.0.0.1:7480'))
     .addOption(new Option('--tls-cert <path>', 'PEM certificate: serve TLS').env('TETHER_TLS_CERT'))
     .addOption(new Option('--tls-key <path>', 'PEM private key of --tls-cert').env('TETHER_TLS_KEY'))
-    .addOption(new Option('--insecure', 'allow plaintext on a non-loopback address').env('TETHER_INSECURE'))
+    .addOption(new Option('--insecure', 'allow plaintext on a non-loopback address (TETHER_INSECURE: true/1/yes or false/0/no)').env('TETHER_INSECURE'))
     .addOption(new Option('--agent-token-ttl <duration>', 'agent token lifetime').env('TETHER_AGENT_TOKEN_TTL').default(3_600_000, '1h').argParser(parseDurationWithin('--agent-token-ttl', BOUNDS.agentTokenTtl)))
     .addOption(new Option('--host-token-ttl <duration>', 'host token lifetime').env('TETHER_HOST_TOKEN_TTL').default(259_200_000, '72h').argParser(parseDurationWithin('--host-token-ttl', BOUNDS.hostTokenTtl)))
     .addOption(new Option('--audience-token-ttl <duration>', 'lifetime of tokens minted for other services (never past the agent token)').env('TETHER_AUDIENCE_TOKEN_TTL').default(300_000, '5m').argParser(parseDurationWithin('--audience-token-ttl', BOUNDS.audienceTokenTtl)))
@@ -49,11 +79,12 @@ export function controlPlaneProgram(): Command {
     .addOption(new Option('--max-outbox-bytes <n>', `payload bytes of unacknowledged or dead-lettered messages per agent before sends get RESOURCE_EXHAUSTED (${OUTBOX_BYTES.min} to ${OUTBOX_BYTES.max}, at least --max-payload-bytes)`).env('TETHER_MAX_OUTBOX_BYTES').default(67_108_864, '64 MiB').argParser(parseCountWithin('--max-outbox-bytes', OUTBOX_BYTES.min, OUTBOX_BYTES.max)))
     .addOption(new Option('--max-payload-bytes <n>', `largest message payload accepted (at most ${MAX_PAYLOAD_BYTES_CEILING}: a delivery must fit a host's 4 MiB receive limit)`).env('TETHER_MAX_PAYLOAD_BYTES').default(1_048_576).argParser(parseCountWithin('--max-payload-bytes', 1, MAX_PAYLOAD_BYTES_CEILING)))
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
-    .action(async (flags: Omit<ServeFlags, 'dataDir'>, command: Command) => {
-      await serve({ ...flags, dataDir: command.optsWithGlobals<{ dataDir: string }>().dataDir });
+    .action(async (_flags: unknown, command: Command) => {
+      await actions.serve(serveFlags(command));
     });
 
-  addAdminCommands(program);
+  addAdminCommands(program, actions.connectAdmin);
   addBackupCommands(program);
-  return program;
+  addAdminTokenCommand(program);
+  return parseBooleanEnvStrictly(program);
 }

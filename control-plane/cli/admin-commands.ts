@@ -6,9 +6,10 @@ import { collectLabel, parseCount, parseDurationMs, readSecret } from '../../com
 import { assertPlaintextAllowed } from '../../common/loopback.js';
 import { AdminServiceClient, AgentInfo, HostInfo, MessageInfo, SigningKeyInfo } from '../../gen/tether/v1/admin.js';
 import { AgentState, type Label } from '../../gen/tether/v1/common.js';
+import { SecretOutputFile } from './secret-output-file.js';
 
-/** Flags every admin subcommand shares. */
-interface ClientFlags {
+/** Flags every admin subcommand shares (the program's global options). */
+export interface ClientFlags {
   server: string;
   adminTokenFile?: string;
   caFile?: string;
@@ -39,7 +40,8 @@ function adminToken(flags: ClientFlags): string {
   throw new Error('no admin token: set TETHER_ADMIN_TOKEN or --admin-token-file (or run from beside the data directory)');
 }
 
-function client(flags: ClientFlags): AdminServiceClient {
+/** An admin client for `flags`: their server, their CA (plaintext on loopback only without one), their admin token. */
+export function adminClient(flags: ClientFlags): AdminServiceClient {
   const token = adminToken(flags);
   const credentials =
     flags.caFile === undefined ? grpc.credentials.createInsecure() : grpc.credentials.createSsl(readFileSync(flags.caFile));
@@ -68,21 +70,26 @@ function printTable(rows: string[][]): void {
 }
 
 /** Runs `body` with an admin client for the command's flags; turns gRPC errors into one clear line and exit 1. */
-async function withClient(command: Command, body: (admin: AdminServiceClient) => Promise<void>): Promise<void> {
-  const admin = client(command.optsWithGlobals<ClientFlags>());
-  try {
-    await body(admin);
-  } catch (err) {
-    const serviceError = err as Partial<grpc.ServiceError>;
-    if (typeof serviceError.code === 'number') {
-      console.error(`error: ${grpc.status[serviceError.code]}: ${serviceError.details ?? ''}`);
-      process.exitCode = 1;
-      return;
+type WithClient = (command: Command, body: (admin: AdminServiceClient) => Promise<void>) => Promise<void>;
+
+/** A {@link WithClient} that opens its clients with `connect`. */
+function clientRunner(connect: (flags: ClientFlags) => AdminServiceClient): WithClient {
+  return async (command, body) => {
+    const admin = connect(command.optsWithGlobals<ClientFlags>());
+    try {
+      await body(admin);
+    } catch (err) {
+      const serviceError = err as Partial<grpc.ServiceError>;
+      if (typeof serviceError.code === 'number') {
+        console.error(`error: ${grpc.status[serviceError.code]}: ${serviceError.details ?? ''}`);
+        process.exitCode = 1;
+        return;
+      }
+      throw err;
+    } finally {
+      admin.close();
     }
-    throw err;
-  } finally {
-    admin.close();
-  }
+  };
 }
 
 interface SpecFlags {
@@ -129,20 +136,39 @@ function addSpecOptions(command: Command): Command {
     .option('--label <key=value>', 'place on a host carrying this label (repeatable)', collectLabel);
 }
 
-/** Adds the admin subcommands (`hosts`, `agents`, `keys`, `jwks`, `send`, `messages`) to `program`. */
-export function addAdminCommands(program: Command): void {
+/**
+ * Adds the admin subcommands (`hosts`, `agents`, `keys`, `jwks`, `send`,
+ * `messages`) to `program`; they call through a client `connect` opens from the
+ * program's global flags.
+ */
+export function addAdminCommands(program: Command, connect: (flags: ClientFlags) => AdminServiceClient = adminClient): void {
+  const withClient = clientRunner(connect);
   const hosts = program.command('hosts').description('enroll and list agent hosts');
   hosts
     .command('enroll')
-    .description('create a host and print its one-time join token (ID.SECRET); give it to `agent-host` via $TETHER_JOIN_TOKEN or --join-token-file')
+    .description('create a host and print its one-time join token (ID.SECRET), or write it to --token-file; give it to `agent-host` via --join-token-file or $TETHER_JOIN_TOKEN')
     .argument('<name>', 'a name for the host')
     .option('--join-ttl <duration>', 'how long the join token is valid (default 1h)', parseDurationMs)
-    .action(async (name: string, flags: { joinTtl?: number }, command: Command) => {
-      await withClient(command, async (admin) => {
-        const response = await invoke(admin.enrollHost.bind(admin), { name, joinTtlMs: flags.joinTtl ?? 0 });
-        console.error(`host ${response.hostId} enrolled; join token valid until ${isoOrDash(response.joinExpiresAtMs)} (shown once):`);
-        console.log(response.joinToken);
-      });
+    .option('--token-file <file>', 'write the join token to this new file, created 0600 (an existing path or a symbolic link is refused), and print only the host id')
+    .action(async (name: string, flags: { joinTtl?: number; tokenFile?: string }, command: Command) => {
+      // Before enrolling: a path that cannot be written must not cost a join token shown to no one.
+      const output = flags.tokenFile === undefined ? undefined : SecretOutputFile.open(flags.tokenFile);
+      try {
+        await withClient(command, async (admin) => {
+          const response = await invoke(admin.enrollHost.bind(admin), { name, joinTtlMs: flags.joinTtl ?? 0 });
+          const validUntil = isoOrDash(response.joinExpiresAtMs);
+          if (output === undefined) {
+            console.error(`host ${response.hostId} enrolled; join token valid until ${validUntil} (shown once):`);
+            console.log(response.joinToken);
+            return;
+          }
+          output.write(response.joinToken);
+          console.error(`host ${response.hostId} enrolled; join token valid until ${validUntil}, written to ${output.path}`);
+          console.log(response.hostId);
+        });
+      } finally {
+        output?.discard();
+      }
     });
   hosts
     .command('ls')
@@ -168,7 +194,7 @@ export function addAdminCommands(program: Command): void {
         ]);
       });
     });
-  addHostRevokeCommand(hosts);
+  addHostRevokeCommand(hosts, withClient);
 
   const agents = program.command('agents').description('dispatch, list, stop and rotate agents');
   agents
@@ -254,8 +280,8 @@ export function addAdminCommands(program: Command): void {
       });
     });
 
-  addMessageCommands(program);
-  addKeyCommands(program);
+  addMessageCommands(program, withClient);
+  addKeyCommands(program, withClient);
 }
 
 interface SendFlags {
@@ -284,7 +310,7 @@ function parseSeq(value: string): number {
 }
 
 /** Adds `send` and `messages ls|requeue|purge` (an agent's outbox and its dead letters). */
-function addMessageCommands(program: Command): void {
+function addMessageCommands(program: Command, withClient: WithClient): void {
   program
     .command('send')
     .description('send a message to an agent as the operator; it is in the agent\'s durable outbox when this prints its id and seq')
@@ -358,7 +384,7 @@ function addMessageCommands(program: Command): void {
 }
 
 /** Adds `hosts revoke`: the host's stream ends with a final refusal, its credential is refused, its agents move. */
-function addHostRevokeCommand(hosts: Command): void {
+function addHostRevokeCommand(hosts: Command, withClient: WithClient): void {
   hosts
     .command('revoke')
     .description('revoke a host: it is refused for good (the agent-host exits) and its agents are placed elsewhere; it needs a new enrollment to come back')
@@ -372,7 +398,7 @@ function addHostRevokeCommand(hosts: Command): void {
 }
 
 /** Adds `keys ls|rotate|revoke`: the control plane's signing keys. */
-function addKeyCommands(program: Command): void {
+function addKeyCommands(program: Command, withClient: WithClient): void {
   const keys = program.command('keys').description('list, rotate and revoke the signing keys');
   keys
     .command('ls')

@@ -57,6 +57,11 @@ export interface ServeFlags {
   logLevel: string;
 }
 
+/** A new random admin token: 32 bytes, base64url (header-safe, one line). */
+export function newAdminToken(): string {
+  return randomBytes(32).toString('base64url');
+}
+
 /** Creates a file with mode 0600 from the start (never chmod after writing); leaves an existing one alone. */
 async function createSecretFile(path: string, content: string): Promise<boolean> {
   try {
@@ -82,7 +87,7 @@ export async function resolveAdminToken(flags: Pick<ServeFlags, 'adminTokenFile'
   const given = readSecret(flags.adminTokenFile, 'TETHER_ADMIN_TOKEN');
   if (given !== undefined) return given;
   const path = join(flags.dataDir, 'admin-token');
-  if (await createSecretFile(path, `${randomBytes(32).toString('base64url')}\n`)) {
+  if (await createSecretFile(path, `${newAdminToken()}\n`)) {
     logger.info({ path }, 'generated an admin token');
   }
   const token = readFileSync(path, 'utf8').trim();

@@ -24,7 +24,7 @@
  *   after it) are kept, so the tokens they signed still verify.
  */
 import { randomUUID } from 'node:crypto';
-import { chmodSync, closeSync, copyFileSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, fsyncSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { migrate, SCHEMA_VERSION, schemaVersion } from './sqlite-schema.js';
@@ -226,12 +226,59 @@ function mergeKeptKeys(db: Database.Database, keptKeys: unknown[], nowMs: number
   return kept;
 }
 
+/** Bytes copied at a time from a backup into the staging file. */
+const COPY_CHUNK_BYTES = 1 << 20;
+
+/**
+ * Copies `fromPath` into `toPath`, a new file created 0600 from the start: it
+ * holds the private signing keys, so it is never, even for a moment, as wide
+ * as the backup's mode (`copyFileSync` gives the copy the source's mode, which
+ * a later chmod only narrowed). Synced before it returns.
+ */
+function copyToPrivateFile(fromPath: string, toPath: string): void {
+  const source = openSync(fromPath, 'r');
+  try {
+    const target = openSync(toPath, 'wx', 0o600);
+    try {
+      const sizeBytes = fstatSync(source).size;
+      const buffer = Buffer.allocUnsafe(Math.min(COPY_CHUNK_BYTES, Math.max(sizeBytes, 1)));
+      let position = 0;
+      // Bounded by the size read above: a backup is not written to while it is restored.
+      while (position < sizeBytes) {
+        const read = readSync(source, buffer, 0, Math.min(buffer.length, sizeBytes - position), position);
+        if (read === 0) throw new BackupError(`the backup ${fromPath} shrank while it was copied`);
+        for (let written = 0; written < read; ) {
+          const count = writeSync(target, buffer, written, read - written, position + written);
+          if (count === 0) throw new BackupError(`nothing could be written to ${toPath}`);
+          written += count;
+        }
+        position += read;
+      }
+      fsyncSync(target);
+    } finally {
+      closeSync(target);
+    }
+  } finally {
+    closeSync(source);
+  }
+}
+
+/** Options of {@link restoreDatabase}. */
+export interface RestoreOptions {
+  /**
+   * Called once the backup's bytes are in the staging file, before anything
+   * opens it: where a test checks the file was never wider than 0600.
+   * @internal
+   */
+  onStaged?: (stagingPath: string) => void;
+}
+
 /**
  * Replaces the store at `dbPath` with the backup at `fromPath` and starts a new
  * epoch (see the module comment). Refuses while a control plane serves
  * `dbPath`. The replaced database is moved aside, not deleted; `nowMs` names it.
  */
-export function restoreDatabase(dbPath: string, fromPath: string, nowMs: number): RestoreSummary {
+export function restoreDatabase(dbPath: string, fromPath: string, nowMs: number, options: RestoreOptions = {}): RestoreSummary {
   const pid = runningPid(dbPath);
   if (pid !== undefined && pid !== process.pid) {
     throw new BackupError(`a control plane (pid ${pid}) serves ${dbPath}: stop it first (if none runs, remove ${pidFilePath(dbPath)})`);
@@ -260,8 +307,8 @@ export function restoreDatabase(dbPath: string, fromPath: string, nowMs: number)
   mkdirSync(dirname(dbPath), { recursive: true, mode: 0o700 });
   const stagingPath = `${dbPath}.restoring`;
   for (const suffix of ['', '-wal', '-shm']) rmSync(`${stagingPath}${suffix}`, { force: true });
-  copyFileSync(fromPath, stagingPath);
-  chmodSync(stagingPath, 0o600);
+  copyToPrivateFile(fromPath, stagingPath);
+  options.onStaged?.(stagingPath);
 
   const db = new Database(stagingPath, { fileMustExist: true });
   let changes: Pick<RestoreSummary, 'previousEpoch' | 'joinTokensBurnt' | 'signingKeysKept'>;

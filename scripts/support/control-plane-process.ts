@@ -11,8 +11,14 @@ const DEFAULT_BOUND_MS = 20_000;
 /** Options of {@link ControlPlaneProcess.start}. */
 export interface ControlPlaneProcessOptions {
   dataDir: string;
-  /** Passed as TETHER_ADMIN_TOKEN (the environment, never argv). */
-  adminToken: string;
+  /**
+   * Passed as TETHER_ADMIN_TOKEN (the environment, never argv). Undefined:
+   * none (not even the parent's), so the token comes from `--admin-token-file`
+   * or the data directory.
+   */
+  adminToken: string | undefined;
+  /** More arguments after `serve` (never a secret: argv is public). */
+  args?: readonly string[];
   /** `host:port` for TETHER_LISTEN; default `127.0.0.1:0`. */
   listen?: string;
   /** TETHER_LOG_LEVEL; default `info`. */
@@ -66,17 +72,19 @@ export class ControlPlaneProcess {
   /** Spawns the control plane and waits (bounded) for its "serving" line. */
   static async start(options: ControlPlaneProcessOptions): Promise<ControlPlaneProcess> {
     const boundMs = options.boundMs ?? DEFAULT_BOUND_MS;
-    const child = spawn(process.execPath, [...(options.nodeArgs ?? []), 'bin/control-plane.js', 'serve'], {
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      ...options.env,
+      TETHER_LISTEN: options.listen ?? '127.0.0.1:0',
+      TETHER_HTTP_LISTEN: '',
+      TETHER_DATA_DIR: options.dataDir,
+      TETHER_ADMIN_TOKEN: options.adminToken,
+      TETHER_LOG_LEVEL: options.logLevel ?? 'info',
+    };
+    if (options.adminToken === undefined) delete env.TETHER_ADMIN_TOKEN;
+    const child = spawn(process.execPath, [...(options.nodeArgs ?? []), 'bin/control-plane.js', 'serve', ...(options.args ?? [])], {
       cwd: ROOT,
-      env: {
-        ...process.env,
-        ...options.env,
-        TETHER_LISTEN: options.listen ?? '127.0.0.1:0',
-        TETHER_HTTP_LISTEN: '',
-        TETHER_DATA_DIR: options.dataDir,
-        TETHER_ADMIN_TOKEN: options.adminToken,
-        TETHER_LOG_LEVEL: options.logLevel ?? 'info',
-      },
+      env,
       stdio: options.hasIpc === true ? ['ignore', 'pipe', 'pipe', 'ipc'] : ['ignore', 'pipe', 'pipe'],
     });
     const output = { stdout: [] as string[], stderr: [] as string[] };

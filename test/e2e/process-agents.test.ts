@@ -10,7 +10,7 @@
  * stdin and stdout); time-driven steps on the shared fake clock.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -247,6 +247,30 @@ describe('process agents', () => {
     expect(decisions()).toEqual(['1 acked', '2 refused', '2 acked', '3 acked']);
     const pending = await call(h.admin.listMessages.bind(h.admin), { agentId: 'mailer', state: 'pending', pageSize: 0, pageToken: '' });
     expect(pending.messages).toEqual([]);
+  });
+
+  it('refuses a shared agents directory (1777): the agent fails saying why, nothing starts, the directory keeps its mode and sticky bit', async () => {
+    harness = await Harness.start();
+    const h = harness;
+    const agentsDir = join(tempDir(), 'shared');
+    mkdirSync(agentsDir);
+    chmodSync(agentsDir, 0o1777);
+    const { host, hostId } = await h.startHost('h', { allowedCommands: [NODE], agentsDir, stopGraceMs: GRACE_MS });
+    const failed = nextEvent<{ agentId: string; state: string }>(h.cp.events, 'agent-state', (e) => e.agentId === 'squatted' && e.state === 'failed');
+    await call(h.admin.dispatchAgent.bind(h.admin), {
+      agentId: 'squatted',
+      name: 'squatted',
+      hostId,
+      hostLabels: [],
+      spec: { kind: 'process', module: '', command: NODE, args: [EXAMPLE], config: '' },
+    });
+    await failed;
+    const agent = await call(h.admin.getAgent.bind(h.admin), { agentId: 'squatted' });
+    expect(agent.agent?.detail).toContain(`the agents directory ${agentsDir} is writable by others (mode 1777)`);
+    expect(statSync(agentsDir).mode & 0o7777).toBe(0o1777);
+    expect(readdirSync(agentsDir)).toEqual([]);
+    expect(host.agentIds()).toEqual([]);
+    expect(startedPids(h)).toEqual([]);
   });
 
   it('refuses at dispatch a command the host does not allow (FAILED_PRECONDITION), and starts nothing', async () => {

@@ -6,7 +6,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -183,6 +183,25 @@ describe('backup and restore of the SQLite store', () => {
     expect(await replaced.epoch()).toBe(firstEpoch);
     expect((await replaced.getAgent('a1'))?.generation).toBe(9);
     await replaced.close();
+  });
+
+  it('creates the restored store 0600 from the start, whatever the backup file\'s mode (never wider, then narrowed)', async () => {
+    await (await populate()).close();
+    backupDatabase(dbPath, backupPath);
+    // A backup copied about with cp or scp ends up 0644; under umask 0 a copy taking its mode would be too.
+    chmodSync(backupPath, 0o644);
+    const previousUmask = process.umask(0);
+    const stagedModes: number[] = [];
+    try {
+      restoreDatabase(dbPath, backupPath, NOW, { onStaged: (path) => stagedModes.push(statSync(path).mode & 0o777) });
+    } finally {
+      process.umask(previousUmask);
+    }
+    expect(stagedModes).toEqual([0o600]);
+    expect(statSync(dbPath).mode & 0o777).toBe(0o600);
+    const restored = SqliteStore.open(dbPath);
+    expect((await restored.listHosts(null, 10)).items).toHaveLength(2);
+    await restored.close();
   });
 
   it('restores into a data directory that does not exist yet (a new machine)', async () => {
