@@ -1,12 +1,16 @@
 import { Command, Option } from 'commander';
 import { parseCount, parseCountWithin, parseDurationWithin } from '../common/cli.js';
 import { MAX_PAYLOAD_BYTES_CEILING } from '../common/protocol.js';
+import { SecretRedactor } from '../common/secrets.js';
 import { addAdminCommands } from './cli/admin-commands.js';
 import { addBackupCommands } from './cli/backup-commands.js';
 import { serve, SERVE_DURATION_BOUNDS as BOUNDS, type ServeFlags } from './cli/serve-command.js';
 
-/** Builds the `control-plane` command line. */
-export function controlPlaneProgram(): Command {
+/**
+ * Builds the `control-plane` command line. Every secret a command reads is
+ * registered with `redactor`, which the caller uses to filter what it prints.
+ */
+export function controlPlaneProgram(redactor = new SecretRedactor()): Command {
   const program = new Command('control-plane')
     .description('Tether control plane: serve it, or administer one over AdminService.')
     .showHelpAfterError()
@@ -48,10 +52,10 @@ export function controlPlaneProgram(): Command {
     .addOption(new Option('--max-payload-bytes <n>', `largest message payload accepted (at most ${MAX_PAYLOAD_BYTES_CEILING}: a delivery must fit a host's 4 MiB receive limit)`).env('TETHER_MAX_PAYLOAD_BYTES').default(1_048_576).argParser(parseCountWithin('--max-payload-bytes', 1, MAX_PAYLOAD_BYTES_CEILING)))
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
     .action(async (flags: Omit<ServeFlags, 'dataDir'>, command: Command) => {
-      await serve({ ...flags, dataDir: command.optsWithGlobals<{ dataDir: string }>().dataDir });
+      await serve({ ...flags, dataDir: command.optsWithGlobals<{ dataDir: string }>().dataDir }, redactor);
     });
 
-  addAdminCommands(program);
+  addAdminCommands(program, redactor);
   addBackupCommands(program);
   return program;
 }

@@ -4,6 +4,7 @@ import * as grpc from '@grpc/grpc-js';
 import { InvalidArgumentError as CommanderInvalidArgument, type Command } from 'commander';
 import { collectLabel, parseCount, parseDurationMs, readSecret } from '../../common/cli.js';
 import { assertPlaintextAllowed } from '../../common/loopback.js';
+import { parseSecret, type SecretRedactor } from '../../common/secrets.js';
 import { AdminServiceClient, AgentInfo, HostInfo, MessageInfo, SigningKeyInfo } from '../../gen/tether/v1/admin.js';
 import { AgentState, type Label } from '../../gen/tether/v1/common.js';
 
@@ -31,16 +32,20 @@ function invoke<Req, Res>(method: Unary<Req, Res>, request: Req): Promise<Res> {
   });
 }
 
-function adminToken(flags: ClientFlags): string {
-  const token = readSecret(flags.adminTokenFile, 'TETHER_ADMIN_TOKEN');
+function adminToken(flags: ClientFlags, redactor: SecretRedactor): string {
+  const token = readSecret(flags.adminTokenFile, 'TETHER_ADMIN_TOKEN', redactor);
   if (token !== undefined) return token;
   const fallback = join(flags.dataDir, 'admin-token');
-  if (existsSync(fallback)) return readFileSync(fallback, 'utf8').trim();
+  if (existsSync(fallback)) {
+    const raw = readFileSync(fallback, 'utf8');
+    redactor.register(raw);
+    return parseSecret(raw, fallback);
+  }
   throw new Error('no admin token: set TETHER_ADMIN_TOKEN or --admin-token-file (or run from beside the data directory)');
 }
 
-function client(flags: ClientFlags): AdminServiceClient {
-  const token = adminToken(flags);
+function client(flags: ClientFlags, redactor: SecretRedactor): AdminServiceClient {
+  const token = adminToken(flags, redactor);
   const credentials =
     flags.caFile === undefined ? grpc.credentials.createInsecure() : grpc.credentials.createSsl(readFileSync(flags.caFile));
   if (flags.caFile === undefined) assertPlaintextAllowed(flags.server);
@@ -67,15 +72,19 @@ function printTable(rows: string[][]): void {
   for (const row of rows) console.log(row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd());
 }
 
-/** Runs `body` with an admin client for the command's flags; turns gRPC errors into one clear line and exit 1. */
-async function withClient(command: Command, body: (admin: AdminServiceClient) => Promise<void>): Promise<void> {
-  const admin = client(command.optsWithGlobals<ClientFlags>());
+/**
+ * Runs `body` with an admin client for the command's flags; turns gRPC errors
+ * into one clear line and exit 1. The details are filtered by `redactor`: a
+ * status grpc-js makes up on the client side can quote a header value.
+ */
+async function withClient(command: Command, redactor: SecretRedactor, body: (admin: AdminServiceClient) => Promise<void>): Promise<void> {
+  const admin = client(command.optsWithGlobals<ClientFlags>(), redactor);
   try {
     await body(admin);
   } catch (err) {
     const serviceError = err as Partial<grpc.ServiceError>;
     if (typeof serviceError.code === 'number') {
-      console.error(`error: ${grpc.status[serviceError.code]}: ${serviceError.details ?? ''}`);
+      console.error(`error: ${grpc.status[serviceError.code]}: ${redactor.redact(serviceError.details ?? '')}`);
       process.exitCode = 1;
       return;
     }
@@ -129,8 +138,11 @@ function addSpecOptions(command: Command): Command {
     .option('--label <key=value>', 'place on a host carrying this label (repeatable)', collectLabel);
 }
 
-/** Adds the admin subcommands (`hosts`, `agents`, `keys`, `jwks`, `send`, `messages`) to `program`. */
-export function addAdminCommands(program: Command): void {
+/**
+ * Adds the admin subcommands (`hosts`, `agents`, `keys`, `jwks`, `send`, `messages`) to `program`;
+ * the admin token each reads is registered with `redactor`, which filters what they print on failure.
+ */
+export function addAdminCommands(program: Command, redactor: SecretRedactor): void {
   const hosts = program.command('hosts').description('enroll and list agent hosts');
   hosts
     .command('enroll')
@@ -138,7 +150,7 @@ export function addAdminCommands(program: Command): void {
     .argument('<name>', 'a name for the host')
     .option('--join-ttl <duration>', 'how long the join token is valid (default 1h)', parseDurationMs)
     .action(async (name: string, flags: { joinTtl?: number }, command: Command) => {
-      await withClient(command, async (admin) => {
+      await withClient(command, redactor, async (admin) => {
         const response = await invoke(admin.enrollHost.bind(admin), { name, joinTtlMs: flags.joinTtl ?? 0 });
         console.error(`host ${response.hostId} enrolled; join token valid until ${isoOrDash(response.joinExpiresAtMs)} (shown once):`);
         console.log(response.joinToken);
@@ -149,7 +161,7 @@ export function addAdminCommands(program: Command): void {
     .description('list hosts')
     .option('--json', 'print JSON')
     .action(async (flags: { json?: boolean }, command: Command) => {
-      await withClient(command, async (admin) => {
+      await withClient(command, redactor, async (admin) => {
         const found: HostInfo[] = [];
         let pageToken = '';
         for (let page = 0; page < 10_000; page++) {
@@ -168,7 +180,7 @@ export function addAdminCommands(program: Command): void {
         ]);
       });
     });
-  addHostRevokeCommand(hosts);
+  addHostRevokeCommand(hosts, redactor);
 
   const agents = program.command('agents').description('dispatch, list, stop and rotate agents');
   agents
@@ -177,7 +189,7 @@ export function addAdminCommands(program: Command): void {
     .option('--host <host-id>', 'only those on this host')
     .option('--json', 'print JSON')
     .action(async (flags: { host?: string; json?: boolean }, command: Command) => {
-      await withClient(command, async (admin) => {
+      await withClient(command, redactor, async (admin) => {
         const found: AgentInfo[] = [];
         let pageToken = '';
         for (let page = 0; page < 10_000; page++) {
@@ -208,7 +220,7 @@ export function addAdminCommands(program: Command): void {
     });
   addSpecOptions(agents.command('dispatch').description('create an agent and place it on a host').option('--id <agent-id>', 'the agent id (generated if absent)')).action(
     async (flags: SpecFlags & { id?: string }, command: Command) => {
-      await withClient(command, async (admin) => {
+      await withClient(command, redactor, async (admin) => {
         const response = await invoke(admin.dispatchAgent.bind(admin), dispatchRequest(flags.id ?? '', flags));
         console.log(JSON.stringify(AgentInfo.toJSON(response.agent as AgentInfo), null, 2));
       });
@@ -216,7 +228,7 @@ export function addAdminCommands(program: Command): void {
   );
   addSpecOptions(agents.command('ensure').description('create the agent if missing, start it again if it ended').argument('<agent-id>')).action(
     async (agentId: string, flags: SpecFlags, command: Command) => {
-      await withClient(command, async (admin) => {
+      await withClient(command, redactor, async (admin) => {
         const response = await invoke(admin.ensureAgent.bind(admin), dispatchRequest(agentId, flags));
         console.log(JSON.stringify({ created: response.created, agent: AgentInfo.toJSON(response.agent as AgentInfo) }, null, 2));
       });
@@ -228,7 +240,7 @@ export function addAdminCommands(program: Command): void {
     .argument('<agent-id>')
     .option('--reason <text>', 'why (shown to the host)')
     .action(async (agentId: string, flags: { reason?: string }, command: Command) => {
-      await withClient(command, async (admin) => {
+      await withClient(command, redactor, async (admin) => {
         const response = await invoke(admin.stopAgent.bind(admin), { agentId, reason: flags.reason ?? '' });
         console.log(JSON.stringify(AgentInfo.toJSON(response.agent as AgentInfo), null, 2));
       });
@@ -238,7 +250,7 @@ export function addAdminCommands(program: Command): void {
     .description("issue a fresh credential to an agent now (its host must be connected)")
     .argument('<agent-id>')
     .action(async (agentId: string, _flags: unknown, command: Command) => {
-      await withClient(command, async (admin) => {
+      await withClient(command, redactor, async (admin) => {
         const response = await invoke(admin.rotateAgentCredential.bind(admin), { agentId });
         console.log(JSON.stringify({ agentId, generation: response.generation, expiresAt: isoOrDash(response.expiresAtMs) }));
       });
@@ -248,14 +260,14 @@ export function addAdminCommands(program: Command): void {
     .command('jwks')
     .description('print the public signing keys (JWKS)')
     .action(async (_flags: unknown, command: Command) => {
-      await withClient(command, async (admin) => {
+      await withClient(command, redactor, async (admin) => {
         const response = await invoke(admin.getJwks.bind(admin), {});
         console.log(JSON.stringify(JSON.parse(response.jwksJson), null, 2));
       });
     });
 
-  addMessageCommands(program);
-  addKeyCommands(program);
+  addMessageCommands(program, redactor);
+  addKeyCommands(program, redactor);
 }
 
 interface SendFlags {
@@ -284,7 +296,7 @@ function parseSeq(value: string): number {
 }
 
 /** Adds `send` and `messages ls|requeue|purge` (an agent's outbox and its dead letters). */
-function addMessageCommands(program: Command): void {
+function addMessageCommands(program: Command, redactor: SecretRedactor): void {
   program
     .command('send')
     .description('send a message to an agent as the operator; it is in the agent\'s durable outbox when this prints its id and seq')
@@ -295,7 +307,7 @@ function addMessageCommands(program: Command): void {
     .option('--idempotency-key <key>', 'makes a retried send safe: a second send with the same key returns the first one\'s id and seq')
     .action(async (agentId: string, flags: SendFlags, command: Command) => {
       const payload = await readPayload(flags);
-      await withClient(command, async (admin) => {
+      await withClient(command, redactor, async (admin) => {
         const response = await invoke(admin.sendMessages.bind(admin), {
           agentId,
           messages: [{ payload, contentType: flags.contentType ?? '', idempotencyKey: flags.idempotencyKey ?? '' }],
@@ -314,7 +326,7 @@ function addMessageCommands(program: Command): void {
     .option('--dead', 'list dead letters instead')
     .option('--json', 'print JSON')
     .action(async (agentId: string, flags: { dead?: boolean; json?: boolean }, command: Command) => {
-      await withClient(command, async (admin) => {
+      await withClient(command, redactor, async (admin) => {
         const found: MessageInfo[] = [];
         let pageToken = '';
         for (let page = 0; page < 10_000; page++) {
@@ -339,7 +351,7 @@ function addMessageCommands(program: Command): void {
     .argument('<agent-id>')
     .argument('<seq>', 'the seq of the dead letter', parseSeq)
     .action(async (agentId: string, seq: number, _flags: unknown, command: Command) => {
-      await withClient(command, async (admin) => {
+      await withClient(command, redactor, async (admin) => {
         const response = await invoke(admin.requeueMessage.bind(admin), { agentId, seq });
         console.log(JSON.stringify({ agentId, seq, newSeq: response.seq }));
       });
@@ -350,7 +362,7 @@ function addMessageCommands(program: Command): void {
     .argument('<agent-id>')
     .argument('<seq>', 'the seq of the dead letter', parseSeq)
     .action(async (agentId: string, seq: number, _flags: unknown, command: Command) => {
-      await withClient(command, async (admin) => {
+      await withClient(command, redactor, async (admin) => {
         await invoke(admin.purgeMessage.bind(admin), { agentId, seq });
         console.log(JSON.stringify({ agentId, seq, purged: true }));
       });
@@ -358,13 +370,13 @@ function addMessageCommands(program: Command): void {
 }
 
 /** Adds `hosts revoke`: the host's stream ends with a final refusal, its credential is refused, its agents move. */
-function addHostRevokeCommand(hosts: Command): void {
+function addHostRevokeCommand(hosts: Command, redactor: SecretRedactor): void {
   hosts
     .command('revoke')
     .description('revoke a host: it is refused for good (the agent-host exits) and its agents are placed elsewhere; it needs a new enrollment to come back')
     .argument('<host-id>')
     .action(async (hostId: string, _flags: unknown, command: Command) => {
-      await withClient(command, async (admin) => {
+      await withClient(command, redactor, async (admin) => {
         const response = await invoke(admin.revokeHost.bind(admin), { hostId });
         console.log(JSON.stringify({ hostId, revoked: true, agentsMoved: response.agentsMoved }));
       });
@@ -372,7 +384,7 @@ function addHostRevokeCommand(hosts: Command): void {
 }
 
 /** Adds `keys ls|rotate|revoke`: the control plane's signing keys. */
-function addKeyCommands(program: Command): void {
+function addKeyCommands(program: Command, redactor: SecretRedactor): void {
   const keys = program.command('keys').description('list, rotate and revoke the signing keys');
   keys
     .command('ls')
@@ -381,7 +393,7 @@ function addKeyCommands(program: Command): void {
     )
     .option('--json', 'print JSON')
     .action(async (flags: { json?: boolean }, command: Command) => {
-      await withClient(command, async (admin) => {
+      await withClient(command, redactor, async (admin) => {
         const response = await invoke(admin.listSigningKeys.bind(admin), {});
         if (flags.json === true) {
           console.log(JSON.stringify(response.keys.map((key) => SigningKeyInfo.toJSON(key)), null, 2));
@@ -406,7 +418,7 @@ function addKeyCommands(program: Command): void {
       'promote the standby key to signer (it has been in the JWKS longer than the JWKS cache lifetime); the old signer keeps verifying until its last token expires, and a new standby is published',
     )
     .action(async (_flags: unknown, command: Command) => {
-      await withClient(command, async (admin) => {
+      await withClient(command, redactor, async (admin) => {
         const response = await invoke(admin.rotateSigningKey.bind(admin), {});
         console.log(
           JSON.stringify({
@@ -426,7 +438,7 @@ function addKeyCommands(program: Command): void {
     )
     .argument('<key-id>')
     .action(async (keyId: string, _flags: unknown, command: Command) => {
-      await withClient(command, async (admin) => {
+      await withClient(command, redactor, async (admin) => {
         const response = await invoke(admin.revokeSigningKey.bind(admin), { keyId });
         console.log(
           JSON.stringify({
