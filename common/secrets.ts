@@ -74,7 +74,7 @@ export function parseSecret(raw: string, source: string): string {
   if (problem === undefined) return trimmed;
   // One line holds the token; say which, counted in what the operator wrote, when there are several.
   const line = raw.split('\n').findIndex((text) => text.trim() !== '') + 1;
-  throw new InvalidSecretError(`${source} ${raw.includes('\n') && line > 0 ? `(line ${line}) ` : ''}${problem}`);
+  throw new InvalidSecretError(`${source} ${line > 1 ? `(line ${line}) ` : ''}${problem}`);
 }
 
 /** A grpc-js header complaint, quoting the value it refused (greedy: the value may itself contain quotes). */
