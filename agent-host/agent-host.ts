@@ -1,8 +1,9 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Clock } from '../common/clock.js';
-import { FailedPreconditionError, InvalidArgumentError } from '../common/errors.js';
+import { FailedPreconditionError, InvalidArgumentError, InvalidSecretError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { HOST_MAX_RECEIVE_MESSAGE_BYTES, PROTOCOL_VERSION, type Refusal } from '../common/protocol.js';
+import { tokenProblem } from '../common/secrets.js';
 import { StreamWriter } from '../common/stream-writer.js';
 import type { Credential, Label } from '../gen/tether/v1/common.js';
 import {
@@ -81,7 +82,7 @@ export interface AgentHostOptions {
   logger: Logger;
   /** Where the host keeps its own credential. */
   credentialStore: HostCredentialStore;
-  /** `ID.SECRET`, used only while the store holds no credential. */
+  /** `ID.SECRET`, used only while the store holds no credential. A malformed one fails `start` with InvalidSecretError. */
   joinToken?: string;
   /** TLS channel credentials; without them, plaintext to loopback only. */
   channelCredentials?: grpc.ChannelCredentials;
@@ -135,7 +136,8 @@ export interface AgentHostOptions {
  * The host's lifecycle:
  * - `connecting`: opening the stream, or waiting to retry.
  * - `connected`: Welcome received; envelopes flow.
- * - `refused`: the control plane refused this host for good; it does no more.
+ * - `refused`: the control plane refused this host for good, or its own credential is unusable
+ *   (malformed, see `HostExit.fault`); it does no more.
  * - `closed`: `close()` was called; agents stopped, stream and channel closed.
  */
 export type AgentHostState = 'connecting' | 'connected' | 'refused' | 'closed';
@@ -144,6 +146,8 @@ export type AgentHostState = 'connecting' | 'connected' | 'refused' | 'closed';
 export interface HostExit {
   refusal?: Refusal;
   details?: string;
+  /** The host's own credential was unusable (malformed): what is wrong with it, never the value. */
+  fault?: string;
 }
 
 /**
@@ -195,6 +199,10 @@ export class AgentHost {
     this.#logger = options.logger.child({ component: 'agent-host' });
     this.#router = new EnvelopeRouter((err, key) => this.#logger.error({ err, queue: key ?? 'welcome' }, 'failed to handle an envelope'));
     if (options.channelCredentials === undefined) assertPlaintextAllowed(options.target);
+    if (options.joinToken !== undefined) {
+      const problem = tokenProblem(options.joinToken) ?? (/^[^.]+\.[^.]+$/.test(options.joinToken) ? undefined : 'is not of the form ID.SECRET');
+      if (problem !== undefined) throw new InvalidSecretError(`the join token ${problem}`);
+    }
     if ((options.allowedCommands?.length ?? 0) > 0 && options.agentsDir === undefined) {
       throw new InvalidArgumentError('process agents need a directory: set agentsDir along with allowedCommands');
     }
@@ -293,6 +301,12 @@ export class AgentHost {
         this.events.emit('disconnected', { code: outcome.code, details: outcome.details, retryInMs, attempt, capMs, retryAfterMs });
       },
     });
+    if (refused?.fault !== undefined) {
+      this.#state = 'refused';
+      this.#logger.error({ err: refused.fault }, 'the host credential is unusable; stopping');
+      await this.#stopAllAgents('host credential unusable');
+      return { fault: refused.fault.message };
+    }
     if (refused?.refusal === undefined) return {};
     this.#state = 'refused';
     this.#logger.error({ refusal: refused.refusal, details: refused.details }, 'control plane refused this host for good');
@@ -305,6 +319,9 @@ export class AgentHost {
   async #stream(channel: grpc.Channel): Promise<StreamOutcome> {
     const metadata = new grpc.Metadata();
     const stored = await this.#options.credentialStore.load();
+    // Checked before grpc-js sees it: its own complaint about a header value quotes the whole value.
+    const storedProblem = stored === undefined ? undefined : tokenProblem(stored.token);
+    if (storedProblem !== undefined) throw new InvalidSecretError(`the stored host credential ${storedProblem}`);
     if (stored !== undefined) metadata.set('authorization', `Bearer ${stored.token}`);
     else if (this.#options.joinToken !== undefined) metadata.set('authorization', `Join ${this.#options.joinToken}`);
     else return { isWelcomed: false, code: grpc.status.UNAUTHENTICATED, details: 'no host credential and no join token', refusal: 'unknown-host' };

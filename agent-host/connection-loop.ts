@@ -1,7 +1,9 @@
 import type * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import type { Clock } from '../common/clock.js';
+import { InvalidSecretError } from '../common/errors.js';
 import { isRefusal, parseRetryAfterMs, REFUSAL_METADATA_KEY, RETRY_AFTER_METADATA_KEY, type Refusal } from '../common/protocol.js';
+import { redactSecrets } from '../common/secrets.js';
 import { reconnectCapMs, reconnectDelayMs, retryAfterDelayMs, type ReconnectBackoffPolicy } from './reconnect-backoff.js';
 
 /** What happened to one stream. */
@@ -17,6 +19,12 @@ export interface StreamOutcome {
    * trailers): the next attempt comes after about this long. Never final.
    */
   retryAfterMs?: number | undefined;
+  /**
+   * The host's own credential (join token or stored host credential) is
+   * unusable: malformed, so no retry can succeed. Final, like a refusal, but
+   * found on this side; its message names what is wrong, never the value.
+   */
+  fault?: InvalidSecretError | undefined;
 }
 
 /** The outcome of a stream that ended with `streamStatus`, reading its trailers (final refusal, retry-after). */
@@ -75,8 +83,8 @@ export interface ConnectionLoopOptions {
  * after the retry-after, jittered and still bounded by the tokens' life
  * ({@link retryAfterDelayMs}); it does not grow the backoff, as the control
  * plane was reached and set the pace itself. Resolves with
- * the outcome of a stream that carried a final refusal, or undefined once
- * `signal` aborted.
+ * the outcome of a stream that carried a final refusal or found the host's own
+ * credential unusable ({@link StreamOutcome.fault}), or undefined once `signal` aborted.
  */
 export async function runConnectionLoop(options: ConnectionLoopOptions): Promise<StreamOutcome | undefined> {
   const { clock, signal } = options;
@@ -84,7 +92,7 @@ export async function runConnectionLoop(options: ConnectionLoopOptions): Promise
   while (!signal.aborted) {
     const outcome = await runAttempt(options);
     if (signal.aborted) return undefined;
-    if (outcome.refusal !== undefined) return outcome;
+    if (outcome.refusal !== undefined || outcome.fault !== undefined) return outcome;
     if (outcome.isWelcomed) attempt = 0;
     const lowestMs = options.lowestTimeToExpiryMs();
     let plan: RetryPlan;
@@ -108,8 +116,10 @@ async function runAttempt(options: ConnectionLoopOptions): Promise<StreamOutcome
   try {
     return await options.runStream(channel);
   } catch (err) {
+    if (err instanceof InvalidSecretError) return { isWelcomed: false, code: status.UNAUTHENTICATED, details: err.message, refusal: undefined, fault: err };
     // Reading the stored credential can fail (a disk hiccup): retried like any lost stream, never the end of the loop.
-    return { isWelcomed: false, code: status.UNKNOWN, details: err instanceof Error ? err.message : 'stream failed', refusal: undefined };
+    // The message is a library's and is logged: filtered, as grpc-js quotes header values in its own.
+    return { isWelcomed: false, code: status.UNKNOWN, details: err instanceof Error ? redactSecrets(err.message) : 'stream failed', refusal: undefined };
   } finally {
     channel.close();
   }

@@ -7,6 +7,7 @@ import type { Registry } from 'prom-client';
 import { SystemClock } from '../common/clock.js';
 import { collect, collectLabel, parseBooleanEnvStrictly, parseCount, parseDurationWithin, readSecret, type DurationBounds } from '../common/cli.js';
 import { createLogger } from '../common/logger.js';
+import { SecretRedactor } from '../common/secrets.js';
 import { serveMetrics } from '../common/metrics-http.js';
 import type { Label } from '../gen/tether/v1/common.js';
 import { AgentHost } from './agent-host.js';
@@ -60,11 +61,15 @@ async function loadModules(specs: readonly string[]): Promise<Map<string, AgentM
   return modules;
 }
 
-/** Runs a host until SIGINT/SIGTERM (exit 0) or a final refusal (exit 2). */
-export async function runHost(flags: HostFlags): Promise<void> {
-  const logger = createLogger({ level: flags.logLevel as 'info', base: { service: 'agent-host' } });
-  const credentialStore = new FileHostCredentialStore(flags.dataDir);
-  const joinToken = readSecret(flags.joinTokenFile, 'TETHER_JOIN_TOKEN');
+/**
+ * Runs a host until SIGINT/SIGTERM (exit 0) or a final refusal (exit 2). A
+ * malformed join token or stored credential is an error before anything
+ * starts (exit 1), or, if the stored one goes bad later, ends the host (exit 1).
+ */
+export async function runHost(flags: HostFlags, redactor: SecretRedactor): Promise<void> {
+  const logger = createLogger({ level: flags.logLevel as 'info', base: { service: 'agent-host' }, redactor });
+  const credentialStore = new FileHostCredentialStore(flags.dataDir, redactor);
+  const joinToken = readSecret(flags.joinTokenFile, 'TETHER_JOIN_TOKEN', redactor);
   if ((await credentialStore.load()) === undefined && joinToken === undefined) {
     throw new Error(`no host credential in ${flags.dataDir} and no join token: enroll with \`control-plane hosts enroll NAME\` and pass the token via $TETHER_JOIN_TOKEN or --join-token-file`);
   }
@@ -114,17 +119,22 @@ export async function runHost(flags: HostFlags): Promise<void> {
   process.off('SIGINT', stop);
   process.off('SIGTERM', stop);
   logger.flush();
-  if (exit.refusal !== undefined) {
-    console.error(`agent-host: the control plane refused this host for good (${exit.refusal}): ${exit.details ?? ''}`);
+  if (exit.fault !== undefined) {
+    console.error(`agent-host: ${redactor.redact(exit.fault)}`);
+    process.exitCode = 1;
+  } else if (exit.refusal !== undefined) {
+    console.error(`agent-host: the control plane refused this host for good (${exit.refusal}): ${redactor.redact(exit.details ?? '')}`);
     process.exitCode = 2;
   }
 }
 
 /**
  * Builds the `agent-host` command line; its action runs `run` (a test passes
- * its own to see the configuration the flags resolve to).
+ * its own to see the configuration the flags resolve to). Every secret it
+ * reads is registered with `redactor`, which the caller uses to filter what it
+ * prints.
  */
-export function agentHostProgram(run: (flags: HostFlags) => Promise<void> = runHost): Command {
+export function agentHostProgram(run?: (flags: HostFlags) => Promise<void>, redactor = new SecretRedactor()): Command {
   const program = new Command('agent-host')
     .description('Tether agent host: keeps one stream to the control plane and runs the agents it is given.')
     .showHelpAfterError()
@@ -152,7 +162,7 @@ export function agentHostProgram(run: (flags: HostFlags) => Promise<void> = runH
     )
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
     .action(async (flags: HostFlags) => {
-      await run(flags);
+      await (run ?? ((given: HostFlags) => runHost(given, redactor)))(flags);
     });
   return parseBooleanEnvStrictly(program);
 }

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { InvalidArgumentError as CommanderInvalidArgument, type Command, type Option } from 'commander';
 import ms from 'ms';
 import type { Label } from '../gen/tether/v1/common.js';
+import { parseSecret, type SecretRedactor } from './secrets.js';
 
 /** Parses a duration flag ("90s", "1h", "500ms", or plain milliseconds) for commander. */
 export function parseDurationMs(value: string): number {
@@ -76,17 +77,23 @@ export function collect(value: string, previous: string[] = []): string[] {
 }
 
 /**
- * Reads a secret from a file (trimmed) if a path is given, otherwise from an
- * environment variable. Secrets never come from argv, where `ps` shows them.
+ * Reads a secret from a file if a path is given, otherwise from an environment
+ * variable; checked by {@link parseSecret} (surrounding whitespace trimmed, one
+ * line of token characters, else an error naming the file or variable and what
+ * is wrong, never the value). Whatever is read is registered with `redactor`
+ * first, so no later message can show it. Secrets never come from argv, where
+ * `ps` shows them.
  */
-export function readSecret(file: string | undefined, envName: string): string | undefined {
+export function readSecret(file: string | undefined, envName: string, redactor?: SecretRedactor): string | undefined {
   if (file !== undefined && file !== '') {
-    const secret = readFileSync(file, 'utf8').trim();
-    if (secret === '') throw new Error(`${file} is empty`);
-    return secret;
+    const raw = readFileSync(file, 'utf8');
+    redactor?.register(raw);
+    return parseSecret(raw, file);
   }
   const fromEnv = process.env[envName];
-  return fromEnv === undefined || fromEnv === '' ? undefined : fromEnv;
+  if (fromEnv === undefined || fromEnv === '') return undefined;
+  redactor?.register(fromEnv);
+  return parseSecret(fromEnv, `$${envName}`);
 }
 
 /** Words a boolean environment variable may hold, compared case-insensitively. */

@@ -113,3 +113,14 @@ export class ProtocolError extends TetherError {
     super('protocol', message, options);
   }
 }
+
+/**
+ * A secret (admin, join, host or agent token) as read is unusable: empty, more
+ * than one line, or a character no token has. The message says which and where
+ * (a path or a variable name, a line, a position), never the value.
+ */
+export class InvalidSecretError extends InvalidArgumentError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+  }
+}

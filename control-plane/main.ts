@@ -2,6 +2,7 @@ import { Command, Option } from 'commander';
 import { parseBooleanEnvStrictly, parseCount, parseCountWithin, parseDurationWithin } from '../common/cli.js';
 import { MAX_PAYLOAD_BYTES_CEILING } from '../common/protocol.js';
 import type { AdminServiceClient } from '../gen/tether/v1/admin.js';
+import { SecretRedactor } from '../common/secrets.js';
 import { addAdminCommands, adminClient, type ClientFlags } from './cli/admin-commands.js';
 import { addAdminTokenCommand } from './cli/admin-token-command.js';
 import { addBackupCommands } from './cli/backup-commands.js';
@@ -33,8 +34,16 @@ export function serveFlags(command: Command): ServeFlags {
   };
 }
 
-/** Builds the `control-plane` command line. */
-export function controlPlaneProgram(actions: ControlPlaneActions = { serve, connectAdmin: adminClient }): Command {
+/**
+ * Builds the `control-plane` command line. Every secret a command reads is
+ * registered with `redactor`, which the caller uses to filter what it prints.
+ */
+export function controlPlaneProgram(given: Partial<ControlPlaneActions> = {}, redactor = new SecretRedactor()): Command {
+  const actions: ControlPlaneActions = {
+    serve: (flags) => serve(flags, redactor),
+    connectAdmin: (flags) => adminClient(flags, redactor),
+    ...given,
+  };
   const program = new Command('control-plane')
     .description('Tether control plane: serve it, or administer one over AdminService.')
     .showHelpAfterError()
@@ -83,7 +92,7 @@ export function controlPlaneProgram(actions: ControlPlaneActions = { serve, conn
       await actions.serve(serveFlags(command));
     });
 
-  addAdminCommands(program, actions.connectAdmin);
+  addAdminCommands(program, redactor, actions.connectAdmin);
   addBackupCommands(program);
   addAdminTokenCommand(program);
   return parseBooleanEnvStrictly(program);

@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import { TetherError } from '../../common/errors.js';
-import type { BearerSource, CredentialSource } from './credential-source.js';
+import { wellFormedToken, type BearerSource, type CredentialSource } from './credential-source.js';
 
 /** What an interceptor's `nextCall` returns (grpc-js does not export the interface by name). */
 type CallInterface = ReturnType<grpc.NextCall>;
@@ -67,6 +67,12 @@ class BearerCall implements CallInterface {
 
   #begin(metadata: grpc.Metadata, token: string): void {
     if (this.#ended !== undefined) return;
+    try {
+      wellFormedToken(token);
+    } catch (err) {
+      this.#end(status.UNAUTHENTICATED, `no credential to send: ${describeFailure(err)}`);
+      return;
+    }
     metadata.set('authorization', `Bearer ${token}`);
     const inner = this.#nextCall(this.#options);
     this.#inner = inner;
@@ -151,6 +157,12 @@ export function callCredentials(source: BearerSource): grpc.CallCredentials {
       callback(Object.assign(new Error(`no credential to send: ${describeFailure(err)}`), { code: status.UNAUTHENTICATED }));
     };
     const attach = (token: string): void => {
+      try {
+        wellFormedToken(token);
+      } catch (err) {
+        refuse(err);
+        return;
+      }
       const metadata = new grpc.Metadata();
       metadata.set('authorization', `Bearer ${token}`);
       callback(null, metadata);
@@ -173,5 +185,5 @@ export function callCredentials(source: BearerSource): grpc.CallCredentials {
  * rule checked, use `fetchAs`). Spread it into `fetch`'s headers; never log it.
  */
 export function authorizationHeader(source: CredentialSource): { authorization: string } {
-  return { authorization: `Bearer ${source.get()}` };
+  return { authorization: `Bearer ${wellFormedToken(source.get())}` };
 }

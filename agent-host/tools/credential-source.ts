@@ -1,5 +1,6 @@
 import { readFileSync, statSync } from 'node:fs';
 import { UnauthenticatedError } from '../../common/errors.js';
+import { tokenProblem } from '../../common/secrets.js';
 
 /**
  * Where a tool reads its agent's current token, at the moment of each call.
@@ -19,6 +20,18 @@ export interface CredentialSource {
 export interface AsyncCredentialSource {
   /** The token to send now; rejects with a typed error when there is none. */
   get(): Promise<string>;
+}
+
+/**
+ * `token` if it can go in an `authorization: Bearer` header (one line of token
+ * characters); otherwise {@link UnauthenticatedError} saying what is wrong,
+ * never the value. Checked before a header is set: grpc-js and fetch refuse a
+ * bad header value with a message that quotes it.
+ */
+export function wellFormedToken(token: string, what = 'the token'): string {
+  const problem = tokenProblem(token);
+  if (problem !== undefined) throw new UnauthenticatedError(`${what} ${problem}`);
+  return token;
 }
 
 /** Anything the call helpers read a bearer token from, at the moment of each call. */
@@ -80,8 +93,7 @@ export function fromFile(path: string, stats: FileSourceStats = { reads: 0 }): C
         cachedToken = token;
         cachedKey = key;
       }
-      if (cachedToken === '') throw new UnauthenticatedError(`token file ${path} is empty`);
-      return cachedToken;
+      return wellFormedToken(cachedToken, `token file ${path}`);
     },
   });
 }

@@ -1,5 +1,5 @@
 import { UnavailableError } from '../../common/errors.js';
-import type { BearerSource } from './credential-source.js';
+import { wellFormedToken, type BearerSource } from './credential-source.js';
 import { assertHttpAllowed } from './loopback.js';
 
 /**
@@ -14,7 +14,7 @@ import { assertHttpAllowed } from './loopback.js';
 export async function fetchAs(source: BearerSource, url: string | URL, init: RequestInit = {}): Promise<Response> {
   const target = assertHttpAllowed(url);
   const headers = new Headers(init.headers);
-  headers.set('authorization', `Bearer ${await source.get()}`);
+  headers.set('authorization', `Bearer ${wellFormedToken(await source.get())}`);
   try {
     return await fetch(target, { ...init, headers, redirect: init.redirect ?? 'error' });
   } catch (err) {

@@ -4,6 +4,7 @@ import * as grpc from '@grpc/grpc-js';
 import { InvalidArgumentError as CommanderInvalidArgument, type Command } from 'commander';
 import { collectLabel, parseCount, parseDurationMs, readSecret } from '../../common/cli.js';
 import { assertPlaintextAllowed } from '../../common/loopback.js';
+import { parseSecret, type SecretRedactor } from '../../common/secrets.js';
 import { AdminServiceClient, AgentInfo, HostInfo, MessageInfo, SigningKeyInfo } from '../../gen/tether/v1/admin.js';
 import { AgentState, type Label } from '../../gen/tether/v1/common.js';
 import { SecretOutputFile } from './secret-output-file.js';
@@ -32,17 +33,21 @@ function invoke<Req, Res>(method: Unary<Req, Res>, request: Req): Promise<Res> {
   });
 }
 
-function adminToken(flags: ClientFlags): string {
-  const token = readSecret(flags.adminTokenFile, 'TETHER_ADMIN_TOKEN');
+function adminToken(flags: ClientFlags, redactor: SecretRedactor): string {
+  const token = readSecret(flags.adminTokenFile, 'TETHER_ADMIN_TOKEN', redactor);
   if (token !== undefined) return token;
   const fallback = join(flags.dataDir, 'admin-token');
-  if (existsSync(fallback)) return readFileSync(fallback, 'utf8').trim();
+  if (existsSync(fallback)) {
+    const raw = readFileSync(fallback, 'utf8');
+    redactor.register(raw);
+    return parseSecret(raw, fallback);
+  }
   throw new Error('no admin token: set TETHER_ADMIN_TOKEN or --admin-token-file (or run from beside the data directory)');
 }
 
 /** An admin client for `flags`: their server, their CA (plaintext on loopback only without one), their admin token. */
-export function adminClient(flags: ClientFlags): AdminServiceClient {
-  const token = adminToken(flags);
+export function adminClient(flags: ClientFlags, redactor: SecretRedactor): AdminServiceClient {
+  const token = adminToken(flags, redactor);
   const credentials =
     flags.caFile === undefined ? grpc.credentials.createInsecure() : grpc.credentials.createSsl(readFileSync(flags.caFile));
   if (flags.caFile === undefined) assertPlaintextAllowed(flags.server);
@@ -69,11 +74,15 @@ function printTable(rows: string[][]): void {
   for (const row of rows) console.log(row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd());
 }
 
-/** Runs `body` with an admin client for the command's flags; turns gRPC errors into one clear line and exit 1. */
+/**
+ * Runs `body` with an admin client for the command's flags; turns gRPC errors
+ * into one clear line and exit 1. The details are filtered by the redactor: a
+ * status grpc-js makes up on the client side can quote a header value.
+ */
 type WithClient = (command: Command, body: (admin: AdminServiceClient) => Promise<void>) => Promise<void>;
 
 /** A {@link WithClient} that opens its clients with `connect`. */
-function clientRunner(connect: (flags: ClientFlags) => AdminServiceClient): WithClient {
+function clientRunner(connect: (flags: ClientFlags) => AdminServiceClient, redactor: SecretRedactor): WithClient {
   return async (command, body) => {
     const admin = connect(command.optsWithGlobals<ClientFlags>());
     try {
@@ -81,7 +90,7 @@ function clientRunner(connect: (flags: ClientFlags) => AdminServiceClient): With
     } catch (err) {
       const serviceError = err as Partial<grpc.ServiceError>;
       if (typeof serviceError.code === 'number') {
-        console.error(`error: ${grpc.status[serviceError.code]}: ${serviceError.details ?? ''}`);
+        console.error(`error: ${grpc.status[serviceError.code]}: ${redactor.redact(serviceError.details ?? '')}`);
         process.exitCode = 1;
         return;
       }
@@ -139,10 +148,11 @@ function addSpecOptions(command: Command): Command {
 /**
  * Adds the admin subcommands (`hosts`, `agents`, `keys`, `jwks`, `send`,
  * `messages`) to `program`; they call through a client `connect` opens from the
- * program's global flags.
+ * program's global flags. The admin token each reads is registered with
+ * `redactor`, which filters what they print on failure.
  */
-export function addAdminCommands(program: Command, connect: (flags: ClientFlags) => AdminServiceClient = adminClient): void {
-  const withClient = clientRunner(connect);
+export function addAdminCommands(program: Command, redactor: SecretRedactor, connect: (flags: ClientFlags) => AdminServiceClient = (flags) => adminClient(flags, redactor)): void {
+  const withClient = clientRunner(connect, redactor);
   const hosts = program.command('hosts').description('enroll and list agent hosts');
   hosts
     .command('enroll')

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { SystemClock } from '../../common/clock.js';
 import { readSecret, type DurationBounds } from '../../common/cli.js';
 import { createLogger, type Logger } from '../../common/logger.js';
+import { parseSecret, SecretRedactor } from '../../common/secrets.js';
 import { ControlPlane } from '../control-plane.js';
 import { claimDatabase } from '../store/sqlite-backup.js';
 import { databasePath, SqliteStore } from '../store/sqlite-store.js';
@@ -83,21 +84,23 @@ async function createSecretFile(path: string, content: string): Promise<boolean>
  * one in `<data-dir>/admin-token`, generated on first run. Beside it,
  * `admin-headers` holds the header line for `buf curl -H @file`.
  */
-export async function resolveAdminToken(flags: Pick<ServeFlags, 'adminTokenFile' | 'dataDir'>, logger: Logger): Promise<string> {
-  const given = readSecret(flags.adminTokenFile, 'TETHER_ADMIN_TOKEN');
+export async function resolveAdminToken(flags: Pick<ServeFlags, 'adminTokenFile' | 'dataDir'>, logger: Logger, redactor?: SecretRedactor): Promise<string> {
+  const given = readSecret(flags.adminTokenFile, 'TETHER_ADMIN_TOKEN', redactor);
   if (given !== undefined) return given;
   const path = join(flags.dataDir, 'admin-token');
   if (await createSecretFile(path, `${newAdminToken()}\n`)) {
     logger.info({ path }, 'generated an admin token');
   }
-  const token = readFileSync(path, 'utf8').trim();
+  const raw = readFileSync(path, 'utf8');
+  redactor?.register(raw);
+  const token = parseSecret(raw, path);
   await createSecretFile(join(flags.dataDir, 'admin-headers'), `authorization: Bearer ${token}\n`);
   return token;
 }
 
-/** Runs the control plane until SIGINT or SIGTERM. */
-export async function serve(flags: ServeFlags): Promise<void> {
-  const logger = createLogger({ level: flags.logLevel as 'info', base: { service: 'control-plane' } });
+/** Runs the control plane until SIGINT or SIGTERM; logged errors are filtered by `redactor` (which learns the admin token as it is read). */
+export async function serve(flags: ServeFlags, redactor = new SecretRedactor()): Promise<void> {
+  const logger = createLogger({ level: flags.logLevel as 'info', base: { service: 'control-plane' }, redactor });
   mkdirSync(flags.dataDir, { recursive: true, mode: 0o700 });
   if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) throw new Error('--tls-cert and --tls-key go together');
   if (flags.maxOutboxBytes < flags.maxPayloadBytes) {
@@ -118,7 +121,7 @@ export async function serve(flags: ServeFlags): Promise<void> {
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
   });
-  const adminToken = await resolveAdminToken(flags, logger);
+  const adminToken = await resolveAdminToken(flags, logger, redactor);
   const dbPath = databasePath(flags.dataDir);
   const store = SqliteStore.open(dbPath);
   const { release, otherPid } = claimDatabase(dbPath);

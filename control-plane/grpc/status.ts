@@ -35,13 +35,18 @@ export function toStatus(err: unknown, logger: Logger, metadata?: Metadata): Par
   return { code: status.INTERNAL, details: 'internal error', metadata: metadata ?? new Metadata() };
 }
 
-/** Adapts an async handler to grpc-js's callback style, mapping errors once through {@link toStatus}. */
+/**
+ * Adapts an async handler to grpc-js's callback style, mapping errors once
+ * through {@link toStatus}, a synchronous throw included: a handler that is not
+ * `async` and throws before returning its promise (`listSigningKeys` with a
+ * wrong admin token) used to reach grpc-js, which answered UNKNOWN.
+ */
 export function unary<Req, Res>(
   logger: Logger,
   handler: (request: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res>,
 ): (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void {
   return (call, callback) => {
-    handler(call.request, call).then(
+    new Promise<Res>((resolve) => resolve(handler(call.request, call))).then(
       (response) => callback(null, response),
       (err: unknown) => callback(toStatus(err, logger)),
     );

@@ -1,4 +1,4 @@
-import { errors, jwtVerify, type JWTHeaderParameters } from 'jose';
+import { errors, jwtVerify, type JWTHeaderParameters, type JWTPayload } from 'jose';
 import type { Clock } from '../../common/clock.js';
 import { TokenExpiredError, TokenRevokedError, UnauthenticatedError } from '../../common/errors.js';
 import { SIGNING_ALGORITHM, type SigningKeyRing } from './signing-keys.js';
@@ -15,6 +15,48 @@ export class TokenRejectedError extends UnauthenticatedError {
     super(`token refused: ${reason}`, options);
     this.reason = reason;
   }
+}
+
+/** The largest `iat`/`exp` (seconds) whose value in milliseconds is still a safe integer. */
+const MAX_NUMERIC_DATE_S = Math.floor(Number.MAX_SAFE_INTEGER / 1000);
+
+/** Whether `value` is a whole number from `min` to `max` (a safe integer). */
+function isWholeWithin(value: unknown, min: number, max = Number.MAX_SAFE_INTEGER): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= min && value <= max;
+}
+
+/** Whether `value` is a string of 1 to 512 characters (ids are far shorter; the token itself is capped). */
+function isId(value: unknown): value is string {
+  return typeof value === 'string' && value.length > 0 && value.length <= 512;
+}
+
+/**
+ * The claims of a signed token of `kind`, each checked for type and range, as
+ * {@link TokenClaims} without what the caller knows (kind, audience, key):
+ * `sub` and `jti` non-empty strings; `host` a non-empty string (required but on
+ * host tokens); `gen` and `inc` (optional, 0 when absent) whole numbers from 0;
+ * `iat` and `exp` whole seconds from 0 with `iat <= exp`. A claim of another
+ * type or out of range is refused as `claims`: once signed by a key of ours, a
+ * negative `gen` used to pass and fail later, as INTERNAL, when a reply could
+ * not encode it.
+ */
+function checkedClaims(payload: JWTPayload, kind: TokenKind): Omit<TokenClaims, 'kind' | 'audience' | 'keyId'> {
+  const { sub, jti, host, gen, inc, iat, exp } = payload;
+  if (!isId(sub) || !isId(jti)) throw new TokenRejectedError('claims');
+  let hostId = '';
+  if (isId(host)) hostId = host;
+  else if (host !== undefined || kind !== 'host') throw new TokenRejectedError('claims');
+  if (!isWholeWithin(gen, 0) || (inc !== undefined && !isWholeWithin(inc, 0))) throw new TokenRejectedError('claims');
+  if (!isWholeWithin(iat, 0, MAX_NUMERIC_DATE_S) || !isWholeWithin(exp, iat, MAX_NUMERIC_DATE_S)) throw new TokenRejectedError('claims');
+  return {
+    subject: sub,
+    hostId,
+    generation: gen,
+    incarnation: inc ?? 0,
+    tokenId: jti,
+    issuedAtMs: iat * 1000,
+    expiresAtMs: exp * 1000,
+  };
 }
 
 /** Options of {@link TokenVerifier}. */
@@ -41,8 +83,10 @@ interface CacheEntry {
 }
 
 /**
- * Verifies Tether tokens: EdDSA only, `kid` required and known, `typ` of the
- * expected kind, `iss` and `aud` pinned, `exp` required. Verified tokens are
+ * Verifies Tether tokens: EdDSA only, `kid` required and known, `typ` exactly
+ * that of the expected kind, `iss` pinned, `aud` exactly the expected audience
+ * (a string, never an array), `exp` required, every claim checked for type and
+ * range. Verified tokens are
  * cached until they expire so the hot path skips the signature check; entries
  * are dropped when their subject's tokens are revoked.
  */
@@ -113,7 +157,7 @@ export class TokenVerifier {
     const { keys, issuer, clockToleranceMs } = this.#options;
     let keyId = '';
     try {
-      const { payload } = await jwtVerify(
+      const { payload, protectedHeader } = await jwtVerify(
         token,
         (header: JWTHeaderParameters) => {
           if (header.alg !== SIGNING_ALGORITHM || typeof header.kid !== 'string') throw new TokenRejectedError('malformed');
@@ -134,22 +178,11 @@ export class TokenVerifier {
           clockTolerance: Math.floor(clockToleranceMs / 1000),
         },
       );
-      const generation = payload.gen;
-      if (typeof generation !== 'number' || !Number.isSafeInteger(generation)) throw new TokenRejectedError('claims');
-      const hostId = typeof payload.host === 'string' ? payload.host : '';
-      if (kind !== 'host' && hostId === '') throw new TokenRejectedError('claims');
-      return {
-        kind,
-        subject: payload.sub ?? '',
-        hostId,
-        audience,
-        generation,
-        incarnation: typeof payload.inc === 'number' ? payload.inc : 0,
-        tokenId: payload.jti ?? '',
-        keyId,
-        issuedAtMs: (payload.iat ?? 0) * 1000,
-        expiresAtMs: (payload.exp ?? 0) * 1000,
-      };
+      // jose compares `typ` as a media type (case-insensitive, `application/` optional) and takes an
+      // `aud` array holding ours; our issuer writes exactly one spelling and one audience, so nothing
+      // else is ours (see "What the verifier accepts" in docs/architecture.md).
+      if (protectedHeader.typ !== TOKEN_TYPES[kind] || payload.aud !== audience) throw new TokenRejectedError('claims');
+      return { kind, audience, keyId, ...checkedClaims(payload, kind) };
     } catch (err) {
       if (err instanceof TokenRejectedError) throw err;
       if (err instanceof errors.JWTExpired) throw new TokenExpiredError();

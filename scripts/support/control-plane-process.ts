@@ -134,6 +134,11 @@ export class ControlPlaneProcess {
     return this.#output.stderr.join('');
   }
 
+  /** Everything kept of what the child printed, stdout then stderr, for a scan for secrets. */
+  outputText(): string {
+    return `${this.#output.stdout.join('\n')}\n${this.stderrText()}`;
+  }
+
   /** The child's process id (for /proc/<pid>). */
   get pid(): number | undefined {
     return this.#child.pid;

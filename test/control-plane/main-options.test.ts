@@ -105,6 +105,7 @@ const SERVE_ROWS: Record<string, Row> = {
   '--delivery-window': { env: 'TETHER_DELIVERY_WINDOW', value: '4', key: 'deliveryWindow', expected: 4 },
   '--max-delivery-attempts': { env: 'TETHER_MAX_DELIVERY_ATTEMPTS', value: '3', key: 'maxDeliveryAttempts', expected: 3 },
   '--max-outbox-messages': { env: 'TETHER_MAX_OUTBOX_MESSAGES', value: '77', key: 'maxOutboxMessages', expected: 77 },
+  '--max-outbox-bytes': { env: 'TETHER_MAX_OUTBOX_BYTES', value: '2097152', key: 'maxOutboxBytes', expected: 2_097_152 },
   '--max-payload-bytes': { env: 'TETHER_MAX_PAYLOAD_BYTES', value: '4096', key: 'maxPayloadBytes', expected: 4096 },
   '--log-level': { env: 'TETHER_LOG_LEVEL', value: 'debug', key: 'logLevel', expected: 'debug' },
 };

@@ -127,6 +127,15 @@ const forged: BadToken[] = [
     name: 'a generation never issued (real key)',
     token: (f) => signEdDsa(f.good.header, claims(f, { gen: Number(f.good.payload.gen) + 1 }), f.key.privateKey),
   },
+  // A claim of the wrong type or range once passed the verifier and failed WhoAmI's reply as INTERNAL.
+  { name: 'a negative gen (issuer)', token: async (f) => (await f.harness.cp.issuer.issue({ kind: 'agent', ...agentFields(f), ttlMs: 3_600_000, generation: -1 })).token },
+  { name: 'gen as a string (real key)', token: (f) => signEdDsa(f.good.header, claims(f, { gen: String(f.good.payload.gen) }), f.key.privateKey) },
+  { name: 'a negative inc (real key)', token: (f) => signEdDsa(f.good.header, claims(f, { inc: -1 }), f.key.privateKey) },
+  { name: 'sub as a number (real key)', token: (f) => signEdDsa(f.good.header, claims(f, { sub: 7 as unknown as string }), f.key.privateKey) },
+  { name: 'a negative iat (real key)', token: (f) => signEdDsa(f.good.header, claims(f, { iat: -1 }), f.key.privateKey) },
+  // Decided strict: the issuer writes one audience, as a string, and one spelling of typ.
+  { name: 'aud an array holding ours (real key)', token: (f) => signEdDsa(f.good.header, claims(f, { aud: [String(f.good.payload.aud)] }), f.key.privateKey) },
+  { name: 'typ upper-cased (real key)', token: (f) => signEdDsa({ ...f.good.header, typ: String(f.good.header.typ).toUpperCase() }, claims(f), f.key.privateKey) },
   {
     name: 'another incarnation (real key)',
     token: (f) => signEdDsa(f.good.header, claims(f, { inc: Number(f.good.payload.inc) + 1 }), f.key.privateKey),

@@ -10,3 +10,23 @@ export function assertNoSecrets(text: string, secrets: Iterable<string>, where: 
   }
   if (JWT_SHAPE.test(text)) throw new Error(`${where} contains something JWT-shaped`);
 }
+
+/** How many characters of a canary's secret part count as that canary being found. */
+export const CANARY_WINDOW = 12;
+
+/**
+ * Throws if `text` holds any canary in full or any {@link CANARY_WINDOW}
+ * characters running of its secret part (its `parts`: the token, a join
+ * token's secret, …), naming the canary and where, never showing it. Canary
+ * secrets are random enough that such a run in ordinary output means a leak.
+ */
+export function assertNoCanaries(text: string, canaries: readonly { name: string; parts: readonly string[] }[], where: string): void {
+  for (const { name, parts } of canaries) {
+    for (const part of parts) {
+      for (let start = 0; start + CANARY_WINDOW <= Math.max(part.length, CANARY_WINDOW); start++) {
+        const window = part.slice(start, start + CANARY_WINDOW);
+        if (window.length > 0 && text.includes(window)) throw new Error(`${where} contains the ${name} canary (characters ${start + 1}–${start + window.length} of it)`);
+      }
+    }
+  }
+}

@@ -125,6 +125,20 @@ describe('bearerInterceptor', () => {
     expect(seen).toEqual([]);
   });
 
+  it('ends the call UNAUTHENTICATED, unsent, when the token holds a stray character, and never quotes it', async () => {
+    const canary = 'Q2FuYXJ5VG9rZW5WYWx1ZQ';
+    for (const source of [{ get: (): string => `${canary}\r` }, { get: (): Promise<string> => Promise.resolve(`${canary}\n#`) }]) {
+      const failure = await echo(source).done.then(
+        () => undefined,
+        (err: unknown) => err as grpc.ServiceError,
+      );
+      expect(failure?.code).toBe(grpc.status.UNAUTHENTICATED);
+      expect(failure?.details).toMatch(/^no credential to send: UnauthenticatedError: the token (contains a carriage return|holds more than one line)/);
+      expect(`${failure?.message} ${failure?.details} ${failure?.stack}`).not.toContain(canary);
+    }
+    expect(seen).toEqual([]);
+  });
+
   it('ends a call cancelled while its token is awaited as CANCELLED, and never sends it', async () => {
     const token = deferred<string>();
     let gets = 0;

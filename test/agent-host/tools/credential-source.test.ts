@@ -87,6 +87,31 @@ describe('fromFile', () => {
     }
   });
 
+  it('refuses a token with a stray character (a second line, a comment, a control character), saying what without showing it', () => {
+    const canary = 'eyJhbGciOiJFZERTQSJ9.eyJjYW5hcnkiOjF9.Q2FuYXJ5U2lnbmF0dXJl';
+    const source = fromFile(path);
+    const problems: [string, string][] = [
+      [`${canary}\n# rotated by hand`, `token file ${path} holds more than one line (line 1 and line 2)`],
+      [`${canary}\u0001`, `token file ${path} contains a control character at position ${canary.length + 1}`],
+      [`${canary.slice(0, 10)}\r${canary.slice(10)}`, `token file ${path} contains a carriage return (position 11)`],
+    ];
+    for (const [content, said] of problems) {
+      replaceAtomically(path, content);
+      let caught: unknown;
+      try {
+        source.get();
+      } catch (err) {
+        caught = err;
+      }
+      expect(caught).toBeInstanceOf(UnauthenticatedError);
+      expect((caught as Error).message).toContain(said);
+      expect((caught as Error).message).not.toContain(canary.slice(0, 20));
+    }
+    // A CRLF line end is only whitespace around the token.
+    replaceAtomically(path, `${canary}\r`);
+    expect(source.get()).toBe(canary);
+  });
+
   it('is frozen and has nothing but get', () => {
     replaceAtomically(path, 'token-one');
     const source = fromFile(path);

@@ -9,6 +9,7 @@ import { TokenIssuer, type IssueRequest } from '../../../control-plane/tokens/to
 import type { TokenClaims, TokenKind } from '../../../control-plane/tokens/token-kinds.js';
 import { TokenRejectedError, TokenVerifier } from '../../../control-plane/tokens/token-verifier.js';
 import { FakeClock } from '../../support/fake-clock.js';
+import { partsOf, signEdDsa } from '../../support/forge-token.js';
 import { LogCapture } from '../../support/log-capture.js';
 
 const ISSUER = 'tether-test';
@@ -281,5 +282,50 @@ describe('TokenVerifier', () => {
     expect(await reasonOf(v.verify(other, 'agent'))).toBe('key-revoked');
     const fresh = await issue('agent', 'a1');
     expect((await v.verify(fresh, 'agent')).keyId).not.toBe(revokedKid);
+  });
+
+  /**
+   * Claims signed with the real key, each wrong in one way only: every claim's
+   * type and range is checked, and `typ` and `aud` must be exactly what the
+   * issuer writes (see "What the verifier accepts" in docs/architecture.md).
+   */
+  describe('claims of a token signed with the real key', () => {
+    const cases: { what: string; kind?: TokenKind; header?: Record<string, unknown>; payload: Record<string, unknown>; reason: string }[] = [
+      { what: 'nothing wrong (control)', payload: {}, reason: 'accepted' },
+      { what: 'nothing wrong, a host token without host (control)', kind: 'host', payload: { host: undefined, inc: undefined }, reason: 'accepted' },
+      { what: 'gen 0 (control)', payload: { gen: 0 }, reason: 'accepted' },
+      { what: 'a negative gen', payload: { gen: -1 }, reason: 'claims' },
+      { what: 'a fractional gen', payload: { gen: 1.5 }, reason: 'claims' },
+      { what: 'gen past 2^53', payload: { gen: 2 ** 53 }, reason: 'claims' },
+      { what: 'gen as a string', payload: { gen: '1' }, reason: 'claims' },
+      { what: 'gen null', payload: { gen: null }, reason: 'claims' },
+      { what: 'a negative inc', payload: { inc: -1 }, reason: 'claims' },
+      { what: 'inc as a string', payload: { inc: '1' }, reason: 'claims' },
+      { what: 'sub as a number', payload: { sub: 7 }, reason: 'claims' },
+      { what: 'an empty sub', payload: { sub: '' }, reason: 'claims' },
+      { what: 'jti as a number', payload: { jti: 7 }, reason: 'claims' },
+      { what: 'an empty jti', payload: { jti: '' }, reason: 'claims' },
+      { what: 'host as a number', payload: { host: 7 }, reason: 'claims' },
+      { what: 'an empty host on an agent token', payload: { host: '' }, reason: 'claims' },
+      { what: 'host as a number on a host token', kind: 'host', payload: { host: 7, inc: undefined }, reason: 'claims' },
+      { what: 'a negative iat', payload: { iat: -1 }, reason: 'claims' },
+      { what: 'a fractional iat', payload: { iat: 1_800_000_000.5 }, reason: 'claims' },
+      { what: 'iat after exp', payload: { iat: 1_800_000_000 + 7_200 }, reason: 'claims' },
+      { what: 'a fractional exp', payload: { exp: 1_800_000_000 + 3_600.5 }, reason: 'claims' },
+      { what: 'exp past what milliseconds can hold', payload: { exp: 2 ** 53 }, reason: 'claims' },
+      { what: 'aud an array holding ours', payload: { aud: [AUDIENCE] }, reason: 'claims' },
+      { what: 'aud an array holding ours and another', payload: { aud: [AUDIENCE, 'https://other.example'] }, reason: 'claims' },
+      { what: 'typ upper-cased', header: { typ: 'TETHER-AGENT+JWT' }, payload: {}, reason: 'claims' },
+      { what: 'typ with application/', header: { typ: 'application/tether-agent+jwt' }, payload: {}, reason: 'claims' },
+    ];
+    it.each(cases)('$what: $reason', async ({ kind = 'agent', header = {}, payload, reason }) => {
+      const v = verifier();
+      const good = partsOf(await issue(kind, 'a1'));
+      const claims: Record<string, unknown> = { ...good.payload, ...payload };
+      for (const [name, value] of Object.entries(payload)) if (value === undefined) delete claims[name];
+      const token = await signEdDsa({ ...good.header, ...header }, claims, keys.active().privateKey);
+      expect(await reasonOf(v.verify(token, kind))).toBe(reason);
+      if (reason !== 'accepted') expect(v.cacheEntries).toBe(0);
+    });
   });
 });
