@@ -96,7 +96,11 @@ export interface ControlPlaneOptions {
   pingIntervalMs?: number;
   /** Envelope-level violations a host stream may commit before it is ended. Default 100. */
   violationBudget?: number;
-  /** Limits on Connect attempts with bad credentials (window 10 s, 5 per identity, 500 in all, 10,000 identities tracked). */
+  /**
+   * Limits on Connect attempts: failures per source address (window 10 s, 20 per
+   * source, 500 in all, 10,000 sources tracked) and streams held before they are
+   * verified (8 per connection, 1,024 in all).
+   */
   connectLimits?: ConnectLimits;
   /**
    * Hellos processed at once at most (default 32): past it a host is told to
@@ -111,10 +115,10 @@ export interface ControlPlaneOptions {
   keepaliveTimeoutMs?: number;
   /**
    * Streams one client connection may have open at once (a host's carries its
-   * Connect stream and its agents' calls). Default 1,000. Also what bounds the
-   * streams a hostile client leaves half-open: grpc-js answers a refused call
-   * with trailers but never resets the stream, so the server holds it (about
-   * 8 KiB) until the client ends it or the connection goes.
+   * Connect stream and its agents' calls). Default 1,000. A refused Connect
+   * stream is reset once answered (grpc-js alone would keep it, half-closed,
+   * until the client ended it), and Connect streams not yet verified are
+   * bounded on their own (`connectLimits`).
    */
   maxConcurrentStreams?: number;
   /** Largest payload accepted. Default 1 MiB; at most {@link MAX_PAYLOAD_BYTES_CEILING}, so a Deliver always fits a host's receive limit. */
@@ -481,9 +485,14 @@ export class ControlPlane {
     return this.#hosts.openStreams;
   }
 
-  /** @internal Sizes of the connect limiter's tables (failing identities, recently good ones); for tests that flood it. */
-  get connectLimiterIdentities(): { failing: number; trusted: number } {
-    return this.#hosts.connectLimiterIdentities;
+  /** @internal The connect limiter's table of failing source addresses (size now, peak); for tests that flood it. */
+  get connectLimiterSources(): HostService['connectLimiterSources'] {
+    return this.#hosts.connectLimiterSources;
+  }
+
+  /** @internal Connect streams held before their credential is verified (now, peak, connections, refused at a bound); for tests that flood it. */
+  get unverifiedHostStreams(): HostService['unverifiedStreams'] {
+    return this.#hosts.unverifiedStreams;
   }
 
   /** @internal The Hello admission gate's gauges (in flight, peak, deferred); for tests of a reconnect herd. */

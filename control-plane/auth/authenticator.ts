@@ -11,14 +11,21 @@ export interface PresentedCredential {
   credential: string;
 }
 
-/** Reads `authorization: Bearer <token>` (or `Join <ID.SECRET>`); throws if absent or malformed. */
-export function presentedCredential(metadata: Metadata): PresentedCredential {
+/** Reads `authorization: Bearer <token>` (or `Join <ID.SECRET>`) without throwing: what is wrong with it, if anything. */
+export function parseAuthorization(metadata: Metadata): PresentedCredential | 'missing' | 'malformed' {
   const values = metadata.get('authorization');
-  if (values.length !== 1 || typeof values[0] !== 'string') throw new UnauthenticatedError('missing authorization');
+  if (values.length !== 1 || typeof values[0] !== 'string') return 'missing';
   const match = /^(Bearer|Join) ([\x21-\x7e]+)$/i.exec(values[0].trim());
-  if (match === null) throw new UnauthenticatedError('malformed authorization');
+  if (match === null) return 'malformed';
   const scheme = match[1]?.toLowerCase() === 'join' ? 'join' : 'bearer';
   return { scheme, credential: match[2] ?? '' };
+}
+
+/** Reads `authorization: Bearer <token>` (or `Join <ID.SECRET>`); throws if absent or malformed. */
+export function presentedCredential(metadata: Metadata): PresentedCredential {
+  const presented = parseAuthorization(metadata);
+  if (typeof presented === 'string') throw new UnauthenticatedError(`${presented} authorization`);
+  return presented;
 }
 
 /** Hashes a secret for constant-time comparison (equal-length digests, whatever the inputs). */

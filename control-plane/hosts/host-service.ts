@@ -1,4 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
+import type { ServerHttp2Stream } from 'node:http2';
 import { Metadata, status, type ServerDuplexStream, type StatusObject } from '@grpc/grpc-js';
 import { decodeJwt } from 'jose';
 import type { Clock } from '../../common/clock.js';
@@ -7,8 +8,9 @@ import type { Logger } from '../../common/logger.js';
 import { PROTOCOL_VERSION, REFUSAL_METADATA_KEY, RETRY_AFTER_METADATA_KEY, type Refusal } from '../../common/protocol.js';
 import type { Ack, ControlMessage, Hello, HostMessage, Pong } from '../../gen/tether/v1/host.js';
 import { toCredential, type AgentManager } from '../agents/agent-manager.js';
-import { presentedCredential, type Authenticator, type PresentedCredential } from '../auth/authenticator.js';
+import { parseAuthorization, type Authenticator, type PresentedCredential } from '../auth/authenticator.js';
 import type { ControlPlaneEvents } from '../events.js';
+import { http2StreamOf, resetWhenAnswered } from '../grpc/http2-stream.js';
 import { toStatus } from '../grpc/status.js';
 import { hostRotationDueAtMs, ROTATION_WINDOW_START, ROTATION_WINDOW_WIDTH } from '../rotation/rotation-policy.js';
 import type { HostRecord, LabelRecord, Store } from '../store/store.js';
@@ -16,11 +18,18 @@ import type { TokenIssuer } from '../tokens/token-issuer.js';
 import type { IssuedToken, TokenClaims } from '../tokens/token-kinds.js';
 import { TokenRejectedError, type TokenVerifier } from '../tokens/token-verifier.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
-import { ConnectLimiter, type ConnectLimiterOptions } from './connect-limiter.js';
+import { ConnectLimiter, type ConnectLimiterOptions, type HeardAttempt } from './connect-limiter.js';
 import { DEFAULT_MAX_CONCURRENT_HELLOS, HelloAdmission } from './hello-admission.js';
 import { HostCredentials } from './host-credentials.js';
 import { joinSecretMatches, mintJoinToken, parseJoinToken } from './join-token.js';
 import { HostSession, type HostSessions } from './host-session.js';
+import { peerSource } from './peer-source.js';
+import {
+  DEFAULT_MAX_UNVERIFIED_STREAMS,
+  DEFAULT_MAX_UNVERIFIED_STREAMS_PER_CONNECTION,
+  UnverifiedStreams,
+  type UnverifiedStreamPermit,
+} from './unverified-streams.js';
 
 /** A host token expired longer ago than tolerance plus this is refused for good. */
 const EXPIRED_REFUSAL_MARGIN_MS = 5 * 60_000;
@@ -60,8 +69,13 @@ export interface HostServiceOptions {
   random: () => number;
 }
 
-/** The tunable limits of the {@link ConnectLimiter}. */
-export type ConnectLimits = Partial<Pick<ConnectLimiterOptions, 'windowMs' | 'maxFailuresPerIdentity' | 'globalBudget' | 'maxEntries'>>;
+/** The tunable limits on Connect attempts: the {@link ConnectLimiter}'s, and the bounds on streams not yet verified. */
+export type ConnectLimits = Partial<Pick<ConnectLimiterOptions, 'windowMs' | 'maxFailuresPerSource' | 'globalBudget' | 'maxSources'>> & {
+  /** Connect streams not yet verified one client connection may hold at once. Default {@link DEFAULT_MAX_UNVERIFIED_STREAMS_PER_CONNECTION}. */
+  maxUnverifiedStreamsPerConnection?: number;
+  /** Connect streams not yet verified held at once in all. Default {@link DEFAULT_MAX_UNVERIFIED_STREAMS}. */
+  maxUnverifiedStreams?: number;
+};
 
 /** A stream refused: the status to end it with. */
 class StreamRefusedError extends TetherError {
@@ -92,18 +106,9 @@ interface StreamIdentity {
   generation: number;
 }
 
-/** The identity a credential claims (unverified): a bucket key for the connect limiter, never trusted. */
-function presentedIdentity(presented: PresentedCredential): string {
-  let identity: string | undefined;
-  if (presented.scheme === 'join') identity = parseJoinToken(presented.credential)?.hostId;
-  else {
-    try {
-      identity = decodeJwt(presented.credential).sub;
-    } catch {
-      identity = undefined;
-    }
-  }
-  return identity === undefined ? 'malformed' : identity.slice(0, 128);
+/** Whether `err` is a credential refused (a failure the connect limiter counts), not a busy or broken control plane. */
+function isCredentialFailure(err: unknown): boolean {
+  return err instanceof TetherError && (err.code === 'unauthenticated' || err.code === 'token-expired' || err.code === 'token-revoked');
 }
 
 /** Per-stream state while it is open. */
@@ -114,6 +119,10 @@ interface StreamState {
   pingSentAtMs: Map<number, number>;
   /** The stream has ended (or was refused); nothing more is done for it. */
   isEnded: boolean;
+  /** Its HTTP/2 stream (undefined if grpc-js hid it): reset when refused before it was verified. */
+  http2: ServerHttp2Stream | undefined;
+  /** Its slot among the streams not yet verified; released once verified or closed. */
+  unverified: UnverifiedStreamPermit | undefined;
 }
 
 /**
@@ -127,13 +136,20 @@ export class HostService {
   /** Streams open right now (authenticated or not): join-token leases are held by these. */
   readonly #liveStreams = new Set<string>();
   readonly #limiter: ConnectLimiter;
+  readonly #unverified: UnverifiedStreams;
   readonly #credentials: HostCredentials;
   readonly #admission: HelloAdmission;
+  #hasWarnedNoHttp2 = false;
 
   constructor(options: HostServiceOptions) {
     this.#options = options;
     this.#logger = options.logger.child({ component: 'hosts' });
-    this.#limiter = new ConnectLimiter({ ...options.connectLimits, clock: options.clock, logger: this.#logger });
+    const { maxUnverifiedStreamsPerConnection, maxUnverifiedStreams, ...limiterOptions } = options.connectLimits ?? {};
+    this.#limiter = new ConnectLimiter({ ...limiterOptions, clock: options.clock, logger: this.#logger });
+    this.#unverified = new UnverifiedStreams({
+      maxPerConnection: maxUnverifiedStreamsPerConnection ?? DEFAULT_MAX_UNVERIFIED_STREAMS_PER_CONNECTION,
+      maxTotal: maxUnverifiedStreams ?? DEFAULT_MAX_UNVERIFIED_STREAMS,
+    });
     this.#admission = new HelloAdmission({
       clock: options.clock,
       random: options.random,
@@ -148,9 +164,14 @@ export class HostService {
     return this.#liveStreams.size;
   }
 
-  /** @internal Sizes of the connect limiter's tables (failing identities, recently good ones): both bounded. */
-  get connectLimiterIdentities(): { failing: number; trusted: number } {
-    return { failing: this.#limiter.trackedIdentities, trusted: this.#limiter.trustedIdentities };
+  /** @internal The connect limiter's table of failing sources: its size now and its peak (bounded by `maxSources`). */
+  get connectLimiterSources(): { tracked: number; peak: number } {
+    return { tracked: this.#limiter.trackedSources, peak: this.#limiter.peakTrackedSources };
+  }
+
+  /** @internal Connect streams not yet verified: held now, the most at once, connections holding some, refused at a bound. */
+  get unverifiedStreams(): Pick<UnverifiedStreams, 'held' | 'peakHeld' | 'connections' | 'refusedTotal' | 'resetPeak'> {
+    return this.#unverified;
   }
 
   /** @internal The Hello admission gate: Hellos in flight, the most at once, deferrals so far. */
@@ -192,11 +213,55 @@ export class HostService {
     return claims.generation < host.minValidGeneration || claims.generation > host.credentialGeneration;
   }
 
-  /** The grpc-js handler of `Connect`. */
+  /**
+   * The grpc-js handler of `Connect`. What a flood sends is refused here, at
+   * once and at the cost of its status alone (no state, no listeners, no error
+   * built, no log line: the limiter logs a count per window), its HTTP/2 stream
+   * reset once answered: a credential missing or malformed; a join token from
+   * a source the limiter does not hear; a stream past the bounds on streams not
+   * yet verified. Everything else is verified in {@link #authenticate}.
+   */
   connect(call: ServerDuplexStream<HostMessage, ControlMessage>): void {
+    const { connection, source } = peerSource(call.getPeer());
+    const http2 = http2StreamOf(call);
+    if (http2 === undefined && !this.#hasWarnedNoHttp2) {
+      this.#hasWarnedNoHttp2 = true;
+      this.#logger.warn('no HTTP/2 stream under a Connect call (grpc-js changed?): refused streams are not reset');
+    }
+    const presented = parseAuthorization(call.metadata);
+    if (typeof presented === 'string') {
+      this.#limiter.recordFailure(source);
+      this.#refuseAtOnce(call, http2, status.UNAUTHENTICATED, `${presented} authorization`);
+      return;
+    }
+    const heard = this.#limiter.tryHear(source);
+    // A bearer token is verified whatever its source (a signature check): only a join token, which is checked against the store, goes unheard.
+    if (heard === undefined && presented.scheme === 'join') {
+      this.#refuseAtOnce(call, http2, status.RESOURCE_EXHAUSTED, 'too many failed connects from this address; retry later');
+      return;
+    }
+    const unverified = this.#unverified.tryAdmit(connection);
+    if (unverified === undefined) {
+      heard?.settle(false);
+      this.#refuseAtOnce(call, http2, status.RESOURCE_EXHAUSTED, 'too many unauthenticated streams; retry later');
+      return;
+    }
+    // The slot is held for as long as the HTTP/2 stream is, not only until grpc-js is done with the call.
+    if (http2 !== undefined) {
+      if (http2.closed || http2.destroyed) unverified.release();
+      else http2.once('close', () => unverified.release());
+    }
     const sessionId = randomUUID();
     this.#liveStreams.add(sessionId);
-    const state: StreamState = { sessionId, identity: { hostId: '', generation: 0 }, session: undefined, pingSentAtMs: new Map(), isEnded: false };
+    const state: StreamState = {
+      sessionId,
+      identity: { hostId: '', generation: 0 },
+      session: undefined,
+      pingSentAtMs: new Map(),
+      isEnded: false,
+      http2,
+      unverified,
+    };
     const onEnded = (): void => this.#onStreamEnded(state);
     call.on('cancelled', onEnded);
     call.on('close', onEnded);
@@ -208,14 +273,16 @@ export class HostService {
     });
 
     let backlog = 0;
-    let chain: Promise<void> = this.#authenticate(call.metadata, sessionId).then(
+    let chain: Promise<void> = this.#authenticate(presented, heard, sessionId).then(
       (identity) => {
         state.identity = identity;
+        state.unverified = undefined;
+        unverified.release();
       },
       (err: unknown) => {
-        // Refused: the status goes out, then the stream is forgotten like any that ended (a flag set
-        // before the refusal made onEnded skip its cleanup, so every refused stream stayed "live").
-        if (!state.isEnded) this.#refuse(call, err);
+        // Refused: the status goes out and the stream is reset, then it is forgotten like any that
+        // ended (a flag set before the refusal made onEnded skip its cleanup, so every refused stream stayed "live").
+        if (!state.isEnded) this.#refuse(call, err, state.http2);
         onEnded();
         throw err;
       },
@@ -227,7 +294,7 @@ export class HostService {
         .then(() => (state.isEnded ? undefined : this.#onMessage(call, state, message)))
         .catch((err: unknown) => {
           if (!state.isEnded) {
-            this.#refuse(call, err);
+            this.#refuse(call, err, state.unverified === undefined ? undefined : state.http2);
             onEnded();
           }
         })
@@ -244,6 +311,8 @@ export class HostService {
     if (state.isEnded) return;
     state.isEnded = true;
     this.#liveStreams.delete(state.sessionId);
+    // Without its HTTP/2 stream to watch, the slot goes when grpc-js is done with the call.
+    if (state.http2 === undefined) state.unverified?.release();
     this.#releaseSession(state);
   }
 
@@ -259,8 +328,18 @@ export class HostService {
     }
   }
 
-  /** Ends a stream with the status for `err` (and a final refusal in trailing metadata, if any). */
-  #refuse(call: ServerDuplexStream<HostMessage, ControlMessage>, err: unknown): void {
+  /** Refuses a stream before anything was kept for it; resets its HTTP/2 stream once answered. */
+  #refuseAtOnce(call: ServerDuplexStream<HostMessage, ControlMessage>, http2: ServerHttp2Stream | undefined, code: status, details: string): void {
+    call.emit('error', { code, details, metadata: new Metadata() } satisfies Partial<StatusObject>);
+    if (http2 !== undefined) resetWhenAnswered(http2);
+  }
+
+  /**
+   * Ends a stream with the status for `err` (and a final refusal in trailing
+   * metadata, if any); given its HTTP/2 stream, resets that once the status is
+   * out, so a client that never ends its side cannot make us keep it.
+   */
+  #refuse(call: ServerDuplexStream<HostMessage, ControlMessage>, err: unknown, http2?: ServerHttp2Stream): void {
     const metadata = new Metadata();
     if (err instanceof StreamRefusedError && err.refusal !== undefined) metadata.set(REFUSAL_METADATA_KEY, err.refusal);
     if (err instanceof HelloDeferredError) metadata.set(RETRY_AFTER_METADATA_KEY, String(err.retryAfterMs));
@@ -270,18 +349,27 @@ export class HostService {
       this.#logger.debug({ reason: err.message }, 'host stream refused');
     }
     call.emit('error', statusObject);
+    if (http2 !== undefined) resetWhenAnswered(http2);
   }
 
-  async #authenticate(metadata: Metadata, sessionId: string): Promise<StreamIdentity> {
-    let presented: PresentedCredential;
-    try {
-      presented = presentedCredential(metadata);
-    } catch (err) {
-      this.#limiter.recordFailure('malformed');
-      throw err;
+  /**
+   * Verifies a Connect's credential. Failures count against the source
+   * address, never the identity the credential claims. A source the limiter
+   * refuses is not heard with a join token (a store read to check), but a
+   * bearer token from it is still verified (a signature check, cached) and let
+   * in when valid: the holder of a valid credential is never denied by what
+   * others sent, from anywhere.
+   */
+  async #authenticate(presented: PresentedCredential, heard: HeardAttempt | undefined, sessionId: string): Promise<StreamIdentity> {
+    if (heard === undefined) {
+      // A bearer token from a source not heard: verified, not explained (a failure costs no store read, only the signature check).
+      try {
+        const claims = await this.#options.authenticator.host(presented.credential);
+        return { hostId: claims.subject, generation: claims.generation };
+      } catch (err) {
+        throw new ResourceExhaustedError('too many failed connects from this address; retry later', { cause: err });
+      }
     }
-    const identity = presentedIdentity(presented);
-    if (this.#limiter.isRefused(identity)) throw new ResourceExhaustedError('too many failed connects; retry later');
     try {
       let result: StreamIdentity;
       if (presented.scheme === 'join') result = await this.#join(presented.credential, sessionId);
@@ -289,12 +377,10 @@ export class HostService {
         const claims = await this.#hostClaims(presented.credential);
         result = { hostId: claims.subject, generation: claims.generation };
       }
-      this.#limiter.recordSuccess(identity);
+      heard.settle(false);
       return result;
     } catch (err) {
-      if (err instanceof TetherError && (err.code === 'unauthenticated' || err.code === 'token-expired' || err.code === 'token-revoked')) {
-        this.#limiter.recordFailure(identity);
-      }
+      heard.settle(isCredentialFailure(err));
       throw err;
     }
   }

@@ -16,6 +16,12 @@ export interface FaultProxyOptions {
    * the sender feels TCP backpressure instead of the proxy growing. Default 1 MiB.
    */
   maxBufferedBytes?: number;
+  /**
+   * The loopback address upstream connections are made from (on Linux every
+   * 127.0.0.0/8 address is a distinct local source): what the target sees as
+   * the client's address. Default: the system's choice (127.0.0.1).
+   */
+  localAddress?: string;
 }
 
 /**
@@ -215,6 +221,7 @@ export class FaultProxy {
   readonly #faults: Faults = { isBlackholed: false, isRefusingNew: false, delayMs: 0, peakQueuedBytes: 0 };
   readonly #maxBufferedBytes: number;
   #targetPort: number;
+  readonly #localAddress: string | undefined;
   #state: FaultProxyState = 'open';
   #accepted = 0;
   #closing: Promise<void> | undefined;
@@ -223,6 +230,10 @@ export class FaultProxy {
     this.#server = server;
     this.port = port;
     this.#targetPort = options.targetPort;
+    if (options.localAddress !== undefined && !/^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(options.localAddress)) {
+      throw new Error('a fault proxy connects from a loopback address only (127.0.0.0/8)');
+    }
+    this.#localAddress = options.localAddress;
     this.#maxBufferedBytes = options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED_BYTES;
     server.on('connection', (socket) => this.#onConnection(socket));
   }
@@ -343,7 +354,12 @@ export class FaultProxy {
       return;
     }
     this.#loose.add(client);
-    const upstream = createConnection({ host: LOOPBACK, port: this.#targetPort, allowHalfOpen: true });
+    const upstream = createConnection({
+      host: LOOPBACK,
+      port: this.#targetPort,
+      allowHalfOpen: true,
+      ...(this.#localAddress === undefined ? {} : { localAddress: this.#localAddress }),
+    });
     upstream.pause();
     const onEarlyClose = (): void => {
       this.#loose.delete(client);

@@ -4,80 +4,101 @@ import { FakeClock } from '../../support/fake-clock.js';
 import { LogCapture } from '../../support/log-capture.js';
 
 function limiter(clock: FakeClock, logs = new LogCapture()): ConnectLimiter {
-  return new ConnectLimiter({ clock, logger: logs.logger, windowMs: 10_000, maxFailuresPerIdentity: 3, globalBudget: 100, maxEntries: 1_000 });
+  return new ConnectLimiter({ clock, logger: logs.logger, windowMs: 10_000, maxFailuresPerSource: 3, globalBudget: 100, maxSources: 1_000 });
 }
 
 describe('ConnectLimiter', () => {
-  it('refuses an identity unheard after its own failures, until the window rolls', () => {
+  it('refuses a source unheard after its own failures, until the window rolls; other sources are heard', () => {
     const clock = new FakeClock();
     const l = limiter(clock);
     for (let i = 0; i < 3; i++) {
-      expect(l.isRefused('h1')).toBe(false);
-      l.recordFailure('h1');
+      expect(l.isRefused('10.0.0.1')).toBe(false);
+      l.recordFailure('10.0.0.1');
     }
-    expect(l.isRefused('h1')).toBe(true);
-    expect(l.isRefused('h2')).toBe(false);
+    expect(l.isRefused('10.0.0.1')).toBe(true);
+    expect(l.isRefused('10.0.0.2')).toBe(false);
     clock.advance(10_000);
-    expect(l.isRefused('h1')).toBe(false);
+    expect(l.isRefused('10.0.0.1')).toBe(false);
   });
 
-  it('never locks out a host that authenticated recently, whatever is presented under its name', () => {
+  it('past the global budget refuses only sources that failed in the window: a clean source is always heard', () => {
     const clock = new FakeClock();
     const l = limiter(clock);
-    l.recordSuccess('real-host');
-    for (let i = 0; i < 10; i++) l.recordFailure('real-host');
-    expect(l.isRefused('real-host')).toBe(false);
-  });
-
-  it('keeps its table bounded under 100,000 distinct identities, and lets known-good hosts through the flood', () => {
-    const clock = new FakeClock();
-    const logs = new LogCapture();
-    const l = limiter(clock, logs);
-    l.recordSuccess('good-host');
-    let refused = 0;
-    for (let i = 0; i < 100_000; i++) {
-      const identity = `attacker-${i}`;
-      if (l.isRefused(identity)) refused++;
-      else l.recordFailure(identity);
-      expect(l.trackedIdentities).toBeLessThanOrEqual(1_000);
+    // 100 sources, one failure each: every one under its own limit, the budget spent.
+    for (let i = 0; i < 100; i++) {
+      expect(l.isRefused(`10.1.0.${i}`)).toBe(false);
+      l.recordFailure(`10.1.0.${i}`);
     }
-    // Past the global budget every unknown identity is refused unheard; the good host is not.
-    expect(refused).toBe(100_000 - 100);
-    expect(l.isRefused('good-host')).toBe(false);
-    expect(l.isRefused('new-host')).toBe(true);
-    // Logged once per window, as a count, not once per attempt.
+    expect(l.isRefused('10.1.0.0')).toBe(true);
+    expect(l.isRefused('10.1.0.99')).toBe(true);
+    // A source with no failure (a genuine host's, wherever the flood names it from) is heard however large the flood.
+    expect(l.isRefused('192.0.2.7')).toBe(false);
     clock.advance(10_000);
-    expect(l.isRefused('new-host')).toBe(false);
-    const warnings = logs.records().filter((r) => r.msg === 'host connects with bad credentials');
-    expect(warnings).toHaveLength(1);
-    expect(warnings[0]).toMatchObject({ failures: 100 });
+    expect(l.isRefused('10.1.0.0')).toBe(false);
   });
 
-  it('keeps its table bounded when every one of 100,000 distinct identities is heard and fails (oldest forgotten first)', () => {
+  it('keeps its table bounded under 100,000 distinct sources (least recently failing forgotten first), and logs once per window', () => {
     const clock = new FakeClock();
     const logs = new LogCapture();
     // A budget no flood reaches in one window: every failure is recorded, so only eviction bounds the table.
-    const l = new ConnectLimiter({ clock, logger: logs.logger, windowMs: 10_000, maxFailuresPerIdentity: 3, globalBudget: 1_000_000, maxEntries: 1_000 });
+    const l = new ConnectLimiter({ clock, logger: logs.logger, windowMs: 10_000, maxFailuresPerSource: 3, globalBudget: 1_000_000, maxSources: 1_000 });
+    let refused = 0;
     let peak = 0;
     for (let i = 0; i < 100_000; i++) {
-      const identity = `attacker-${i}`;
-      expect(l.isRefused(identity)).toBe(false);
-      l.recordFailure(identity);
-      peak = Math.max(peak, l.trackedIdentities);
+      const source = `src-${i}`;
+      if (l.isRefused(source)) refused++;
+      l.recordFailure(source);
+      peak = Math.max(peak, l.trackedSources);
     }
+    expect(refused).toBe(0);
     expect(peak).toBe(1_000);
+    expect(l.peakTrackedSources).toBe(1_000);
     // The newest are remembered (refused after their own limit); the oldest were forgotten.
-    for (let k = 0; k < 2; k++) l.recordFailure('attacker-99999');
-    expect(l.isRefused('attacker-99999')).toBe(true);
-    for (let k = 0; k < 2; k++) l.recordFailure('attacker-0');
-    expect(l.isRefused('attacker-0')).toBe(false);
+    for (let k = 0; k < 2; k++) l.recordFailure('src-99999');
+    expect(l.isRefused('src-99999')).toBe(true);
+    for (let k = 0; k < 2; k++) l.recordFailure('src-0');
+    expect(l.isRefused('src-0')).toBe(false);
+    for (let k = 0; k < 50; k++) expect(l.tryHear('src-99999')).toBeUndefined();
+    // Not a line per attempt: the window's counts, once, when it rolls; the busiest source named.
+    expect(logs.records().filter((r) => r.msg === 'host connects with bad credentials')).toEqual([]);
+    clock.advance(10_000);
+    expect(l.isRefused('src-1')).toBe(false);
+    const warnings = logs.records().filter((r) => r.msg === 'host connects with bad credentials');
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatchObject({ failures: 100_004, unheard: 50, sources: 1_000, topSource: 'src-99999', topFailures: 3 });
+    expect(l.trackedSources).toBe(0);
   });
+});
 
-  it('keeps the table of recently good identities bounded too', () => {
+describe('ConnectLimiter.tryHear', () => {
+  it('charges a heard attempt from the start, so attempts in flight cannot exceed the limit; success refunds it', () => {
     const clock = new FakeClock();
     const l = limiter(clock);
-    for (let i = 0; i < 100_000; i++) l.recordSuccess(`host-${i}`);
-    expect(l.trustedIdentities).toBe(1_000);
-    expect(l.trackedIdentities).toBe(0);
+    // 10 attempts from one source arrive together: only the limit's worth is heard.
+    const heard = Array.from({ length: 10 }, () => l.tryHear('10.0.0.1'));
+    expect(heard.filter((a) => a !== undefined)).toHaveLength(3);
+    // One was a genuine credential: refunded, so one more may be heard; the failures keep their charge.
+    heard[0]?.settle(false);
+    heard[1]?.settle(true);
+    heard[2]?.settle(true);
+    heard[2]?.settle(false);
+    const next = l.tryHear('10.0.0.1');
+    expect(next).toBeDefined();
+    expect(l.tryHear('10.0.0.1')).toBeUndefined();
+    next?.settle(false);
+    // Refunds leave no entry behind.
+    const other = l.tryHear('10.0.0.9');
+    other?.settle(false);
+    expect(l.trackedSources).toBe(1);
+  });
+
+  it('a charge from a rolled window is not refunded into the next one', () => {
+    const clock = new FakeClock();
+    const l = limiter(clock);
+    const a = l.tryHear('10.0.0.1');
+    clock.advance(10_000);
+    for (let i = 0; i < 3; i++) l.recordFailure('10.0.0.1');
+    a?.settle(false);
+    expect(l.isRefused('10.0.0.1')).toBe(true);
   });
 });
