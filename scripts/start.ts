@@ -99,6 +99,7 @@ async function main(): Promise<void> {
     '',
     'Try, with the CLI:',
     `  $ TETHER_SERVER=${target} npm run -s control-plane -- agents ls`,
+    `  $ TETHER_SERVER=${target} npm run -s control-plane -- agents describe demo-agent`,
     `  $ TETHER_SERVER=${target} npm run -s control-plane -- agents rotate demo-agent`,
     '',
   ];
