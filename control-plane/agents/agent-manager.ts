@@ -261,6 +261,8 @@ export class AgentManager {
       }
       const isEnded = ENDED_STATES.includes(agent.state);
       if (differences.length === 0 && !isEnded) return { agent, isCreated: false, isUpdated: false };
+      // Checked as a dispatch checks it: a host that does not exist or is revoked is refused, not waited for.
+      if (request.hostId !== '') await this.#requireHost(request.hostId, request.spec);
       const reason = differences.length > 0 ? `spec updated by ensure (${differences.join(', ')})` : `started again by ensure after it ${agent.state}`;
       const nowMs = this.#options.clock.now();
       const updated = await this.#options.store.updateAgent(

@@ -110,6 +110,10 @@ describe('agents ensure', () => {
 
     // Updating to the spec it has now changes nothing.
     expect((await ensure(h, 'mover', other, { update: true })).updated).toBe(false);
+    // An update naming a host that does not exist is refused as a dispatch would be, and changes nothing.
+    const noHost = call(h.admin.ensureAgent.bind(h.admin), { agentId: 'mover', name: '', hostId: 'nowhere', hostLabels: [], spec: other, update: true });
+    expect(await statusOf(noHost)).toBe(grpc.status.NOT_FOUND);
+    expect(await h.store.getAgent('mover')).toMatchObject({ state: 'running', incarnation: 2, requestedHostId: null });
 
     const described = await call(h.admin.describeAgent.bind(h.admin), { agentId: 'mover' });
     expect(described.agent).toMatchObject({ state: AgentState.AGENT_STATE_RUNNING, incarnation: 2, restarts: 1, spec: other });
