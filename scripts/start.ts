@@ -88,6 +88,8 @@ async function main(): Promise<void> {
     hostId: host.hostId,
     hostLabels: [],
     spec: { kind: 'module', module: 'demo', command: '', args: [], config: '' },
+    // The demo agent is what this script says it is, on this host, even in a data directory from before.
+    update: true,
   });
 
   const lines = [
@@ -97,6 +99,7 @@ async function main(): Promise<void> {
     '',
     'Try, with the CLI:',
     `  $ TETHER_SERVER=${target} npm run -s control-plane -- agents ls`,
+    `  $ TETHER_SERVER=${target} npm run -s control-plane -- agents describe demo-agent`,
     `  $ TETHER_SERVER=${target} npm run -s control-plane -- agents rotate demo-agent`,
     '',
   ];

@@ -18,6 +18,7 @@ const ROWS: readonly Row[] = [
   { title: 'Health check', method: 'grpc.health.v1.Health/Check', body: '{}' },
   { title: 'List agents', method: 'tether.v1.AdminService/ListAgents', body: '{}', isAdmin: true },
   { title: 'List hosts', method: 'tether.v1.AdminService/ListHosts', body: '{}', isAdmin: true },
+  { title: 'Describe the demo agent: state, host, generations, and its transitions with reasons', method: 'tether.v1.AdminService/DescribeAgent', body: '{"agent_id":"demo-agent"}', isAdmin: true },
   { title: 'Rotate the demo agent now', method: 'tether.v1.AdminService/RotateAgentCredential', body: '{"agent_id":"demo-agent"}', isAdmin: true },
   { title: 'The public signing keys', method: 'tether.v1.AdminService/GetJwks', body: '{}', isAdmin: true },
 ];

@@ -13,9 +13,12 @@ import { RotationScheduler } from '../rotation/rotation-scheduler.js';
 import {
   ENDED_AGENT_STATES,
   LIVE_AGENT_STATES,
+  MAX_TRANSITIONS_PER_AGENT,
   type AgentRecord,
   type AgentSpecRecord,
   type AgentStateName,
+  type AgentTransitionRecord,
+  type HostLoad,
   type LabelRecord,
   type PlaceAgentResult,
   type Store,
@@ -25,7 +28,8 @@ import type { IssuedToken, TokenClaims } from '../tokens/token-kinds.js';
 import type { TokenVerifier } from '../tokens/token-verifier.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
 import { KeyedMutex } from './keyed-mutex.js';
-import { choosePlacement, type PlacementCandidate } from './placement.js';
+import { decidePlacement, type PlacementCandidate } from './placement.js';
+import { specDifferences } from './spec-differences.js';
 
 const AGENT_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 /** Added to a stopped agent's detail when its host reports it abandoned at the stop deadline. */
@@ -67,6 +71,21 @@ export interface DispatchRequest {
   hostLabels: LabelRecord[];
 }
 
+/** How {@link AgentManager.ensure} went. */
+export interface EnsureResult {
+  agent: AgentRecord;
+  /** Created, started again after it ended, or restarted with a new spec by this call. */
+  isCreated: boolean;
+  /** Its spec was replaced (only with `isUpdate`). */
+  isUpdated: boolean;
+}
+
+/** An agent with its recent transitions, oldest first, for `agents describe`. */
+export interface AgentDescription {
+  agent: AgentRecord;
+  transitions: AgentTransitionRecord[];
+}
+
 /** Converts an issued token into the wire form. */
 export function toCredential(issued: IssuedToken): Credential {
   const { claims } = issued;
@@ -95,6 +114,11 @@ export class AgentManager {
   readonly #locks = new KeyedMutex();
   readonly #scheduler: RotationScheduler;
   readonly #logger: Logger;
+  /** The placement sweep running now (see {@link requestPlacement}), if any. */
+  #sweep: Promise<void> | undefined;
+  /** Something changed since the running sweep read its page: run another one after it. */
+  #isSweepRequested = false;
+  #isClosed = false;
 
   constructor(options: AgentManagerOptions) {
     this.#options = options;
@@ -115,14 +139,42 @@ export class AgentManager {
     if (this.#options.isRotationEnabled) this.#scheduler.start();
   }
 
-  /** True when every rotation that time has made due is done (for tests on a fake clock). */
+  /** True when every rotation that time has made due is done and no placement sweep runs (for tests on a fake clock). */
   isSettled(): boolean {
-    return this.#scheduler.isSettled() && this.#locks.size === 0;
+    return this.#scheduler.isSettled() && this.#locks.size === 0 && this.#sweep === undefined;
   }
 
-  /** Stops the scheduler. */
+  /** Stops the scheduler and waits for a placement sweep in progress. */
   async close(): Promise<void> {
+    this.#isClosed = true;
+    await this.#sweep;
     await this.#scheduler.close();
+  }
+
+  /**
+   * Asks for pending agents to be placed soon, off the caller's path and locks:
+   * for when room may have appeared (an agent ended or moved, so its host's load
+   * dropped; a host became schedulable). Requests coalesce: while a sweep runs,
+   * any number of them make exactly one more sweep after it, so a burst of ends
+   * costs two sweeps, not one per end.
+   */
+  requestPlacement(): void {
+    this.#isSweepRequested = true;
+    if (this.#sweep !== undefined || this.#isClosed) return;
+    this.#sweep = (async () => {
+      // One turn first: the caller may still hold the lock of the agent whose end made the room.
+      await nextTurn();
+      try {
+        while (this.#isSweepRequested && !this.#isClosed) {
+          this.#isSweepRequested = false;
+          await this.placePending();
+        }
+      } catch (err) {
+        if (!this.#isClosed) this.#logger.error({ err }, 'placing pending agents failed; the next change tries again');
+      } finally {
+        this.#sweep = undefined;
+      }
+    })();
   }
 
   /**
@@ -143,7 +195,7 @@ export class AgentManager {
   }
 
   /** Creates an agent and places it. */
-  async dispatch(request: DispatchRequest): Promise<AgentRecord> {
+  async dispatch(request: DispatchRequest, reason = 'dispatched'): Promise<AgentRecord> {
     validateSpec(request.spec);
     const agentId = request.agentId === '' ? `agent-${randomBytes(6).toString('hex')}` : request.agentId;
     if (!AGENT_ID_PATTERN.test(agentId)) throw new InvalidArgumentError('agent_id must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}');
@@ -170,42 +222,92 @@ export class AgentManager {
       detail: '',
       lastSeq: 0,
       ackedSeq: 0,
-    });
+      requestedHostId: request.hostId === '' ? null : request.hostId,
+      restarts: 0,
+      lastError: '',
+      lastErrorAtMs: 0,
+    }, reason);
     this.#logger.info({ agentId, kind: request.spec.kind }, 'agent dispatched');
     return this.#locks.run(agentId, () => this.#place(agentId));
   }
 
-  /** Creates the agent if missing, starts it again if it ended; returns it and whether it was (re)started. */
-  async ensure(request: DispatchRequest): Promise<{ agent: AgentRecord; isCreated: boolean }> {
+  /**
+   * Creates the agent if missing, starts it again if it ended, and leaves it as
+   * it is otherwise. A spec different from the agent's (its kind, module,
+   * command, args, config, named host, labels, or a name given) is refused with
+   * FailedPreconditionError naming the fields, unless `isUpdate`: then the spec
+   * is replaced and the agent restarted under a new incarnation (its old copy
+   * fenced first: every token of it refused, its host told to stop it).
+   */
+  async ensure(request: DispatchRequest, isUpdate = false): Promise<EnsureResult> {
     if (request.agentId === '') throw new InvalidArgumentError('agent_id is required');
-    const existing = await this.#options.store.getAgent(request.agentId);
-    if (existing === undefined) {
+    validateSpec(request.spec);
+    if ((await this.#options.store.getAgent(request.agentId)) === undefined) {
       try {
-        return { agent: await this.dispatch(request), isCreated: true };
+        return { agent: await this.dispatch(request, 'created by ensure'), isCreated: true, isUpdated: false };
       } catch (err) {
-        const raced = await this.#options.store.getAgent(request.agentId);
-        if (raced === undefined) throw err;
-        return { agent: raced, isCreated: false };
+        // Created meanwhile by another ensure: compare with what it made, below.
+        if ((await this.#options.store.getAgent(request.agentId)) === undefined) throw err;
       }
     }
-    if (!ENDED_AGENT_STATES.includes(existing.state)) return { agent: existing, isCreated: false };
-    validateSpec(request.spec);
     return this.#locks.run(request.agentId, async () => {
+      const agent = await this.get(request.agentId);
+      const differences = specDifferences(agent, request);
+      if (differences.length > 0 && !isUpdate) {
+        throw new FailedPreconditionError(
+          `agent ${agent.agentId} exists with a different spec (differs in ${differences.join(', ')}); ` +
+            'ensure it with --update (update: true) to replace the spec and restart it, or stop it first',
+        );
+      }
+      const isEnded = ENDED_AGENT_STATES.includes(agent.state);
+      if (differences.length === 0 && !isEnded) return { agent, isCreated: false, isUpdated: false };
+      // Checked as a dispatch checks it: a host that does not exist or is revoked is refused, not waited for.
+      if (request.hostId !== '') await this.#requireHost(request.hostId, request.spec);
+      const reason = differences.length > 0 ? `spec updated by ensure (${differences.join(', ')})` : `started again by ensure after it ${agent.state}`;
+      const nowMs = this.#options.clock.now();
       const updated = await this.#options.store.updateAgent(
-        request.agentId,
+        agent.agentId,
         {
           state: 'pending',
+          name: request.name === '' ? agent.name : request.name,
           spec: request.spec,
           hostId: request.hostId === '' ? null : request.hostId,
+          requestedHostId: request.hostId === '' ? null : request.hostId,
           hostLabels: request.hostLabels,
-          updatedAtMs: this.#options.clock.now(),
-          detail: '',
+          updatedAtMs: nowMs,
+          detail: reason,
         },
-        { states: ENDED_AGENT_STATES },
+        { incarnation: agent.incarnation, states: [agent.state] },
+        reason,
       );
-      if (updated === undefined) return { agent: await this.get(request.agentId), isCreated: false };
-      return { agent: await this.#place(request.agentId), isCreated: true };
+      // Changed since it was read, under our lock: only another control plane on the store does that.
+      if (updated === undefined) throw new FailedPreconditionError(`agent ${agent.agentId} changed while it was being ensured; try again`);
+      if (agent.state !== 'pending' && !isEnded) {
+        // The old copy is fenced from here: pending is not a live state, so its tokens are refused
+        // (isAgentTokenRevoked), and its next placement is a new incarnation, whose start supersedes it.
+        this.#forgetPlacement(agent.agentId);
+        this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'pending', incarnation: agent.incarnation });
+        const session = agent.hostId === null ? undefined : this.#options.sessions.get(agent.hostId);
+        session?.send({ stopAgent: { agentId: agent.agentId, reason: 'spec updated' } });
+        this.requestPlacement();
+      }
+      this.#logger.info({ agentId: agent.agentId, differences, from: agent.state }, reason);
+      return { agent: await this.#place(agent.agentId), isCreated: true, isUpdated: differences.length > 0 };
     });
+  }
+
+  /** An agent with its last transitions (at most {@link MAX_TRANSITIONS_PER_AGENT}), or NotFoundError. */
+  async describe(agentId: string): Promise<AgentDescription> {
+    const agent = await this.get(agentId);
+    return { agent, transitions: await this.#options.store.listAgentTransitions(agentId, MAX_TRANSITIONS_PER_AGENT) };
+  }
+
+  /** Drops what the control plane holds for an agent's placement that ended or moved: cached tokens, rotations, delivery, heartbeats. */
+  #forgetPlacement(agentId: string): void {
+    this.#options.verifier.forgetSubject('agent', agentId);
+    this.#scheduler.unschedule(agentId);
+    this.#options.delivery.detach(agentId);
+    this.#options.heartbeats.forget(agentId);
   }
 
   /** The agent, or NotFoundError. */
@@ -309,12 +411,13 @@ export class AgentManager {
             'host runs an outdated placement; starting the agent again',
           );
           session.send({ stopAgent: { agentId: running.agentId, reason: 'superseded' } });
-          await this.#startOn(agent, session, running.epoch === epoch ? 0 : running.incarnation);
+          const why = running.epoch === epoch ? `its host runs incarnation ${running.incarnation}, not ${agent.incarnation}` : 'the store was restored (new epoch)';
+          await this.#startOn(agent, session, `started again: ${why}`, running.epoch === epoch ? 0 : running.incarnation);
           return;
         }
         let current = agent;
         if (agent.state === 'starting') {
-          current = (await this.#setState(agent, 'running', '')) ?? agent;
+          current = (await this.#setState(agent, 'running', '', 'its host reported it running (Hello)')) ?? agent;
         }
         // What the host says its holder has is what it holds: a rotation sent into a stream that died
         // before the host read it is not counted (the comparison below sends a fresh one).
@@ -362,7 +465,7 @@ export class AgentManager {
         await this.#locks.run(agent.agentId, async () => {
           const fresh = await store.getAgent(agent.agentId);
           if (fresh !== undefined && fresh.hostId === session.hostId && LIVE_AGENT_STATES.includes(fresh.state)) {
-            await this.#startOn(fresh, session);
+            await this.#startOn(fresh, session, 'started again: its host reconnected without it');
           }
         });
       }
@@ -389,10 +492,7 @@ export class AgentManager {
             { states: LIVE_AGENT_STATES, incarnation: agent.incarnation },
           );
           if (updated === undefined) return;
-          this.#options.verifier.forgetSubject('agent', agent.agentId);
-          this.#scheduler.unschedule(agent.agentId);
-          this.#options.delivery.detach(agent.agentId);
-          this.#options.heartbeats.forget(agent.agentId);
+          this.#forgetPlacement(agent.agentId);
           this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'pending', incarnation: updated.incarnation });
           moved++;
         });
@@ -452,6 +552,7 @@ export class AgentManager {
               ...(isNowRunning ? { state: 'running' as const, detail: event.detail, updatedAtMs: this.#options.clock.now() } : {}),
             },
             { incarnation: agent.incarnation, generation: agent.generation, states: [agent.state] },
+            'its host reported it started',
           );
           if (updated !== undefined && isNowRunning) this.#onStateChanged(agent, 'running');
           return;
@@ -524,42 +625,65 @@ export class AgentManager {
    * Places a pending agent on a host if one fits; caller holds the agent's lock.
    * The store has the last word on capacity: a host another placement filled
    * since the choice (here or in another control plane) is left out and the
-   * next best one tried, at most once per connected host.
+   * next best one tried, at most once per connected host. An agent left pending
+   * shows why in its detail (written only when the reason changed).
    */
   async #place(agentId: string): Promise<AgentRecord> {
     const agent = await this.get(agentId);
     if (agent.state !== 'pending') return agent;
     const tried = new Set<string>();
     for (;;) {
-      const session = await this.#chooseHost(agent, tried);
-      if (session === undefined) return agent;
-      const result = await this.#startOn(agent, session);
+      const choice = await this.#chooseHost(agent, tried);
+      if (choice.session === undefined) {
+        if (agent.detail === choice.reason) return agent;
+        const noted = await this.#options.store.updateAgent(
+          agentId,
+          { detail: choice.reason, updatedAtMs: this.#options.clock.now() },
+          { incarnation: agent.incarnation, states: ['pending'] },
+        );
+        return noted ?? this.get(agentId);
+      }
+      const result = await this.#startOn(agent, choice.session, choice.reason);
       if (result.outcome === 'placed') return result.agent;
       if (result.outcome === 'agent-changed') return this.get(agentId);
-      tried.add(session.hostId);
+      tried.add(choice.session.hostId);
     }
   }
 
-  /** The open session to place `agent` on (see {@link choosePlacement}), leaving out hosts in `tried`. */
-  async #chooseHost(agent: AgentRecord, tried: ReadonlySet<string>): Promise<HostSession | undefined> {
-    const { sessions, store } = this.#options;
-    const open = sessions
+  /**
+   * The open session to place `agent` on (see {@link decidePlacement}), leaving
+   * out hosts in `tried`; or, with none, why. Any host that is not in an open
+   * session counts as not connected.
+   */
+  async #chooseHost(agent: AgentRecord, tried: ReadonlySet<string>): Promise<{ session: HostSession | undefined; reason: string }> {
+    const constraint = { hostId: agent.hostId, labels: agent.hostLabels };
+    const open = this.#options.sessions
       .all()
       .filter((s) => s.state === 'open' && !tried.has(s.hostId) && (agent.hostId === null || s.hostId === agent.hostId));
-    if (open.length === 0) return undefined;
-    const loads = await store.getHostLoads(open.map((s) => s.hostId));
-    const candidates = open.map((s): PlacementCandidate => {
+    const decision = decidePlacement(await this.#candidates(open, agent.spec), constraint);
+    if (decision.outcome === 'placed') return { session: open.find((s) => s.hostId === decision.hostId), reason: decision.reason };
+    if (tried.size === 0) return { session: undefined, reason: decision.reason };
+    // Hosts tried already were filled (or cordoned) by the time the store checked: the reason is
+    // what every open host looks like now, not what is left once those are set aside.
+    const all = this.#options.sessions.all().filter((s) => s.state === 'open' && (agent.hostId === null || s.hostId === agent.hostId));
+    return { session: undefined, reason: decidePlacement(await this.#candidates(all, agent.spec), constraint).reason };
+  }
+
+  /** What placement needs of each of `open` for an agent of `spec` (loads as the store keeps them). */
+  async #candidates(open: readonly HostSession[], spec: AgentSpecRecord): Promise<PlacementCandidate[]> {
+    const loads = open.length === 0 ? new Map<string, HostLoad>() : await this.#options.store.getHostLoads(open.map((s) => s.hostId));
+    return open.map((s): PlacementCandidate => {
       const host = loads.get(s.hostId);
       return {
         hostId: s.hostId,
         labels: s.hello.labels,
         capacity: host?.capacity ?? 0,
         load: host?.load ?? 0,
-        isSchedulable: host !== undefined && host.state !== 'revoked' && unsupportedReason(s.hello, agent.spec) === undefined,
+        isConnected: host !== undefined && host.state !== 'revoked',
+        isSchedulable: host?.isSchedulable ?? false,
+        unsupportedReason: unsupportedReason(s.hello, spec),
       };
     });
-    const chosen = choosePlacement(candidates, { hostId: agent.hostId, labels: agent.hostLabels });
-    return open.find((s) => s.hostId === chosen);
   }
 
   /**
@@ -567,12 +691,14 @@ export class AgentManager {
    * caller holds the lock. Refused by the store when the host is full (unless
    * the agent already counts there), revoked, or the agent changed meanwhile.
    */
-  async #startOn(agent: AgentRecord, session: HostSession, outdatedIncarnation = 0): Promise<PlaceAgentResult> {
+  async #startOn(agent: AgentRecord, session: HostSession, reason: string, outdatedIncarnation = 0): Promise<PlaceAgentResult> {
     // Past the one the host still runs, too: after a restore, the host's may be ahead of the store's
     // (a host's claim only moves its own agent's number, and only within reason).
     const claimed = Number.isSafeInteger(outdatedIncarnation) && outdatedIncarnation < 2 ** 48 ? outdatedIncarnation : 0;
     const incarnation = Math.max(agent.incarnation, claimed) + 1;
-    const issued = await this.#issue(agent, { hostId: session.hostId, incarnation, state: 'starting' }, 'start');
+    // Every start after the first is a restart, whatever moved it (its own end, a host, a new spec).
+    const restarts = agent.incarnation > 0 ? agent.restarts + 1 : agent.restarts;
+    const issued = await this.#issue(agent, { hostId: session.hostId, incarnation, state: 'starting', restarts, reason }, 'start');
     if (issued.outcome !== 'placed') return issued;
     this.#options.heartbeats.forget(agent.agentId);
     // Tokens of the old incarnation are refused from now on (isAgentTokenRevoked); drop cached ones.
@@ -600,7 +726,7 @@ export class AgentManager {
    */
   async #issue(
     agent: AgentRecord,
-    placement: { hostId?: string; incarnation?: number; state?: AgentStateName },
+    placement: { hostId?: string; incarnation?: number; state?: AgentStateName; restarts?: number; reason?: string },
     why: string,
   ): Promise<{ outcome: 'placed'; agent: AgentRecord; credential: Credential } | Exclude<PlaceAgentResult, { outcome: 'placed' }>> {
     const { issuer, store, clock, events } = this.#options;
@@ -626,12 +752,13 @@ export class AgentManager {
         ? { previousExpiresAtMs: agent.expiresAtMs }
         : { previousExpiresAtMs: 0, ackedGeneration: 0, ackedExpiresAtMs: 0 }),
       ...(placement.state === undefined ? {} : { state: placement.state }),
+      ...(placement.restarts === undefined ? {} : { restarts: placement.restarts }),
     };
     const expect = { generation: agent.generation, incarnation: agent.incarnation };
     let updated: AgentRecord | undefined;
     if (placement.hostId === undefined) updated = await store.updateAgent(agent.agentId, patch, expect);
     else {
-      const placed = await store.placeAgent(agent.agentId, patch, expect);
+      const placed = await store.placeAgent(agent.agentId, patch, expect, placement.reason);
       if (placed.outcome !== 'placed') {
         this.#logger.debug({ agentId: agent.agentId, hostId, outcome: placed.outcome }, 'placement refused by the store');
         return placed;
@@ -645,11 +772,12 @@ export class AgentManager {
     return { outcome: 'placed', agent: updated, credential: toCredential(issued) };
   }
 
-  async #setState(agent: AgentRecord, state: AgentStateName, detail: string): Promise<AgentRecord | undefined> {
+  async #setState(agent: AgentRecord, state: AgentStateName, detail: string, reason: string): Promise<AgentRecord | undefined> {
     const updated = await this.#options.store.updateAgent(
       agent.agentId,
       { state, detail, updatedAtMs: this.#options.clock.now() },
       { incarnation: agent.incarnation, states: [agent.state] },
+      reason,
     );
     if (updated !== undefined) this.#onStateChanged(agent, state);
     return updated;
@@ -661,23 +789,24 @@ export class AgentManager {
   }
 
   /**
-   * Ends an agent: state, its tokens revoked at once, no more rotations. Only
-   * the agent as read (same incarnation and state): undefined, and nothing
-   * done, when it changed since (another writer on the store moved or ended it).
+   * Ends an agent: state, its tokens revoked at once, no more rotations; a
+   * failure is kept as its last error. Only the agent as read (same incarnation
+   * and state): undefined, and nothing done, when it changed since (another
+   * writer on the store moved or ended it). Its place on its host is free
+   * again, so pending agents are placed (after the caller's lock is released).
    */
   async #end(agent: AgentRecord, state: AgentStateName, detail: string): Promise<AgentRecord | undefined> {
+    const nowMs = this.#options.clock.now();
     const updated = await this.#options.store.updateAgent(
       agent.agentId,
-      { state, detail, updatedAtMs: this.#options.clock.now() },
+      { state, detail, updatedAtMs: nowMs, ...(state === 'failed' ? { lastError: detail, lastErrorAtMs: nowMs } : {}) },
       { incarnation: agent.incarnation, states: [agent.state] },
     );
     if (updated === undefined) return undefined;
-    this.#options.verifier.forgetSubject('agent', agent.agentId);
-    this.#scheduler.unschedule(agent.agentId);
-    this.#options.delivery.detach(agent.agentId);
-    this.#options.heartbeats.forget(agent.agentId);
+    this.#forgetPlacement(agent.agentId);
     this.#options.events.emit('agent-state', { agentId: agent.agentId, state, incarnation: agent.incarnation });
     this.#logger.info({ agentId: agent.agentId, state, detail }, 'agent ended');
+    if (LIVE_AGENT_STATES.includes(agent.state)) this.requestPlacement();
     return updated;
   }
 }

@@ -5,7 +5,7 @@ import { InvalidArgumentError as CommanderInvalidArgument, type Command } from '
 import { collectLabel, parseCount, parseDurationMs, readSecret } from '../../common/cli.js';
 import { assertPlaintextAllowed } from '../../common/loopback.js';
 import { parseSecret, type SecretRedactor } from '../../common/secrets.js';
-import { AdminServiceClient, AgentInfo, HostInfo, MessageInfo, SigningKeyInfo } from '../../gen/tether/v1/admin.js';
+import { AdminServiceClient, AgentInfo, AgentTransition, HostInfo, MessageInfo, SigningKeyInfo } from '../../gen/tether/v1/admin.js';
 import { AgentState, type Label } from '../../gen/tether/v1/common.js';
 import { SecretOutputFile } from './secret-output-file.js';
 
@@ -62,6 +62,7 @@ export function adminClient(flags: ClientFlags, redactor: SecretRedactor): Admin
 }
 
 function stateName(state: AgentState): string {
+  if (state === AgentState.AGENT_STATE_UNSPECIFIED) return '-';
   return AgentState[state].replace('AGENT_STATE_', '').toLowerCase();
 }
 
@@ -199,8 +200,17 @@ export function addAdminCommands(program: Command, redactor: SecretRedactor, con
           return;
         }
         printTable([
-          ['HOST', 'STATE', 'CONNECTED', 'AGENTS', 'CAPACITY', 'SKEW_MS', 'CREDENTIAL_EXPIRES'],
-          ...found.map((h) => [h.hostId, h.state, String(h.connected), String(h.agents), String(h.capacity), String(h.clockSkewMs), isoOrDash(h.credentialExpiresAtMs)]),
+          ['HOST', 'STATE', 'CONNECTED', 'SCHEDULABLE', 'AGENTS', 'CAPACITY', 'SKEW_MS', 'CREDENTIAL_EXPIRES'],
+          ...found.map((h) => [
+            h.hostId,
+            h.state,
+            String(h.connected),
+            String(h.schedulable),
+            String(h.agents),
+            String(h.capacity),
+            String(h.clockSkewMs),
+            isoOrDash(h.credentialExpiresAtMs),
+          ]),
         ]);
       });
     });
@@ -227,12 +237,13 @@ export function addAdminCommands(program: Command, redactor: SecretRedactor, con
           return;
         }
         printTable([
-          ['AGENT', 'STATE', 'HOST', 'INCARNATION', 'GENERATION', 'TOKEN_EXPIRES', 'HELD_GENERATION', 'HELD_EXPIRES', 'LAST_HEARTBEAT'],
+          ['AGENT', 'STATE', 'HOST', 'INCARNATION', 'RESTARTS', 'GENERATION', 'TOKEN_EXPIRES', 'HELD_GENERATION', 'HELD_EXPIRES', 'LAST_HEARTBEAT'],
           ...found.map((a) => [
             a.agentId,
             stateName(a.state),
             a.hostId || '-',
             String(a.incarnation),
+            String(a.restarts),
             String(a.generation),
             isoOrDash(a.expiresAtMs),
             a.ackedGeneration === 0 ? '-' : String(a.ackedGeneration),
@@ -250,14 +261,38 @@ export function addAdminCommands(program: Command, redactor: SecretRedactor, con
       });
     },
   );
-  addSpecOptions(agents.command('ensure').description('create the agent if missing, start it again if it ended').argument('<agent-id>')).action(
-    async (agentId: string, flags: SpecFlags, command: Command) => {
+  addSpecOptions(
+    agents
+      .command('ensure')
+      .description(
+        'create the agent if missing, start it again if it ended; a different spec is refused (naming the fields) unless --update, ' +
+          'which replaces it and restarts the agent under a new incarnation',
+      )
+      .argument('<agent-id>')
+      .option('--update', 'replace the spec of an existing agent whose spec differs, and restart it'),
+  ).action(async (agentId: string, flags: SpecFlags & { update?: boolean }, command: Command) => {
+    await withClient(command, async (admin) => {
+      const response = await invoke(admin.ensureAgent.bind(admin), { ...dispatchRequest(agentId, flags), update: flags.update === true });
+      console.log(JSON.stringify({ created: response.created, updated: response.updated, agent: AgentInfo.toJSON(response.agent as AgentInfo) }, null, 2));
+    });
+  });
+  agents
+    .command('describe')
+    .description('show an agent: state, host, incarnation, generations issued and held, last heartbeat, restarts, last error, and its recent state transitions with their reasons')
+    .argument('<agent-id>')
+    .option('--json', 'print JSON')
+    .action(async (agentId: string, flags: { json?: boolean }, command: Command) => {
       await withClient(command, async (admin) => {
-        const response = await invoke(admin.ensureAgent.bind(admin), dispatchRequest(agentId, flags));
-        console.log(JSON.stringify({ created: response.created, agent: AgentInfo.toJSON(response.agent as AgentInfo) }, null, 2));
+        const response = await invoke(admin.describeAgent.bind(admin), { agentId });
+        const agent = response.agent;
+        if (agent === undefined) throw new Error('the control plane answered with no agent');
+        if (flags.json === true) {
+          console.log(JSON.stringify({ agent: AgentInfo.toJSON(agent), transitions: response.transitions.map((t) => AgentTransition.toJSON(t)) }, null, 2));
+          return;
+        }
+        printDescription(agent, response.transitions);
       });
-    },
-  );
+    });
   agents
     .command('stop')
     .description('stop an agent and revoke all of its tokens')
@@ -292,6 +327,34 @@ export function addAdminCommands(program: Command, redactor: SecretRedactor, con
 
   addMessageCommands(program, withClient);
   addKeyCommands(program, withClient);
+}
+
+/** `agents describe` as text: the agent's fields, then its transitions, oldest first. */
+function printDescription(agent: AgentInfo, transitions: readonly AgentTransition[]): void {
+  const spec = agent.spec;
+  const what = spec === undefined ? '-' : spec.kind === 'module' ? `module ${spec.module}` : `process ${[spec.command, ...spec.args].join(' ')}`;
+  const labels = agent.hostLabels.map((l) => `${l.key}=${l.value}`).join(',');
+  printTable([
+    ['AGENT', agent.agentId],
+    ['NAME', agent.name],
+    ['STATE', stateName(agent.state)],
+    ['DETAIL', agent.detail || '-'],
+    ['HOST', agent.hostId || '-'],
+    ['PLACEMENT', `${agent.requestedHostId === '' ? 'any host' : `host ${agent.requestedHostId}`}${labels === '' ? '' : ` carrying ${labels}`}`],
+    ['SPEC', `${what}${spec !== undefined && spec.config !== '' ? ` (config: ${Buffer.byteLength(spec.config)} bytes)` : ''}`],
+    ['INCARNATION', String(agent.incarnation)],
+    ['RESTARTS', String(agent.restarts)],
+    ['GENERATION_ISSUED', `${agent.generation} (expires ${isoOrDash(agent.expiresAtMs)})`],
+    ['GENERATION_HELD', agent.ackedGeneration === 0 ? '-' : `${agent.ackedGeneration} (expires ${isoOrDash(agent.ackedExpiresAtMs)})`],
+    ['LAST_HEARTBEAT', isoOrDash(agent.lastHeartbeatMs)],
+    ['LAST_ERROR', agent.lastError === '' ? '-' : `${agent.lastError} (${isoOrDash(agent.lastErrorAtMs)})`],
+    ['CREATED', isoOrDash(agent.createdAtMs)],
+  ]);
+  console.log('');
+  printTable([
+    ['TIME', 'FROM', 'TO', 'HOST', 'INCARNATION', 'REASON'],
+    ...transitions.map((t) => [isoOrDash(t.atMs), stateName(t.fromState), stateName(t.toState), t.hostId || '-', String(t.incarnation), t.reason || '-']),
+  ]);
 }
 
 interface SendFlags {

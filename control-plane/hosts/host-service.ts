@@ -200,6 +200,7 @@ export class HostService {
       labels: [],
       lastSeenMs: 0,
       createdAtMs: nowMs,
+      isSchedulable: true,
     };
     await this.#options.store.insertHost(host);
     this.#logger.info({ hostId }, 'host enrolled');

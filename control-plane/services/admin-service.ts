@@ -12,7 +12,7 @@ import type { DeliveryManager } from '../delivery/delivery-manager.js';
 import type { HeartbeatLedger } from './heartbeat-ledger.js';
 import { InvalidArgumentError } from '../../common/errors.js';
 import type { MessageStateName } from '../store/store.js';
-import { decodePageToken, encodePageToken, labelsFromProto, pageSize, specFromProto, toAgentInfo } from './convert.js';
+import { decodePageToken, encodePageToken, labelsFromProto, pageSize, specFromProto, toAgentInfo, toAgentTransition } from './convert.js';
 
 /** What AdminService needs. */
 export interface AdminServiceDeps {
@@ -55,6 +55,7 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
           credentialGeneration: host.credentialGeneration,
           credentialExpiresAtMs: host.credentialExpiresAtMs,
           clockSkewMs: host.clockSkewMs,
+          schedulable: host.isSchedulable,
         })),
         nextPageToken: encodePageToken(page.nextAfterId),
       };
@@ -115,14 +116,17 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
     }),
     ensureAgent: unary(logger, async (request, call) => {
       authenticator.admin(call.metadata);
-      const { agent, isCreated } = await agents.ensure({
-        agentId: request.agentId,
-        name: request.name,
-        spec: specFromProto(request.spec),
-        hostId: request.hostId,
-        hostLabels: labelsFromProto(request.hostLabels),
-      });
-      return { agent: toAgentInfo(agent, heartbeats.last(agent.agentId)), created: isCreated };
+      const { agent, isCreated, isUpdated } = await agents.ensure(
+        {
+          agentId: request.agentId,
+          name: request.name,
+          spec: specFromProto(request.spec),
+          hostId: request.hostId,
+          hostLabels: labelsFromProto(request.hostLabels),
+        },
+        request.update,
+      );
+      return { agent: toAgentInfo(agent, heartbeats.last(agent.agentId)), created: isCreated, updated: isUpdated };
     }),
     stopAgent: unary(logger, async (request, call) => {
       authenticator.admin(call.metadata);
@@ -150,6 +154,11 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
       authenticator.admin(call.metadata);
       const agent = await agents.get(request.agentId);
       return { agent: toAgentInfo(agent, heartbeats.last(agent.agentId)) };
+    }),
+    describeAgent: unary(logger, async (request, call) => {
+      authenticator.admin(call.metadata);
+      const { agent, transitions } = await agents.describe(request.agentId);
+      return { agent: toAgentInfo(agent, heartbeats.last(agent.agentId)), transitions: transitions.map(toAgentTransition) };
     }),
     sendMessages: unary(logger, async (request, call) => {
       authenticator.admin(call.metadata);

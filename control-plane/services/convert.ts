@@ -1,7 +1,7 @@
 import { InvalidArgumentError } from '../../common/errors.js';
 import { AgentState, type AgentSpec, type Label } from '../../gen/tether/v1/common.js';
-import type { AgentInfo } from '../../gen/tether/v1/admin.js';
-import type { AgentRecord, AgentSpecRecord, AgentStateName, LabelRecord } from '../store/store.js';
+import type { AgentInfo, AgentTransition } from '../../gen/tether/v1/admin.js';
+import type { AgentRecord, AgentSpecRecord, AgentStateName, AgentTransitionRecord, LabelRecord } from '../store/store.js';
 
 const STATE_TO_PROTO: Readonly<Record<AgentStateName, AgentState>> = {
   pending: AgentState.AGENT_STATE_PENDING,
@@ -36,6 +36,23 @@ export function toAgentInfo(agent: AgentRecord, lastHeartbeatMs = 0): AgentInfo 
     updatedAtMs: agent.updatedAtMs,
     lastHeartbeatMs,
     detail: agent.detail,
+    restarts: agent.restarts,
+    lastError: agent.lastError,
+    lastErrorAtMs: agent.lastErrorAtMs,
+    requestedHostId: agent.requestedHostId ?? '',
+    hostLabels: agent.hostLabels,
+  };
+}
+
+/** The wire form of one transition of an agent. */
+export function toAgentTransition(transition: AgentTransitionRecord): AgentTransition {
+  return {
+    atMs: transition.atMs,
+    fromState: transition.fromState === null ? AgentState.AGENT_STATE_UNSPECIFIED : stateToProto(transition.fromState),
+    toState: stateToProto(transition.toState),
+    hostId: transition.hostId ?? '',
+    incarnation: transition.incarnation,
+    reason: transition.reason,
   };
 }
 

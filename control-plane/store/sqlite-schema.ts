@@ -240,6 +240,40 @@ BEGIN
 END;
 `;
 
+/**
+ * Agents get a lifecycle record (issue 15): each change of state, host or incarnation is a row of
+ * `agent_state_history` with its reason, written by the store in the same transaction as the change
+ * and bounded per agent (MAX_TRANSITIONS_PER_AGENT, oldest dropped). Hosts get a schedulable flag
+ * (cordon; drain sets it), honoured by placement and by `placeAgent` itself. Agents keep the host their
+ * dispatch named (`requested_host_id`: `host_id` is where they run, which placement by labels
+ * chooses), so `ensure` can tell a changed spec apart; for rows written before this, it is known only
+ * for pending agents (whose `host_id` was the one asked for). Each existing agent's history starts
+ * with one row recording its state at the upgrade: what came before was never kept.
+ */
+const AGENT_LIFECYCLE = `
+ALTER TABLE hosts ADD COLUMN is_schedulable INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE agents ADD COLUMN requested_host_id TEXT;
+UPDATE agents SET requested_host_id = host_id WHERE state = 'pending';
+ALTER TABLE agents ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN last_error TEXT NOT NULL DEFAULT '';
+ALTER TABLE agents ADD COLUMN last_error_at_ms INTEGER NOT NULL DEFAULT 0;
+UPDATE agents SET last_error = detail, last_error_at_ms = updated_at_ms WHERE state = 'failed';
+CREATE TABLE agent_state_history (
+  id INTEGER PRIMARY KEY,
+  agent_id TEXT NOT NULL,
+  at_ms INTEGER NOT NULL,
+  from_state TEXT,
+  to_state TEXT NOT NULL,
+  host_id TEXT,
+  incarnation INTEGER NOT NULL,
+  reason TEXT NOT NULL
+);
+CREATE INDEX agent_state_history_by_agent ON agent_state_history (agent_id, id);
+INSERT INTO agent_state_history (agent_id, at_ms, from_state, to_state, host_id, incarnation, reason)
+  SELECT agent_id, updated_at_ms, NULL, state, host_id, incarnation, 'state when the store was upgraded (earlier history was not kept)'
+  FROM agents ORDER BY agent_id;
+`;
+
 /** Every migration, in order. Append only; the last one's number is {@link SCHEMA_VERSION}. */
 const MIGRATIONS: readonly Migration[] = [
   {
@@ -280,10 +314,15 @@ const MIGRATIONS: readonly Migration[] = [
     description: 'agents.outbox_bytes: payload bytes of pending and dead messages, kept by triggers (a byte cap per outbox)',
     apply: (db) => db.exec(OUTBOX_BYTES),
   },
+  {
+    version: 7,
+    description: 'agent lifecycle: bounded state history with reasons, restarts, last error, the requested host; hosts.is_schedulable',
+    apply: (db) => db.exec(AGENT_LIFECYCLE),
+  },
 ];
 
 /** The schema version this binary writes: the number of its last migration. */
-export const SCHEMA_VERSION = MIGRATIONS.length;
+export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;
 
 /** The store's schema is newer than this binary knows; opening it would misread it. */
 export class SchemaTooNewError extends FailedPreconditionError {

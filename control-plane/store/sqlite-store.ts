@@ -4,9 +4,10 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { AlreadyExistsError, ClosedError, FailedPreconditionError, NotFoundError, ResourceExhaustedError } from '../../common/errors.js';
 import { migrate } from './sqlite-schema.js';
-import { ENDED_AGENT_STATES, LIVE_AGENT_STATES, senderName, senderPrincipal } from './store.js';
+import { ENDED_AGENT_STATES, LIVE_AGENT_STATES, MAX_TRANSITIONS_PER_AGENT, senderName, senderPrincipal } from './store.js';
 import type {
   AgentExpectation,
+  AgentTransitionRecord,
   AgentPatch,
   AgentRecord,
   AgentSpecRecord,
@@ -51,6 +52,20 @@ interface AgentRow {
   detail: string;
   last_seq: number;
   acked_seq: number;
+  requested_host_id: string | null;
+  restarts: number;
+  last_error: string;
+  last_error_at_ms: number;
+}
+
+interface TransitionRow {
+  agent_id: string;
+  at_ms: number;
+  from_state: string | null;
+  to_state: string;
+  host_id: string | null;
+  incarnation: number;
+  reason: string;
 }
 
 interface MessageRow {
@@ -83,6 +98,7 @@ interface HostRow {
   labels: string;
   last_seen_ms: number;
   created_at_ms: number;
+  is_schedulable: number;
 }
 
 interface KeyRow {
@@ -116,6 +132,10 @@ const AGENT_COLUMNS: Record<keyof AgentPatch, string> = {
   detail: 'detail',
   lastSeq: 'last_seq',
   ackedSeq: 'acked_seq',
+  requestedHostId: 'requested_host_id',
+  restarts: 'restarts',
+  lastError: 'last_error',
+  lastErrorAtMs: 'last_error_at_ms',
 };
 
 const HOST_COLUMNS: Record<keyof HostPatch, string> = {
@@ -131,6 +151,7 @@ const HOST_COLUMNS: Record<keyof HostPatch, string> = {
   capacity: 'capacity',
   labels: 'labels',
   lastSeenMs: 'last_seen_ms',
+  isSchedulable: 'is_schedulable',
 };
 
 function agentFromRow(row: AgentRow): AgentRecord {
@@ -155,8 +176,27 @@ function agentFromRow(row: AgentRow): AgentRecord {
     detail: row.detail,
     lastSeq: row.last_seq,
     ackedSeq: row.acked_seq,
+    requestedHostId: row.requested_host_id,
+    restarts: row.restarts,
+    lastError: row.last_error,
+    lastErrorAtMs: row.last_error_at_ms,
   };
 }
+
+function transitionFromRow(row: TransitionRow): AgentTransitionRecord {
+  return {
+    agentId: row.agent_id,
+    atMs: row.at_ms,
+    fromState: row.from_state as AgentStateName | null,
+    toState: row.to_state as AgentStateName,
+    hostId: row.host_id,
+    incarnation: row.incarnation,
+    reason: row.reason,
+  };
+}
+
+/** Longest reason kept in a transition (a host's detail can be long). */
+const MAX_REASON_CHARS = 1024;
 
 function messageFromRow(row: MessageRow): MessageRecord {
   return {
@@ -190,6 +230,7 @@ function hostFromRow(row: HostRow): HostRecord {
     labels: JSON.parse(row.labels) as LabelRecord[],
     lastSeenMs: row.last_seen_ms,
     createdAtMs: row.created_at_ms,
+    isSchedulable: row.is_schedulable !== 0,
   };
 }
 
@@ -216,8 +257,9 @@ function isKeyConstraintViolation(err: unknown): boolean {
   return code === 'SQLITE_CONSTRAINT_PRIMARYKEY' || code === 'SQLITE_CONSTRAINT_UNIQUE';
 }
 
-/** Encodes a patch value for its column: JSON for structured fields, as-is otherwise. */
+/** Encodes a patch value for its column: JSON for structured fields, 1/0 for booleans, as-is otherwise. */
 function columnValue(value: unknown): unknown {
+  if (typeof value === 'boolean') return value ? 1 : 0;
   return typeof value === 'object' && value !== null ? JSON.stringify(value) : value;
 }
 
@@ -445,8 +487,8 @@ export class SqliteStore implements Store {
         this.#prepare(
           `INSERT INTO hosts (host_id, name, state, join_secret_hash, join_expires_at_ms, join_lease_session_id,
              credential_generation, min_valid_generation, credential_issued_at_ms, credential_expires_at_ms, capacity, labels,
-             last_seen_ms, created_at_ms)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+             last_seen_ms, created_at_ms, is_schedulable)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         ).run(
           host.hostId,
           host.name,
@@ -462,6 +504,7 @@ export class SqliteStore implements Store {
           JSON.stringify(host.labels),
           host.lastSeenMs,
           host.createdAtMs,
+          host.isSchedulable ? 1 : 0,
         );
       } catch (err) {
         if (isUniqueViolation(err)) throw new AlreadyExistsError(`host ${host.hostId} exists`, { cause: err });
@@ -489,11 +532,19 @@ export class SqliteStore implements Store {
 
   getHostLoads(hostIds: readonly string[]): Promise<Map<string, HostLoad>> {
     return this.#run(() => {
-      const select = this.#prepare('SELECT host_id, state, capacity, load FROM hosts WHERE host_id = ?');
+      const select = this.#prepare('SELECT host_id, state, capacity, load, is_schedulable FROM hosts WHERE host_id = ?');
       const loads = new Map<string, HostLoad>();
       for (const hostId of hostIds) {
-        const row = select.get(hostId) as { host_id: string; state: string; capacity: number; load: number } | undefined;
-        if (row !== undefined) loads.set(row.host_id, { hostId: row.host_id, state: row.state as HostStateName, capacity: row.capacity, load: row.load });
+        const row = select.get(hostId) as { host_id: string; state: string; capacity: number; load: number; is_schedulable: number } | undefined;
+        if (row !== undefined) {
+          loads.set(row.host_id, {
+            hostId: row.host_id,
+            state: row.state as HostStateName,
+            capacity: row.capacity,
+            load: row.load,
+            isSchedulable: row.is_schedulable !== 0,
+          });
+        }
       }
       return loads;
     });
@@ -532,14 +583,14 @@ export class SqliteStore implements Store {
     );
   }
 
-  insertAgent(agent: AgentRecord): Promise<void> {
+  insertAgent(agent: AgentRecord, reason = ''): Promise<void> {
     return this.#write(() => {
       try {
         this.#prepare(
           `INSERT INTO agents (agent_id, name, state, host_id, host_labels, spec, incarnation, generation, token_id,
              issued_at_ms, expires_at_ms, rotation_due_at_ms, created_at_ms, updated_at_ms, detail, last_seq, acked_seq,
-             previous_expires_at_ms, acked_generation, acked_expires_at_ms)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+             previous_expires_at_ms, acked_generation, acked_expires_at_ms, requested_host_id, restarts, last_error, last_error_at_ms)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         ).run(
           agent.agentId,
           agent.name,
@@ -561,12 +612,41 @@ export class SqliteStore implements Store {
           agent.previousExpiresAtMs,
           agent.ackedGeneration,
           agent.ackedExpiresAtMs,
+          agent.requestedHostId,
+          agent.restarts,
+          agent.lastError,
+          agent.lastErrorAtMs,
         );
       } catch (err) {
         if (isUniqueViolation(err)) throw new AlreadyExistsError(`agent ${agent.agentId} exists`, { cause: err });
         throw err;
       }
+      this.#recordTransition(agent.agentId, agent.createdAtMs, null, agent, reason);
     });
+  }
+
+  listAgentTransitions(agentId: string, limit: number): Promise<AgentTransitionRecord[]> {
+    return this.#run(() => {
+      const rows = this.#prepare('SELECT * FROM agent_state_history WHERE agent_id = ? ORDER BY id DESC LIMIT ?').all(
+        agentId,
+        Math.max(0, Math.min(limit, MAX_TRANSITIONS_PER_AGENT)),
+      ) as TransitionRow[];
+      return rows.reverse().map(transitionFromRow);
+    });
+  }
+
+  /**
+   * Appends a transition of `agentId` to `to` and drops what is beyond the
+   * bound (the oldest); caller holds a transaction. One indexed range per write.
+   */
+  #recordTransition(agentId: string, atMs: number, from: AgentStateName | null, to: Pick<AgentRecord, 'state' | 'hostId' | 'incarnation'>, reason: string): void {
+    this.#prepare(
+      'INSERT INTO agent_state_history (agent_id, at_ms, from_state, to_state, host_id, incarnation, reason) VALUES (?, ?, ?, ?, ?, ?, ?)',
+    ).run(agentId, atMs, from, to.state, to.hostId, to.incarnation, reason.slice(0, MAX_REASON_CHARS));
+    this.#prepare(
+      `DELETE FROM agent_state_history WHERE agent_id = ? AND id <= (
+         SELECT id FROM agent_state_history WHERE agent_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)`,
+    ).run(agentId, agentId, MAX_TRANSITIONS_PER_AGENT);
   }
 
   getAgent(agentId: string): Promise<AgentRecord | undefined> {
@@ -578,39 +658,52 @@ export class SqliteStore implements Store {
     return row === undefined ? undefined : agentFromRow(row);
   }
 
-  updateAgent(agentId: string, patch: AgentPatch, expect: AgentExpectation = {}): Promise<AgentRecord | undefined> {
+  updateAgent(agentId: string, patch: AgentPatch, expect: AgentExpectation = {}, reason?: string): Promise<AgentRecord | undefined> {
     return this.#write(() =>
       this.#open().transaction(() => {
         const current = this.#getAgent(agentId);
         if (current === undefined || !agentMeets(current, expect)) return undefined;
-        return this.#patchAgent(agentId, patch) ?? current;
+        return this.#patchAgent(current, patch, reason) ?? current;
       })(),
     );
   }
 
-  /** Writes `patch` to an agent's row and reads it back; caller holds a transaction. */
-  #patchAgent(agentId: string, patch: AgentPatch): AgentRecord | undefined {
+  /**
+   * Writes `patch` to an agent's row and reads it back, recording a transition
+   * if its state, host or incarnation changed; caller holds a transaction.
+   */
+  #patchAgent(current: AgentRecord, patch: AgentPatch, reason: string | undefined): AgentRecord | undefined {
+    const agentId = current.agentId;
     const entries = Object.entries(patch).filter(([, value]) => value !== undefined) as [keyof AgentPatch, unknown][];
     if (entries.length > 0) {
       const sets = entries.map(([key]) => `${AGENT_COLUMNS[key]} = ?`).join(', ');
       this.#prepare(`UPDATE agents SET ${sets} WHERE agent_id = ?`).run(...entries.map(([, value]) => columnValue(value)), agentId);
     }
-    return this.#getAgent(agentId);
+    const updated = this.#getAgent(agentId);
+    if (
+      updated !== undefined &&
+      (updated.state !== current.state || updated.hostId !== current.hostId || updated.incarnation !== current.incarnation)
+    ) {
+      this.#recordTransition(agentId, updated.updatedAtMs, current.state, updated, reason ?? patch.detail ?? '');
+    }
+    return updated;
   }
 
-  placeAgent(agentId: string, patch: AgentPatch & { hostId: string }, expect: AgentExpectation): Promise<PlaceAgentResult> {
+  placeAgent(agentId: string, patch: AgentPatch & { hostId: string }, expect: AgentExpectation, reason?: string): Promise<PlaceAgentResult> {
     return this.#write((): PlaceAgentResult => {
       const current = this.#getAgent(agentId);
       if (current === undefined || !agentMeets(current, expect)) return { outcome: 'agent-changed' };
-      const host = this.#prepare('SELECT state, capacity, load FROM hosts WHERE host_id = ?').get(patch.hostId) as
-        | { state: string; capacity: number; load: number }
+      const host = this.#prepare('SELECT state, capacity, load, is_schedulable FROM hosts WHERE host_id = ?').get(patch.hostId) as
+        | { state: string; capacity: number; load: number; is_schedulable: number }
         | undefined;
       if (host === undefined || host.state === 'revoked') return { outcome: 'host-unavailable' };
       const state = patch.state ?? current.state;
       const isCounted = current.hostId === patch.hostId && LIVE_AGENT_STATES.includes(current.state);
+      // A cordoned host keeps what it runs (an agent restarted in place is counted there already) but takes nothing new.
+      if (LIVE_AGENT_STATES.includes(state) && !isCounted && host.is_schedulable === 0) return { outcome: 'host-unavailable' };
       // The triggers on agents add this agent to the host's load as the row is written, inside this transaction.
       if (LIVE_AGENT_STATES.includes(state) && !isCounted && host.capacity > 0 && host.load >= host.capacity) return { outcome: 'host-full' };
-      return { outcome: 'placed', agent: this.#patchAgent(agentId, patch) ?? current };
+      return { outcome: 'placed', agent: this.#patchAgent(current, patch, reason) ?? current };
     });
   }
 

@@ -51,6 +51,8 @@ export interface AgentRecord {
   state: AgentStateName;
   /** The host it is placed on (or, while pending, the host it was asked for). */
   hostId: string | null;
+  /** The host its dispatch or ensure named (null: none, placed by labels); kept to tell a changed spec apart. */
+  requestedHostId: string | null;
   /** While pending: labels a host must carry to be chosen. */
   hostLabels: LabelRecord[];
   spec: AgentSpecRecord;
@@ -76,6 +78,33 @@ export interface AgentRecord {
   lastSeq: number;
   /** Every message up to this seq has been taken by the agent (or skipped as dead). */
   ackedSeq: number;
+  /** Times it was started again after its first start (a new incarnation, whatever the cause). */
+  restarts: number;
+  /** What it last failed with ('' if it never failed), kept when it runs again. */
+  lastError: string;
+  /** When it last failed (0: never). */
+  lastErrorAtMs: number;
+}
+
+/** At most this many transitions are kept per agent (the oldest go first). */
+export const MAX_TRANSITIONS_PER_AGENT = 50;
+
+/**
+ * One change of an agent's state, placement (host) or incarnation, with why:
+ * recorded by the store in the same transaction as the change itself, so no
+ * code path can change an agent without a trace.
+ */
+export interface AgentTransitionRecord {
+  agentId: string;
+  atMs: number;
+  /** null: the agent was created by this transition (or the row predates the history: see migration 6). */
+  fromState: AgentStateName | null;
+  toState: AgentStateName;
+  /** The host after the transition (null: none). */
+  hostId: string | null;
+  /** The incarnation after the transition. */
+  incarnation: number;
+  reason: string;
 }
 
 /**
@@ -198,6 +227,8 @@ export interface HostRecord {
   labels: LabelRecord[];
   lastSeenMs: number;
   createdAtMs: number;
+  /** False: placement puts no new agent on it (cordoned; drain sets this). Agents it runs stay. */
+  isSchedulable: boolean;
 }
 
 /**
@@ -293,6 +324,8 @@ export interface HostLoad {
   capacity: number;
   /** Its agents in a live state, kept by the store on every agent write. */
   load: number;
+  /** See {@link HostRecord.isSchedulable}. */
+  isSchedulable: boolean;
 }
 
 /** How {@link Store.placeAgent} went. */
@@ -302,7 +335,7 @@ export type PlaceAgentResult =
   | { outcome: 'agent-changed' }
   /** The host holds `capacity` live agents already. */
   | { outcome: 'host-full' }
-  /** No such host, or it is revoked. */
+  /** No such host, or it is revoked, or not schedulable (for an agent it does not run already). */
   | { outcome: 'host-unavailable' };
 
 /** The control plane's durable state. */
@@ -349,21 +382,26 @@ export interface Store {
    */
   leaseJoinToken(hostId: string, sessionId: string, nowMs: number, isLeaseLive: (sessionId: string) => boolean): Promise<HostRecord | undefined>;
 
-  /** Throws AlreadyExistsError when the id is taken. */
-  insertAgent(agent: AgentRecord): Promise<void>;
+  /** Throws AlreadyExistsError when the id is taken. Records its first transition with `reason`. */
+  insertAgent(agent: AgentRecord, reason?: string): Promise<void>;
   getAgent(agentId: string): Promise<AgentRecord | undefined>;
   /**
    * Applies `patch` if `expect` holds and returns the updated agent; returns
-   * undefined if the agent does not exist or `expect` does not hold.
+   * undefined if the agent does not exist or `expect` does not hold. A change
+   * of state, host or incarnation is recorded as a transition with `reason`
+   * (default: the patch's detail), in the same transaction.
    */
-  updateAgent(agentId: string, patch: AgentPatch, expect?: AgentExpectation): Promise<AgentRecord | undefined>;
+  updateAgent(agentId: string, patch: AgentPatch, expect?: AgentExpectation, reason?: string): Promise<AgentRecord | undefined>;
   /**
    * Applies `patch` (which puts the agent on `patch.hostId`) if `expect` holds
    * and, when that adds the agent to the host's load, only if the host is not
-   * revoked and has room: all in one transaction, so concurrent placements
-   * (in one process or several) never overfill a host.
+   * revoked, is schedulable and has room: all in one transaction, so concurrent
+   * placements (in one process or several) never overfill a host. Recorded as
+   * {@link updateAgent} records.
    */
-  placeAgent(agentId: string, patch: AgentPatch & { hostId: string }, expect: AgentExpectation): Promise<PlaceAgentResult>;
+  placeAgent(agentId: string, patch: AgentPatch & { hostId: string }, expect: AgentExpectation, reason?: string): Promise<PlaceAgentResult>;
+  /** The last `limit` (at most {@link MAX_TRANSITIONS_PER_AGENT}) transitions of an agent, oldest first. */
+  listAgentTransitions(agentId: string, limit: number): Promise<AgentTransitionRecord[]>;
   listAgents(filter: { hostId?: string; states?: readonly AgentStateName[] }, afterId: string | null, limit: number): Promise<Page<AgentRecord>>;
   countAgentsByHost(states: readonly AgentStateName[]): Promise<Map<string, number>>;
   /** How many agents are in each state. */

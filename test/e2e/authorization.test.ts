@@ -227,6 +227,7 @@ describe('authorization: each principal is accepted by exactly one service, as i
       hostId,
       hostLabels: [],
       spec: { kind: 'module', module: 'grab', command: '', args: [], config: '' },
+      update: false,
     });
     expect(ensured.created).toBe(true);
     expect((await restarted).incarnation).toBe(2);

@@ -65,6 +65,9 @@ describe('npm start', () => {
     expect(JSON.parse(run(byTitle('grpc.health.v1.Health/Check')))).toEqual({ status: 'SERVING' });
     const agents = JSON.parse(run(byTitle('AdminService/ListAgents'))) as { agents: { agentId: string; state: string }[] };
     expect(agents.agents.map((agent) => agent.agentId)).toContain('demo-agent');
+    const described = JSON.parse(run(byTitle('AdminService/DescribeAgent'))) as { agent: { agentId: string }; transitions: { toState: string; reason: string }[] };
+    expect(described.agent.agentId).toBe('demo-agent');
+    expect(described.transitions[0]).toMatchObject({ toState: 'AGENT_STATE_PENDING', reason: 'created by ensure' });
 
     // Graceful shutdown, and nothing secret in the debug log it wrote.
     const exited = new Promise<number | null>((resolve) => child?.once('exit', resolve));

@@ -25,6 +25,10 @@ export function agent(agentId: string, patch: Partial<AgentRecord> = {}): AgentR
     previousExpiresAtMs: 0,
     ackedGeneration: 0,
     ackedExpiresAtMs: 0,
+    requestedHostId: null,
+    restarts: 0,
+    lastError: '',
+    lastErrorAtMs: 0,
     ...patch,
   };
 }
@@ -45,6 +49,7 @@ export function host(hostId: string, patch: Partial<HostRecord> = {}): HostRecor
     labels: [{ key: 'zone', value: 'a' }],
     lastSeenMs: 0,
     createdAtMs: NOW,
+    isSchedulable: true,
     ...patch,
   };
 }

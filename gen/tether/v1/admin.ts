@@ -109,6 +109,8 @@ export interface HostInfo {
   credentialExpiresAtMs: number;
   /** Host clock minus control-plane clock, measured by Ping/Pong. */
   clockSkewMs: number;
+  /** False when cordoned: placement puts no new agent on it (its agents stay). */
+  schedulable: boolean;
 }
 
 export interface ListHostsResponse {
@@ -135,18 +137,23 @@ export interface DispatchAgentResponse {
 export interface EnsureAgentRequest {
   /** Required: the agent to ensure. */
   agentId: string;
+  /** Compared with the agent's only when given. */
   name: string;
   spec: AgentSpec | undefined;
   hostId: string;
   hostLabels: Label[];
+  /** Replace the spec of an existing agent whose spec differs, and restart it under a new incarnation. */
+  update: boolean;
 }
 
 export interface EnsureAgentResponse {
   agent:
     | AgentInfo
     | undefined;
-  /** Whether the agent was created (or started again) by this call. */
+  /** Whether the agent was created, started again or restarted by this call. */
   created: boolean;
+  /** Whether its spec was replaced (only with `update`). */
+  updated: boolean;
 }
 
 export interface StopAgentRequest {
@@ -186,6 +193,31 @@ export interface GetAgentResponse {
   agent: AgentInfo | undefined;
 }
 
+export interface DescribeAgentRequest {
+  agentId: string;
+}
+
+/** One change of an agent's state, host or incarnation. */
+export interface AgentTransition {
+  atMs: number;
+  /** UNSPECIFIED: the agent was created by this transition (or its history starts at a store upgrade). */
+  fromState: AgentState;
+  toState: AgentState;
+  /** The host after the transition ("" for none). */
+  hostId: string;
+  /** The incarnation after the transition. */
+  incarnation: number;
+  reason: string;
+}
+
+export interface DescribeAgentResponse {
+  agent:
+    | AgentInfo
+    | undefined;
+  /** Oldest first; at most the last 50. */
+  transitions: AgentTransition[];
+}
+
 export interface AgentInfo {
   agentId: string;
   name: string;
@@ -207,6 +239,15 @@ export interface AgentInfo {
   ackedGeneration: number;
   /** When the acknowledged credential expires (0: unknown or none). */
   ackedExpiresAtMs: number;
+  /** Times it was started again after its first start (a new incarnation, whatever the cause). */
+  restarts: number;
+  /** What it last failed with ("" if never), kept when it runs again. */
+  lastError: string;
+  lastErrorAtMs: number;
+  /** The host its dispatch or ensure named ("" for none: placed by labels). */
+  requestedHostId: string;
+  /** Labels a host must carry to be chosen. */
+  hostLabels: Label[];
 }
 
 export interface GetJwksRequest {
@@ -1354,6 +1395,7 @@ function createBaseHostInfo(): HostInfo {
     credentialGeneration: 0,
     credentialExpiresAtMs: 0,
     clockSkewMs: 0,
+    schedulable: false,
   };
 }
 
@@ -1391,6 +1433,9 @@ export const HostInfo: MessageFns<HostInfo> = {
     }
     if (message.clockSkewMs !== 0) {
       writer.uint32(88).int64(message.clockSkewMs);
+    }
+    if (message.schedulable !== false) {
+      writer.uint32(96).bool(message.schedulable);
     }
     return writer;
   },
@@ -1496,6 +1541,14 @@ export const HostInfo: MessageFns<HostInfo> = {
             message.clockSkewMs = longToNumber(reader.int64());
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.schedulable = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1541,6 +1594,7 @@ export const HostInfo: MessageFns<HostInfo> = {
         : isSet(object.clock_skew_ms)
         ? globalThis.Number(object.clock_skew_ms)
         : 0,
+      schedulable: isSet(object.schedulable) ? globalThis.Boolean(object.schedulable) : false,
     };
   },
 
@@ -1579,6 +1633,9 @@ export const HostInfo: MessageFns<HostInfo> = {
     if (message.clockSkewMs !== 0) {
       obj.clockSkewMs = Math.round(message.clockSkewMs);
     }
+    if (message.schedulable !== false) {
+      obj.schedulable = message.schedulable;
+    }
     return obj;
   },
 
@@ -1598,6 +1655,7 @@ export const HostInfo: MessageFns<HostInfo> = {
     message.credentialGeneration = object.credentialGeneration ?? 0;
     message.credentialExpiresAtMs = object.credentialExpiresAtMs ?? 0;
     message.clockSkewMs = object.clockSkewMs ?? 0;
+    message.schedulable = object.schedulable ?? false;
     return message;
   },
 };
@@ -1906,7 +1964,7 @@ export const DispatchAgentResponse: MessageFns<DispatchAgentResponse> = {
 };
 
 function createBaseEnsureAgentRequest(): EnsureAgentRequest {
-  return { agentId: "", name: "", spec: undefined, hostId: "", hostLabels: [] };
+  return { agentId: "", name: "", spec: undefined, hostId: "", hostLabels: [], update: false };
 }
 
 export const EnsureAgentRequest: MessageFns<EnsureAgentRequest> = {
@@ -1925,6 +1983,9 @@ export const EnsureAgentRequest: MessageFns<EnsureAgentRequest> = {
     }
     for (const v of message.hostLabels) {
       Label.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.update !== false) {
+      writer.uint32(48).bool(message.update);
     }
     return writer;
   },
@@ -1982,6 +2043,14 @@ export const EnsureAgentRequest: MessageFns<EnsureAgentRequest> = {
             message.hostLabels.push(Label.decode(reader, reader.uint32()));
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.update = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2013,6 +2082,7 @@ export const EnsureAgentRequest: MessageFns<EnsureAgentRequest> = {
         : globalThis.Array.isArray(object?.host_labels)
         ? object.host_labels.map((e: any) => Label.fromJSON(e))
         : [],
+      update: isSet(object.update) ? globalThis.Boolean(object.update) : false,
     };
   },
 
@@ -2033,6 +2103,9 @@ export const EnsureAgentRequest: MessageFns<EnsureAgentRequest> = {
     if (message.hostLabels?.length) {
       obj.hostLabels = message.hostLabels.map((e) => Label.toJSON(e));
     }
+    if (message.update !== false) {
+      obj.update = message.update;
+    }
     return obj;
   },
 
@@ -2046,12 +2119,13 @@ export const EnsureAgentRequest: MessageFns<EnsureAgentRequest> = {
     message.spec = (object.spec !== undefined && object.spec !== null) ? AgentSpec.fromPartial(object.spec) : undefined;
     message.hostId = object.hostId ?? "";
     message.hostLabels = object.hostLabels?.map((e) => Label.fromPartial(e)) || [];
+    message.update = object.update ?? false;
     return message;
   },
 };
 
 function createBaseEnsureAgentResponse(): EnsureAgentResponse {
-  return { agent: undefined, created: false };
+  return { agent: undefined, created: false, updated: false };
 }
 
 export const EnsureAgentResponse: MessageFns<EnsureAgentResponse> = {
@@ -2061,6 +2135,9 @@ export const EnsureAgentResponse: MessageFns<EnsureAgentResponse> = {
     }
     if (message.created !== false) {
       writer.uint32(16).bool(message.created);
+    }
+    if (message.updated !== false) {
+      writer.uint32(24).bool(message.updated);
     }
     return writer;
   },
@@ -2094,6 +2171,14 @@ export const EnsureAgentResponse: MessageFns<EnsureAgentResponse> = {
             message.created = reader.bool();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.updated = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2110,6 +2195,7 @@ export const EnsureAgentResponse: MessageFns<EnsureAgentResponse> = {
     return {
       agent: isSet(object.agent) ? AgentInfo.fromJSON(object.agent) : undefined,
       created: isSet(object.created) ? globalThis.Boolean(object.created) : false,
+      updated: isSet(object.updated) ? globalThis.Boolean(object.updated) : false,
     };
   },
 
@@ -2120,6 +2206,9 @@ export const EnsureAgentResponse: MessageFns<EnsureAgentResponse> = {
     }
     if (message.created !== false) {
       obj.created = message.created;
+    }
+    if (message.updated !== false) {
+      obj.updated = message.updated;
     }
     return obj;
   },
@@ -2133,6 +2222,7 @@ export const EnsureAgentResponse: MessageFns<EnsureAgentResponse> = {
       ? AgentInfo.fromPartial(object.agent)
       : undefined;
     message.created = object.created ?? false;
+    message.updated = object.updated ?? false;
     return message;
   },
 };
@@ -2803,6 +2893,333 @@ export const GetAgentResponse: MessageFns<GetAgentResponse> = {
   },
 };
 
+function createBaseDescribeAgentRequest(): DescribeAgentRequest {
+  return { agentId: "" };
+}
+
+export const DescribeAgentRequest: MessageFns<DescribeAgentRequest> = {
+  encode(message: DescribeAgentRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.agentId !== "") {
+      writer.uint32(10).string(message.agentId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DescribeAgentRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDescribeAgentRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.agentId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DescribeAgentRequest {
+    return {
+      agentId: isSet(object.agentId)
+        ? globalThis.String(object.agentId)
+        : isSet(object.agent_id)
+        ? globalThis.String(object.agent_id)
+        : "",
+    };
+  },
+
+  toJSON(message: DescribeAgentRequest): unknown {
+    const obj: any = {};
+    if (message.agentId !== "") {
+      obj.agentId = message.agentId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DescribeAgentRequest>, I>>(base?: I): DescribeAgentRequest {
+    return DescribeAgentRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DescribeAgentRequest>, I>>(object: I): DescribeAgentRequest {
+    const message = createBaseDescribeAgentRequest();
+    message.agentId = object.agentId ?? "";
+    return message;
+  },
+};
+
+function createBaseAgentTransition(): AgentTransition {
+  return { atMs: 0, fromState: 0, toState: 0, hostId: "", incarnation: 0, reason: "" };
+}
+
+export const AgentTransition: MessageFns<AgentTransition> = {
+  encode(message: AgentTransition, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.atMs !== 0) {
+      writer.uint32(8).int64(message.atMs);
+    }
+    if (message.fromState !== 0) {
+      writer.uint32(16).int32(message.fromState);
+    }
+    if (message.toState !== 0) {
+      writer.uint32(24).int32(message.toState);
+    }
+    if (message.hostId !== "") {
+      writer.uint32(34).string(message.hostId);
+    }
+    if (message.incarnation !== 0) {
+      writer.uint32(40).uint64(message.incarnation);
+    }
+    if (message.reason !== "") {
+      writer.uint32(50).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AgentTransition {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAgentTransition();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.atMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.fromState = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.toState = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.incarnation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AgentTransition {
+    return {
+      atMs: isSet(object.atMs)
+        ? globalThis.Number(object.atMs)
+        : isSet(object.at_ms)
+        ? globalThis.Number(object.at_ms)
+        : 0,
+      fromState: isSet(object.fromState)
+        ? agentStateFromJSON(object.fromState)
+        : isSet(object.from_state)
+        ? agentStateFromJSON(object.from_state)
+        : 0,
+      toState: isSet(object.toState)
+        ? agentStateFromJSON(object.toState)
+        : isSet(object.to_state)
+        ? agentStateFromJSON(object.to_state)
+        : 0,
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+      incarnation: isSet(object.incarnation) ? globalThis.Number(object.incarnation) : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: AgentTransition): unknown {
+    const obj: any = {};
+    if (message.atMs !== 0) {
+      obj.atMs = Math.round(message.atMs);
+    }
+    if (message.fromState !== 0) {
+      obj.fromState = agentStateToJSON(message.fromState);
+    }
+    if (message.toState !== 0) {
+      obj.toState = agentStateToJSON(message.toState);
+    }
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    if (message.incarnation !== 0) {
+      obj.incarnation = Math.round(message.incarnation);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AgentTransition>, I>>(base?: I): AgentTransition {
+    return AgentTransition.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AgentTransition>, I>>(object: I): AgentTransition {
+    const message = createBaseAgentTransition();
+    message.atMs = object.atMs ?? 0;
+    message.fromState = object.fromState ?? 0;
+    message.toState = object.toState ?? 0;
+    message.hostId = object.hostId ?? "";
+    message.incarnation = object.incarnation ?? 0;
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseDescribeAgentResponse(): DescribeAgentResponse {
+  return { agent: undefined, transitions: [] };
+}
+
+export const DescribeAgentResponse: MessageFns<DescribeAgentResponse> = {
+  encode(message: DescribeAgentResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.agent !== undefined) {
+      AgentInfo.encode(message.agent, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.transitions) {
+      AgentTransition.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DescribeAgentResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDescribeAgentResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.agent = AgentInfo.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.transitions.push(AgentTransition.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DescribeAgentResponse {
+    return {
+      agent: isSet(object.agent) ? AgentInfo.fromJSON(object.agent) : undefined,
+      transitions: globalThis.Array.isArray(object?.transitions)
+        ? object.transitions.map((e: any) => AgentTransition.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: DescribeAgentResponse): unknown {
+    const obj: any = {};
+    if (message.agent !== undefined) {
+      obj.agent = AgentInfo.toJSON(message.agent);
+    }
+    if (message.transitions?.length) {
+      obj.transitions = message.transitions.map((e) => AgentTransition.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DescribeAgentResponse>, I>>(base?: I): DescribeAgentResponse {
+    return DescribeAgentResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DescribeAgentResponse>, I>>(object: I): DescribeAgentResponse {
+    const message = createBaseDescribeAgentResponse();
+    message.agent = (object.agent !== undefined && object.agent !== null)
+      ? AgentInfo.fromPartial(object.agent)
+      : undefined;
+    message.transitions = object.transitions?.map((e) => AgentTransition.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 function createBaseAgentInfo(): AgentInfo {
   return {
     agentId: "",
@@ -2819,6 +3236,11 @@ function createBaseAgentInfo(): AgentInfo {
     detail: "",
     ackedGeneration: 0,
     ackedExpiresAtMs: 0,
+    restarts: 0,
+    lastError: "",
+    lastErrorAtMs: 0,
+    requestedHostId: "",
+    hostLabels: [],
   };
 }
 
@@ -2865,6 +3287,21 @@ export const AgentInfo: MessageFns<AgentInfo> = {
     }
     if (message.ackedExpiresAtMs !== 0) {
       writer.uint32(112).int64(message.ackedExpiresAtMs);
+    }
+    if (message.restarts !== 0) {
+      writer.uint32(120).uint32(message.restarts);
+    }
+    if (message.lastError !== "") {
+      writer.uint32(130).string(message.lastError);
+    }
+    if (message.lastErrorAtMs !== 0) {
+      writer.uint32(136).int64(message.lastErrorAtMs);
+    }
+    if (message.requestedHostId !== "") {
+      writer.uint32(146).string(message.requestedHostId);
+    }
+    for (const v of message.hostLabels) {
+      Label.encode(v!, writer.uint32(154).fork()).join();
     }
     return writer;
   },
@@ -2994,6 +3431,46 @@ export const AgentInfo: MessageFns<AgentInfo> = {
             message.ackedExpiresAtMs = longToNumber(reader.int64());
             continue;
           }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.restarts = reader.uint32();
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.lastError = reader.string();
+            continue;
+          }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.lastErrorAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.requestedHostId = reader.string();
+            continue;
+          }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.hostLabels.push(Label.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3054,6 +3531,27 @@ export const AgentInfo: MessageFns<AgentInfo> = {
         : isSet(object.acked_expires_at_ms)
         ? globalThis.Number(object.acked_expires_at_ms)
         : 0,
+      restarts: isSet(object.restarts) ? globalThis.Number(object.restarts) : 0,
+      lastError: isSet(object.lastError)
+        ? globalThis.String(object.lastError)
+        : isSet(object.last_error)
+        ? globalThis.String(object.last_error)
+        : "",
+      lastErrorAtMs: isSet(object.lastErrorAtMs)
+        ? globalThis.Number(object.lastErrorAtMs)
+        : isSet(object.last_error_at_ms)
+        ? globalThis.Number(object.last_error_at_ms)
+        : 0,
+      requestedHostId: isSet(object.requestedHostId)
+        ? globalThis.String(object.requestedHostId)
+        : isSet(object.requested_host_id)
+        ? globalThis.String(object.requested_host_id)
+        : "",
+      hostLabels: globalThis.Array.isArray(object?.hostLabels)
+        ? object.hostLabels.map((e: any) => Label.fromJSON(e))
+        : globalThis.Array.isArray(object?.host_labels)
+        ? object.host_labels.map((e: any) => Label.fromJSON(e))
+        : [],
     };
   },
 
@@ -3101,6 +3599,21 @@ export const AgentInfo: MessageFns<AgentInfo> = {
     if (message.ackedExpiresAtMs !== 0) {
       obj.ackedExpiresAtMs = Math.round(message.ackedExpiresAtMs);
     }
+    if (message.restarts !== 0) {
+      obj.restarts = Math.round(message.restarts);
+    }
+    if (message.lastError !== "") {
+      obj.lastError = message.lastError;
+    }
+    if (message.lastErrorAtMs !== 0) {
+      obj.lastErrorAtMs = Math.round(message.lastErrorAtMs);
+    }
+    if (message.requestedHostId !== "") {
+      obj.requestedHostId = message.requestedHostId;
+    }
+    if (message.hostLabels?.length) {
+      obj.hostLabels = message.hostLabels.map((e) => Label.toJSON(e));
+    }
     return obj;
   },
 
@@ -3123,6 +3636,11 @@ export const AgentInfo: MessageFns<AgentInfo> = {
     message.detail = object.detail ?? "";
     message.ackedGeneration = object.ackedGeneration ?? 0;
     message.ackedExpiresAtMs = object.ackedExpiresAtMs ?? 0;
+    message.restarts = object.restarts ?? 0;
+    message.lastError = object.lastError ?? "";
+    message.lastErrorAtMs = object.lastErrorAtMs ?? 0;
+    message.requestedHostId = object.requestedHostId ?? "";
+    message.hostLabels = object.hostLabels?.map((e) => Label.fromPartial(e)) || [];
     return message;
   },
 };
@@ -4193,7 +4711,12 @@ export const AdminServiceService = {
       Buffer.from(DispatchAgentResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DispatchAgentResponse => DispatchAgentResponse.decode(value),
   },
-  /** Creates the agent if it does not exist, starts it again if it stopped; otherwise returns it as it is. */
+  /**
+   * Creates the agent if it does not exist, starts it again if it ended; otherwise returns it as it is.
+   * A spec different from the existing agent's is refused (FAILED_PRECONDITION, naming the fields
+   * that differ) unless `update` is set: then the spec is replaced and the agent restarted under a
+   * new incarnation, its old copy fenced first.
+   */
   ensureAgent: {
     path: "/tether.v1.AdminService/EnsureAgent" as const,
     requestStream: false as const,
@@ -4242,6 +4765,17 @@ export const AdminServiceService = {
     requestDeserialize: (value: Buffer): GetAgentRequest => GetAgentRequest.decode(value),
     responseSerialize: (value: GetAgentResponse): Buffer => Buffer.from(GetAgentResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetAgentResponse => GetAgentResponse.decode(value),
+  },
+  /** An agent with its recent state transitions (the last 50, each with its reason and time). */
+  describeAgent: {
+    path: "/tether.v1.AdminService/DescribeAgent" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DescribeAgentRequest): Buffer => Buffer.from(DescribeAgentRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DescribeAgentRequest => DescribeAgentRequest.decode(value),
+    responseSerialize: (value: DescribeAgentResponse): Buffer =>
+      Buffer.from(DescribeAgentResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DescribeAgentResponse => DescribeAgentResponse.decode(value),
   },
   /** The public signing keys, as a JWKS document (JSON). */
   getJwks: {
@@ -4361,7 +4895,12 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   revokeHost: handleUnaryCall<RevokeHostRequest, RevokeHostResponse>;
   /** Creates an agent and places it on a host. */
   dispatchAgent: handleUnaryCall<DispatchAgentRequest, DispatchAgentResponse>;
-  /** Creates the agent if it does not exist, starts it again if it stopped; otherwise returns it as it is. */
+  /**
+   * Creates the agent if it does not exist, starts it again if it ended; otherwise returns it as it is.
+   * A spec different from the existing agent's is refused (FAILED_PRECONDITION, naming the fields
+   * that differ) unless `update` is set: then the spec is replaced and the agent restarted under a
+   * new incarnation, its old copy fenced first.
+   */
   ensureAgent: handleUnaryCall<EnsureAgentRequest, EnsureAgentResponse>;
   /** Stops an agent and revokes all of its tokens. */
   stopAgent: handleUnaryCall<StopAgentRequest, StopAgentResponse>;
@@ -4369,6 +4908,8 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   rotateAgentCredential: handleUnaryCall<RotateAgentCredentialRequest, RotateAgentCredentialResponse>;
   listAgents: handleUnaryCall<ListAgentsRequest, ListAgentsResponse>;
   getAgent: handleUnaryCall<GetAgentRequest, GetAgentResponse>;
+  /** An agent with its recent state transitions (the last 50, each with its reason and time). */
+  describeAgent: handleUnaryCall<DescribeAgentRequest, DescribeAgentResponse>;
   /** The public signing keys, as a JWKS document (JSON). */
   getJwks: handleUnaryCall<GetJwksRequest, GetJwksResponse>;
   /**
@@ -4468,7 +5009,12 @@ export interface AdminServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DispatchAgentResponse) => void,
   ): ClientUnaryCall;
-  /** Creates the agent if it does not exist, starts it again if it stopped; otherwise returns it as it is. */
+  /**
+   * Creates the agent if it does not exist, starts it again if it ended; otherwise returns it as it is.
+   * A spec different from the existing agent's is refused (FAILED_PRECONDITION, naming the fields
+   * that differ) unless `update` is set: then the spec is replaced and the agent restarted under a
+   * new incarnation, its old copy fenced first.
+   */
   ensureAgent(
     request: EnsureAgentRequest,
     callback: (error: ServiceError | null, response: EnsureAgentResponse) => void,
@@ -4545,6 +5091,22 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetAgentResponse) => void,
+  ): ClientUnaryCall;
+  /** An agent with its recent state transitions (the last 50, each with its reason and time). */
+  describeAgent(
+    request: DescribeAgentRequest,
+    callback: (error: ServiceError | null, response: DescribeAgentResponse) => void,
+  ): ClientUnaryCall;
+  describeAgent(
+    request: DescribeAgentRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DescribeAgentResponse) => void,
+  ): ClientUnaryCall;
+  describeAgent(
+    request: DescribeAgentRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DescribeAgentResponse) => void,
   ): ClientUnaryCall;
   /** The public signing keys, as a JWKS document (JSON). */
   getJwks(

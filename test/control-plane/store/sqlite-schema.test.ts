@@ -207,6 +207,53 @@ describe('SQLite schema migrations', () => {
     }
   });
 
+  it('migrates a version-4 store: hosts schedulable, each agent\'s history starting with its state then, a failed agent\'s error kept', async () => {
+    writeFixture(path, 'store-v4.sql');
+    expect(readVersion(path)).toBe(4);
+    expect(tableNames(path)).not.toContain('agent_state_history');
+    const store = SqliteStore.open(path);
+    try {
+      expect(readVersion(path)).toBe(SCHEMA_VERSION);
+      expect(await store.getHost('h-old')).toMatchObject({ state: 'active', capacity: 2, isSchedulable: true });
+      expect((await store.getHostLoads(['h-old'])).get('h-old')).toMatchObject({ load: 1, isSchedulable: true });
+      // Every column of before kept; the new ones with what can be known.
+      expect(await store.getAgent('a-running')).toMatchObject({
+        state: 'running',
+        hostId: 'h-old',
+        incarnation: 3,
+        generation: 5,
+        ackedGeneration: 5,
+        requestedHostId: null,
+        restarts: 0,
+        lastError: '',
+        lastErrorAtMs: 0,
+      });
+      // A pending agent's host is the one it asked for.
+      expect(await store.getAgent('a-pending')).toMatchObject({ state: 'pending', hostId: 'h-named', requestedHostId: 'h-named' });
+      expect(await store.getAgent('a-failed')).toMatchObject({ state: 'failed', lastError: 'exit code 3', lastErrorAtMs: NOW });
+      expect(await store.listAgentTransitions('a-running', 50)).toEqual([
+        {
+          agentId: 'a-running',
+          atMs: NOW,
+          fromState: null,
+          toState: 'running',
+          hostId: 'h-old',
+          incarnation: 3,
+          reason: 'state when the store was upgraded (earlier history was not kept)',
+        },
+      ]);
+      // And history goes on from there.
+      await store.updateAgent('a-running', { state: 'stopped', detail: 'stopped by operator', updatedAtMs: NOW + 1 });
+      expect((await store.listAgentTransitions('a-running', 50)).map((t) => [t.fromState, t.toState, t.reason])).toEqual([
+        [null, 'running', 'state when the store was upgraded (earlier history was not kept)'],
+        ['running', 'stopped', 'stopped by operator'],
+      ]);
+      expect((await store.getHostLoads(['h-old'])).get('h-old')?.load).toBe(0);
+    } finally {
+      await store.close();
+    }
+  });
+
   it('opens a migrated store again without change', async () => {
     writeFixture(path, 'store-unversioned.sql');
     await SqliteStore.open(path).close();

@@ -1,10 +1,10 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AlreadyExistsError, ClosedError, FailedPreconditionError, ResourceExhaustedError } from '../../../common/errors.js';
-import type { AppendResult, MessageSender } from '../../../control-plane/store/store.js';
+import { MAX_TRANSITIONS_PER_AGENT, type AppendResult, type MessageSender } from '../../../control-plane/store/store.js';
 import { SqliteStore, type SqliteStoreOptions } from '../../../control-plane/store/sqlite-store.js';
 import { agent, host, NOW, signingKey } from '../../support/store-records.js';
 
@@ -121,6 +121,50 @@ describe('SqliteStore', () => {
     });
   });
 
+  describe('agent transitions', () => {
+    it('records each change of state, host or incarnation with its reason, in the same write, and nothing else', async () => {
+      const store = open();
+      await store.insertAgent(agent('a1', { state: 'pending', hostId: null, incarnation: 0 }), 'dispatched');
+      await store.updateAgent('a1', { detail: 'no host is connected', updatedAtMs: NOW + 1 });
+      await store.placeAgent('a1', { hostId: 'h1', state: 'starting', incarnation: 1, updatedAtMs: NOW + 2 }, {}, 'placed');
+      await store.insertHost(host('h1'));
+      expect((await store.placeAgent('a1', { hostId: 'h1', state: 'starting', incarnation: 1, updatedAtMs: NOW + 2 }, {}, 'placed')).outcome).toBe('placed');
+      await store.updateAgent('a1', { generation: 2, updatedAtMs: NOW + 3 }, {}, 'a rotation is no transition');
+      await store.updateAgent('a1', { state: 'running', updatedAtMs: NOW + 4 }, { states: ['starting'] }, 'reported started');
+      // A refused conditional update records nothing.
+      await store.updateAgent('a1', { state: 'stopped', updatedAtMs: NOW + 5 }, { states: ['pending'] }, 'never');
+      // No reason given: the detail is the reason.
+      await store.updateAgent('a1', { state: 'failed', detail: 'exit code 3', updatedAtMs: NOW + 6 });
+      expect(await store.listAgentTransitions('a1', 50)).toEqual([
+        { agentId: 'a1', atMs: NOW, fromState: null, toState: 'pending', hostId: null, incarnation: 0, reason: 'dispatched' },
+        { agentId: 'a1', atMs: NOW + 2, fromState: 'pending', toState: 'starting', hostId: 'h1', incarnation: 1, reason: 'placed' },
+        { agentId: 'a1', atMs: NOW + 4, fromState: 'starting', toState: 'running', hostId: 'h1', incarnation: 1, reason: 'reported started' },
+        { agentId: 'a1', atMs: NOW + 6, fromState: 'running', toState: 'failed', hostId: 'h1', incarnation: 1, reason: 'exit code 3' },
+      ]);
+      expect(await store.listAgentTransitions('nobody', 50)).toEqual([]);
+    });
+
+    it(`keeps the last ${MAX_TRANSITIONS_PER_AGENT} transitions of each agent, whatever the others do`, async () => {
+      const store = open();
+      await store.insertAgent(agent('busy', { incarnation: 0 }), 'created');
+      await store.insertAgent(agent('quiet'), 'created');
+      for (let i = 1; i <= MAX_TRANSITIONS_PER_AGENT + 20; i++) await store.updateAgent('busy', { incarnation: i, updatedAtMs: NOW + i }, {}, `move ${i}`);
+      const kept = await store.listAgentTransitions('busy', 1_000);
+      expect(kept).toHaveLength(MAX_TRANSITIONS_PER_AGENT);
+      expect(kept[0]?.reason).toBe('move 21');
+      expect(kept.at(-1)?.reason).toBe(`move ${MAX_TRANSITIONS_PER_AGENT + 20}`);
+      expect((await store.listAgentTransitions('busy', 3)).map((t) => t.incarnation)).toEqual([68, 69, 70]);
+      expect(await store.listAgentTransitions('quiet', 50)).toHaveLength(1);
+      // What is kept in the file, not only what is listed, is bounded.
+      const raw = new Database(path, { readonly: true });
+      try {
+        expect(raw.prepare("SELECT COUNT(*) AS n FROM agent_state_history WHERE agent_id = 'busy'").get()).toEqual({ n: MAX_TRANSITIONS_PER_AGENT });
+      } finally {
+        raw.close();
+      }
+    });
+  });
+
   describe('hosts', () => {
     it('inserts, gets, updates and refuses duplicates', async () => {
       const store = open();
@@ -203,7 +247,22 @@ describe('SqliteStore', () => {
       // An end gives the place back.
       await store.updateAgent('a2', { state: 'stopped' });
       expect((await place('a3', 'h1')).outcome).toBe('placed');
-      expect((await store.getHostLoads(['h1'])).get('h1')).toEqual({ hostId: 'h1', state: 'enrolled', capacity: 2, load: 2 });
+      expect((await store.getHostLoads(['h1'])).get('h1')).toEqual({ hostId: 'h1', state: 'enrolled', capacity: 2, load: 2, isSchedulable: true });
+    });
+
+    it('places no new agent on a host that is not schedulable, and keeps the ones it runs', async () => {
+      const store = open();
+      await store.insertHost(host('h1', { isSchedulable: false }));
+      expect((await store.getHost('h1'))?.isSchedulable).toBe(false);
+      await store.insertAgent(agent('there', { hostId: 'h1', state: 'running' }));
+      await store.insertAgent(agent('new', { hostId: null, state: 'pending', incarnation: 0 }));
+      expect(await store.placeAgent('new', { hostId: 'h1', state: 'starting', incarnation: 1 }, { states: ['pending'] })).toEqual({ outcome: 'host-unavailable' });
+      // Restarted in place (its host reconnected without it): it counts there already.
+      expect((await store.placeAgent('there', { hostId: 'h1', state: 'starting', incarnation: 2 }, { states: ['running'] })).outcome).toBe('placed');
+      // Uncordoned: it takes new agents again.
+      expect((await store.updateHost('h1', { isSchedulable: true }))?.isSchedulable).toBe(true);
+      expect((await store.getHostLoads(['h1'])).get('h1')?.isSchedulable).toBe(true);
+      expect((await store.placeAgent('new', { hostId: 'h1', state: 'starting', incarnation: 1 }, { states: ['pending'] })).outcome).toBe('placed');
     });
 
     it('pages through hosts in id order', async () => {
