@@ -64,6 +64,14 @@ export function parseCount(value: string): number {
   return Number(value);
 }
 
+/** A whole number above 0, or the word `auto`. */
+export function parseCountOrAuto(value: string): number | 'auto' {
+  if (value.trim().toLowerCase() === 'auto') return 'auto';
+  const count = parseCount(value);
+  if (count < 1) throw new CommanderInvalidArgument(`not "auto" or a whole number above 0: ${value}`);
+  return count;
+}
+
 /** Collects `key=value` labels from a repeated flag. */
 export function collectLabel(value: string, previous: Label[] = []): Label[] {
   const eq = value.indexOf('=');

@@ -33,7 +33,7 @@ import type { Store } from './store/store.js';
 import { KeyRevoker } from './tokens/key-revoker.js';
 import { JWKS_MAX_AGE_MS, SigningKeyRing } from './tokens/signing-keys.js';
 import { TokenIssuer } from './tokens/token-issuer.js';
-import { TokenVerifier } from './tokens/token-verifier.js';
+import { TokenVerifier, verifierCacheSize } from './tokens/token-verifier.js';
 
 /** The FileDescriptorSet `buf build` makes of proto/ (committed, checked for freshness in CI). */
 /** A refused agent or host credential is logged once per principal (its claimed `sub`) in this long. */
@@ -81,13 +81,18 @@ export interface ControlPlaneOptions {
   clockToleranceMs?: number;
   heartbeatIntervalMs?: number;
   isRotationEnabled?: boolean;
-  maxRotationsPerSecond?: number;
   /**
-   * Scheduled rotations running at once at most. Default 8: their store writes
-   * share a commit (one fsync) instead of one each, which keeps up with the
-   * default signing cap (200/s) even at 25 ms a commit, while the work one
-   * commit releases at once (and so the event-loop delay) stays small. 1 runs
-   * them one after the other.
+   * Cap on agent-credential signing rate. Default `auto`: sized from the agents
+   * scheduled, 2 × agents / (0.55 × agent TTL), at least 200/s. A number is
+   * honoured, and a warning logged while it is below that need.
+   */
+  maxRotationsPerSecond?: number | 'auto';
+  /**
+   * Scheduled rotations running at once at most. Default 128: their store
+   * writes share a commit (one fsync) instead of one each, so 100,000 agents
+   * at a 30 s TTL (about 12,000 rotations/s) are kept up with even at 10 ms a
+   * commit, while the work one commit releases at once (and so the event-loop
+   * delay, a few ms) stays small. 1 runs them one after the other.
    */
   maxConcurrentRotations?: number;
   /** Uniform in [0, 1): rotation jitter. */
@@ -281,7 +286,8 @@ export class ControlPlane {
       throw new InvalidArgumentError(`maxPayloadBytes must be from 1 to ${MAX_PAYLOAD_BYTES_CEILING} (a host receives at most ${HOST_MAX_RECEIVE_MESSAGE_BYTES} bytes per envelope), got ${maxPayloadBytes}`);
     }
     const deliveryWindow = options.deliveryWindow ?? 32;
-    const maxRotationsPerSecond = options.maxRotationsPerSecond ?? 200;
+    const maxRotationsPerSecond = options.maxRotationsPerSecond ?? 'auto';
+    if (maxRotationsPerSecond !== 'auto' && !(maxRotationsPerSecond > 0)) throw new InvalidArgumentError(`maxRotationsPerSecond must be more than 0 or "auto", got ${maxRotationsPerSecond}`);
     const random = options.random ?? ((): number => randomInt(0, 2 ** 32) / 2 ** 32);
     const shutdownGraceMs = options.shutdownGraceMs ?? 10_000;
     if (!Number.isFinite(shutdownGraceMs) || shutdownGraceMs < 0) throw new InvalidArgumentError(`shutdownGraceMs must be 0 or more, got ${shutdownGraceMs}`);
@@ -300,6 +306,8 @@ export class ControlPlane {
       issuer: issuerName,
       audience,
       clockToleranceMs,
+      // Live tokens: of the agents scheduled for rotation (live, host connected) and of the connected hosts.
+      cacheSize: () => verifierCacheSize(agents.scheduledAgents, sessions.size),
       isRevoked: async (claims): Promise<boolean> => {
         if (claims.kind === 'agent') return agents.isAgentTokenRevoked(claims);
         if (claims.kind === 'host') return hosts.isHostTokenRevoked(claims);
@@ -345,7 +353,7 @@ export class ControlPlane {
       agentTokenTtlMs,
       isRotationEnabled: options.isRotationEnabled ?? true,
       maxRotationsPerSecond,
-      maxConcurrentRotations: options.maxConcurrentRotations ?? 8,
+      maxConcurrentRotations: options.maxConcurrentRotations ?? 128,
       random,
       reject: (session, what, agentId, reason) => hosts.reject(session, what, agentId, reason),
       delivery,
@@ -383,7 +391,7 @@ export class ControlPlane {
       store,
       clock,
       logger: root,
-      maxRotationsPerSecond,
+      maxRotationsPerSecond: () => agents.maxRotationsPerSecond,
       isHostConnected: (hostId) => sessions.get(hostId) !== undefined,
       resignHost: async (hostId) => {
         const session = sessions.get(hostId);

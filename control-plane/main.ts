@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import { parseBooleanEnvStrictly, parseCount, parseCountWithin, parseDurationWithin } from '../common/cli.js';
+import { parseBooleanEnvStrictly, parseCount, parseCountOrAuto, parseCountWithin, parseDurationWithin } from '../common/cli.js';
 import { MAX_PAYLOAD_BYTES_CEILING } from '../common/protocol.js';
 import type { AdminServiceClient } from '../gen/tether/v1/admin.js';
 import { SecretRedactor } from '../common/secrets.js';
@@ -80,7 +80,15 @@ export function controlPlaneProgram(given: Partial<ControlPlaneActions> = {}, re
         .default(10_000, '10s')
         .argParser(parseDurationWithin('--shutdown-grace', BOUNDS.shutdownGrace)),
     )
-    .addOption(new Option('--max-rotations-per-second <n>', 'cap on credential signing rate; storms are smoothed, not dropped').env('TETHER_MAX_ROTATIONS_PER_SECOND').default(200).argParser(parseCount))
+    .addOption(
+      new Option(
+        '--max-rotations-per-second <n|auto>',
+        'cap on credential signing rate; storms are smoothed, not dropped. auto: 2 × agents / (0.55 × agent TTL), at least 200; a number below that need is honoured with a warning logged',
+      )
+        .env('TETHER_MAX_ROTATIONS_PER_SECOND')
+        .default('auto')
+        .argParser(parseCountOrAuto),
+    )
     .addOption(new Option('--max-concurrent-hellos <n>', 'host Hellos processed at once; the excess is told to retry later (RESOURCE_EXHAUSTED with a retry-after)').env('TETHER_MAX_CONCURRENT_HELLOS').default(32).argParser(parseCountWithin('--max-concurrent-hellos', 1, 10_000)))
     .addOption(new Option('--delivery-window <n>', 'unacknowledged deliveries per agent').env('TETHER_DELIVERY_WINDOW').default(32).argParser(parseCount))
     .addOption(new Option('--max-delivery-attempts <n>', 'refusals after which a message is dead-lettered').env('TETHER_MAX_DELIVERY_ATTEMPTS').default(5).argParser(parseCount))

@@ -14,6 +14,7 @@ import {
   ENDED_AGENT_STATES,
   LIVE_AGENT_STATES,
   MAX_TRANSITIONS_PER_AGENT,
+  type AgentCredentialState,
   type AgentRecord,
   type AgentSpecRecord,
   type AgentStateName,
@@ -50,7 +51,8 @@ export interface AgentManagerOptions {
   agentTokenTtlMs: number;
   /** When false, credentials are issued once and never replaced (to show what goes wrong). */
   isRotationEnabled: boolean;
-  maxRotationsPerSecond: number;
+  /** The signing-rate cap, or `auto` to size it from the agents scheduled (see RotationScheduler). */
+  maxRotationsPerSecond: number | 'auto';
   /** Scheduled rotations running at once at most (their store writes then share a commit). */
   maxConcurrentRotations: number;
   /** Uniform in [0, 1); the rotation jitter. */
@@ -119,6 +121,15 @@ export class AgentManager {
   /** Something changed since the running sweep read its page: run another one after it. */
   #isSweepRequested = false;
   #isClosed = false;
+  /**
+   * The state of live agents as this control plane last wrote or read it, so a
+   * Heartbeat (whose token was already verified, which is what refuses a
+   * stopped or moved agent) answers without a store read. Entries go when an
+   * agent ends or moves; at most one per live agent.
+   */
+  readonly #liveStates = new Map<string, AgentStateName>();
+  /** Bumped by every state noted: a store read fills the map only if no state was noted while it was awaited. */
+  #stateNotes = 0;
 
   constructor(options: AgentManagerOptions) {
     this.#options = options;
@@ -127,11 +138,22 @@ export class AgentManager {
       clock: options.clock,
       logger: options.logger.child({ component: 'rotation' }),
       maxPerSecond: options.maxRotationsPerSecond,
+      tokenTtlMs: options.agentTokenTtlMs,
       maxInFlight: options.maxConcurrentRotations,
       rotate: async (agentId) => {
         await this.rotate(agentId, 'due');
       },
     });
+  }
+
+  /** The rotation scheduler's signing-rate cap in force now (for `auto`, sized from the agents scheduled). */
+  get maxRotationsPerSecond(): number {
+    return this.#scheduler.maxPerSecond;
+  }
+
+  /** How many agents have a rotation scheduled: the live agents whose hosts are connected. */
+  get scheduledAgents(): number {
+    return this.#scheduler.size;
   }
 
   /** Starts the rotation scheduler. */
@@ -192,6 +214,28 @@ export class AgentManager {
     if (agent === undefined) return true;
     if (!LIVE_AGENT_STATES.includes(agent.state) && agent.state !== 'lost') return true;
     return agent.incarnation !== claims.incarnation || agent.hostId !== claims.hostId || claims.generation > agent.generation;
+  }
+
+  /**
+   * The state of `agent`, from memory when this control plane knows it (it
+   * wrote or read it since the agent was placed), else from the store.
+   * NotFoundError if there is no such agent.
+   */
+  async stateOf(agentId: string): Promise<AgentStateName> {
+    const known = this.#liveStates.get(agentId);
+    if (known !== undefined) return known;
+    const notesBefore = this.#stateNotes;
+    const agent = await this.#options.store.getAgentCredentialState(agentId);
+    if (agent === undefined) throw new NotFoundError(`no agent ${agentId}`);
+    if (this.#stateNotes === notesBefore && LIVE_AGENT_STATES.includes(agent.state)) this.#liveStates.set(agentId, agent.state);
+    return agent.state;
+  }
+
+  /** Records `state` as `agentId`'s (written to the store just now): kept while live, dropped otherwise. */
+  #noteState(agentId: string, state: AgentStateName): void {
+    this.#stateNotes++;
+    if (LIVE_AGENT_STATES.includes(state)) this.#liveStates.set(agentId, state);
+    else this.#liveStates.delete(agentId);
   }
 
   /** Creates an agent and places it. */
@@ -282,6 +326,7 @@ export class AgentManager {
       );
       // Changed since it was read, under our lock: only another control plane on the store does that.
       if (updated === undefined) throw new FailedPreconditionError(`agent ${agent.agentId} changed while it was being ensured; try again`);
+      this.#noteState(agent.agentId, 'pending');
       if (agent.state !== 'pending' && !isEnded) {
         // The old copy is fenced from here: pending is not a live state, so its tokens are refused
         // (isAgentTokenRevoked), and its next placement is a new incarnation, whose start supersedes it.
@@ -353,10 +398,15 @@ export class AgentManager {
     });
   }
 
-  /** Issues a fresh credential to a live agent and pushes it to its host. */
-  async rotate(agentId: string, why: 'due' | 'forced' | 'resume' | 'deliver'): Promise<AgentRecord | undefined> {
+  /**
+   * Issues a fresh credential to a live agent and pushes it to its host;
+   * returns the new generation and expiry, or undefined if none was issued.
+   * Reads only the columns a rotation needs and writes without reading back
+   * (a rotation storm does this for every agent).
+   */
+  async rotate(agentId: string, why: 'due' | 'forced' | 'resume' | 'deliver'): Promise<{ generation: number; expiresAtMs: number } | undefined> {
     return this.#locks.run(agentId, async () => {
-      const agent = await this.#options.store.getAgent(agentId);
+      const agent = await this.#options.store.getAgentCredentialState(agentId);
       if (agent === undefined) {
         if (why === 'forced') throw new NotFoundError(`no agent ${agentId}`);
         return undefined;
@@ -374,10 +424,10 @@ export class AgentManager {
         if (why === 'forced') throw new FailedPreconditionError(`host ${agent.hostId} of agent ${agentId} is not connected`);
         return undefined;
       }
-      const issued = await this.#issue(agent, {}, why);
-      if (issued.outcome !== 'placed') return undefined;
-      session.send({ tokenRotated: { agentId, credential: issued.credential } });
-      return issued.agent;
+      const credential = await this.#reissue(agent, why);
+      if (credential === undefined) return undefined;
+      session.send({ tokenRotated: { agentId, credential } });
+      return { generation: credential.generation, expiresAtMs: credential.expiresAtMs };
     });
   }
 
@@ -444,8 +494,8 @@ export class AgentManager {
             // every host inside their Hellos, all together.
             dueOnResume.push({ agentId: current.agentId, dueAtMs: nowMs, expiresAtMs: heldExpiresAtMs });
           } else {
-            const issued = await this.#issue(current, {}, 'resume');
-            if (issued.outcome === 'placed') session.send({ tokenRotated: { agentId: current.agentId, credential: issued.credential } });
+            const credential = await this.#reissue(current, 'resume');
+            if (credential !== undefined) session.send({ tokenRotated: { agentId: current.agentId, credential } });
           }
         } else if (this.#options.isRotationEnabled) {
           this.#scheduler.schedule(current.agentId, current.rotationDueAtMs, current.expiresAtMs);
@@ -493,6 +543,7 @@ export class AgentManager {
           );
           if (updated === undefined) return;
           this.#forgetPlacement(agent.agentId);
+          this.#noteState(agent.agentId, 'pending');
           this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'pending', incarnation: updated.incarnation });
           moved++;
         });
@@ -588,10 +639,14 @@ export class AgentManager {
    */
   async onCredentialAck(hostId: string, agentId: string, incarnation: number, generation: number, isOk: boolean): Promise<boolean> {
     return this.#locks.run(agentId, async () => {
-      const agent = await this.#options.store.getAgent(agentId);
+      const agent = await this.#options.store.getAgentCredentialState(agentId);
       if (agent?.hostId !== hostId) return false;
       if (!isOk || (incarnation !== 0 && incarnation !== agent.incarnation)) return true;
-      if (generation > agent.ackedGeneration && generation <= agent.generation) await this.#recordHeld(agent, generation);
+      if (generation > agent.ackedGeneration && generation <= agent.generation) {
+        const patch = this.#heldPatch(agent, generation);
+        const isWritten = await this.#options.store.patchAgent(agentId, patch, { incarnation: agent.incarnation, generation: agent.generation });
+        if (isWritten) this.#logger.debug({ agentId, gen: generation, exp: patch.ackedExpiresAtMs }, 'agent credential held by its host');
+      }
       return true;
     });
   }
@@ -605,7 +660,7 @@ export class AgentManager {
   }
 
   /** The fields recording that `agent`'s host holds credential `generation` (the current one, or the one it replaced). */
-  #heldPatch(agent: AgentRecord, generation: number): { ackedGeneration: number; ackedExpiresAtMs: number } {
+  #heldPatch(agent: AgentCredentialState, generation: number): { ackedGeneration: number; ackedExpiresAtMs: number } {
     const expiresAtMs = generation === agent.generation ? agent.expiresAtMs : generation === agent.generation - 1 ? agent.previousExpiresAtMs : 0;
     return { ackedGeneration: generation, ackedExpiresAtMs: expiresAtMs };
   }
@@ -713,6 +768,7 @@ export class AgentManager {
         ackedSeq: agent.ackedSeq,
       },
     });
+    this.#noteState(agent.agentId, 'starting');
     this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'starting', incarnation });
     this.#logger.info({ agentId: agent.agentId, hostId: session.hostId, incarnation }, 'agent started on host');
     await this.#options.delivery.attach(session, agent.agentId, issued.agent.ackedSeq);
@@ -772,6 +828,42 @@ export class AgentManager {
     return { outcome: 'placed', agent: updated, credential: toCredential(issued) };
   }
 
+  /**
+   * Signs the next credential of a placed agent (a rotation within its
+   * placement) and records it, compare-and-set on its generation and
+   * incarnation, without reading the agent back. Undefined when the agent
+   * changed meanwhile. Caller holds the lock.
+   */
+  async #reissue(agent: AgentCredentialState, why: string): Promise<Credential | undefined> {
+    const { issuer, store, clock, events } = this.#options;
+    const hostId = agent.hostId;
+    if (hostId === null) return undefined;
+    const generation = agent.generation + 1;
+    const incarnation = agent.incarnation;
+    const issued = await issuer.issue({ kind: 'agent', subject: agent.agentId, ttlMs: this.#options.agentTokenTtlMs, generation, hostId, incarnation });
+    const { claims } = issued;
+    const dueAtMs = rotationDueAtMs(claims.issuedAtMs, claims.expiresAtMs, this.#options.random());
+    const isWritten = await store.patchAgent(
+      agent.agentId,
+      {
+        generation,
+        tokenId: claims.tokenId,
+        issuedAtMs: claims.issuedAtMs,
+        expiresAtMs: claims.expiresAtMs,
+        rotationDueAtMs: dueAtMs,
+        updatedAtMs: clock.now(),
+        // The replaced credential's expiry, so an Ack of it that arrives after this one was issued still records the right expiry.
+        previousExpiresAtMs: agent.expiresAtMs,
+      },
+      { generation: agent.generation, incarnation },
+    );
+    if (!isWritten) return undefined;
+    if (this.#options.isRotationEnabled) this.#scheduler.schedule(agent.agentId, dueAtMs, claims.expiresAtMs);
+    this.#logger.debug({ agentId: agent.agentId, why, ...logFields(claims) }, 'agent credential issued');
+    events.emit('credential-issued', { agentId: agent.agentId, hostId, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs, rotationDueAtMs: dueAtMs });
+    return toCredential(issued);
+  }
+
   async #setState(agent: AgentRecord, state: AgentStateName, detail: string, reason: string): Promise<AgentRecord | undefined> {
     const updated = await this.#options.store.updateAgent(
       agent.agentId,
@@ -784,6 +876,7 @@ export class AgentManager {
   }
 
   #onStateChanged(agent: AgentRecord, state: AgentStateName): void {
+    this.#noteState(agent.agentId, state);
     this.#options.events.emit('agent-state', { agentId: agent.agentId, state, incarnation: agent.incarnation });
     this.#logger.info({ agentId: agent.agentId, state }, 'agent state');
   }
@@ -803,6 +896,7 @@ export class AgentManager {
       { incarnation: agent.incarnation, states: [agent.state] },
     );
     if (updated === undefined) return undefined;
+    this.#noteState(agent.agentId, state);
     this.#forgetPlacement(agent.agentId);
     this.#options.events.emit('agent-state', { agentId: agent.agentId, state, incarnation: agent.incarnation });
     this.#logger.info({ agentId: agent.agentId, state, detail }, 'agent ended');

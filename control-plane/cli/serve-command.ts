@@ -48,7 +48,7 @@ export interface ServeFlags {
   heartbeatInterval: number;
   keepalive: number;
   shutdownGrace: number;
-  maxRotationsPerSecond: number;
+  maxRotationsPerSecond: number | 'auto';
   maxConcurrentHellos: number;
   deliveryWindow: number;
   maxDeliveryAttempts: number;

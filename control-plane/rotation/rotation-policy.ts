@@ -37,3 +37,18 @@ export function isPastHalfLife(nowMs: number, issuedAtMs: number, expiresAtMs: n
 export function hostRotationDueAtMs(issuedAtMs: number, expiresAtMs: number): number {
   return issuedAtMs + Math.floor((expiresAtMs - issuedAtMs) / 3);
 }
+
+/**
+ * The fewest rotations per second that keep `agents` tokens of `ttlMs` fresh
+ * with room for a storm: 2 × agents / (0.55 × TTL). Each agent rotates about
+ * once per 0.55 TTL (the middle of the jittered window); twice that rate lets
+ * a backlog (every token due at once after an outage or a key revocation) be
+ * worked off within the 40 % of life a token has left when it falls due.
+ */
+export function neededRotationsPerSecond(agents: number, ttlMs: number): number {
+  if (agents <= 0 || !(ttlMs > 0)) return 0;
+  return Math.ceil((2 * agents) / ((0.55 * ttlMs) / 1000));
+}
+
+/** The least signing-rate cap `auto` sizes to, however few agents there are (the old fixed default). */
+export const MIN_AUTO_ROTATIONS_PER_SECOND = 200;

@@ -1,12 +1,21 @@
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
+import { MIN_AUTO_ROTATIONS_PER_SECOND, neededRotationsPerSecond } from './rotation-policy.js';
 
 /** Options of {@link RotationScheduler}. */
 export interface RotationSchedulerOptions {
   clock: Clock;
   logger: Logger;
-  /** Rotations per second at most; a storm is smoothed, never dropped. */
-  maxPerSecond: number;
+  /**
+   * Rotations per second at most; a storm is smoothed, never dropped. `auto`
+   * sizes the cap from the need ({@link neededRotationsPerSecond} of the agents
+   * scheduled, at least {@link MIN_AUTO_ROTATIONS_PER_SECOND}) as agents come
+   * and go; a number is honoured, with a warning logged whenever it is below
+   * the need (tokens would expire before their rotation).
+   */
+  maxPerSecond: number | 'auto';
+  /** The lifetime of the tokens rotated: what the need is computed from. */
+  tokenTtlMs: number;
   /**
    * Replaces the credential of `agentId`. Resolves once done (or once it is
    * known the agent needs no rotation); a rejection is logged and retried later.
@@ -17,7 +26,8 @@ export interface RotationSchedulerOptions {
   /**
    * Rotations running at once at most (default 1). More than one lets the
    * store commit their writes together (one fsync for many under
-   * `synchronous = FULL`) instead of one after the other.
+   * `synchronous = FULL`) instead of one after the other, and keeps the loop
+   * busy while each waits for its commit.
    */
   maxInFlight?: number;
 }
@@ -161,11 +171,20 @@ export class RotationScheduler {
   #onSlotFreed: (() => void) | undefined;
   #budget: number;
   #budgetAtMs: number;
+  /** True while a configured cap below the need has been warned about (warned again only after it sufficed). */
+  #isCapWarned = false;
 
   constructor(options: RotationSchedulerOptions) {
     this.#options = options;
-    this.#budget = options.maxPerSecond;
+    this.#budget = options.maxPerSecond === 'auto' ? MIN_AUTO_ROTATIONS_PER_SECOND : options.maxPerSecond;
     this.#budgetAtMs = options.clock.now();
+  }
+
+  /** The signing-rate cap in force now: the configured one, or for `auto` the one the scheduled agents need. */
+  get maxPerSecond(): number {
+    const { maxPerSecond, tokenTtlMs } = this.#options;
+    if (maxPerSecond !== 'auto') return maxPerSecond;
+    return Math.max(MIN_AUTO_ROTATIONS_PER_SECOND, neededRotationsPerSecond(this.size, tokenTtlMs));
   }
 
   /** Starts the loop. */
@@ -177,12 +196,32 @@ export class RotationScheduler {
   schedule(agentId: string, dueAtMs: number, expiresAtMs: number): void {
     this.#ready.delete(agentId);
     this.#byDue.set({ agentId, dueAtMs, expiresAtMs });
+    this.#checkCap();
     if (this.#isWakeable) this.#sleep?.abort();
+  }
+
+  /** Warns (once per crossing) when a configured cap is below what the scheduled agents need. */
+  #checkCap(): void {
+    const { maxPerSecond, tokenTtlMs, logger } = this.#options;
+    if (maxPerSecond === 'auto') return;
+    const neededPerSecond = neededRotationsPerSecond(this.size, tokenTtlMs);
+    if (maxPerSecond >= neededPerSecond) {
+      // Some slack before warning again: rotations in flight are out of `size`, which makes the need flicker at the edge.
+      if (maxPerSecond >= neededPerSecond * 1.1) this.#isCapWarned = false;
+      return;
+    }
+    if (this.#isCapWarned) return;
+    this.#isCapWarned = true;
+    logger.warn(
+      { maxPerSecond, neededPerSecond, agents: this.size, ttlMs: tokenTtlMs },
+      'the rotation rate cap (--max-rotations-per-second) is too low to keep every agent token fresh; raise it or use "auto"',
+    );
   }
 
   /** Forgets `agentId` (stopped, or its host went away). */
   unschedule(agentId: string): void {
     if (!this.#byDue.delete(agentId)) this.#ready.delete(agentId);
+    this.#checkCap();
   }
 
   /** How many agents are scheduled. */
@@ -300,7 +339,7 @@ export class RotationScheduler {
 
   /** Refills the token bucket up to `nowMs`; how long until it holds one token (0: it does now). */
   #budgetWaitMs(nowMs: number): number {
-    const { maxPerSecond } = this.#options;
+    const maxPerSecond = this.maxPerSecond;
     this.#budget = Math.min(maxPerSecond, this.#budget + ((nowMs - this.#budgetAtMs) * maxPerSecond) / 1000);
     this.#budgetAtMs = nowMs;
     return this.#budget >= 1 ? 0 : Math.ceil(((1 - this.#budget) * 1000) / maxPerSecond);

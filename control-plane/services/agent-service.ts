@@ -60,9 +60,10 @@ export function agentService(deps: AgentServiceDeps): AgentServiceServer {
       requireSelf(claims, request.agentId);
       const nowMs = clock.now();
       heartbeats.record(claims.subject, nowMs);
-      const agent = await agents.get(claims.subject);
+      // From memory once known: the token's verification already refused a stopped or moved agent.
+      const state = await agents.stateOf(claims.subject);
       events.emit('heartbeat', { agentId: request.agentId, subject: claims.subject, generation: claims.generation, tokenId: claims.tokenId });
-      return { serverTimeMs: nowMs, state: stateToProto(agent.state) };
+      return { serverTimeMs: nowMs, state: stateToProto(state) };
     }),
     whoAmI: unary(logger, async (_request, call) => {
       const claims = await authenticator.agent(call.metadata);

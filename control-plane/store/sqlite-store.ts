@@ -6,6 +6,7 @@ import { AlreadyExistsError, ClosedError, FailedPreconditionError, NotFoundError
 import { migrate } from './sqlite-schema.js';
 import { ENDED_AGENT_STATES, LIVE_AGENT_STATES, MAX_TRANSITIONS_PER_AGENT, senderName, senderPrincipal } from './store.js';
 import type {
+  AgentCredentialState,
   AgentExpectation,
   AgentTransitionRecord,
   AgentPatch,
@@ -656,6 +657,60 @@ export class SqliteStore implements Store {
   #getAgent(agentId: string): AgentRecord | undefined {
     const row = this.#prepare('SELECT * FROM agents WHERE agent_id = ?').get(agentId) as AgentRow | undefined;
     return row === undefined ? undefined : agentFromRow(row);
+  }
+
+  getAgentCredentialState(agentId: string): Promise<AgentCredentialState | undefined> {
+    return this.#run(() => {
+      const row = this.#prepare(
+        `SELECT state, host_id, incarnation, generation, expires_at_ms, previous_expires_at_ms, acked_generation
+         FROM agents WHERE agent_id = ?`,
+      ).get(agentId) as
+        | Pick<AgentRow, 'state' | 'host_id' | 'incarnation' | 'generation' | 'expires_at_ms' | 'previous_expires_at_ms' | 'acked_generation'>
+        | undefined;
+      if (row === undefined) return undefined;
+      return {
+        agentId,
+        state: row.state as AgentStateName,
+        hostId: row.host_id,
+        incarnation: row.incarnation,
+        generation: row.generation,
+        expiresAtMs: row.expires_at_ms,
+        previousExpiresAtMs: row.previous_expires_at_ms,
+        ackedGeneration: row.acked_generation,
+      };
+    });
+  }
+
+  patchAgent(agentId: string, patch: AgentPatch, expect: AgentExpectation): Promise<boolean> {
+    // A change of state, host or incarnation is a transition, which only updateAgent records.
+    if (patch.state !== undefined || patch.hostId !== undefined || patch.incarnation !== undefined) {
+      return Promise.reject(new Error('patchAgent cannot change an agent\'s state, host or incarnation: use updateAgent'));
+    }
+    return this.#write(() => {
+      const entries = Object.entries(patch).filter(([, value]) => value !== undefined) as [keyof AgentPatch, unknown][];
+      // The expectation goes in the WHERE clause: one statement, decided against every write queued before it.
+      const where = ['agent_id = ?'];
+      const params: unknown[] = [agentId];
+      if (expect.incarnation !== undefined) {
+        where.push('incarnation = ?');
+        params.push(expect.incarnation);
+      }
+      if (expect.generation !== undefined) {
+        where.push('generation = ?');
+        params.push(expect.generation);
+      }
+      if (expect.states !== undefined) {
+        where.push(`state IN (${expect.states.map(() => '?').join(', ') || "''"})`);
+        params.push(...expect.states);
+      }
+      // An empty patch still answers whether the agent meets the expectation.
+      const sets = entries.length === 0 ? 'agent_id = agent_id' : entries.map(([key]) => `${AGENT_COLUMNS[key]} = ?`).join(', ');
+      const result = this.#prepare(`UPDATE agents SET ${sets} WHERE ${where.join(' AND ')}`).run(
+        ...entries.map(([, value]) => columnValue(value)),
+        ...params,
+      );
+      return result.changes > 0;
+    });
   }
 
   updateAgent(agentId: string, patch: AgentPatch, expect: AgentExpectation = {}, reason?: string): Promise<AgentRecord | undefined> {

@@ -293,6 +293,15 @@ export interface Page<T> {
 /** Fields of an agent that may change. */
 export type AgentPatch = Partial<Omit<AgentRecord, 'agentId' | 'createdAtMs'>>;
 
+/**
+ * The columns of an agent that a credential rotation (and the Ack of one)
+ * decides on: no labels, spec or detail, so reading it parses nothing.
+ */
+export type AgentCredentialState = Pick<
+  AgentRecord,
+  'agentId' | 'state' | 'hostId' | 'incarnation' | 'generation' | 'expiresAtMs' | 'previousExpiresAtMs' | 'ackedGeneration'
+>;
+
 /** Conditions an update requires; it does nothing when they do not hold. */
 export interface AgentExpectation {
   incarnation?: number;
@@ -385,6 +394,15 @@ export interface Store {
   /** Throws AlreadyExistsError when the id is taken. Records its first transition with `reason`. */
   insertAgent(agent: AgentRecord, reason?: string): Promise<void>;
   getAgent(agentId: string): Promise<AgentRecord | undefined>;
+  /** Only what a credential rotation needs of an agent (see {@link AgentCredentialState}). */
+  getAgentCredentialState(agentId: string): Promise<AgentCredentialState | undefined>;
+  /**
+   * Applies `patch` if `expect` holds, like {@link Store.updateAgent}, without
+   * reading the agent back: true if it was written. For hot paths (rotations,
+   * their Acks) that have what they need already. It records no transition, so
+   * it refuses a patch of the state, host or incarnation (use updateAgent).
+   */
+  patchAgent(agentId: string, patch: AgentPatch, expect: AgentExpectation): Promise<boolean>;
   /**
    * Applies `patch` if `expect` holds and returns the updated agent; returns
    * undefined if the agent does not exist or `expect` does not hold. A change

@@ -21,8 +21,8 @@ export interface KeyRevokerOptions {
   store: Store;
   clock: Clock;
   logger: Logger;
-  /** The rotation scheduler's cap: what the re-sign window is computed from. */
-  maxRotationsPerSecond: number;
+  /** The rotation scheduler's cap in force (read when a revocation is planned): what the re-sign window is computed from. */
+  maxRotationsPerSecond: number | (() => number);
   /** Whether the host has a live stream (a credential can be pushed to it). */
   isHostConnected: (hostId: string) => boolean;
   /** Re-signs a connected host's own credential and pushes it; false if it could not (gone meanwhile). */
@@ -102,6 +102,11 @@ export class KeyRevoker {
     this.#logger = options.logger.child({ component: 'key-revocation' });
   }
 
+  #maxRotationsPerSecond(): number {
+    const cap = this.#options.maxRotationsPerSecond;
+    return typeof cap === 'number' ? cap : cap();
+  }
+
   /** Revokes `kid` and starts replacing what it signed; see the class comment. */
   async revoke(kid: string): Promise<KeyRevocationReport> {
     const { keys, verifier, clock } = this.#options;
@@ -132,7 +137,7 @@ export class KeyRevoker {
     report.windowMs =
       report.agentsScheduled === 0
         ? 0
-        : scheduledAtMs - nowMs + resignWindowMs(report.agentsScheduled, otherDueAtMs, scheduledAtMs, this.#options.maxRotationsPerSecond);
+        : scheduledAtMs - nowMs + resignWindowMs(report.agentsScheduled, otherDueAtMs, scheduledAtMs, this.#maxRotationsPerSecond());
     this.#logger.warn(
       {
         kid,

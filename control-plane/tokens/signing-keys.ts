@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { KeyObject, randomUUID } from 'node:crypto';
 import { exportJWK, generateKeyPair, importJWK, type CryptoKey, type JWK } from 'jose';
 import type { Clock } from '../../common/clock.js';
 import { AlreadyExistsError, FailedPreconditionError, NotFoundError } from '../../common/errors.js';
@@ -28,6 +28,8 @@ interface LoadedKey {
   record: SigningKeyRecord;
   publicKey: CryptoKey;
   privateKey: CryptoKey | undefined;
+  /** The private half as a `node:crypto` key: what the token issuer signs with (see token-issuer.ts for why). */
+  signingKey: KeyObject | undefined;
   publicJwk: JWK;
 }
 
@@ -35,6 +37,8 @@ interface LoadedKey {
 export interface ActiveKey {
   kid: string;
   privateKey: CryptoKey;
+  /** The same private key as a `node:crypto` KeyObject, for `crypto.sign(null, data, key)`. */
+  signingKey: KeyObject;
 }
 
 /** A key as operators see it: its state and times, no key material. */
@@ -136,7 +140,7 @@ export class SigningKeyRing {
         const publicKey = (await importJWK(publicJwk, SIGNING_ALGORITHM)) as CryptoKey;
         const privateKey =
           record.privateJwk === null ? undefined : ((await importJWK(JSON.parse(record.privateJwk) as JWK, SIGNING_ALGORITHM)) as CryptoKey);
-        return { record, publicKey, privateKey, publicJwk };
+        return { record, publicKey, privateKey, signingKey: privateKey === undefined ? undefined : KeyObject.from(privateKey), publicJwk };
       }),
     );
   }
@@ -181,8 +185,8 @@ export class SigningKeyRing {
   /** The key that signs new tokens. */
   active(): ActiveKey {
     const key = this.#inState('signing');
-    if (key?.privateKey === undefined) throw new FailedPreconditionError('no signing key');
-    return { kid: key.record.kid, privateKey: key.privateKey };
+    if (key?.privateKey === undefined || key.signingKey === undefined) throw new FailedPreconditionError('no signing key');
+    return { kid: key.record.kid, privateKey: key.privateKey, signingKey: key.signingKey };
   }
 
   /** Whether `kid` was revoked: every token it signed is refused, for that reason. */

@@ -68,13 +68,32 @@ export interface TokenVerifierOptions {
   audience: string;
   /** Allowed skew on `nbf` and `exp`. */
   clockToleranceMs: number;
-  /** Verified tokens kept; the oldest is dropped beyond this. */
-  cacheSize?: number;
+  /**
+   * Verified tokens kept; the oldest are dropped beyond this. A function is
+   * read at each insertion, so the bound follows the number of live tokens
+   * (see {@link verifierCacheSize}). Default 100,000.
+   */
+  cacheSize?: number | (() => number);
   /**
    * Consulted after the signature and claims check out, before a token is
    * cached: true refuses it as revoked.
    */
   isRevoked: (claims: TokenClaims) => Promise<boolean>;
+}
+
+/** The least {@link verifierCacheSize} sizes the cache to. */
+export const MIN_VERIFIER_CACHE_SIZE = 10_000;
+
+/**
+ * A verifier cache bound sized from the live tokens: each live agent holds up
+ * to two that verify (the current one and the one it replaced, valid until its
+ * own `exp`), each host up to two as well; a quarter more for margin, and at
+ * least {@link MIN_VERIFIER_CACHE_SIZE}. Smaller, a tool call of one agent in
+ * every few would pay a signature check and a store read (the cache evicts
+ * oldest first); much larger, a token flood would only cost memory.
+ */
+export function verifierCacheSize(liveAgents: number, hosts: number): number {
+  return Math.max(MIN_VERIFIER_CACHE_SIZE, Math.ceil(1.25 * (2 * Math.max(0, liveAgents) + 2 * Math.max(0, hosts))));
 }
 
 interface CacheEntry {
@@ -95,7 +114,7 @@ export class TokenVerifier {
   readonly #cache = new Map<string, CacheEntry>();
   /** `kind:subject` → tokens of it in the cache, so revocation can drop them. */
   readonly #bySubject = new Map<string, Set<string>>();
-  readonly #cacheSize: number;
+  readonly #cacheSize: () => number;
   /**
    * Bumped by every {@link forgetSubject}. A verification caches its token only if
    * no subject was forgotten while it awaited `isRevoked`: otherwise a stop landing
@@ -105,7 +124,8 @@ export class TokenVerifier {
 
   constructor(options: TokenVerifierOptions) {
     this.#options = options;
-    this.#cacheSize = options.cacheSize ?? 100_000;
+    const cacheSize = options.cacheSize ?? 100_000;
+    this.#cacheSize = typeof cacheSize === 'number' ? (): number => cacheSize : cacheSize;
   }
 
   /** How many verified tokens are cached. */
@@ -193,9 +213,12 @@ export class TokenVerifier {
   }
 
   #remember(token: string, claims: TokenClaims): void {
-    if (this.#cache.size >= this.#cacheSize) {
+    // Oldest first, down to one below the bound (which may have shrunk since the last insertion).
+    const cacheSize = Math.max(1, this.#cacheSize());
+    while (this.#cache.size >= cacheSize) {
       const oldest = this.#cache.keys().next();
-      if (oldest.done !== true) this.#drop(oldest.value);
+      if (oldest.done === true) break;
+      this.#drop(oldest.value);
     }
     const cacheKey = `${claims.kind}:${claims.subject}`;
     this.#cache.set(token, { claims, cacheKey });

@@ -125,6 +125,24 @@ describe('control-plane serve flags', () => {
   });
 });
 
+describe('control-plane serve --max-rotations-per-second', () => {
+  it('defaults to auto, takes auto or a whole number above 0, and refuses anything else naming the flag', async () => {
+    expect((await parseServe([])).flags?.maxRotationsPerSecond).toBe('auto');
+    expect((await parseServe(['--max-rotations-per-second', 'AUTO'])).flags?.maxRotationsPerSecond).toBe('auto');
+    expect((await parseServe(['--max-rotations-per-second', '5000'])).flags?.maxRotationsPerSecond).toBe(5000);
+    for (const value of ['0', '-3', '1.5', 'fast']) {
+      const refused = await parseServe(['--max-rotations-per-second', value]);
+      expect(refused.flags).toBeUndefined();
+      expect(refused.error).toContain('--max-rotations-per-second');
+    }
+  });
+
+  it('says what auto means in --help', () => {
+    const serve = controlPlaneProgram().commands.find((command) => command.name() === 'serve') as Command;
+    expect(serve.helpInformation().replace(/\s+/g, ' ')).toContain('auto: 2 × agents / (0.55 × agent TTL), at least 200');
+  });
+});
+
 describe('the control-plane binary', () => {
   const dirs: string[] = [];
   afterEach(() => {

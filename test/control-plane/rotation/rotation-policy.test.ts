@@ -4,6 +4,7 @@ import {
   hostRotationDueAtMs,
   isPastHalfLife,
   isRotationDue,
+  neededRotationsPerSecond,
   ROTATION_WINDOW_START,
   ROTATION_WINDOW_WIDTH,
   rotationDueAtMs,
@@ -156,5 +157,16 @@ describe('rotation policy', () => {
         { numRuns: 2_000 },
       );
     });
+  });
+
+  it.each([
+    { agents: 0, ttlMs: 30_000, needed: 0 },
+    { agents: 1, ttlMs: 30_000, needed: 1 },
+    { agents: 5_000, ttlMs: 30_000, needed: 607 },
+    { agents: 100_000, ttlMs: 30_000, needed: 12_122 },
+    { agents: 100_000, ttlMs: 3_600_000, needed: 102 },
+    { agents: 10, ttlMs: 0, needed: 0 },
+  ])('needs $needed rotations/s for $agents agents at a TTL of $ttlMs ms (2 × agents / (0.55 × TTL))', ({ agents, ttlMs, needed }) => {
+    expect(neededRotationsPerSecond(agents, ttlMs)).toBe(needed);
   });
 });

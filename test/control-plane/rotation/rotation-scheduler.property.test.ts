@@ -67,6 +67,7 @@ async function runSchedule(
     clock,
     logger: new LogCapture().logger,
     maxPerSecond,
+    tokenTtlMs: 3_600_000,
     rotate: (agentId) => {
       rotations.push({ agentId, atMs: clock.now() });
       return Promise.resolve();

@@ -39,6 +39,7 @@ describe('RotationScheduler', () => {
       clock: recording,
       logger: logs.logger,
       maxPerSecond: 1_000,
+      tokenTtlMs: 3_600_000,
       rotate: (agentId) => {
         rotated.push(agentId);
         return Promise.resolve();
@@ -335,5 +336,41 @@ describe('RotationScheduler', () => {
     // Every agent still scheduled was rotated once; none that was unscheduled.
     const unscheduled = new Set([...agentIds.filter((_, i) => i % 2 === 0), ...waiting.slice(0, 100)]);
     expect([...rotated].sort()).toEqual(agentIds.filter((agentId) => !unscheduled.has(agentId)).sort());
+  });
+
+  it('with an "auto" cap, signs at the rate the scheduled agents need, above the 200/s floor', async () => {
+    // 2,000 agents of a 10 s TTL need 2 × 2,000 / 5.5 = 728 rotations a second.
+    const s = start({ maxPerSecond: 'auto', tokenTtlMs: 10_000 });
+    expect(s.maxPerSecond).toBe(200);
+    const t0 = clock.now();
+    for (let i = 0; i < 2_000; i++) s.schedule(`agent-${i}`, t0, t0 + 10_000 + i);
+    expect(s.maxPerSecond).toBe(728);
+    await asleepSoon();
+    const atStart = rotated.length;
+    clock.advance(1_000);
+    // A fixed 200/s would allow 200 more in that second; the sized cap over 600 (it shrinks a little
+    // as rotated agents leave the scheduler here, none being scheduled again).
+    await waitUntil(() => rotated.length >= atStart + 600, 'a second of rotations at the sized cap');
+    await asleepSoon();
+    expect(rotated.length - atStart).toBeGreaterThanOrEqual(600);
+    expect(logs.text()).not.toContain('too low');
+  });
+
+  it('honours a configured cap below the need, and warns once until it suffices again', () => {
+    // 100 agents of a 10 s TTL need 37 a second; the cap is 10, crossed at 28 agents.
+    const s = start({ maxPerSecond: 10, tokenTtlMs: 10_000 });
+    const t0 = clock.now();
+    for (let i = 0; i < 100; i++) s.schedule(`agent-${i}`, t0 + 60_000, t0 + 70_000);
+    expect(s.maxPerSecond).toBe(10);
+    const warnings = (): Record<string, unknown>[] => logs.records().filter((r) => String(r.msg).includes('too low to keep every agent token fresh'));
+    expect(warnings()).toHaveLength(1);
+    // Warned as the need crossed the cap (at the 28th agent: 2 × 28 / 5.5 → 11).
+    expect(warnings()[0]).toMatchObject({ maxPerSecond: 10, neededPerSecond: 11, agents: 28, ttlMs: 10_000 });
+    // Fewer agents (need 11 at 30, 10 at 27): still short, no second warning; then enough, then short again: warned again.
+    for (let i = 0; i < 70; i++) s.unschedule(`agent-${i}`);
+    expect(warnings()).toHaveLength(1);
+    for (let i = 70; i < 100; i++) s.unschedule(`agent-${i}`);
+    for (let i = 0; i < 100; i++) s.schedule(`again-${i}`, t0 + 60_000, t0 + 70_000);
+    expect(warnings()).toHaveLength(2);
   });
 });

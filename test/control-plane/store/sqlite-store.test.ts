@@ -110,6 +110,49 @@ describe('SqliteStore', () => {
       expect(none.items).toEqual([]);
     });
 
+    it('reads only the credential columns of an agent, and undefined for none', async () => {
+      const store = open();
+      const record = agent('a1', { hostId: 'h1', incarnation: 3, generation: 5, expiresAtMs: NOW + 9, previousExpiresAtMs: NOW + 4, ackedGeneration: 4 });
+      await store.insertAgent(record);
+      expect(await store.getAgentCredentialState('a1')).toEqual({
+        agentId: 'a1',
+        state: record.state,
+        hostId: 'h1',
+        incarnation: 3,
+        generation: 5,
+        expiresAtMs: NOW + 9,
+        previousExpiresAtMs: NOW + 4,
+        ackedGeneration: 4,
+      });
+      expect(await store.getAgentCredentialState('nobody')).toBeUndefined();
+    });
+
+    it('patches an agent only when it meets the expectation, without reading it back', async () => {
+      const store = open();
+      await store.insertAgent(agent('a1', { incarnation: 2, generation: 7 }));
+      expect(await store.patchAgent('a1', { generation: 8, tokenId: 't8' }, { incarnation: 2, generation: 6 })).toBe(false);
+      expect(await store.patchAgent('a1', { generation: 8, tokenId: 't8' }, { incarnation: 1, generation: 7 })).toBe(false);
+      expect(await store.patchAgent('a1', { generation: 8 }, { states: ['stopped'] })).toBe(false);
+      expect(await store.patchAgent('nobody', { generation: 8 }, {})).toBe(false);
+      expect(await store.getAgent('a1')).toMatchObject({ generation: 7, tokenId: agent('a1').tokenId });
+      expect(await store.patchAgent('a1', { generation: 8, tokenId: 't8' }, { incarnation: 2, generation: 7, states: ['running'] })).toBe(true);
+      expect(await store.getAgent('a1')).toEqual(agent('a1', { incarnation: 2, generation: 8, tokenId: 't8' }));
+      // Decided against the writes queued before it in the same commit: of two writers expecting generation 8, one wins.
+      const [first, second] = await Promise.all([
+        store.patchAgent('a1', { generation: 9 }, { generation: 8 }),
+        store.patchAgent('a1', { generation: 9 }, { generation: 8 }),
+      ]);
+      expect([first, second]).toEqual([true, false]);
+      // A transition goes through updateAgent, which records it in the agent's history.
+      await expect(store.patchAgent('a1', { state: 'stopped' }, {})).rejects.toThrow(/use updateAgent/);
+      await expect(store.patchAgent('a1', { hostId: 'h2' }, {})).rejects.toThrow(/use updateAgent/);
+      await expect(store.patchAgent('a1', { incarnation: 3 }, {})).rejects.toThrow(/use updateAgent/);
+      expect(await store.getAgent('a1')).toMatchObject({ state: 'running', hostId: agent('a1').hostId, incarnation: 2 });
+      // An empty patch answers whether the expectation holds.
+      expect(await store.patchAgent('a1', {}, { generation: 9 })).toBe(true);
+      expect(await store.patchAgent('a1', {}, { generation: 8 })).toBe(false);
+    });
+
     it('counts live agents by host', async () => {
       const store = open();
       await store.insertAgent(agent('a1', { hostId: 'h1' }));

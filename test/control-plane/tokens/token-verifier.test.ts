@@ -7,7 +7,7 @@ import { SqliteStore } from '../../../control-plane/store/sqlite-store.js';
 import { JWKS_MAX_AGE_MS, SigningKeyRing } from '../../../control-plane/tokens/signing-keys.js';
 import { TokenIssuer, type IssueRequest } from '../../../control-plane/tokens/token-issuer.js';
 import type { TokenClaims, TokenKind } from '../../../control-plane/tokens/token-kinds.js';
-import { TokenRejectedError, TokenVerifier } from '../../../control-plane/tokens/token-verifier.js';
+import { MIN_VERIFIER_CACHE_SIZE, TokenRejectedError, TokenVerifier, verifierCacheSize } from '../../../control-plane/tokens/token-verifier.js';
 import { FakeClock } from '../../support/fake-clock.js';
 import { partsOf, signEdDsa } from '../../support/forge-token.js';
 import { LogCapture } from '../../support/log-capture.js';
@@ -42,7 +42,7 @@ describe('TokenVerifier', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  function verifier(cacheSize?: number): TokenVerifier {
+  function verifier(cacheSize?: number | (() => number)): TokenVerifier {
     return new TokenVerifier({
       keys,
       clock,
@@ -183,6 +183,30 @@ describe('TokenVerifier', () => {
     // Forgetting an evicted subject finds nothing stale to drop.
     v.forgetSubject('agent', 'a1');
     expect(v.cacheEntries).toBe(3);
+  });
+
+  it('follows a cache bound given as a function, read at each insertion (it grows and shrinks with live tokens)', async () => {
+    let bound = 2;
+    const v = verifier(() => bound);
+    const tokens: string[] = [];
+    for (let i = 0; i < 6; i++) tokens.push(await issue('agent', `b${i}`));
+    for (const token of tokens.slice(0, 3)) await v.verify(token, 'agent');
+    expect(v.cacheEntries).toBe(2);
+    bound = 5;
+    for (const token of tokens.slice(3)) await v.verify(token, 'agent');
+    expect(v.cacheEntries).toBe(5);
+    bound = 2;
+    await v.verify(tokens[0] as string, 'agent');
+    expect(v.cacheEntries).toBe(2);
+  });
+
+  it.each([
+    { liveAgents: 0, hosts: 0, size: MIN_VERIFIER_CACHE_SIZE },
+    { liveAgents: 1_000, hosts: 10, size: MIN_VERIFIER_CACHE_SIZE },
+    { liveAgents: 100_000, hosts: 1_000, size: 252_500 },
+    { liveAgents: 1_000_000, hosts: 0, size: 2_500_000 },
+  ])('sizes the cache to $size for $liveAgents live agents on $hosts hosts', ({ liveAgents, hosts, size }) => {
+    expect(verifierCacheSize(liveAgents, hosts)).toBe(size);
   });
 
   it('refuses an expired cached token and drops it', async () => {
