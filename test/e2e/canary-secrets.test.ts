@@ -152,6 +152,21 @@ describe('canary secrets never appear in what the binaries print', () => {
     }
   });
 
+  it('control-plane serve with a malformed --admin-token-file (flag or variable) exits 1 saying what is wrong, never showing it', async () => {
+    const file = join(tempDir('tether-canary-serve-'), 'admin-token');
+    writeFileSync(file, `# the admin token\r\n${ADMIN}\r\n`, { mode: 0o600 });
+    const base = { ...env({}), TETHER_LISTEN: '127.0.0.1:0', TETHER_HTTP_LISTEN: '' };
+    for (const [args, extra] of [
+      [['--admin-token-file', file, 'serve'], {}],
+      [['serve'], { TETHER_ADMIN_TOKEN_FILE: file }],
+    ] as const) {
+      const run = await runBinary('control-plane', [...args], { ...base, ...extra });
+      record(`control-plane ${args.join(' ')} with a comment line in its admin token file`, run);
+      expect(run.status, run.stderr).toBe(1);
+      expect(run.stderr).toMatch(/admin-token holds more than one line \(line 1 and line 2\)/);
+    }
+  });
+
   it('agent-host with a malformed join token or host credential exits 1 saying what is wrong, never showing it, and the join token still works', async () => {
     const enrolled = await runBinary('control-plane', ['hosts', 'enroll', 'canary'], env({ TETHER_ADMIN_TOKEN: ADMIN }));
     expect(enrolled.status, enrolled.stderr).toBe(0);
