@@ -3,7 +3,9 @@ import retry from 'retry';
 import type { Clock } from '../../common/clock.js';
 import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
+import { MAX_DELIVER_BATCH_BYTES } from '../../common/protocol.js';
 import type { OutgoingMessage } from '../../gen/tether/v1/common.js';
+import type { ControlMessage, Deliver } from '../../gen/tether/v1/host.js';
 import type { ControlPlaneEvents } from '../events.js';
 import { envelopeBytes, type HostSession } from '../hosts/host-session.js';
 import { isPastHalfLife } from '../rotation/rotation-policy.js';
@@ -42,6 +44,12 @@ export interface DeliveryManagerOptions {
   maxBufferedBytesPerHost: number;
   /** Payload bytes read ahead from the store and kept for later deliveries, all agents together. */
   maxReadAheadBytes: number;
+  /**
+   * Encoded bytes of one DeliverBatch (to hosts that take them); at most, and
+   * by default, {@link MAX_DELIVER_BATCH_BYTES}. A single delivery larger than
+   * this still goes, alone.
+   */
+  maxDeliverBatchBytes?: number;
   /** Acknowledged messages (and their idempotency keys) are kept this long. */
   ackedRetentionMs: number;
   /** Messages of ended agents are kept this long. */
@@ -92,6 +100,7 @@ export class DeliveryManager {
   readonly #cursors = new Map<string, Cursor>();
   readonly #closing = new AbortController();
   readonly #hostBounds: { maxQueued: number; maxBufferedBytes: number };
+  readonly #maxDeliverBatchBytes: number;
   /** Payload bytes of every cursor's `readAhead`. */
   #readAheadBytes = 0;
   #pruning: Promise<void> | undefined;
@@ -101,6 +110,7 @@ export class DeliveryManager {
     this.#logger = options.logger.child({ component: 'delivery' });
     this.#batcher = new OutboxBatcher(options.store);
     this.#hostBounds = { maxQueued: options.maxQueuedPerHost, maxBufferedBytes: options.maxBufferedBytesPerHost };
+    this.#maxDeliverBatchBytes = Math.min(options.maxDeliverBatchBytes ?? MAX_DELIVER_BATCH_BYTES, MAX_DELIVER_BATCH_BYTES);
   }
 
   /**
@@ -358,37 +368,74 @@ export class DeliveryManager {
 
   /**
    * Sends `messages` (in seq order, past `sentSeq`) while the agent's window and
-   * the host stream's bounds allow. Returns the size of the delivery the stream
-   * refused, or undefined if none was.
+   * the host stream's bounds allow: to a host that takes them, as DeliverBatch
+   * envelopes of at most `maxDeliverBatchBytes` (each delivery counted at an
+   * upper bound of its encoded size), else one Deliver each. A Skip goes in its
+   * own envelope, after whatever was batched before it, so the host sees every
+   * seq in order. Returns the size of the envelope the stream refused (nothing
+   * of it was sent), or undefined if none was.
    */
   #sendWithinBounds(cursor: Cursor, messages: readonly MessageRecord[]): number | undefined {
     const room = this.#options.window - (cursor.sentSeq - cursor.ackedSeq);
+    const isBatching = cursor.session.acceptsDeliverBatch;
+    const maxBatchBytes = this.#maxDeliverBatchBytes;
+    let batch: Deliver[] = [];
+    let batchBytes = 0;
+    /** Highest seq sent or batched. */
+    let lastSeq = cursor.sentSeq;
+    const sendBatch = (): number | undefined => {
+      const last = batch[batch.length - 1];
+      if (last === undefined) return undefined;
+      const envelope: ControlMessage = batch.length === 1 ? { deliver: last } : { deliverBatch: { deliveries: batch } };
+      if (!cursor.session.trySend(envelope, this.#hostBounds)) return envelopeBytes(envelope);
+      cursor.sentSeq = last.seq;
+      batch = [];
+      batchBytes = 0;
+      return undefined;
+    };
     for (const message of messages.slice(0, Math.max(0, room))) {
-      if (message.seq <= cursor.sentSeq) continue;
-      if (message.seq !== cursor.sentSeq + 1) {
-        // Seqs are gapless per agent, so a gap is a dead letter purged or requeued before this
-        // host acknowledged past it (say its Skip was lost with a stream). The host still
-        // waits for each missing seq: skip them, or its queue would be held for ever.
-        this.#logger.warn({ agentId: cursor.agentId, expected: cursor.sentSeq + 1, got: message.seq }, 'outbox gap');
-        for (let seq = cursor.sentSeq + 1; seq < message.seq; seq++) cursor.session.send({ skip: { agentId: cursor.agentId, seq } });
-        cursor.sentSeq = message.seq - 1;
+      if (message.seq <= lastSeq) continue;
+      if (message.seq !== lastSeq + 1 || message.state === 'dead') {
+        const refusedBytes = sendBatch();
+        if (refusedBytes !== undefined) return refusedBytes;
+        if (message.seq !== cursor.sentSeq + 1) {
+          // Seqs are gapless per agent, so a gap is a dead letter purged or requeued before this
+          // host acknowledged past it (say its Skip was lost with a stream). The host still
+          // waits for each missing seq: skip them, or its queue would be held for ever.
+          this.#logger.warn({ agentId: cursor.agentId, expected: cursor.sentSeq + 1, got: message.seq }, 'outbox gap');
+          for (let seq = cursor.sentSeq + 1; seq < message.seq; seq++) cursor.session.send({ skip: { agentId: cursor.agentId, seq } });
+          cursor.sentSeq = message.seq - 1;
+        }
+        if (message.state === 'dead') {
+          cursor.session.send({ skip: { agentId: cursor.agentId, seq: message.seq } });
+          cursor.sentSeq = message.seq;
+          lastSeq = message.seq;
+          continue;
+        }
       }
-      if (message.state === 'dead') {
-        cursor.session.send({ skip: { agentId: cursor.agentId, seq: message.seq } });
-      } else {
-        const deliver = {
-          deliver: {
-            agentId: cursor.agentId,
-            seq: message.seq,
-            attempt: message.attempts + 1,
-            message: { id: message.id, from: message.from, contentType: message.contentType, payload: message.payload, createdAtMs: message.createdAtMs },
-          },
-        };
-        if (!cursor.session.trySend(deliver, this.#hostBounds)) return envelopeBytes(deliver);
+      const deliver: Deliver = {
+        agentId: cursor.agentId,
+        seq: message.seq,
+        attempt: message.attempts + 1,
+        message: { id: message.id, from: message.from, contentType: message.contentType, payload: message.payload, createdAtMs: message.createdAtMs },
+      };
+      if (!isBatching) {
+        const envelope: ControlMessage = { deliver };
+        if (!cursor.session.trySend(envelope, this.#hostBounds)) return envelopeBytes(envelope);
+        cursor.sentSeq = message.seq;
+        lastSeq = message.seq;
+        continue;
       }
-      cursor.sentSeq = message.seq;
+      const bytes = deliverBytesBound(deliver);
+      if (batch.length > 0 && batchBytes + bytes > maxBatchBytes) {
+        const refusedBytes = sendBatch();
+        if (refusedBytes !== undefined) return refusedBytes;
+      }
+      batch.push(deliver);
+      batchBytes += bytes;
+      lastSeq = message.seq;
     }
-    return undefined;
+    return sendBatch();
   }
 
   /**
@@ -481,6 +528,18 @@ export class DeliveryManager {
       }
     }
   }
+}
+
+/**
+ * An upper bound of the bytes `deliver` takes inside a DeliverBatch: its payload,
+ * its strings at three UTF-8 bytes per UTF-16 unit (the most one takes), and 64
+ * bytes for every tag, length and number (under 50 at most). Over-counting
+ * only makes batches smaller; the bound is what keeps them under the host's limit.
+ */
+export function deliverBytesBound(deliver: Deliver): number {
+  const message = deliver.message;
+  const strings = deliver.agentId.length + (message === undefined ? 0 : message.id.length + message.from.length + message.contentType.length);
+  return (message?.payload.length ?? 0) + 3 * strings + 64;
 }
 
 function payloadBytes(messages: readonly MessageRecord[]): number {
