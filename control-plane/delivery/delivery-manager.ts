@@ -108,7 +108,7 @@ export class DeliveryManager {
   constructor(options: DeliveryManagerOptions) {
     this.#options = options;
     this.#logger = options.logger.child({ component: 'delivery' });
-    this.#batcher = new OutboxBatcher(options.store);
+    this.#batcher = new OutboxBatcher(options.store, { clock: options.clock });
     this.#hostBounds = { maxQueued: options.maxQueuedPerHost, maxBufferedBytes: options.maxBufferedBytesPerHost };
     this.#maxDeliverBatchBytes = Math.min(options.maxDeliverBatchBytes ?? MAX_DELIVER_BATCH_BYTES, MAX_DELIVER_BATCH_BYTES);
   }
@@ -266,7 +266,7 @@ export class DeliveryManager {
    * saying so; an ack whose commit failed is only a re-send the host drops.
    */
   #commitAck(agentId: string, seq: number, count: number): void {
-    this.#batcher.ack(agentId, seq).then(
+    this.#batcher.ack(agentId, seq, count).then(
       (isCommitted) => {
         if (isCommitted && count > 0) this.#options.events.emit('message-acked', { agentId, seq, count });
       },
