@@ -9,7 +9,7 @@ import type { ControlMessage, Deliver } from '../../gen/tether/v1/host.js';
 import type { ControlPlaneEvents } from '../events.js';
 import { envelopeBytes, type HostSession } from '../hosts/host-session.js';
 import { isPastHalfLife } from '../rotation/rotation-policy.js';
-import type { AppendResult, MessageRecord, MessageSender, Store } from '../store/store.js';
+import { senderName, type AppendResult, type MessageRecord, type MessageSender, type NewMessage, type Store } from '../store/store.js';
 import { OutboxBatcher } from './outbox-batcher.js';
 
 /** Options of {@link DeliveryManager}. */
@@ -71,10 +71,11 @@ interface Cursor {
   /** A refused seq waiting for its re-send. */
   retrySeq: number | undefined;
   /**
-   * Deliverable messages past `sentSeq`, in seq order, read from the store ahead
-   * of the window opening (at most `window` of them, and within the manager's
-   * `maxReadAheadBytes` for all cursors together), so acks arriving one by one do
-   * not cost one store read each. Nothing that can change a message past
+   * Deliverable messages past `sentSeq`, in seq order and gapless, read from the
+   * store ahead of the window opening (at most `window` of them per read) or kept
+   * from an append that was the cursor's next seq (at most `maxBatch`), within the
+   * manager's `maxReadAheadBytes` for all cursors together, so acks arriving one
+   * by one do not cost one store read each, nor fresh messages a read back. Nothing that can change a message past
    * `sentSeq` matters here: refusals concern sent seqs, requeues append past the
    * end, and a dead letter purged after it was read is still moved past with a Skip.
    * Changed only through #takeReadAhead, #keepReadAhead, #trimReadAhead and #dropCursor,
@@ -83,6 +84,17 @@ interface Cursor {
   readAhead: MessageRecord[];
   /** The largest payload of the last store read (0 before any), to size the next read to the budget. */
   largestPayloadBytes: number;
+  /** Appends to the agent's outbox (sends, requeues) seen since the cursor was made. */
+  appends: number;
+  /**
+   * `appends` as it was when a store read began that found the outbox drained
+   * (fewer deliverable messages past `sentSeq` than it asked for); -1 if none
+   * did. While it still equals `appends`, the store has nothing more to deliver
+   * than the read-ahead, and is not read again.
+   */
+  drainedAtAppends: number;
+  /** A store read for this cursor is under way. */
+  isReading: boolean;
   /** The agent's token as last read from the store (see #refreshTokenIfNeeded). */
   token: { issuedAtMs: number; expiresAtMs: number } | undefined;
 }
@@ -146,21 +158,68 @@ export class DeliveryManager {
       if (message.contentType.length > 256) throw new InvalidArgumentError('a content type is at most 256 characters');
     }
     const nowMs = clock.now();
+    const appended: NewMessage[] = messages.map((message) => ({
+      id: randomUUID(),
+      contentType: message.contentType === '' ? 'application/octet-stream' : message.contentType,
+      payload: message.payload,
+      createdAtMs: nowMs,
+      idempotencyKey: message.idempotencyKey === '' ? null : message.idempotencyKey,
+    }));
     const results = await this.#batcher.append({
       agentId,
       sender,
       maxPending: this.#options.maxPending,
       maxPendingBytes: this.#options.maxPendingBytes,
-      messages: messages.map((message) => ({
-        id: randomUUID(),
-        contentType: message.contentType === '' ? 'application/octet-stream' : message.contentType,
-        payload: message.payload,
-        createdAtMs: nowMs,
-        idempotencyKey: message.idempotencyKey === '' ? null : message.idempotencyKey,
-      })),
+      messages: appended,
     });
+    this.#keepAppended(agentId, sender, appended, results);
     this.#kick(agentId);
     return results;
+  }
+
+  /**
+   * Keeps messages just appended (and committed) as the cursor's read-ahead, so
+   * they are delivered from memory rather than read back from the store: only
+   * when the first of them is the cursor's next seq (right after its read-ahead,
+   * or after `sentSeq` when that is empty), so the read-ahead stays the gapless
+   * run of deliverable seqs it must be; otherwise the store has messages in
+   * between and they are read in turn. At most `maxBatch` per cursor, within
+   * the read-ahead byte budget. Each is what a store read would return: a
+   * pending message, never attempted. When the outbox was drained before and
+   * all of them are kept, it still is: the store is not read after them.
+   */
+  #keepAppended(agentId: string, sender: MessageSender, appended: readonly NewMessage[], results: readonly AppendResult[]): void {
+    const cursor = this.#cursors.get(agentId);
+    if (cursor === undefined) return;
+    // Drained before this append (and no read under way that may yet replace the read-ahead): still so once it is all kept.
+    const wasDrained = cursor.drainedAtAppends === cursor.appends && !cursor.isReading;
+    cursor.appends++;
+    let nextSeq = (cursor.readAhead.at(-1)?.seq ?? cursor.sentSeq) + 1;
+    const from = senderName(sender);
+    for (const [index, message] of appended.entries()) {
+      const result = results[index];
+      // A duplicate holds an earlier seq: no longer the next one, nor anything after it.
+      if (result === undefined || result.isDuplicate) continue;
+      if (result.seq !== nextSeq) return;
+      if (cursor.readAhead.length >= this.#options.maxBatch) return;
+      if (this.#readAheadBytes + message.payload.length > this.#options.maxReadAheadBytes) return;
+      cursor.readAhead.push({
+        agentId,
+        seq: result.seq,
+        id: message.id,
+        from,
+        contentType: message.contentType,
+        payload: message.payload,
+        createdAtMs: message.createdAtMs,
+        state: 'pending',
+        attempts: 0,
+        lastError: '',
+        idempotencyKey: message.idempotencyKey,
+      });
+      this.#readAheadBytes += message.payload.length;
+      nextSeq++;
+    }
+    if (wasDrained) cursor.drainedAtAppends = cursor.appends;
   }
 
   /**
@@ -186,6 +245,9 @@ export class DeliveryManager {
       retrySeq: undefined,
       readAhead: [],
       largestPayloadBytes: 0,
+      appends: 0,
+      drainedAtAppends: -1,
+      isReading: false,
       token: undefined,
     });
     this.#kick(agentId);
@@ -292,6 +354,8 @@ export class DeliveryManager {
   /** Appends a dead letter again under a new seq (same message id) and pushes it. */
   async requeue(agentId: string, seq: number): Promise<number> {
     const newSeq = await this.#options.store.requeueMessage(agentId, seq);
+    const cursor = this.#cursors.get(agentId);
+    if (cursor !== undefined) cursor.appends++;
     this.#kick(agentId);
     return newSeq;
   }
@@ -350,7 +414,17 @@ export class DeliveryManager {
         await cursor.session.whenRoomFor(0, this.#hostBounds);
         let messages = this.#takeReadAhead(cursor);
         if (messages.length === 0) {
-          messages = await store.listDeliverable(cursor.agentId, cursor.sentSeq, this.#readLimit(cursor));
+          // Nothing was appended since a read found the outbox drained: nothing to read.
+          if (cursor.drainedAtAppends === cursor.appends) break;
+          const appendsBefore = cursor.appends;
+          const limit = this.#readLimit(cursor);
+          cursor.isReading = true;
+          try {
+            messages = await store.listDeliverable(cursor.agentId, cursor.sentSeq, limit);
+          } finally {
+            cursor.isReading = false;
+          }
+          if (messages.length < limit) cursor.drainedAtAppends = appendsBefore;
           cursor.largestPayloadBytes = messages.reduce((largest, message) => Math.max(largest, message.payload.length), 0);
         }
         if (this.#cursors.get(cursor.agentId) !== cursor) return;
