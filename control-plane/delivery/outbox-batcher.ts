@@ -7,14 +7,23 @@ interface PendingAppend {
   reject: (err: Error) => void;
 }
 
-/** Acknowledged messages a batch of acks alone may hold before it is committed. */
-const MAX_HELD_ACKED_MESSAGES = 1024;
+/**
+ * Acks (each one agent's watermark) a batch of acks alone may hold before it is
+ * committed, and the messages they may acknowledge: what a crash can lose (a
+ * lost ack only costs a re-send the host drops).
+ */
+const MAX_HELD_ACKS = 256;
+const MAX_HELD_ACKED_MESSAGES = 4096;
 
-/** Turns of the event loop a batch of acks alone may wait (time as the loop counts it: a fake clock never moves). */
-const MAX_HOLD_TURNS = 64;
+/**
+ * Turns of the event loop a batch of acks alone may wait: time as the loop
+ * counts it, which a fake clock does not stop (when idle, a turn takes a few
+ * microseconds).
+ */
+const MAX_HOLD_TURNS = 512;
 
 /** Milliseconds (on the clock) a batch of acks alone may wait. */
-const MAX_HOLD_MS = 20;
+const MAX_HOLD_MS = 100;
 
 /** Options of {@link OutboxBatcher}. */
 export interface OutboxBatcherOptions {
@@ -30,15 +39,18 @@ export interface OutboxBatcherOptions {
  *
  * Acks are cumulative watermarks, and a host sends one per agent per turn for
  * all the messages it took in that turn, with turns between them in which none
- * arrives. So acks alone are committed on a count-or-time basis: once the
- * messages they acknowledge reach MAX_HELD_ACKED_MESSAGES, or the first of them
- * has waited MAX_HOLD_TURNS turns of the event loop or MAX_HOLD_MS on the clock,
- * whichever comes first; at once when an append joins them, and on flush.
+ * arrives. So acks alone are committed on a count-or-time basis: once they are
+ * MAX_HELD_ACKS or the messages they acknowledge MAX_HELD_ACKED_MESSAGES, or
+ * the first of them has waited MAX_HOLD_TURNS turns of the event loop or
+ * MAX_HOLD_MS on the clock, whichever comes first; at once when an append joins
+ * them, and on flush.
  * (Committing at the first turn with no ack, as before, made coalesced acks cost
  * a commit each.) A lost ack only costs a re-send the host drops, and the
  * delivery window moves on acks as they arrive, not as they commit; the hold
- * only delays `message-acked`, whose reporter waits for the commit, by at most
- * a few milliseconds under load and a few microseconds when idle.
+ * only delays `message-acked`, whose reporter waits for the commit: by at most
+ * MAX_HOLD_MS under load, a millisecond or two when idle. (A commit with
+ * `synchronous = FULL` waits for the disk, on the event loop: on a loaded
+ * machine, each one not made is several milliseconds of delivery.)
  */
 export class OutboxBatcher {
   readonly #store: Store;
@@ -48,6 +60,8 @@ export class OutboxBatcher {
   #acks = new Map<string, number>();
   /** Settled (true once committed, false if that commit failed) with the batch each held ack is in. */
   #ackWaiters: ((isCommitted: boolean) => void)[] = [];
+  /** Acks that raised a watermark since the last commit. */
+  #heldAcks = 0;
   /** Messages the held acks acknowledge, as their callers counted them. */
   #heldMessages = 0;
   /** Turns the held acks have waited. */
@@ -84,6 +98,7 @@ export class OutboxBatcher {
       this.#heldTurns = 0;
     }
     this.#acks.set(agentId, seq);
+    this.#heldAcks++;
     this.#heldMessages += Math.max(1, count);
     const committed = this.#whenAcksCommitted();
     this.#schedule();
@@ -128,7 +143,7 @@ export class OutboxBatcher {
   #isHoldingAcks(): boolean {
     if (this.#appends.length > 0 || this.#flushRequests > 0 || this.#acks.size === 0) return false;
     this.#heldTurns++;
-    if (this.#heldMessages >= MAX_HELD_ACKED_MESSAGES || this.#heldTurns >= MAX_HOLD_TURNS) return false;
+    if (this.#heldAcks >= MAX_HELD_ACKS || this.#heldMessages >= MAX_HELD_ACKED_MESSAGES || this.#heldTurns >= MAX_HOLD_TURNS) return false;
     return this.#clock === undefined || this.#clock.now() - this.#firstHeldAtMs < MAX_HOLD_MS;
   }
 
@@ -141,6 +156,7 @@ export class OutboxBatcher {
     this.#appends = [];
     this.#acks = new Map();
     this.#ackWaiters = [];
+    this.#heldAcks = 0;
     this.#heldMessages = 0;
     this.#heldTurns = 0;
     if (appends.length === 0 && acks.size === 0) {
