@@ -17,6 +17,7 @@ import {
   type TokenRotated,
   type Welcome,
 } from '../gen/tether/v1/host.js';
+import { AckBatchingWriter } from './ack-batching-writer.js';
 import type { AgentEnd, AgentRunnerFactory } from './agent-runner.js';
 import { runConnectionLoop, streamOutcomeOf, type StreamOutcome } from './connection-loop.js';
 import type { ApplyResult } from './credential-holder.js';
@@ -181,7 +182,7 @@ export class AgentHost {
   #hostId = '';
   #epoch = '';
   #heartbeatIntervalMs = 30_000;
-  #writer: StreamWriter<HostMessage> | undefined;
+  #writer: AckBatchingWriter | undefined;
   #call: grpc.ClientDuplexStream<HostMessage, ControlMessage> | undefined;
   /** What the control plane said in Welcome; until then, its defaults. */
   #rotationPolicy: RotationPolicy = { ...DEFAULT_ROTATION_POLICY };
@@ -332,13 +333,14 @@ export class AgentHost {
     });
     const call = client.connect(metadata);
     this.#call = call;
-    const writer = new StreamWriter<HostMessage>(call);
+    const writer = new AckBatchingWriter(new StreamWriter<HostMessage>(call));
     this.#writer = writer;
     const streamEnded = new AbortController();
     let isWelcomed = false;
     call.on('data', (message: ControlMessage) => {
       if (message.welcome !== undefined && !isWelcomed) {
         isWelcomed = true;
+        writer.acceptsAckBatch = message.welcome.acceptsAckBatch;
         this.#pingLoop(writer, streamEnded.signal).catch((err: unknown) => this.#logger.error({ err }, 'ping loop failed'));
       }
       this.#route(writer, message);
@@ -353,6 +355,7 @@ export class AgentHost {
         allowedCommands: [...(this.#options.allowedCommands ?? [])],
         modules: [...(this.#options.modules?.keys() ?? [])],
         ended: [...this.#unreportedEnds.values()],
+        acceptsDeliverBatch: true,
         running: [...this.#agents.values()].map((agent) => ({
           agentId: agent.agentId,
           incarnation: agent.incarnation,
@@ -381,7 +384,7 @@ export class AgentHost {
    * agent, so nothing queued behind it waits for a message in hand. Welcome waits for all queues.
    * Ping, Pong and Reject concern no agent and are answered at once.
    */
-  #route(writer: StreamWriter<HostMessage>, message: ControlMessage): void {
+  #route(writer: AckBatchingWriter, message: ControlMessage): void {
     const router = this.#router;
     if (message.welcome !== undefined) {
       const welcome = message.welcome;
@@ -395,6 +398,19 @@ export class AgentHost {
     } else if (message.deliver !== undefined) {
       const deliver = message.deliver;
       router.enqueue(agentQueue(deliver.agentId), () => this.#onDeliver(deliver));
+    } else if (message.deliverBatch !== undefined) {
+      // One task per run of deliveries to one agent, queued as its Delivers would be, in order.
+      const deliveries = message.deliverBatch.deliveries;
+      for (let start = 0; start < deliveries.length; ) {
+        const agentId = (deliveries[start] as Deliver).agentId;
+        let end = start + 1;
+        while (end < deliveries.length && (deliveries[end] as Deliver).agentId === agentId) end++;
+        const run = deliveries.slice(start, end);
+        router.enqueue(agentQueue(agentId), () => {
+          for (const deliver of run) this.#onDeliver(deliver);
+        });
+        start = end;
+      }
     } else if (message.skip !== undefined) {
       const { agentId, seq } = message.skip;
       router.enqueue(agentQueue(agentId), () => this.#agents.get(agentId)?.onDelivery({ type: 'skip', seq }));
@@ -405,7 +421,7 @@ export class AgentHost {
   }
 
   /** The envelopes that concern no agent, answered as they come. */
-  #onImmediate(writer: StreamWriter<HostMessage>, message: ControlMessage): void {
+  #onImmediate(writer: AckBatchingWriter, message: ControlMessage): void {
     if (message.ping !== undefined) writer.write({ pong: { pingTimeMs: message.ping.timeMs, timeMs: this.#options.clock.now() } });
     else if (message.pong !== undefined) {
       // Our clock minus the control plane's, assuming a symmetric round trip.
@@ -419,7 +435,7 @@ export class AgentHost {
     }
   }
 
-  async #onWelcome(writer: StreamWriter<HostMessage>, welcome: Welcome): Promise<void> {
+  async #onWelcome(writer: AckBatchingWriter, welcome: Welcome): Promise<void> {
     for (const reported of this.#endsInHello) {
       if (this.#unreportedEnds.get(reported.agentId) === reported) this.#unreportedEnds.delete(reported.agentId);
     }
@@ -440,7 +456,7 @@ export class AgentHost {
   }
 
   /** App-level pings on an open stream: data through proxies, and the clock skew. */
-  async #pingLoop(writer: StreamWriter<HostMessage>, signal: AbortSignal): Promise<void> {
+  async #pingLoop(writer: AckBatchingWriter, signal: AbortSignal): Promise<void> {
     const { clock } = this.#options;
     const intervalMs = this.#options.pingIntervalMs ?? 30_000;
     while (!signal.aborted) {
@@ -505,7 +521,7 @@ export class AgentHost {
     }
   }
 
-  async #storeHostCredential(writer: StreamWriter<HostMessage>, credential: Credential): Promise<void> {
+  async #storeHostCredential(writer: AckBatchingWriter, credential: Credential): Promise<void> {
     await this.#options.credentialStore.save(credential);
     this.#hostCredentialExpiresAtMs = credential.expiresAtMs;
     writer.write({ ack: { agentId: '', generation: credential.generation, ok: true, error: '', incarnation: 0 } });
@@ -513,7 +529,7 @@ export class AgentHost {
     this.events.emit('host-credential', { generation: credential.generation, expiresAtMs: credential.expiresAtMs });
   }
 
-  async #onStartAgent(writer: StreamWriter<HostMessage>, start: StartAgent): Promise<void> {
+  async #onStartAgent(writer: AckBatchingWriter, start: StartAgent): Promise<void> {
     const existing = this.#agents.get(start.agentId);
     if (existing !== undefined) {
       if (existing.incarnation === start.incarnation) return;
@@ -531,7 +547,11 @@ export class AgentHost {
         heartbeatIntervalMs: () => this.#heartbeatIntervalMs,
         callDeadlineMs: this.#cadence().callDeadlineMs,
         onHeartbeat: (result) => this.events.emit('heartbeat', { agentId: start.agentId, ...result }),
-        send: (envelope) => this.#writer?.write(envelope),
+        send: (envelope) => {
+          // A delivery Ack waits for the others of this turn (see AckBatchingWriter).
+          if (envelope.ack?.seq !== undefined) this.#writer?.ack(envelope.ack);
+          else this.#writer?.write(envelope);
+        },
         onTaken: (seq) => this.events.emit('message-taken', { agentId: start.agentId, seq }),
         stopDeadlineMs: this.#stopDeadlineMs,
       });
@@ -609,7 +629,7 @@ export class AgentHost {
     });
   }
 
-  async #onTokenRotated(writer: StreamWriter<HostMessage>, rotated: TokenRotated): Promise<void> {
+  async #onTokenRotated(writer: AckBatchingWriter, rotated: TokenRotated): Promise<void> {
     const credential = rotated.credential;
     if (credential === undefined) return;
     if (rotated.agentId === '') {
@@ -636,7 +656,7 @@ export class AgentHost {
     }
   }
 
-  async #onStopAgent(writer: StreamWriter<HostMessage>, agentId: string, reason: string): Promise<void> {
+  async #onStopAgent(writer: AckBatchingWriter, agentId: string, reason: string): Promise<void> {
     const agent = this.#agents.get(agentId);
     if (agent === undefined) return;
     const outcome = await this.#stopAgent(agent, reason);

@@ -38,6 +38,15 @@ export const ENVELOPE_ALLOWANCE_BYTES = 64 * 1024;
 export const MAX_PAYLOAD_BYTES_CEILING = HOST_MAX_RECEIVE_MESSAGE_BYTES - ENVELOPE_ALLOWANCE_BYTES;
 
 /**
+ * The most a DeliverBatch may weigh, encoded: the same room as one largest
+ * Deliver, so a batch never comes nearer a host's receive limit than a single
+ * delivery may. The control plane counts each delivery at an upper bound of
+ * its encoded size (see `deliverBytesBound` in the delivery manager), so the
+ * real batch is lighter still.
+ */
+export const MAX_DELIVER_BATCH_BYTES = MAX_PAYLOAD_BYTES_CEILING;
+
+/**
  * Trailing-metadata key of a deferral: the control plane is busy (too many
  * Hellos at once) and asks the host to try again after this many milliseconds.
  * Sent with RESOURCE_EXHAUSTED; never a final refusal.

@@ -11,12 +11,20 @@ export interface InboundMessage<M = unknown> {
   message: M;
 }
 
-/** The state. Never mutated: every event yields a new one. */
+/** What the buffer holds for one seq. */
+type Buffered<M> = { kind: 'message'; message: M } | { kind: 'skip' };
+
+/**
+ * The state. Every event yields a new one; its fields are never changed,
+ * except that `buffer` passes from one state to the next and is changed in
+ * place (copying it on every event cost time in proportion to what it holds):
+ * once a state is reduced, its buffer is the next state's.
+ */
 export interface DeliveryState<M = unknown> {
   /** Every seq up to this was taken by the agent (or skipped). */
   readonly takenSeq: number;
-  /** Deliveries and skips received ahead of the agent, by seq. */
-  readonly buffer: ReadonlyMap<number, { kind: 'message'; message: M } | { kind: 'skip' }>;
+  /** Deliveries and skips received ahead of the agent, by seq (only the reducer changes it). */
+  readonly buffer: ReadonlyMap<number, Buffered<M>>;
   /** The seq the agent is handling now, if any: one at a time. */
   readonly handlingSeq: number | undefined;
   readonly isStopped: boolean;
@@ -49,7 +57,10 @@ export function initialDeliveryState<M>(takenSeq: number): DeliveryState<M> {
   return { takenSeq, buffer: new Map(), handlingSeq: undefined, isStopped: false };
 }
 
-/** Applies `event`; returns the next state and the effects to carry out, in order. */
+/**
+ * Applies `event`; returns the next state and the effects to carry out, in
+ * order. `state`'s buffer becomes the next state's (see {@link DeliveryState}).
+ */
 export function reduceDelivery<M>(state: DeliveryState<M>, event: DeliveryEvent<M>): { state: DeliveryState<M>; effects: DeliveryEffect<M>[] } {
   if (state.isStopped) return { state, effects: [] };
   switch (event.type) {
@@ -63,16 +74,19 @@ export function reduceDelivery<M>(state: DeliveryState<M>, event: DeliveryEvent<
       }
       // The message in hand is not given twice; a dead letter is final, whatever is re-sent after it.
       if (event.type === 'deliver' && (event.seq === state.handlingSeq || state.buffer.get(event.seq)?.kind === 'skip')) return { state, effects: [] };
-      const buffer = new Map(state.buffer);
+      if (event.type === 'deliver' && event.seq === state.takenSeq + 1 && state.handlingSeq === undefined) {
+        // The next message, and the agent is free: straight in (whatever was buffered for this seq is this message again).
+        (state.buffer as Map<number, Buffered<M>>).delete(event.seq);
+        return { state: { ...state, handlingSeq: event.seq }, effects: [{ type: 'give', seq: event.seq, message: event.message }] };
+      }
       // A Skip of the message in hand is kept: if the agent refuses it, the queue moves past it at once.
-      buffer.set(event.seq, event.type === 'deliver' ? { kind: 'message', message: event.message } : { kind: 'skip' });
-      return advance({ ...state, buffer }, []);
+      (state.buffer as Map<number, Buffered<M>>).set(event.seq, event.type === 'deliver' ? { kind: 'message', message: event.message } : { kind: 'skip' });
+      return advance({ ...state }, []);
     }
     case 'taken': {
       if (event.seq !== state.handlingSeq) return { state, effects: [] };
-      const buffer = new Map(state.buffer);
-      buffer.delete(event.seq);
-      return advance({ ...state, buffer, takenSeq: event.seq, handlingSeq: undefined }, [{ type: 'ack', seq: event.seq }]);
+      (state.buffer as Map<number, Buffered<M>>).delete(event.seq);
+      return advance({ ...state, takenSeq: event.seq, handlingSeq: undefined }, [{ type: 'ack', seq: event.seq }]);
     }
     case 'refused': {
       if (event.seq !== state.handlingSeq) return { state, effects: [] };
@@ -82,12 +96,12 @@ export function reduceDelivery<M>(state: DeliveryState<M>, event: DeliveryEvent<
   }
 }
 
-/** Hands the next message to the agent if it is free and the next seq is here; moves past skips. */
+/** Hands the next message to the agent if it is free and the next seq is here; moves past skips. `state` is a fresh object. */
 function advance<M>(state: DeliveryState<M>, effects: DeliveryEffect<M>[]): { state: DeliveryState<M>; effects: DeliveryEffect<M>[] } {
   if (state.handlingSeq !== undefined) return { state, effects };
   let { takenSeq } = state;
   if (!state.buffer.has(takenSeq + 1)) return { state, effects };
-  const buffer = new Map(state.buffer);
+  const buffer = state.buffer as Map<number, Buffered<M>>;
   let skipped = false;
   for (;;) {
     const next = buffer.get(takenSeq + 1);
@@ -99,7 +113,7 @@ function advance<M>(state: DeliveryState<M>, effects: DeliveryEffect<M>[]): { st
       continue;
     }
     const out: DeliveryEffect<M>[] = skipped ? [...effects, { type: 'ack', seq: takenSeq }] : effects;
-    return { state: { ...state, takenSeq, buffer, handlingSeq: takenSeq + 1 }, effects: [...out, { type: 'give', seq: takenSeq + 1, message: next.message }] };
+    return { state: { ...state, takenSeq, handlingSeq: takenSeq + 1 }, effects: [...out, { type: 'give', seq: takenSeq + 1, message: next.message }] };
   }
-  return { state: { ...state, takenSeq, buffer }, effects: skipped ? [...effects, { type: 'ack', seq: takenSeq }] : effects };
+  return { state: { ...state, takenSeq }, effects: skipped ? [...effects, { type: 'ack', seq: takenSeq }] : effects };
 }

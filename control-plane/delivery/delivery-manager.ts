@@ -3,11 +3,13 @@ import retry from 'retry';
 import type { Clock } from '../../common/clock.js';
 import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
+import { MAX_DELIVER_BATCH_BYTES } from '../../common/protocol.js';
 import type { OutgoingMessage } from '../../gen/tether/v1/common.js';
+import type { ControlMessage, Deliver } from '../../gen/tether/v1/host.js';
 import type { ControlPlaneEvents } from '../events.js';
 import { envelopeBytes, type HostSession } from '../hosts/host-session.js';
 import { isPastHalfLife } from '../rotation/rotation-policy.js';
-import type { AppendResult, MessageRecord, MessageSender, Store } from '../store/store.js';
+import { senderName, type AppendResult, type MessageRecord, type MessageSender, type NewMessage, type Store } from '../store/store.js';
 import { OutboxBatcher } from './outbox-batcher.js';
 
 /** Options of {@link DeliveryManager}. */
@@ -42,6 +44,12 @@ export interface DeliveryManagerOptions {
   maxBufferedBytesPerHost: number;
   /** Payload bytes read ahead from the store and kept for later deliveries, all agents together. */
   maxReadAheadBytes: number;
+  /**
+   * Encoded bytes of one DeliverBatch (to hosts that take them); at most, and
+   * by default, {@link MAX_DELIVER_BATCH_BYTES}. A single delivery larger than
+   * this still goes, alone.
+   */
+  maxDeliverBatchBytes?: number;
   /** Acknowledged messages (and their idempotency keys) are kept this long. */
   ackedRetentionMs: number;
   /** Messages of ended agents are kept this long. */
@@ -63,10 +71,11 @@ interface Cursor {
   /** A refused seq waiting for its re-send. */
   retrySeq: number | undefined;
   /**
-   * Deliverable messages past `sentSeq`, in seq order, read from the store ahead
-   * of the window opening (at most `window` of them, and within the manager's
-   * `maxReadAheadBytes` for all cursors together), so acks arriving one by one do
-   * not cost one store read each. Nothing that can change a message past
+   * Deliverable messages past `sentSeq`, in seq order and gapless, read from the
+   * store ahead of the window opening (at most `window` of them per read) or kept
+   * from an append that was the cursor's next seq (at most `maxBatch`), within the
+   * manager's `maxReadAheadBytes` for all cursors together, so acks arriving one
+   * by one do not cost one store read each, nor fresh messages a read back. Nothing that can change a message past
    * `sentSeq` matters here: refusals concern sent seqs, requeues append past the
    * end, and a dead letter purged after it was read is still moved past with a Skip.
    * Changed only through #takeReadAhead, #keepReadAhead, #trimReadAhead and #dropCursor,
@@ -75,6 +84,17 @@ interface Cursor {
   readAhead: MessageRecord[];
   /** The largest payload of the last store read (0 before any), to size the next read to the budget. */
   largestPayloadBytes: number;
+  /** Appends to the agent's outbox (sends, requeues) seen since the cursor was made. */
+  appends: number;
+  /**
+   * `appends` as it was when a store read began that found the outbox drained
+   * (fewer deliverable messages past `sentSeq` than it asked for); -1 if none
+   * did. While it still equals `appends`, the store has nothing more to deliver
+   * than the read-ahead, and is not read again.
+   */
+  drainedAtAppends: number;
+  /** A store read for this cursor is under way. */
+  isReading: boolean;
   /** The agent's token as last read from the store (see #refreshTokenIfNeeded). */
   token: { issuedAtMs: number; expiresAtMs: number } | undefined;
 }
@@ -92,6 +112,7 @@ export class DeliveryManager {
   readonly #cursors = new Map<string, Cursor>();
   readonly #closing = new AbortController();
   readonly #hostBounds: { maxQueued: number; maxBufferedBytes: number };
+  readonly #maxDeliverBatchBytes: number;
   /** Payload bytes of every cursor's `readAhead`. */
   #readAheadBytes = 0;
   #pruning: Promise<void> | undefined;
@@ -99,8 +120,9 @@ export class DeliveryManager {
   constructor(options: DeliveryManagerOptions) {
     this.#options = options;
     this.#logger = options.logger.child({ component: 'delivery' });
-    this.#batcher = new OutboxBatcher(options.store);
+    this.#batcher = new OutboxBatcher(options.store, { clock: options.clock });
     this.#hostBounds = { maxQueued: options.maxQueuedPerHost, maxBufferedBytes: options.maxBufferedBytesPerHost };
+    this.#maxDeliverBatchBytes = Math.min(options.maxDeliverBatchBytes ?? MAX_DELIVER_BATCH_BYTES, MAX_DELIVER_BATCH_BYTES);
   }
 
   /**
@@ -136,21 +158,68 @@ export class DeliveryManager {
       if (message.contentType.length > 256) throw new InvalidArgumentError('a content type is at most 256 characters');
     }
     const nowMs = clock.now();
+    const appended: NewMessage[] = messages.map((message) => ({
+      id: randomUUID(),
+      contentType: message.contentType === '' ? 'application/octet-stream' : message.contentType,
+      payload: message.payload,
+      createdAtMs: nowMs,
+      idempotencyKey: message.idempotencyKey === '' ? null : message.idempotencyKey,
+    }));
     const results = await this.#batcher.append({
       agentId,
       sender,
       maxPending: this.#options.maxPending,
       maxPendingBytes: this.#options.maxPendingBytes,
-      messages: messages.map((message) => ({
-        id: randomUUID(),
-        contentType: message.contentType === '' ? 'application/octet-stream' : message.contentType,
-        payload: message.payload,
-        createdAtMs: nowMs,
-        idempotencyKey: message.idempotencyKey === '' ? null : message.idempotencyKey,
-      })),
+      messages: appended,
     });
+    this.#keepAppended(agentId, sender, appended, results);
     this.#kick(agentId);
     return results;
+  }
+
+  /**
+   * Keeps messages just appended (and committed) as the cursor's read-ahead, so
+   * they are delivered from memory rather than read back from the store: only
+   * when the first of them is the cursor's next seq (right after its read-ahead,
+   * or after `sentSeq` when that is empty), so the read-ahead stays the gapless
+   * run of deliverable seqs it must be; otherwise the store has messages in
+   * between and they are read in turn. At most `maxBatch` per cursor, within
+   * the read-ahead byte budget. Each is what a store read would return: a
+   * pending message, never attempted. When the outbox was drained before and
+   * all of them are kept, it still is: the store is not read after them.
+   */
+  #keepAppended(agentId: string, sender: MessageSender, appended: readonly NewMessage[], results: readonly AppendResult[]): void {
+    const cursor = this.#cursors.get(agentId);
+    if (cursor === undefined) return;
+    // Drained before this append (and no read under way that may yet replace the read-ahead): still so once it is all kept.
+    const wasDrained = cursor.drainedAtAppends === cursor.appends && !cursor.isReading;
+    cursor.appends++;
+    let nextSeq = (cursor.readAhead.at(-1)?.seq ?? cursor.sentSeq) + 1;
+    const from = senderName(sender);
+    for (const [index, message] of appended.entries()) {
+      const result = results[index];
+      // A duplicate holds an earlier seq: no longer the next one, nor anything after it.
+      if (result === undefined || result.isDuplicate) continue;
+      if (result.seq !== nextSeq) return;
+      if (cursor.readAhead.length >= this.#options.maxBatch) return;
+      if (this.#readAheadBytes + message.payload.length > this.#options.maxReadAheadBytes) return;
+      cursor.readAhead.push({
+        agentId,
+        seq: result.seq,
+        id: message.id,
+        from,
+        contentType: message.contentType,
+        payload: message.payload,
+        createdAtMs: message.createdAtMs,
+        state: 'pending',
+        attempts: 0,
+        lastError: '',
+        idempotencyKey: message.idempotencyKey,
+      });
+      this.#readAheadBytes += message.payload.length;
+      nextSeq++;
+    }
+    if (wasDrained) cursor.drainedAtAppends = cursor.appends;
   }
 
   /**
@@ -176,6 +245,9 @@ export class DeliveryManager {
       retrySeq: undefined,
       readAhead: [],
       largestPayloadBytes: 0,
+      appends: 0,
+      drainedAtAppends: -1,
+      isReading: false,
       token: undefined,
     });
     this.#kick(agentId);
@@ -256,7 +328,7 @@ export class DeliveryManager {
    * saying so; an ack whose commit failed is only a re-send the host drops.
    */
   #commitAck(agentId: string, seq: number, count: number): void {
-    this.#batcher.ack(agentId, seq).then(
+    this.#batcher.ack(agentId, seq, count).then(
       (isCommitted) => {
         if (isCommitted && count > 0) this.#options.events.emit('message-acked', { agentId, seq, count });
       },
@@ -282,6 +354,8 @@ export class DeliveryManager {
   /** Appends a dead letter again under a new seq (same message id) and pushes it. */
   async requeue(agentId: string, seq: number): Promise<number> {
     const newSeq = await this.#options.store.requeueMessage(agentId, seq);
+    const cursor = this.#cursors.get(agentId);
+    if (cursor !== undefined) cursor.appends++;
     this.#kick(agentId);
     return newSeq;
   }
@@ -340,7 +414,17 @@ export class DeliveryManager {
         await cursor.session.whenRoomFor(0, this.#hostBounds);
         let messages = this.#takeReadAhead(cursor);
         if (messages.length === 0) {
-          messages = await store.listDeliverable(cursor.agentId, cursor.sentSeq, this.#readLimit(cursor));
+          // Nothing was appended since a read found the outbox drained: nothing to read.
+          if (cursor.drainedAtAppends === cursor.appends) break;
+          const appendsBefore = cursor.appends;
+          const limit = this.#readLimit(cursor);
+          cursor.isReading = true;
+          try {
+            messages = await store.listDeliverable(cursor.agentId, cursor.sentSeq, limit);
+          } finally {
+            cursor.isReading = false;
+          }
+          if (messages.length < limit) cursor.drainedAtAppends = appendsBefore;
           cursor.largestPayloadBytes = messages.reduce((largest, message) => Math.max(largest, message.payload.length), 0);
         }
         if (this.#cursors.get(cursor.agentId) !== cursor) return;
@@ -358,37 +442,74 @@ export class DeliveryManager {
 
   /**
    * Sends `messages` (in seq order, past `sentSeq`) while the agent's window and
-   * the host stream's bounds allow. Returns the size of the delivery the stream
-   * refused, or undefined if none was.
+   * the host stream's bounds allow: to a host that takes them, as DeliverBatch
+   * envelopes of at most `maxDeliverBatchBytes` (each delivery counted at an
+   * upper bound of its encoded size), else one Deliver each. A Skip goes in its
+   * own envelope, after whatever was batched before it, so the host sees every
+   * seq in order. Returns the size of the envelope the stream refused (nothing
+   * of it was sent), or undefined if none was.
    */
   #sendWithinBounds(cursor: Cursor, messages: readonly MessageRecord[]): number | undefined {
     const room = this.#options.window - (cursor.sentSeq - cursor.ackedSeq);
+    const isBatching = cursor.session.acceptsDeliverBatch;
+    const maxBatchBytes = this.#maxDeliverBatchBytes;
+    let batch: Deliver[] = [];
+    let batchBytes = 0;
+    /** Highest seq sent or batched. */
+    let lastSeq = cursor.sentSeq;
+    const sendBatch = (): number | undefined => {
+      const last = batch[batch.length - 1];
+      if (last === undefined) return undefined;
+      const envelope: ControlMessage = batch.length === 1 ? { deliver: last } : { deliverBatch: { deliveries: batch } };
+      if (!cursor.session.trySend(envelope, this.#hostBounds)) return envelopeBytes(envelope);
+      cursor.sentSeq = last.seq;
+      batch = [];
+      batchBytes = 0;
+      return undefined;
+    };
     for (const message of messages.slice(0, Math.max(0, room))) {
-      if (message.seq <= cursor.sentSeq) continue;
-      if (message.seq !== cursor.sentSeq + 1) {
-        // Seqs are gapless per agent, so a gap is a dead letter purged or requeued before this
-        // host acknowledged past it (say its Skip was lost with a stream). The host still
-        // waits for each missing seq: skip them, or its queue would be held for ever.
-        this.#logger.warn({ agentId: cursor.agentId, expected: cursor.sentSeq + 1, got: message.seq }, 'outbox gap');
-        for (let seq = cursor.sentSeq + 1; seq < message.seq; seq++) cursor.session.send({ skip: { agentId: cursor.agentId, seq } });
-        cursor.sentSeq = message.seq - 1;
+      if (message.seq <= lastSeq) continue;
+      if (message.seq !== lastSeq + 1 || message.state === 'dead') {
+        const refusedBytes = sendBatch();
+        if (refusedBytes !== undefined) return refusedBytes;
+        if (message.seq !== cursor.sentSeq + 1) {
+          // Seqs are gapless per agent, so a gap is a dead letter purged or requeued before this
+          // host acknowledged past it (say its Skip was lost with a stream). The host still
+          // waits for each missing seq: skip them, or its queue would be held for ever.
+          this.#logger.warn({ agentId: cursor.agentId, expected: cursor.sentSeq + 1, got: message.seq }, 'outbox gap');
+          for (let seq = cursor.sentSeq + 1; seq < message.seq; seq++) cursor.session.send({ skip: { agentId: cursor.agentId, seq } });
+          cursor.sentSeq = message.seq - 1;
+        }
+        if (message.state === 'dead') {
+          cursor.session.send({ skip: { agentId: cursor.agentId, seq: message.seq } });
+          cursor.sentSeq = message.seq;
+          lastSeq = message.seq;
+          continue;
+        }
       }
-      if (message.state === 'dead') {
-        cursor.session.send({ skip: { agentId: cursor.agentId, seq: message.seq } });
-      } else {
-        const deliver = {
-          deliver: {
-            agentId: cursor.agentId,
-            seq: message.seq,
-            attempt: message.attempts + 1,
-            message: { id: message.id, from: message.from, contentType: message.contentType, payload: message.payload, createdAtMs: message.createdAtMs },
-          },
-        };
-        if (!cursor.session.trySend(deliver, this.#hostBounds)) return envelopeBytes(deliver);
+      const deliver: Deliver = {
+        agentId: cursor.agentId,
+        seq: message.seq,
+        attempt: message.attempts + 1,
+        message: { id: message.id, from: message.from, contentType: message.contentType, payload: message.payload, createdAtMs: message.createdAtMs },
+      };
+      if (!isBatching) {
+        const envelope: ControlMessage = { deliver };
+        if (!cursor.session.trySend(envelope, this.#hostBounds)) return envelopeBytes(envelope);
+        cursor.sentSeq = message.seq;
+        lastSeq = message.seq;
+        continue;
       }
-      cursor.sentSeq = message.seq;
+      const bytes = deliverBytesBound(deliver);
+      if (batch.length > 0 && batchBytes + bytes > maxBatchBytes) {
+        const refusedBytes = sendBatch();
+        if (refusedBytes !== undefined) return refusedBytes;
+      }
+      batch.push(deliver);
+      batchBytes += bytes;
+      lastSeq = message.seq;
     }
-    return undefined;
+    return sendBatch();
   }
 
   /**
@@ -481,6 +602,18 @@ export class DeliveryManager {
       }
     }
   }
+}
+
+/**
+ * An upper bound of the bytes `deliver` takes inside a DeliverBatch: its payload,
+ * its strings at three UTF-8 bytes per UTF-16 unit (the most one takes), and 64
+ * bytes for every tag, length and number (under 50 at most). Over-counting
+ * only makes batches smaller; the bound is what keeps them under the host's limit.
+ */
+export function deliverBytesBound(deliver: Deliver): number {
+  const message = deliver.message;
+  const strings = deliver.agentId.length + (message === undefined ? 0 : message.id.length + message.from.length + message.contentType.length);
+  return (message?.payload.length ?? 0) + 3 * strings + 64;
 }
 
 function payloadBytes(messages: readonly MessageRecord[]): number {

@@ -493,6 +493,13 @@ export class HostService {
     const session = state.session;
     if (session === undefined) throw new InvalidArgumentError('the first envelope must be Hello');
     if (message.ack !== undefined) await this.#onAck(session, state, message.ack);
+    else if (message.ackBatch !== undefined) {
+      // In order, each as if it came alone (a Reject names the one refused).
+      for (const ack of message.ackBatch.acks) {
+        if (state.isEnded || session.state === 'closed') return;
+        await this.#onAck(session, state, ack);
+      }
+    }
     else if (message.agentEvent !== undefined) await this.#options.agents.onAgentEvent(session, message.agentEvent);
     else if (message.ping !== undefined) session.send({ pong: { pingTimeMs: message.ping.timeMs, timeMs: this.#options.clock.now() } });
     else if (message.pong !== undefined) this.#onPong(session, state, message.pong);
@@ -549,6 +556,7 @@ export class HostService {
         limits: { maxPayloadBytes: this.#options.maxPayloadBytes, deliveryWindow: this.#options.deliveryWindow },
         hostId,
         hostCredential: joined === undefined ? undefined : toCredential(joined),
+        acceptsAckBatch: true,
       },
     });
     this.#logger.info({ hostId, sessionId: state.sessionId, running: hello.running.length, version: hello.version }, 'host connected');

@@ -15,6 +15,12 @@ export type HostSessionState = 'open' | 'closed';
  * estimate that spares serialising every envelope twice.
  */
 export function envelopeBytes(message: ControlMessage): number {
+  const batch = message.deliverBatch;
+  if (batch !== undefined) {
+    let bytes = 0;
+    for (const deliver of batch.deliveries) bytes += (deliver.message?.payload.length ?? 0) + 512;
+    return bytes;
+  }
   return (message.deliver?.message?.payload.length ?? 0) + 512;
 }
 
@@ -50,6 +56,11 @@ export class HostSession {
     this.connectedAtMs = options.connectedAtMs;
     this.#call = options.call;
     this.#writer = new StreamWriter(options.call, { sizeOf: envelopeBytes });
+  }
+
+  /** Whether the host said in its Hello that it takes DeliverBatch envelopes (else: one Deliver per message). */
+  get acceptsDeliverBatch(): boolean {
+    return this.hello.acceptsDeliverBatch;
   }
 
   /** The session's state. */

@@ -274,6 +274,54 @@ INSERT INTO agent_state_history (agent_id, at_ms, from_state, to_state, host_id,
   FROM agents ORDER BY agent_id;
 `;
 
+/** Whether a message row is held by its outbox (pending or dead): 1 or 0. */
+function heldCount(row: 'NEW' | 'OLD'): string {
+  return `(${row}.state IN ('pending', 'dead'))`;
+}
+
+/**
+ * Each agent's outbox size in messages (pending and dead, what the count cap
+ * counts), beside its bytes, so an append checks the cap by reading its agent's
+ * row rather than counting the outbox (a COUNT per append). The triggers of
+ * migration 6 are replaced by ones that keep both in one UPDATE of the agent's
+ * row; a message that stays with its agent (every write but a hypothetical
+ * move) updates that row once, not twice, so an ack costs one row write less
+ * per message. Counted afresh here for existing rows.
+ */
+const OUTBOX_COUNT = `
+ALTER TABLE agents ADD COLUMN outbox_count INTEGER NOT NULL DEFAULT 0;
+UPDATE agents SET outbox_count = (
+  SELECT COUNT(*) FROM messages WHERE messages.agent_id = agents.agent_id AND messages.state IN ('pending', 'dead')
+);
+DROP TRIGGER messages_bytes_insert;
+DROP TRIGGER messages_bytes_delete;
+DROP TRIGGER messages_bytes_update;
+CREATE TRIGGER messages_held_insert AFTER INSERT ON messages
+  WHEN ${heldCount('NEW')}
+BEGIN
+  UPDATE agents SET outbox_bytes = outbox_bytes + ${heldBytes('NEW')}, outbox_count = outbox_count + 1 WHERE agent_id = NEW.agent_id;
+END;
+CREATE TRIGGER messages_held_delete AFTER DELETE ON messages
+  WHEN ${heldCount('OLD')}
+BEGIN
+  UPDATE agents SET outbox_bytes = outbox_bytes - ${heldBytes('OLD')}, outbox_count = outbox_count - 1 WHERE agent_id = OLD.agent_id;
+END;
+CREATE TRIGGER messages_held_update AFTER UPDATE OF agent_id, state, payload ON messages
+  WHEN NEW.agent_id IS OLD.agent_id AND (${heldBytes('NEW')} != ${heldBytes('OLD')} OR ${heldCount('NEW')} != ${heldCount('OLD')})
+BEGIN
+  UPDATE agents SET
+    outbox_bytes = outbox_bytes - ${heldBytes('OLD')} + ${heldBytes('NEW')},
+    outbox_count = outbox_count - ${heldCount('OLD')} + ${heldCount('NEW')}
+  WHERE agent_id = NEW.agent_id;
+END;
+CREATE TRIGGER messages_held_move AFTER UPDATE OF agent_id ON messages
+  WHEN NEW.agent_id IS NOT OLD.agent_id
+BEGIN
+  UPDATE agents SET outbox_bytes = outbox_bytes - ${heldBytes('OLD')}, outbox_count = outbox_count - ${heldCount('OLD')} WHERE agent_id = OLD.agent_id;
+  UPDATE agents SET outbox_bytes = outbox_bytes + ${heldBytes('NEW')}, outbox_count = outbox_count + ${heldCount('NEW')} WHERE agent_id = NEW.agent_id;
+END;
+`;
+
 /** Every migration, in order. Append only; the last one's number is {@link SCHEMA_VERSION}. */
 const MIGRATIONS: readonly Migration[] = [
   {
@@ -318,6 +366,11 @@ const MIGRATIONS: readonly Migration[] = [
     version: 7,
     description: 'agent lifecycle: bounded state history with reasons, restarts, last error, the requested host; hosts.is_schedulable',
     apply: (db) => db.exec(AGENT_LIFECYCLE),
+  },
+  {
+    version: 8,
+    description: 'agents.outbox_count: pending and dead messages per outbox, kept with outbox_bytes by the same triggers (no COUNT per append)',
+    apply: (db) => db.exec(OUTBOX_COUNT),
   },
 ];
 

@@ -831,8 +831,8 @@ export class SqliteStore implements Store {
   }
 
   #append(request: AppendRequest): AppendResult[] {
-    const agent = this.#prepare('SELECT state, last_seq, outbox_bytes FROM agents WHERE agent_id = ?').get(request.agentId) as
-      | { state: AgentStateName; last_seq: number; outbox_bytes: number }
+    const agent = this.#prepare('SELECT state, last_seq, outbox_bytes, outbox_count FROM agents WHERE agent_id = ?').get(request.agentId) as
+      | { state: AgentStateName; last_seq: number; outbox_bytes: number; outbox_count: number }
       | undefined;
     if (agent === undefined) throw new NotFoundError(`no agent ${request.agentId}`);
     const principal = senderPrincipal(request.sender);
@@ -868,9 +868,8 @@ export class SqliteStore implements Store {
       );
     }
     // Dead letters count too: an agent that refuses everything must not let them pile up without bound.
-    const held = (
-      this.#prepare("SELECT COUNT(*) AS n FROM messages WHERE agent_id = ? AND state IN ('pending', 'dead')").get(request.agentId) as { n: number }
-    ).n;
+    // Kept by triggers (migration 8), so no COUNT per append.
+    const held = agent.outbox_count;
     if (held + fresh.length > request.maxPending) {
       throw new ResourceExhaustedError(
         `the outbox of ${request.agentId} is full (${held} unacknowledged or dead-lettered messages, at most ${request.maxPending}; ` +
@@ -891,7 +890,7 @@ export class SqliteStore implements Store {
     for (const { message, seq } of fresh) {
       insert.run(request.agentId, seq, message.id, from, principal, message.contentType, message.payload, message.createdAtMs, message.idempotencyKey);
     }
-    // The triggers on messages have added the payloads to outbox_bytes.
+    // The triggers on messages have added the payloads to outbox_bytes and the messages to outbox_count.
     this.#prepare('UPDATE agents SET last_seq = ? WHERE agent_id = ?').run(lastSeq, request.agentId);
     return results;
   }

@@ -60,7 +60,7 @@ export class SimHost {
         this.#send({ pong: { pingTimeMs: message.ping.timeMs, timeMs: clock.now() } });
       }
     });
-    this.#send({ hello: { protocolVersion: PROTOCOL_VERSION, version: 'bench-sim-host', capacity: 0, labels: [], allowedCommands: [], modules: ['idle'], running: [], ended: [] } });
+    this.#send({ hello: { protocolVersion: PROTOCOL_VERSION, version: 'bench-sim-host', capacity: 0, labels: [], allowedCommands: [], modules: ['idle'], running: [], ended: [], acceptsDeliverBatch: false } });
   }
 
   /** Opens the stream with a join token and says Hello. */

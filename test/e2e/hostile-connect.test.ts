@@ -47,7 +47,7 @@ function undecodable(length: number): Buffer {
 /** A Hello exactly as a host would frame it (one that runs the `idle` module). */
 function helloFrame(): Buffer {
   const body = HostMessage.encode({
-    hello: { protocolVersion: PROTOCOL_VERSION, version: 'hostile', capacity: 0, labels: [], allowedCommands: [], modules: ['idle'], running: [], ended: [] },
+    hello: { protocolVersion: PROTOCOL_VERSION, version: 'hostile', capacity: 0, labels: [], allowedCommands: [], modules: ['idle'], running: [], ended: [], acceptsDeliverBatch: false },
   }).finish();
   return grpcFrame(body.length, body);
 }

@@ -25,6 +25,8 @@ export function helloEnvelope(overrides: Partial<Hello> & { running?: RunningAge
       running: [],
       ended: [],
       ...overrides,
+      // Unset, as a host that predates batches leaves it: one Deliver per message.
+      acceptsDeliverBatch: overrides.acceptsDeliverBatch ?? false,
     },
   };
 }

@@ -27,11 +27,14 @@ export class RawHost {
     this.#ended = new Promise((resolve) => this.#call.on('status', resolve));
   }
 
-  /** Opens a stream with `authorization` (`Join ID.SECRET` or `Bearer <host token>`) and says Hello. */
-  static connect(target: string, authorization: string, running: RunningAgent[] = [], modules: string[] = ['idle']): RawHost {
+  /**
+   * Opens a stream with `authorization` (`Join ID.SECRET` or `Bearer <host token>`) and says Hello;
+   * as a host that predates DeliverBatch unless `acceptsDeliverBatch`.
+   */
+  static connect(target: string, authorization: string, running: RunningAgent[] = [], modules: string[] = ['idle'], acceptsDeliverBatch = false): RawHost {
     const host = new RawHost(target, authorization);
     host.send({
-      hello: { protocolVersion: PROTOCOL_VERSION, version: 'raw', capacity: 0, labels: [], allowedCommands: [], modules, running, ended: [] },
+      hello: { protocolVersion: PROTOCOL_VERSION, version: 'raw', capacity: 0, labels: [], allowedCommands: [], modules, running, ended: [], acceptsDeliverBatch },
     });
     return host;
   }

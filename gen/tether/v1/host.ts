@@ -29,7 +29,14 @@ export interface HostMessage {
   ack?: Ack | undefined;
   agentEvent?: AgentEvent | undefined;
   ping?: Ping | undefined;
-  pong?: Pong | undefined;
+  pong?:
+    | Pong
+    | undefined;
+  /**
+   * Several Acks in one stream message; sent only to a control plane whose
+   * Welcome set accepts_ack_batch.
+   */
+  ackBatch?: AckBatch | undefined;
 }
 
 /** Control plane to host. */
@@ -42,7 +49,14 @@ export interface ControlMessage {
   reject?: Reject | undefined;
   stopAgent?: StopAgent | undefined;
   ping?: Ping | undefined;
-  pong?: Pong | undefined;
+  pong?:
+    | Pong
+    | undefined;
+  /**
+   * Several deliveries in one stream message; sent only to a host whose
+   * Hello set accepts_deliver_batch.
+   */
+  deliverBatch?: DeliverBatch | undefined;
 }
 
 /** An agent the host is running when it (re)connects. */
@@ -72,6 +86,11 @@ export interface Hello {
    * `running` is reconciled, so an ended agent is not started again.
    */
   ended: AgentEvent[];
+  /**
+   * The host takes DeliverBatch envelopes. A host that leaves it unset (one
+   * that predates batches) is sent one Deliver per message.
+   */
+  acceptsDeliverBatch: boolean;
 }
 
 /** How the control plane replaces credentials, so a host can judge what it holds. */
@@ -110,7 +129,14 @@ export interface Welcome {
    * Present when the host connected with a join token: its first host credential.
    * The host acknowledges it with Ack{agent_id: "", generation}.
    */
-  hostCredential: Credential | undefined;
+  hostCredential:
+    | Credential
+    | undefined;
+  /**
+   * The control plane takes AckBatch envelopes. Unset (a control plane that
+   * predates batches): the host sends one Ack per envelope.
+   */
+  acceptsAckBatch: boolean;
 }
 
 export interface StartAgent {
@@ -143,6 +169,14 @@ export interface Deliver {
     | undefined;
   /** Deliveries of this message so far, this one included. */
   attempt: number;
+}
+
+/**
+ * Deliveries in stream order, as if each came in its own envelope. The control
+ * plane bounds a batch in bytes so it fits the host's receive limit.
+ */
+export interface DeliverBatch {
+  deliveries: Deliver[];
 }
 
 /** The message at seq was dead-lettered: move past it. */
@@ -180,6 +214,15 @@ export interface Ack {
   incarnation: number;
 }
 
+/**
+ * Acks in the order the host made them, as if each came in its own envelope.
+ * A delivery Ack is cumulative, so a host sends at most one per agent in a
+ * batch (its watermark), plus any NACK, in order.
+ */
+export interface AckBatch {
+  acks: Ack[];
+}
+
 export interface AgentEvent {
   agentId: string;
   /** "started", "exited", "failed", "stopped". */
@@ -200,7 +243,14 @@ export interface Pong {
 }
 
 function createBaseHostMessage(): HostMessage {
-  return { hello: undefined, ack: undefined, agentEvent: undefined, ping: undefined, pong: undefined };
+  return {
+    hello: undefined,
+    ack: undefined,
+    agentEvent: undefined,
+    ping: undefined,
+    pong: undefined,
+    ackBatch: undefined,
+  };
 }
 
 export const HostMessage: MessageFns<HostMessage> = {
@@ -219,6 +269,9 @@ export const HostMessage: MessageFns<HostMessage> = {
     }
     if (message.pong !== undefined) {
       Pong.encode(message.pong, writer.uint32(42).fork()).join();
+    }
+    if (message.ackBatch !== undefined) {
+      AckBatch.encode(message.ackBatch, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -276,6 +329,14 @@ export const HostMessage: MessageFns<HostMessage> = {
             message.pong = Pong.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.ackBatch = AckBatch.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -299,6 +360,11 @@ export const HostMessage: MessageFns<HostMessage> = {
         : undefined,
       ping: isSet(object.ping) ? Ping.fromJSON(object.ping) : undefined,
       pong: isSet(object.pong) ? Pong.fromJSON(object.pong) : undefined,
+      ackBatch: isSet(object.ackBatch)
+        ? AckBatch.fromJSON(object.ackBatch)
+        : isSet(object.ack_batch)
+        ? AckBatch.fromJSON(object.ack_batch)
+        : undefined,
     };
   },
 
@@ -319,6 +385,9 @@ export const HostMessage: MessageFns<HostMessage> = {
     if (message.pong !== undefined) {
       obj.pong = Pong.toJSON(message.pong);
     }
+    if (message.ackBatch !== undefined) {
+      obj.ackBatch = AckBatch.toJSON(message.ackBatch);
+    }
     return obj;
   },
 
@@ -334,6 +403,9 @@ export const HostMessage: MessageFns<HostMessage> = {
       : undefined;
     message.ping = (object.ping !== undefined && object.ping !== null) ? Ping.fromPartial(object.ping) : undefined;
     message.pong = (object.pong !== undefined && object.pong !== null) ? Pong.fromPartial(object.pong) : undefined;
+    message.ackBatch = (object.ackBatch !== undefined && object.ackBatch !== null)
+      ? AckBatch.fromPartial(object.ackBatch)
+      : undefined;
     return message;
   },
 };
@@ -349,6 +421,7 @@ function createBaseControlMessage(): ControlMessage {
     stopAgent: undefined,
     ping: undefined,
     pong: undefined,
+    deliverBatch: undefined,
   };
 }
 
@@ -380,6 +453,9 @@ export const ControlMessage: MessageFns<ControlMessage> = {
     }
     if (message.pong !== undefined) {
       Pong.encode(message.pong, writer.uint32(74).fork()).join();
+    }
+    if (message.deliverBatch !== undefined) {
+      DeliverBatch.encode(message.deliverBatch, writer.uint32(82).fork()).join();
     }
     return writer;
   },
@@ -469,6 +545,14 @@ export const ControlMessage: MessageFns<ControlMessage> = {
             message.pong = Pong.decode(reader, reader.uint32());
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.deliverBatch = DeliverBatch.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -504,6 +588,11 @@ export const ControlMessage: MessageFns<ControlMessage> = {
         : undefined,
       ping: isSet(object.ping) ? Ping.fromJSON(object.ping) : undefined,
       pong: isSet(object.pong) ? Pong.fromJSON(object.pong) : undefined,
+      deliverBatch: isSet(object.deliverBatch)
+        ? DeliverBatch.fromJSON(object.deliverBatch)
+        : isSet(object.deliver_batch)
+        ? DeliverBatch.fromJSON(object.deliver_batch)
+        : undefined,
     };
   },
 
@@ -536,6 +625,9 @@ export const ControlMessage: MessageFns<ControlMessage> = {
     if (message.pong !== undefined) {
       obj.pong = Pong.toJSON(message.pong);
     }
+    if (message.deliverBatch !== undefined) {
+      obj.deliverBatch = DeliverBatch.toJSON(message.deliverBatch);
+    }
     return obj;
   },
 
@@ -565,6 +657,9 @@ export const ControlMessage: MessageFns<ControlMessage> = {
       : undefined;
     message.ping = (object.ping !== undefined && object.ping !== null) ? Ping.fromPartial(object.ping) : undefined;
     message.pong = (object.pong !== undefined && object.pong !== null) ? Pong.fromPartial(object.pong) : undefined;
+    message.deliverBatch = (object.deliverBatch !== undefined && object.deliverBatch !== null)
+      ? DeliverBatch.fromPartial(object.deliverBatch)
+      : undefined;
     return message;
   },
 };
@@ -720,6 +815,7 @@ function createBaseHello(): Hello {
     modules: [],
     running: [],
     ended: [],
+    acceptsDeliverBatch: false,
   };
 }
 
@@ -748,6 +844,9 @@ export const Hello: MessageFns<Hello> = {
     }
     for (const v of message.ended) {
       AgentEvent.encode(v!, writer.uint32(66).fork()).join();
+    }
+    if (message.acceptsDeliverBatch !== false) {
+      writer.uint32(72).bool(message.acceptsDeliverBatch);
     }
     return writer;
   },
@@ -829,6 +928,14 @@ export const Hello: MessageFns<Hello> = {
             message.ended.push(AgentEvent.decode(reader, reader.uint32()));
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.acceptsDeliverBatch = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -861,6 +968,11 @@ export const Hello: MessageFns<Hello> = {
         ? object.running.map((e: any) => RunningAgent.fromJSON(e))
         : [],
       ended: globalThis.Array.isArray(object?.ended) ? object.ended.map((e: any) => AgentEvent.fromJSON(e)) : [],
+      acceptsDeliverBatch: isSet(object.acceptsDeliverBatch)
+        ? globalThis.Boolean(object.acceptsDeliverBatch)
+        : isSet(object.accepts_deliver_batch)
+        ? globalThis.Boolean(object.accepts_deliver_batch)
+        : false,
     };
   },
 
@@ -890,6 +1002,9 @@ export const Hello: MessageFns<Hello> = {
     if (message.ended?.length) {
       obj.ended = message.ended.map((e) => AgentEvent.toJSON(e));
     }
+    if (message.acceptsDeliverBatch !== false) {
+      obj.acceptsDeliverBatch = message.acceptsDeliverBatch;
+    }
     return obj;
   },
 
@@ -906,6 +1021,7 @@ export const Hello: MessageFns<Hello> = {
     message.modules = object.modules?.map((e) => e) || [];
     message.running = object.running?.map((e) => RunningAgent.fromPartial(e)) || [];
     message.ended = object.ended?.map((e) => AgentEvent.fromPartial(e)) || [];
+    message.acceptsDeliverBatch = object.acceptsDeliverBatch ?? false;
     return message;
   },
 };
@@ -1166,6 +1282,7 @@ function createBaseWelcome(): Welcome {
     limits: undefined,
     hostId: "",
     hostCredential: undefined,
+    acceptsAckBatch: false,
   };
 }
 
@@ -1194,6 +1311,9 @@ export const Welcome: MessageFns<Welcome> = {
     }
     if (message.hostCredential !== undefined) {
       Credential.encode(message.hostCredential, writer.uint32(66).fork()).join();
+    }
+    if (message.acceptsAckBatch !== false) {
+      writer.uint32(72).bool(message.acceptsAckBatch);
     }
     return writer;
   },
@@ -1275,6 +1395,14 @@ export const Welcome: MessageFns<Welcome> = {
             message.hostCredential = Credential.decode(reader, reader.uint32());
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.acceptsAckBatch = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1317,6 +1445,11 @@ export const Welcome: MessageFns<Welcome> = {
         : isSet(object.host_credential)
         ? Credential.fromJSON(object.host_credential)
         : undefined,
+      acceptsAckBatch: isSet(object.acceptsAckBatch)
+        ? globalThis.Boolean(object.acceptsAckBatch)
+        : isSet(object.accepts_ack_batch)
+        ? globalThis.Boolean(object.accepts_ack_batch)
+        : false,
     };
   },
 
@@ -1346,6 +1479,9 @@ export const Welcome: MessageFns<Welcome> = {
     if (message.hostCredential !== undefined) {
       obj.hostCredential = Credential.toJSON(message.hostCredential);
     }
+    if (message.acceptsAckBatch !== false) {
+      obj.acceptsAckBatch = message.acceptsAckBatch;
+    }
     return obj;
   },
 
@@ -1368,6 +1504,7 @@ export const Welcome: MessageFns<Welcome> = {
     message.hostCredential = (object.hostCredential !== undefined && object.hostCredential !== null)
       ? Credential.fromPartial(object.hostCredential)
       : undefined;
+    message.acceptsAckBatch = object.acceptsAckBatch ?? false;
     return message;
   },
 };
@@ -1741,6 +1878,77 @@ export const Deliver: MessageFns<Deliver> = {
       ? Message.fromPartial(object.message)
       : undefined;
     message.attempt = object.attempt ?? 0;
+    return message;
+  },
+};
+
+function createBaseDeliverBatch(): DeliverBatch {
+  return { deliveries: [] };
+}
+
+export const DeliverBatch: MessageFns<DeliverBatch> = {
+  encode(message: DeliverBatch, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.deliveries) {
+      Deliver.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeliverBatch {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeliverBatch();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deliveries.push(Deliver.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeliverBatch {
+    return {
+      deliveries: globalThis.Array.isArray(object?.deliveries)
+        ? object.deliveries.map((e: any) => Deliver.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: DeliverBatch): unknown {
+    const obj: any = {};
+    if (message.deliveries?.length) {
+      obj.deliveries = message.deliveries.map((e) => Deliver.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeliverBatch>, I>>(base?: I): DeliverBatch {
+    return DeliverBatch.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeliverBatch>, I>>(object: I): DeliverBatch {
+    const message = createBaseDeliverBatch();
+    message.deliveries = object.deliveries?.map((e) => Deliver.fromPartial(e)) || [];
     return message;
   },
 };
@@ -2177,6 +2385,73 @@ export const Ack: MessageFns<Ack> = {
     message.ok = object.ok ?? false;
     message.error = object.error ?? "";
     message.incarnation = object.incarnation ?? 0;
+    return message;
+  },
+};
+
+function createBaseAckBatch(): AckBatch {
+  return { acks: [] };
+}
+
+export const AckBatch: MessageFns<AckBatch> = {
+  encode(message: AckBatch, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.acks) {
+      Ack.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AckBatch {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAckBatch();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.acks.push(Ack.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AckBatch {
+    return { acks: globalThis.Array.isArray(object?.acks) ? object.acks.map((e: any) => Ack.fromJSON(e)) : [] };
+  },
+
+  toJSON(message: AckBatch): unknown {
+    const obj: any = {};
+    if (message.acks?.length) {
+      obj.acks = message.acks.map((e) => Ack.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AckBatch>, I>>(base?: I): AckBatch {
+    return AckBatch.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AckBatch>, I>>(object: I): AckBatch {
+    const message = createBaseAckBatch();
+    message.acks = object.acks?.map((e) => Ack.fromPartial(e)) || [];
     return message;
   },
 };

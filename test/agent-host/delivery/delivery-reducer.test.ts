@@ -160,13 +160,22 @@ describe('reduceDelivery', () => {
     expect(result.state.handlingSeq).toBe(handlingAfter);
   });
 
-  it('never mutates the state it is given', () => {
+  it('never changes the fields of the state it is given (its buffer passes on to the next state)', () => {
     const start = run(initialDeliveryState<string>(0), [deliver(2), deliver(1)]).state;
-    const bufferBefore = [...start.buffer.keys()];
     const before = { takenSeq: start.takenSeq, handlingSeq: start.handlingSeq, isStopped: start.isStopped };
     run(start, [taken(1), taken(2), deliver(3), { type: 'stop' }]);
     expect({ takenSeq: start.takenSeq, handlingSeq: start.handlingSeq, isStopped: start.isStopped }).toEqual(before);
-    expect([...start.buffer.keys()]).toEqual(bufferBefore);
+  });
+
+  it('keeps one buffer from event to event instead of copying it (a copy per event cost time in proportion to what it held)', () => {
+    let state = initialDeliveryState<string>(0);
+    const buffer = state.buffer;
+    for (const event of [deliver(1), deliver(3), deliver(2), deliver(4), taken(1), taken(2), skip(5), taken(3)]) {
+      state = reduceDelivery(state, event).state;
+      expect(state.buffer).toBe(buffer);
+    }
+    expect(state.handlingSeq).toBe(4);
+    expect([...state.buffer.keys()]).toEqual([5]);
   });
 });
 

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { OutboxBatcher } from '../../../control-plane/delivery/outbox-batcher.js';
 import type { AppendRequest, AppendResult, OutboxBatch, Store } from '../../../control-plane/store/store.js';
 import { withinHangBound } from '../../support/control-plane-process.js';
+import { FakeClock } from '../../support/fake-clock.js';
 
 /** A fake of the one Store method the batcher uses: records each commit, appends numbered from 1 per agent. */
 class FakeOutboxStore {
@@ -70,6 +71,37 @@ describe('OutboxBatcher', () => {
         { agentId: 'b', seq: 1_000 },
       ]),
     );
+  });
+
+  it('holds watermark acks that come with idle turns between them (as a host sends them) for a count, not for the first idle turn', async () => {
+    const store = new FakeOutboxStore();
+    const batcher = new OutboxBatcher(store.asStore());
+    const committed: Promise<boolean>[] = [];
+    // One watermark for 32 messages every third turn: 16,000 messages in 500 acks over 1,500 turns.
+    for (let i = 1; i <= 500; i++) {
+      committed.push(batcher.ack('a', i * 32, 32));
+      await turns(3);
+    }
+    expect(await withinHangBound(Promise.all(committed), 'every ack committed')).toEqual(committed.map(() => true));
+    // Committed at each idle turn, that would be 500 commits; by count or turns waited, a handful.
+    expect(store.commits.length).toBeLessThan(50);
+    expect(store.commits.at(-1)?.acks).toEqual([{ agentId: 'a', seq: 16_000 }]);
+  });
+
+  it('commits acks that keep arriving once the first has waited its time on the clock', async () => {
+    const store = new FakeOutboxStore();
+    const clock = new FakeClock();
+    const batcher = new OutboxBatcher(store.asStore(), { clock });
+    const committed: Promise<boolean>[] = [];
+    // An ack every turn, 30 ms apart: far from the counts, and 10 turns are far from the turn bound.
+    for (let seq = 1; seq <= 10; seq++) {
+      committed.push(batcher.ack('a', seq));
+      clock.advance(30);
+      await turns(1);
+    }
+    expect(store.commits.length).toBeGreaterThanOrEqual(2);
+    await withinHangBound(batcher.flush(), 'the flush');
+    expect(await Promise.all(committed)).toEqual(committed.map(() => true));
   });
 
   it('commits held acks at once with an append, and on flush', async () => {

@@ -1,10 +1,11 @@
 /**
- * The byte counter of each outbox (`agents.outbox_bytes`, kept by the store on
- * every write to its messages) as a property over generated sequences of
- * appends, acks, dead-letterings, requeues, purges, ends and prunes: after every
- * step it equals the payload bytes of the agent's pending and dead messages
- * counted afresh, and an append is refused exactly when it would take the
- * outbox past its byte cap.
+ * The byte and message counters of each outbox (`agents.outbox_bytes` and
+ * `outbox_count`, kept by the store on every write to its messages) as a
+ * property over generated sequences of appends, acks, dead-letterings,
+ * requeues, purges, ends and prunes: after every step they equal the payload
+ * bytes and the number of the agent's pending and dead messages counted afresh,
+ * and an append is refused exactly when it would take the outbox past its byte
+ * cap or its count cap.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -18,6 +19,8 @@ import { agent, NOW } from '../../support/store-records.js';
 
 const AGENTS = ['a', 'b'] as const;
 const MAX_PENDING_BYTES = 1_000;
+/** Low enough that generated runs meet the count cap too (sizes of 0 add messages but no bytes). */
+const MAX_PENDING_MESSAGES = 10;
 
 type Step =
   | { kind: 'append'; agent: number; sizes: number[] }
@@ -39,16 +42,18 @@ const step: fc.Arbitrary<Step> = fc.oneof(
 );
 
 /** Each agent's counter and what its outbox's rows add up to, read on a connection of their own. */
-function readBytes(path: string): { agentId: string; counter: number; sum: number }[] {
+function readBytes(path: string): { agentId: string; counter: number; sum: number; countCounter: number; count: number }[] {
   const db = new Database(path, { readonly: true });
   try {
     return db
       .prepare(
         `SELECT agent_id AS agentId, outbox_bytes AS counter,
-           (SELECT COALESCE(SUM(length(payload)), 0) FROM messages m WHERE m.agent_id = agents.agent_id AND m.state IN ('pending', 'dead')) AS sum
+           (SELECT COALESCE(SUM(length(payload)), 0) FROM messages m WHERE m.agent_id = agents.agent_id AND m.state IN ('pending', 'dead')) AS sum,
+           outbox_count AS countCounter,
+           (SELECT COUNT(*) FROM messages m WHERE m.agent_id = agents.agent_id AND m.state IN ('pending', 'dead')) AS count
          FROM agents ORDER BY agent_id`,
       )
-      .all() as { agentId: string; counter: number; sum: number }[];
+      .all() as { agentId: string; counter: number; sum: number; countCounter: number; count: number }[];
   } finally {
     db.close();
   }
@@ -63,7 +68,9 @@ async function runSteps(steps: readonly Step[]): Promise<void> {
     let nextId = 0;
     for (const s of steps) {
       const agentId = AGENTS[s.agent] as string;
-      const before = readBytes(path).find((row) => row.agentId === agentId)?.sum ?? 0;
+      const beforeRow = readBytes(path).find((row) => row.agentId === agentId);
+      const before = beforeRow?.sum ?? 0;
+      const beforeCount = beforeRow?.count ?? 0;
       switch (s.kind) {
         case 'append': {
           const [result] = await store.applyOutboxBatch({
@@ -71,7 +78,7 @@ async function runSteps(steps: readonly Step[]): Promise<void> {
               {
                 agentId,
                 sender: { kind: 'operator' },
-                maxPending: 1_000,
+                maxPending: MAX_PENDING_MESSAGES,
                 maxPendingBytes: MAX_PENDING_BYTES,
                 messages: s.sizes.map((size) => ({
                   id: `m${nextId++}`,
@@ -85,7 +92,7 @@ async function runSteps(steps: readonly Step[]): Promise<void> {
             acks: [],
           });
           const added = s.sizes.reduce((total, size) => total + size, 0);
-          if (before + added > MAX_PENDING_BYTES) expect(result).toBeInstanceOf(ResourceExhaustedError);
+          if (before + added > MAX_PENDING_BYTES || beforeCount + s.sizes.length > MAX_PENDING_MESSAGES) expect(result).toBeInstanceOf(ResourceExhaustedError);
           else expect(result).toHaveLength(s.sizes.length);
           break;
         }
@@ -117,7 +124,11 @@ async function runSteps(steps: readonly Step[]): Promise<void> {
           break;
         }
       }
-      for (const row of readBytes(path)) expect(row.counter, `${row.agentId} after ${JSON.stringify(s)}`).toBe(row.sum);
+      for (const row of readBytes(path)) {
+        expect(row.counter, `${row.agentId} after ${JSON.stringify(s)}`).toBe(row.sum);
+        // Its message counter (migration 8), kept by the same triggers.
+        expect(row.countCounter, `${row.agentId}'s count after ${JSON.stringify(s)}`).toBe(row.count);
+      }
     }
   } finally {
     await store.close();

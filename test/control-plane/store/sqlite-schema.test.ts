@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ResourceExhaustedError } from '../../../common/errors.js';
 import { BackupError, restoreDatabase } from '../../../control-plane/store/sqlite-backup.js';
 import { migrate, SCHEMA_VERSION, SchemaTooNewError } from '../../../control-plane/store/sqlite-schema.js';
 import { SqliteStore } from '../../../control-plane/store/sqlite-store.js';
@@ -188,6 +189,67 @@ describe('SQLite schema migrations', () => {
       expect(await send({ kind: 'operator' }, 'operator-retry', 'L')).toEqual([{ id: 'from-operator', seq: 5, isDuplicate: true }]);
       expect(await send({ kind: 'operator' }, 'operator-k', 'K')).toEqual([{ id: 'operator-k', seq: 6, isDuplicate: false }]);
       expect(await send({ kind: 'agent', agentId: 'alice' }, 'alice-l', 'L')).toEqual([{ id: 'alice-l', seq: 7, isDuplicate: false }]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('migrates a version 6 store: counts each outbox\'s messages, which then cap appends and follow acks without a COUNT', async () => {
+    const db = new Database(path);
+    migrate(db, 6);
+    expect(readVersion(path)).toBe(6);
+    const agentRow = (agentId: string, lastSeq: number): string =>
+      `('${agentId}', '${agentId}', 'running', NULL, '[]', '{}', 1, 1, NULL, 0, 0, 0, 0, 0, '', ${lastSeq}, 0)`;
+    db.exec(`
+      INSERT INTO agents (agent_id, name, state, host_id, host_labels, spec, incarnation, generation, token_id, issued_at_ms, expires_at_ms,
+        rotation_due_at_ms, created_at_ms, updated_at_ms, detail, last_seq, acked_seq)
+        VALUES ${agentRow('bob', 4)}, ${agentRow('idle', 0)};
+      INSERT INTO messages (agent_id, seq, id, sender, sender_principal, content_type, payload, created_at_ms, state, attempts, last_error, idempotency_key) VALUES
+        ('bob', 1, 'acked', 'operator', 'operator', 'text/plain', x'', ${NOW}, 'acked', 0, '', NULL),
+        ('bob', 2, 'p2', 'operator', 'operator', 'text/plain', zeroblob(10), ${NOW}, 'pending', 0, '', NULL),
+        ('bob', 3, 'dead', 'operator', 'operator', 'text/plain', zeroblob(20), ${NOW}, 'dead', 5, 'no', NULL),
+        ('bob', 4, 'p4', 'operator', 'operator', 'text/plain', zeroblob(30), ${NOW}, 'pending', 0, '', NULL);
+    `);
+    db.close();
+    const store = SqliteStore.open(path);
+    const counters = (): unknown => {
+      const raw = new Database(path, { readonly: true });
+      try {
+        return raw.prepare('SELECT agent_id, outbox_bytes, outbox_count FROM agents ORDER BY agent_id').all();
+      } finally {
+        raw.close();
+      }
+    };
+    const append = async (count: number, maxPending: number): Promise<AppendResult[] | Error | undefined> =>
+      (
+        await store.applyOutboxBatch({
+          appends: [
+            {
+              agentId: 'bob',
+              sender: { kind: 'operator' },
+              maxPending,
+              maxPendingBytes: 1024,
+              messages: Array.from({ length: count }, (_, i) => ({ id: `n${i}`, contentType: 'text/plain', payload: Buffer.from('x'), createdAtMs: NOW, idempotencyKey: null })),
+            },
+          ],
+          acks: [],
+        })
+      )[0];
+    try {
+      expect(readVersion(path)).toBe(SCHEMA_VERSION);
+      expect(counters()).toEqual([
+        { agent_id: 'bob', outbox_bytes: 60, outbox_count: 3 },
+        { agent_id: 'idle', outbox_bytes: 0, outbox_count: 0 },
+      ]);
+      // Three held: two more pass a cap of 4; one more fits it.
+      expect(await append(2, 4)).toBeInstanceOf(ResourceExhaustedError);
+      expect(await append(1, 4)).toEqual([{ id: 'n0', seq: 5, isDuplicate: false }]);
+      await store.applyOutboxBatch({ appends: [], acks: [{ agentId: 'bob', seq: 4 }] });
+      // The dead letter at 3 stays held; 2 and 4 are acknowledged; 5 is pending.
+      expect(counters()).toEqual([
+        { agent_id: 'bob', outbox_bytes: 21, outbox_count: 2 },
+        { agent_id: 'idle', outbox_bytes: 0, outbox_count: 0 },
+      ]);
     } finally {
       await store.close();
     }
