@@ -86,14 +86,14 @@ describe('keys revoke', () => {
     }
     const tokenOf = (agentId: string): string => credentials.get(agentId)?.get() ?? '';
 
-    const beats: { atMs: number; isOk: boolean; isUnauthenticated: boolean }[] = [];
+    const beats: { atMs: number; isOk: boolean; isUnauthenticated: boolean; error?: string }[] = [];
     const applied = { count: 0 };
     for (const { host } of hosts) {
       host.events.on('heartbeat', (e: { isOk: boolean; error?: Error }) => {
         // The agent client turns the status into a typed error, keeping the ServiceError as its cause.
         const cause: unknown = e.error?.cause ?? e.error;
         const code = typeof cause === 'object' && cause !== null && 'code' in cause ? cause.code : undefined;
-        beats.push({ atMs: h.clock.now(), isOk: e.isOk, isUnauthenticated: code === grpc.status.UNAUTHENTICATED });
+        beats.push({ atMs: h.clock.now(), isOk: e.isOk, isUnauthenticated: code === grpc.status.UNAUTHENTICATED, ...(e.error === undefined ? {} : { error: `${String(code)} ${e.error.message}` }) });
       });
       host.events.on('rotation-applied', () => applied.count++);
     }
