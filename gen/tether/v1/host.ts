@@ -110,7 +110,15 @@ export interface Welcome {
    * Present when the host connected with a join token: its first host credential.
    * The host acknowledges it with Ack{agent_id: "", generation}.
    */
-  hostCredential: Credential | undefined;
+  hostCredential:
+    | Credential
+    | undefined;
+  /**
+   * How long the control plane waits without contact before it declares this host lost and
+   * moves its agents; the host fences itself (stops its agents, deletes their token files)
+   * a margin before that. 0: not said (an older control plane); the host never fences itself.
+   */
+  lostHostGraceMs: number;
 }
 
 export interface StartAgent {
@@ -1166,6 +1174,7 @@ function createBaseWelcome(): Welcome {
     limits: undefined,
     hostId: "",
     hostCredential: undefined,
+    lostHostGraceMs: 0,
   };
 }
 
@@ -1194,6 +1203,9 @@ export const Welcome: MessageFns<Welcome> = {
     }
     if (message.hostCredential !== undefined) {
       Credential.encode(message.hostCredential, writer.uint32(66).fork()).join();
+    }
+    if (message.lostHostGraceMs !== 0) {
+      writer.uint32(72).int64(message.lostHostGraceMs);
     }
     return writer;
   },
@@ -1275,6 +1287,14 @@ export const Welcome: MessageFns<Welcome> = {
             message.hostCredential = Credential.decode(reader, reader.uint32());
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.lostHostGraceMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1317,6 +1337,11 @@ export const Welcome: MessageFns<Welcome> = {
         : isSet(object.host_credential)
         ? Credential.fromJSON(object.host_credential)
         : undefined,
+      lostHostGraceMs: isSet(object.lostHostGraceMs)
+        ? globalThis.Number(object.lostHostGraceMs)
+        : isSet(object.lost_host_grace_ms)
+        ? globalThis.Number(object.lost_host_grace_ms)
+        : 0,
     };
   },
 
@@ -1346,6 +1371,9 @@ export const Welcome: MessageFns<Welcome> = {
     if (message.hostCredential !== undefined) {
       obj.hostCredential = Credential.toJSON(message.hostCredential);
     }
+    if (message.lostHostGraceMs !== 0) {
+      obj.lostHostGraceMs = Math.round(message.lostHostGraceMs);
+    }
     return obj;
   },
 
@@ -1368,6 +1396,7 @@ export const Welcome: MessageFns<Welcome> = {
     message.hostCredential = (object.hostCredential !== undefined && object.hostCredential !== null)
       ? Credential.fromPartial(object.hostCredential)
       : undefined;
+    message.lostHostGraceMs = object.lostHostGraceMs ?? 0;
     return message;
   },
 };
