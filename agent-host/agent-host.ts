@@ -153,12 +153,12 @@ export interface HostExit {
 /**
  * How long without contact a host waits before it fences itself: the
  * control plane's lost-host grace minus a margin of the clock tolerance (at
- * most half the grace). At the smallest grace (a third of the agent TTL plus
+ * most a tenth of the grace). At the smallest grace (a third of the agent TTL plus
  * the tolerance) that is a third of the TTL: a partition the promise covers
  * never stops an agent.
  */
 export function selfFenceAfterMs(lostHostGraceMs: number, clockToleranceMs: number): number {
-  return lostHostGraceMs - Math.min(Math.max(0, clockToleranceMs), lostHostGraceMs / 2);
+  return lostHostGraceMs - Math.min(Math.max(0, clockToleranceMs), lostHostGraceMs / 10);
 }
 
 /**
