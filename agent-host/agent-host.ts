@@ -152,6 +152,17 @@ export interface HostExit {
 }
 
 /**
+ * How long without contact a host waits before it fences itself: the
+ * control plane's lost-host grace minus a margin of the clock tolerance (at
+ * most a tenth of the grace). At the smallest grace (a third of the agent TTL plus
+ * the tolerance) that is a third of the TTL: a partition the promise covers
+ * never stops an agent.
+ */
+export function selfFenceAfterMs(lostHostGraceMs: number, clockToleranceMs: number): number {
+  return lostHostGraceMs - Math.min(Math.max(0, clockToleranceMs), lostHostGraceMs / 10);
+}
+
+/**
  * An agent host: keeps one stream open to the control plane, starts the agents
  * it is told to, applies each rotated credential to that agent's own holder, and
  * reconnects with jittered backoff when the stream is lost (its agents keep
@@ -178,6 +189,13 @@ export class AgentHost {
    * planned for another TTL, and by `close()`.
    */
   #expiryReplan = new AbortController();
+  /** Aborted when the self-fence deadline may have moved (a Welcome, or close). */
+  #fenceReplan = new AbortController();
+  /** The control plane's lost-host grace, from its last Welcome (0: not said; never fence). */
+  #lostHostGraceMs = 0;
+  /** When anything last arrived from the control plane (on the host's clock). */
+  #lastContactMs = 0;
+  readonly #fence: Promise<void>;
   #state: AgentHostState = 'connecting';
   #hostId = '';
   #epoch = '';
@@ -236,6 +254,7 @@ export class AgentHost {
     };
     this.done = this.#run();
     this.#expiry = this.#expiryLoop();
+    this.#fence = this.#fenceLoop();
   }
 
   /** Starts a host; it connects in the background. */
@@ -277,12 +296,14 @@ export class AgentHost {
     await this.#writer?.whenBelow(1);
     this.#closing.abort();
     this.#expiryReplan.abort();
+    this.#fenceReplan.abort();
     if (!wasRefused) {
       this.#call?.end();
       this.#call?.cancel();
     }
     await this.done;
     await this.#expiry;
+    await this.#fence;
     this.#channel.close();
   }
 
@@ -338,6 +359,7 @@ export class AgentHost {
     const streamEnded = new AbortController();
     let isWelcomed = false;
     call.on('data', (message: ControlMessage) => {
+      this.#lastContactMs = this.#options.clock.now();
       if (message.welcome !== undefined && !isWelcomed) {
         isWelcomed = true;
         writer.acceptsAckBatch = message.welcome.acceptsAckBatch;
@@ -450,6 +472,11 @@ export class AgentHost {
       this.#expiryReplan = new AbortController();
     }
     if (welcome.hostCredential !== undefined) await this.#storeHostCredential(writer, welcome.hostCredential);
+    if (welcome.lostHostGraceMs !== this.#lostHostGraceMs) {
+      this.#lostHostGraceMs = welcome.lostHostGraceMs;
+      this.#fenceReplan.abort();
+      this.#fenceReplan = new AbortController();
+    }
     this.#state = 'connected';
     this.#logger.info({ hostId: welcome.hostId, sessionId: welcome.sessionId, epoch: welcome.epoch, rotation: this.#rotationPolicy }, 'connected to control plane');
     this.events.emit('connected', { hostId: welcome.hostId, sessionId: welcome.sessionId, epoch: welcome.epoch });
@@ -481,6 +508,42 @@ export class AgentHost {
       }
       this.#checkExpiry();
       lastCheckAtMs = clock.now();
+    }
+  }
+
+  /**
+   * Self-fencing: once nothing has come from the control plane for its
+   * lost-host grace minus a margin, every agent here is stopped and its token
+   * file deleted, before the control plane can declare this host lost and
+   * start the agents elsewhere. A partitioned but living host so never runs a
+   * copy that could still act. Nothing is reported for them: the control plane
+   * did not ask for the stop, and starts them again here if this host is back
+   * before the grace is over.
+   */
+  async #fenceLoop(): Promise<void> {
+    const { clock } = this.#options;
+    const closing = this.#closing.signal;
+    while (!closing.aborted) {
+      const replan = this.#fenceReplan.signal;
+      const graceMs = this.#lostHostGraceMs;
+      if (graceMs <= 0) {
+        await new Promise<void>((resolve) => (replan.aborted ? resolve() : replan.addEventListener('abort', () => resolve(), { once: true })));
+        continue;
+      }
+      const fenceAfterMs = selfFenceAfterMs(graceMs, this.#rotationPolicy.clockToleranceMs);
+      const silentForMs = clock.now() - this.#lastContactMs;
+      if (silentForMs < fenceAfterMs || this.#agents.size === 0) {
+        // Contact may come meanwhile: the deadline is recomputed from the last contact when this wakes.
+        await clock.sleep(silentForMs < fenceAfterMs ? fenceAfterMs - silentForMs : fenceAfterMs, replan);
+        continue;
+      }
+      const agentIds = [...this.#agents.keys()];
+      this.#logger.error(
+        { silentForMs, lostHostGraceMs: graceMs, fenceAfterMs, agents: agentIds.length },
+        'no contact with the control plane for its lost-host grace minus a margin: fencing this host (stopping every agent, deleting their token files)',
+      );
+      await Promise.all([...this.#agents.values()].map((agent) => this.#stopAgent(agent, 'host fenced itself: no contact with the control plane')));
+      this.events.emit('self-fenced', { agentIds, silentForMs });
     }
   }
 

@@ -31,6 +31,8 @@ export interface AgentHostEventMap {
   'message-taken': [{ agentId: string; seq: number }];
   /** The lowest time-to-expiry of any token held here fell below the warning threshold. */
   'expiry-warning': [{ lowestTimeToExpiryMs: number }];
+  /** No contact with the control plane for its lost-host grace minus a margin: these agents were stopped, their token files deleted. */
+  'self-fenced': [{ agentIds: string[]; silentForMs: number }];
   /** The control plane refused one envelope. */
   reject: [{ what: string; agentId: string; reason: string }];
 }

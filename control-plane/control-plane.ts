@@ -26,6 +26,7 @@ import { createMetrics } from './metrics.js';
 import { HealthService } from './grpc/health-service.js';
 import { HostService, type ConnectLimits } from './hosts/host-service.js';
 import { HostSessions } from './hosts/host-session.js';
+import { LostHostDetector } from './hosts/lost-host-detector.js';
 import { adminService } from './services/admin-service.js';
 import { agentService } from './services/agent-service.js';
 import { HeartbeatLedger } from './services/heartbeat-ledger.js';
@@ -156,6 +157,16 @@ export interface ControlPlaneOptions {
   /** Payload bytes kept read ahead of deliveries, all agents together. Default 64 MiB; from 64 KiB to 1 GiB. */
   maxReadAheadBytes?: number;
   /**
+   * Time without contact after which a host is lost: its agents become `lost`,
+   * and those made by `ensure` are fenced and started elsewhere once their old
+   * tokens have expired. Counted from its last contact or from this control
+   * plane's start, whichever is later. Default and least: a third of the agent
+   * token TTL plus the clock tolerance. Hosts fence themselves a margin before it.
+   */
+  lostHostGraceMs?: number;
+  /** Hosts declared lost per sweep at most (a sweep every grace/20, from 1 s to 30 s). Default 16. */
+  maxLostHostsPerSweep?: number;
+  /**
    * How long `close()` lets calls in flight finish, on the injected clock, after
    * health turns NOT_SERVING and new streams are refused; what is still open
    * then is cut. 0 cuts at once. Default 10 s.
@@ -170,6 +181,26 @@ function byteBound(value: number | undefined, fallback: number, name: string): n
     throw new InvalidArgumentError(`${name} must be a whole number of bytes from 64 KiB to 1 GiB`);
   }
   return bytes;
+}
+
+/** The least lost-host grace: a third of the agent token TTL plus the clock tolerance. */
+export function minLostHostGraceMs(agentTokenTtlMs: number, clockToleranceMs: number): number {
+  return Math.ceil(agentTokenTtlMs / 3) + clockToleranceMs;
+}
+
+/**
+ * The lost-host grace (default: the least), refused when shorter than the
+ * least: a partition the promise covers must never cost an agent its place.
+ */
+function lostHostGrace(value: number | undefined, agentTokenTtlMs: number, clockToleranceMs: number): number {
+  const minMs = minLostHostGraceMs(agentTokenTtlMs, clockToleranceMs);
+  const graceMs = value ?? minMs;
+  if (!Number.isSafeInteger(graceMs) || graceMs < minMs) {
+    throw new InvalidArgumentError(
+      `--lost-host-grace (${graceMs} ms) must be at least a third of --agent-token-ttl plus --clock-tolerance (${minMs} ms): a partition shorter than that must never cost an agent its place`,
+    );
+  }
+  return graceMs;
 }
 
 /** The smallest and largest byte cap of one outbox. */
@@ -215,6 +246,7 @@ export class ControlPlane {
   readonly #health: HealthService;
   readonly #clock: Clock;
   readonly #shutdownGraceMs: number;
+  readonly #lostHosts: LostHostDetector;
   #closing: Promise<void> | undefined;
 
   private constructor(parts: {
@@ -236,6 +268,7 @@ export class ControlPlane {
     health: HealthService;
     clock: Clock;
     shutdownGraceMs: number;
+    lostHosts: LostHostDetector;
   }) {
     this.events = parts.events;
     this.port = parts.port;
@@ -255,6 +288,7 @@ export class ControlPlane {
     this.#health = parts.health;
     this.#clock = parts.clock;
     this.#shutdownGraceMs = parts.shutdownGraceMs;
+    this.#lostHosts = parts.lostHosts;
   }
 
   /** The Prometheus registry of this control plane (also served at HTTP `/metrics`). */
@@ -290,6 +324,9 @@ export class ControlPlane {
     if (maxRotationsPerSecond !== 'auto' && !(maxRotationsPerSecond > 0)) throw new InvalidArgumentError(`maxRotationsPerSecond must be more than 0 or "auto", got ${maxRotationsPerSecond}`);
     const random = options.random ?? ((): number => randomInt(0, 2 ** 32) / 2 ** 32);
     const shutdownGraceMs = options.shutdownGraceMs ?? 10_000;
+    const lostHostGraceMs = lostHostGrace(options.lostHostGraceMs, agentTokenTtlMs, clockToleranceMs);
+    const maxLostHostsPerSweep = options.maxLostHostsPerSweep ?? 16;
+    if (!Number.isSafeInteger(maxLostHostsPerSweep) || maxLostHostsPerSweep < 1) throw new InvalidArgumentError(`maxLostHostsPerSweep must be a whole number of 1 or more, got ${maxLostHostsPerSweep}`);
     if (!Number.isFinite(shutdownGraceMs) || shutdownGraceMs < 0) throw new InvalidArgumentError(`shutdownGraceMs must be 0 or more, got ${shutdownGraceMs}`);
 
     const events = new ControlPlaneEvents();
@@ -351,6 +388,7 @@ export class ControlPlane {
       logger: root,
       events,
       agentTokenTtlMs,
+      clockToleranceMs,
       isRotationEnabled: options.isRotationEnabled ?? true,
       maxRotationsPerSecond,
       maxConcurrentRotations: options.maxConcurrentRotations ?? 128,
@@ -373,6 +411,7 @@ export class ControlPlane {
       hostTokenTtlMs,
       agentTokenTtlMs,
       clockToleranceMs,
+      lostHostGraceMs,
       heartbeatIntervalMs,
       joinTokenTtlMs: options.joinTokenTtlMs ?? 3_600_000,
       maxPayloadBytes,
@@ -383,6 +422,20 @@ export class ControlPlane {
       ...(options.maxConcurrentHellos === undefined ? {} : { maxConcurrentHellos: options.maxConcurrentHellos }),
       ...(options.helloRetryUnitMs === undefined ? {} : { helloRetryUnitMs: options.helloRetryUnitMs }),
       random,
+    });
+
+    const lostHosts = new LostHostDetector({
+      store,
+      sessions,
+      clock,
+      logger: root,
+      events,
+      graceMs: lostHostGraceMs,
+      sweepIntervalMs: Math.min(30_000, Math.max(1_000, Math.floor(lostHostGraceMs / 20))),
+      maxLostPerSweep: maxLostHostsPerSweep,
+      onLost: async (hostId, silentForMs) => {
+        await agents.onHostLost(hostId, silentForMs);
+      },
     });
 
     const keyRevoker = new KeyRevoker({
@@ -463,9 +516,11 @@ export class ControlPlane {
     agents.start();
     delivery.start();
     keys.start();
+    lostHosts.start();
+    await agents.resumeFenced();
     await agents.placePending();
-    logger.info({ port, httpPort, agentTokenTtlMs, hostTokenTtlMs, tls: options.tls !== undefined }, 'control plane serving');
-    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, logger, metrics, heartbeats, health, clock, shutdownGraceMs });
+    logger.info({ port, httpPort, agentTokenTtlMs, hostTokenTtlMs, lostHostGraceMs, tls: options.tls !== undefined }, 'control plane serving');
+    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, logger, metrics, heartbeats, health, clock, shutdownGraceMs, lostHosts });
   }
 
   /** How many hosts are connected. */
@@ -550,6 +605,7 @@ export class ControlPlane {
       await drained;
     }
     // Only now: a call that was in flight may still have needed rotation, delivery and its group commit.
+    await this.#lostHosts.close();
     await this.#agents.close();
     await this.#delivery.close();
     await this.#keys.close();

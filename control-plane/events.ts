@@ -9,6 +9,8 @@ export interface ControlPlaneEventMap {
   'host-connected': [{ hostId: string; sessionId: string }];
   /** A host's stream ended. */
   'host-disconnected': [{ hostId: string; sessionId: string }];
+  /** A host was declared lost: not connected for the lost-host grace. */
+  'host-lost': [{ hostId: string; silentForMs: number }];
   /** An agent changed state. */
   'agent-state': [{ agentId: string; state: AgentStateName; incarnation: number }];
   /**

@@ -72,6 +72,11 @@ export function controlPlaneProgram(given: Partial<ControlPlaneActions> = {}, re
     .addOption(new Option('--audience-token-ttl <duration>', 'lifetime of tokens minted for other services (never past the agent token)').env('TETHER_AUDIENCE_TOKEN_TTL').default(300_000, '5m').argParser(parseDurationWithin('--audience-token-ttl', BOUNDS.audienceTokenTtl)))
     .addOption(new Option('--join-token-ttl <duration>', 'default join token lifetime').env('TETHER_JOIN_TOKEN_TTL').default(3_600_000, '1h').argParser(parseDurationWithin('--join-token-ttl', BOUNDS.joinTokenTtl)))
     .addOption(new Option('--clock-tolerance <duration>', 'allowed clock skew on nbf/exp').env('TETHER_CLOCK_TOLERANCE').default(30_000, '30s').argParser(parseDurationWithin('--clock-tolerance', BOUNDS.clockTolerance)))
+    .addOption(
+      new Option('--lost-host-grace <duration>', 'time without contact after which a host is lost and its ensured agents move (default and least: --agent-token-ttl/3 + --clock-tolerance)')
+        .env('TETHER_LOST_HOST_GRACE')
+        .argParser(parseDurationWithin('--lost-host-grace', BOUNDS.lostHostGrace)),
+    )
     .addOption(new Option('--heartbeat-interval <duration>', 'agent heartbeat interval told to hosts').env('TETHER_HEARTBEAT_INTERVAL').default(30_000, '30s').argParser(parseDurationWithin('--heartbeat-interval', BOUNDS.heartbeatInterval)))
     .addOption(new Option('--keepalive <duration>', 'transport keepalive ping interval towards hosts').env('TETHER_KEEPALIVE').default(30_000, '30s').argParser(parseDurationWithin('--keepalive', BOUNDS.keepalive)))
     .addOption(

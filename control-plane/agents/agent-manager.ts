@@ -32,6 +32,8 @@ import { KeyedMutex } from './keyed-mutex.js';
 import { decidePlacement, type PlacementCandidate } from './placement.js';
 import { specDifferences } from './spec-differences.js';
 
+/** States of an agent that belongs on its host: live, or `lost` there and waiting for it (not fenced). */
+const ON_HOST_STATES: readonly AgentStateName[] = [...LIVE_AGENT_STATES, 'lost'];
 const AGENT_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 /** Added to a stopped agent's detail when its host reports it abandoned at the stop deadline. */
 const ABANDONED_SUFFIX = ' (abandoned by its host at the stop deadline)';
@@ -49,6 +51,8 @@ export interface AgentManagerOptions {
   logger: Logger;
   events: ControlPlaneEvents;
   agentTokenTtlMs: number;
+  /** Allowed clock skew on `exp`: a fenced agent waits this much past its last token's expiry before it starts elsewhere. */
+  clockToleranceMs: number;
   /** When false, credentials are issued once and never replaced (to show what goes wrong). */
   isRotationEnabled: boolean;
   /** The signing-rate cap, or `auto` to size it from the agents scheduled (see RotationScheduler). */
@@ -86,6 +90,16 @@ export interface EnsureResult {
 export interface AgentDescription {
   agent: AgentRecord;
   transitions: AgentTransitionRecord[];
+}
+
+/**
+ * Whether an agent whose host is lost is started on another host (once its
+ * old incarnation is fenced and its last tokens have expired) rather than left
+ * `lost` until its host comes back: agents made by `ensure`. (A restart policy
+ * will make this true too.)
+ */
+export function isRescheduledWhenLost(agent: Pick<AgentRecord, 'isEnsured'>): boolean {
+  return agent.isEnsured;
 }
 
 /** Converts an issued token into the wire form. */
@@ -130,6 +144,10 @@ export class AgentManager {
   readonly #liveStates = new Map<string, AgentStateName>();
   /** Bumped by every state noted: a store read fills the map only if no state was noted while it was awaited. */
   #stateNotes = 0;
+  /** Aborted at close: ends the waits of fenced agents for their last tokens to expire. */
+  readonly #closing = new AbortController();
+  /** Fenced agents waiting for their old incarnation's last token to expire, by id (at most one wait each). */
+  readonly #fenceWaits = new Map<string, Promise<void>>();
 
   constructor(options: AgentManagerOptions) {
     this.#options = options;
@@ -161,6 +179,20 @@ export class AgentManager {
     if (this.#options.isRotationEnabled) this.#scheduler.start();
   }
 
+  /**
+   * Resumes the waits of agents fenced before a restart (state `lost`, no
+   * host): each is placed again once its old incarnation's last token has
+   * expired, plus the clock tolerance.
+   */
+  async resumeFenced(): Promise<void> {
+    for (let afterId: string | null = null; ; ) {
+      const page = await this.#options.store.listAgents({ states: ['lost'] }, afterId, PAGE);
+      for (const agent of page.items) if (agent.hostId === null) this.#awaitFenceExpiry(agent);
+      afterId = page.nextAfterId;
+      if (afterId === null) break;
+    }
+  }
+
   /** True when every rotation that time has made due is done and no placement sweep runs (for tests on a fake clock). */
   isSettled(): boolean {
     return this.#scheduler.isSettled() && this.#locks.size === 0 && this.#sweep === undefined;
@@ -169,6 +201,8 @@ export class AgentManager {
   /** Stops the scheduler and waits for a placement sweep in progress. */
   async close(): Promise<void> {
     this.#isClosed = true;
+    this.#closing.abort();
+    await Promise.all(this.#fenceWaits.values());
     await this.#sweep;
     await this.#scheduler.close();
   }
@@ -239,7 +273,7 @@ export class AgentManager {
   }
 
   /** Creates an agent and places it. */
-  async dispatch(request: DispatchRequest, reason = 'dispatched'): Promise<AgentRecord> {
+  async dispatch(request: DispatchRequest, reason = 'dispatched', isEnsured = false): Promise<AgentRecord> {
     validateSpec(request.spec);
     const agentId = request.agentId === '' ? `agent-${randomBytes(6).toString('hex')}` : request.agentId;
     if (!AGENT_ID_PATTERN.test(agentId)) throw new InvalidArgumentError('agent_id must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}');
@@ -270,6 +304,7 @@ export class AgentManager {
       restarts: 0,
       lastError: '',
       lastErrorAtMs: 0,
+      isEnsured,
     }, reason);
     this.#logger.info({ agentId, kind: request.spec.kind }, 'agent dispatched');
     return this.#locks.run(agentId, () => this.#place(agentId));
@@ -288,7 +323,7 @@ export class AgentManager {
     validateSpec(request.spec);
     if ((await this.#options.store.getAgent(request.agentId)) === undefined) {
       try {
-        return { agent: await this.dispatch(request, 'created by ensure'), isCreated: true, isUpdated: false };
+        return { agent: await this.dispatch(request, 'created by ensure', true), isCreated: true, isUpdated: false };
       } catch (err) {
         // Created meanwhile by another ensure: compare with what it made, below.
         if ((await this.#options.store.getAgent(request.agentId)) === undefined) throw err;
@@ -320,6 +355,7 @@ export class AgentManager {
           hostLabels: request.hostLabels,
           updatedAtMs: nowMs,
           detail: reason,
+          isEnsured: true,
         },
         { incarnation: agent.incarnation, states: [agent.state] },
         reason,
@@ -447,9 +483,11 @@ export class AgentManager {
       if (session.state === 'closed') return;
       await this.#locks.run(running.agentId, async () => {
         const agent = await store.getAgent(running.agentId);
-        if (agent?.hostId !== session.hostId || !LIVE_AGENT_STATES.includes(agent.state)) {
+        if (agent?.hostId !== session.hostId || !ON_HOST_STATES.includes(agent.state)) {
           this.#options.reject(session, 'hello', running.agentId, 'agent not assigned to this host');
-          if (agent?.hostId === session.hostId) session.send({ stopAgent: { agentId: running.agentId, reason: `agent is ${agent.state}` } });
+          // A stale copy (the agent ended, or lives elsewhere now: moved while this host was lost) must not go on.
+          const why = agent === undefined ? 'no such agent' : agent.hostId === session.hostId ? `agent is ${agent.state}` : 'agent lives elsewhere now';
+          session.send({ stopAgent: { agentId: running.agentId, reason: why } });
           return;
         }
         if (running.incarnation !== agent.incarnation || running.epoch !== epoch) {
@@ -466,8 +504,9 @@ export class AgentManager {
           return;
         }
         let current = agent;
-        if (agent.state === 'starting') {
-          current = (await this.#setState(agent, 'running', '', 'its host reported it running (Hello)')) ?? agent;
+        if (agent.state === 'starting' || agent.state === 'lost') {
+          const why = agent.state === 'lost' ? 'its lost host came back with it running (Hello)' : 'its host reported it running (Hello)';
+          current = (await this.#setState(agent, 'running', '', why)) ?? agent;
         }
         // What the host says its holder has is what it holds: a rotation sent into a stream that died
         // before the host read it is not counted (the comparison below sends a fresh one).
@@ -508,13 +547,13 @@ export class AgentManager {
     for (const due of dueOnResume) this.#scheduler.schedule(due.agentId, due.dueAtMs, due.expiresAtMs);
     // Agents this host was given but did not report: start them again, under a new incarnation.
     for (let afterId: string | null = null; ; ) {
-      const page = await store.listAgents({ hostId: session.hostId, states: LIVE_AGENT_STATES }, afterId, PAGE);
+      const page = await store.listAgents({ hostId: session.hostId, states: ON_HOST_STATES }, afterId, PAGE);
       for (const agent of page.items) {
         if (reported.has(agent.agentId)) continue;
         if (session.state === 'closed') return;
         await this.#locks.run(agent.agentId, async () => {
           const fresh = await store.getAgent(agent.agentId);
-          if (fresh !== undefined && fresh.hostId === session.hostId && LIVE_AGENT_STATES.includes(fresh.state)) {
+          if (fresh !== undefined && fresh.hostId === session.hostId && ON_HOST_STATES.includes(fresh.state)) {
             await this.#startOn(fresh, session, 'started again: its host reconnected without it');
           }
         });
@@ -523,6 +562,89 @@ export class AgentManager {
       if (afterId === null) break;
     }
     await this.placePending();
+  }
+
+  /**
+   * A host was declared lost. Each of its live agents becomes `lost` (a
+   * transition with its reason). One that is rescheduled when lost
+   * ({@link isRescheduledWhenLost}) is then fenced on the store at once (taken
+   * off its host, so every credential of its old incarnation is refused from
+   * this commit on) and placed again only once the last token that
+   * incarnation held has expired, plus the clock tolerance: audience tokens
+   * never outlive the agent token they were minted with, and no verifier
+   * outside this control plane can be told of a revocation. The others wait,
+   * `lost`, for their host to come back.
+   */
+  async onHostLost(hostId: string, silentForMs: number): Promise<number> {
+    const { store, clock, sessions } = this.#options;
+    const reason = `its host ${hostId} was lost (no contact for ${silentForMs} ms)`;
+    let lost = 0;
+    for (let afterId: string | null = null; ; ) {
+      const page = await store.listAgents({ hostId, states: LIVE_AGENT_STATES }, afterId, PAGE);
+      for (const listed of page.items) {
+        await this.#locks.run(listed.agentId, async () => {
+          // Back meanwhile: its Hello reconciles the agent.
+          if (sessions.get(hostId) !== undefined) return;
+          const agent = await store.getAgent(listed.agentId);
+          if (agent?.hostId !== hostId || !LIVE_AGENT_STATES.includes(agent.state)) return;
+          const marked = await store.updateAgent(
+            agent.agentId,
+            { state: 'lost', detail: reason, updatedAtMs: clock.now() },
+            { incarnation: agent.incarnation, states: [agent.state] },
+            reason,
+          );
+          if (marked === undefined) return;
+          lost++;
+          this.#forgetPlacement(agent.agentId);
+          this.#onStateChanged(agent, 'lost');
+          if (!isRescheduledWhenLost(marked)) return;
+          const placeAfterMs = marked.expiresAtMs + this.#options.clockToleranceMs;
+          const fenceReason = `old incarnation ${marked.incarnation} fenced (every credential of it refused); placed again once its last token has expired, at ${new Date(placeAfterMs).toISOString()}`;
+          const fenced = await store.updateAgent(
+            agent.agentId,
+            { hostId: null, detail: fenceReason, updatedAtMs: clock.now() },
+            { incarnation: marked.incarnation, states: ['lost'] },
+            fenceReason,
+          );
+          if (fenced === undefined) return;
+          // Tokens of the old incarnation are refused from this commit on (isAgentTokenRevoked); drop cached ones.
+          this.#options.verifier.forgetSubject('agent', agent.agentId);
+          this.#logger.warn({ agentId: agent.agentId, hostId, incarnation: marked.incarnation, placeAfterMs }, 'agent of a lost host fenced');
+          this.#awaitFenceExpiry(fenced);
+        });
+      }
+      afterId = page.nextAfterId;
+      if (afterId === null) break;
+    }
+    this.#logger.warn({ hostId, lost }, 'agents of a lost host marked lost');
+    return lost;
+  }
+
+  /** Waits (on the clock) for a fenced agent's last token to expire, then makes it pending and places it. */
+  #awaitFenceExpiry(agent: AgentRecord): void {
+    if (this.#fenceWaits.has(agent.agentId) || this.#isClosed) return;
+    const wait = (async () => {
+      const { clock, store } = this.#options;
+      const placeAfterMs = agent.expiresAtMs + this.#options.clockToleranceMs;
+      // Strictly past: a token is accepted up to and including exp + tolerance.
+      while (clock.now() <= placeAfterMs && !this.#closing.signal.aborted) await clock.sleep(placeAfterMs + 1 - clock.now(), this.#closing.signal);
+      if (this.#closing.signal.aborted) return;
+      await this.#locks.run(agent.agentId, async () => {
+        const reason = `the last token of incarnation ${agent.incarnation} expired; placing it again`;
+        const pending = await store.updateAgent(
+          agent.agentId,
+          { state: 'pending', hostId: agent.requestedHostId, detail: reason, updatedAtMs: clock.now() },
+          { incarnation: agent.incarnation, states: ['lost'] },
+          reason,
+        );
+        if (pending === undefined) return;
+        this.#onStateChanged(agent, 'pending');
+        await this.#place(agent.agentId);
+      });
+    })()
+      .catch((err: unknown) => this.#logger.error({ err, agentId: agent.agentId }, 'placing a fenced agent again failed'))
+      .finally(() => this.#fenceWaits.delete(agent.agentId));
+    this.#fenceWaits.set(agent.agentId, wait);
   }
 
   /**

@@ -29,6 +29,7 @@ export const SERVE_DURATION_BOUNDS = {
   heartbeatInterval: { minMs: SECOND_MS, maxMs: HOUR_MS },
   keepalive: { minMs: SECOND_MS, maxMs: 2 * HOUR_MS },
   shutdownGrace: { minMs: 0, maxMs: 10 * MINUTE_MS },
+  lostHostGrace: { minMs: SECOND_MS, maxMs: 30 * DAY_MS },
 } as const satisfies Record<string, DurationBounds>;
 
 /** Flags of `control-plane serve`. */
@@ -45,6 +46,8 @@ export interface ServeFlags {
   hostTokenTtl: number;
   joinTokenTtl: number;
   clockTolerance: number;
+  /** Undefined: the least allowed, a third of the agent token TTL plus the clock tolerance. */
+  lostHostGrace?: number;
   heartbeatInterval: number;
   keepalive: number;
   shutdownGrace: number;
@@ -145,6 +148,7 @@ export async function serve(flags: ServeFlags, redactor = new SecretRedactor()):
     hostTokenTtlMs: flags.hostTokenTtl,
     joinTokenTtlMs: flags.joinTokenTtl,
     clockToleranceMs: flags.clockTolerance,
+    ...(flags.lostHostGrace === undefined ? {} : { lostHostGraceMs: flags.lostHostGrace }),
     heartbeatIntervalMs: flags.heartbeatInterval,
     keepaliveTimeMs: flags.keepalive,
     maxRotationsPerSecond: flags.maxRotationsPerSecond,

@@ -51,6 +51,8 @@ export interface HostServiceOptions {
   hostTokenTtlMs: number;
   agentTokenTtlMs: number;
   clockToleranceMs: number;
+  /** Told to each host in Welcome: it fences itself a margin before this much time without contact. */
+  lostHostGraceMs: number;
   heartbeatIntervalMs: number;
   joinTokenTtlMs: number;
   maxPayloadBytes: number;
@@ -557,6 +559,7 @@ export class HostService {
         hostId,
         hostCredential: joined === undefined ? undefined : toCredential(joined),
         acceptsAckBatch: true,
+        lostHostGraceMs: this.#options.lostHostGraceMs,
       },
     });
     this.#logger.info({ hostId, sessionId: state.sessionId, running: hello.running.length, version: hello.version }, 'host connected');

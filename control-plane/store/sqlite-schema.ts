@@ -241,6 +241,16 @@ END;
 `;
 
 /**
+ * Agents remember whether `ensure` made them (or last restarted them): such an agent is started
+ * on another host when its host is lost (after its old incarnation is fenced and its last tokens
+ * have expired); one made by `dispatch` waits for its host to come back. Rows written before this
+ * are taken as dispatched: what made them was never kept.
+ */
+const AGENT_ENSURED = `
+ALTER TABLE agents ADD COLUMN is_ensured INTEGER NOT NULL DEFAULT 0;
+`;
+
+/**
  * Agents get a lifecycle record (issue 15): each change of state, host or incarnation is a row of
  * `agent_state_history` with its reason, written by the store in the same transaction as the change
  * and bounded per agent (MAX_TRANSITIONS_PER_AGENT, oldest dropped). Hosts get a schedulable flag
@@ -371,6 +381,11 @@ const MIGRATIONS: readonly Migration[] = [
     version: 8,
     description: 'agents.outbox_count: pending and dead messages per outbox, kept with outbox_bytes by the same triggers (no COUNT per append)',
     apply: (db) => db.exec(OUTBOX_COUNT),
+  },
+  {
+    version: 9,
+    description: 'agents.is_ensured: made by ensure, so moved to another host when its host is lost',
+    apply: (db) => db.exec(AGENT_ENSURED),
   },
 ];
 

@@ -57,6 +57,7 @@ interface AgentRow {
   restarts: number;
   last_error: string;
   last_error_at_ms: number;
+  is_ensured: number;
 }
 
 interface TransitionRow {
@@ -137,6 +138,7 @@ const AGENT_COLUMNS: Record<keyof AgentPatch, string> = {
   restarts: 'restarts',
   lastError: 'last_error',
   lastErrorAtMs: 'last_error_at_ms',
+  isEnsured: 'is_ensured',
 };
 
 const HOST_COLUMNS: Record<keyof HostPatch, string> = {
@@ -181,6 +183,7 @@ function agentFromRow(row: AgentRow): AgentRecord {
     restarts: row.restarts,
     lastError: row.last_error,
     lastErrorAtMs: row.last_error_at_ms,
+    isEnsured: row.is_ensured === 1,
   };
 }
 
@@ -590,8 +593,8 @@ export class SqliteStore implements Store {
         this.#prepare(
           `INSERT INTO agents (agent_id, name, state, host_id, host_labels, spec, incarnation, generation, token_id,
              issued_at_ms, expires_at_ms, rotation_due_at_ms, created_at_ms, updated_at_ms, detail, last_seq, acked_seq,
-             previous_expires_at_ms, acked_generation, acked_expires_at_ms, requested_host_id, restarts, last_error, last_error_at_ms)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+             previous_expires_at_ms, acked_generation, acked_expires_at_ms, requested_host_id, restarts, last_error, last_error_at_ms, is_ensured)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         ).run(
           agent.agentId,
           agent.name,
@@ -617,6 +620,7 @@ export class SqliteStore implements Store {
           agent.restarts,
           agent.lastError,
           agent.lastErrorAtMs,
+          agent.isEnsured ? 1 : 0,
         );
       } catch (err) {
         if (isUniqueViolation(err)) throw new AlreadyExistsError(`agent ${agent.agentId} exists`, { cause: err });

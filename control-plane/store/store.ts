@@ -84,6 +84,11 @@ export interface AgentRecord {
   lastError: string;
   /** When it last failed (0: never). */
   lastErrorAtMs: number;
+  /**
+   * Made (or last started again) by `ensure`: when its host is lost it is fenced and started on
+   * another host; a dispatched agent waits, `lost`, for its host to come back.
+   */
+  isEnsured: boolean;
 }
 
 /** At most this many transitions are kept per agent (the oldest go first). */

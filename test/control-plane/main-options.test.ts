@@ -100,6 +100,7 @@ const SERVE_ROWS: Record<string, Row> = {
   '--heartbeat-interval': { env: 'TETHER_HEARTBEAT_INTERVAL', value: '20s', key: 'heartbeatInterval', expected: 20_000 },
   '--keepalive': { env: 'TETHER_KEEPALIVE', value: '40s', key: 'keepalive', expected: 40_000 },
   '--shutdown-grace': { env: 'TETHER_SHUTDOWN_GRACE', value: '3s', key: 'shutdownGrace', expected: 3_000 },
+  '--lost-host-grace': { env: 'TETHER_LOST_HOST_GRACE', value: '25m', key: 'lostHostGrace', expected: 1_500_000 },
   '--max-rotations-per-second': { env: 'TETHER_MAX_ROTATIONS_PER_SECOND', value: '50', key: 'maxRotationsPerSecond', expected: 50 },
   '--max-concurrent-hellos': { env: 'TETHER_MAX_CONCURRENT_HELLOS', value: '8', key: 'maxConcurrentHellos', expected: 8 },
   '--delivery-window': { env: 'TETHER_DELIVERY_WINDOW', value: '4', key: 'deliveryWindow', expected: 4 },

@@ -48,6 +48,7 @@ const DURATION_FLAGS: [string, keyof typeof SERVE_DURATION_BOUNDS][] = [
   ['--heartbeat-interval', 'heartbeatInterval'],
   ['--keepalive', 'keepalive'],
   ['--shutdown-grace', 'shutdownGrace'],
+  ['--lost-host-grace', 'lostHostGrace'],
 ];
 
 describe('control-plane serve flags', () => {

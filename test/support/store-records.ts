@@ -29,6 +29,7 @@ export function agent(agentId: string, patch: Partial<AgentRecord> = {}): AgentR
     restarts: 0,
     lastError: '',
     lastErrorAtMs: 0,
+    isEnsured: false,
     ...patch,
   };
 }

@@ -137,6 +137,12 @@ export interface Welcome {
    * predates batches): the host sends one Ack per envelope.
    */
   acceptsAckBatch: boolean;
+  /**
+   * How long the control plane waits without contact before it declares this host lost and
+   * moves its agents; the host fences itself (stops its agents, deletes their token files)
+   * a margin before that. 0: not said (an older control plane); the host never fences itself.
+   */
+  lostHostGraceMs: number;
 }
 
 export interface StartAgent {
@@ -1283,6 +1289,7 @@ function createBaseWelcome(): Welcome {
     hostId: "",
     hostCredential: undefined,
     acceptsAckBatch: false,
+    lostHostGraceMs: 0,
   };
 }
 
@@ -1314,6 +1321,9 @@ export const Welcome: MessageFns<Welcome> = {
     }
     if (message.acceptsAckBatch !== false) {
       writer.uint32(72).bool(message.acceptsAckBatch);
+    }
+    if (message.lostHostGraceMs !== 0) {
+      writer.uint32(80).int64(message.lostHostGraceMs);
     }
     return writer;
   },
@@ -1403,6 +1413,14 @@ export const Welcome: MessageFns<Welcome> = {
             message.acceptsAckBatch = reader.bool();
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.lostHostGraceMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1450,6 +1468,11 @@ export const Welcome: MessageFns<Welcome> = {
         : isSet(object.accepts_ack_batch)
         ? globalThis.Boolean(object.accepts_ack_batch)
         : false,
+      lostHostGraceMs: isSet(object.lostHostGraceMs)
+        ? globalThis.Number(object.lostHostGraceMs)
+        : isSet(object.lost_host_grace_ms)
+        ? globalThis.Number(object.lost_host_grace_ms)
+        : 0,
     };
   },
 
@@ -1482,6 +1505,9 @@ export const Welcome: MessageFns<Welcome> = {
     if (message.acceptsAckBatch !== false) {
       obj.acceptsAckBatch = message.acceptsAckBatch;
     }
+    if (message.lostHostGraceMs !== 0) {
+      obj.lostHostGraceMs = Math.round(message.lostHostGraceMs);
+    }
     return obj;
   },
 
@@ -1505,6 +1531,7 @@ export const Welcome: MessageFns<Welcome> = {
       ? Credential.fromPartial(object.hostCredential)
       : undefined;
     message.acceptsAckBatch = object.acceptsAckBatch ?? false;
+    message.lostHostGraceMs = object.lostHostGraceMs ?? 0;
     return message;
   },
 };

@@ -289,6 +289,8 @@ describe('SQLite schema migrations', () => {
         restarts: 0,
         lastError: '',
         lastErrorAtMs: 0,
+        // Migration 8: what made an older agent was never kept; it is taken as dispatched.
+        isEnsured: false,
       });
       // A pending agent's host is the one it asked for.
       expect(await store.getAgent('a-pending')).toMatchObject({ state: 'pending', hostId: 'h-named', requestedHostId: 'h-named' });
