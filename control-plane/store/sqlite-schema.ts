@@ -274,6 +274,13 @@ INSERT INTO agent_state_history (agent_id, at_ms, from_state, to_state, host_id,
   FROM agents ORDER BY agent_id;
 `;
 
+const RESTART_POLICY = `
+ALTER TABLE agents ADD COLUMN restart_policy TEXT NOT NULL DEFAULT 'never';
+ALTER TABLE agents ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN restart_at_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN running_since_ms INTEGER NOT NULL DEFAULT 0;
+`;
+
 /** Every migration, in order. Append only; the last one's number is {@link SCHEMA_VERSION}. */
 const MIGRATIONS: readonly Migration[] = [
   {
@@ -318,6 +325,11 @@ const MIGRATIONS: readonly Migration[] = [
     version: 7,
     description: 'agent lifecycle: bounded state history with reasons, restarts, last error, the requested host; hosts.is_schedulable',
     apply: (db) => db.exec(AGENT_LIFECYCLE),
+  },
+  {
+    version: 8,
+    description: 'restart policy: per-agent policy, failures in a row, the next restart time, when it last became running',
+    apply: (db) => db.exec(RESTART_POLICY),
   },
 ];
 

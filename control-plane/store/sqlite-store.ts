@@ -27,6 +27,7 @@ import type {
   Page,
   PlaceAgentResult,
   SigningKeyRecord,
+  RestartPolicyName,
   SigningKeyState,
   SigningKeyTransition,
   Store,
@@ -57,6 +58,10 @@ interface AgentRow {
   restarts: number;
   last_error: string;
   last_error_at_ms: number;
+  restart_policy: string;
+  failures: number;
+  restart_at_ms: number;
+  running_since_ms: number;
 }
 
 interface TransitionRow {
@@ -137,6 +142,10 @@ const AGENT_COLUMNS: Record<keyof AgentPatch, string> = {
   restarts: 'restarts',
   lastError: 'last_error',
   lastErrorAtMs: 'last_error_at_ms',
+  restartPolicy: 'restart_policy',
+  failures: 'failures',
+  restartAtMs: 'restart_at_ms',
+  runningSinceMs: 'running_since_ms',
 };
 
 const HOST_COLUMNS: Record<keyof HostPatch, string> = {
@@ -181,6 +190,10 @@ function agentFromRow(row: AgentRow): AgentRecord {
     restarts: row.restarts,
     lastError: row.last_error,
     lastErrorAtMs: row.last_error_at_ms,
+    restartPolicy: row.restart_policy as RestartPolicyName,
+    failures: row.failures,
+    restartAtMs: row.restart_at_ms,
+    runningSinceMs: row.running_since_ms,
   };
 }
 
@@ -590,8 +603,9 @@ export class SqliteStore implements Store {
         this.#prepare(
           `INSERT INTO agents (agent_id, name, state, host_id, host_labels, spec, incarnation, generation, token_id,
              issued_at_ms, expires_at_ms, rotation_due_at_ms, created_at_ms, updated_at_ms, detail, last_seq, acked_seq,
-             previous_expires_at_ms, acked_generation, acked_expires_at_ms, requested_host_id, restarts, last_error, last_error_at_ms)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+             previous_expires_at_ms, acked_generation, acked_expires_at_ms, requested_host_id, restarts, last_error, last_error_at_ms,
+             restart_policy, failures, restart_at_ms, running_since_ms)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         ).run(
           agent.agentId,
           agent.name,
@@ -617,6 +631,10 @@ export class SqliteStore implements Store {
           agent.restarts,
           agent.lastError,
           agent.lastErrorAtMs,
+          agent.restartPolicy,
+          agent.failures,
+          agent.restartAtMs,
+          agent.runningSinceMs,
         );
       } catch (err) {
         if (isUniqueViolation(err)) throw new AlreadyExistsError(`agent ${agent.agentId} exists`, { cause: err });

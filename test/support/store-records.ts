@@ -29,6 +29,10 @@ export function agent(agentId: string, patch: Partial<AgentRecord> = {}): AgentR
     restarts: 0,
     lastError: '',
     lastErrorAtMs: 0,
+    restartPolicy: 'never',
+    failures: 0,
+    restartAtMs: 0,
+    runningSinceMs: 0,
     ...patch,
   };
 }

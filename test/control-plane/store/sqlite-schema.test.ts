@@ -227,6 +227,11 @@ describe('SQLite schema migrations', () => {
         restarts: 0,
         lastError: '',
         lastErrorAtMs: 0,
+        // Migration 8: today's behaviour, nothing counted, nothing scheduled.
+        restartPolicy: 'never',
+        failures: 0,
+        restartAtMs: 0,
+        runningSinceMs: 0,
       });
       // A pending agent's host is the one it asked for.
       expect(await store.getAgent('a-pending')).toMatchObject({ state: 'pending', hostId: 'h-named', requestedHostId: 'h-named' });
