@@ -679,6 +679,13 @@ export class AgentManager {
           if (updated !== undefined && isNowRunning) this.#onStateChanged(agent, 'running');
           return;
         }
+        case 'stalled':
+          // A signal, not a kill: it keeps its place, tokens and mail; only an operator or its end moves it.
+          if (agent.state === 'running') await this.#setState(agent, 'stalled', event.detail, `its host reported it stalled: ${event.detail}`);
+          return;
+        case 'running':
+          if (agent.state === 'stalled') await this.#setState(agent, 'running', '', `its host reported it ${event.detail === '' ? 'running again' : event.detail}`);
+          return;
         case 'exited':
         case 'failed':
           if (LIVE_AGENT_STATES.includes(agent.state)) await this.#endByItself(agent, event.state, event.detail);

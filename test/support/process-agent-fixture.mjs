@@ -14,8 +14,9 @@
  *                     seen.json (the whole list, replaced atomically), then acks.
  *   --ignore-sigterm  survives SIGTERM and the end of stdin (writes `sigterm` when
  *                     it gets one); only SIGKILL ends it.
- * Always: writes `ready` once set up; acks each message; a payload "exit N"
- * is acked and then the process exits with status N.
+ * Always: writes `ready` once set up; acks each message; answers each
+ * liveness probe `{"ping":N}` with `{"pong":N}`; a payload "exit N" is acked
+ * and then the process exits with status N.
  */
 import { closeSync, fstatSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -104,6 +105,10 @@ function tokenNow() {
 function onLine(line) {
   if (line.trim() === '') return;
   const message = JSON.parse(line);
+  if (typeof message.ping === 'number') {
+    process.stdout.write(`${JSON.stringify({ pong: message.ping })}\n`);
+    return;
+  }
   const text = Buffer.from(message.payload, 'base64').toString('utf8');
   if (flags.has('--read-loop')) report();
   if (flags.has('--report-each')) {
