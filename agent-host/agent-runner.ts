@@ -56,6 +56,8 @@ export interface AgentRunner {
    * judged by their handler deadline alone.
    */
   ping?(): boolean;
+  /** False once the agent's process has exited (its end may still be on its way): a probe it left unanswered means nothing then. */
+  isAlive?(): boolean;
   /** Stops the agent and releases what the runner owns. Idempotent. */
   close(): Promise<void>;
   /**

@@ -261,7 +261,9 @@ export class HostedAgent {
     const nowMs = this.#clock.now();
     const reasons: string[] = [];
     const unansweredSinceMs = this.#unansweredSinceMs;
-    if (unansweredSinceMs !== undefined && nowMs - unansweredSinceMs >= this.#stallAfterMs) {
+    // A probe a dead process left unanswered says nothing: its end is reported instead, never a stall.
+    const isAlive = this.#runner?.isAlive?.() ?? true;
+    if (isAlive && unansweredSinceMs !== undefined && nowMs - unansweredSinceMs >= this.#stallAfterMs) {
       reasons.push(`its process is alive but has not answered its liveness probe for ${nowMs - unansweredSinceMs} ms (stall after ${this.#stallAfterMs} ms)`);
     }
     const inHand = this.#inHand;

@@ -206,10 +206,16 @@ export class ProcessAgent implements AgentRunner {
 
   /** Writes a liveness probe to the child's stdin (see {@link AgentRunner.ping}); false once the process has exited or is being stopped. */
   ping(): boolean {
-    if (this.#closing !== undefined || this.#exitStatus !== undefined || this.#child.exitCode !== null || this.#child.signalCode !== null) return false;
+    if (this.#closing !== undefined || !this.isAlive()) return false;
     this.#lastPing++;
     this.#child.stdin.write(encodePingLine(this.#lastPing));
+    this.#logger.debug({ ping: this.#lastPing }, 'liveness probe sent');
     return true;
+  }
+
+  /** Whether the child process has not exited (as far as Node has seen). */
+  isAlive(): boolean {
+    return this.#exitStatus === undefined && this.#child.exitCode === null && this.#child.signalCode === null;
   }
 
   /** Replaces the token file; the stream's next envelope is handled only after this resolves. */

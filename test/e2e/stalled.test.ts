@@ -22,6 +22,11 @@ const FIXTURE = fileURLToPath(new URL('../support/process-agent-fixture.mjs', im
 const STALL_AFTER_MS = 30_000;
 const HANDLER_DEADLINE_MS = 60_000;
 
+/** Liveness probes the host logged sending to `agentId`. */
+function probesSent(h: Harness, agentId: string): number {
+  return h.logs.records().filter((r) => r.msg === 'liveness probe sent' && r.agentId === agentId).length;
+}
+
 describe('stalled agents', () => {
   let harness: Harness | undefined;
   const cleanups: (() => void)[] = [];
@@ -100,6 +105,58 @@ describe('stalled agents', () => {
     const reasons = (await h.store.listAgentTransitions('sleepy', 50)).map((t) => t.reason);
     expect(reasons[3]).toMatch(/^its host reported it stalled: its process is alive but has not answered its liveness probe/);
     expect(reasons[4]).toBe('its host reported it answering again');
+  });
+
+  it('never reports a process that exited stalled, though its output stays open and no probe is answered', async () => {
+    const h = await Harness.start();
+    harness = h;
+    const root = mkdtempSync(join(tmpdir(), 'tether-stalled-'));
+    cleanups.push(() => rmSync(root, { recursive: true, force: true }));
+    const agentsDir = join(root, 'agents');
+    // A long grace: the host waits that long (on the fake clock) for the output of a process that exited.
+    const graceMs = 10 * STALL_AFTER_MS;
+    const { host, hostId } = await h.startHost('h', { allowedCommands: [NODE], agentsDir, stopGraceMs: graceMs, stallAfterMs: STALL_AFTER_MS });
+    const started = nextEvent<{ agentId: string }>(host.events, 'agent-started', (e) => e.agentId === 'gone');
+    await call(h.admin.dispatchAgent.bind(h.admin), {
+      agentId: 'gone',
+      name: '',
+      hostId,
+      hostLabels: [],
+      spec: { kind: 'process', module: '', command: NODE, args: [FIXTURE, '--orphan-holds-output'], config: '' },
+    });
+    await started;
+    const orphanFile = join(agentsDir, 'gone', 'orphan');
+    await waitUntil(() => existsSync(join(agentsDir, 'gone', 'ready')) && existsSync(orphanFile), 'gone ready');
+    const orphan = Number(readFileSync(orphanFile, 'utf8'));
+    cleanups.push(() => {
+      try {
+        process.kill(orphan, 'SIGKILL');
+      } catch {
+        // Gone already.
+      }
+    });
+    const pid = Number(readFileSync(join(agentsDir, 'gone', 'ready'), 'utf8'));
+    await waitUntil(async () => (await agentOf(h, 'gone')).state === 'running', 'gone running');
+
+    // Killed with a probe outstanding: stopped first, so the probe sent next goes unanswered.
+    process.kill(pid, 'SIGSTOP');
+    const probesBefore = probesSent(h, 'gone');
+    h.clock.advance(STALL_AFTER_MS / 3);
+    await waitUntil(() => probesSent(h, 'gone') > probesBefore, 'a probe sent to the stopped process');
+    process.kill(pid, 'SIGKILL');
+    await waitUntil(() => h.logs.records().some((r) => r.msg === 'agent process exited' && r.pid === pid), 'the host to see the exit');
+    // Its end waits for output that does not end; meanwhile, no probe is answered.
+    const liveness: boolean[] = [];
+    host.events.on('agent-liveness', (e) => liveness.push(e.isStalled));
+    for (let i = 0; i < 9; i++) h.clock.advance(STALL_AFTER_MS / 3);
+    await waitUntil(() => h.cp.isSettled(), 'the control plane settled');
+    expect(host.agentIds()).toContain('gone');
+    // Then the grace ends, and with it the wait: failed, with how it died.
+    await advanceUntil(h.clock, STALL_AFTER_MS, async () => (await agentOf(h, 'gone')).state === 'failed', 'gone failed');
+    expect(liveness).toEqual([]);
+    expect(await agentOf(h, 'gone')).toMatchObject({ state: 'failed', detail: 'killed by signal SIGKILL' });
+    const transitions = (await h.store.listAgentTransitions('gone', 50)).map((t) => `${t.fromState ?? '-'}>${t.toState}`);
+    expect(transitions).toEqual(['->pending', 'pending>starting', 'starting>running', 'running>failed']);
   });
 
   it('reports a module agent that holds a message past its handler deadline stalled, and running once it lets go', async () => {
