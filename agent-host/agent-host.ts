@@ -105,6 +105,17 @@ export interface AgentHostOptions {
    * signal aborted, whatever it still reports ignored). Reported `stopped` with detail `abandoned`. Default 30 s.
    */
   stopDeadlineMs?: number;
+  /**
+   * A process agent whose liveness probe (`{"ping":N}` on its stdin, answered `{"pong":N}`) goes
+   * unanswered this long is reported `stalled` (a signal, not a kill). 0 or absent: not probed
+   * (the `agent-host` binary's `--stall-after` defaults to 30 s).
+   */
+  stallAfterMs?: number;
+  /**
+   * An agent holding one message this long (from its handler's start) is reported `stalled`.
+   * 0 or absent: no deadline (the binary's `--handler-deadline` defaults to 15 min).
+   */
+  handlerDeadlineMs?: number;
   /** A CA certificate file process agents are told of (`TETHER_CA_FILE`) to verify a TLS control plane. */
   caFile?: string;
   /** Agents this host will run; 0 for no limit. */
@@ -617,6 +628,9 @@ export class AgentHost {
         },
         onTaken: (seq) => this.events.emit('message-taken', { agentId: start.agentId, seq }),
         stopDeadlineMs: this.#stopDeadlineMs,
+        ...(this.#options.stallAfterMs === undefined ? {} : { stallAfterMs: this.#options.stallAfterMs }),
+        ...(this.#options.handlerDeadlineMs === undefined ? {} : { handlerDeadlineMs: this.#options.handlerDeadlineMs }),
+        onLiveness: (liveness) => this.events.emit('agent-liveness', { agentId: start.agentId, incarnation: start.incarnation, ...liveness }),
       });
       if (this.#state === 'closed' || this.#state === 'refused') {
         await agent.stop();

@@ -25,6 +25,8 @@ export interface AgentRunnerContext {
   logger: Logger;
   /** Aborted when the agent is stopped. */
   signal: AbortSignal;
+  /** Called when the agent answers a liveness probe ({@link AgentRunner.ping}). */
+  onPong?: () => void;
 }
 
 /**
@@ -46,6 +48,16 @@ export interface AgentRunner {
    * token file here). Rejects if the agent cannot see it.
    */
   applyCredential?(credential: Credential): Promise<void>;
+  /**
+   * Sends the agent a liveness probe, answered through the context's `onPong`
+   * (a process agent: `{"ping":N}` on its stdin). Returns false, sending
+   * nothing, when there is no live agent to ask (its process has exited): a
+   * dead agent is never taken for a stalled one. Absent for module agents,
+   * judged by their handler deadline alone.
+   */
+  ping?(): boolean;
+  /** False once the agent's process has exited (its end may still be on its way): a probe it left unanswered means nothing then. */
+  isAlive?(): boolean;
   /** Stops the agent and releases what the runner owns. Idempotent. */
   close(): Promise<void>;
   /**

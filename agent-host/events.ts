@@ -21,6 +21,8 @@ export interface AgentHostEventMap {
   'agent-stopped': [{ agentId: string; reason: string; outcome: StopOutcome }];
   /** An agent ended by itself (a process agent exited): `exited` for status 0, `failed` otherwise. */
   'agent-ended': [{ agentId: string; state: 'exited' | 'failed'; detail: string }];
+  /** An agent became stalled (a probe unanswered, a message held past its deadline) or answers again; reported to the control plane too. */
+  'agent-liveness': [{ agentId: string; incarnation: number; isStalled: boolean; detail: string }];
   /** A rotated credential was applied to an agent's holder. */
   'rotation-applied': [{ agentId: string; generation: number }];
   /** The host's own credential was stored. */

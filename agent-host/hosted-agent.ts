@@ -39,6 +39,15 @@ export interface HostedAgentOptions {
   onTaken?: (seq: number) => void;
   /** How long `stop()` waits for the agent before abandoning it (on `clock`). Default 30 s. */
   stopDeadlineMs?: number;
+  /**
+   * A process agent is `stalled` when a liveness probe has gone unanswered this
+   * long (probes are sent every third of it); 0 or absent: not probed.
+   */
+  stallAfterMs?: number;
+  /** An agent is `stalled` while it holds one message this long, counted from the handler's start; 0 or absent: no deadline. */
+  handlerDeadlineMs?: number;
+  /** Called when the agent becomes stalled or answers again (after the AgentEvent is sent). */
+  onLiveness?: (liveness: { isStalled: boolean; detail: string }) => void;
 }
 
 /** How a stop ended: the agent let go in time, or it was abandoned at the deadline (see {@link HostedAgent.stop}). */
@@ -91,6 +100,7 @@ export class HostedAgent {
   readonly #logger: Logger;
   #runner: AgentRunner | undefined;
   #heartbeats: Promise<void> | undefined;
+  #probes: Promise<void> | undefined;
   #stopping: Promise<StopOutcome> | undefined;
   readonly #clock: Clock;
   readonly #stopDeadlineMs: number;
@@ -98,6 +108,15 @@ export class HostedAgent {
   #handling: Promise<void> = Promise.resolve();
   readonly #send: (message: HostMessage) => void;
   readonly #onTaken: ((seq: number) => void) | undefined;
+  readonly #stallAfterMs: number;
+  readonly #handlerDeadlineMs: number;
+  readonly #onLiveness: HostedAgentOptions['onLiveness'];
+  /** Since when a probe has gone unanswered (the first probe sent after the last answer); undefined: answered. */
+  #unansweredSinceMs: number | undefined;
+  /** The message in hand and since when; undefined: none. */
+  #inHand: { seq: number; sinceMs: number } | undefined;
+  /** What was last reported to the control plane: stalled or not. */
+  #isStalled = false;
 
   private constructor(options: HostedAgentOptions, holder: CredentialHolder, logger: Logger) {
     this.agentId = options.start.agentId;
@@ -109,6 +128,9 @@ export class HostedAgent {
     this.#clock = options.clock;
     this.#stopDeadlineMs = options.stopDeadlineMs ?? DEFAULT_STOP_DEADLINE_MS;
     this.#delivery = initialDeliveryState(options.start.ackedSeq);
+    this.#stallAfterMs = options.stallAfterMs ?? 0;
+    this.#handlerDeadlineMs = options.handlerDeadlineMs ?? 0;
+    this.#onLiveness = options.onLiveness;
   }
 
   /** Applies the start credential, starts the runner and starts heartbeating. */
@@ -126,7 +148,7 @@ export class HostedAgent {
     });
     try {
       agent.#runner = await startWithin(
-        options.runner({ start, credentials: holder.readOnly(), client, clock, logger, signal: agent.#abort.signal }),
+        options.runner({ start, credentials: holder.readOnly(), client, clock, logger, signal: agent.#abort.signal, onPong: () => agent.#onPong() }),
         clock,
         options.stopDeadlineMs ?? DEFAULT_STOP_DEADLINE_MS,
         logger,
@@ -137,6 +159,9 @@ export class HostedAgent {
       throw err;
     }
     agent.#state = 'running';
+    if (agent.#stallAfterMs > 0 && agent.#runner.ping !== undefined) {
+      agent.#probes = agent.#runProbes().catch((err: unknown) => logger.error({ err }, 'liveness probes failed'));
+    }
     agent.#heartbeats = runHeartbeats({
       agentId: start.agentId,
       client,
@@ -198,9 +223,76 @@ export class HostedAgent {
     }
   }
 
+  /**
+   * Probes a process agent every third of the stall period, on the clock,
+   * until it stops; each unanswered stretch is judged when the stall period
+   * since its first probe has passed. An agent whose process is gone is not
+   * probed (nor ever reported stalled): its end is reported instead.
+   */
+  async #runProbes(): Promise<void> {
+    const signal = this.#abort.signal;
+    const intervalMs = Math.max(1, Math.floor(this.#stallAfterMs / 3));
+    while (!signal.aborted) {
+      if (this.#runner?.ping?.() !== true) return;
+      if (this.#unansweredSinceMs === undefined) {
+        this.#unansweredSinceMs = this.#clock.now();
+        this.#clock
+          .sleep(this.#stallAfterMs, signal)
+          .then(() => this.#judge())
+          .catch((err: unknown) => this.#logger.error({ err }, 'judging liveness failed'));
+      }
+      await this.#clock.sleep(intervalMs, signal);
+    }
+  }
+
+  #onPong(): void {
+    this.#unansweredSinceMs = undefined;
+    this.#judge();
+  }
+
+  /**
+   * Whether the agent is stalled now: a probe unanswered for the stall period,
+   * or a message held past the handler deadline. Reported to the control
+   * plane (an AgentEvent `stalled`, or `running` when it answers again) only
+   * when that changes. A signal, never a kill.
+   */
+  #judge(): void {
+    if (this.#state !== 'running') return;
+    const nowMs = this.#clock.now();
+    const reasons: string[] = [];
+    const unansweredSinceMs = this.#unansweredSinceMs;
+    // A probe a dead process left unanswered says nothing: its end is reported instead, never a stall.
+    const isAlive = this.#runner?.isAlive?.() ?? true;
+    if (isAlive && unansweredSinceMs !== undefined && nowMs - unansweredSinceMs >= this.#stallAfterMs) {
+      reasons.push(`its process is alive but has not answered its liveness probe for ${nowMs - unansweredSinceMs} ms (stall after ${this.#stallAfterMs} ms)`);
+    }
+    const inHand = this.#inHand;
+    if (inHand !== undefined && this.#handlerDeadlineMs > 0 && nowMs - inHand.sinceMs >= this.#handlerDeadlineMs) {
+      reasons.push(`it has held message ${inHand.seq} for ${nowMs - inHand.sinceMs} ms, past its handler deadline of ${this.#handlerDeadlineMs} ms`);
+    }
+    const isStalled = reasons.length > 0;
+    if (isStalled === this.#isStalled) return;
+    this.#isStalled = isStalled;
+    const detail = isStalled ? reasons.join('; ') : 'answering again';
+    this.#send({ agentEvent: { agentId: this.agentId, state: isStalled ? 'stalled' : 'running', detail, incarnation: this.incarnation } });
+    if (isStalled) this.#logger.warn({ detail }, 'agent stalled');
+    else this.#logger.info('agent answering again');
+    this.#onLiveness?.({ isStalled, detail });
+  }
+
   /** Hands one message to the runner; its outcome feeds back into the reducer. */
   async #handle(seq: number, message: DeliveredMessage): Promise<void> {
     let outcome: DeliveryEvent<DeliveredMessage>;
+    const handled = new AbortController();
+    this.#inHand = { seq, sinceMs: this.#clock.now() };
+    if (this.#handlerDeadlineMs > 0) {
+      this.#clock
+        .sleep(this.#handlerDeadlineMs, handled.signal)
+        .then(() => {
+          if (!handled.signal.aborted) this.#judge();
+        })
+        .catch((err: unknown) => this.#logger.error({ err }, 'judging the handler deadline failed'));
+    }
     try {
       await this.#runner?.handle(message);
       outcome = { type: 'taken', seq };
@@ -208,7 +300,11 @@ export class HostedAgent {
       const error = err instanceof Error ? err.message : String(err);
       this.#logger.info({ seq, error }, 'agent refused a message');
       outcome = { type: 'refused', seq, error: error.slice(0, 512) };
+    } finally {
+      handled.abort();
+      this.#inHand = undefined;
     }
+    this.#judge();
     if (this.#state === 'stopped') return;
     this.onDelivery(outcome);
     if (outcome.type === 'taken') this.#onTaken?.(seq);
@@ -260,6 +356,7 @@ export class HostedAgent {
   /** What a stop waits for when the agent cooperates. */
   async #stopGracefully(runner: AgentRunner | undefined): Promise<void> {
     await this.#heartbeats;
+    await this.#probes;
     // The runner settles the message in hand: a module finishes it, a process is stopped.
     await runner?.close();
     await this.#handling;

@@ -27,6 +27,8 @@ export const HOST_DURATION_BOUNDS = {
   stopGrace: { minMs: 0, maxMs: 3_600_000 },
   stopDeadline: { minMs: 1_000, maxMs: 3_600_000 },
   keepalive: { minMs: 1_000, maxMs: 2 * 3_600_000 },
+  stallAfter: { minMs: 0, maxMs: 24 * 3_600_000 },
+  handlerDeadline: { minMs: 0, maxMs: 7 * 24 * 3_600_000 },
 } as const satisfies Record<string, DurationBounds>;
 
 /** Flags of `agent-host`. */
@@ -43,6 +45,8 @@ export interface HostFlags {
   stopGrace: number;
   stopDeadline: number;
   keepalive: number;
+  stallAfter: number;
+  handlerDeadline: number;
   metricsListen: string;
   logLevel: string;
 }
@@ -88,6 +92,8 @@ export async function runHost(flags: HostFlags, redactor: SecretRedactor): Promi
     agentsDir,
     stopGraceMs: flags.stopGrace,
     stopDeadlineMs: flags.stopDeadline,
+    stallAfterMs: flags.stallAfter,
+    handlerDeadlineMs: flags.handlerDeadline,
     ...(flags.caFile === undefined ? {} : { caFile: resolve(flags.caFile) }),
     capacity: flags.capacity,
     labels: flags.label ?? [],
@@ -153,6 +159,18 @@ export function agentHostProgram(run?: (flags: HostFlags) => Promise<void>, reda
         .env('TETHER_STOP_DEADLINE')
         .default(30_000, '30s')
         .argParser(parseDurationWithin('--stop-deadline', HOST_DURATION_BOUNDS.stopDeadline)),
+    )
+    .addOption(
+      new Option('--stall-after <duration>', 'report a process agent stalled when its liveness probe goes unanswered this long (a signal, not a kill); 0 to not probe')
+        .env('TETHER_STALL_AFTER')
+        .default(30_000, '30s')
+        .argParser(parseDurationWithin('--stall-after', HOST_DURATION_BOUNDS.stallAfter)),
+    )
+    .addOption(
+      new Option('--handler-deadline <duration>', "report an agent stalled while it holds one message this long, from its handler's start; 0 for none")
+        .env('TETHER_HANDLER_DEADLINE')
+        .default(15 * 60_000, '15m')
+        .argParser(parseDurationWithin('--handler-deadline', HOST_DURATION_BOUNDS.handlerDeadline)),
     )
     .addOption(new Option('--keepalive <duration>', 'transport keepalive ping interval').env('TETHER_KEEPALIVE').default(30_000, '30s').argParser(parseDurationWithin('--keepalive', HOST_DURATION_BOUNDS.keepalive)))
     .addOption(

@@ -9,7 +9,7 @@ import type { Credential } from '../gen/tether/v1/common.js';
 import { ensureAgentDirectory, prepareAgentsDirectory } from './agents-directory.js';
 import { AgentEndedError, MessageRefusedError, type AgentEnd, type AgentRunner, type AgentRunnerContext, type AgentRunnerFactory } from './agent-runner.js';
 import { childEnvironment } from './child-environment.js';
-import { encodeMessageLine, LineSplitter, parseControlLine, redactJwts, type SplitLine } from './process-protocol.js';
+import { encodeMessageLine, encodePingLine, LineSplitter, parseControlLine, redactJwts, type SplitLine } from './process-protocol.js';
 import { TokenFile } from './token-file.js';
 import type { DeliveredMessage } from './tools/agent-module.js';
 
@@ -88,6 +88,9 @@ export class ProcessAgent implements AgentRunner {
   #exitStatus: ExitStatus | undefined;
   #pending: Pending | undefined;
   #closing: Promise<void> | undefined;
+  /** The last probe sent (0: none yet); a pong names one of them. */
+  #lastPing = 0;
+  readonly #onPong: (() => void) | undefined;
 
   private constructor(child: ChildProcessWithoutNullStreams, tokenFile: TokenFile, context: AgentRunnerContext, stopGraceMs: number) {
     this.#child = child;
@@ -95,6 +98,7 @@ export class ProcessAgent implements AgentRunner {
     this.#clock = context.clock;
     this.#logger = context.logger.child({ pid: child.pid });
     this.#stopGraceMs = stopGraceMs;
+    this.#onPong = context.onPong;
     child.on('error', (err) => this.#logger.warn({ err }, 'agent process error'));
     child.stdin.on('error', (err) => {
       // EPIPE: the child closed its stdin or died; its exit is handled below.
@@ -200,6 +204,20 @@ export class ProcessAgent implements AgentRunner {
     });
   }
 
+  /** Writes a liveness probe to the child's stdin (see {@link AgentRunner.ping}); false once the process has exited or is being stopped. */
+  ping(): boolean {
+    if (this.#closing !== undefined || !this.isAlive()) return false;
+    this.#lastPing++;
+    this.#child.stdin.write(encodePingLine(this.#lastPing));
+    this.#logger.debug({ ping: this.#lastPing }, 'liveness probe sent');
+    return true;
+  }
+
+  /** Whether the child process has not exited (as far as Node has seen). */
+  isAlive(): boolean {
+    return this.#exitStatus === undefined && this.#child.exitCode === null && this.#child.signalCode === null;
+  }
+
   /** Replaces the token file; the stream's next envelope is handled only after this resolves. */
   async applyCredential(credential: Credential): Promise<void> {
     await this.#tokenFile.write(credential.token);
@@ -267,6 +285,11 @@ export class ProcessAgent implements AgentRunner {
     const control = line.isTruncated ? undefined : parseControlLine(line.text);
     if (control === undefined) {
       this.#log('stdout', line);
+      return;
+    }
+    if (control.type === 'pong') {
+      if (control.ping > this.#lastPing) this.#logger.warn({ ping: control.ping }, 'agent answered a probe it was never sent; ignored');
+      else this.#onPong?.();
       return;
     }
     const pending = this.#pending;

@@ -1,14 +1,21 @@
 /**
  * The line protocol between a host and a process agent: NDJSON both ways.
- * Host → child (stdin): one delivered message per line, with its `seq`.
- * Child → host (stdout): `{"ack":SEQ}` or `{"nack":SEQ,"error":"..."}`; any
- * other line is the agent's own output, logged and never taken for an ack.
+ * Host → child (stdin): one delivered message per line, with its `seq`; or a
+ * liveness probe `{"ping":N}`, which the child answers `{"pong":N}`.
+ * Child → host (stdout): `{"ack":SEQ}`, `{"nack":SEQ,"error":"..."}` or
+ * `{"pong":N}`; any other line is the agent's own output, logged and never
+ * taken for an ack.
  * Pure functions and one small bounded splitter; no I/O here.
  */
 import type { DeliveredMessage } from './tools/agent-module.js';
 
 /** What the child said about one message. */
-export type ControlLine = { type: 'ack'; seq: number } | { type: 'nack'; seq: number; error: string };
+export type ControlLine = { type: 'ack'; seq: number } | { type: 'nack'; seq: number; error: string } | { type: 'pong'; ping: number };
+
+/** A liveness probe as the line written to the child's stdin; the child answers `{"pong":N}` with the same N. */
+export function encodePingLine(ping: number): string {
+  return `${JSON.stringify({ ping })}\n`;
+}
 
 /** Longest nack error kept (characters); the rest is cut. */
 export const MAX_NACK_ERROR_CHARS = 512;
@@ -38,9 +45,10 @@ export function encodeMessageLine(message: DeliveredMessage): string {
 }
 
 /**
- * Parses one stdout line as an ack or nack, or returns undefined for anything
- * else. Strict on purpose: an object with exactly `ack` (a positive integer),
- * or `nack` and optionally `error` (a string); so a log line that happens to
+ * Parses one stdout line as an ack, nack or pong, or returns undefined for
+ * anything else. Strict on purpose: an object with exactly `ack` (a positive
+ * integer), exactly `pong` (a positive integer), or `nack` and optionally
+ * `error` (a string); so a log line that happens to
  * be JSON with an `ack` field among others is never taken for one.
  */
 export function parseControlLine(line: string): ControlLine | undefined {
@@ -56,6 +64,7 @@ export function parseControlLine(line: string): ControlLine | undefined {
   const record = parsed as Record<string, unknown>;
   const keys = Object.keys(record);
   if (keys.length === 1 && isSeq(record.ack)) return { type: 'ack', seq: record.ack };
+  if (keys.length === 1 && isSeq(record.pong)) return { type: 'pong', ping: record.pong };
   if (isSeq(record.nack) && keys.every((key) => key === 'nack' || key === 'error')) {
     if (record.error !== undefined && typeof record.error !== 'string') return undefined;
     const error = redactJwts(record.error ?? 'refused by the agent').slice(0, MAX_NACK_ERROR_CHARS);

@@ -533,6 +533,11 @@ export class ControlPlane {
     return this.#agents.isSettled();
   }
 
+  /** Agents waiting out a restart backoff (their next start armed on the clock). */
+  get restartsWaiting(): number {
+    return this.#agents.restartsWaiting;
+  }
+
   /** Verified tokens in the cache. */
   get verifierCacheEntries(): number {
     return this.#verifier.cacheEntries;

@@ -10,6 +10,10 @@
  *    later, and nothing after it is delivered meanwhile). Nothing else may look
  *    like that on stdout; anything else there, and everything on stderr, ends up
  *    in the host's log.
+ *  - The host probes the agent's liveness with a line {"ping":N} on stdin; answer
+ *    {"pong":N} on stdout soon (the host's --stall-after, 30 s by default), or the
+ *    agent is reported `stalled` (a signal to the operator, never a kill) until it
+ *    answers again.
  *  - The agent's current token is in the file named by $TETHER_TOKEN_FILE,
  *    replaced atomically at each rotation: read it at the moment of each call,
  *    never keep it. This script only decodes it to show its generation; a real
@@ -58,6 +62,10 @@ function onLine(line) {
     message = JSON.parse(line);
   } catch {
     console.error(`process-agent ${agentId}: not a message: ${line.slice(0, 80)}`);
+    return;
+  }
+  if (typeof message.ping === 'number') {
+    answer({ pong: message.ping });
     return;
   }
   const text = Buffer.from(message.payload ?? '', 'base64').toString('utf8');

@@ -486,6 +486,9 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
     host.events.on('rotation-applied', (e) => {
       if (isCurrent()) lastRotationAtMs.set(e.agentId, elapsed());
     });
+    host.events.on('self-fenced', (e) => {
+      if (isCurrent()) ledger.onSelfFenced(index, incarnation, e.agentIds, elapsed());
+    });
     host.events.on('heartbeat', (e) => {
       if (!isCurrent() || isShuttingDown || e.isOk) return;
       if (e.error instanceof TetherError && outcomeOf(e.error) === 'unauthenticated') ledger.onHostHeartbeatUnauthenticated(index, e.agentId, elapsed());
@@ -939,6 +942,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   check(c.contentMismatches, 'messages whose seq carried another message');
   check(c.sendOrderMismatches, 'sends given seqs out of send order');
   check(c.restartsWhileHostLived, 'agents started again while their host lived');
+  check(c.selfFencesUnexcused, 'hosts fenced themselves outside a scheduled outage longer than TTL/3');
   check(c.unauthenticatedCounted, 'tool calls refused UNAUTHENTICATED while their host reached the control plane');
   check(c.hostHeartbeatUnauthenticatedCounted, 'host heartbeats refused UNAUTHENTICATED while the host reached the control plane');
   check(c.refusedAsItself, 'tool calls refused PERMISSION_DENIED though the agent acted as itself');
@@ -982,7 +986,8 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
     `  messages: sent ${c.messagesSent}, delivered ${c.messagesDelivered}, lost ${c.messagesLost} (+${c.seqsMissing} seqs missing), out of order ${c.outOfOrder}, ` +
       `duplicated into an agent ${c.duplicatedIntoAgent}, redelivered after a host crash ${c.redeliveredAfterHostCrash} (seq already seen, counted apart), ` +
       `misdelivered ${c.misdelivered}, delivered though their send was unconfirmed ${c.deliveredUnconfirmed}; send retries ${load.retries} (${[...load.retryCodes].map(([k, v]) => `${k}×${v}`).join(', ') || 'none'})`,
-    `  agents: started again after a host crash ${c.restartsAfterHostCrash}, started again while their host lived ${c.restartsWhileHostLived}`,
+    `  agents: started again after a host crash ${c.restartsAfterHostCrash}, started again while their host lived ${c.restartsWhileHostLived}, ` +
+      `started again after their host fenced itself ${c.restartsAfterSelfFence} (self-fences ${c.selfFences} in scheduled outages, ${c.selfFencesUnexcused} outside)`,
     `  tool calls: made ${c.toolCalls} (ok ${c.toolCallsOk}, unavailable ${c.toolCallsUnavailable}, other ${c.toolCallsOther}); UNAUTHENTICATED counted against the promise ${c.unauthenticatedCounted}, ` +
       `excused ${c.unauthenticatedExcused} (by the schedule: a scheduled outage of the host > TTL/3, until TTL/3 after it); host heartbeats UNAUTHENTICATED ${c.hostHeartbeatUnauthenticatedCounted} (+${c.hostHeartbeatUnauthenticatedExcused} excused)`,
     `  identity: refused as itself ${c.refusedAsItself}, WhoAmI named another ${c.wrongIdentity}, calls as another agent ${c.crossAgentAttempts} (refused ${c.crossAgentRefused}, accepted ${c.actedAsAnother})`,

@@ -15,6 +15,7 @@ import {
   LIVE_AGENT_STATES,
   MAX_TRANSITIONS_PER_AGENT,
   type AgentCredentialState,
+  type AgentPatch,
   type AgentRecord,
   type AgentSpecRecord,
   type AgentStateName,
@@ -22,6 +23,7 @@ import {
   type HostLoad,
   type LabelRecord,
   type PlaceAgentResult,
+  type RestartPolicyName,
   type Store,
 } from '../store/store.js';
 import type { TokenIssuer } from '../tokens/token-issuer.js';
@@ -30,6 +32,7 @@ import type { TokenVerifier } from '../tokens/token-verifier.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
 import { KeyedMutex } from './keyed-mutex.js';
 import { decidePlacement, type PlacementCandidate } from './placement.js';
+import { decideRestart, DEFAULT_RESTART_BUDGET, type RestartBudget } from './restart-policy.js';
 import { specDifferences } from './spec-differences.js';
 
 /** States of an agent that belongs on its host: live, or `lost` there and waiting for it (not fenced). */
@@ -66,6 +69,8 @@ export interface AgentManagerOptions {
   delivery: DeliveryManager;
   /** Last heartbeats: an agent is forgotten whenever it ends or moves, so nothing stays for ended agents. */
   heartbeats: HeartbeatLedger;
+  /** Backoff and budget of restart policies (default {@link DEFAULT_RESTART_BUDGET}). */
+  restartBudget?: RestartBudget;
 }
 
 /** What to create. */
@@ -75,6 +80,8 @@ export interface DispatchRequest {
   spec: AgentSpecRecord;
   hostId: string;
   hostLabels: LabelRecord[];
+  /** Undefined: the default (`never` for a dispatch, `on-failure` for an agent created by ensure); an ensure compares it only when given. */
+  restartPolicy?: RestartPolicyName | undefined;
 }
 
 /** How {@link AgentManager.ensure} went. */
@@ -95,11 +102,11 @@ export interface AgentDescription {
 /**
  * Whether an agent whose host is lost is started on another host (once its
  * old incarnation is fenced and its last tokens have expired) rather than left
- * `lost` until its host comes back: agents made by `ensure`. (A restart policy
- * will make this true too.)
+ * `lost` until its host comes back: agents made by `ensure`, and agents with a
+ * restart policy (`on-failure` or `always`).
  */
-export function isRescheduledWhenLost(agent: Pick<AgentRecord, 'isEnsured'>): boolean {
-  return agent.isEnsured;
+export function isRescheduledWhenLost(agent: Pick<AgentRecord, 'isEnsured' | 'restartPolicy'>): boolean {
+  return agent.isEnsured || agent.restartPolicy !== 'never';
 }
 
 /** Converts an issued token into the wire form. */
@@ -148,10 +155,16 @@ export class AgentManager {
   readonly #closing = new AbortController();
   /** Fenced agents waiting for their old incarnation's last token to expire, by id (at most one wait each). */
   readonly #fenceWaits = new Map<string, Promise<void>>();
+  readonly #restartBudget: RestartBudget;
+  /** The wait of each agent pending a restart (see {@link #scheduleRestart}); at most one per agent. */
+  readonly #restartWaits = new Map<string, AbortController>();
+  /** Reading the restarts a previous control plane scheduled (see {@link start}). */
+  #resumingRestarts: Promise<void> | undefined;
 
   constructor(options: AgentManagerOptions) {
     this.#options = options;
     this.#logger = options.logger.child({ component: 'agents' });
+    this.#restartBudget = options.restartBudget ?? DEFAULT_RESTART_BUDGET;
     this.#scheduler = new RotationScheduler({
       clock: options.clock,
       logger: options.logger.child({ component: 'rotation' }),
@@ -174,9 +187,53 @@ export class AgentManager {
     return this.#scheduler.size;
   }
 
-  /** Starts the rotation scheduler. */
+  /** Starts the rotation scheduler, and the waits of restarts scheduled before this control plane started. */
   start(): void {
     if (this.#options.isRotationEnabled) this.#scheduler.start();
+    this.#resumingRestarts = this.#resumeRestarts().catch((err: unknown) => {
+      if (!this.#isClosed) this.#logger.error({ err }, 'reading scheduled restarts failed; they happen when a host next connects');
+    });
+  }
+
+  /** Arms a wait for every pending agent whose restart time the store holds (a previous control plane scheduled it). */
+  async #resumeRestarts(): Promise<void> {
+    for (let afterId: string | null = null; ; ) {
+      if (this.#isClosed) return;
+      const page = await this.#options.store.listAgents({ states: ['pending'] }, afterId, PAGE);
+      for (const agent of page.items) if (agent.restartAtMs > 0) this.#scheduleRestart(agent.agentId, agent.restartAtMs);
+      afterId = page.nextAfterId;
+      if (afterId === null) return;
+    }
+  }
+
+  /**
+   * Places `agentId` again at `restartAtMs`, on the injected clock: a placement
+   * sweep then, which starts it (its restart time has come) if a host fits.
+   * Replaces any restart it had waiting.
+   */
+  #scheduleRestart(agentId: string, restartAtMs: number): void {
+    this.#cancelRestart(agentId);
+    if (this.#isClosed) return;
+    const wait = new AbortController();
+    this.#restartWaits.set(agentId, wait);
+    this.#options.clock
+      .sleep(Math.max(0, restartAtMs - this.#options.clock.now()), wait.signal)
+      .then(() => {
+        if (wait.signal.aborted) return;
+        this.#restartWaits.delete(agentId);
+        this.requestPlacement();
+      })
+      .catch((err: unknown) => this.#logger.error({ err, agentId }, 'restart wait failed; the next placement sweep starts it'));
+  }
+
+  #cancelRestart(agentId: string): void {
+    this.#restartWaits.get(agentId)?.abort();
+    this.#restartWaits.delete(agentId);
+  }
+
+  /** Agents waiting for a restart time (for tests and metrics). */
+  get restartsWaiting(): number {
+    return this.#restartWaits.size;
   }
 
   /**
@@ -202,7 +259,10 @@ export class AgentManager {
   async close(): Promise<void> {
     this.#isClosed = true;
     this.#closing.abort();
+    for (const wait of this.#restartWaits.values()) wait.abort();
+    this.#restartWaits.clear();
     await Promise.all(this.#fenceWaits.values());
+    await this.#resumingRestarts;
     await this.#sweep;
     await this.#scheduler.close();
   }
@@ -273,7 +333,7 @@ export class AgentManager {
   }
 
   /** Creates an agent and places it. */
-  async dispatch(request: DispatchRequest, reason = 'dispatched', isEnsured = false): Promise<AgentRecord> {
+  async dispatch(request: DispatchRequest, reason = 'dispatched', isEnsured = false, defaultPolicy: RestartPolicyName = 'never'): Promise<AgentRecord> {
     validateSpec(request.spec);
     const agentId = request.agentId === '' ? `agent-${randomBytes(6).toString('hex')}` : request.agentId;
     if (!AGENT_ID_PATTERN.test(agentId)) throw new InvalidArgumentError('agent_id must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}');
@@ -305,6 +365,10 @@ export class AgentManager {
       lastError: '',
       lastErrorAtMs: 0,
       isEnsured,
+      restartPolicy: request.restartPolicy ?? defaultPolicy,
+      failures: 0,
+      restartAtMs: 0,
+      runningSinceMs: 0,
     }, reason);
     this.#logger.info({ agentId, kind: request.spec.kind }, 'agent dispatched');
     return this.#locks.run(agentId, () => this.#place(agentId));
@@ -323,7 +387,7 @@ export class AgentManager {
     validateSpec(request.spec);
     if ((await this.#options.store.getAgent(request.agentId)) === undefined) {
       try {
-        return { agent: await this.dispatch(request, 'created by ensure', true), isCreated: true, isUpdated: false };
+        return { agent: await this.dispatch(request, 'created by ensure', true, 'on-failure'), isCreated: true, isUpdated: false };
       } catch (err) {
         // Created meanwhile by another ensure: compare with what it made, below.
         if ((await this.#options.store.getAgent(request.agentId)) === undefined) throw err;
@@ -356,6 +420,11 @@ export class AgentManager {
           updatedAtMs: nowMs,
           detail: reason,
           isEnsured: true,
+          // An operator's ensure starts a fresh budget.
+          failures: 0,
+          restartAtMs: 0,
+          runningSinceMs: 0,
+          ...(request.restartPolicy === undefined ? {} : { restartPolicy: request.restartPolicy }),
         },
         { incarnation: agent.incarnation, states: [agent.state] },
         reason,
@@ -428,7 +497,7 @@ export class AgentManager {
       const agent = await this.get(agentId);
       if (!LIVE_AGENT_STATES.includes(agent.state)) return;
       // Not ended when it changed meanwhile (moved, restarted): that placement is not the one that completed.
-      if ((await this.#end(agent, 'exited', detail === '' ? 'completed' : detail)) === undefined) return;
+      if ((await this.#endByItself(agent, 'exited', detail === '' ? 'completed' : detail)) === undefined) return;
       const session = agent.hostId === null ? undefined : this.#options.sessions.get(agent.hostId);
       session?.send({ stopAgent: { agentId, reason: 'completed' } });
     });
@@ -506,7 +575,7 @@ export class AgentManager {
         let current = agent;
         if (agent.state === 'starting' || agent.state === 'lost') {
           const why = agent.state === 'lost' ? 'its lost host came back with it running (Hello)' : 'its host reported it running (Hello)';
-          current = (await this.#setState(agent, 'running', '', why)) ?? agent;
+          current = (await this.#setState(agent, 'running', '', why, { runningSinceMs: clock.now() })) ?? agent;
         }
         // What the host says its holder has is what it holds: a rotation sent into a stream that died
         // before the host read it is not counted (the comparison below sends a fresh one).
@@ -723,6 +792,8 @@ export class AgentManager {
             {
               ...(held > agent.ackedGeneration ? this.#heldPatch(agent, held) : {}),
               ...(isNowRunning ? { state: 'running' as const, detail: event.detail, updatedAtMs: this.#options.clock.now() } : {}),
+              // A stalled agent answering again was running all along: its healthy period goes on.
+              ...(agent.state === 'starting' ? { runningSinceMs: this.#options.clock.now() } : {}),
             },
             { incarnation: agent.incarnation, generation: agent.generation, states: [agent.state] },
             'its host reported it started',
@@ -730,9 +801,16 @@ export class AgentManager {
           if (updated !== undefined && isNowRunning) this.#onStateChanged(agent, 'running');
           return;
         }
+        case 'stalled':
+          // A signal, not a kill: it keeps its place, tokens and mail; only an operator or its end moves it.
+          if (agent.state === 'running') await this.#setState(agent, 'stalled', event.detail, `its host reported it stalled: ${event.detail}`);
+          return;
+        case 'running':
+          if (agent.state === 'stalled') await this.#setState(agent, 'running', '', `its host reported it ${event.detail === '' ? 'running again' : event.detail}`);
+          return;
         case 'exited':
         case 'failed':
-          if (LIVE_AGENT_STATES.includes(agent.state)) await this.#end(agent, event.state, event.detail);
+          if (LIVE_AGENT_STATES.includes(agent.state)) await this.#endByItself(agent, event.state, event.detail);
           return;
         case 'stopped':
           // The stop itself was recorded when it was asked for; what the host adds is how it ended. An
@@ -808,6 +886,8 @@ export class AgentManager {
   async #place(agentId: string): Promise<AgentRecord> {
     const agent = await this.get(agentId);
     if (agent.state !== 'pending') return agent;
+    // Waiting out its restart backoff: the wait armed for it sweeps again when the time comes.
+    if (agent.restartAtMs > this.#options.clock.now()) return agent;
     const tried = new Set<string>();
     for (;;) {
       const choice = await this.#chooseHost(agent, tried);
@@ -928,7 +1008,7 @@ export class AgentManager {
       // so an Ack of it that arrives after this one was issued still records the right expiry.
       ...(placement.hostId === undefined
         ? { previousExpiresAtMs: agent.expiresAtMs }
-        : { previousExpiresAtMs: 0, ackedGeneration: 0, ackedExpiresAtMs: 0 }),
+        : { previousExpiresAtMs: 0, ackedGeneration: 0, ackedExpiresAtMs: 0, restartAtMs: 0, runningSinceMs: 0 }),
       ...(placement.state === undefined ? {} : { state: placement.state }),
       ...(placement.restarts === undefined ? {} : { restarts: placement.restarts }),
     };
@@ -986,10 +1066,10 @@ export class AgentManager {
     return toCredential(issued);
   }
 
-  async #setState(agent: AgentRecord, state: AgentStateName, detail: string, reason: string): Promise<AgentRecord | undefined> {
+  async #setState(agent: AgentRecord, state: AgentStateName, detail: string, reason: string, extra: AgentPatch = {}): Promise<AgentRecord | undefined> {
     const updated = await this.#options.store.updateAgent(
       agent.agentId,
-      { state, detail, updatedAtMs: this.#options.clock.now() },
+      { ...extra, state, detail, updatedAtMs: this.#options.clock.now() },
       { incarnation: agent.incarnation, states: [agent.state] },
       reason,
     );
@@ -1004,20 +1084,69 @@ export class AgentManager {
   }
 
   /**
+   * An agent ended by itself (its host reported it exited or failed, or it
+   * completed): ended, or, if its restart policy says so and its budget is not
+   * spent, back to pending with its tokens revoked, to be placed again at its
+   * restart time (persisted, so a restarted control plane keeps it). A spent
+   * budget ends it `failed` as a crash loop. Only the agent as read; caller
+   * holds the lock.
+   */
+  async #endByItself(agent: AgentRecord, state: 'exited' | 'failed', detail: string): Promise<AgentRecord | undefined> {
+    const nowMs = this.#options.clock.now();
+    const budget = this.#restartBudget;
+    const policy = agent.restartPolicy;
+    const decision = decideRestart({ policy, state, failures: agent.failures, runningSinceMs: agent.runningSinceMs, nowMs }, budget);
+    if (decision.action === 'end') return this.#end(agent, state, detail, { failures: decision.failures });
+    if (decision.action === 'give-up') {
+      const loop = `crash loop: ended ${decision.failures} times in a row without ${budget.healthyAfterMs} ms running (restart policy ${policy}); last ${state}: ${detail}`;
+      this.#logger.warn({ agentId: agent.agentId, failures: decision.failures, policy }, 'agent in a crash loop: not restarted again');
+      return this.#end(agent, 'failed', loop, { failures: decision.failures });
+    }
+    const reason = `${state}: ${detail}; restart ${decision.failures} of at most ${budget.maxFailures - 1} in ${decision.delayMs} ms (restart policy ${policy})`;
+    const updated = await this.#options.store.updateAgent(
+      agent.agentId,
+      {
+        state: 'pending',
+        // Placed again as it was asked for: on the host it named, or by its labels.
+        hostId: agent.requestedHostId,
+        detail: reason,
+        updatedAtMs: nowMs,
+        failures: decision.failures,
+        restartAtMs: decision.restartAtMs,
+        runningSinceMs: 0,
+        ...(state === 'failed' ? { lastError: detail, lastErrorAtMs: nowMs } : {}),
+      },
+      { incarnation: agent.incarnation, states: [agent.state] },
+      reason,
+    );
+    if (updated === undefined) return undefined;
+    // Its tokens are refused from here (pending is not live); its next start is a new incarnation.
+    this.#noteState(agent.agentId, 'pending');
+    this.#forgetPlacement(agent.agentId);
+    this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'pending', incarnation: agent.incarnation });
+    this.#logger.info({ agentId: agent.agentId, state, failures: decision.failures, delayMs: decision.delayMs, policy }, 'agent ended; restart scheduled');
+    this.#scheduleRestart(agent.agentId, decision.restartAtMs);
+    // Its place on its host is free.
+    this.requestPlacement();
+    return updated;
+  }
+
+  /**
    * Ends an agent: state, its tokens revoked at once, no more rotations; a
    * failure is kept as its last error. Only the agent as read (same incarnation
    * and state): undefined, and nothing done, when it changed since (another
    * writer on the store moved or ended it). Its place on its host is free
    * again, so pending agents are placed (after the caller's lock is released).
    */
-  async #end(agent: AgentRecord, state: AgentStateName, detail: string): Promise<AgentRecord | undefined> {
+  async #end(agent: AgentRecord, state: AgentStateName, detail: string, extra: AgentPatch = {}): Promise<AgentRecord | undefined> {
     const nowMs = this.#options.clock.now();
     const updated = await this.#options.store.updateAgent(
       agent.agentId,
-      { state, detail, updatedAtMs: nowMs, ...(state === 'failed' ? { lastError: detail, lastErrorAtMs: nowMs } : {}) },
+      { ...extra, state, detail, updatedAtMs: nowMs, restartAtMs: 0, runningSinceMs: 0, ...(state === 'failed' ? { lastError: detail, lastErrorAtMs: nowMs } : {}) },
       { incarnation: agent.incarnation, states: [agent.state] },
     );
     if (updated === undefined) return undefined;
+    this.#cancelRestart(agent.agentId);
     this.#noteState(agent.agentId, state);
     this.#forgetPlacement(agent.agentId);
     this.#options.events.emit('agent-state', { agentId: agent.agentId, state, incarnation: agent.incarnation });

@@ -3,7 +3,7 @@
  * the one asked for, field by field, so a different spec is refused by name
  * (or, with `update`, replaced) instead of being silently ignored.
  */
-import type { AgentRecord, AgentSpecRecord, LabelRecord } from '../store/store.js';
+import type { AgentRecord, AgentSpecRecord, LabelRecord, RestartPolicyName } from '../store/store.js';
 
 /** What an ensure asks for. */
 export interface DesiredAgent {
@@ -13,6 +13,8 @@ export interface DesiredAgent {
   /** '' for none (placed by labels). */
   hostId: string;
   hostLabels: readonly LabelRecord[];
+  /** Undefined keeps the agent's (a policy is compared only when given). */
+  restartPolicy?: RestartPolicyName | undefined;
 }
 
 function labelKey(labels: readonly LabelRecord[]): string {
@@ -25,7 +27,10 @@ function labelKey(labels: readonly LabelRecord[]): string {
  * Only names, never values: `spec.config` and `spec.args` may carry secrets,
  * and the answer goes into an error message. Labels compare as a set.
  */
-export function specDifferences(agent: Pick<AgentRecord, 'name' | 'spec' | 'requestedHostId' | 'hostLabels'>, desired: DesiredAgent): string[] {
+export function specDifferences(
+  agent: Pick<AgentRecord, 'name' | 'spec' | 'requestedHostId' | 'hostLabels'> & Partial<Pick<AgentRecord, 'restartPolicy'>>,
+  desired: DesiredAgent,
+): string[] {
   const differences: string[] = [];
   if (desired.name !== '' && desired.name !== agent.name) differences.push('name');
   if (desired.spec.kind !== agent.spec.kind) differences.push('spec.kind');
@@ -36,5 +41,6 @@ export function specDifferences(agent: Pick<AgentRecord, 'name' | 'spec' | 'requ
   if (desired.spec.config !== agent.spec.config) differences.push('spec.config');
   if ((desired.hostId === '' ? null : desired.hostId) !== agent.requestedHostId) differences.push('host_id');
   if (labelKey(desired.hostLabels) !== labelKey(agent.hostLabels)) differences.push('host_labels');
+  if (desired.restartPolicy !== undefined && desired.restartPolicy !== (agent.restartPolicy ?? 'never')) differences.push('restart_policy');
   return differences;
 }

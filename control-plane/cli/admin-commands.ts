@@ -110,6 +110,7 @@ interface SpecFlags {
   name?: string;
   host?: string;
   label?: Label[];
+  restart?: string;
 }
 
 function dispatchRequest(agentId: string, flags: SpecFlags): {
@@ -118,9 +119,14 @@ function dispatchRequest(agentId: string, flags: SpecFlags): {
   hostId: string;
   hostLabels: Label[];
   spec: { kind: string; module: string; command: string; args: string[]; config: string };
+  restartPolicy?: string;
 } {
   if ((flags.module === undefined) === (flags.command === undefined)) throw new Error('give exactly one of --module or --command');
+  if (flags.restart !== undefined && !['never', 'on-failure', 'always'].includes(flags.restart)) {
+    throw new Error('--restart must be one of never, on-failure, always');
+  }
   return {
+    ...(flags.restart === undefined ? {} : { restartPolicy: flags.restart }),
     agentId,
     name: flags.name ?? '',
     hostId: flags.host ?? '',
@@ -143,7 +149,12 @@ function addSpecOptions(command: Command): Command {
     .option('--config <json>', 'configuration handed to the agent')
     .option('--name <name>', 'a display name')
     .option('--host <host-id>', 'place on this host')
-    .option('--label <key=value>', 'place on a host carrying this label (repeatable)', collectLabel);
+    .option('--label <key=value>', 'place on a host carrying this label (repeatable)', collectLabel)
+    .option(
+      '--restart <policy>',
+      'when it ends by itself: never (dispatch default), on-failure (default of an agent ensure creates) or always; ' +
+        'restarts back off 1 s doubling to 5 min, and 5 ends in a row without 10 min running leave it failed',
+    );
 }
 
 /**
@@ -344,6 +355,8 @@ function printDescription(agent: AgentInfo, transitions: readonly AgentTransitio
     ['SPEC', `${what}${spec !== undefined && spec.config !== '' ? ` (config: ${Buffer.byteLength(spec.config)} bytes)` : ''}`],
     ['INCARNATION', String(agent.incarnation)],
     ['RESTARTS', String(agent.restarts)],
+    ['RESTART_POLICY', `${agent.restartPolicy || 'never'} (ends in a row: ${agent.failures})`],
+    ['NEXT_RESTART', isoOrDash(agent.restartAtMs)],
     ['GENERATION_ISSUED', `${agent.generation} (expires ${isoOrDash(agent.expiresAtMs)})`],
     ['GENERATION_HELD', agent.ackedGeneration === 0 ? '-' : `${agent.ackedGeneration} (expires ${isoOrDash(agent.ackedExpiresAtMs)})`],
     ['LAST_HEARTBEAT', isoOrDash(agent.lastHeartbeatMs)],

@@ -12,7 +12,7 @@ import type { DeliveryManager } from '../delivery/delivery-manager.js';
 import type { HeartbeatLedger } from './heartbeat-ledger.js';
 import { InvalidArgumentError } from '../../common/errors.js';
 import type { MessageStateName } from '../store/store.js';
-import { decodePageToken, encodePageToken, labelsFromProto, pageSize, specFromProto, toAgentInfo, toAgentTransition } from './convert.js';
+import { decodePageToken, encodePageToken, labelsFromProto, pageSize, restartPolicyFromProto, specFromProto, toAgentInfo, toAgentTransition } from './convert.js';
 
 /** What AdminService needs. */
 export interface AdminServiceDeps {
@@ -111,6 +111,7 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
         spec: specFromProto(request.spec),
         hostId: request.hostId,
         hostLabels: labelsFromProto(request.hostLabels),
+        restartPolicy: restartPolicyFromProto(request.restartPolicy),
       });
       return { agent: toAgentInfo(agent) };
     }),
@@ -123,6 +124,7 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
           spec: specFromProto(request.spec),
           hostId: request.hostId,
           hostLabels: labelsFromProto(request.hostLabels),
+          restartPolicy: restartPolicyFromProto(request.restartPolicy),
         },
         request.update,
       );

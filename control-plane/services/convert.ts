@@ -1,7 +1,8 @@
 import { InvalidArgumentError } from '../../common/errors.js';
 import { AgentState, type AgentSpec, type Label } from '../../gen/tether/v1/common.js';
 import type { AgentInfo, AgentTransition } from '../../gen/tether/v1/admin.js';
-import type { AgentRecord, AgentSpecRecord, AgentStateName, AgentTransitionRecord, LabelRecord } from '../store/store.js';
+import type { AgentRecord, AgentSpecRecord, AgentStateName, AgentTransitionRecord, LabelRecord, RestartPolicyName } from '../store/store.js';
+import { parseRestartPolicy, RESTART_POLICIES } from '../agents/restart-policy.js';
 
 const STATE_TO_PROTO: Readonly<Record<AgentStateName, AgentState>> = {
   pending: AgentState.AGENT_STATE_PENDING,
@@ -41,7 +42,18 @@ export function toAgentInfo(agent: AgentRecord, lastHeartbeatMs = 0): AgentInfo 
     lastErrorAtMs: agent.lastErrorAtMs,
     requestedHostId: agent.requestedHostId ?? '',
     hostLabels: agent.hostLabels,
+    restartPolicy: agent.restartPolicy,
+    failures: agent.failures,
+    restartAtMs: agent.state === 'pending' ? agent.restartAtMs : 0,
   };
+}
+
+/** A restart policy from the wire: undefined when absent or empty (the default applies); InvalidArgumentError when unknown. */
+export function restartPolicyFromProto(name: string | undefined): RestartPolicyName | undefined {
+  if (name === undefined || name === '') return undefined;
+  const policy = parseRestartPolicy(name);
+  if (policy === undefined) throw new InvalidArgumentError(`restart_policy must be one of ${RESTART_POLICIES.join(', ')}`);
+  return policy;
 }
 
 /** The wire form of one transition of an agent. */

@@ -332,6 +332,18 @@ BEGIN
 END;
 `;
 
+/**
+ * Restart policy per agent (issue 15): the policy, its ends in a row without a healthy period
+ * (the restart budget), the time before which a pending agent waiting to restart is not placed,
+ * and when it last became running (a healthy period forgives the ends). Existing agents: `never`.
+ */
+const RESTART_POLICY = `
+ALTER TABLE agents ADD COLUMN restart_policy TEXT NOT NULL DEFAULT 'never';
+ALTER TABLE agents ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN restart_at_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN running_since_ms INTEGER NOT NULL DEFAULT 0;
+`;
+
 /** Every migration, in order. Append only; the last one's number is {@link SCHEMA_VERSION}. */
 const MIGRATIONS: readonly Migration[] = [
   {
@@ -386,6 +398,11 @@ const MIGRATIONS: readonly Migration[] = [
     version: 9,
     description: 'agents.is_ensured: made by ensure, so moved to another host when its host is lost',
     apply: (db) => db.exec(AGENT_ENSURED),
+  },
+  {
+    version: 10,
+    description: 'restart policy: per-agent policy, failures in a row, the next restart time, when it last became running',
+    apply: (db) => db.exec(RESTART_POLICY),
   },
 ];
 

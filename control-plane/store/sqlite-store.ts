@@ -27,6 +27,7 @@ import type {
   Page,
   PlaceAgentResult,
   SigningKeyRecord,
+  RestartPolicyName,
   SigningKeyState,
   SigningKeyTransition,
   Store,
@@ -58,6 +59,10 @@ interface AgentRow {
   last_error: string;
   last_error_at_ms: number;
   is_ensured: number;
+  restart_policy: string;
+  failures: number;
+  restart_at_ms: number;
+  running_since_ms: number;
 }
 
 interface TransitionRow {
@@ -139,6 +144,10 @@ const AGENT_COLUMNS: Record<keyof AgentPatch, string> = {
   lastError: 'last_error',
   lastErrorAtMs: 'last_error_at_ms',
   isEnsured: 'is_ensured',
+  restartPolicy: 'restart_policy',
+  failures: 'failures',
+  restartAtMs: 'restart_at_ms',
+  runningSinceMs: 'running_since_ms',
 };
 
 const HOST_COLUMNS: Record<keyof HostPatch, string> = {
@@ -184,6 +193,10 @@ function agentFromRow(row: AgentRow): AgentRecord {
     lastError: row.last_error,
     lastErrorAtMs: row.last_error_at_ms,
     isEnsured: row.is_ensured === 1,
+    restartPolicy: row.restart_policy as RestartPolicyName,
+    failures: row.failures,
+    restartAtMs: row.restart_at_ms,
+    runningSinceMs: row.running_since_ms,
   };
 }
 
@@ -593,8 +606,9 @@ export class SqliteStore implements Store {
         this.#prepare(
           `INSERT INTO agents (agent_id, name, state, host_id, host_labels, spec, incarnation, generation, token_id,
              issued_at_ms, expires_at_ms, rotation_due_at_ms, created_at_ms, updated_at_ms, detail, last_seq, acked_seq,
-             previous_expires_at_ms, acked_generation, acked_expires_at_ms, requested_host_id, restarts, last_error, last_error_at_ms, is_ensured)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+             previous_expires_at_ms, acked_generation, acked_expires_at_ms, requested_host_id, restarts, last_error, last_error_at_ms, is_ensured,
+             restart_policy, failures, restart_at_ms, running_since_ms)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         ).run(
           agent.agentId,
           agent.name,
@@ -621,6 +635,10 @@ export class SqliteStore implements Store {
           agent.lastError,
           agent.lastErrorAtMs,
           agent.isEnsured ? 1 : 0,
+          agent.restartPolicy,
+          agent.failures,
+          agent.restartAtMs,
+          agent.runningSinceMs,
         );
       } catch (err) {
         if (isUniqueViolation(err)) throw new AlreadyExistsError(`agent ${agent.agentId} exists`, { cause: err });

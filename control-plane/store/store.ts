@@ -29,6 +29,15 @@ export const LIVE_AGENT_STATES: readonly AgentStateName[] = ['starting', 'runnin
 /** Final states: the agent runs no more unless an operator ensures it again; its outbox takes no new mail. */
 export const ENDED_AGENT_STATES: readonly AgentStateName[] = ['stopped', 'exited', 'failed'];
 
+/**
+ * What the control plane does when an agent ends by itself:
+ * - `never`: it stays ended (`exited` or `failed`).
+ * - `on-failure`: started again, with backoff, after it `failed`.
+ * - `always`: started again, with backoff, after it `failed` or `exited`.
+ * An operator stop is never undone by a policy.
+ */
+export type RestartPolicyName = 'never' | 'on-failure' | 'always';
+
 /** What to run for an agent. */
 export interface AgentSpecRecord {
   kind: string;
@@ -89,6 +98,13 @@ export interface AgentRecord {
    * another host; a dispatched agent waits, `lost`, for its host to come back.
    */
   isEnsured: boolean;
+  restartPolicy: RestartPolicyName;
+  /** Ends in a row without a healthy period between them (counted against its restart budget). */
+  failures: number;
+  /** While pending after an end: not placed before this time (0: none). Persisted, so a restarted control plane keeps it. */
+  restartAtMs: number;
+  /** When it last became `running` (0: not running in this placement). */
+  runningSinceMs: number;
 }
 
 /** At most this many transitions are kept per agent (the oldest go first). */

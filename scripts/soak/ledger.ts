@@ -35,6 +35,8 @@ export interface AgentInstance {
   readonly isAfterHostCrash: boolean;
   /** Its host crashed: it takes nothing more, and nothing it sees counts. */
   isDead: boolean;
+  /** Its host fenced itself (see {@link Ledger.onSelfFenced}): it was stopped, and may be started again there. */
+  isFenced?: boolean;
   firstSeq: number;
   lastSeq: number;
 }
@@ -73,6 +75,11 @@ export interface LedgerCounts {
   deliveredUnconfirmed: number;
   restartsWhileHostLived: number;
   restartsAfterHostCrash: number;
+  /** Started again on the host that fenced itself during a scheduled outage past the lost-host grace (issue 15). */
+  restartsAfterSelfFence: number;
+  /** Self-fences the schedule excuses (a scheduled outage of the host longer than TTL/3), and those it does not. */
+  selfFences: number;
+  selfFencesUnexcused: number;
   toolCalls: number;
   toolCallsOk: number;
   toolCallsUnavailable: number;
@@ -106,6 +113,9 @@ export class Ledger {
     deliveredUnconfirmed: 0,
     restartsWhileHostLived: 0,
     restartsAfterHostCrash: 0,
+    restartsAfterSelfFence: 0,
+    selfFences: 0,
+    selfFencesUnexcused: 0,
     toolCalls: 0,
     toolCallsOk: 0,
     toolCallsUnavailable: 0,
@@ -140,7 +150,12 @@ export class Ledger {
     const previous = record.current;
     let isAfterHostCrash = false;
     if (previous !== undefined) {
-      if (previous.slot === slot && previous.hostIncarnation === hostIncarnation) {
+      if (previous.slot === slot && previous.hostIncarnation === hostIncarnation && previous.isFenced === true) {
+        // Fenced (stopped by its own host past the grace), then started again there: a message it
+        // took but had not acknowledged comes again, as after a crash.
+        isAfterHostCrash = true;
+        this.counts.restartsAfterSelfFence++;
+      } else if (previous.slot === slot && previous.hostIncarnation === hostIncarnation) {
         this.counts.restartsWhileHostLived++;
         this.#incident(`${agentId} started again on host ${slot}#${hostIncarnation}, which had it running`);
       } else {
@@ -151,6 +166,23 @@ export class Ledger {
     const instance: AgentInstance = { agentId, slot, hostIncarnation, isAfterHostCrash, isDead: false, firstSeq: 0, lastSeq: 0 };
     record.current = instance;
     return instance;
+  }
+
+  /**
+   * Host `slot` (incarnation `hostIncarnation`) fenced itself at `atMs`: it
+   * stopped `agentIds` after no contact for the lost-host grace. Only a
+   * scheduled outage of the host longer than TTL/3 excuses that (the grace is
+   * longer still); anything else is an incident.
+   */
+  onSelfFenced(slot: number, hostIncarnation: number, agentIds: readonly string[], atMs: number): void {
+    if (!this.#isExcused(slot, atMs)) {
+      this.counts.selfFencesUnexcused++;
+      this.#incident(`host ${slot}#${hostIncarnation} fenced itself at +${Math.round(atMs / 1000)} s, outside any scheduled outage longer than TTL/3`);
+    } else this.counts.selfFences++;
+    for (const agentId of agentIds) {
+      const current = this.#agents.get(agentId)?.current;
+      if (current !== undefined && current.slot === slot && current.hostIncarnation === hostIncarnation) current.isFenced = true;
+    }
   }
 
   /** What an instance received (its host passed it the message; it takes it). */

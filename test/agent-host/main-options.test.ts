@@ -58,6 +58,8 @@ const ROWS: Record<string, Row> = {
   '--stop-grace': { env: 'TETHER_STOP_GRACE', value: '3s', key: 'stopGrace', expected: 3_000 },
   '--stop-deadline': { env: 'TETHER_STOP_DEADLINE', value: '20s', key: 'stopDeadline', expected: 20_000 },
   '--keepalive': { env: 'TETHER_KEEPALIVE', value: '40s', key: 'keepalive', expected: 40_000 },
+  '--stall-after': { env: 'TETHER_STALL_AFTER', value: '45s', key: 'stallAfter', expected: 45_000 },
+  '--handler-deadline': { env: 'TETHER_HANDLER_DEADLINE', value: '2m', key: 'handlerDeadline', expected: 120_000 },
   '--metrics-listen': { env: 'TETHER_HOST_METRICS_LISTEN', value: '127.0.0.1:9100', key: 'metricsListen', expected: '127.0.0.1:9100' },
   '--log-level': { env: 'TETHER_LOG_LEVEL', value: 'debug', key: 'logLevel', expected: 'debug' },
 };

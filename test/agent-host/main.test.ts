@@ -52,6 +52,8 @@ const DURATION_FLAGS: [string, keyof typeof HOST_DURATION_BOUNDS][] = [
   ['--stop-grace', 'stopGrace'],
   ['--stop-deadline', 'stopDeadline'],
   ['--keepalive', 'keepalive'],
+  ['--stall-after', 'stallAfter'],
+  ['--handler-deadline', 'handlerDeadline'],
 ];
 
 describe('agent-host flags', () => {

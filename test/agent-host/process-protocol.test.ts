@@ -13,6 +13,7 @@ describe('parseControlLine', () => {
     ['{"nack":3}', { type: 'nack', seq: 3, error: 'refused by the agent' }],
     ['{"nack":3,"error":""}', { type: 'nack', seq: 3, error: 'refused by the agent' }],
     [`{"nack":3,"error":"bad token ${JWT}"}`, { type: 'nack', seq: 3, error: 'bad token [redacted-jwt]' }],
+    ['{"pong":7}', { type: 'pong', ping: 7 }],
   ])('%s is a control line', (line, expected) => {
     expect(parseControlLine(line)).toEqual(expected);
   });
@@ -31,6 +32,9 @@ describe('parseControlLine', () => {
     '{"nack":1,"error":5}',
     '{"nack":1,"error":"x","extra":true}',
     '{"ack":1',
+    '{"pong":0}',
+    '{"pong":"7"}',
+    '{"pong":7,"ack":1}',
   ])('%s is not', (line) => {
     expect(parseControlLine(line)).toBeUndefined();
   });

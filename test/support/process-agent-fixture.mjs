@@ -12,11 +12,16 @@
  *   --report-each     on each message, reads the token file once and appends the
  *                     message's payload with the token's `gen` and `jti` to
  *                     seen.json (the whole list, replaced atomically), then acks.
+ *   --orphan-holds-output  starts a detached grandchild that holds its stdout and
+ *                     stderr open (and sleeps) and writes its pid to `orphan`: once
+ *                     this process has exited, its output still has not ended.
  *   --ignore-sigterm  survives SIGTERM and the end of stdin (writes `sigterm` when
  *                     it gets one); only SIGKILL ends it.
- * Always: writes `ready` once set up; acks each message; a payload "exit N"
- * is acked and then the process exits with status N.
+ * Always: writes `ready` once set up; acks each message; answers each
+ * liveness probe `{"ping":N}` with `{"pong":N}`; a payload "exit N" is acked
+ * and then the process exits with status N.
  */
+import { spawn } from 'node:child_process';
 import { closeSync, fstatSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -104,6 +109,10 @@ function tokenNow() {
 function onLine(line) {
   if (line.trim() === '') return;
   const message = JSON.parse(line);
+  if (typeof message.ping === 'number') {
+    process.stdout.write(`${JSON.stringify({ pong: message.ping })}\n`);
+    return;
+  }
   const text = Buffer.from(message.payload, 'base64').toString('utf8');
   if (flags.has('--read-loop')) report();
   if (flags.has('--report-each')) {
@@ -133,4 +142,9 @@ lines.on('close', () => {
   if (!flags.has('--ignore-sigterm')) process.exit(0);
 });
 if (flags.has('--read-loop')) readLoop();
+if (flags.has('--orphan-holds-output')) {
+  const orphan = spawn(process.execPath, ['-e', 'setInterval(() => undefined, 1 << 30)'], { stdio: ['ignore', 'inherit', 'inherit'], detached: true });
+  orphan.unref();
+  publish('orphan', String(orphan.pid));
+}
 publish('ready', String(process.pid));

@@ -30,6 +30,10 @@ export function agent(agentId: string, patch: Partial<AgentRecord> = {}): AgentR
     lastError: '',
     lastErrorAtMs: 0,
     isEnsured: false,
+    restartPolicy: 'never',
+    failures: 0,
+    restartAtMs: 0,
+    runningSinceMs: 0,
     ...patch,
   };
 }

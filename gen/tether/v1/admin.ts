@@ -128,6 +128,8 @@ export interface DispatchAgentRequest {
   /** Place on this host; otherwise any connected host with capacity matching the labels. */
   hostId: string;
   hostLabels: Label[];
+  /** "never" (the default: it stays ended), "on-failure" or "always"; see RESTART POLICY in the README. */
+  restartPolicy?: string | undefined;
 }
 
 export interface DispatchAgentResponse {
@@ -144,6 +146,11 @@ export interface EnsureAgentRequest {
   hostLabels: Label[];
   /** Replace the spec of an existing agent whose spec differs, and restart it under a new incarnation. */
   update: boolean;
+  /**
+   * "never", "on-failure" (the default for an agent this call creates) or "always". Compared
+   * with the agent's only when given (and replaced with `update`).
+   */
+  restartPolicy?: string | undefined;
 }
 
 export interface EnsureAgentResponse {
@@ -248,6 +255,12 @@ export interface AgentInfo {
   requestedHostId: string;
   /** Labels a host must carry to be chosen. */
   hostLabels: Label[];
+  /** "never", "on-failure" or "always". */
+  restartPolicy: string;
+  /** Ends in a row without a healthy period between them, counted against its restart budget. */
+  failures: number;
+  /** While pending after an end: when it is started again (0: none). */
+  restartAtMs: number;
 }
 
 export interface GetJwksRequest {
@@ -1750,7 +1763,7 @@ export const ListHostsResponse: MessageFns<ListHostsResponse> = {
 };
 
 function createBaseDispatchAgentRequest(): DispatchAgentRequest {
-  return { agentId: "", name: "", spec: undefined, hostId: "", hostLabels: [] };
+  return { agentId: "", name: "", spec: undefined, hostId: "", hostLabels: [], restartPolicy: undefined };
 }
 
 export const DispatchAgentRequest: MessageFns<DispatchAgentRequest> = {
@@ -1769,6 +1782,9 @@ export const DispatchAgentRequest: MessageFns<DispatchAgentRequest> = {
     }
     for (const v of message.hostLabels) {
       Label.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.restartPolicy !== undefined) {
+      writer.uint32(50).string(message.restartPolicy);
     }
     return writer;
   },
@@ -1826,6 +1842,14 @@ export const DispatchAgentRequest: MessageFns<DispatchAgentRequest> = {
             message.hostLabels.push(Label.decode(reader, reader.uint32()));
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.restartPolicy = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1857,6 +1881,11 @@ export const DispatchAgentRequest: MessageFns<DispatchAgentRequest> = {
         : globalThis.Array.isArray(object?.host_labels)
         ? object.host_labels.map((e: any) => Label.fromJSON(e))
         : [],
+      restartPolicy: isSet(object.restartPolicy)
+        ? globalThis.String(object.restartPolicy)
+        : isSet(object.restart_policy)
+        ? globalThis.String(object.restart_policy)
+        : undefined,
     };
   },
 
@@ -1877,6 +1906,9 @@ export const DispatchAgentRequest: MessageFns<DispatchAgentRequest> = {
     if (message.hostLabels?.length) {
       obj.hostLabels = message.hostLabels.map((e) => Label.toJSON(e));
     }
+    if (message.restartPolicy !== undefined) {
+      obj.restartPolicy = message.restartPolicy;
+    }
     return obj;
   },
 
@@ -1890,6 +1922,7 @@ export const DispatchAgentRequest: MessageFns<DispatchAgentRequest> = {
     message.spec = (object.spec !== undefined && object.spec !== null) ? AgentSpec.fromPartial(object.spec) : undefined;
     message.hostId = object.hostId ?? "";
     message.hostLabels = object.hostLabels?.map((e) => Label.fromPartial(e)) || [];
+    message.restartPolicy = object.restartPolicy ?? undefined;
     return message;
   },
 };
@@ -1964,7 +1997,15 @@ export const DispatchAgentResponse: MessageFns<DispatchAgentResponse> = {
 };
 
 function createBaseEnsureAgentRequest(): EnsureAgentRequest {
-  return { agentId: "", name: "", spec: undefined, hostId: "", hostLabels: [], update: false };
+  return {
+    agentId: "",
+    name: "",
+    spec: undefined,
+    hostId: "",
+    hostLabels: [],
+    update: false,
+    restartPolicy: undefined,
+  };
 }
 
 export const EnsureAgentRequest: MessageFns<EnsureAgentRequest> = {
@@ -1986,6 +2027,9 @@ export const EnsureAgentRequest: MessageFns<EnsureAgentRequest> = {
     }
     if (message.update !== false) {
       writer.uint32(48).bool(message.update);
+    }
+    if (message.restartPolicy !== undefined) {
+      writer.uint32(58).string(message.restartPolicy);
     }
     return writer;
   },
@@ -2051,6 +2095,14 @@ export const EnsureAgentRequest: MessageFns<EnsureAgentRequest> = {
             message.update = reader.bool();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.restartPolicy = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2083,6 +2135,11 @@ export const EnsureAgentRequest: MessageFns<EnsureAgentRequest> = {
         ? object.host_labels.map((e: any) => Label.fromJSON(e))
         : [],
       update: isSet(object.update) ? globalThis.Boolean(object.update) : false,
+      restartPolicy: isSet(object.restartPolicy)
+        ? globalThis.String(object.restartPolicy)
+        : isSet(object.restart_policy)
+        ? globalThis.String(object.restart_policy)
+        : undefined,
     };
   },
 
@@ -2106,6 +2163,9 @@ export const EnsureAgentRequest: MessageFns<EnsureAgentRequest> = {
     if (message.update !== false) {
       obj.update = message.update;
     }
+    if (message.restartPolicy !== undefined) {
+      obj.restartPolicy = message.restartPolicy;
+    }
     return obj;
   },
 
@@ -2120,6 +2180,7 @@ export const EnsureAgentRequest: MessageFns<EnsureAgentRequest> = {
     message.hostId = object.hostId ?? "";
     message.hostLabels = object.hostLabels?.map((e) => Label.fromPartial(e)) || [];
     message.update = object.update ?? false;
+    message.restartPolicy = object.restartPolicy ?? undefined;
     return message;
   },
 };
@@ -3241,6 +3302,9 @@ function createBaseAgentInfo(): AgentInfo {
     lastErrorAtMs: 0,
     requestedHostId: "",
     hostLabels: [],
+    restartPolicy: "",
+    failures: 0,
+    restartAtMs: 0,
   };
 }
 
@@ -3302,6 +3366,15 @@ export const AgentInfo: MessageFns<AgentInfo> = {
     }
     for (const v of message.hostLabels) {
       Label.encode(v!, writer.uint32(154).fork()).join();
+    }
+    if (message.restartPolicy !== "") {
+      writer.uint32(162).string(message.restartPolicy);
+    }
+    if (message.failures !== 0) {
+      writer.uint32(168).uint32(message.failures);
+    }
+    if (message.restartAtMs !== 0) {
+      writer.uint32(176).int64(message.restartAtMs);
     }
     return writer;
   },
@@ -3471,6 +3544,30 @@ export const AgentInfo: MessageFns<AgentInfo> = {
             message.hostLabels.push(Label.decode(reader, reader.uint32()));
             continue;
           }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.restartPolicy = reader.string();
+            continue;
+          }
+          case 21: {
+            if (tag !== 168) {
+              break;
+            }
+
+            message.failures = reader.uint32();
+            continue;
+          }
+          case 22: {
+            if (tag !== 176) {
+              break;
+            }
+
+            message.restartAtMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3552,6 +3649,17 @@ export const AgentInfo: MessageFns<AgentInfo> = {
         : globalThis.Array.isArray(object?.host_labels)
         ? object.host_labels.map((e: any) => Label.fromJSON(e))
         : [],
+      restartPolicy: isSet(object.restartPolicy)
+        ? globalThis.String(object.restartPolicy)
+        : isSet(object.restart_policy)
+        ? globalThis.String(object.restart_policy)
+        : "",
+      failures: isSet(object.failures) ? globalThis.Number(object.failures) : 0,
+      restartAtMs: isSet(object.restartAtMs)
+        ? globalThis.Number(object.restartAtMs)
+        : isSet(object.restart_at_ms)
+        ? globalThis.Number(object.restart_at_ms)
+        : 0,
     };
   },
 
@@ -3614,6 +3722,15 @@ export const AgentInfo: MessageFns<AgentInfo> = {
     if (message.hostLabels?.length) {
       obj.hostLabels = message.hostLabels.map((e) => Label.toJSON(e));
     }
+    if (message.restartPolicy !== "") {
+      obj.restartPolicy = message.restartPolicy;
+    }
+    if (message.failures !== 0) {
+      obj.failures = Math.round(message.failures);
+    }
+    if (message.restartAtMs !== 0) {
+      obj.restartAtMs = Math.round(message.restartAtMs);
+    }
     return obj;
   },
 
@@ -3641,6 +3758,9 @@ export const AgentInfo: MessageFns<AgentInfo> = {
     message.lastErrorAtMs = object.lastErrorAtMs ?? 0;
     message.requestedHostId = object.requestedHostId ?? "";
     message.hostLabels = object.hostLabels?.map((e) => Label.fromPartial(e)) || [];
+    message.restartPolicy = object.restartPolicy ?? "";
+    message.failures = object.failures ?? 0;
+    message.restartAtMs = object.restartAtMs ?? 0;
     return message;
   },
 };

@@ -231,7 +231,11 @@ export interface AckBatch {
 
 export interface AgentEvent {
   agentId: string;
-  /** "started", "exited", "failed", "stopped". */
+  /**
+   * "started", "exited", "failed", "stopped"; "stalled" (its liveness probe unanswered
+   * for the host's stall period, or a message held past its handler deadline; `detail`
+   * says which) and "running" (a stalled agent answering again).
+   */
   state: string;
   detail: string;
   incarnation: number;

@@ -23,6 +23,7 @@ function desired(patch: Partial<Omit<DesiredAgent, 'spec'>> & { spec?: Partial<D
     spec: { ...existing.spec, ...patch.spec },
     hostId: patch.hostId ?? 'h1',
     hostLabels: patch.hostLabels ?? existing.hostLabels,
+    restartPolicy: patch.restartPolicy,
   };
 }
 
@@ -44,6 +45,9 @@ describe('specDifferences', () => {
       differences: [],
     },
     { name: 'a label fewer', desired: desired({ hostLabels: [{ key: 'zone', value: 'a' }] }), differences: ['host_labels'] },
+    { name: 'no restart policy given: not compared', desired: desired({ restartPolicy: undefined }), differences: [] },
+    { name: 'the same restart policy given: none', desired: desired({ restartPolicy: 'never' }), differences: [] },
+    { name: 'another restart policy given', desired: desired({ restartPolicy: 'always' }), differences: ['restart_policy'] },
     { name: 'a label with another value', desired: desired({ hostLabels: [{ key: 'zone', value: 'b' }, { key: 'gpu', value: 'yes' }] }), differences: ['host_labels'] },
   ];
 

@@ -289,8 +289,13 @@ describe('SQLite schema migrations', () => {
         restarts: 0,
         lastError: '',
         lastErrorAtMs: 0,
-        // Migration 8: what made an older agent was never kept; it is taken as dispatched.
+        // Migration 9: what made an older agent was never kept; it is taken as dispatched.
         isEnsured: false,
+        // Migration 10: today's behaviour, nothing counted, nothing scheduled.
+        restartPolicy: 'never',
+        failures: 0,
+        restartAtMs: 0,
+        runningSinceMs: 0,
       });
       // A pending agent's host is the one it asked for.
       expect(await store.getAgent('a-pending')).toMatchObject({ state: 'pending', hostId: 'h-named', requestedHostId: 'h-named' });
