@@ -135,8 +135,14 @@ export interface AgentHostOptions {
    * once, for the agents' calls (closed by `close()`).
    */
   channelFactory?: (target: string, credentials: grpc.ChannelCredentials, options: grpc.ChannelOptions, purpose: 'stream' | 'agents') => grpc.Channel;
-  /** App-level Ping towards the control plane. Default 30 s. (The expiry check runs every TTL/10, at most 30 s.) */
+  /** App-level Ping towards the control plane. Default 30 s, and at most a quarter of the self-fence deadline. (The expiry check runs every TTL/10, at most 30 s.) */
   pingIntervalMs?: number;
+  /**
+   * Fence this host (stop every agent, delete their token files) after no contact with the
+   * control plane for its lost-host grace minus a margin. Default true. Tests on a fake clock
+   * that jumps past the grace in one step without a lost host in mind turn it off.
+   */
+  isSelfFenceEnabled?: boolean;
   /** Warn when the lowest time-to-expiry of any held token falls below this fraction of the agent token TTL. Default 0.25. */
   expiryWarningFraction?: number;
   /** Transport keepalive ping interval. Production: no faster than 30 s. */
@@ -171,6 +177,17 @@ export interface HostExit {
  */
 export function selfFenceAfterMs(lostHostGraceMs: number, clockToleranceMs: number): number {
   return lostHostGraceMs - Math.min(Math.max(0, clockToleranceMs), lostHostGraceMs / 10);
+}
+
+/**
+ * How long a host whose stream still looks connected waits for an answer to
+ * the ping it sends at its self-fence deadline before it fences: half the
+ * margin that deadline leaves before the control plane's grace ends (never
+ * below 1 ms), so a quiet but living stream is not mistaken for a cut one and
+ * a cut one is still fenced before the grace is over.
+ */
+export function selfFenceProbeMs(lostHostGraceMs: number, clockToleranceMs: number): number {
+  return Math.max(1, Math.floor((lostHostGraceMs - selfFenceAfterMs(lostHostGraceMs, clockToleranceMs)) / 2));
 }
 
 /**
@@ -496,11 +513,33 @@ export class AgentHost {
   /** App-level pings on an open stream: data through proxies, and the clock skew. */
   async #pingLoop(writer: AckBatchingWriter, signal: AbortSignal): Promise<void> {
     const { clock } = this.#options;
-    const intervalMs = this.#options.pingIntervalMs ?? 30_000;
     while (!signal.aborted) {
       writer.write({ ping: { timeMs: clock.now() } });
-      await clock.sleep(intervalMs, signal);
+      // Woken early when the grace changes (a Welcome), so the new interval applies at once.
+      const wake = new AbortController();
+      const onWake = (): void => wake.abort();
+      const replan = this.#fenceReplan.signal;
+      signal.addEventListener('abort', onWake, { once: true });
+      replan.addEventListener('abort', onWake, { once: true });
+      try {
+        await clock.sleep(this.#pingIntervalMs(), wake.signal);
+      } finally {
+        signal.removeEventListener('abort', onWake);
+        replan.removeEventListener('abort', onWake);
+      }
     }
+  }
+
+  /**
+   * How often the host pings the control plane over its stream: the configured
+   * interval (30 s), and at most a quarter of the self-fence deadline once the
+   * control plane has said its grace, so a quiet but living stream answers
+   * often enough never to look cut off.
+   */
+  #pingIntervalMs(): number {
+    const configuredMs = this.#options.pingIntervalMs ?? 30_000;
+    if (this.#lostHostGraceMs <= 0) return configuredMs;
+    return Math.max(1, Math.min(configuredMs, Math.floor(selfFenceAfterMs(this.#lostHostGraceMs, this.#rotationPolicy.clockToleranceMs) / 4)));
   }
 
   /** Checks, connected or not, how long the tokens held here have left: every TTL/10, at most 30 s. */
@@ -534,6 +573,7 @@ export class AgentHost {
   async #fenceLoop(): Promise<void> {
     const { clock } = this.#options;
     const closing = this.#closing.signal;
+    if (this.#options.isSelfFenceEnabled === false) return;
     while (!closing.aborted) {
       const replan = this.#fenceReplan.signal;
       const graceMs = this.#lostHostGraceMs;
@@ -547,6 +587,17 @@ export class AgentHost {
         // Contact may come meanwhile: the deadline is recomputed from the last contact when this wakes.
         await clock.sleep(silentForMs < fenceAfterMs ? fenceAfterMs - silentForMs : fenceAfterMs, replan);
         continue;
+      }
+      // A stream that still looks up may only have been quiet (nothing to say, or a clock that moved in
+      // one jump): ask it once, and fence only if nothing came back within the probe window, which
+      // fits in the margin before the control plane's grace ends.
+      const writer = this.#writer;
+      if (this.#state === 'connected' && writer !== undefined) {
+        const contactBefore = this.#lastContactMs;
+        writer.write({ ping: { timeMs: clock.now() } });
+        await clock.sleep(selfFenceProbeMs(graceMs, this.#rotationPolicy.clockToleranceMs), replan);
+        if (closing.aborted) return;
+        if (replan.aborted || this.#lastContactMs !== contactBefore) continue;
       }
       const agentIds = [...this.#agents.keys()];
       this.#logger.error(

@@ -56,7 +56,7 @@ describe('lost hosts', () => {
         },
       };
     };
-    const a = await h.startHost('a', { target: proxy.target, modules: new Map([['mail', mail('a')]]) });
+    const a = await h.startHost('a', { target: proxy.target, isSelfFenceEnabled: true, modules: new Map([['mail', mail('a')]]) });
     const events: string[] = [];
     a.host.events.on('self-fenced', () => events.push('a self-fenced'));
     await call(h.admin.ensureAgent.bind(h.admin), { agentId: 'mover', name: '', hostId: '', hostLabels: [], spec: SPEC, update: false });
@@ -67,7 +67,7 @@ describe('lost hosts', () => {
     await waitUntil(() => received.length === 1, 'm1 taken on a');
     const oldToken = credentials.get('a')?.get() ?? '';
     expect(oldToken).not.toBe('');
-    const b = await h.startHost('b', { modules: new Map([['mail', mail('b')]]) });
+    const b = await h.startHost('b', { isSelfFenceEnabled: true, modules: new Map([['mail', mail('b')]]) });
     b.host.events.on('agent-started', (e) => events.push(`b started ${e.agentId}`));
 
     // Cut off: nothing passes either way; the control plane sees the stream end, the host does not.
@@ -106,7 +106,7 @@ describe('lost hosts', () => {
     const h = harness;
     const proxy = await FaultProxy.start({ targetPort: h.cp.port });
     proxies.push(proxy);
-    const { host, hostId } = await h.startHost('stays', { target: proxy.target });
+    const { host, hostId } = await h.startHost('stays', { target: proxy.target, isSelfFenceEnabled: true });
     await call(h.admin.ensureAgent.bind(h.admin), { agentId: 'kept', name: '', hostId: '', hostLabels: [], spec: { ...SPEC, module: 'idle' }, update: false });
     await waitUntil(() => host.agentIds().includes('kept'), 'the agent running');
     await h.stopControlPlane();

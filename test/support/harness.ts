@@ -136,6 +136,8 @@ export class Harness {
       modules: new Map([['idle', idleModule]]),
       reconnectMinDelayMs: 10,
       reconnectMaxDelayMs: 50,
+      // The fake clock jumps whole steps with no thought of a lost host; tests of fencing turn it on.
+      isSelfFenceEnabled: false,
       ...options,
     });
     this.hosts.push(host);
