@@ -930,6 +930,8 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
 
   // The verdict.
   ledger.finish();
+  const endedAtMs = elapsed();
+  ledger.judgeSelfFences((slot, atMs) => slots[slot]?.reach.wasInLongOutage(atMs, endedAtMs) ?? false);
   const c = ledger.counts;
   const check = (count: number, what: string): void => {
     if (count > 0) fail(`${count} ${what}`);

@@ -99,6 +99,8 @@ export interface LedgerCounts {
 export class Ledger {
   readonly #agents = new Map<string, AgentRecord>();
   readonly #isExcused: (slot: number, atMs: number) => boolean;
+  /** Self-fences seen, judged at the end (see {@link judgeSelfFences}). */
+  readonly #selfFences: { slot: number; hostIncarnation: number; atMs: number }[] = [];
   readonly counts: LedgerCounts = {
     messagesSent: 0,
     messagesDelivered: 0,
@@ -170,19 +172,28 @@ export class Ledger {
 
   /**
    * Host `slot` (incarnation `hostIncarnation`) fenced itself at `atMs`: it
-   * stopped `agentIds` after no contact for the lost-host grace. Only a
-   * scheduled outage of the host longer than TTL/3 excuses that (the grace is
-   * longer still); anything else is an incident.
+   * stopped `agentIds` after no contact for the lost-host grace. Judged at the
+   * end by {@link judgeSelfFences} (whether the outage it fell in was long
+   * enough is known only once it is over).
    */
   onSelfFenced(slot: number, hostIncarnation: number, agentIds: readonly string[], atMs: number): void {
-    if (!this.#isExcused(slot, atMs)) {
-      this.counts.selfFencesUnexcused++;
-      this.#incident(`host ${slot}#${hostIncarnation} fenced itself at +${Math.round(atMs / 1000)} s, outside any scheduled outage longer than TTL/3`);
-    } else this.counts.selfFences++;
+    this.#selfFences.push({ slot, hostIncarnation, atMs });
     for (const agentId of agentIds) {
       const current = this.#agents.get(agentId)?.current;
       if (current !== undefined && current.slot === slot && current.hostIncarnation === hostIncarnation) current.isFenced = true;
     }
+  }
+
+  /** Counts the self-fences: excused only inside a scheduled outage longer than TTL/3; any other is an incident. */
+  judgeSelfFences(isInLongOutage: (slot: number, atMs: number) => boolean): void {
+    for (const { slot, hostIncarnation, atMs } of this.#selfFences) {
+      if (isInLongOutage(slot, atMs)) this.counts.selfFences++;
+      else {
+        this.counts.selfFencesUnexcused++;
+        this.#incident(`host ${slot}#${hostIncarnation} fenced itself at +${Math.round(atMs / 1000)} s, outside any scheduled outage longer than TTL/3`);
+      }
+    }
+    this.#selfFences.length = 0;
   }
 
   /** What an instance received (its host passed it the message; it takes it). */

@@ -76,6 +76,18 @@ export class Reachability {
     return this.#outages.some((o) => o.toMs - o.fromMs > thirdMs && atMs - o.fromMs > thirdMs && atMs <= o.toMs + this.#graceAfterMs);
   }
 
+  /**
+   * Whether the host was, at `atMs`, inside a scheduled outage that lasted (or,
+   * still going at `nowMs`, has lasted) more than TTL/3: the only weather in
+   * which it may fence itself (the lost-host grace is longer than TTL/3, and its
+   * silence is counted from its last contact, which can come before the outage).
+   */
+  wasInLongOutage(atMs: number, nowMs: number): boolean {
+    const thirdMs = this.#ttlMs / 3;
+    if (this.#scheduledSinceMs !== undefined && this.#scheduledSinceMs <= atMs && nowMs - this.#scheduledSinceMs > thirdMs) return true;
+    return this.#outages.some((o) => o.fromMs <= atMs && atMs <= o.toMs && o.toMs - o.fromMs > thirdMs);
+  }
+
   #update(nowMs: number): void {
     const isDown = this.#isBlackholed || this.#isControlPlaneDown;
     if (isDown && this.#scheduledSinceMs === undefined) this.#scheduledSinceMs = nowMs;

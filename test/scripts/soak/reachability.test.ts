@@ -38,3 +38,18 @@ describe('soak Reachability: 401s are excused by the fault schedule, never by wh
     for (const atMs of [5_000, 18_000, 19_500, 30_000]) expect(reach.isExcused(atMs)).toBe(false);
   });
 });
+
+describe('Reachability.wasInLongOutage (where a self-fence is excused)', () => {
+  it('is true inside an outage longer than TTL/3, from its start, and false in a short one or outside', () => {
+    const reach = new Reachability(60_000, 20_000, 0);
+    reach.setBlackholed(true, 1_000);
+    reach.setBlackholed(false, 16_000); // 15 s: shorter than TTL/3
+    reach.setBlackholed(true, 50_000);
+    expect(reach.wasInLongOutage(60_000, 60_000)).toBe(false); // 10 s in, still going: not yet long
+    expect(reach.wasInLongOutage(68_000, 121_000)).toBe(true); // still going at the end, 71 s long
+    reach.setBlackholed(false, 121_000);
+    expect(reach.wasInLongOutage(68_000, 200_000)).toBe(true);
+    expect(reach.wasInLongOutage(10_000, 200_000)).toBe(false);
+    expect(reach.wasInLongOutage(130_000, 200_000)).toBe(false);
+  });
+});
