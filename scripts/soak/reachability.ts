@@ -28,6 +28,9 @@ export class Reachability {
   #longestStreamDownMs = 0;
 
   /** `graceAfterMs`: how long after a scheduled outage longer than TTL/3 ends its 401s stay excused. */
+  /** Scheduled outages longer than TTL/3, never pruned (see {@link wasInLongOutage}). */
+  readonly #longOutages: { fromMs: number; toMs: number }[] = [];
+
   constructor(ttlMs: number, graceAfterMs: number, nowMs: number) {
     this.#ttlMs = ttlMs;
     this.#graceAfterMs = graceAfterMs;
@@ -85,7 +88,7 @@ export class Reachability {
   wasInLongOutage(atMs: number, nowMs: number): boolean {
     const thirdMs = this.#ttlMs / 3;
     if (this.#scheduledSinceMs !== undefined && this.#scheduledSinceMs <= atMs && nowMs - this.#scheduledSinceMs > thirdMs) return true;
-    return this.#outages.some((o) => o.fromMs <= atMs && atMs <= o.toMs && o.toMs - o.fromMs > thirdMs);
+    return this.#longOutages.some((o) => o.fromMs <= atMs && atMs <= o.toMs);
   }
 
   #update(nowMs: number): void {
@@ -95,6 +98,8 @@ export class Reachability {
       const outage = { fromMs: this.#scheduledSinceMs, toMs: nowMs };
       this.#longestScheduledMs = Math.max(this.#longestScheduledMs, outage.toMs - outage.fromMs);
       this.#outages.push(outage);
+      // Kept past the pruning below: a self-fence is judged at the end of the run (a few per run; bounded all the same).
+      if (outage.toMs - outage.fromMs > this.#ttlMs / 3 && this.#longOutages.length < 10_000) this.#longOutages.push(outage);
       this.#scheduledSinceMs = undefined;
     }
     // Outages that ended longer ago than any grace (and a TTL) can no longer excuse anything.

@@ -51,5 +51,9 @@ describe('Reachability.wasInLongOutage (where a self-fence is excused)', () => {
     expect(reach.wasInLongOutage(68_000, 200_000)).toBe(true);
     expect(reach.wasInLongOutage(10_000, 200_000)).toBe(false);
     expect(reach.wasInLongOutage(130_000, 200_000)).toBe(false);
+    // Long after it ended (past any excuse of a 401), it was still a long outage.
+    reach.setBlackholed(true, 900_000);
+    reach.setBlackholed(false, 901_000);
+    expect(reach.wasInLongOutage(68_000, 1_000_000)).toBe(true);
   });
 });
