@@ -12,13 +12,13 @@ describe('ConnectLimiter', () => {
     const clock = new FakeClock();
     const l = limiter(clock);
     for (let i = 0; i < 3; i++) {
-      expect(l.isRefused('10.0.0.1')).toBe(false);
-      l.recordFailure('10.0.0.1');
+      expect(l.isRefused('127.0.0.11')).toBe(false);
+      l.recordFailure('127.0.0.11');
     }
-    expect(l.isRefused('10.0.0.1')).toBe(true);
-    expect(l.isRefused('10.0.0.2')).toBe(false);
+    expect(l.isRefused('127.0.0.11')).toBe(true);
+    expect(l.isRefused('127.0.0.12')).toBe(false);
     clock.advance(10_000);
-    expect(l.isRefused('10.0.0.1')).toBe(false);
+    expect(l.isRefused('127.0.0.11')).toBe(false);
   });
 
   it('past the global budget refuses only sources that failed in the window: a clean source is always heard', () => {
@@ -75,19 +75,19 @@ describe('ConnectLimiter.tryHear', () => {
     const clock = new FakeClock();
     const l = limiter(clock);
     // 10 attempts from one source arrive together: only the limit's worth is heard.
-    const heard = Array.from({ length: 10 }, () => l.tryHear('10.0.0.1'));
+    const heard = Array.from({ length: 10 }, () => l.tryHear('127.0.0.11'));
     expect(heard.filter((a) => a !== undefined)).toHaveLength(3);
     // One was a genuine credential: refunded, so one more may be heard; the failures keep their charge.
     heard[0]?.settle(false);
     heard[1]?.settle(true);
     heard[2]?.settle(true);
     heard[2]?.settle(false);
-    const next = l.tryHear('10.0.0.1');
+    const next = l.tryHear('127.0.0.11');
     expect(next).toBeDefined();
-    expect(l.tryHear('10.0.0.1')).toBeUndefined();
+    expect(l.tryHear('127.0.0.11')).toBeUndefined();
     next?.settle(false);
     // Refunds leave no entry behind.
-    const other = l.tryHear('10.0.0.9');
+    const other = l.tryHear('127.0.0.19');
     other?.settle(false);
     expect(l.trackedSources).toBe(1);
   });
@@ -95,10 +95,10 @@ describe('ConnectLimiter.tryHear', () => {
   it('a charge from a rolled window is not refunded into the next one', () => {
     const clock = new FakeClock();
     const l = limiter(clock);
-    const a = l.tryHear('10.0.0.1');
+    const a = l.tryHear('127.0.0.11');
     clock.advance(10_000);
-    for (let i = 0; i < 3; i++) l.recordFailure('10.0.0.1');
+    for (let i = 0; i < 3; i++) l.recordFailure('127.0.0.11');
     a?.settle(false);
-    expect(l.isRefused('10.0.0.1')).toBe(true);
+    expect(l.isRefused('127.0.0.11')).toBe(true);
   });
 });
