@@ -978,20 +978,19 @@ export class AgentManager {
   }
 
   /**
-   * Signs the next credential of `agent` and records it (compare-and-set on its
-   * generation). With a `placement.hostId` it is a placement, which the store
-   * also checks against that host's capacity.
+   * Places `agent` on `placement.hostId`: signs its first credential of the
+   * placement and records both (compare-and-set on its generation and
+   * incarnation), the store checking the host's capacity. Rotations within a
+   * placement go through {@link #reissue}.
    */
   async #issue(
     agent: AgentRecord,
-    placement: { hostId?: string; incarnation?: number; state?: AgentStateName; restarts?: number; reason?: string },
+    placement: { hostId: string; incarnation: number; state: AgentStateName; restarts?: number; reason?: string },
     why: string,
   ): Promise<{ outcome: 'placed'; agent: AgentRecord; credential: Credential } | Exclude<PlaceAgentResult, { outcome: 'placed' }>> {
     const { issuer, store, clock, events } = this.#options;
-    const hostId = placement.hostId ?? agent.hostId;
-    if (hostId === null) return { outcome: 'agent-changed' };
+    const { hostId, incarnation } = placement;
     const generation = agent.generation + 1;
-    const incarnation = placement.incarnation ?? agent.incarnation;
     const issued = await issuer.issue({ kind: 'agent', subject: agent.agentId, ttlMs: this.#options.agentTokenTtlMs, generation, hostId, incarnation });
     const { claims } = issued;
     const dueAtMs = rotationDueAtMs(claims.issuedAtMs, claims.expiresAtMs, this.#options.random());
@@ -1004,26 +1003,22 @@ export class AgentManager {
       expiresAtMs: claims.expiresAtMs,
       rotationDueAtMs: dueAtMs,
       updatedAtMs: clock.now(),
-      // A new placement starts from nothing held; a rotation keeps the replaced credential's expiry,
-      // so an Ack of it that arrives after this one was issued still records the right expiry.
-      ...(placement.hostId === undefined
-        ? { previousExpiresAtMs: agent.expiresAtMs }
-        : { previousExpiresAtMs: 0, ackedGeneration: 0, ackedExpiresAtMs: 0, restartAtMs: 0, runningSinceMs: 0 }),
-      ...(placement.state === undefined ? {} : { state: placement.state }),
+      // A new placement starts from nothing held.
+      previousExpiresAtMs: 0,
+      ackedGeneration: 0,
+      ackedExpiresAtMs: 0,
+      restartAtMs: 0,
+      runningSinceMs: 0,
+      state: placement.state,
       ...(placement.restarts === undefined ? {} : { restarts: placement.restarts }),
     };
     const expect = { generation: agent.generation, incarnation: agent.incarnation };
-    let updated: AgentRecord | undefined;
-    if (placement.hostId === undefined) updated = await store.updateAgent(agent.agentId, patch, expect);
-    else {
-      const placed = await store.placeAgent(agent.agentId, patch, expect, placement.reason);
-      if (placed.outcome !== 'placed') {
-        this.#logger.debug({ agentId: agent.agentId, hostId, outcome: placed.outcome }, 'placement refused by the store');
-        return placed;
-      }
-      updated = placed.agent;
+    const placed = await store.placeAgent(agent.agentId, patch, expect, placement.reason);
+    if (placed.outcome !== 'placed') {
+      this.#logger.debug({ agentId: agent.agentId, hostId, outcome: placed.outcome }, 'placement refused by the store');
+      return placed;
     }
-    if (updated === undefined) return { outcome: 'agent-changed' };
+    const updated = placed.agent;
     if (this.#options.isRotationEnabled) this.#scheduler.schedule(agent.agentId, dueAtMs, claims.expiresAtMs);
     this.#logger.debug({ agentId: agent.agentId, why, ...logFields(claims) }, 'agent credential issued');
     events.emit('credential-issued', { agentId: agent.agentId, hostId, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs, rotationDueAtMs: dueAtMs });
