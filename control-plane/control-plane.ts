@@ -355,6 +355,11 @@ export class ControlPlane {
       verifier,
       adminToken: options.adminToken,
       onFailure: (principal, reason) => events.emit('auth-failure', { principal, reason }),
+      onAgentVerified: (claims) => {
+        if (events.listenerCount('agent-verified') > 0) {
+          events.emit('agent-verified', { agentId: claims.subject, hostId: claims.hostId, incarnation: claims.incarnation, generation: claims.generation, tokenId: claims.tokenId, atMs: clock.now(), expiresAtMs: claims.expiresAtMs });
+        }
+      },
       refusals: new RefusalLog({ clock, logger: root.child({ component: 'auth' }), windowMs: REFUSAL_LOG_WINDOW_MS, maxPrincipals: REFUSAL_LOG_MAX_PRINCIPALS, maxLinesPerWindow: REFUSAL_LOG_MAX_LINES }),
     });
     const delivery = new DeliveryManager({

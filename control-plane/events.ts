@@ -23,6 +23,11 @@ export interface ControlPlaneEventMap {
   'message-acked': [{ agentId: string; seq: number; count: number }];
   /** A message was refused too often and dead-lettered. */
   'dead-letter': [{ agentId: string; seq: number; id: string }];
+  /**
+   * An agent token was accepted on an AgentService call (at `atMs`, the control
+   * plane's clock): a log of these shows which incarnations were valid when.
+   */
+  'agent-verified': [{ agentId: string; hostId: string; incarnation: number; generation: number; tokenId: string; atMs: number; expiresAtMs: number }];
   /** A caller was refused; `reason` is a fixed word, safe as a metric label. */
   'auth-failure': [{ principal: 'admin' | 'agent' | 'host'; reason: string }];
   /** An envelope from a host was refused. */

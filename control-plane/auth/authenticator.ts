@@ -42,6 +42,8 @@ export interface AuthenticatorOptions {
   onFailure?: (principal: 'admin' | 'agent' | 'host', reason: string) => void;
   /** Where refused agent and host credentials are logged, once per principal per window. */
   refusals?: RefusalLog;
+  /** Told of each agent token accepted (its verified claims; never the token): what a verification log records. */
+  onAgentVerified?: (claims: TokenClaims) => void;
 }
 
 /** A fixed word for why a credential was refused. */
@@ -61,12 +63,14 @@ export class Authenticator {
   readonly #adminDigest: Buffer;
   readonly #onFailure: (principal: 'admin' | 'agent' | 'host', reason: string) => void;
   readonly #refusals: RefusalLog | undefined;
+  readonly #onAgentVerified: ((claims: TokenClaims) => void) | undefined;
 
   constructor(options: AuthenticatorOptions) {
     this.#verifier = options.verifier;
     this.#adminDigest = secretDigest(options.adminToken);
     this.#onFailure = options.onFailure ?? ((): void => undefined);
     this.#refusals = options.refusals;
+    this.#onAgentVerified = options.onAgentVerified;
   }
 
   #refused(principal: 'agent' | 'host', err: unknown, token: string): void {
@@ -97,7 +101,9 @@ export class Authenticator {
       const presented = presentedCredential(metadata);
       if (presented.scheme !== 'bearer') throw new UnauthenticatedError('malformed authorization');
       token = presented.credential;
-      return await this.#verifier.verify(token, 'agent');
+      const claims = await this.#verifier.verify(token, 'agent');
+      this.#onAgentVerified?.(claims);
+      return claims;
     } catch (err) {
       this.#refused('agent', err, token);
       throw err;

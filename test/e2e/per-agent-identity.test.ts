@@ -36,6 +36,11 @@ describe('per-agent identity', () => {
     const onServerBeat = (e: ServerBeat): void => void serverBeats.push({ ...e });
     h.cp.events.on('heartbeat', onServerBeat);
     onTestFinished(() => void h.cp.events.off('heartbeat', onServerBeat));
+    // The verification log: every accepted agent token, with the incarnation it belongs to.
+    const verified: { agentId: string; incarnation: number; tokenId: string }[] = [];
+    const onVerified = (e: { agentId: string; incarnation: number; tokenId: string }): void => void verified.push({ agentId: e.agentId, incarnation: e.incarnation, tokenId: e.tokenId });
+    h.cp.events.on('agent-verified', onVerified);
+    onTestFinished(() => void h.cp.events.off('agent-verified', onVerified));
 
     const { host, hostId } = await h.startHost('identity-host');
     // Every heartbeat the host finished, failed ones included (a refused beat never reaches serverBeats).
@@ -92,6 +97,9 @@ describe('per-agent identity', () => {
     expect(ofB.map((b) => b.generation)).toEqual(Array<number>(steps).fill(1));
     expect(new Set(ofB.map((b) => b.tokenId)).size).toBe(1);
     expect(appliedToB).toBe(0);
+    // Each accepted beat is in the verification log under its own agent, in its first incarnation.
+    expect(verified.map((v) => `${v.agentId}:${v.tokenId}`)).toEqual(serverBeats.map((b) => `${b.agentId}:${b.tokenId}`));
+    expect(new Set(verified.map((v) => v.incarnation))).toEqual(new Set([1]));
 
     // The control plane's records and the host's holders agree.
     const infoA = await call(h.admin.getAgent.bind(h.admin), { agentId: 'A' });
