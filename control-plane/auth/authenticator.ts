@@ -1,7 +1,8 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Metadata } from '@grpc/grpc-js';
+import { decodeProtectedHeader } from 'jose';
 import { TetherError, UnauthenticatedError } from '../../common/errors.js';
-import type { TokenClaims } from '../tokens/token-kinds.js';
+import { TOKEN_TYPES, type TokenClaims, type TokenKind } from '../tokens/token-kinds.js';
 import { TokenRejectedError, type TokenVerifier } from '../tokens/token-verifier.js';
 import { refusedIdentity, type RefusalLog } from './refusal-log.js';
 
@@ -33,6 +34,40 @@ export function secretDigest(secret: string): Buffer {
   return createHash('sha256').update(secret, 'utf8').digest();
 }
 
+/** The kinds of credential a caller can present, as a refusal names them. */
+export type CredentialKind = 'admin' | TokenKind;
+
+const KIND_NAMES: Readonly<Record<CredentialKind, string>> = {
+  admin: 'the admin token',
+  agent: 'an agent token',
+  host: 'a host token',
+  audience: 'an audience token (minted for another service)',
+};
+
+/**
+ * A refusal of a credential of the wrong kind: it says what was expected and
+ * what was presented (never the credential), so a caller who sent the admin
+ * token to AgentService learns that, not "malformed".
+ */
+export class WrongCredentialKindError extends UnauthenticatedError {
+  readonly reason = 'wrong-kind';
+
+  constructor(expected: CredentialKind, presented: CredentialKind) {
+    super(`${KIND_NAMES[expected]} is expected; this is ${KIND_NAMES[presented]}`);
+  }
+}
+
+/** Which of Tether's JWT kinds a token's (unverified) `typ` header names; used only to word a refusal. */
+function claimedTokenKind(token: string): TokenKind | undefined {
+  let typ: unknown;
+  try {
+    typ = decodeProtectedHeader(token).typ;
+  } catch {
+    return undefined;
+  }
+  return (Object.keys(TOKEN_TYPES) as TokenKind[]).find((kind) => TOKEN_TYPES[kind] === typ);
+}
+
 /** Options of {@link Authenticator}. */
 export interface AuthenticatorOptions {
   verifier: TokenVerifier;
@@ -48,7 +83,7 @@ export interface AuthenticatorOptions {
 
 /** A fixed word for why a credential was refused. */
 function failureReason(err: unknown): string {
-  if (err instanceof TokenRejectedError) return err.reason;
+  if (err instanceof TokenRejectedError || err instanceof WrongCredentialKindError) return err.reason;
   if (err instanceof TetherError) return err.code;
   return 'error';
 }
@@ -73,6 +108,18 @@ export class Authenticator {
     this.#onAgentVerified = options.onAgentVerified;
   }
 
+  /**
+   * The kind of credential `token` is, when it is one of ours but not `expected`:
+   * the admin token (compared in constant time), or a JWT whose `typ` names
+   * another kind. Asked only after a refusal, so the hot path never pays for it.
+   */
+  #otherKind(token: string, expected: CredentialKind): CredentialKind | undefined {
+    if (token === '') return undefined;
+    if (expected !== 'admin' && timingSafeEqual(secretDigest(token), this.#adminDigest)) return 'admin';
+    const kind = claimedTokenKind(token);
+    return kind === expected ? undefined : kind;
+  }
+
   #refused(principal: 'agent' | 'host', err: unknown, token: string): void {
     const reason = failureReason(err);
     this.#onFailure(principal, reason);
@@ -89,6 +136,11 @@ export class Authenticator {
       throw err;
     }
     if (presented.scheme !== 'bearer' || !timingSafeEqual(secretDigest(presented.credential), this.#adminDigest)) {
+      const other = presented.scheme === 'bearer' ? this.#otherKind(presented.credential, 'admin') : undefined;
+      if (other !== undefined) {
+        this.#onFailure('admin', 'wrong-kind');
+        throw new WrongCredentialKindError('admin', other);
+      }
       this.#onFailure('admin', 'wrong-admin-token');
       throw new UnauthenticatedError('not the admin token');
     }
@@ -105,8 +157,10 @@ export class Authenticator {
       this.#onAgentVerified?.(claims);
       return claims;
     } catch (err) {
-      this.#refused('agent', err, token);
-      throw err;
+      const other = err instanceof TokenRejectedError ? this.#otherKind(token, 'agent') : undefined;
+      const refusal = other === undefined ? err : new WrongCredentialKindError('agent', other);
+      this.#refused('agent', refusal, token);
+      throw refusal;
     }
   }
 
@@ -115,8 +169,10 @@ export class Authenticator {
     try {
       return await this.#verifier.verify(token, 'host');
     } catch (err) {
-      this.#refused('host', err, token);
-      throw err;
+      const other = err instanceof TokenRejectedError ? this.#otherKind(token, 'host') : undefined;
+      const refusal = other === undefined ? err : new WrongCredentialKindError('host', other);
+      this.#refused('host', refusal, token);
+      throw refusal;
     }
   }
 }

@@ -8,6 +8,7 @@ import { parseSecret, type SecretRedactor } from '../../common/secrets.js';
 import { AdminServiceClient, AgentInfo, AgentTransition, HostInfo, MessageInfo, SigningKeyInfo } from '../../gen/tether/v1/admin.js';
 import { AgentState, type Label } from '../../gen/tether/v1/common.js';
 import { SecretOutputFile } from './secret-output-file.js';
+import { jwksDocument } from '../tokens/jwk-message.js';
 
 /** Flags every admin subcommand shares (the program's global options). */
 export interface ClientFlags {
@@ -332,7 +333,7 @@ export function addAdminCommands(program: Command, redactor: SecretRedactor, con
     .action(async (_flags: unknown, command: Command) => {
       await withClient(command, async (admin) => {
         const response = await invoke(admin.getJwks.bind(admin), {});
-        console.log(JSON.stringify(JSON.parse(response.jwksJson), null, 2));
+        console.log(JSON.stringify(jwksDocument(response), null, 2));
       });
     });
 

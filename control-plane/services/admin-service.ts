@@ -13,6 +13,7 @@ import type { HeartbeatLedger } from './heartbeat-ledger.js';
 import { InvalidArgumentError } from '../../common/errors.js';
 import type { MessageStateName } from '../store/store.js';
 import { decodePageToken, encodePageToken, labelsFromProto, pageSize, restartPolicyFromProto, specFromProto, toAgentInfo, toAgentTransition } from './convert.js';
+import { jwkToMessage } from '../tokens/jwk-message.js';
 
 /** What AdminService needs. */
 export interface AdminServiceDeps {
@@ -204,7 +205,7 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
     }),
     getJwks: unary(logger, (_request, call) => {
       authenticator.admin(call.metadata);
-      return Promise.resolve({ jwksJson: JSON.stringify(keys.jwks(clock.now())) });
+      return Promise.resolve({ keys: keys.jwks(clock.now()).keys.map(jwkToMessage) });
     }),
   };
 }

@@ -170,6 +170,39 @@ describe('authorization: each principal is accepted by exactly one service, as i
     expect(host.state).toBe('connected');
   });
 
+  it('a credential of the wrong kind is refused saying which kind was expected and which was presented, never echoing it', async () => {
+    const h = need(harness, 'harness');
+    const admin = need(rawAdmin, 'admin client');
+    const detailsOf = async (promise: Promise<unknown>): Promise<string> => {
+      try {
+        await promise;
+        return 'ok';
+      } catch (err) {
+        return (err as grpc.ServiceError).details;
+      }
+    };
+    const agentToken = tokenOf('A');
+    const got = {
+      adminOnWhoAmI: await detailsOf(call(agentApi.whoAmI.bind(agentApi), {}, bearer(h.adminToken))),
+      hostOnHeartbeat: await detailsOf(call(agentApi.heartbeat.bind(agentApi), { agentId: 'A' }, bearer(hostToken))),
+      agentOnListAgents: await detailsOf(call(admin.listAgents.bind(admin), { pageSize: 0, pageToken: '', hostId: '' }, bearer(agentToken))),
+      hostOnListAgents: await detailsOf(call(admin.listAgents.bind(admin), { pageSize: 0, pageToken: '', hostId: '' }, bearer(hostToken))),
+      agentOnConnect: (await probeHostConnect(h.target, bearer(agentToken))).details,
+      adminOnConnect: (await probeHostConnect(h.target, bearer(h.adminToken))).details,
+    };
+    expect(got).toEqual({
+      adminOnWhoAmI: 'an agent token is expected; this is the admin token',
+      hostOnHeartbeat: 'an agent token is expected; this is a host token',
+      agentOnListAgents: 'the admin token is expected; this is an agent token',
+      hostOnListAgents: 'the admin token is expected; this is a host token',
+      agentOnConnect: 'a host token is expected; this is an agent token',
+      adminOnConnect: 'a host token is expected; this is the admin token',
+    });
+    // A stranger's token is still just refused, and no refusal quotes a credential.
+    expect(await detailsOf(call(agentApi.whoAmI.bind(agentApi), {}, bearer('not-a-token')))).toBe('token refused: malformed');
+    for (const details of Object.values(got)) for (const secret of [h.adminToken, agentToken, hostToken]) expect(details).not.toContain(secret);
+  });
+
   it('an agent token on HostService.Connect is refused without a final refusal for any host', async () => {
     const status = await probeHostConnect(need(harness, 'harness').target, bearer(tokenOf('A')));
     expect(status.code).toBe(UNAUTHENTICATED);

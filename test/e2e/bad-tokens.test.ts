@@ -11,6 +11,7 @@ import type { AgentServiceClient } from '../../gen/tether/v1/agent.js';
 import { base64url, hs256Jwt, partsOf, signEdDsa, unsecuredJwt, withPayload, type TokenParts } from '../support/forge-token.js';
 import { bearer, call, Harness, statusOf } from '../support/harness.js';
 import { probeHostConnect } from '../support/host-stream-probe.js';
+import { jwksDocument } from '../../control-plane/tokens/jwk-message.js';
 
 const { UNAUTHENTICATED } = grpc.status;
 const AGENT_ID = 'good';
@@ -28,7 +29,7 @@ interface Forge {
   key: ActiveKey;
   /** The real public key as served by AdminService.GetJwks. */
   publicJwk: JWK;
-  /** The GetJwks document, verbatim. */
+  /** The GetJwks answer as a JWKS document. */
   jwksJson: string;
 }
 
@@ -192,9 +193,10 @@ describe('bad agent tokens are refused and the server goes on serving', () => {
     const credentials = captured.get(AGENT_ID);
     if (credentials === undefined) throw new Error('the grab module was not started');
     agentApi = harness.agentClient();
-    const { jwksJson } = await call(harness.admin.getJwks.bind(harness.admin), {});
+    const jwks = jwksDocument(await call(harness.admin.getJwks.bind(harness.admin), {}));
+    const jwksJson = JSON.stringify(jwks);
     const key = harness.cp.keys.active();
-    const publicJwk = (JSON.parse(jwksJson) as { keys: JWK[] }).keys.find((k) => k.kid === key.kid);
+    const publicJwk = jwks.keys.find((k) => k.kid === key.kid);
     if (publicJwk === undefined) throw new Error('the active key is not in the JWKS');
     const goodToken = credentials.get();
     forge = { harness, hostId, goodToken, good: partsOf(goodToken), key, publicJwk, jwksJson };
@@ -324,8 +326,9 @@ describe('bad host tokens on Connect', () => {
     const hostToken = stored.token;
     const good = partsOf(hostToken);
     const key = h.cp.keys.active();
-    const { jwksJson } = await call(h.admin.getJwks.bind(h.admin), {});
-    const publicJwk = (JSON.parse(jwksJson) as { keys: JWK[] }).keys.find((k) => k.kid === key.kid);
+    const jwks = jwksDocument(await call(h.admin.getJwks.bind(h.admin), {}));
+    const jwksJson = JSON.stringify(jwks);
+    const publicJwk = jwks.keys.find((k) => k.kid === key.kid);
     if (publicJwk === undefined) throw new Error('the active key is not in the JWKS');
     const fresh = (change: JWTPayload = {}): JWTPayload => ({ ...good.payload, jti: randomUUID(), ...change });
     const disconnects: number[] = [];

@@ -52,8 +52,8 @@ describe('signing key rotation', () => {
     };
     const kidOf = (token: string): string | undefined => decodeProtectedHeader(token).kid;
     const jwksKids = async (): Promise<string[]> => {
-      const { jwksJson } = await call(h.admin.getJwks.bind(h.admin), {});
-      return (JSON.parse(jwksJson) as { keys: { kid: string }[] }).keys.map((key) => key.kid).sort();
+      const { keys } = await call(h.admin.getJwks.bind(h.admin), {});
+      return keys.map((key) => key.kid).sort();
     };
     const agentApi = h.agentClient();
     const heartbeatWith = (agentId: string, token: string): Promise<unknown> =>

@@ -24,6 +24,7 @@ import type { Store } from '../../control-plane/store/store.js';
 import { call, Harness, idleModule } from '../support/harness.js';
 import { helloEnvelope, RawHostStream } from '../support/raw-host-stream.js';
 import { nextEvent, waitUntil } from '../support/wait.js';
+import { jwksDocument } from '../../control-plane/tokens/jwk-message.js';
 
 const HEARTBEAT_INTERVAL_MS = 3_000;
 
@@ -406,7 +407,7 @@ describe('a flood of Connect attempts with bad credentials', () => {
     proxies.push(shared);
     const neighbour = await startNeighbour(h, 'steady', shared.target);
     await expectNeighbourWorking(h, neighbour);
-    const { jwksJson } = await call(h.admin.getJwks.bind(h.admin), {});
+    const jwksJson = JSON.stringify(jwksDocument(await call(h.admin.getJwks.bind(h.admin), {})));
 
     // Many identities, many shapes; a tenth of them forged in the name of the neighbour.
     const credentialFor = (i: number): string => {

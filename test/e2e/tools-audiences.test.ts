@@ -17,6 +17,7 @@ import { MAX_AUDIENCE_LENGTH } from '../../control-plane/services/agent-service.
 import { AUDIENCE_TOKEN_TYPE, DEFAULT_ISSUER, startGrpcAudienceService, startHttpAudienceService } from '../support/audience-services.js';
 import { bearer, call, Harness, type HarnessOptions, statusOf } from '../support/harness.js';
 import { nextEvent } from '../support/wait.js';
+import { jwksDocument } from '../../control-plane/tokens/jwk-message.js';
 
 const AGENT_ID = 'aud-1';
 const OWN_AUDIENCE = 'tether:control-plane';
@@ -66,8 +67,8 @@ describe('audience tokens', () => {
     expect(minted.generation).toBe(credentials.generation);
 
     // The same check offline, against the JWKS from AdminService.GetJwks.
-    const { jwksJson } = await call(h.admin.getJwks.bind(h.admin), {});
-    const { payload, protectedHeader } = await jwtVerify(minted.token, createLocalJWKSet(JSON.parse(jwksJson) as { keys: [] }), {
+    const jwks = jwksDocument(await call(h.admin.getJwks.bind(h.admin), {}));
+    const { payload, protectedHeader } = await jwtVerify(minted.token, createLocalJWKSet(jwks), {
       issuer: DEFAULT_ISSUER,
       audience: 'billing',
       typ: AUDIENCE_TOKEN_TYPE,

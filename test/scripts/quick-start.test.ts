@@ -61,7 +61,13 @@ describe('npm start', () => {
       return result.stdout;
     };
     const services = run(byTitle('--list-services'));
-    expect(services.split('\n')).toEqual(expect.arrayContaining(['grpc.health.v1.Health', 'tether.v1.AdminService', 'tether.v1.AgentService', 'tether.v1.HostService']));
+    expect(services.split('\n')).toEqual(
+      expect.arrayContaining(['grpc.health.v1.Health', 'grpc.reflection.v1.ServerReflection', 'grpc.reflection.v1alpha.ServerReflection', 'tether.v1.AdminService', 'tether.v1.AgentService', 'tether.v1.HostService']),
+    );
+    // The JWKS as structured JSON: keys as objects a script can read, the same ones /.well-known/jwks.json serves.
+    const jwks = JSON.parse(run(byTitle('AdminService/GetJwks'))) as { keys: { kty: string; crv: string; kid: string; alg: string; use: string; x: string }[] };
+    expect(jwks.keys.length).toBeGreaterThan(0);
+    for (const key of jwks.keys) expect(key).toMatchObject({ kty: 'OKP', crv: 'Ed25519', alg: 'EdDSA', use: 'sig', kid: expect.any(String) as string, x: expect.any(String) as string });
     expect(JSON.parse(run(byTitle('grpc.health.v1.Health/Check')))).toEqual({ status: 'SERVING' });
     const agents = JSON.parse(run(byTitle('AdminService/ListAgents'))) as { agents: { agentId: string; state: string }[] };
     expect(agents.agents.map((agent) => agent.agentId)).toContain('demo-agent');

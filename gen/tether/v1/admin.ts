@@ -266,9 +266,21 @@ export interface AgentInfo {
 export interface GetJwksRequest {
 }
 
+/** One public key of the JWKS, as RFC 7517 names its members (empty when absent). */
+export interface Jwk {
+  kty: string;
+  crv: string;
+  x: string;
+  /** The second coordinate of an elliptic-curve key (EC keys only). */
+  y: string;
+  kid: string;
+  alg: string;
+  use: string;
+}
+
+/** The same keys as /.well-known/jwks.json, as messages (grpcurl and buf curl print them as JSON). */
 export interface GetJwksResponse {
-  /** {"keys": [...]} */
-  jwksJson: string;
+  keys: Jwk[];
 }
 
 export interface RevokeHostRequest {
@@ -3817,14 +3829,179 @@ export const GetJwksRequest: MessageFns<GetJwksRequest> = {
   },
 };
 
+function createBaseJwk(): Jwk {
+  return { kty: "", crv: "", x: "", y: "", kid: "", alg: "", use: "" };
+}
+
+export const Jwk: MessageFns<Jwk> = {
+  encode(message: Jwk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kty !== "") {
+      writer.uint32(10).string(message.kty);
+    }
+    if (message.crv !== "") {
+      writer.uint32(18).string(message.crv);
+    }
+    if (message.x !== "") {
+      writer.uint32(26).string(message.x);
+    }
+    if (message.y !== "") {
+      writer.uint32(34).string(message.y);
+    }
+    if (message.kid !== "") {
+      writer.uint32(42).string(message.kid);
+    }
+    if (message.alg !== "") {
+      writer.uint32(50).string(message.alg);
+    }
+    if (message.use !== "") {
+      writer.uint32(58).string(message.use);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Jwk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseJwk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.kty = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.crv = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.x = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.y = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.kid = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.alg = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.use = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Jwk {
+    return {
+      kty: isSet(object.kty) ? globalThis.String(object.kty) : "",
+      crv: isSet(object.crv) ? globalThis.String(object.crv) : "",
+      x: isSet(object.x) ? globalThis.String(object.x) : "",
+      y: isSet(object.y) ? globalThis.String(object.y) : "",
+      kid: isSet(object.kid) ? globalThis.String(object.kid) : "",
+      alg: isSet(object.alg) ? globalThis.String(object.alg) : "",
+      use: isSet(object.use) ? globalThis.String(object.use) : "",
+    };
+  },
+
+  toJSON(message: Jwk): unknown {
+    const obj: any = {};
+    if (message.kty !== "") {
+      obj.kty = message.kty;
+    }
+    if (message.crv !== "") {
+      obj.crv = message.crv;
+    }
+    if (message.x !== "") {
+      obj.x = message.x;
+    }
+    if (message.y !== "") {
+      obj.y = message.y;
+    }
+    if (message.kid !== "") {
+      obj.kid = message.kid;
+    }
+    if (message.alg !== "") {
+      obj.alg = message.alg;
+    }
+    if (message.use !== "") {
+      obj.use = message.use;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Jwk>, I>>(base?: I): Jwk {
+    return Jwk.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Jwk>, I>>(object: I): Jwk {
+    const message = createBaseJwk();
+    message.kty = object.kty ?? "";
+    message.crv = object.crv ?? "";
+    message.x = object.x ?? "";
+    message.y = object.y ?? "";
+    message.kid = object.kid ?? "";
+    message.alg = object.alg ?? "";
+    message.use = object.use ?? "";
+    return message;
+  },
+};
+
 function createBaseGetJwksResponse(): GetJwksResponse {
-  return { jwksJson: "" };
+  return { keys: [] };
 }
 
 export const GetJwksResponse: MessageFns<GetJwksResponse> = {
   encode(message: GetJwksResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.jwksJson !== "") {
-      writer.uint32(10).string(message.jwksJson);
+    for (const v of message.keys) {
+      Jwk.encode(v!, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -3842,12 +4019,12 @@ export const GetJwksResponse: MessageFns<GetJwksResponse> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 10) {
+          case 2: {
+            if (tag !== 18) {
               break;
             }
 
-            message.jwksJson = reader.string();
+            message.keys.push(Jwk.decode(reader, reader.uint32()));
             continue;
           }
         }
@@ -3863,19 +4040,13 @@ export const GetJwksResponse: MessageFns<GetJwksResponse> = {
   },
 
   fromJSON(object: any): GetJwksResponse {
-    return {
-      jwksJson: isSet(object.jwksJson)
-        ? globalThis.String(object.jwksJson)
-        : isSet(object.jwks_json)
-        ? globalThis.String(object.jwks_json)
-        : "",
-    };
+    return { keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => Jwk.fromJSON(e)) : [] };
   },
 
   toJSON(message: GetJwksResponse): unknown {
     const obj: any = {};
-    if (message.jwksJson !== "") {
-      obj.jwksJson = message.jwksJson;
+    if (message.keys?.length) {
+      obj.keys = message.keys.map((e) => Jwk.toJSON(e));
     }
     return obj;
   },
@@ -3885,7 +4056,7 @@ export const GetJwksResponse: MessageFns<GetJwksResponse> = {
   },
   fromPartial<I extends Exact<DeepPartial<GetJwksResponse>, I>>(object: I): GetJwksResponse {
     const message = createBaseGetJwksResponse();
-    message.jwksJson = object.jwksJson ?? "";
+    message.keys = object.keys?.map((e) => Jwk.fromPartial(e)) || [];
     return message;
   },
 };
