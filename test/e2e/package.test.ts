@@ -117,22 +117,24 @@ class Running {
 
 /** The process agent: plain Node, importing the installed package's tool library by its name. */
 const WHOAMI_AGENT = `
-import { writeFileSync, renameSync } from 'node:fs';
+import { renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { AgentClient, fromFile } from 'tether/tools';
 
-const client = new AgentClient({ target: process.env.TETHER_SERVER, source: fromFile(process.env.TETHER_TOKEN_FILE) });
 const out = join(process.env.TETHER_AGENT_DIR, 'whoami.json');
-client.whoAmI().then(
-  (me) => (writeFileSync(out + '.tmp', JSON.stringify({ me })), renameSync(out + '.tmp', out)),
-  (err) => (writeFileSync(out + '.tmp', JSON.stringify({ error: String(err) })), renameSync(out + '.tmp', out)),
-);
+const report = (result) => (writeFileSync(out + '.tmp', JSON.stringify(result)), renameSync(out + '.tmp', out));
 createInterface({ input: process.stdin }).on('line', (line) => {
   const message = JSON.parse(line);
   if (message.ping !== undefined) process.stdout.write(JSON.stringify({ pong: message.ping }) + '\\n');
   else if (message.seq !== undefined) process.stdout.write(JSON.stringify({ ack: message.seq }) + '\\n');
 }).on('close', () => process.exit(0));
+try {
+  const { AgentClient, fromFile } = await import('tether/tools');
+  const client = new AgentClient({ target: process.env.TETHER_SERVER, source: fromFile(process.env.TETHER_TOKEN_FILE) });
+  report({ me: await client.whoAmI() });
+} catch (err) {
+  report({ error: String(err) });
+}
 `;
 
 /** A directory prebuild-install takes as its local prebuilds: this checkout's compiled better-sqlite3 addon, packed as its release would be. */
