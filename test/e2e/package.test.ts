@@ -195,6 +195,17 @@ describe('tether as an installed package', () => {
     expect(existsSync(join(app, 'node_modules', 'typescript'))).toBe(false);
   });
 
+  it('exports tether/tools as compiled JavaScript and nothing else', async () => {
+    const resolve = (specifier: string): Promise<Run> =>
+      run(process.execPath, ['--input-type=module', '-e', `console.log(import.meta.resolve(${JSON.stringify(specifier)}))`], { cwd: app });
+    const tools = await resolve('tether/tools');
+    expect(tools.status, tools.stderr).toBe(0);
+    expect(tools.stdout.trim()).toMatch(/\/node_modules\/tether\/dist\/agent-host\/tools\/index\.js$/);
+    const internal = await resolve('tether/dist/control-plane/run.js');
+    expect(internal.status).not.toBe(0);
+    expect(internal.stderr).toContain('ERR_PACKAGE_PATH_NOT_EXPORTED');
+  });
+
   it('runs both installed binaries, a serve + agent-host pair, and a .mjs agent calling AgentClient.whoAmI through tether/tools', async () => {
     const bin = (name: string): string => join(app, 'node_modules', '.bin', name);
     for (const name of ['control-plane', 'agent-host']) {
