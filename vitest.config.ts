@@ -3,6 +3,8 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    // The binaries the tests spawn run dist/: compiled (incrementally) before any test, never stale.
+    globalSetup: ['test/support/build-dist.ts'],
     pool: 'forks',
     // Most files wait on real sockets and child processes: three at once keep two cores busy (the default is one).
     maxWorkers: 3,

@@ -1,7 +1,18 @@
 #!/usr/bin/env node
-// Runs the TypeScript sources through tsx (a dependency), so the binary works from a clean clone with no build step.
-import { register } from 'tsx/esm/api';
+// Runs the compiled JavaScript in dist/ with plain Node. The package ships dist/; in a clone, `npm ci` (prepare),
+// `npm start` and `npm test` build it, and `npm run build` brings it up to date after the sources change.
+import { URL } from 'node:url';
 
-register();
-const { runAgentHost } = await import('../agent-host/run.ts');
-await runAgentHost(process.argv);
+const entry = new URL('../dist/agent-host/run.js', import.meta.url);
+/** @type {typeof import('../dist/agent-host/run.js')} */
+let main;
+try {
+  main = await import(entry.href);
+} catch (err) {
+  if (err instanceof Error && 'code' in err && err.code === 'ERR_MODULE_NOT_FOUND' && err.message.includes(entry.pathname)) {
+    console.error('agent-host: dist/ is not built; run `npm run build` (or `npm ci`) first');
+    process.exit(1);
+  }
+  throw err;
+}
+await main.runAgentHost(process.argv);
