@@ -1021,7 +1021,7 @@ export class AgentManager {
     const updated = placed.agent;
     if (this.#options.isRotationEnabled) this.#scheduler.schedule(agent.agentId, dueAtMs, claims.expiresAtMs);
     this.#logger.debug({ agentId: agent.agentId, why, ...logFields(claims) }, 'agent credential issued');
-    events.emit('credential-issued', { agentId: agent.agentId, hostId, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs, rotationDueAtMs: dueAtMs });
+    events.emit('credential-issued', { agentId: agent.agentId, hostId, incarnation, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs, rotationDueAtMs: dueAtMs });
     return { outcome: 'placed', agent: updated, credential: toCredential(issued) };
   }
 
@@ -1057,7 +1057,7 @@ export class AgentManager {
     if (!isWritten) return undefined;
     if (this.#options.isRotationEnabled) this.#scheduler.schedule(agent.agentId, dueAtMs, claims.expiresAtMs);
     this.#logger.debug({ agentId: agent.agentId, why, ...logFields(claims) }, 'agent credential issued');
-    events.emit('credential-issued', { agentId: agent.agentId, hostId, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs, rotationDueAtMs: dueAtMs });
+    events.emit('credential-issued', { agentId: agent.agentId, hostId, incarnation, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs, rotationDueAtMs: dueAtMs });
     return toCredential(issued);
   }
 
