@@ -192,7 +192,10 @@ export class ProcessAgent implements AgentRunner {
     }
     const agent = new ProcessAgent(child, tokenFile, agentDir, context, options.stopGraceMs);
     // Known on disk while it runs, so a later run of this host can stop it if this one dies first.
-    if (child.pid !== undefined) await recordAgentProcess(agentDir, child.pid);
+    if (child.pid !== undefined) {
+      // Not fatal (the child is running): without the record, only a later run of this host is left blind to it.
+      await recordAgentProcess(agentDir, child.pid).catch((err: unknown) => agent.#logger.warn({ err }, 'could not record the agent process id'));
+    }
     agent.#logger.info({ command: spec.command, args: spec.args.length, agentDir }, 'agent process started');
     return agent;
   }

@@ -1,5 +1,5 @@
-import { readFileSync } from 'node:fs';
-import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { constants, readFileSync } from 'node:fs';
+import { open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as nextPoll } from 'node:timers/promises';
 import { FailedPreconditionError } from '../common/errors.js';
@@ -16,9 +16,36 @@ export const AGENT_PID_FILE = 'agent.pid';
 const STALE_EXIT_BOUND_MS = 5_000;
 const STALE_EXIT_POLL_MS = 10;
 
-/** Records `pid` as the process of the agent in `agentDir` (0600). */
+/**
+ * Records `pid` as the process of the agent in `agentDir` (0600, created
+ * afresh: never written through whatever the agent may have put there).
+ */
 export async function recordAgentProcess(agentDir: string, pid: number): Promise<void> {
-  await writeFile(join(agentDir, AGENT_PID_FILE), `${pid}\n`, { mode: 0o600 });
+  const path = join(agentDir, AGENT_PID_FILE);
+  await rm(path, { force: true });
+  await writeFile(path, `${pid}\n`, { mode: 0o600, flag: 'wx' });
+}
+
+/** The pid recorded in `agentDir`, if any: read without following a link, and at most a few bytes of it. */
+async function recordedPid(agentDir: string): Promise<number | undefined> {
+  let file;
+  try {
+    file = await open(join(agentDir, AGENT_PID_FILE), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return undefined;
+    // A link, or anything else in its place: not ours to follow.
+    if (code === 'ELOOP' || code === 'EMLINK') return Number.NaN;
+    throw err;
+  }
+  try {
+    if (!(await file.stat()).isFile()) return Number.NaN;
+    const buffer = Buffer.alloc(24);
+    const { bytesRead } = await file.read(buffer, 0, buffer.length, 0);
+    return Number(buffer.subarray(0, bytesRead).toString('utf8').trim());
+  } finally {
+    await file.close();
+  }
 }
 
 /** Forgets the process of the agent in `agentDir` (it has exited). */
@@ -80,13 +107,8 @@ async function runsIn(pid: number, agentDir: string): Promise<boolean> {
  */
 export async function stopStaleAgentProcess(agentDir: string, logger: Logger): Promise<number | undefined> {
   if (process.platform === 'win32') return undefined;
-  let pid: number;
-  try {
-    pid = Number((await readFile(join(agentDir, AGENT_PID_FILE), 'utf8')).trim());
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw err;
-  }
+  const pid = await recordedPid(agentDir);
+  if (pid === undefined) return undefined;
   if (!Number.isSafeInteger(pid) || pid <= 1) {
     await forgetAgentProcess(agentDir);
     return undefined;
@@ -122,8 +144,13 @@ export async function stopStaleAgents(agentsDir: string, logger: Logger): Promis
   for (const entry of await readdir(agentsDir, { withFileTypes: true })) {
     if (!entry.isDirectory()) continue;
     const agentDir = join(agentsDir, entry.name);
-    if ((await stopStaleAgentProcess(agentDir, logger)) !== undefined) stopped++;
-    await rm(join(agentDir, 'token'), { force: true });
+    try {
+      if ((await stopStaleAgentProcess(agentDir, logger)) !== undefined) stopped++;
+      await rm(join(agentDir, 'token'), { force: true });
+    } catch (err) {
+      // Not a reason to stay down: starting that agent here again checks its directory once more, and fails if this persists.
+      logger.error({ err, agentDir }, 'could not clear what an earlier run of this host left in an agent directory');
+    }
   }
   return stopped;
 }

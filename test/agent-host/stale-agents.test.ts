@@ -5,11 +5,11 @@
  * anything else is never touched.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { AGENT_PID_FILE, stopStaleAgentProcess, stopStaleAgents } from '../../agent-host/stale-agents.js';
+import { AGENT_PID_FILE, recordAgentProcess, stopStaleAgentProcess, stopStaleAgents } from '../../agent-host/stale-agents.js';
 import { LogCapture } from '../support/log-capture.js';
 import { waitUntil } from '../support/wait.js';
 
@@ -70,6 +70,23 @@ describe.skipIf(process.platform !== 'linux')('stale process agents', () => {
     expect(existsSync(join(dir, AGENT_PID_FILE))).toBe(false);
     expect(await stopStaleAgentProcess(agentDir('none'), logs.logger)).toBeUndefined();
     expect(isRunning(other)).toBe(true);
+  });
+
+  it('never follows a link in place of the record, reading or writing it', async () => {
+    const dir = agentDir('linked');
+    const elsewhere = join(dir, '..', 'elsewhere');
+    writeFileSync(elsewhere, 'not the host\'s to write');
+    const other = await sleeper({ TETHER_AGENT_DIR: dir });
+    children.push(other);
+    writeFileSync(join(dir, '..', 'pid-elsewhere'), `${other.pid}\n`);
+    symlinkSync(join(dir, '..', 'pid-elsewhere'), join(dir, AGENT_PID_FILE));
+    expect(await stopStaleAgentProcess(dir, new LogCapture().logger)).toBeUndefined();
+    expect(isRunning(other)).toBe(true);
+    symlinkSync(elsewhere, join(dir, AGENT_PID_FILE));
+    await recordAgentProcess(dir, 12345);
+    expect(readFileSync(elsewhere, 'utf8')).toBe("not the host's to write");
+    expect(lstatSync(join(dir, AGENT_PID_FILE)).isFile()).toBe(true);
+    expect(lstatSync(join(dir, AGENT_PID_FILE)).mode & 0o777).toBe(0o600);
   });
 
   it('at a host start: stops every stale copy and deletes every token file left in the agents directory', async () => {
