@@ -553,9 +553,11 @@ export class AgentManager {
       await this.#locks.run(running.agentId, async () => {
         const agent = await store.getAgent(running.agentId);
         if (agent?.hostId !== session.hostId || !ON_HOST_STATES.includes(agent.state)) {
-          this.#options.reject(session, 'hello', running.agentId, 'agent not assigned to this host');
           // A stale copy (the agent ended, or lives elsewhere now: moved while this host was lost) must not go on.
+          // Not a protocol violation: the host could not know. Counted as one, a host back with more stale
+          // copies than the violation budget had its stream ended before it was told to stop the rest.
           const why = agent === undefined ? 'no such agent' : agent.hostId === session.hostId ? `agent is ${agent.state}` : 'agent lives elsewhere now';
+          this.#logger.info({ agentId: running.agentId, hostId: session.hostId, incarnation: running.incarnation, why }, 'host runs a stale copy; telling it to stop');
           session.send({ stopAgent: { agentId: running.agentId, reason: why } });
           return;
         }

@@ -402,6 +402,40 @@ describe('lost hosts, with real processes', () => {
     expect(host.agentIds()).toEqual(['leftover']);
   });
 
+  it('a host back with many stale copies is told to stop each of them on one stream: copies moved away are no protocol violation', async () => {
+    // A budget of one violation: two stale copies reported as violations would end the stream.
+    harness = await Harness.start({ ...HARNESS, violationBudget: 1 });
+    const h = harness;
+    const proxy = await FaultProxy.start({ targetPort: h.cp.port });
+    proxies.push(proxy);
+    // It does not fence itself (as a frozen host cannot): its copies are still there when it is back.
+    const a = await h.startHost('stale', { target: proxy.target, isSelfFenceEnabled: false });
+    const agentIds = ['st-1', 'st-2', 'st-3', 'st-4'];
+    for (const agentId of agentIds) await call(h.admin.ensureAgent.bind(h.admin), { agentId, name: '', hostId: '', hostLabels: [], spec: { kind: 'module', module: 'idle', command: '', args: [], config: '' }, update: false });
+    await waitUntil(() => a.host.agentIds().length === agentIds.length, 'the agents running on the host');
+    const b = await h.startHost('spare');
+    proxy.blackhole();
+    proxy.cutAll();
+    await waitUntil(() => h.cp.connectedHosts === 1, 'the control plane to see the host gone');
+    await advanceUntil(h.clock, 1_000, async () => {
+      for (const agentId of agentIds) if (!(await runningOn(h, agentId, b.hostId))) return false;
+      return true;
+    }, 'the agents running on the spare host');
+    expect(a.host.agentIds().sort()).toEqual(agentIds);
+
+    // What the host sees from its first stream back on.
+    const seen: string[] = [];
+    a.host.events.on('connected', () => seen.push('connected'));
+    a.host.events.on('disconnected', (e) => {
+      if (seen.length > 0) seen.push(`disconnected: ${e.details}`);
+    });
+    proxy.heal();
+    await advanceUntil(h.clock, 10, () => a.host.agentIds().length === 0, 'every stale copy stopped');
+    expect(seen).toEqual(['connected']);
+    expect(a.host.state).toBe('connected');
+    for (const agentId of agentIds) expect(await runningOn(h, agentId, b.hostId)).toBe(true);
+  });
+
   it('Show 3: a host blackholed past the grace fences itself (agents stopped, token files gone) before its agents start elsewhere', async () => {
     harness = await Harness.start(HARNESS);
     const h = harness;
