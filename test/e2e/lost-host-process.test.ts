@@ -429,8 +429,15 @@ describe('lost hosts, with real processes', () => {
     a.host.events.on('disconnected', (e) => {
       if (seen.length > 0) seen.push(`disconnected: ${e.details}`);
     });
+    const stoppedReported: string[] = [];
+    h.cp.events.on('reject', (e) => seen.push(`reject ${e.what} ${e.agentId}`));
+    a.host.events.on('agent-stopped', (e) => stoppedReported.push(e.agentId));
     proxy.heal();
     await advanceUntil(h.clock, 10, () => a.host.agentIds().length === 0, 'every stale copy stopped');
+    expect(stoppedReported.sort()).toEqual(agentIds);
+    // Each copy's `stopped` reaches the control plane: taken as the end of a stale copy, or refused as a violation.
+    const staleEnds = (): number => h.logs.records().filter((r) => r.msg === 'a stale copy ended' && r.hostId === a.hostId).length;
+    await waitUntil(() => staleEnds() === agentIds.length || seen.length > 1, "the copies' ends read by the control plane");
     expect(seen).toEqual(['connected']);
     expect(a.host.state).toBe('connected');
     for (const agentId of agentIds) expect(await runningOn(h, agentId, b.hostId)).toBe(true);
