@@ -13,6 +13,7 @@ import type { Label } from '../gen/tether/v1/common.js';
 import { AgentHost } from './agent-host.js';
 import { prepareAgentsDirectory } from './agents-directory.js';
 import { FileHostCredentialStore } from './host-credential-store.js';
+import { stopStaleAgents } from './stale-agents.js';
 import { createHostMetrics } from './metrics.js';
 import { builtinModules } from './modules/builtin-modules.js';
 import type { AgentModule } from './tools/agent-module.js';
@@ -79,7 +80,11 @@ export async function runHost(flags: HostFlags, redactor: SecretRedactor): Promi
   }
   const agentsDir = resolve(flags.agentsDir ?? join(flags.dataDir, 'agents'));
   // Checked (or created) before connecting: a shared directory is refused at start, not at the first process agent.
-  if ((flags.allowCommand ?? []).length > 0) await prepareAgentsDirectory(agentsDir);
+  if ((flags.allowCommand ?? []).length > 0) {
+    await prepareAgentsDirectory(agentsDir);
+    // Nothing runs here yet: whatever an earlier run left (it was killed) may now live elsewhere, and must not act.
+    await stopStaleAgents(agentsDir, logger);
+  }
   const host = AgentHost.start({
     target: flags.server,
     clock: new SystemClock(),

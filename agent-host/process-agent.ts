@@ -10,6 +10,7 @@ import { ensureAgentDirectory, prepareAgentsDirectory } from './agents-directory
 import { AgentEndedError, MessageRefusedError, type AgentEnd, type AgentRunner, type AgentRunnerContext, type AgentRunnerFactory } from './agent-runner.js';
 import { childEnvironment } from './child-environment.js';
 import { encodeMessageLine, encodePingLine, LineSplitter, parseControlLine, redactJwts, type SplitLine } from './process-protocol.js';
+import { forgetAgentProcess, recordAgentProcess, stopStaleAgentProcess } from './stale-agents.js';
 import { TokenFile } from './token-file.js';
 import type { DeliveredMessage } from './tools/agent-module.js';
 
@@ -81,6 +82,7 @@ export class ProcessAgent implements AgentRunner {
   readonly ended: Promise<AgentEnd>;
   readonly #child: ChildProcessWithoutNullStreams;
   readonly #tokenFile: TokenFile;
+  readonly #agentDir: string;
   readonly #clock: Clock;
   readonly #logger: Logger;
   readonly #stopGraceMs: number;
@@ -92,9 +94,10 @@ export class ProcessAgent implements AgentRunner {
   #lastPing = 0;
   readonly #onPong: (() => void) | undefined;
 
-  private constructor(child: ChildProcessWithoutNullStreams, tokenFile: TokenFile, context: AgentRunnerContext, stopGraceMs: number) {
+  private constructor(child: ChildProcessWithoutNullStreams, tokenFile: TokenFile, agentDir: string, context: AgentRunnerContext, stopGraceMs: number) {
     this.#child = child;
     this.#tokenFile = tokenFile;
+    this.#agentDir = agentDir;
     this.#clock = context.clock;
     this.#logger = context.logger.child({ pid: child.pid });
     this.#stopGraceMs = stopGraceMs;
@@ -146,6 +149,8 @@ export class ProcessAgent implements AgentRunner {
     await prepareAgentsDirectory(agentsDir);
     const agentDir = join(agentsDir, start.agentId);
     await ensureAgentDirectory(agentDir);
+    // A copy an earlier run of this host left running here would read the token written next: gone first.
+    await stopStaleAgentProcess(agentDir, context.logger);
     const tokenFile = new TokenFile(join(agentDir, 'token'));
     await tokenFile.write(context.credentials.get());
     const env = childEnvironment(options.environment, {
@@ -185,7 +190,12 @@ export class ProcessAgent implements AgentRunner {
       await tokenFile.close();
       throw new FailedPreconditionError(`cannot start ${spec.command}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
     }
-    const agent = new ProcessAgent(child, tokenFile, context, options.stopGraceMs);
+    const agent = new ProcessAgent(child, tokenFile, agentDir, context, options.stopGraceMs);
+    // Known on disk while it runs, so a later run of this host can stop it if this one dies first.
+    if (child.pid !== undefined) {
+      // Not fatal (the child is running): without the record, only a later run of this host is left blind to it.
+      await recordAgentProcess(agentDir, child.pid).catch((err: unknown) => agent.#logger.warn({ err }, 'could not record the agent process id'));
+    }
     agent.#logger.info({ command: spec.command, args: spec.args.length, agentDir }, 'agent process started');
     return agent;
   }
@@ -250,6 +260,7 @@ export class ProcessAgent implements AgentRunner {
     }
     await this.ended;
     await this.#tokenFile.close();
+    await forgetAgentProcess(this.#agentDir);
     this.#child.stdout.destroy();
     this.#child.stderr.destroy();
   }

@@ -16,9 +16,9 @@ export interface ControlPlaneEventMap {
   /**
    * A credential was issued to an agent (or, with an empty agentId, to a host);
    * `rotationDueAtMs` is when it falls due for replacement (what the rotation
-   * benchmark measures lateness against).
+   * benchmark measures lateness against); `incarnation` is the agent's (0 for a host).
    */
-  'credential-issued': [{ agentId: string; hostId: string; generation: number; tokenId: string; expiresAtMs: number; rotationDueAtMs: number }];
+  'credential-issued': [{ agentId: string; hostId: string; incarnation: number; generation: number; tokenId: string; expiresAtMs: number; rotationDueAtMs: number }];
   /** A host acknowledged an agent's messages up to `seq` (cumulative). */
   'message-acked': [{ agentId: string; seq: number; count: number }];
   /** A message was refused too often and dead-lettered. */

@@ -155,6 +155,8 @@ export class AgentManager {
   readonly #closing = new AbortController();
   /** Fenced agents waiting for their old incarnation's last token to expire, by id (at most one wait each). */
   readonly #fenceWaits = new Map<string, Promise<void>>();
+  /** Per stream, the stale copies its host was told to stop at Hello (their ends are expected, not violations). */
+  readonly #staleCopies = new WeakMap<HostSession, Set<string>>();
   readonly #restartBudget: RestartBudget;
   /** The wait of each agent pending a restart (see {@link #scheduleRestart}); at most one per agent. */
   readonly #restartWaits = new Map<string, AbortController>();
@@ -553,9 +555,14 @@ export class AgentManager {
       await this.#locks.run(running.agentId, async () => {
         const agent = await store.getAgent(running.agentId);
         if (agent?.hostId !== session.hostId || !ON_HOST_STATES.includes(agent.state)) {
-          this.#options.reject(session, 'hello', running.agentId, 'agent not assigned to this host');
           // A stale copy (the agent ended, or lives elsewhere now: moved while this host was lost) must not go on.
+          // Not a protocol violation: the host could not know. Counted as one, a host back with more stale
+          // copies than the violation budget had its stream ended before it was told to stop the rest.
           const why = agent === undefined ? 'no such agent' : agent.hostId === session.hostId ? `agent is ${agent.state}` : 'agent lives elsewhere now';
+          this.#logger.info({ agentId: running.agentId, hostId: session.hostId, incarnation: running.incarnation, why }, 'host runs a stale copy; telling it to stop');
+          let stale = this.#staleCopies.get(session);
+          if (stale === undefined) this.#staleCopies.set(session, (stale = new Set()));
+          stale.add(running.agentId);
           session.send({ stopAgent: { agentId: running.agentId, reason: why } });
           return;
         }
@@ -774,6 +781,13 @@ export class AgentManager {
     await this.#locks.run(event.agentId, async () => {
       const agent = await this.#options.store.getAgent(event.agentId);
       if (agent?.hostId !== session.hostId) {
+        // The end of a stale copy this host was told to stop at Hello says nothing about the agent, which
+        // lives elsewhere now; nor is it a protocol violation.
+        const isEnd = event.state === 'stopped' || event.state === 'exited' || event.state === 'failed';
+        if (isEnd && this.#staleCopies.get(session)?.delete(event.agentId) === true) {
+          this.#logger.debug({ agentId: event.agentId, hostId: session.hostId, state: event.state, incarnation: event.incarnation }, 'a stale copy ended');
+          return;
+        }
         this.#options.reject(session, 'agent_event', event.agentId, 'agent not assigned to this host');
         return;
       }
@@ -1021,7 +1035,7 @@ export class AgentManager {
     const updated = placed.agent;
     if (this.#options.isRotationEnabled) this.#scheduler.schedule(agent.agentId, dueAtMs, claims.expiresAtMs);
     this.#logger.debug({ agentId: agent.agentId, why, ...logFields(claims) }, 'agent credential issued');
-    events.emit('credential-issued', { agentId: agent.agentId, hostId, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs, rotationDueAtMs: dueAtMs });
+    events.emit('credential-issued', { agentId: agent.agentId, hostId, incarnation, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs, rotationDueAtMs: dueAtMs });
     return { outcome: 'placed', agent: updated, credential: toCredential(issued) };
   }
 
@@ -1057,7 +1071,7 @@ export class AgentManager {
     if (!isWritten) return undefined;
     if (this.#options.isRotationEnabled) this.#scheduler.schedule(agent.agentId, dueAtMs, claims.expiresAtMs);
     this.#logger.debug({ agentId: agent.agentId, why, ...logFields(claims) }, 'agent credential issued');
-    events.emit('credential-issued', { agentId: agent.agentId, hostId, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs, rotationDueAtMs: dueAtMs });
+    events.emit('credential-issued', { agentId: agent.agentId, hostId, incarnation, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs, rotationDueAtMs: dueAtMs });
     return toCredential(issued);
   }
 

@@ -662,6 +662,7 @@ export class HostService {
     this.#options.events.emit('credential-issued', {
       agentId: '',
       hostId,
+      incarnation: 0,
       generation,
       tokenId: issued.claims.tokenId,
       expiresAtMs: issued.claims.expiresAtMs,

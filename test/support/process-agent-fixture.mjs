@@ -17,11 +17,19 @@
  *                     this process has exited, its output still has not ended.
  *   --ignore-sigterm  survives SIGTERM and the end of stdin (writes `sigterm` when
  *                     it gets one); only SIGKILL ends it.
+ *   --call-loop       calls AgentService.Heartbeat at $TETHER_SERVER over and over
+ *                     (one call at a time), each with the token read from the token
+ *                     file at that moment, and keeps `calls-<pid>.json` up to date:
+ *                     how many were accepted and refused, the incarnations (`inc`
+ *                     claim) of the tokens accepted, and the last outcome. A copy
+ *                     that should not act shows here whether it still could (two
+ *                     copies in one directory each have their own file).
  * Always: writes `ready` once set up; acks each message; answers each
  * liveness probe `{"ping":N}` with `{"pong":N}`; a payload "exit N" is acked
  * and then the process exits with status N.
  */
 import { spawn } from 'node:child_process';
+import { setTimeout } from 'node:timers';
 import { closeSync, fstatSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -136,12 +144,65 @@ if (flags.has('--ignore-sigterm')) {
   // Keeps the process alive once stdin has ended.
   setInterval(() => undefined, 1 << 30);
 }
+/** HeartbeatRequest { agent_id = 1 }, encoded by hand (this script uses no generated code). */
+function heartbeatRequest(agentId) {
+  const id = Buffer.from(agentId, 'utf8');
+  return Buffer.concat([Buffer.from([0x0a, id.length]), id]);
+}
+
+/** Calls Heartbeat in a loop with the token in the file at each call; counts the outcomes in calls.json. */
+async function startCallLoop() {
+  const grpc = await import('@grpc/grpc-js');
+  const agentId = process.env.TETHER_AGENT_ID ?? '';
+  const client = new grpc.Client(process.env.TETHER_SERVER ?? '', grpc.credentials.createInsecure());
+  const calls = { ok: 0, refused: 0, acceptedIncarnations: [], last: '' };
+  const once = () => {
+    let token = '';
+    try {
+      token = readFileSync(tokenFile, 'utf8').trim();
+    } catch (err) {
+      token = '';
+      calls.last = `token file: ${err.code ?? err.message}`;
+    }
+    let incarnation;
+    try {
+      incarnation = JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')).inc;
+    } catch {
+      incarnation = undefined;
+    }
+    const metadata = new grpc.Metadata();
+    if (token !== '') metadata.set('authorization', `Bearer ${token}`);
+    client.makeUnaryRequest(
+      '/tether.v1.AgentService/Heartbeat',
+      (request) => request,
+      (response) => response,
+      heartbeatRequest(agentId),
+      metadata,
+      { deadline: Date.now() + 5_000 },
+      (err) => {
+        if (err === null) {
+          calls.ok++;
+          calls.last = 'ok';
+          if (!calls.acceptedIncarnations.includes(incarnation)) calls.acceptedIncarnations.push(incarnation);
+        } else {
+          calls.refused++;
+          calls.last = `code ${err.code}`;
+        }
+        publish(`calls-${process.pid}.json`, JSON.stringify(calls));
+        setTimeout(once, 10);
+      },
+    );
+  };
+  once();
+}
+
 const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
 lines.on('line', onLine);
 lines.on('close', () => {
   if (!flags.has('--ignore-sigterm')) process.exit(0);
 });
 if (flags.has('--read-loop')) readLoop();
+if (flags.has('--call-loop')) await startCallLoop();
 if (flags.has('--orphan-holds-output')) {
   const orphan = spawn(process.execPath, ['-e', 'setInterval(() => undefined, 1 << 30)'], { stdio: ['ignore', 'inherit', 'inherit'], detached: true });
   orphan.unref();
