@@ -1,0 +1,216 @@
+/**
+ * Host drain (issue 15, Show 7): `hosts drain` moves a host's ensured agents
+ * elsewhere one by one, each handed over by its host (the message in hand
+ * finished and acknowledged, its acks durable, its old incarnation fenced)
+ * before it starts on the target: no message lost or taken twice, never two
+ * live copies. With no target an agent is reported blocked and keeps running;
+ * `hosts uncordon` undoes the drain; a restarted control plane resumes it.
+ */
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { AgentHost } from '../../agent-host/agent-host.js';
+import type { AgentModule } from '../../agent-host/tools/agent-module.js';
+import { AgentState } from '../../gen/tether/v1/common.js';
+import type { DrainHostResponse } from '../../gen/tether/v1/admin.js';
+import { advanceUntil } from '../support/advance-until.js';
+import { FaultProxy } from '../support/fault-proxy.js';
+import { call, Harness } from '../support/harness.js';
+import { waitUntil } from '../support/wait.js';
+
+const SPEC = { kind: 'module', module: 'count', command: '', args: [], config: '' };
+
+/** Every handler invocation, by message id, with the host and agent that ran it. */
+class Invocations {
+  readonly byId = new Map<string, { host: string; agentId: string; seq: number }[]>();
+
+  module(host: string): AgentModule {
+    return (context) => ({
+      onMessage: async (message) => {
+        const seen = this.byId.get(message.id) ?? [];
+        seen.push({ host, agentId: context.agentId, seq: message.seq });
+        this.byId.set(message.id, seen);
+        // A few turns in hand (real work, not time), so a hand-over finds messages under way.
+        for (let turn = 0; turn < 3; turn++) await nextTurn();
+      },
+    });
+  }
+}
+
+/** Which host runs each agent, checked at every start: a start while another host still runs it is a second live copy. */
+class LiveCopies {
+  readonly running = new Map<string, Set<string>>();
+  readonly overlaps: string[] = [];
+
+  watch(name: string, host: AgentHost): void {
+    host.events.on('agent-started', ({ agentId }) => {
+      const hosts = this.running.get(agentId) ?? new Set<string>();
+      if (hosts.size > 0) this.overlaps.push(`${agentId} started on ${name} while running on ${[...hosts].join(',')}`);
+      hosts.add(name);
+      this.running.set(agentId, hosts);
+    });
+    host.events.on('agent-stopped', ({ agentId }) => this.running.get(agentId)?.delete(name));
+  }
+}
+
+describe('host drain', () => {
+  let harness: Harness | undefined;
+  const proxies: FaultProxy[] = [];
+
+  afterEach(async () => {
+    await harness?.close();
+    harness = undefined;
+    for (const proxy of proxies.splice(0)) await proxy.close();
+  });
+
+  async function ensure(h: Harness, agentId: string): Promise<void> {
+    await call(h.admin.ensureAgent.bind(h.admin), { agentId, name: '', hostId: '', hostLabels: [], spec: SPEC, update: false });
+  }
+
+  async function drainStatus(h: Harness, hostId: string): Promise<DrainHostResponse> {
+    return call(h.admin.drainHost.bind(h.admin), { hostId, waitMs: 0, watch: true });
+  }
+
+  async function hostRow(h: Harness, hostId: string): Promise<{ schedulable: boolean; drainState: string }> {
+    const { hosts } = await call(h.admin.listHosts.bind(h.admin), { pageSize: 100, pageToken: '' });
+    const row = hosts.find((host) => host.hostId === hostId);
+    if (row === undefined) throw new Error(`no host ${hostId} listed`);
+    return { schedulable: row.schedulable, drainState: row.drainState };
+  }
+
+  it('moves 20 ensured agents under a steady message load: none lost, none taken twice, never two live copies', async () => {
+    harness = await Harness.start();
+    const h = harness;
+    const invocations = new Invocations();
+    const copies = new LiveCopies();
+    const a = await h.startHost('a', { modules: new Map([['count', invocations.module('a')]]) });
+    copies.watch('a', a.host);
+    const agentIds = Array.from({ length: 20 }, (_, i) => `worker-${String(i).padStart(2, '0')}`);
+    for (const agentId of agentIds) await ensure(h, agentId);
+    await waitUntil(() => a.host.agentIds().length === 20, 'the 20 agents running on a');
+    const b = await h.startHost('b', { modules: new Map([['count', invocations.module('b')]]) });
+    copies.watch('b', b.host);
+    const verified: { agentId: string; hostId: string; incarnation: number }[] = [];
+    h.cp.events.on('agent-verified', (e) => verified.push(e));
+
+    // A steady load: one message at a time to each agent in turn, all through the drain.
+    const sent: string[] = [];
+    let isDraining = true;
+    const load = (async () => {
+      for (let i = 0; i < 2_000 && (isDraining || i < 200); i++) {
+        const agentId = agentIds[i % agentIds.length] as string;
+        const { messages } = await call(h.admin.sendMessages.bind(h.admin), {
+          agentId,
+          messages: [{ contentType: 'text/plain', payload: Buffer.from(`m${i}`), idempotencyKey: '' }],
+        });
+        for (const message of messages) sent.push(message.id);
+      }
+    })();
+    await waitUntil(() => invocations.byId.size >= 40, 'the load under way on a');
+
+    const started = await call(h.admin.drainHost.bind(h.admin), { hostId: a.hostId, waitMs: 0, watch: false });
+    expect(started.state).toBe('draining');
+    expect((await hostRow(h, a.hostId)).schedulable).toBe(false);
+    await waitUntil(async () => (await drainStatus(h, a.hostId)).state === 'drained', 'the drain to finish', 60_000);
+    isDraining = false;
+    await load;
+
+    const status = await drainStatus(h, a.hostId);
+    expect(status.agents.map((agent) => [agent.agentId, agent.outcome, agent.targetHostId])).toEqual(agentIds.map((agentId) => [agentId, 'moved', b.hostId]));
+    expect(a.host.agentIds()).toEqual([]);
+    expect(b.host.agentIds().sort()).toEqual(agentIds);
+    for (const agentId of agentIds) {
+      const { agent } = await call(h.admin.getAgent.bind(h.admin), { agentId });
+      expect([agent?.state, agent?.hostId, agent?.incarnation]).toEqual([AgentState.AGENT_STATE_RUNNING, b.hostId, 2]);
+    }
+    expect(await hostRow(h, a.hostId)).toEqual({ schedulable: false, drainState: 'drained' });
+
+    // Every message sent was taken, each exactly once.
+    await waitUntil(() => sent.every((id) => invocations.byId.has(id)), 'every message taken');
+    const twice = [...invocations.byId].filter(([, seen]) => seen.length !== 1);
+    expect(twice).toEqual([]);
+    expect(invocations.byId.size).toBe(sent.length);
+    // Messages were taken on both sides of the move.
+    const takenOn = new Set([...invocations.byId.values()].map((seen) => seen[0]?.host));
+    expect(takenOn).toEqual(new Set(['a', 'b']));
+    expect(copies.overlaps).toEqual([]);
+    // Old tokens are refused: a heartbeat now verifies only the new incarnation on b.
+    verified.length = 0;
+    h.clock.advance(3_500);
+    await waitUntil(() => new Set(verified.map((v) => v.agentId)).size === 20, 'a heartbeat from every agent');
+    expect(verified.filter((v) => v.hostId !== b.hostId || v.incarnation !== 2)).toEqual([]);
+  });
+
+  it('with no target host, reports each agent blocked with its reason while it keeps running; uncordon undoes; a host that connects unblocks', async () => {
+    harness = await Harness.start();
+    const h = harness;
+    const invocations = new Invocations();
+    const a = await h.startHost('a', { modules: new Map([['count', invocations.module('a')], ['idle', () => ({})]]) });
+    for (const agentId of ['e1', 'e2', 'e3']) await ensure(h, agentId);
+    await h.dispatch(a.host, a.hostId, 'dispatched');
+    await waitUntil(() => a.host.agentIds().length === 4, 'the agents running on a');
+
+    const updates: { agentId: string; outcome: string }[] = [];
+    a.host.events.on('drain-update', (u) => updates.push(u));
+    let status = await call(h.admin.drainHost.bind(h.admin), { hostId: a.hostId, waitMs: 0, watch: false });
+    await waitUntil(async () => (status = await drainStatus(h, a.hostId)).settled, 'the drain to settle');
+    expect(status.state).toBe('draining');
+    expect(status.agents.map((agent) => [agent.agentId, agent.outcome, agent.reason])).toEqual([
+      ['dispatched', 'stays', expect.stringMatching(/restart policy never/)],
+      ['e1', 'blocked', 'no host is connected'],
+      ['e2', 'blocked', 'no host is connected'],
+      ['e3', 'blocked', 'no host is connected'],
+    ]);
+    // The host heard it too (what it reports at SIGTERM).
+    await waitUntil(() => updates.length === 4, 'the host told of each agent');
+    // They keep running where they are, taking their mail.
+    expect(a.host.agentIds().sort()).toEqual(['dispatched', 'e1', 'e2', 'e3']);
+    await call(h.admin.sendMessages.bind(h.admin), { agentId: 'e1', messages: [{ contentType: 'text/plain', payload: Buffer.from('still here'), idempotencyKey: '' }] });
+    await waitUntil(() => [...invocations.byId.values()].some((seen) => seen[0]?.agentId === 'e1'), 'e1 taking a message on a');
+    for (const agentId of ['e1', 'e2', 'e3']) {
+      const { agent } = await call(h.admin.getAgent.bind(h.admin), { agentId });
+      expect([agent?.state, agent?.hostId]).toEqual([AgentState.AGENT_STATE_RUNNING, a.hostId]);
+    }
+    expect(await hostRow(h, a.hostId)).toEqual({ schedulable: false, drainState: 'draining' });
+
+    // Uncordon: schedulable again, the drain stopped; new agents may go there.
+    const uncordoned = await call(h.admin.uncordonHost.bind(h.admin), { hostId: a.hostId });
+    expect(uncordoned.previousDrainState).toBe('draining');
+    expect(await hostRow(h, a.hostId)).toEqual({ schedulable: true, drainState: '' });
+    await waitUntil(() => !h.cp.drains.isRunning(a.hostId), 'the drain to stop');
+    await ensure(h, 'e4');
+    await waitUntil(() => a.host.agentIds().includes('e4'), 'a new agent placed on the uncordoned host');
+
+    // Drained again, the blocked agents move as soon as a host that fits connects.
+    await call(h.admin.drainHost.bind(h.admin), { hostId: a.hostId, waitMs: 0, watch: false });
+    await waitUntil(async () => (await drainStatus(h, a.hostId)).settled, 'the drain to settle again');
+    const b = await h.startHost('b', { modules: new Map([['count', invocations.module('b')]]) });
+    await waitUntil(async () => (await drainStatus(h, a.hostId)).state === 'drained', 'the drain to finish once b is there');
+    expect(b.host.agentIds().sort()).toEqual(['e1', 'e2', 'e3', 'e4']);
+    expect(a.host.agentIds()).toEqual(['dispatched']);
+  });
+
+  it('a restarted control plane resumes a drain in progress', async () => {
+    harness = await Harness.start();
+    const h = harness;
+    const proxy = await FaultProxy.start({ targetPort: h.cp.port });
+    proxies.push(proxy);
+    const invocations = new Invocations();
+    const a = await h.startHost('a', { target: proxy.target, modules: new Map([['count', invocations.module('a')]]) });
+    for (const agentId of ['r1', 'r2']) await ensure(h, agentId);
+    await waitUntil(() => a.host.agentIds().length === 2, 'the agents running on a');
+    await call(h.admin.drainHost.bind(h.admin), { hostId: a.hostId, waitMs: 0, watch: false });
+    await waitUntil(async () => (await drainStatus(h, a.hostId)).settled, 'the drain to settle (blocked: no other host)');
+
+    await h.stopControlPlane();
+    await h.startControlPlane();
+    proxy.setTarget(h.cp.port);
+    await waitUntil(() => h.cp.drains.isRunning(a.hostId), 'the drain resumed by the new control plane');
+    expect(await hostRow(h, a.hostId)).toEqual({ schedulable: false, drainState: 'draining' });
+    // The host reconnects with its backoff, on the fake clock.
+    await advanceUntil(h.clock, 100, () => h.cp.connectedHosts === 1, 'a back on the new control plane');
+    const b = await h.startHost('b', { modules: new Map([['count', invocations.module('b')]]) });
+    await waitUntil(async () => (await drainStatus(h, a.hostId)).state === 'drained', 'the resumed drain to finish');
+    expect(b.host.agentIds().sort()).toEqual(['r1', 'r2']);
+    expect(a.host.agentIds()).toEqual([]);
+  });
+});
