@@ -6,6 +6,10 @@
  * live copies. With no target an agent is reported blocked and keeps running;
  * `hosts uncordon` undoes the drain; a restarted control plane resumes it.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AgentHost } from '../../agent-host/agent-host.js';
@@ -13,9 +17,12 @@ import type { AgentModule } from '../../agent-host/tools/agent-module.js';
 import { AgentState } from '../../gen/tether/v1/common.js';
 import type { DrainHostResponse } from '../../gen/tether/v1/admin.js';
 import { advanceUntil } from '../support/advance-until.js';
+import { withinHangBound } from '../support/control-plane-process.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { call, Harness } from '../support/harness.js';
-import { waitUntil } from '../support/wait.js';
+import { nextEvent, waitUntil } from '../support/wait.js';
+
+const ROOT = join(import.meta.dirname, '..', '..');
 
 const SPEC = { kind: 'module', module: 'count', command: '', args: [], config: '' };
 
@@ -212,5 +219,100 @@ describe('host drain', () => {
     await waitUntil(async () => (await drainStatus(h, a.hostId)).state === 'drained', 'the resumed drain to finish');
     expect(b.host.agentIds().sort()).toEqual(['r1', 'r2']);
     expect(a.host.agentIds()).toEqual([]);
+  });
+});
+
+describe('agent-host SIGTERM', () => {
+  const children: ChildProcess[] = [];
+  const dirs: string[] = [];
+  let harness: Harness | undefined;
+
+  afterEach(async () => {
+    for (const child of children.splice(0)) {
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((resolve) => child.once('exit', resolve));
+        child.kill('SIGKILL');
+        await withinHangBound(exited, 'the agent-host child to exit');
+      }
+    }
+    await harness?.close();
+    harness = undefined;
+    for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** Starts the real `agent-host` binary joined to `h`, with `idle` agents; resolves once connected. */
+  async function spawnHost(h: Harness, extraArgs: string[] = []): Promise<{ child: ChildProcess; hostId: string; output: { stdout: string; stderr: string }; exited: Promise<number | null> }> {
+    const enrolled = await call(h.admin.enrollHost.bind(h.admin), { name: 'binary', joinTtlMs: 0 });
+    const dataDir = mkdtempSync(join(tmpdir(), 'tether-drain-bin-'));
+    dirs.push(dataDir);
+    const connected = nextEvent<{ hostId: string }>(h.cp.events, 'host-connected', (e) => e.hostId === enrolled.hostId);
+    const child = spawn(process.execPath, ['bin/agent-host.js', '--server', h.target, '--data-dir', dataDir, ...extraArgs], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH ?? '', TETHER_JOIN_TOKEN: enrolled.joinToken, TETHER_LOG_LEVEL: 'info' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    children.push(child);
+    const output = { stdout: '', stderr: '' };
+    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => (output.stdout += chunk));
+    child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (output.stderr += chunk));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    await withinHangBound(connected, 'the binary host to connect');
+    return { child, hostId: enrolled.hostId, output, exited };
+  }
+
+  /** The binary's JSON log records with message `msg`. */
+  function logged(output: { stdout: string }, msg: string): Record<string, unknown>[] {
+    return output.stdout
+      .split('\n')
+      .filter((line) => line.startsWith('{') && line.endsWith('}'))
+      .map((line) => JSON.parse(line) as Record<string, unknown>)
+      .filter((record) => record.msg === msg);
+  }
+
+  const IDLE = { kind: 'module', module: 'idle', command: '', args: [], config: '' };
+  const agentIds = ['s1', 's2', 's3', 's4', 's5'];
+
+  it('drains a real agent-host with 5 agents before it exits: each handed over and running on the other host', async () => {
+    harness = await Harness.start();
+    const h = harness;
+    const { child, hostId, output, exited } = await spawnHost(h, ['--drain-timeout', '10m']);
+    for (const agentId of agentIds) await call(h.admin.ensureAgent.bind(h.admin), { agentId, name: '', hostId: '', hostLabels: [], spec: IDLE, update: false });
+    await waitUntil(async () => {
+      const { agents } = await call(h.admin.listAgents.bind(h.admin), { pageSize: 100, pageToken: '', hostId });
+      return agents.filter((a) => a.state === AgentState.AGENT_STATE_RUNNING).length === 5;
+    }, 'the 5 agents running on the binary host');
+    const b = await h.startHost('b');
+    const startedOnB = new Set<string>();
+    b.host.events.on('agent-started', (e) => startedOnB.add(e.agentId));
+
+    child.kill('SIGTERM');
+    expect(await withinHangBound(exited, 'the drained host to exit')).toBe(0);
+    expect(logged(output, 'agent handed over').map((r) => r.agentId).sort()).toEqual(agentIds);
+    expect(logged(output, 'drain over')).toMatchObject([{ handedOver: 5, notHandedOver: 0 }]);
+    expect(output.stderr).not.toMatch(/not handed over/);
+    await waitUntil(() => startedOnB.size === 5, 'the 5 agents started on b');
+    for (const agentId of agentIds) {
+      const { agent } = await call(h.admin.getAgent.bind(h.admin), { agentId });
+      expect([agent?.state, agent?.hostId, agent?.incarnation]).toEqual([AgentState.AGENT_STATE_RUNNING, b.hostId, 2]);
+      const { transitions } = await call(h.admin.describeAgent.bind(h.admin), { agentId });
+      expect(transitions.at(-2)?.reason).toMatch(/moved off .* by a drain: its host .* handed it over/);
+    }
+  });
+
+  it('reports at once each agent it cannot hand over (no other host), stops them and exits without waiting out the timeout', async () => {
+    harness = await Harness.start();
+    const h = harness;
+    const { child, hostId, output, exited } = await spawnHost(h, ['--drain-timeout', '1h']);
+    for (const agentId of agentIds) await call(h.admin.ensureAgent.bind(h.admin), { agentId, name: '', hostId: '', hostLabels: [], spec: IDLE, update: false });
+    await waitUntil(async () => {
+      const { agents } = await call(h.admin.listAgents.bind(h.admin), { pageSize: 100, pageToken: '', hostId });
+      return agents.filter((a) => a.state === AgentState.AGENT_STATE_RUNNING).length === 5;
+    }, 'the 5 agents running on the binary host');
+
+    child.kill('SIGTERM');
+    // Bounded by the hang bound, far below the hour of --drain-timeout.
+    expect(await withinHangBound(exited, 'the host to exit once every agent is reported blocked')).toBe(0);
+    for (const agentId of agentIds) expect(output.stderr).toContain(`agent-host: agent ${agentId} not handed over: blocked: no host is connected`);
+    expect(logged(output, 'agent not handed over: it is stopped when the host exits').map((r) => r.agentId).sort()).toEqual(agentIds);
   });
 });
