@@ -531,9 +531,13 @@ export class AgentHost {
       router.enqueue(agentQueue(agentId), () => this.#agents.get(agentId)?.onDelivery({ type: 'skip', seq }));
     } else if (message.stopAgent !== undefined) {
       const { agentId, reason, handOver } = message.stopAgent;
-      // A hand-over waits for the message in hand: off the agent's queue, so nothing queued behind it waits.
-      if (handOver === true) this.#onHandOver(agentId, reason).catch((err: unknown) => this.#logger.error({ err, agentId }, 'hand-over failed'));
-      else router.enqueue(agentQueue(agentId), () => this.#onStopAgent(writer, agentId, reason));
+      if (handOver === true) {
+        // In the agent's queue, after a StartAgent still under way; but the hand-over waits for the message in
+        // hand, so it goes on outside the queue and nothing queued behind it waits.
+        router.enqueue(agentQueue(agentId), () => {
+          this.#onHandOver(agentId, reason).catch((err: unknown) => this.#logger.error({ err, agentId }, 'hand-over failed'));
+        });
+      } else router.enqueue(agentQueue(agentId), () => this.#onStopAgent(writer, agentId, reason));
     } else this.#onImmediate(writer, message);
   }
 

@@ -193,6 +193,7 @@ export class AgentManager {
       clock: options.clock,
       logger: options.logger,
       delivery: options.delivery,
+      events: options.events,
       handOverTimeoutMs: options.handOverTimeoutMs ?? DEFAULT_HAND_OVER_TIMEOUT_MS,
       lock: (agentId, section) => this.#locks.run(agentId, section),
       isMovable: (agent) => isRescheduledWhenLost(agent),

@@ -27,8 +27,9 @@ import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
 import type { AgentEvent } from '../../gen/tether/v1/host.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
+import type { ControlPlaneEvents } from '../events.js';
 import type { HostSession, HostSessions } from '../hosts/host-session.js';
-import { LIVE_AGENT_STATES, type AgentRecord, type AgentSpecRecord, type PlaceAgentResult, type Store } from '../store/store.js';
+import { LIVE_AGENT_STATES, type AgentRecord, type AgentSpecRecord, type AgentStateName, type PlaceAgentResult, type Store } from '../store/store.js';
 import { decidePlacement, type PlacementCandidate } from './placement.js';
 
 /** How a move of one agent went. */
@@ -48,6 +49,7 @@ export interface MoveContext {
   clock: Clock;
   logger: Logger;
   delivery: DeliveryManager;
+  events: ControlPlaneEvents;
   /** How long a host may take to confirm a hand-over before the move is reported blocked (on `clock`). */
   handOverTimeoutMs: number;
   /** Runs `section` under the agent's lock. */
@@ -101,6 +103,12 @@ export class AgentMoves {
     if (begun.outcome !== 'asked') return begun;
     const { session, incarnation, targetHostId } = begun;
     const confirmed = new Promise<MoveOutcome>((resolve) => this.#waiters.set(agentId, { incarnation, resolve }));
+    // It may end or be moved by something else meanwhile (it exited, its host was lost or revoked): no confirmation comes then.
+    const onState = (event: { agentId: string; state: AgentStateName; incarnation: number }): void => {
+      if (event.agentId !== agentId || LIVE_AGENT_STATES.includes(event.state)) return;
+      this.#waiters.get(agentId)?.resolve({ outcome: 'gone', reason: `it became ${event.state} while being handed over` });
+    };
+    this.#context.events.on('agent-state', onState);
     const stop = new AbortController();
     const onClosed = (): void => stop.abort();
     session.closedSignal.addEventListener('abort', onClosed, { once: true });
@@ -120,6 +128,7 @@ export class AgentMoves {
       return outcome;
     } finally {
       stop.abort();
+      this.#context.events.off('agent-state', onState);
       session.closedSignal.removeEventListener('abort', onClosed);
       signal?.removeEventListener('abort', onClosed);
       if (this.#waiters.get(agentId)?.incarnation === incarnation) this.#waiters.delete(agentId);
@@ -192,6 +201,9 @@ export class AgentMoves {
    */
   async onHandedOver(session: HostSession, agent: AgentRecord, event: AgentEvent): Promise<void> {
     const { store, sessions, delivery } = this.#context;
+    // Taken now: the state changes below are this move's, not something else moving the agent.
+    const waiter = this.#waiters.get(agent.agentId);
+    if (waiter?.incarnation === agent.incarnation) this.#waiters.delete(agent.agentId);
     const takenSeq = event.takenSeq ?? 0;
     const ackedSeq = await delivery.handOver(agent.agentId, takenSeq);
     this.#context.forgetPlacement(agent.agentId);
@@ -217,7 +229,6 @@ export class AgentMoves {
       await this.#context.fenceToPending(fresh, reason);
       outcome = { outcome: 'moved', targetHostId: '', incarnation: fresh.incarnation, ackedSeq, reason };
     }
-    const waiter = this.#waiters.get(agent.agentId);
     if (waiter?.incarnation === agent.incarnation) waiter.resolve(outcome);
   }
 
