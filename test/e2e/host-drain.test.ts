@@ -147,6 +147,61 @@ describe('host drain', () => {
     expect(verified.filter((v) => v.hostId !== b.hostId || v.incarnation !== 2)).toEqual([]);
   });
 
+  it('waits for the message in hand before the move, and past the handler deadline moves without it (delivered again on the target)', async () => {
+    harness = await Harness.start();
+    const h = harness;
+    const taken: { host: string; text: string }[] = [];
+    const gates = new Map<string, () => void>();
+    const gated = (host: string): AgentModule => () => ({
+      onMessage: async (message) => {
+        const text = Buffer.from(message.payload).toString();
+        taken.push({ host, text });
+        // On a, `hold:` messages wait for the test to let them go (or for ever).
+        if (host === 'a' && text.startsWith('hold:')) await new Promise<void>((resolve) => gates.set(text, resolve));
+      },
+    });
+    const a = await h.startHost('a', { handlerDeadlineMs: 60_000, modules: new Map([['count', gated('a')]]) });
+    for (const agentId of ['slow', 'stuck']) await ensure(h, agentId);
+    await waitUntil(() => a.host.agentIds().length === 2, 'both agents on a');
+    const b = await h.startHost('b', { modules: new Map([['count', gated('b')]]) });
+    const send = (agentId: string, text: string): Promise<unknown> =>
+      call(h.admin.sendMessages.bind(h.admin), { agentId, messages: [{ contentType: 'text/plain', payload: Buffer.from(text), idempotencyKey: '' }] });
+    await send('slow', 'hold:slow');
+    await send('slow', 'after:slow');
+    await send('stuck', 'hold:stuck');
+    await send('stuck', 'after:stuck');
+    await waitUntil(() => gates.has('hold:slow') && gates.has('hold:stuck'), 'both messages in hand on a');
+
+    const startedOnB: string[] = [];
+    b.host.events.on('agent-started', (e) => startedOnB.push(e.agentId));
+    await call(h.admin.drainHost.bind(h.admin), { hostId: a.hostId, waitMs: 0, watch: false });
+    // The drain moves one agent at a time, `slow` first: nothing starts on b while its message is in hand.
+    await waitUntil(async () => (await drainStatus(h, a.hostId)).agents.some((x) => x.agentId === 'slow' && x.outcome === 'moving'), 'slow being handed over');
+    await send('slow', 'during:slow');
+    expect(startedOnB).toEqual([]);
+    gates.get('hold:slow')?.();
+    await waitUntil(() => startedOnB.includes('slow'), 'slow started on b once its message is done');
+    // `stuck` never lets go: past the handler deadline (from its handler's start) it moves anyway.
+    await waitUntil(async () => (await drainStatus(h, a.hostId)).agents.some((x) => x.agentId === 'stuck' && x.outcome === 'moving'), 'stuck being handed over');
+    expect(startedOnB).toEqual(['slow']);
+    await advanceUntil(h.clock, 5_000, () => startedOnB.includes('stuck'), 'stuck moved past its handler deadline');
+    await waitUntil(() => taken.filter((t) => t.host === 'b').length === 4, 'the rest taken on b');
+    // slow: its held message taken once (on a), the rest on b in order. stuck: its unfinished message again on b.
+    expect(taken.filter((t) => t.text.endsWith(':slow'))).toEqual([
+      { host: 'a', text: 'hold:slow' },
+      { host: 'b', text: 'after:slow' },
+      { host: 'b', text: 'during:slow' },
+    ]);
+    expect(taken.filter((t) => t.text.endsWith(':stuck'))).toEqual([
+      { host: 'a', text: 'hold:stuck' },
+      { host: 'b', text: 'hold:stuck' },
+      { host: 'b', text: 'after:stuck' },
+    ]);
+    const { transitions } = await call(h.admin.describeAgent.bind(h.admin), { agentId: 'stuck' });
+    expect(transitions.map((t) => t.reason).join('\n')).toMatch(/unfinished at its handler deadline/);
+    gates.get('hold:stuck')?.();
+  });
+
   it('with no target host, reports each agent blocked with its reason while it keeps running; uncordon undoes; a host that connects unblocks', async () => {
     harness = await Harness.start();
     const h = harness;
