@@ -208,7 +208,9 @@ export class AgentMoves {
     const ackedSeq = await delivery.handOver(agent.agentId, takenSeq);
     this.#context.forgetPlacement(agent.agentId);
     const current = (await store.getAgent(agent.agentId)) ?? agent;
-    const move = await store.getMove(agent.agentId);
+    const found = await store.getMove(agent.agentId);
+    // Only a reservation made for this very placement: one left by an earlier one is stale.
+    const move = found?.fromHostId === session.hostId && found.incarnation === agent.incarnation ? found : undefined;
     const target = move === undefined ? undefined : sessions.get(move.toHostId);
     const what = `its host ${session.hostId} handed it over (stopped, every message up to seq ${ackedSeq} taken and acknowledged${
       event.detail === 'handed over' ? '' : `; ${event.detail}`

@@ -123,6 +123,14 @@ export class HostDrains {
       run.stop.abort();
       run.wake?.();
       this.#notify(run);
+      // A later drain starts afresh.
+      if (run.isDone) this.#runs.delete(hostId);
+      else {
+        run.loop?.then(
+          () => this.#runs.get(hostId) === run && this.#runs.delete(hostId),
+          () => undefined,
+        );
+      }
     }
     this.#logger.info({ hostId, was: before?.state ?? '' }, 'host uncordoned: schedulable again');
     // Room appeared: blocked agents of other drains may fit now.
@@ -177,7 +185,8 @@ export class HostDrains {
     if (this.#isClosed) return;
     const run: DrainRun = {
       hostId,
-      agents: new Map(),
+      // What an earlier run of this drain found stays visible (a drain called again on a drained host).
+      agents: new Map(existing?.agents),
       stop: new AbortController(),
       isRerunRequested: true,
       wake: undefined,

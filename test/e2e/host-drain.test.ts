@@ -202,6 +202,56 @@ describe('host drain', () => {
     gates.get('hold:stuck')?.();
   });
 
+  it('a control plane restarted mid-move completes it from the stop its host reports in its next Hello: the message in hand taken once', async () => {
+    harness = await Harness.start();
+    const h = harness;
+    const proxyA = await FaultProxy.start({ targetPort: h.cp.port });
+    const proxyB = await FaultProxy.start({ targetPort: h.cp.port });
+    proxies.push(proxyA, proxyB);
+    const taken: { host: string; text: string }[] = [];
+    let release: (() => void) | undefined;
+    const gated = (host: string): AgentModule => () => ({
+      onMessage: async (message) => {
+        const text = Buffer.from(message.payload).toString();
+        taken.push({ host, text });
+        if (host === 'a' && text === 'hold') await new Promise<void>((resolve) => (release = resolve));
+      },
+    });
+    const a = await h.startHost('a', { target: proxyA.target, modules: new Map([['count', gated('a')]]) });
+    await ensure(h, 'x');
+    await waitUntil(() => a.host.agentIds().includes('x'), 'x on a');
+    const b = await h.startHost('b', { target: proxyB.target, modules: new Map([['count', gated('b')]]) });
+    for (const text of ['hold', 'next']) {
+      await call(h.admin.sendMessages.bind(h.admin), { agentId: 'x', messages: [{ contentType: 'text/plain', payload: Buffer.from(text), idempotencyKey: '' }] });
+    }
+    await waitUntil(() => release !== undefined, 'hold in hand on a');
+    await call(h.admin.drainHost.bind(h.admin), { hostId: a.hostId, waitMs: 0, watch: false });
+    await waitUntil(async () => (await drainStatus(h, a.hostId)).agents.some((x) => x.outcome === 'moving'), 'x being handed over');
+
+    // The control plane goes down while x finishes its message: its Ack and the stop are sent into a dead stream.
+    await h.stopControlPlane();
+    const handedOver = new Promise((resolve) => a.host.events.once('agent-handed-over', resolve));
+    release?.();
+    await handedOver;
+    expect(a.host.agentIds()).toEqual([]);
+
+    await h.startControlPlane();
+    proxyA.setTarget(h.cp.port);
+    proxyB.setTarget(h.cp.port);
+    const startedOnB: { agentId: string; incarnation: number }[] = [];
+    b.host.events.on('agent-started', (e) => startedOnB.push({ agentId: e.agentId, incarnation: e.incarnation }));
+    await advanceUntil(h.clock, 100, () => h.cp.connectedHosts === 2, 'both hosts back');
+    await waitUntil(() => taken.some((t) => t.host === 'b'), 'x taking mail on b');
+    expect(startedOnB).toEqual([{ agentId: 'x', incarnation: 2 }]);
+    expect(taken).toEqual([
+      { host: 'a', text: 'hold' },
+      { host: 'b', text: 'next' },
+    ]);
+    await waitUntil(async () => (await drainStatus(h, a.hostId)).state === 'drained', 'the resumed drain to finish');
+    // The Hello's report of an agent that has moved on is not held against the host.
+    expect(h.logs.text()).not.toMatch(/envelope rejected/);
+  });
+
   it('with no target host, reports each agent blocked with its reason while it keeps running; uncordon undoes; a host that connects unblocks', async () => {
     harness = await Harness.start();
     const h = harness;
