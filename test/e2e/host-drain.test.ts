@@ -252,6 +252,47 @@ describe('host drain', () => {
     expect(h.logs.text()).not.toMatch(/envelope rejected/);
   });
 
+  it('AgentHost.drain: returns at once when not connected, and when cut short (a second signal) while a hand-over waits', async () => {
+    harness = await Harness.start();
+    const h = harness;
+    const proxy = await FaultProxy.start({ targetPort: h.cp.port });
+    proxies.push(proxy);
+    let inHand = false;
+    const stuck: AgentModule = (context) => ({
+      onMessage: async () => {
+        inHand = true;
+        await new Promise<void>((resolve) => context.signal.addEventListener('abort', () => resolve(), { once: true }));
+      },
+    });
+    const a = await h.startHost('a', { target: proxy.target, modules: new Map([['count', stuck]]) });
+    await ensure(h, 'held');
+    await waitUntil(() => a.host.agentIds().includes('held'), 'held on a');
+    await h.startHost('b', { modules: new Map([['count', stuck]]) });
+    await call(h.admin.sendMessages.bind(h.admin), { agentId: 'held', messages: [{ contentType: 'text/plain', payload: Buffer.from('x'), idempotencyKey: '' }] });
+    await waitUntil(() => inHand, 'a message in hand');
+
+    // A second signal while the hand-over waits for the message in hand: the wait ends there.
+    const cut = new AbortController();
+    const draining = a.host.drain(3_600_000, cut.signal);
+    // (NOT_FOUND until the host's DrainRequest has arrived.)
+    await waitUntil(async () => (await drainStatus(h, a.hostId).catch(() => undefined))?.agents.some((x) => x.outcome === 'moving') === true, 'held being handed over');
+    cut.abort();
+    expect(await draining).toEqual({ handedOver: 0, notHandedOver: [{ agentId: 'held', reason: 'the drain was cut short (a second signal)' }] });
+
+    // Not connected: nothing is asked and nothing waited for.
+    proxy.blackhole();
+    proxy.cutAll();
+    await waitUntil(() => a.host.state === 'connecting', 'a to see its stream gone');
+    expect(await a.host.drain(3_600_000)).toEqual({
+      handedOver: 0,
+      notHandedOver: [{ agentId: 'held', reason: 'the control plane is unreachable (not connected), so nothing could be handed over' }],
+    });
+    // Clean up: a has the message in hand until its stop deadline.
+    const closed = a.host.close();
+    await advanceUntil(h.clock, 5_000, () => a.host.state === 'closed' && a.host.agentIds().length === 0, 'a closed');
+    await closed;
+  });
+
   it('with no target host, reports each agent blocked with its reason while it keeps running; uncordon undoes; a host that connects unblocks', async () => {
     harness = await Harness.start();
     const h = harness;
