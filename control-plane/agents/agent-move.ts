@@ -120,6 +120,10 @@ export class AgentMoves {
           return { outcome: 'blocked', reason: `its host ${fromHostId} disconnected before it confirmed the stop; tried again when it is back` };
         }
         if (signal?.aborted === true) return { outcome: 'blocked', reason: 'the drain was stopped while its host was handing it over' };
+        // The race was decided by the confirmation (or the agent leaving): this answer is never seen.
+        if (stop.signal.aborted) return { outcome: 'gone', reason: 'settled' };
+        // Its host may still be running it as before (the StopAgent lost): it gets its messages again meanwhile.
+        this.#context.delivery.unhold(agentId);
         return { outcome: 'blocked', reason: `its host ${fromHostId} did not confirm the hand-over within ${this.#context.handOverTimeoutMs} ms` };
       });
       const outcome = await Promise.race([confirmed, timedOut]);

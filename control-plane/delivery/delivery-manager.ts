@@ -267,6 +267,14 @@ export class DeliveryManager {
     if (cursor !== undefined) cursor.isHeld = true;
   }
 
+  /** Gives `agentId` messages again after a {@link hold} (its hand-over was not confirmed). */
+  unhold(agentId: string): void {
+    const cursor = this.#cursors.get(agentId);
+    if (cursor === undefined || !cursor.isHeld) return;
+    cursor.isHeld = false;
+    this.#kick(agentId);
+  }
+
   /**
    * The agent's host stopped it for a hand-over and says every seq up to
    * `takenSeq` was taken: that is acknowledged (as a resume would, never past

@@ -112,6 +112,13 @@ export class HostDrains {
     const before = await store.setHostDrain(hostId, 'draining', clock.now());
     if (before?.state !== 'draining') this.#logger.warn({ hostId, by }, 'host draining: unschedulable, its agents are moved elsewhere one at a time');
     this.#ensureRun(hostId);
+    const session = this.#options.sessions.get(hostId);
+    if (by === 'host' && session?.state === 'open') {
+      // The host (at SIGTERM) waits to hear of every agent that will not move: what an earlier drain found already, too.
+      for (const agent of this.#runs.get(hostId)?.agents.values() ?? []) {
+        if (agent.outcome === 'blocked' || agent.outcome === 'stays') session.send({ drainUpdate: { agentId: agent.agentId, outcome: agent.outcome, reason: agent.reason } });
+      }
+    }
     return this.status(hostId, 0);
   }
 
