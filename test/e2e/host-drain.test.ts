@@ -99,25 +99,28 @@ describe('host drain', () => {
     const verified: { agentId: string; hostId: string; incarnation: number }[] = [];
     h.cp.events.on('agent-verified', (e) => verified.push(e));
 
-    // A steady load: one message at a time to each agent in turn, all through the drain.
+    // A steady load from 4 senders, each one message at a time to its 5 agents in turn, all through the drain.
     const sent: string[] = [];
     let isDraining = true;
-    const load = (async () => {
-      for (let i = 0; i < 2_000 && (isDraining || i < 200); i++) {
-        const agentId = agentIds[i % agentIds.length] as string;
+    const load = Promise.all([0, 1, 2, 3].map(async (sender) => {
+      for (let i = 0; i < 2_000 && (isDraining || i < 50); i++) {
+        const agentId = agentIds[sender * 5 + (i % 5)] as string;
         const { messages } = await call(h.admin.sendMessages.bind(h.admin), {
           agentId,
           messages: [{ contentType: 'text/plain', payload: Buffer.from(`m${i}`), idempotencyKey: '' }],
         });
         for (const message of messages) sent.push(message.id);
       }
-    })();
+    }));
     await waitUntil(() => invocations.byId.size >= 40, 'the load under way on a');
 
+    const drainStartedAt = performance.now();
     const started = await call(h.admin.drainHost.bind(h.admin), { hostId: a.hostId, waitMs: 0, watch: false });
     expect(started.state).toBe('draining');
     expect((await hostRow(h, a.hostId)).schedulable).toBe(false);
     await waitUntil(async () => (await drainStatus(h, a.hostId)).state === 'drained', 'the drain to finish', 60_000);
+    const drainMs = Math.round(performance.now() - drainStartedAt);
+    const sentDuringDrain = sent.length;
     isDraining = false;
     await load;
 
@@ -137,8 +140,12 @@ describe('host drain', () => {
     expect(twice).toEqual([]);
     expect(invocations.byId.size).toBe(sent.length);
     // Messages were taken on both sides of the move.
-    const takenOn = new Set([...invocations.byId.values()].map((seen) => seen[0]?.host));
-    expect(takenOn).toEqual(new Set(['a', 'b']));
+    const takenOn = [...invocations.byId.values()].map((seen) => seen[0]?.host);
+    expect(new Set(takenOn)).toEqual(new Set(['a', 'b']));
+    console.log(
+      `host-drain: 20 agents moved in ${drainMs} ms (wall) under load; ${sent.length} messages (${sentDuringDrain} sent by the end of the drain), ` +
+        `${takenOn.filter((host) => host === 'a').length} taken on a, ${takenOn.filter((host) => host === 'b').length} on b, each once`,
+    );
     expect(copies.overlaps).toEqual([]);
     // Old tokens are refused: a heartbeat now verifies only the new incarnation on b.
     verified.length = 0;
