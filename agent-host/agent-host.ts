@@ -239,6 +239,8 @@ export class AgentHost {
   readonly #unreportedEnds = new Map<string, AgentEvent>();
   /** The ends reported in the Hello of the current stream. */
   #endsInHello: AgentEvent[] = [];
+  /** What the control plane said of agents it cannot hand over while this host drains (DrainUpdate), by agent. */
+  readonly #drainUpdates = new Map<string, { outcome: string; reason: string }>();
   readonly #expiry: Promise<void>;
 
   private constructor(options: AgentHostOptions) {
@@ -309,6 +311,69 @@ export class AgentHost {
   agentCredential(agentId: string): { generation: number; expiresAtMs: number } | undefined {
     const agent = this.#agents.get(agentId);
     return agent === undefined ? undefined : { generation: agent.holder.generation, expiresAtMs: agent.holder.expiresAtMs };
+  }
+
+  /**
+   * Drains this host before it shuts down (SIGTERM): asks the control plane
+   * to drain it (DrainRequest; the host is the stream's identity), then waits
+   * until every agent has been handed over, or every one left is one the
+   * control plane said it cannot hand over (DrainUpdate: blocked, or staying),
+   * or `timeoutMs` has passed on the clock, or `signal` aborts (a second
+   * signal). It does not wait for nothing: when the host is not connected it
+   * asks nothing and returns at once, and when its stream is lost during the
+   * wait it returns then; the agents left are the caller's to stop (`close()`).
+   * Returns each agent not handed over, with why.
+   */
+  async drain(timeoutMs: number, signal?: AbortSignal): Promise<{ handedOver: number; notHandedOver: { agentId: string; reason: string }[] }> {
+    const before = this.#agents.size;
+    const writer = this.#writer;
+    const left = (why: string): { agentId: string; reason: string }[] =>
+      [...this.#agents.keys()].map((agentId) => {
+        const update = this.#drainUpdates.get(agentId);
+        return { agentId, reason: update === undefined ? why : `${update.outcome}: ${update.reason}` };
+      });
+    if (this.#state !== 'connected' || writer === undefined) {
+      return { handedOver: 0, notHandedOver: left('the control plane is unreachable (not connected), so nothing could be handed over') };
+    }
+    if (before === 0) return { handedOver: 0, notHandedOver: [] };
+    this.#drainUpdates.clear();
+    writer.write({ drainRequest: {} });
+    this.#logger.warn({ agents: before, timeoutMs }, 'draining: asked the control plane to hand every agent over');
+    const done = new AbortController();
+    let why = `not handed over within the drain timeout of ${timeoutMs} ms`;
+    const check = (): void => {
+      if ([...this.#agents.keys()].every((agentId) => this.#drainUpdates.has(agentId))) done.abort();
+    };
+    const onLost = (): void => {
+      why = 'the stream to the control plane was lost during the drain';
+      done.abort();
+    };
+    const onSignal = (): void => {
+      why = 'the drain was cut short (a second signal)';
+      done.abort();
+    };
+    this.events.on('agent-handed-over', check);
+    this.events.on('agent-stopped', check);
+    this.events.on('agent-ended', check);
+    this.events.on('drain-update', check);
+    this.events.on('disconnected', onLost);
+    this.events.on('refused', onLost);
+    signal?.addEventListener('abort', onSignal, { once: true });
+    try {
+      check();
+      if (signal?.aborted === true) onSignal();
+      await this.#options.clock.sleep(timeoutMs, done.signal);
+    } finally {
+      this.events.off('agent-handed-over', check);
+      this.events.off('agent-stopped', check);
+      this.events.off('agent-ended', check);
+      this.events.off('drain-update', check);
+      this.events.off('disconnected', onLost);
+      this.events.off('refused', onLost);
+      signal?.removeEventListener('abort', onSignal);
+    }
+    const notHandedOver = left(why);
+    return { handedOver: before - notHandedOver.length, notHandedOver };
   }
 
   /**
@@ -465,8 +530,14 @@ export class AgentHost {
       const { agentId, seq } = message.skip;
       router.enqueue(agentQueue(agentId), () => this.#agents.get(agentId)?.onDelivery({ type: 'skip', seq }));
     } else if (message.stopAgent !== undefined) {
-      const { agentId, reason } = message.stopAgent;
-      router.enqueue(agentQueue(agentId), () => this.#onStopAgent(writer, agentId, reason));
+      const { agentId, reason, handOver } = message.stopAgent;
+      if (handOver === true) {
+        // In the agent's queue, after a StartAgent still under way; but the hand-over waits for the message in
+        // hand, so it goes on outside the queue and nothing queued behind it waits.
+        router.enqueue(agentQueue(agentId), () => {
+          this.#onHandOver(agentId, reason).catch((err: unknown) => this.#logger.error({ err, agentId }, 'hand-over failed'));
+        });
+      } else router.enqueue(agentQueue(agentId), () => this.#onStopAgent(writer, agentId, reason));
     } else this.#onImmediate(writer, message);
   }
 
@@ -477,6 +548,12 @@ export class AgentHost {
       // Our clock minus the control plane's, assuming a symmetric round trip.
       const nowMs = this.#options.clock.now();
       this.#clockSkewMs = Math.round((message.pong.pingTimeMs + nowMs) / 2 - message.pong.timeMs);
+    }
+    else if (message.drainUpdate !== undefined) {
+      const { agentId, outcome, reason } = message.drainUpdate;
+      this.#logger.warn({ agentId, outcome, reason }, outcome === 'stays' ? 'drain: agent not moved by a drain' : 'drain: agent cannot be handed over now');
+      this.#drainUpdates.set(agentId, { outcome, reason });
+      this.events.emit('drain-update', { agentId, outcome, reason });
     }
     else if (message.reject !== undefined) {
       const { what, agentId, reason } = message.reject;
@@ -782,6 +859,32 @@ export class AgentHost {
       this.#logger.debug({ agentId: rotated.agentId, gen: credential.generation, jti: credential.tokenId, kid: credential.keyId, exp: credential.expiresAtMs }, 'credential rotated');
       this.events.emit('rotation-applied', { agentId: rotated.agentId, generation: credential.generation });
     }
+  }
+
+  /**
+   * Hands an agent over (a drain, see {@link HostedAgent.handOver}) and
+   * reports it `stopped` with the seq taken, after its last Ack. The report is
+   * also kept for the next Hello (`ended`) until a Welcome follows it, so a
+   * stream lost meanwhile does not lose it: the control plane starts the agent
+   * elsewhere only on this report.
+   */
+  async #onHandOver(agentId: string, reason: string): Promise<void> {
+    const agent = this.#agents.get(agentId);
+    if (agent === undefined) return;
+    const { takenSeq, outcome, detail } = await agent.handOver();
+    if (this.#agents.get(agentId) === agent) this.#agents.delete(agentId);
+    const event: AgentEvent = {
+      agentId,
+      state: 'stopped',
+      detail: outcome === 'abandoned' ? `${detail}; abandoned at the stop deadline` : detail,
+      incarnation: agent.incarnation,
+      takenSeq,
+    };
+    this.#unreportedEnds.set(agentId, event);
+    this.#writer?.write({ agentEvent: event });
+    this.#logger.info({ agentId, incarnation: agent.incarnation, takenSeq, reason, outcome }, 'agent handed over');
+    this.events.emit('agent-stopped', { agentId, reason, outcome });
+    this.events.emit('agent-handed-over', { agentId, incarnation: agent.incarnation, takenSeq, detail: event.detail });
   }
 
   async #onStopAgent(writer: AckBatchingWriter, agentId: string, reason: string): Promise<void> {

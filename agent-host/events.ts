@@ -35,6 +35,10 @@ export interface AgentHostEventMap {
   'expiry-warning': [{ lowestTimeToExpiryMs: number }];
   /** No contact with the control plane for its lost-host grace minus a margin: these agents were stopped, their token files deleted. */
   'self-fenced': [{ agentIds: string[]; silentForMs: number }];
+  /** An agent was handed over (a drain): stopped after its last message taken, up to `takenSeq`. */
+  'agent-handed-over': [{ agentId: string; incarnation: number; takenSeq: number; detail: string }];
+  /** While this host drains: the control plane cannot hand this agent over (`blocked`: no host fits; `stays`: a drain does not move it). */
+  'drain-update': [{ agentId: string; outcome: string; reason: string }];
   /** The control plane refused one envelope. */
   reject: [{ what: string; agentId: string; reason: string }];
 }

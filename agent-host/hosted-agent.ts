@@ -53,6 +53,15 @@ export interface HostedAgentOptions {
 /** How a stop ended: the agent let go in time, or it was abandoned at the deadline (see {@link HostedAgent.stop}). */
 export type StopOutcome = 'stopped' | 'abandoned';
 
+/** How a hand-over ended (see {@link HostedAgent.handOver}). */
+export interface HandOverResult {
+  /** Every seq up to this was taken (its Ack sent before this resolved). */
+  takenSeq: number;
+  outcome: StopOutcome;
+  /** `handed over`, or what was left undone. */
+  detail: string;
+}
+
 /** The default of {@link HostedAgentOptions.stopDeadlineMs}. */
 export const DEFAULT_STOP_DEADLINE_MS = 30_000;
 
@@ -117,6 +126,8 @@ export class HostedAgent {
   #inHand: { seq: number; sinceMs: number } | undefined;
   /** What was last reported to the control plane: stalled or not. */
   #isStalled = false;
+  /** A hand-over began: nothing more is taken in (see {@link handOver}). */
+  #handingOver: Promise<HandOverResult> | undefined;
 
   private constructor(options: HostedAgentOptions, holder: CredentialHolder, logger: Logger) {
     this.agentId = options.start.agentId;
@@ -204,6 +215,8 @@ export class HostedAgent {
 
   /** A Deliver or Skip from the control plane (duplicates are dropped by seq). */
   onDelivery(event: DeliveryEvent<DeliveredMessage>): void {
+    // Handing over: what comes now is for the agent's next placement (nothing of it was acknowledged here).
+    if (this.#handingOver !== undefined && (event.type === 'deliver' || event.type === 'skip')) return;
     const { state, effects } = reduceDelivery(this.#delivery, event);
     this.#delivery = state;
     for (const effect of effects) this.#carryOut(effect);
@@ -308,6 +321,44 @@ export class HostedAgent {
     if (this.#state === 'stopped') return;
     this.onDelivery(outcome);
     if (outcome.type === 'taken') this.#onTaken?.(seq);
+  }
+
+  /**
+   * Hands the agent over (a drain): from now on it takes nothing more (what
+   * was delivered and not yet given is dropped, never acknowledged, so its
+   * next placement gets it), the message in hand may finish until the handler
+   * deadline counted from the handler's start (the stop deadline when there is
+   * none), and its outcome is acknowledged; then the agent is stopped as
+   * {@link stop} does. Resolves with the seq taken. Idempotent.
+   */
+  handOver(): Promise<HandOverResult> {
+    this.#handingOver ??= this.#handOver();
+    return this.#handingOver;
+  }
+
+  async #handOver(): Promise<HandOverResult> {
+    // Buffered deliveries go: only the message in hand is finished.
+    this.#delivery = { ...this.#delivery, buffer: new Map() };
+    let detail = 'handed over';
+    const inHand = this.#inHand;
+    if (inHand !== undefined && this.#state === 'running') {
+      const deadlineMs = this.#handlerDeadlineMs > 0 ? this.#handlerDeadlineMs : this.#stopDeadlineMs;
+      const finished = new AbortController();
+      // #handle settles every outcome itself; it never rejects.
+      this.#handling.then(
+        () => finished.abort(),
+        () => finished.abort(),
+      );
+      await this.#clock.sleep(Math.max(0, inHand.sinceMs + deadlineMs - this.#clock.now()), finished.signal);
+      if (!finished.signal.aborted) {
+        detail = `handed over with message ${inHand.seq} unfinished at its handler deadline of ${deadlineMs} ms (not acknowledged: delivered again to its next placement)`;
+        this.#logger.warn({ seq: inHand.seq, deadlineMs }, 'hand-over: the message in hand did not finish by its deadline');
+      }
+      finished.abort();
+    }
+    const takenSeq = this.#delivery.takenSeq;
+    const outcome = await this.stop();
+    return { takenSeq, outcome, detail };
   }
 
   /**

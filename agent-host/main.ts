@@ -30,6 +30,7 @@ export const HOST_DURATION_BOUNDS = {
   keepalive: { minMs: 1_000, maxMs: 2 * 3_600_000 },
   stallAfter: { minMs: 0, maxMs: 24 * 3_600_000 },
   handlerDeadline: { minMs: 0, maxMs: 7 * 24 * 3_600_000 },
+  drainTimeout: { minMs: 0, maxMs: 24 * 3_600_000 },
 } as const satisfies Record<string, DurationBounds>;
 
 /** Flags of `agent-host`. */
@@ -48,6 +49,7 @@ export interface HostFlags {
   keepalive: number;
   stallAfter: number;
   handlerDeadline: number;
+  drainTimeout: number;
   metricsListen: string;
   logLevel: string;
 }
@@ -116,13 +118,42 @@ export async function runHost(flags: HostFlags, redactor: SecretRedactor): Promi
     }
     logger.info({ port: metrics.server.port }, 'metrics serving at /metrics');
   }
-  const stop = (signal: string): void => {
-    logger.info({ signal }, 'shutting down');
-    // A failure here surfaces again (and is reported) where the close below is awaited.
-    host.close().catch((err: unknown) => logger.error({ err }, 'shutdown failed'));
+  // Reported at once, as the control plane says it: an agent it cannot hand over while this host drains.
+  const reported = new Set<string>();
+  const report = (agentId: string, reason: string): void => {
+    if (reported.has(agentId)) return;
+    reported.add(agentId);
+    logger.error({ agentId, reason }, 'agent not handed over: it is stopped when the host exits');
+    console.error(`agent-host: agent ${agentId} not handed over: ${redactor.redact(reason)}`);
   };
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  host.events.on('drain-update', ({ agentId, outcome, reason }) => report(agentId, `${outcome}: ${reason}`));
+  const cutShort = new AbortController();
+  let signals = 0;
+  const shutdown = async (): Promise<void> => {
+    if (flags.drainTimeout > 0) {
+      const { handedOver, notHandedOver } = await host.drain(flags.drainTimeout, cutShort.signal);
+      for (const { agentId, reason } of notHandedOver) report(agentId, reason);
+      logger.info({ handedOver, notHandedOver: notHandedOver.length }, 'drain over');
+    }
+    await host.close();
+  };
+  const stop = (signal: string): void => {
+    signals++;
+    if (signals > 1) {
+      // A second signal: no more waiting for hand-overs; the agents left are stopped now.
+      logger.warn({ signal }, 'second signal: stopping the agents left without waiting');
+      cutShort.abort();
+      return;
+    }
+    logger.info({ signal, drainTimeoutMs: flags.drainTimeout }, 'shutting down: draining first');
+    // A failure here surfaces again (and is reported) where the close below is awaited.
+    shutdown().catch((err: unknown) => {
+      logger.error({ err }, 'shutdown failed');
+      host.close().catch(() => undefined);
+    });
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
   const exit = await host.done;
   await host.close();
   await metrics?.server.close();
@@ -176,6 +207,15 @@ export function agentHostProgram(run?: (flags: HostFlags) => Promise<void>, reda
         .env('TETHER_HANDLER_DEADLINE')
         .default(15 * 60_000, '15m')
         .argParser(parseDurationWithin('--handler-deadline', HOST_DURATION_BOUNDS.handlerDeadline)),
+    )
+    .addOption(
+      new Option(
+        '--drain-timeout <duration>',
+        'at SIGTERM/SIGINT, how long to wait for the control plane to hand every agent over to other hosts before stopping the rest and exiting; 0 to stop at once',
+      )
+        .env('TETHER_DRAIN_TIMEOUT')
+        .default(5 * 60_000, '5m')
+        .argParser(parseDurationWithin('--drain-timeout', HOST_DURATION_BOUNDS.drainTimeout)),
     )
     .addOption(new Option('--keepalive <duration>', 'transport keepalive ping interval').env('TETHER_KEEPALIVE').default(30_000, '30s').argParser(parseDurationWithin('--keepalive', HOST_DURATION_BOUNDS.keepalive)))
     .addOption(

@@ -26,6 +26,7 @@ import { createMetrics } from './metrics.js';
 import { HealthService } from './grpc/health-service.js';
 import { HostService, type ConnectLimits } from './hosts/host-service.js';
 import { HostSessions } from './hosts/host-session.js';
+import { HostDrains } from './hosts/host-drain.js';
 import { LostHostDetector } from './hosts/lost-host-detector.js';
 import { adminService } from './services/admin-service.js';
 import { agentService } from './services/agent-service.js';
@@ -247,6 +248,7 @@ export class ControlPlane {
   readonly #clock: Clock;
   readonly #shutdownGraceMs: number;
   readonly #lostHosts: LostHostDetector;
+  readonly #drains: HostDrains;
   #closing: Promise<void> | undefined;
 
   private constructor(parts: {
@@ -269,6 +271,7 @@ export class ControlPlane {
     clock: Clock;
     shutdownGraceMs: number;
     lostHosts: LostHostDetector;
+    drains: HostDrains;
   }) {
     this.events = parts.events;
     this.port = parts.port;
@@ -289,6 +292,7 @@ export class ControlPlane {
     this.#clock = parts.clock;
     this.#shutdownGraceMs = parts.shutdownGraceMs;
     this.#lostHosts = parts.lostHosts;
+    this.#drains = parts.drains;
   }
 
   /** The Prometheus registry of this control plane (also served at HTTP `/metrics`). */
@@ -402,7 +406,9 @@ export class ControlPlane {
       delivery,
       heartbeats,
     });
+    const drains = new HostDrains({ store, agents, sessions, clock, logger: root, events });
     const hosts: HostService = new HostService({
+      drains,
       store,
       issuer,
       verifier,
@@ -482,6 +488,7 @@ export class ControlPlane {
         heartbeats,
         logger: root,
         keyRevoker,
+        drains,
       }));
     const health = new HealthService(['tether.v1.HostService', 'tether.v1.AgentService', 'tether.v1.AdminService']);
     health.addToServer(server);
@@ -524,8 +531,10 @@ export class ControlPlane {
     lostHosts.start();
     await agents.resumeFenced();
     await agents.placePending();
+    // After the hosts' streams can open: a resumed drain moves agents as their hosts come back.
+    await drains.start();
     logger.info({ port, httpPort, agentTokenTtlMs, hostTokenTtlMs, lostHostGraceMs, tls: options.tls !== undefined }, 'control plane serving');
-    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, logger, metrics, heartbeats, health, clock, shutdownGraceMs, lostHosts });
+    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, logger, metrics, heartbeats, health, clock, shutdownGraceMs, lostHosts, drains });
   }
 
   /** How many hosts are connected. */
@@ -536,6 +545,11 @@ export class ControlPlane {
   /** True when every rotation time has made due is done; for tests on a fake clock. */
   isSettled(): boolean {
     return this.#agents.isSettled();
+  }
+
+  /** @internal The host drains (for tests: whether one runs). */
+  get drains(): Pick<HostDrains, 'isRunning' | 'status'> {
+    return this.#drains;
   }
 
   /** Agents waiting out a restart backoff (their next start armed on the clock). */
@@ -616,6 +630,7 @@ export class ControlPlane {
     }
     // Only now: a call that was in flight may still have needed rotation, delivery and its group commit.
     await this.#lostHosts.close();
+    await this.#drains.close();
     await this.#agents.close();
     await this.#delivery.close();
     await this.#keys.close();

@@ -30,6 +30,7 @@ import type { TokenIssuer } from '../tokens/token-issuer.js';
 import type { IssuedToken, TokenClaims } from '../tokens/token-kinds.js';
 import type { TokenVerifier } from '../tokens/token-verifier.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
+import { AgentMoves, type MoveOutcome } from './agent-move.js';
 import { KeyedMutex } from './keyed-mutex.js';
 import { decidePlacement, type PlacementCandidate } from './placement.js';
 import { decideRestart, DEFAULT_RESTART_BUDGET, type RestartBudget } from './restart-policy.js';
@@ -71,7 +72,16 @@ export interface AgentManagerOptions {
   heartbeats: HeartbeatLedger;
   /** Backoff and budget of restart policies (default {@link DEFAULT_RESTART_BUDGET}). */
   restartBudget?: RestartBudget;
+  /**
+   * How long a drain waits for a host to confirm an agent's hand-over before it
+   * reports the agent blocked (default {@link DEFAULT_HAND_OVER_TIMEOUT_MS}: past
+   * a host's default handler deadline plus its stop deadline).
+   */
+  handOverTimeoutMs?: number;
 }
+
+/** The default of {@link AgentManagerOptions.handOverTimeoutMs}: 30 min. */
+export const DEFAULT_HAND_OVER_TIMEOUT_MS = 30 * 60_000;
 
 /** What to create. */
 export interface DispatchRequest {
@@ -162,6 +172,8 @@ export class AgentManager {
   readonly #restartWaits = new Map<string, AbortController>();
   /** Reading the restarts a previous control plane scheduled (see {@link start}). */
   #resumingRestarts: Promise<void> | undefined;
+  /** Moves of agents off draining hosts (see agent-move.ts). */
+  readonly #moves: AgentMoves;
 
   constructor(options: AgentManagerOptions) {
     this.#options = options;
@@ -177,6 +189,41 @@ export class AgentManager {
         await this.rotate(agentId, 'due');
       },
     });
+    this.#moves = new AgentMoves({
+      store: options.store,
+      sessions: options.sessions,
+      clock: options.clock,
+      logger: options.logger,
+      delivery: options.delivery,
+      events: options.events,
+      handOverTimeoutMs: options.handOverTimeoutMs ?? DEFAULT_HAND_OVER_TIMEOUT_MS,
+      lock: (agentId, section) => this.#locks.run(agentId, section),
+      isMovable: (agent) => isRescheduledWhenLost(agent),
+      candidates: (open, spec) => this.#candidates(open, spec),
+      startOn: (agent, session, reason) => this.#startOn(agent, session, reason),
+      forgetPlacement: (agentId) => this.#forgetPlacement(agentId),
+      fenceToPending: async (agent, reason) => {
+        const pending = await this.#options.store.updateAgent(
+          agent.agentId,
+          { state: 'pending', hostId: agent.requestedHostId, detail: reason, updatedAtMs: this.#options.clock.now(), restartAtMs: 0, runningSinceMs: 0 },
+          { incarnation: agent.incarnation, states: [agent.state] },
+          reason,
+        );
+        if (pending === undefined) return;
+        this.#forgetPlacement(agent.agentId);
+        this.#onStateChanged(agent, 'pending');
+        this.requestPlacement();
+      },
+    });
+  }
+
+  /**
+   * Moves a live agent off `fromHostId` (a drain): reserve a target, hand it
+   * over, fence, start it there (see agent-move.ts). Resolves once it runs on
+   * its target, or with why it stays.
+   */
+  moveAgent(agentId: string, fromHostId: string, signal?: AbortSignal): Promise<MoveOutcome> {
+    return this.#moves.move(agentId, fromHostId, signal);
   }
 
   /** The rotation scheduler's signing-rate cap in force now (for `auto`, sized from the agents scheduled). */
@@ -544,7 +591,7 @@ export class AgentManager {
     const hello: Hello = session.hello;
     const epoch = await store.epoch();
     // Agents that ended while the stream was down: applied first, so they are not started again.
-    for (const ended of hello.ended) await this.onAgentEvent(session, ended);
+    for (const ended of hello.ended) await this.onAgentEvent(session, ended, true);
     const reported = new Set<string>();
     /** Rotations due now, handed to the scheduler together once every running agent is reconciled (see below). */
     const dueOnResume: { agentId: string; dueAtMs: number; expiresAtMs: number }[] = [];
@@ -776,8 +823,12 @@ export class AgentManager {
   }
 
 
-  /** Applies an AgentEvent from a host. */
-  async onAgentEvent(session: HostSession, event: AgentEvent): Promise<void> {
+  /**
+   * Applies an AgentEvent from a host. One from a Hello's `ended` (`isFromHello`)
+   * may repeat an event the host already sent live: of an agent that has moved
+   * on since (a hand-over), it is dropped without a Reject.
+   */
+  async onAgentEvent(session: HostSession, event: AgentEvent, isFromHello = false): Promise<void> {
     await this.#locks.run(event.agentId, async () => {
       const agent = await this.#options.store.getAgent(event.agentId);
       if (agent?.hostId !== session.hostId) {
@@ -788,6 +839,7 @@ export class AgentManager {
           this.#logger.debug({ agentId: event.agentId, hostId: session.hostId, state: event.state, incarnation: event.incarnation }, 'a stale copy ended');
           return;
         }
+        if (isFromHello && agent !== undefined) return;
         this.#options.reject(session, 'agent_event', event.agentId, 'agent not assigned to this host');
         return;
       }
@@ -827,6 +879,11 @@ export class AgentManager {
           if (LIVE_AGENT_STATES.includes(agent.state)) await this.#endByItself(agent, event.state, event.detail);
           return;
         case 'stopped':
+          if (event.takenSeq !== undefined && LIVE_AGENT_STATES.includes(agent.state) && event.incarnation === agent.incarnation) {
+            // A hand-over its host confirmed (a drain): acks made durable, fenced, started on its target.
+            await this.#moves.onHandedOver(session, agent, event);
+            return;
+          }
           // The stop itself was recorded when it was asked for; what the host adds is how it ended. An
           // agent that would not let go by the stop deadline was abandoned (fenced, its process group
           // killed): the operator should know, as its last message may have been left half done.

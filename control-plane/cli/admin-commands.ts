@@ -5,7 +5,7 @@ import { InvalidArgumentError as CommanderInvalidArgument, type Command } from '
 import { collectLabel, parseCount, parseDurationMs, readSecret } from '../../common/cli.js';
 import { assertPlaintextAllowed } from '../../common/loopback.js';
 import { parseSecret, type SecretRedactor } from '../../common/secrets.js';
-import { AdminServiceClient, AgentInfo, AgentTransition, HostInfo, MessageInfo, SigningKeyInfo } from '../../gen/tether/v1/admin.js';
+import { AdminServiceClient, AgentInfo, AgentTransition, DrainAgentInfo, HostInfo, MessageInfo, SigningKeyInfo } from '../../gen/tether/v1/admin.js';
 import { AgentState, type Label } from '../../gen/tether/v1/common.js';
 import { SecretOutputFile } from './secret-output-file.js';
 import { jwksDocument } from '../tokens/jwk-message.js';
@@ -212,12 +212,13 @@ export function addAdminCommands(program: Command, redactor: SecretRedactor, con
           return;
         }
         printTable([
-          ['HOST', 'STATE', 'CONNECTED', 'SCHEDULABLE', 'AGENTS', 'CAPACITY', 'SKEW_MS', 'CREDENTIAL_EXPIRES'],
+          ['HOST', 'STATE', 'CONNECTED', 'SCHEDULABLE', 'DRAIN', 'AGENTS', 'CAPACITY', 'SKEW_MS', 'CREDENTIAL_EXPIRES'],
           ...found.map((h) => [
             h.hostId,
             h.state,
             String(h.connected),
             String(h.schedulable),
+            h.drainState === '' ? '-' : h.drainState,
             String(h.agents),
             String(h.capacity),
             String(h.clockSkewMs),
@@ -227,6 +228,7 @@ export function addAdminCommands(program: Command, redactor: SecretRedactor, con
       });
     });
   addHostRevokeCommand(hosts, withClient);
+  addHostDrainCommands(hosts, withClient);
 
   const agents = program.command('agents').description('dispatch, list, stop and rotate agents');
   agents
@@ -480,6 +482,66 @@ function addHostRevokeCommand(hosts: Command, withClient: WithClient): void {
       await withClient(command, async (admin) => {
         const response = await invoke(admin.revokeHost.bind(admin), { hostId });
         console.log(JSON.stringify({ hostId, revoked: true, agentsMoved: response.agentsMoved }));
+      });
+    });
+}
+
+/** How long one DrainHost call waits for progress before the CLI asks again. */
+const DRAIN_POLL_MS = 30_000;
+/** `hosts drain` gives up watching after this many calls (the drain goes on in the control plane). */
+const MAX_DRAIN_POLLS = 100_000;
+/** Exit status of `hosts drain` when agents are left blocked (the drain goes on, waiting for room). */
+export const DRAIN_BLOCKED_EXIT_CODE = 3;
+
+/**
+ * Adds `hosts drain` and `hosts uncordon`. `drain` starts (or retries) the drain
+ * and, unless `--no-wait`, prints one line per agent as it moves, is blocked or
+ * stays, until the drain settles: exit 0 once drained, 3 if agents are left
+ * blocked (they are retried when a host connects or on the next `hosts drain`).
+ */
+function addHostDrainCommands(hosts: Command, withClient: WithClient): void {
+  hosts
+    .command('drain')
+    .description(
+      'make a host unschedulable and move its agents (ensured or with a restart policy) to other hosts one at a time, each handed over without losing or repeating a message; ' +
+        'prints each agent as it moves, is blocked (no host fits: the reason) or stays; exit 0 when drained, 3 when agents are left blocked',
+    )
+    .argument('<host-id>')
+    .option('--no-wait', 'start the drain and print where it stands, without waiting for it')
+    .option('--json', 'print JSON lines (one per agent result, then the drain)')
+    .action(async (hostId: string, flags: { wait: boolean; json?: boolean }, command: Command) => {
+      await withClient(command, async (admin) => {
+        const printed = new Map<string, string>();
+        const print = (agent: DrainAgentInfo): void => {
+          if (agent.outcome === 'waiting' || agent.outcome === 'moving') return;
+          const key = `${agent.outcome}|${agent.targetHostId}|${agent.reason}`;
+          if (printed.get(agent.agentId) === key) return;
+          printed.set(agent.agentId, key);
+          if (flags.json === true) console.log(JSON.stringify(DrainAgentInfo.toJSON(agent)));
+          else if (agent.outcome === 'moved') console.log(`${agent.agentId}: moved${agent.targetHostId === '' ? ' (waiting to be placed)' : ` to ${agent.targetHostId}`}`);
+          else console.log(`${agent.agentId}: ${agent.outcome}: ${agent.reason}`);
+        };
+        let response = await invoke(admin.drainHost.bind(admin), { hostId, waitMs: 0, watch: false });
+        response.agents.forEach(print);
+        for (let poll = 0; flags.wait && !response.settled && poll < MAX_DRAIN_POLLS; poll++) {
+          response = await invoke(admin.drainHost.bind(admin), { hostId, waitMs: DRAIN_POLL_MS, watch: true });
+          response.agents.forEach(print);
+        }
+        const blocked = response.agents.filter((a) => a.outcome === 'blocked').length;
+        const summary = { hostId, state: response.state, settled: response.settled, moved: response.agents.filter((a) => a.outcome === 'moved').length, blocked, stays: response.agents.filter((a) => a.outcome === 'stays').length };
+        if (flags.json === true) console.log(JSON.stringify(summary));
+        else console.error(`host ${hostId}: ${response.state === '' ? 'not drained' : response.state}; ${summary.moved} moved, ${blocked} blocked, ${summary.stays} staying`);
+        if (flags.wait && blocked > 0) process.exitCode = DRAIN_BLOCKED_EXIT_CODE;
+      });
+    });
+  hosts
+    .command('uncordon')
+    .description('make a host schedulable again and stop its drain (a move already handed over completes)')
+    .argument('<host-id>')
+    .action(async (hostId: string, _flags: unknown, command: Command) => {
+      await withClient(command, async (admin) => {
+        const response = await invoke(admin.uncordonHost.bind(admin), { hostId });
+        console.log(JSON.stringify({ hostId, schedulable: true, previousDrainState: response.previousDrainState }));
       });
     });
 }

@@ -97,6 +97,8 @@ interface Cursor {
   isReading: boolean;
   /** The agent's token as last read from the store (see #refreshTokenIfNeeded). */
   token: { issuedAtMs: number; expiresAtMs: number } | undefined;
+  /** Being handed over (drain): nothing more is sent, acks are still taken (see {@link DeliveryManager.hold}). */
+  isHeld: boolean;
 }
 
 /**
@@ -249,8 +251,46 @@ export class DeliveryManager {
       drainedAtAppends: -1,
       isReading: false,
       token: undefined,
+      isHeld: false,
     });
     this.#kick(agentId);
+  }
+
+  /**
+   * Stops giving `agentId` new messages on its current stream (its hand-over
+   * began): nothing more is sent, not even a re-send, while Acks of what was
+   * sent are still taken. A cursor made afresh (its host resumed on a new
+   * stream) is not held: the host drops what it is given once the hand-over began.
+   */
+  hold(agentId: string): void {
+    const cursor = this.#cursors.get(agentId);
+    if (cursor !== undefined) cursor.isHeld = true;
+  }
+
+  /** Gives `agentId` messages again after a {@link hold} (its hand-over was not confirmed). */
+  unhold(agentId: string): void {
+    const cursor = this.#cursors.get(agentId);
+    if (cursor === undefined || !cursor.isHeld) return;
+    cursor.isHeld = false;
+    this.#kick(agentId);
+  }
+
+  /**
+   * The agent's host stopped it for a hand-over and says every seq up to
+   * `takenSeq` was taken: that is acknowledged (as a resume would, never past
+   * what was appended nor below what is known), its cursor goes, and every ack
+   * queued is committed before this resolves. Returns the acknowledged seq,
+   * durable: where its next placement starts.
+   */
+  async handOver(agentId: string, takenSeq: number): Promise<number> {
+    const agent = await this.#options.store.getAgent(agentId);
+    if (agent === undefined) throw new NotFoundError(`no agent ${agentId}`);
+    const known = Math.max(agent.ackedSeq, this.#cursors.get(agentId)?.ackedSeq ?? 0);
+    const taken = Math.min(Math.max(known, takenSeq), agent.lastSeq);
+    this.#dropCursor(agentId);
+    if (taken > known) this.#commitAck(agentId, taken, taken - known);
+    await this.#batcher.flush();
+    return Math.max(taken, agent.ackedSeq);
   }
 
   /** Stops delivering to an agent (stopped, ended, or moved). */
@@ -369,7 +409,7 @@ export class DeliveryManager {
 
   async #resendLater(cursor: Cursor, seq: number, delayMs: number): Promise<void> {
     await this.#options.clock.sleep(delayMs, this.#closing.signal);
-    if (this.#closing.signal.aborted || this.#cursors.get(cursor.agentId) !== cursor || cursor.retrySeq !== seq) return;
+    if (this.#closing.signal.aborted || this.#cursors.get(cursor.agentId) !== cursor || cursor.retrySeq !== seq || cursor.isHeld) return;
     const [message] = await this.#options.store.listDeliverable(cursor.agentId, seq - 1, 1);
     if (message?.seq !== seq || message.state !== 'pending') return;
     await this.#refreshTokenIfNeeded(cursor);
@@ -408,7 +448,7 @@ export class DeliveryManager {
     do {
       cursor.needsPump = false;
       for (;;) {
-        if (this.#cursors.get(cursor.agentId) !== cursor || cursor.session.state === 'closed') return;
+        if (this.#cursors.get(cursor.agentId) !== cursor || cursor.session.state === 'closed' || cursor.isHeld) return;
         if (cursor.sentSeq - cursor.ackedSeq >= window) break;
         // Nothing is read from the store while the host's stream is full.
         await cursor.session.whenRoomFor(0, this.#hostBounds);
@@ -433,6 +473,10 @@ export class DeliveryManager {
         if (messages.length === 0) break;
         if (messages.some((m) => m.state === 'pending')) await this.#refreshTokenIfNeeded(cursor);
         if (this.#cursors.get(cursor.agentId) !== cursor) return;
+        if (cursor.isHeld) {
+          this.#keepReadAhead(cursor, messages);
+          return;
+        }
         const refusedBytes = this.#sendWithinBounds(cursor, messages);
         this.#keepReadAhead(cursor, messages);
         if (refusedBytes !== undefined) await cursor.session.whenRoomFor(refusedBytes, this.#hostBounds);

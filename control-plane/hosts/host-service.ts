@@ -18,6 +18,7 @@ import type { TokenIssuer } from '../tokens/token-issuer.js';
 import type { IssuedToken, TokenClaims } from '../tokens/token-kinds.js';
 import { TokenRejectedError, type TokenVerifier } from '../tokens/token-verifier.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
+import type { HostDrains } from './host-drain.js';
 import { ConnectLimiter, type ConnectLimiterOptions, type HeardAttempt } from './connect-limiter.js';
 import { DEFAULT_MAX_CONCURRENT_HELLOS, HelloAdmission } from './hello-admission.js';
 import { HostCredentials } from './host-credentials.js';
@@ -38,6 +39,8 @@ const MAX_INBOUND_BACKLOG = 256;
 
 /** Options of {@link HostService}. */
 export interface HostServiceOptions {
+  /** Drains a host that asks for it (DrainRequest, at its SIGTERM), and says which hosts are drained. */
+  drains: HostDrains;
   store: Store;
   issuer: TokenIssuer;
   verifier: TokenVerifier;
@@ -505,6 +508,12 @@ export class HostService {
     else if (message.agentEvent !== undefined) await this.#options.agents.onAgentEvent(session, message.agentEvent);
     else if (message.ping !== undefined) session.send({ pong: { pingTimeMs: message.ping.timeMs, timeMs: this.#options.clock.now() } });
     else if (message.pong !== undefined) this.#onPong(session, state, message.pong);
+    else if (message.drainRequest !== undefined) {
+      // The host is the stream's authenticated identity: a host can only ever drain itself.
+      this.#logger.warn({ hostId: session.hostId }, 'host asked to be drained (shutting down)');
+      // Not awaited: the drain runs on its own while this stream goes on carrying the hand-overs.
+      this.#options.drains.drain(session.hostId, 'host').catch((err: unknown) => this.#logger.error({ err, hostId: session.hostId }, 'drain asked by a host failed'));
+    }
     else this.#reject(session, 'unknown', '', 'empty envelope');
   }
 
@@ -727,14 +736,24 @@ export class HostService {
   }
 
   /** Hosts for ListHosts, with their live state. */
-  async listHosts(afterId: string | null, limit: number): Promise<{ hosts: (HostRecord & { isConnected: boolean; agents: number; clockSkewMs: number })[]; nextAfterId: string | null }> {
+  async listHosts(
+    afterId: string | null,
+    limit: number,
+  ): Promise<{ hosts: (HostRecord & { isConnected: boolean; agents: number; clockSkewMs: number; drainState: string })[]; nextAfterId: string | null }> {
     const page = await this.#options.store.listHosts(afterId, limit);
     // The page's own loads (kept by the store), not a count over every agent.
     const loads = await this.#options.store.getHostLoads(page.items.map((host) => host.hostId));
+    const drains = await this.#options.drains.states();
     return {
       hosts: page.items.map((host) => {
         const session = this.#options.sessions.get(host.hostId);
-        return { ...host, isConnected: session !== undefined, agents: loads.get(host.hostId)?.load ?? 0, clockSkewMs: session?.clockSkewMs ?? 0 };
+        return {
+          ...host,
+          isConnected: session !== undefined,
+          agents: loads.get(host.hostId)?.load ?? 0,
+          clockSkewMs: session?.clockSkewMs ?? 0,
+          drainState: drains.get(host.hostId) ?? '',
+        };
       }),
       nextAfterId: page.nextAfterId,
     };

@@ -3,6 +3,7 @@ import type { AdminServiceServer } from '../../gen/tether/v1/admin.js';
 import type { AgentManager } from '../agents/agent-manager.js';
 import type { Authenticator } from '../auth/authenticator.js';
 import { unary } from '../grpc/status.js';
+import type { HostDrains } from '../hosts/host-drain.js';
 import type { HostService } from '../hosts/host-service.js';
 import type { Store } from '../store/store.js';
 import type { KeyRevoker } from '../tokens/key-revoker.js';
@@ -10,7 +11,7 @@ import type { SigningKeyRing } from '../tokens/signing-keys.js';
 import type { Clock } from '../../common/clock.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
 import type { HeartbeatLedger } from './heartbeat-ledger.js';
-import { InvalidArgumentError } from '../../common/errors.js';
+import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import type { MessageStateName } from '../store/store.js';
 import { decodePageToken, encodePageToken, labelsFromProto, pageSize, restartPolicyFromProto, specFromProto, toAgentInfo, toAgentTransition } from './convert.js';
 import { jwkToMessage } from '../tokens/jwk-message.js';
@@ -28,11 +29,15 @@ export interface AdminServiceDeps {
   logger: Logger;
   /** Revokes signing keys and replaces what they signed. */
   keyRevoker: KeyRevoker;
+  drains: HostDrains;
 }
+
+/** The longest DrainHost waits for progress in one call (the CLI calls again). */
+const MAX_DRAIN_WAIT_MS = 60_000;
 
 /** The operator API; every call first proves the admin token. */
 export function adminService(deps: AdminServiceDeps): AdminServiceServer {
-  const { authenticator, agents, hosts, store, keys, keyRevoker, clock, heartbeats, delivery } = deps;
+  const { authenticator, agents, hosts, store, keys, keyRevoker, clock, heartbeats, delivery, drains } = deps;
   const logger = deps.logger.child({ component: 'admin' });
   return {
     enrollHost: unary(logger, async (request, call) => {
@@ -57,9 +62,29 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
           credentialExpiresAtMs: host.credentialExpiresAtMs,
           clockSkewMs: host.clockSkewMs,
           schedulable: host.isSchedulable,
+          drainState: host.drainState,
         })),
         nextPageToken: encodePageToken(page.nextAfterId),
       };
+    }),
+    drainHost: unary(logger, async (request, call) => {
+      authenticator.admin(call.metadata);
+      if (request.hostId === '') throw new InvalidArgumentError('host_id is required');
+      if (request.waitMs < 0) throw new InvalidArgumentError('wait_ms must not be negative');
+      const started = request.watch ? await drains.status(request.hostId, 0) : await drains.drain(request.hostId, 'operator');
+      if (request.watch && started.state === '' && started.agents.length === 0) throw new NotFoundError(`host ${request.hostId} is not drained`);
+      const status = request.waitMs === 0 || started.isSettled ? started : await drains.status(request.hostId, Math.min(request.waitMs, MAX_DRAIN_WAIT_MS));
+      return {
+        hostId: status.hostId,
+        state: status.state,
+        agents: status.agents.map((a) => ({ agentId: a.agentId, outcome: a.outcome, targetHostId: a.targetHostId, reason: a.reason, atMs: a.atMs })),
+        settled: status.isSettled,
+      };
+    }),
+    uncordonHost: unary(logger, async (request, call) => {
+      authenticator.admin(call.metadata);
+      if (request.hostId === '') throw new InvalidArgumentError('host_id is required');
+      return { previousDrainState: await drains.uncordon(request.hostId) };
     }),
     revokeHost: unary(logger, async (request, call) => {
       authenticator.admin(call.metadata);

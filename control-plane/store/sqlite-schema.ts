@@ -344,6 +344,37 @@ ALTER TABLE agents ADD COLUMN restart_at_ms INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE agents ADD COLUMN running_since_ms INTEGER NOT NULL DEFAULT 0;
 `;
 
+/**
+ * Host drain (issue 15): a drain is a row of `host_drains` (draining, then drained), kept
+ * until an uncordon, so a restarted control plane resumes it; the host stays unschedulable
+ * meanwhile. A move of one agent off a draining host first reserves room on its target: a row of
+ * `agent_moves`, counted in the target's load by triggers (so no other placement takes that
+ * room), which `placeAgent` turns into the agent's own place on the target in one transaction.
+ */
+const HOST_DRAIN = `
+CREATE TABLE host_drains (
+  host_id TEXT PRIMARY KEY,
+  state TEXT NOT NULL,
+  started_at_ms INTEGER NOT NULL,
+  updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE agent_moves (
+  agent_id TEXT PRIMARY KEY,
+  from_host_id TEXT NOT NULL,
+  to_host_id TEXT NOT NULL,
+  incarnation INTEGER NOT NULL,
+  reserved_at_ms INTEGER NOT NULL
+);
+CREATE TRIGGER agent_moves_reserve AFTER INSERT ON agent_moves
+BEGIN
+  UPDATE hosts SET load = load + 1 WHERE host_id = NEW.to_host_id;
+END;
+CREATE TRIGGER agent_moves_release AFTER DELETE ON agent_moves
+BEGIN
+  UPDATE hosts SET load = load - 1 WHERE host_id = OLD.to_host_id;
+END;
+`;
+
 /** Every migration, in order. Append only; the last one's number is {@link SCHEMA_VERSION}. */
 const MIGRATIONS: readonly Migration[] = [
   {
@@ -403,6 +434,11 @@ const MIGRATIONS: readonly Migration[] = [
     version: 10,
     description: 'restart policy: per-agent policy, failures in a row, the next restart time, when it last became running',
     apply: (db) => db.exec(RESTART_POLICY),
+  },
+  {
+    version: 11,
+    description: 'host drain: persisted drain state per host; move reservations counted in their target host\'s load',
+    apply: (db) => db.exec(HOST_DRAIN),
   },
 ];
 

@@ -8,6 +8,7 @@ import { ENDED_AGENT_STATES, LIVE_AGENT_STATES, MAX_TRANSITIONS_PER_AGENT, sende
 import type {
   AgentCredentialState,
   AgentExpectation,
+  AgentMoveRecord,
   AgentTransitionRecord,
   AgentPatch,
   AgentRecord,
@@ -15,6 +16,8 @@ import type {
   AgentStateName,
   AppendRequest,
   AppendResult,
+  HostDrainRecord,
+  HostDrainState,
   HostExpectation,
   HostLoad,
   HostPatch,
@@ -26,6 +29,7 @@ import type {
   OutboxBatch,
   Page,
   PlaceAgentResult,
+  ReserveMoveResult,
   SigningKeyRecord,
   RestartPolicyName,
   SigningKeyState,
@@ -249,6 +253,29 @@ function hostFromRow(row: HostRow): HostRecord {
     createdAtMs: row.created_at_ms,
     isSchedulable: row.is_schedulable !== 0,
   };
+}
+
+interface DrainRow {
+  host_id: string;
+  state: string;
+  started_at_ms: number;
+  updated_at_ms: number;
+}
+
+function drainFromRow(row: DrainRow): HostDrainRecord {
+  return { hostId: row.host_id, state: row.state as HostDrainState, startedAtMs: row.started_at_ms, updatedAtMs: row.updated_at_ms };
+}
+
+interface MoveRow {
+  agent_id: string;
+  from_host_id: string;
+  to_host_id: string;
+  incarnation: number;
+  reserved_at_ms: number;
+}
+
+function moveFromRow(row: MoveRow): AgentMoveRecord {
+  return { agentId: row.agent_id, fromHostId: row.from_host_id, toHostId: row.to_host_id, incarnation: row.incarnation, reservedAtMs: row.reserved_at_ms };
 }
 
 function keyFromRow(row: KeyRow): SigningKeyRecord {
@@ -775,12 +802,18 @@ export class SqliteStore implements Store {
         | undefined;
       if (host === undefined || host.state === 'revoked') return { outcome: 'host-unavailable' };
       const state = patch.state ?? current.state;
-      const isCounted = current.hostId === patch.hostId && LIVE_AGENT_STATES.includes(current.state);
+      // Room reserved for a move to this host (agent_moves) counts already: placing it there takes that room.
+      const move = this.#prepare('SELECT to_host_id FROM agent_moves WHERE agent_id = ?').get(agentId) as { to_host_id: string } | undefined;
+      const isReserved = move?.to_host_id === patch.hostId && LIVE_AGENT_STATES.includes(state);
+      const isCounted = (current.hostId === patch.hostId && LIVE_AGENT_STATES.includes(current.state)) || isReserved;
       // A cordoned host keeps what it runs (an agent restarted in place is counted there already) but takes nothing new.
       if (LIVE_AGENT_STATES.includes(state) && !isCounted && host.is_schedulable === 0) return { outcome: 'host-unavailable' };
       // The triggers on agents add this agent to the host's load as the row is written, inside this transaction.
       if (LIVE_AGENT_STATES.includes(state) && !isCounted && host.capacity > 0 && host.load >= host.capacity) return { outcome: 'host-full' };
-      return { outcome: 'placed', agent: this.#patchAgent(current, patch, reason) ?? current };
+      const placed = this.#patchAgent(current, patch, reason) ?? current;
+      // The reservation became the agent's place (its trigger gives back the room the agent now holds).
+      if (isReserved) this.#prepare('DELETE FROM agent_moves WHERE agent_id = ?').run(agentId);
+      return { outcome: 'placed', agent: placed };
     });
   }
 
@@ -996,6 +1029,77 @@ export class SqliteStore implements Store {
         return acked + gone;
       })(),
     );
+  }
+
+  setHostDrain(hostId: string, state: HostDrainState | null, nowMs: number): Promise<HostDrainRecord | undefined> {
+    return this.#write(() => {
+      if (this.#getHost(hostId) === undefined) throw new NotFoundError(`no host ${hostId}`);
+      const before = this.#getHostDrain(hostId);
+      if (state === null) {
+        this.#prepare('DELETE FROM host_drains WHERE host_id = ?').run(hostId);
+        this.#prepare('UPDATE hosts SET is_schedulable = 1 WHERE host_id = ?').run(hostId);
+      } else {
+        this.#prepare(
+          `INSERT INTO host_drains (host_id, state, started_at_ms, updated_at_ms) VALUES (?, ?, ?, ?)
+           ON CONFLICT (host_id) DO UPDATE SET state = excluded.state, updated_at_ms = excluded.updated_at_ms`,
+        ).run(hostId, state, nowMs, nowMs);
+        this.#prepare('UPDATE hosts SET is_schedulable = 0 WHERE host_id = ?').run(hostId);
+      }
+      return before;
+    });
+  }
+
+  getHostDrain(hostId: string): Promise<HostDrainRecord | undefined> {
+    return this.#run(() => this.#getHostDrain(hostId));
+  }
+
+  #getHostDrain(hostId: string): HostDrainRecord | undefined {
+    const row = this.#prepare('SELECT host_id, state, started_at_ms, updated_at_ms FROM host_drains WHERE host_id = ?').get(hostId) as DrainRow | undefined;
+    return row === undefined ? undefined : drainFromRow(row);
+  }
+
+  listHostDrains(): Promise<HostDrainRecord[]> {
+    return this.#run(() =>
+      (this.#prepare('SELECT host_id, state, started_at_ms, updated_at_ms FROM host_drains ORDER BY host_id').all() as DrainRow[]).map(drainFromRow),
+    );
+  }
+
+  reserveMove(agentId: string, fromHostId: string, toHostId: string, incarnation: number, nowMs: number): Promise<ReserveMoveResult> {
+    return this.#write((): ReserveMoveResult => {
+      const agent = this.#getAgent(agentId);
+      if (agent?.hostId !== fromHostId || agent.incarnation !== incarnation || !LIVE_AGENT_STATES.includes(agent.state)) return 'agent-changed';
+      if (this.#prepare('SELECT 1 FROM agent_moves WHERE agent_id = ?').get(agentId) !== undefined) return 'agent-changed';
+      const host = this.#prepare('SELECT state, capacity, load, is_schedulable FROM hosts WHERE host_id = ?').get(toHostId) as
+        | { state: string; capacity: number; load: number; is_schedulable: number }
+        | undefined;
+      if (host === undefined || host.state === 'revoked' || host.is_schedulable === 0) return 'host-unavailable';
+      if (host.capacity > 0 && host.load >= host.capacity) return 'host-full';
+      this.#prepare('INSERT INTO agent_moves (agent_id, from_host_id, to_host_id, incarnation, reserved_at_ms) VALUES (?, ?, ?, ?, ?)').run(
+        agentId,
+        fromHostId,
+        toHostId,
+        incarnation,
+        nowMs,
+      );
+      return 'reserved';
+    });
+  }
+
+  getMove(agentId: string): Promise<AgentMoveRecord | undefined> {
+    return this.#run(() => {
+      const row = this.#prepare('SELECT * FROM agent_moves WHERE agent_id = ?').get(agentId) as MoveRow | undefined;
+      return row === undefined ? undefined : moveFromRow(row);
+    });
+  }
+
+  listMoves(): Promise<AgentMoveRecord[]> {
+    return this.#run(() => (this.#prepare('SELECT * FROM agent_moves ORDER BY agent_id').all() as MoveRow[]).map(moveFromRow));
+  }
+
+  releaseMove(agentId: string): Promise<void> {
+    return this.#write(() => {
+      this.#prepare('DELETE FROM agent_moves WHERE agent_id = ?').run(agentId);
+    });
   }
 
   close(): Promise<void> {

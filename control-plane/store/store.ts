@@ -368,6 +368,29 @@ export type PlaceAgentResult =
   /** No such host, or it is revoked, or not schedulable (for an agent it does not run already). */
   | { outcome: 'host-unavailable' };
 
+/** A host's drain: `draining` while agents are being moved off it, `drained` once none is left to move. */
+export type HostDrainState = 'draining' | 'drained';
+
+/** A persisted drain (see {@link Store.setHostDrain}). */
+export interface HostDrainRecord {
+  hostId: string;
+  state: HostDrainState;
+  startedAtMs: number;
+  updatedAtMs: number;
+}
+
+/** Room reserved on `toHostId` for an agent being moved off `fromHostId` (its incarnation then). */
+export interface AgentMoveRecord {
+  agentId: string;
+  fromHostId: string;
+  toHostId: string;
+  incarnation: number;
+  reservedAtMs: number;
+}
+
+/** How {@link Store.reserveMove} went. */
+export type ReserveMoveResult = 'reserved' | 'agent-changed' | 'host-full' | 'host-unavailable';
+
 /** The control plane's durable state. */
 export interface Store {
   /** The identity of this store's history; a restore mints a new one. */
@@ -474,6 +497,27 @@ export interface Store {
    * `endedBeforeMs`. Returns how many went.
    */
   pruneMessages(ackedBeforeMs: number, endedBeforeMs: number): Promise<number>;
+
+  /**
+   * Records `hostId`'s drain as `state` and makes the host unschedulable, in one
+   * transaction; `null` deletes the drain and makes it schedulable again. Returns
+   * the drain as it was before (undefined: none), or throws NotFoundError for no such host.
+   */
+  setHostDrain(hostId: string, state: HostDrainState | null, nowMs: number): Promise<HostDrainRecord | undefined>;
+  getHostDrain(hostId: string): Promise<HostDrainRecord | undefined>;
+  /** Every drain (a handful of rows: one per host drained and not uncordoned). */
+  listHostDrains(): Promise<HostDrainRecord[]>;
+  /**
+   * Reserves room on `toHostId` for `agentId` (counted in its load from this
+   * commit) if the agent is still live on `fromHostId` at `incarnation`, the
+   * target is not revoked, schedulable and has room, and the agent has no
+   * reservation yet. One transaction.
+   */
+  reserveMove(agentId: string, fromHostId: string, toHostId: string, incarnation: number, nowMs: number): Promise<ReserveMoveResult>;
+  getMove(agentId: string): Promise<AgentMoveRecord | undefined>;
+  listMoves(): Promise<AgentMoveRecord[]>;
+  /** Drops `agentId`'s reservation, if any (its room on the target is free again). */
+  releaseMove(agentId: string): Promise<void>;
 
   /** Closes the database; later calls throw ClosedError. Idempotent. */
   close(): Promise<void>;

@@ -60,6 +60,7 @@ const ROWS: Record<string, Row> = {
   '--keepalive': { env: 'TETHER_KEEPALIVE', value: '40s', key: 'keepalive', expected: 40_000 },
   '--stall-after': { env: 'TETHER_STALL_AFTER', value: '45s', key: 'stallAfter', expected: 45_000 },
   '--handler-deadline': { env: 'TETHER_HANDLER_DEADLINE', value: '2m', key: 'handlerDeadline', expected: 120_000 },
+  '--drain-timeout': { env: 'TETHER_DRAIN_TIMEOUT', value: '90s', key: 'drainTimeout', expected: 90_000 },
   '--metrics-listen': { env: 'TETHER_HOST_METRICS_LISTEN', value: '127.0.0.1:9100', key: 'metricsListen', expected: '127.0.0.1:9100' },
   '--log-level': { env: 'TETHER_LOG_LEVEL', value: 'debug', key: 'logLevel', expected: 'debug' },
 };

@@ -54,6 +54,7 @@ const DURATION_FLAGS: [string, keyof typeof HOST_DURATION_BOUNDS][] = [
   ['--keepalive', 'keepalive'],
   ['--stall-after', 'stallAfter'],
   ['--handler-deadline', 'handlerDeadline'],
+  ['--drain-timeout', 'drainTimeout'],
 ];
 
 describe('agent-host flags', () => {

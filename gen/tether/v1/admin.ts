@@ -111,6 +111,54 @@ export interface HostInfo {
   clockSkewMs: number;
   /** False when cordoned: placement puts no new agent on it (its agents stay). */
   schedulable: boolean;
+  /** "" (not drained), "draining" or "drained". */
+  drainState: string;
+}
+
+export interface DrainHostRequest {
+  hostId: string;
+  /** Wait at most this long for the drain to change or settle; 0: answer at once. */
+  waitMs: number;
+  /**
+   * Only report the drain as it stands (after the wait): start nothing, retry
+   * nothing. Refused (NOT_FOUND) for a host with no drain.
+   */
+  watch: boolean;
+}
+
+/** One agent of a draining host, as the drain last saw it. */
+export interface DrainAgentInfo {
+  agentId: string;
+  /**
+   * "waiting" (not tried yet), "moving" (stopping on its host), "moved",
+   * "blocked" (no host can take it now) or "stays" (not moved by a drain).
+   */
+  outcome: string;
+  /** The host it moved (or is moving) to. */
+  targetHostId: string;
+  reason: string;
+  atMs: number;
+}
+
+export interface DrainHostResponse {
+  hostId: string;
+  /** "draining" or "drained" ("" after an uncordon). */
+  state: string;
+  agents: DrainAgentInfo[];
+  /**
+   * Nothing more will happen without a change elsewhere: every agent moved,
+   * blocked or staying.
+   */
+  settled: boolean;
+}
+
+export interface UncordonHostRequest {
+  hostId: string;
+}
+
+export interface UncordonHostResponse {
+  /** The drain state before ("" if it was not drained). */
+  previousDrainState: string;
 }
 
 export interface ListHostsResponse {
@@ -1421,6 +1469,7 @@ function createBaseHostInfo(): HostInfo {
     credentialExpiresAtMs: 0,
     clockSkewMs: 0,
     schedulable: false,
+    drainState: "",
   };
 }
 
@@ -1461,6 +1510,9 @@ export const HostInfo: MessageFns<HostInfo> = {
     }
     if (message.schedulable !== false) {
       writer.uint32(96).bool(message.schedulable);
+    }
+    if (message.drainState !== "") {
+      writer.uint32(106).string(message.drainState);
     }
     return writer;
   },
@@ -1574,6 +1626,14 @@ export const HostInfo: MessageFns<HostInfo> = {
             message.schedulable = reader.bool();
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.drainState = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1620,6 +1680,11 @@ export const HostInfo: MessageFns<HostInfo> = {
         ? globalThis.Number(object.clock_skew_ms)
         : 0,
       schedulable: isSet(object.schedulable) ? globalThis.Boolean(object.schedulable) : false,
+      drainState: isSet(object.drainState)
+        ? globalThis.String(object.drainState)
+        : isSet(object.drain_state)
+        ? globalThis.String(object.drain_state)
+        : "",
     };
   },
 
@@ -1661,6 +1726,9 @@ export const HostInfo: MessageFns<HostInfo> = {
     if (message.schedulable !== false) {
       obj.schedulable = message.schedulable;
     }
+    if (message.drainState !== "") {
+      obj.drainState = message.drainState;
+    }
     return obj;
   },
 
@@ -1681,6 +1749,528 @@ export const HostInfo: MessageFns<HostInfo> = {
     message.credentialExpiresAtMs = object.credentialExpiresAtMs ?? 0;
     message.clockSkewMs = object.clockSkewMs ?? 0;
     message.schedulable = object.schedulable ?? false;
+    message.drainState = object.drainState ?? "";
+    return message;
+  },
+};
+
+function createBaseDrainHostRequest(): DrainHostRequest {
+  return { hostId: "", waitMs: 0, watch: false };
+}
+
+export const DrainHostRequest: MessageFns<DrainHostRequest> = {
+  encode(message: DrainHostRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostId !== "") {
+      writer.uint32(10).string(message.hostId);
+    }
+    if (message.waitMs !== 0) {
+      writer.uint32(16).int64(message.waitMs);
+    }
+    if (message.watch !== false) {
+      writer.uint32(24).bool(message.watch);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DrainHostRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrainHostRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.waitMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.watch = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DrainHostRequest {
+    return {
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+      waitMs: isSet(object.waitMs)
+        ? globalThis.Number(object.waitMs)
+        : isSet(object.wait_ms)
+        ? globalThis.Number(object.wait_ms)
+        : 0,
+      watch: isSet(object.watch) ? globalThis.Boolean(object.watch) : false,
+    };
+  },
+
+  toJSON(message: DrainHostRequest): unknown {
+    const obj: any = {};
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    if (message.waitMs !== 0) {
+      obj.waitMs = Math.round(message.waitMs);
+    }
+    if (message.watch !== false) {
+      obj.watch = message.watch;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DrainHostRequest>, I>>(base?: I): DrainHostRequest {
+    return DrainHostRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DrainHostRequest>, I>>(object: I): DrainHostRequest {
+    const message = createBaseDrainHostRequest();
+    message.hostId = object.hostId ?? "";
+    message.waitMs = object.waitMs ?? 0;
+    message.watch = object.watch ?? false;
+    return message;
+  },
+};
+
+function createBaseDrainAgentInfo(): DrainAgentInfo {
+  return { agentId: "", outcome: "", targetHostId: "", reason: "", atMs: 0 };
+}
+
+export const DrainAgentInfo: MessageFns<DrainAgentInfo> = {
+  encode(message: DrainAgentInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.agentId !== "") {
+      writer.uint32(10).string(message.agentId);
+    }
+    if (message.outcome !== "") {
+      writer.uint32(18).string(message.outcome);
+    }
+    if (message.targetHostId !== "") {
+      writer.uint32(26).string(message.targetHostId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(34).string(message.reason);
+    }
+    if (message.atMs !== 0) {
+      writer.uint32(40).int64(message.atMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DrainAgentInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrainAgentInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.agentId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.outcome = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.targetHostId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.atMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DrainAgentInfo {
+    return {
+      agentId: isSet(object.agentId)
+        ? globalThis.String(object.agentId)
+        : isSet(object.agent_id)
+        ? globalThis.String(object.agent_id)
+        : "",
+      outcome: isSet(object.outcome) ? globalThis.String(object.outcome) : "",
+      targetHostId: isSet(object.targetHostId)
+        ? globalThis.String(object.targetHostId)
+        : isSet(object.target_host_id)
+        ? globalThis.String(object.target_host_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      atMs: isSet(object.atMs)
+        ? globalThis.Number(object.atMs)
+        : isSet(object.at_ms)
+        ? globalThis.Number(object.at_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: DrainAgentInfo): unknown {
+    const obj: any = {};
+    if (message.agentId !== "") {
+      obj.agentId = message.agentId;
+    }
+    if (message.outcome !== "") {
+      obj.outcome = message.outcome;
+    }
+    if (message.targetHostId !== "") {
+      obj.targetHostId = message.targetHostId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.atMs !== 0) {
+      obj.atMs = Math.round(message.atMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DrainAgentInfo>, I>>(base?: I): DrainAgentInfo {
+    return DrainAgentInfo.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DrainAgentInfo>, I>>(object: I): DrainAgentInfo {
+    const message = createBaseDrainAgentInfo();
+    message.agentId = object.agentId ?? "";
+    message.outcome = object.outcome ?? "";
+    message.targetHostId = object.targetHostId ?? "";
+    message.reason = object.reason ?? "";
+    message.atMs = object.atMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseDrainHostResponse(): DrainHostResponse {
+  return { hostId: "", state: "", agents: [], settled: false };
+}
+
+export const DrainHostResponse: MessageFns<DrainHostResponse> = {
+  encode(message: DrainHostResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostId !== "") {
+      writer.uint32(10).string(message.hostId);
+    }
+    if (message.state !== "") {
+      writer.uint32(18).string(message.state);
+    }
+    for (const v of message.agents) {
+      DrainAgentInfo.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.settled !== false) {
+      writer.uint32(32).bool(message.settled);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DrainHostResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrainHostResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.agents.push(DrainAgentInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.settled = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DrainHostResponse {
+    return {
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      agents: globalThis.Array.isArray(object?.agents) ? object.agents.map((e: any) => DrainAgentInfo.fromJSON(e)) : [],
+      settled: isSet(object.settled) ? globalThis.Boolean(object.settled) : false,
+    };
+  },
+
+  toJSON(message: DrainHostResponse): unknown {
+    const obj: any = {};
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    if (message.agents?.length) {
+      obj.agents = message.agents.map((e) => DrainAgentInfo.toJSON(e));
+    }
+    if (message.settled !== false) {
+      obj.settled = message.settled;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DrainHostResponse>, I>>(base?: I): DrainHostResponse {
+    return DrainHostResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DrainHostResponse>, I>>(object: I): DrainHostResponse {
+    const message = createBaseDrainHostResponse();
+    message.hostId = object.hostId ?? "";
+    message.state = object.state ?? "";
+    message.agents = object.agents?.map((e) => DrainAgentInfo.fromPartial(e)) || [];
+    message.settled = object.settled ?? false;
+    return message;
+  },
+};
+
+function createBaseUncordonHostRequest(): UncordonHostRequest {
+  return { hostId: "" };
+}
+
+export const UncordonHostRequest: MessageFns<UncordonHostRequest> = {
+  encode(message: UncordonHostRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostId !== "") {
+      writer.uint32(10).string(message.hostId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UncordonHostRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUncordonHostRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UncordonHostRequest {
+    return {
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+    };
+  },
+
+  toJSON(message: UncordonHostRequest): unknown {
+    const obj: any = {};
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UncordonHostRequest>, I>>(base?: I): UncordonHostRequest {
+    return UncordonHostRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UncordonHostRequest>, I>>(object: I): UncordonHostRequest {
+    const message = createBaseUncordonHostRequest();
+    message.hostId = object.hostId ?? "";
+    return message;
+  },
+};
+
+function createBaseUncordonHostResponse(): UncordonHostResponse {
+  return { previousDrainState: "" };
+}
+
+export const UncordonHostResponse: MessageFns<UncordonHostResponse> = {
+  encode(message: UncordonHostResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.previousDrainState !== "") {
+      writer.uint32(10).string(message.previousDrainState);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UncordonHostResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUncordonHostResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.previousDrainState = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UncordonHostResponse {
+    return {
+      previousDrainState: isSet(object.previousDrainState)
+        ? globalThis.String(object.previousDrainState)
+        : isSet(object.previous_drain_state)
+        ? globalThis.String(object.previous_drain_state)
+        : "",
+    };
+  },
+
+  toJSON(message: UncordonHostResponse): unknown {
+    const obj: any = {};
+    if (message.previousDrainState !== "") {
+      obj.previousDrainState = message.previousDrainState;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UncordonHostResponse>, I>>(base?: I): UncordonHostResponse {
+    return UncordonHostResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UncordonHostResponse>, I>>(object: I): UncordonHostResponse {
+    const message = createBaseUncordonHostResponse();
+    message.previousDrainState = object.previousDrainState ?? "";
     return message;
   },
 };
@@ -4991,6 +5581,37 @@ export const AdminServiceService = {
     responseSerialize: (value: RevokeHostResponse): Buffer => Buffer.from(RevokeHostResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RevokeHostResponse => RevokeHostResponse.decode(value),
   },
+  /**
+   * Drains a host: it becomes unschedulable (persisted) and its agents that are
+   * ensured or have a restart policy are moved to other hosts one at a time
+   * (see HOST DRAIN in the README). Idempotent: a call on a draining host
+   * retries its blocked agents. With wait_ms, answers once the drain settles
+   * (drained, or every remaining agent blocked or staying), something changed,
+   * or wait_ms passed.
+   */
+  drainHost: {
+    path: "/tether.v1.AdminService/DrainHost" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DrainHostRequest): Buffer => Buffer.from(DrainHostRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DrainHostRequest => DrainHostRequest.decode(value),
+    responseSerialize: (value: DrainHostResponse): Buffer => Buffer.from(DrainHostResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DrainHostResponse => DrainHostResponse.decode(value),
+  },
+  /**
+   * Makes a host schedulable again and stops a drain in progress (a move
+   * already under way finishes).
+   */
+  uncordonHost: {
+    path: "/tether.v1.AdminService/UncordonHost" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UncordonHostRequest): Buffer => Buffer.from(UncordonHostRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UncordonHostRequest => UncordonHostRequest.decode(value),
+    responseSerialize: (value: UncordonHostResponse): Buffer =>
+      Buffer.from(UncordonHostResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UncordonHostResponse => UncordonHostResponse.decode(value),
+  },
   /** Creates an agent and places it on a host. */
   dispatchAgent: {
     path: "/tether.v1.AdminService/DispatchAgent" as const,
@@ -5184,6 +5805,20 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
    * refused from then on, and its agents are placed elsewhere.
    */
   revokeHost: handleUnaryCall<RevokeHostRequest, RevokeHostResponse>;
+  /**
+   * Drains a host: it becomes unschedulable (persisted) and its agents that are
+   * ensured or have a restart policy are moved to other hosts one at a time
+   * (see HOST DRAIN in the README). Idempotent: a call on a draining host
+   * retries its blocked agents. With wait_ms, answers once the drain settles
+   * (drained, or every remaining agent blocked or staying), something changed,
+   * or wait_ms passed.
+   */
+  drainHost: handleUnaryCall<DrainHostRequest, DrainHostResponse>;
+  /**
+   * Makes a host schedulable again and stops a drain in progress (a move
+   * already under way finishes).
+   */
+  uncordonHost: handleUnaryCall<UncordonHostRequest, UncordonHostResponse>;
   /** Creates an agent and places it on a host. */
   dispatchAgent: handleUnaryCall<DispatchAgentRequest, DispatchAgentResponse>;
   /**
@@ -5283,6 +5918,48 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RevokeHostResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Drains a host: it becomes unschedulable (persisted) and its agents that are
+   * ensured or have a restart policy are moved to other hosts one at a time
+   * (see HOST DRAIN in the README). Idempotent: a call on a draining host
+   * retries its blocked agents. With wait_ms, answers once the drain settles
+   * (drained, or every remaining agent blocked or staying), something changed,
+   * or wait_ms passed.
+   */
+  drainHost(
+    request: DrainHostRequest,
+    callback: (error: ServiceError | null, response: DrainHostResponse) => void,
+  ): ClientUnaryCall;
+  drainHost(
+    request: DrainHostRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DrainHostResponse) => void,
+  ): ClientUnaryCall;
+  drainHost(
+    request: DrainHostRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DrainHostResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Makes a host schedulable again and stops a drain in progress (a move
+   * already under way finishes).
+   */
+  uncordonHost(
+    request: UncordonHostRequest,
+    callback: (error: ServiceError | null, response: UncordonHostResponse) => void,
+  ): ClientUnaryCall;
+  uncordonHost(
+    request: UncordonHostRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UncordonHostResponse) => void,
+  ): ClientUnaryCall;
+  uncordonHost(
+    request: UncordonHostRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UncordonHostResponse) => void,
   ): ClientUnaryCall;
   /** Creates an agent and places it on a host. */
   dispatchAgent(

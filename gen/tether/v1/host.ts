@@ -36,7 +36,36 @@ export interface HostMessage {
    * Several Acks in one stream message; sent only to a control plane whose
    * Welcome set accepts_ack_batch.
    */
-  ackBatch?: AckBatch | undefined;
+  ackBatch?:
+    | AckBatch
+    | undefined;
+  /**
+   * The host is shutting down (SIGTERM): drain it. Which host is the stream's
+   * authenticated identity, never a field.
+   */
+  drainRequest?: DrainRequest | undefined;
+}
+
+/**
+ * Asks the control plane to drain the host that sent it (as `hosts drain` does):
+ * it is made unschedulable and its agents are handed over to other hosts one by one.
+ */
+export interface DrainRequest {
+}
+
+/**
+ * What the control plane tells a draining host about an agent it cannot hand
+ * over (no other host fits, or it stays by policy): the host reports it at once.
+ * Agents that move need no update: their StopAgent with hand_over says it.
+ */
+export interface DrainUpdate {
+  agentId: string;
+  /**
+   * "blocked" (no host can take it now; retried when one appears) or "stays"
+   * (not moved by a drain: neither ensured nor with a restart policy).
+   */
+  outcome: string;
+  reason: string;
 }
 
 /** Control plane to host. */
@@ -57,6 +86,7 @@ export interface ControlMessage {
    * Hello set accepts_deliver_batch.
    */
   deliverBatch?: DeliverBatch | undefined;
+  drainUpdate?: DrainUpdate | undefined;
 }
 
 /** An agent the host is running when it (re)connects. */
@@ -202,6 +232,14 @@ export interface Reject {
 export interface StopAgent {
   agentId: string;
   reason: string;
+  /**
+   * A hand-over (drain): the agent takes nothing more, finishes the message in
+   * hand (up to the host's handler deadline from the handler's start), its Ack
+   * goes out, then it is stopped and reported `stopped` with detail
+   * "handed over" and taken_seq set, so the control plane can start it
+   * elsewhere from there.
+   */
+  handOver?: boolean | undefined;
 }
 
 /** Acknowledges a delivery (seq) or a credential (generation). */
@@ -239,6 +277,11 @@ export interface AgentEvent {
   state: string;
   detail: string;
   incarnation: number;
+  /**
+   * On a `stopped` event of a hand-over: every seq up to this was taken (and its
+   * Ack sent before this event). 0 otherwise.
+   */
+  takenSeq?: number | undefined;
 }
 
 export interface Ping {
@@ -260,6 +303,7 @@ function createBaseHostMessage(): HostMessage {
     ping: undefined,
     pong: undefined,
     ackBatch: undefined,
+    drainRequest: undefined,
   };
 }
 
@@ -282,6 +326,9 @@ export const HostMessage: MessageFns<HostMessage> = {
     }
     if (message.ackBatch !== undefined) {
       AckBatch.encode(message.ackBatch, writer.uint32(50).fork()).join();
+    }
+    if (message.drainRequest !== undefined) {
+      DrainRequest.encode(message.drainRequest, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -347,6 +394,14 @@ export const HostMessage: MessageFns<HostMessage> = {
             message.ackBatch = AckBatch.decode(reader, reader.uint32());
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.drainRequest = DrainRequest.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -375,6 +430,11 @@ export const HostMessage: MessageFns<HostMessage> = {
         : isSet(object.ack_batch)
         ? AckBatch.fromJSON(object.ack_batch)
         : undefined,
+      drainRequest: isSet(object.drainRequest)
+        ? DrainRequest.fromJSON(object.drainRequest)
+        : isSet(object.drain_request)
+        ? DrainRequest.fromJSON(object.drain_request)
+        : undefined,
     };
   },
 
@@ -398,6 +458,9 @@ export const HostMessage: MessageFns<HostMessage> = {
     if (message.ackBatch !== undefined) {
       obj.ackBatch = AckBatch.toJSON(message.ackBatch);
     }
+    if (message.drainRequest !== undefined) {
+      obj.drainRequest = DrainRequest.toJSON(message.drainRequest);
+    }
     return obj;
   },
 
@@ -416,6 +479,166 @@ export const HostMessage: MessageFns<HostMessage> = {
     message.ackBatch = (object.ackBatch !== undefined && object.ackBatch !== null)
       ? AckBatch.fromPartial(object.ackBatch)
       : undefined;
+    message.drainRequest = (object.drainRequest !== undefined && object.drainRequest !== null)
+      ? DrainRequest.fromPartial(object.drainRequest)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDrainRequest(): DrainRequest {
+  return {};
+}
+
+export const DrainRequest: MessageFns<DrainRequest> = {
+  encode(_: DrainRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DrainRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrainRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DrainRequest {
+    return {};
+  },
+
+  toJSON(_: DrainRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DrainRequest>, I>>(base?: I): DrainRequest {
+    return DrainRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DrainRequest>, I>>(_: I): DrainRequest {
+    const message = createBaseDrainRequest();
+    return message;
+  },
+};
+
+function createBaseDrainUpdate(): DrainUpdate {
+  return { agentId: "", outcome: "", reason: "" };
+}
+
+export const DrainUpdate: MessageFns<DrainUpdate> = {
+  encode(message: DrainUpdate, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.agentId !== "") {
+      writer.uint32(10).string(message.agentId);
+    }
+    if (message.outcome !== "") {
+      writer.uint32(18).string(message.outcome);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DrainUpdate {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrainUpdate();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.agentId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.outcome = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DrainUpdate {
+    return {
+      agentId: isSet(object.agentId)
+        ? globalThis.String(object.agentId)
+        : isSet(object.agent_id)
+        ? globalThis.String(object.agent_id)
+        : "",
+      outcome: isSet(object.outcome) ? globalThis.String(object.outcome) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: DrainUpdate): unknown {
+    const obj: any = {};
+    if (message.agentId !== "") {
+      obj.agentId = message.agentId;
+    }
+    if (message.outcome !== "") {
+      obj.outcome = message.outcome;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DrainUpdate>, I>>(base?: I): DrainUpdate {
+    return DrainUpdate.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DrainUpdate>, I>>(object: I): DrainUpdate {
+    const message = createBaseDrainUpdate();
+    message.agentId = object.agentId ?? "";
+    message.outcome = object.outcome ?? "";
+    message.reason = object.reason ?? "";
     return message;
   },
 };
@@ -432,6 +655,7 @@ function createBaseControlMessage(): ControlMessage {
     ping: undefined,
     pong: undefined,
     deliverBatch: undefined,
+    drainUpdate: undefined,
   };
 }
 
@@ -466,6 +690,9 @@ export const ControlMessage: MessageFns<ControlMessage> = {
     }
     if (message.deliverBatch !== undefined) {
       DeliverBatch.encode(message.deliverBatch, writer.uint32(82).fork()).join();
+    }
+    if (message.drainUpdate !== undefined) {
+      DrainUpdate.encode(message.drainUpdate, writer.uint32(90).fork()).join();
     }
     return writer;
   },
@@ -563,6 +790,14 @@ export const ControlMessage: MessageFns<ControlMessage> = {
             message.deliverBatch = DeliverBatch.decode(reader, reader.uint32());
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.drainUpdate = DrainUpdate.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -603,6 +838,11 @@ export const ControlMessage: MessageFns<ControlMessage> = {
         : isSet(object.deliver_batch)
         ? DeliverBatch.fromJSON(object.deliver_batch)
         : undefined,
+      drainUpdate: isSet(object.drainUpdate)
+        ? DrainUpdate.fromJSON(object.drainUpdate)
+        : isSet(object.drain_update)
+        ? DrainUpdate.fromJSON(object.drain_update)
+        : undefined,
     };
   },
 
@@ -638,6 +878,9 @@ export const ControlMessage: MessageFns<ControlMessage> = {
     if (message.deliverBatch !== undefined) {
       obj.deliverBatch = DeliverBatch.toJSON(message.deliverBatch);
     }
+    if (message.drainUpdate !== undefined) {
+      obj.drainUpdate = DrainUpdate.toJSON(message.drainUpdate);
+    }
     return obj;
   },
 
@@ -669,6 +912,9 @@ export const ControlMessage: MessageFns<ControlMessage> = {
     message.pong = (object.pong !== undefined && object.pong !== null) ? Pong.fromPartial(object.pong) : undefined;
     message.deliverBatch = (object.deliverBatch !== undefined && object.deliverBatch !== null)
       ? DeliverBatch.fromPartial(object.deliverBatch)
+      : undefined;
+    message.drainUpdate = (object.drainUpdate !== undefined && object.drainUpdate !== null)
+      ? DrainUpdate.fromPartial(object.drainUpdate)
       : undefined;
     return message;
   },
@@ -2179,7 +2425,7 @@ export const Reject: MessageFns<Reject> = {
 };
 
 function createBaseStopAgent(): StopAgent {
-  return { agentId: "", reason: "" };
+  return { agentId: "", reason: "", handOver: undefined };
 }
 
 export const StopAgent: MessageFns<StopAgent> = {
@@ -2189,6 +2435,9 @@ export const StopAgent: MessageFns<StopAgent> = {
     }
     if (message.reason !== "") {
       writer.uint32(18).string(message.reason);
+    }
+    if (message.handOver !== undefined) {
+      writer.uint32(24).bool(message.handOver);
     }
     return writer;
   },
@@ -2222,6 +2471,14 @@ export const StopAgent: MessageFns<StopAgent> = {
             message.reason = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.handOver = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2242,6 +2499,11 @@ export const StopAgent: MessageFns<StopAgent> = {
         ? globalThis.String(object.agent_id)
         : "",
       reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      handOver: isSet(object.handOver)
+        ? globalThis.Boolean(object.handOver)
+        : isSet(object.hand_over)
+        ? globalThis.Boolean(object.hand_over)
+        : undefined,
     };
   },
 
@@ -2253,6 +2515,9 @@ export const StopAgent: MessageFns<StopAgent> = {
     if (message.reason !== "") {
       obj.reason = message.reason;
     }
+    if (message.handOver !== undefined) {
+      obj.handOver = message.handOver;
+    }
     return obj;
   },
 
@@ -2263,6 +2528,7 @@ export const StopAgent: MessageFns<StopAgent> = {
     const message = createBaseStopAgent();
     message.agentId = object.agentId ?? "";
     message.reason = object.reason ?? "";
+    message.handOver = object.handOver ?? undefined;
     return message;
   },
 };
@@ -2488,7 +2754,7 @@ export const AckBatch: MessageFns<AckBatch> = {
 };
 
 function createBaseAgentEvent(): AgentEvent {
-  return { agentId: "", state: "", detail: "", incarnation: 0 };
+  return { agentId: "", state: "", detail: "", incarnation: 0, takenSeq: undefined };
 }
 
 export const AgentEvent: MessageFns<AgentEvent> = {
@@ -2504,6 +2770,9 @@ export const AgentEvent: MessageFns<AgentEvent> = {
     }
     if (message.incarnation !== 0) {
       writer.uint32(32).uint64(message.incarnation);
+    }
+    if (message.takenSeq !== undefined) {
+      writer.uint32(40).uint64(message.takenSeq);
     }
     return writer;
   },
@@ -2553,6 +2822,14 @@ export const AgentEvent: MessageFns<AgentEvent> = {
             message.incarnation = longToNumber(reader.uint64());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.takenSeq = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2575,6 +2852,11 @@ export const AgentEvent: MessageFns<AgentEvent> = {
       state: isSet(object.state) ? globalThis.String(object.state) : "",
       detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
       incarnation: isSet(object.incarnation) ? globalThis.Number(object.incarnation) : 0,
+      takenSeq: isSet(object.takenSeq)
+        ? globalThis.Number(object.takenSeq)
+        : isSet(object.taken_seq)
+        ? globalThis.Number(object.taken_seq)
+        : undefined,
     };
   },
 
@@ -2592,6 +2874,9 @@ export const AgentEvent: MessageFns<AgentEvent> = {
     if (message.incarnation !== 0) {
       obj.incarnation = Math.round(message.incarnation);
     }
+    if (message.takenSeq !== undefined) {
+      obj.takenSeq = Math.round(message.takenSeq);
+    }
     return obj;
   },
 
@@ -2604,6 +2889,7 @@ export const AgentEvent: MessageFns<AgentEvent> = {
     message.state = object.state ?? "";
     message.detail = object.detail ?? "";
     message.incarnation = object.incarnation ?? 0;
+    message.takenSeq = object.takenSeq ?? undefined;
     return message;
   },
 };
