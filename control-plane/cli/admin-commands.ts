@@ -330,9 +330,10 @@ export function addAdminCommands(program: Command, redactor: SecretRedactor, con
   program
     .command('jwks')
     .description('print the public signing keys (JWKS)')
-    .action(async (_flags: unknown, command: Command) => {
+    .option('--purpose <purpose>', 'tokens (the control plane\'s own) or audience (the federation JWKS of --issuer-url)', 'tokens')
+    .action(async (flags: { purpose: string }, command: Command) => {
       await withClient(command, async (admin) => {
-        const response = await invoke(admin.getJwks.bind(admin), {});
+        const response = await invoke(admin.getJwks.bind(admin), { purpose: flags.purpose });
         console.log(JSON.stringify(jwksDocument(response), null, 2));
       });
     });
@@ -501,9 +502,11 @@ function addKeyCommands(program: Command, withClient: WithClient): void {
           return;
         }
         printTable([
-          ['KEY', 'STATE', 'CREATED', 'SIGNING_SINCE', 'RETIRED', 'VERIFIES_UNTIL'],
+          ['KEY', 'PURPOSE', 'ALG', 'STATE', 'CREATED', 'SIGNING_SINCE', 'RETIRED', 'VERIFIES_UNTIL'],
           ...response.keys.map((key) => [
             key.keyId,
+            key.purpose,
+            key.alg,
             key.state,
             isoOrDash(key.createdAtMs),
             isoOrDash(key.signingSinceMs),
@@ -518,9 +521,10 @@ function addKeyCommands(program: Command, withClient: WithClient): void {
     .description(
       'promote the standby key to signer (it has been in the JWKS longer than the JWKS cache lifetime); the old signer keeps verifying until its last token expires, and a new standby is published',
     )
-    .action(async (_flags: unknown, command: Command) => {
+    .option('--purpose <purpose>', 'tokens (the control plane\'s own keys) or audience (the federation keys of --issuer-url)', 'tokens')
+    .action(async (flags: { purpose: string }, command: Command) => {
       await withClient(command, async (admin) => {
-        const response = await invoke(admin.rotateSigningKey.bind(admin), {});
+        const response = await invoke(admin.rotateSigningKey.bind(admin), { purpose: flags.purpose });
         console.log(
           JSON.stringify({
             keyId: response.keyId,

@@ -6,11 +6,11 @@ import { unary } from '../grpc/status.js';
 import type { HostService } from '../hosts/host-service.js';
 import type { Store } from '../store/store.js';
 import type { KeyRevoker } from '../tokens/key-revoker.js';
-import type { SigningKeyRing } from '../tokens/signing-keys.js';
+import { AUDIENCE_KEY_PURPOSE, TOKEN_KEY_PURPOSE, type SigningKeyRing } from '../tokens/signing-keys.js';
 import type { Clock } from '../../common/clock.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
 import type { HeartbeatLedger } from './heartbeat-ledger.js';
-import { InvalidArgumentError } from '../../common/errors.js';
+import { FailedPreconditionError, InvalidArgumentError } from '../../common/errors.js';
 import type { MessageStateName } from '../store/store.js';
 import { decodePageToken, encodePageToken, labelsFromProto, pageSize, restartPolicyFromProto, specFromProto, toAgentInfo, toAgentTransition } from './convert.js';
 import { jwkToMessage } from '../tokens/jwk-message.js';
@@ -22,6 +22,8 @@ export interface AdminServiceDeps {
   hosts: HostService;
   store: Store;
   keys: SigningKeyRing;
+  /** The federation keys (ES256) of audience tokens; undefined without an issuer URL. */
+  federationKeys: SigningKeyRing | undefined;
   clock: Clock;
   heartbeats: HeartbeatLedger;
   delivery: DeliveryManager;
@@ -32,7 +34,13 @@ export interface AdminServiceDeps {
 
 /** The operator API; every call first proves the admin token. */
 export function adminService(deps: AdminServiceDeps): AdminServiceServer {
-  const { authenticator, agents, hosts, store, keys, keyRevoker, clock, heartbeats, delivery } = deps;
+  const { authenticator, agents, hosts, store, keys, federationKeys, keyRevoker, clock, heartbeats, delivery } = deps;
+  /** The key ring of `purpose` ("" is Tether's own tokens). */
+  const ringFor = (purpose = ''): SigningKeyRing | undefined => {
+    if (purpose === '' || purpose === TOKEN_KEY_PURPOSE) return keys;
+    if (purpose === AUDIENCE_KEY_PURPOSE) return federationKeys;
+    throw new InvalidArgumentError(`purpose must be "${TOKEN_KEY_PURPOSE}" or "${AUDIENCE_KEY_PURPOSE}", got ${JSON.stringify(purpose.slice(0, 64))}`);
+  };
   const logger = deps.logger.child({ component: 'admin' });
   return {
     enrollHost: unary(logger, async (request, call) => {
@@ -67,9 +75,11 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
       const moved = await agents.evacuateHost(request.hostId);
       return { agentsMoved: moved };
     }),
-    rotateSigningKey: unary(logger, async (_request, call) => {
+    rotateSigningKey: unary(logger, async (request, call) => {
       authenticator.admin(call.metadata);
-      const rotation = await keys.rotate();
+      const ring = ringFor(request.purpose);
+      if (ring === undefined) throw new FailedPreconditionError('there are no audience (federation) keys: the control plane runs without --issuer-url');
+      const rotation = await ring.rotate();
       return {
         keyId: rotation.kid,
         retiredKeyId: rotation.retiredKid,
@@ -80,8 +90,10 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
     listSigningKeys: unary(logger, (_request, call) => {
       authenticator.admin(call.metadata);
       return Promise.resolve({
-        keys: keys.list().map((key) => ({
+        keys: [keys, ...(federationKeys === undefined ? [] : [federationKeys])].flatMap((ring) => ring.list().map((key) => ({ ...key, alg: ring.algorithm }))).map((key) => ({
           keyId: key.kid,
+          purpose: key.purpose,
+          alg: key.alg,
           state: key.state,
           createdAtMs: key.createdAtMs,
           signingSinceMs: key.signingSinceMs ?? 0,
@@ -203,9 +215,10 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
       await store.purgeMessage(request.agentId, request.seq);
       return {};
     }),
-    getJwks: unary(logger, (_request, call) => {
+    getJwks: unary(logger, (request, call) => {
       authenticator.admin(call.metadata);
-      return Promise.resolve({ keys: keys.jwks(clock.now()).keys.map(jwkToMessage) });
+      const ring = ringFor(request.purpose);
+      return Promise.resolve({ keys: ring === undefined ? [] : ring.jwks(clock.now()).keys.map(jwkToMessage) });
     }),
   };
 }

@@ -6,7 +6,7 @@ import type { AgentManager } from '../agents/agent-manager.js';
 import type { Authenticator } from '../auth/authenticator.js';
 import type { ControlPlaneEvents } from '../events.js';
 import { unary } from '../grpc/status.js';
-import type { TokenIssuer } from '../tokens/token-issuer.js';
+import type { AudienceClaims, TokenIssuer } from '../tokens/token-issuer.js';
 import type { TokenClaims } from '../tokens/token-kinds.js';
 import { stateToProto } from './convert.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
@@ -82,6 +82,12 @@ export function agentService(deps: AgentServiceDeps): AgentServiceServer {
       requireForeignAudience(request.audience, issuer.audience);
       // Within the clock tolerance the verifier still accepts an agent token past its `exp`; nothing can be minted from it.
       if (claims.expiresAtMs <= clock.now()) throw new TokenExpiredError('the agent token has expired');
+      // Under federation the token names the agent for the target's policies: its name and labels (a store read; minting is not on a hot path).
+      let agent: AudienceClaims | undefined;
+      if (issuer.isFederated) {
+        const record = await agents.get(claims.subject);
+        agent = { name: record.name, labels: Object.fromEntries(record.hostLabels.map((label) => [label.key, label.value])) };
+      }
       const minted = await issuer.issue({
         kind: 'audience',
         subject: claims.subject,
@@ -90,6 +96,7 @@ export function agentService(deps: AgentServiceDeps): AgentServiceServer {
         generation: claims.generation,
         ttlMs: audienceTokenTtlMs,
         notAfterMs: claims.expiresAtMs,
+        ...(agent === undefined ? {} : { agent }),
       });
       const m = minted.claims;
       logger.info({ agentId: m.subject, aud: m.audience, jti: m.tokenId, kid: m.keyId, gen: m.generation, exp: m.expiresAtMs }, 'audience token minted');
