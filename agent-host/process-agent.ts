@@ -11,6 +11,7 @@ import { AgentEndedError, MessageRefusedError, type AgentEnd, type AgentRunner, 
 import { childEnvironment } from './child-environment.js';
 import { encodeMessageLine, encodePingLine, LineSplitter, parseControlLine, redactJwts, type SplitLine } from './process-protocol.js';
 import { TokenFile } from './token-file.js';
+import { AudienceFileKeeper } from './audience-file-keeper.js';
 import type { DeliveredMessage } from './tools/agent-module.js';
 
 /** An agent id usable as one path component (the control plane's own pattern: no `/`, never `.` or `..`). */
@@ -81,6 +82,7 @@ export class ProcessAgent implements AgentRunner {
   readonly ended: Promise<AgentEnd>;
   readonly #child: ChildProcessWithoutNullStreams;
   readonly #tokenFile: TokenFile;
+  readonly #audienceFiles: AudienceFileKeeper | undefined;
   readonly #clock: Clock;
   readonly #logger: Logger;
   readonly #stopGraceMs: number;
@@ -92,9 +94,16 @@ export class ProcessAgent implements AgentRunner {
   #lastPing = 0;
   readonly #onPong: (() => void) | undefined;
 
-  private constructor(child: ChildProcessWithoutNullStreams, tokenFile: TokenFile, context: AgentRunnerContext, stopGraceMs: number) {
+  private constructor(
+    child: ChildProcessWithoutNullStreams,
+    tokenFile: TokenFile,
+    audienceFiles: AudienceFileKeeper | undefined,
+    context: AgentRunnerContext,
+    stopGraceMs: number,
+  ) {
     this.#child = child;
     this.#tokenFile = tokenFile;
+    this.#audienceFiles = audienceFiles;
     this.#clock = context.clock;
     this.#logger = context.logger.child({ pid: child.pid });
     this.#stopGraceMs = stopGraceMs;
@@ -148,6 +157,25 @@ export class ProcessAgent implements AgentRunner {
     await ensureAgentDirectory(agentDir);
     const tokenFile = new TokenFile(join(agentDir, 'token'));
     await tokenFile.write(context.credentials.get());
+    // Audience tokens in files (<agent dir>/tokens/NAME), written before the agent starts and kept fresh while it runs.
+    const audienceFileSpecs = spec.audienceFiles?.files ?? [];
+    let audienceFiles: AudienceFileKeeper | undefined;
+    if (audienceFileSpecs.length > 0) {
+      const credential = start.credential;
+      try {
+        audienceFiles = await AudienceFileKeeper.start({
+          dir: join(agentDir, 'tokens'),
+          files: audienceFileSpecs,
+          client: context.client,
+          clock: context.clock,
+          logger: context.logger,
+          agentTokenTtlMs: credential === undefined ? 0 : credential.expiresAtMs - credential.issuedAtMs,
+        });
+      } catch (err) {
+        await tokenFile.close();
+        throw new FailedPreconditionError(`cannot write the audience files: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+      }
+    }
     const env = childEnvironment(options.environment, {
       agentId: start.agentId,
       name: start.name,
@@ -157,6 +185,7 @@ export class ProcessAgent implements AgentRunner {
       agentDir,
       config: spec.config,
       ...(options.caFile === undefined ? {} : { caFile: options.caFile }),
+      ...(audienceFiles === undefined ? {} : { audienceFiles: audienceFiles.variables() }),
     });
     let child: ChildProcessWithoutNullStreams;
     try {
@@ -183,9 +212,10 @@ export class ProcessAgent implements AgentRunner {
       });
     } catch (err) {
       await tokenFile.close();
+      await audienceFiles?.close();
       throw new FailedPreconditionError(`cannot start ${spec.command}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
     }
-    const agent = new ProcessAgent(child, tokenFile, context, options.stopGraceMs);
+    const agent = new ProcessAgent(child, tokenFile, audienceFiles, context, options.stopGraceMs);
     agent.#logger.info({ command: spec.command, args: spec.args.length, agentDir }, 'agent process started');
     return agent;
   }
@@ -221,6 +251,7 @@ export class ProcessAgent implements AgentRunner {
   /** Replaces the token file; the stream's next envelope is handled only after this resolves. */
   async applyCredential(credential: Credential): Promise<void> {
     await this.#tokenFile.write(credential.token);
+    this.#audienceFiles?.onCredential();
   }
 
   /** Stops the child (stdin closed and SIGTERM, SIGKILL after the grace period) and removes its token file. Idempotent. */
@@ -250,6 +281,7 @@ export class ProcessAgent implements AgentRunner {
     }
     await this.ended;
     await this.#tokenFile.close();
+    await this.#audienceFiles?.close();
     this.#child.stdout.destroy();
     this.#child.stderr.destroy();
   }
@@ -267,6 +299,7 @@ export class ProcessAgent implements AgentRunner {
     this.#child.stdout.destroy();
     this.#child.stderr.destroy();
     await this.#tokenFile.close();
+    await this.#audienceFiles?.close();
   }
 
   /** Signals the child's process group (the child alone on Windows), only while the child is not reaped (its pid cannot be reused yet). */

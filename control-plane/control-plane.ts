@@ -504,7 +504,7 @@ export class ControlPlane {
     });
     const hostServer: HostServiceServer = { connect: (call) => hosts.connect(call) };
     server.addService(HostServiceService, hostServer);
-    server.addService(AgentServiceService, agentService({ authenticator, agents, clock, events, heartbeats, issuer, audienceTokenTtlMs, delivery, logger: root }));
+    server.addService(AgentServiceService, agentService({ authenticator, agents, clock, events, heartbeats, issuer, audienceTokenTtlMs, agentTokenTtlMs, delivery, logger: root }));
     server.addService(AdminServiceService, adminService({
         authenticator,
         agents,

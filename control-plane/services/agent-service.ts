@@ -23,6 +23,8 @@ export interface AgentServiceDeps {
   issuer: TokenIssuer;
   /** Lifetime of an audience token, capped by the agent token's `exp`. */
   audienceTokenTtlMs: number;
+  /** The agent token TTL: half of it is the longest audience token that may be asked for (token files). */
+  agentTokenTtlMs: number;
   delivery: DeliveryManager;
   logger: Logger;
 }
@@ -48,6 +50,19 @@ function requireForeignAudience(audience: string, ownAudience: string): void {
 /** An agent may act only as itself: the id it names must be its token's subject. */
 function requireSelf(claims: TokenClaims, agentId: string): void {
   if (agentId !== claims.subject) throw new PermissionDeniedError('an agent may act only as itself');
+}
+
+/**
+ * The lifetime of an audience token asked for `requestedMs` (absent or 0: the
+ * default): at most the longer of the default and half the agent token TTL.
+ */
+function audienceTtl(requestedMs: number | undefined, defaultMs: number, agentTokenTtlMs: number): number {
+  if (requestedMs === undefined || requestedMs === 0) return defaultMs;
+  const maxMs = Math.max(defaultMs, Math.floor(agentTokenTtlMs / 2));
+  if (!Number.isSafeInteger(requestedMs) || requestedMs < 1_000 || requestedMs > maxMs) {
+    throw new InvalidArgumentError(`ttl_ms must be from 1000 to ${maxMs} (the longer of --audience-token-ttl and half the agent token TTL), or 0 for the default`);
+  }
+  return requestedMs;
 }
 
 /** The API agents (and their tools) call with their own agent token. */
@@ -94,7 +109,7 @@ export function agentService(deps: AgentServiceDeps): AgentServiceServer {
         hostId: claims.hostId,
         audience: request.audience,
         generation: claims.generation,
-        ttlMs: audienceTokenTtlMs,
+        ttlMs: audienceTtl(request.ttlMs, audienceTokenTtlMs, deps.agentTokenTtlMs),
         notAfterMs: claims.expiresAtMs,
         ...(agent === undefined ? {} : { agent }),
       });
