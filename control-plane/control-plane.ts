@@ -568,6 +568,9 @@ export class ControlPlane {
       httpPort = await listen(http, options.httpAddress);
     }
 
+    if (issuerUrl !== undefined && http === undefined) {
+      logger.warn({ issuer: issuerUrl.issuer }, 'an issuer URL without an HTTP listener: no discovery document is served, so targets cannot find the federation keys');
+    }
     agents.start();
     delivery.start();
     keys.start();

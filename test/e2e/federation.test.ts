@@ -226,6 +226,24 @@ describe('federation: OIDC discovery and ES256 audience tokens', () => {
     expect(new Set(listed.keys.map((key) => `${key.purpose}/${key.alg}`))).toEqual(new Set(['tokens/EdDSA', 'audience/ES256']));
   });
 
+  it('revokes a federation key: out of the federation JWKS at once, the standby signs, the own keys untouched', async () => {
+    const { h, issuerUrl, client } = await start();
+    const rp = await relyingParty(issuerUrl);
+    const minted = await client.mintToken(STS);
+    const ownBefore = (await call(h.admin.getJwks.bind(h.admin), {})).keys.map((key) => key.kid);
+    const revoked = await call(h.admin.revokeSigningKey.bind(h.admin), { keyId: minted.keyId });
+    expect(revoked.signerKeyId).not.toBe(minted.keyId);
+    expect(revoked.agentsScheduled).toBe(0);
+    const kids = (await fetchJson<{ keys: { kid: string }[] }>(rp.discovery.jwks_uri)).keys.map((key) => key.kid);
+    expect(kids).not.toContain(minted.keyId);
+    expect(kids).toContain(revoked.signerKeyId);
+    await expect((await relyingParty(issuerUrl)).verify(minted.token, STS, h.clock.now())).rejects.toBeInstanceOf(errors.JWKSNoMatchingKey);
+    const next = await client.mintToken(STS);
+    expect(next.keyId).toBe(revoked.signerKeyId);
+    await expect(rp.verify(next.token, STS, h.clock.now())).resolves.toBeDefined();
+    expect((await call(h.admin.getJwks.bind(h.admin), {})).keys.map((key) => key.kid)).toEqual(ownBefore);
+  });
+
   it('refuses a plain-http issuer URL off loopback, and a rotation of audience keys without one', async () => {
     await expect(Harness.start({ issuerUrl: 'http://tether.example.com' })).rejects.toThrow(/https/);
     const h = await Harness.start({ httpAddress: '127.0.0.1:0' });
