@@ -14,6 +14,8 @@ import * as grpc from '@grpc/grpc-js';
 import { createRemoteJWKSet, decodeJwt, jwtVerify } from 'jose';
 import { afterEach, describe, expect, it } from 'vitest';
 import { refreshAtMs } from '../../agent-host/audience-file-keeper.js';
+import { advanceUntil } from '../support/advance-until.js';
+import { FaultProxy } from '../support/fault-proxy.js';
 import { call, Harness, statusOf } from '../support/harness.js';
 import { startHttpFront, type HttpFront } from '../support/http-front.js';
 import { nextEvent, waitUntil } from '../support/wait.js';
@@ -142,6 +144,62 @@ describe('audience-token files', () => {
     h.clock.advance(10_000);
     await stopped;
     await waitUntil(() => !existsSync(path), 'the audience file to be removed');
+  });
+
+  it('keeps the file valid through a control-plane outage of almost a third of the agent TTL starting at its refresh point', async () => {
+    front = await startHttpFront();
+    harness = await Harness.start({ httpAddress: '127.0.0.1:0', issuerUrl: front.url, agentTokenTtlMs: AGENT_TTL_MS });
+    const h = harness;
+    front.pointAt(h.cp.httpPort);
+    const proxy = await FaultProxy.start({ targetPort: h.cp.port });
+    try {
+      const agentsDir = join(mkdtempSync(join(tmpdir(), 'tether-audfile-')), 'agents');
+      dirs.push(agentsDir);
+      const { host, hostId } = await h.startHost('h', { allowedCommands: [NODE], agentsDir, stopGraceMs: 10_000, target: `127.0.0.1:${proxy.port}` });
+      const started = nextEvent<{ agentId: string }>(host.events, 'agent-started', (e) => e.agentId === AGENT_ID);
+      await call(h.admin.dispatchAgent.bind(h.admin), {
+        agentId: AGENT_ID,
+        name: AGENT_ID,
+        hostId,
+        hostLabels: [],
+        spec: { kind: 'process', module: '', command: NODE, args: [FIXTURE], config: '', audienceFiles: { files: [{ name: 'aws', audience: STS }] } },
+      });
+      await started;
+      const path = join(agentsDir, AGENT_ID, 'tokens', 'aws');
+      await waitUntil(() => existsSync(join(agentsDir, AGENT_ID, 'ready')), 'the agent to be ready');
+      const first = readFileSync(path, 'utf8');
+      const claims = decodeJwt(first);
+      const expiresAtMs = (claims.exp ?? 0) * 1000;
+      const dueMs = refreshAtMs((claims.iat ?? 0) * 1000, expiresAtMs, AGENT_TTL_MS);
+
+      // The outage starts a second before the refresh point, and lasts a third of the TTL less a minute.
+      h.clock.advance(dueMs - 1_000 - h.clock.now());
+      expect(readFileSync(path, 'utf8')).toBe(first);
+      const lost = nextEvent(host.events, 'disconnected');
+      proxy.refuseNew();
+      proxy.cutAll();
+      await lost;
+      const outageStartMs = h.clock.now();
+      h.clock.advance(dueMs - h.clock.now());
+      await waitUntil(() => h.logs.records().some((r) => r.msg === 'audience file refresh failed; retrying'), 'a refresh to fail');
+      h.clock.advance(AGENT_TTL_MS / 3 - 60_000 - (h.clock.now() - outageStartMs));
+      expect(readFileSync(path, 'utf8')).toBe(first);
+      expect(h.clock.now()).toBeLessThan(expiresAtMs);
+
+      // Back: the host reconnects, and the file is replaced before its token expired.
+      proxy.heal();
+      let isConnected = false;
+      host.events.once('connected', () => {
+        isConnected = true;
+      });
+      await advanceUntil(h.clock, 100, () => isConnected, 'the host to reconnect');
+      await advanceUntil(h.clock, 1_000, () => readFileSync(path, 'utf8') !== first, 'the file to be replaced');
+      expect(h.clock.now()).toBeLessThan(expiresAtMs);
+      expect(h.clock.now() - outageStartMs).toBeLessThan(AGENT_TTL_MS / 3);
+      expect(decodeJwt(readFileSync(path, 'utf8')).exp ?? 0).toBeGreaterThan(h.clock.now() / 1000 + AGENT_TTL_MS / 3 / 1000);
+    } finally {
+      await proxy.close();
+    }
   });
 
   it('refuses a name that is a path, the host\'s own, or an audience file on a module agent', async () => {
