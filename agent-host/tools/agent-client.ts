@@ -81,8 +81,10 @@ export class AgentClient {
    * (AgentService.MintToken). Tools normally go through `AudienceTokens`,
    * which caches and refreshes these.
    */
-  mintToken(audience: string, options: CallOptions = {}): Promise<MintTokenResponse> {
-    return this.#call((done) => (metadata, callOptions) => this.#client.mintToken({ audience }, metadata, callOptions, done), options);
+  mintToken(audience: string, options: CallOptions & { ttlMs?: number } = {}): Promise<MintTokenResponse> {
+    const { ttlMs, ...callOptions } = options;
+    const request = { audience, ...(ttlMs === undefined ? {} : { ttlMs }) };
+    return this.#call((done) => (metadata, grpcOptions) => this.#client.mintToken(request, metadata, grpcOptions, done), callOptions);
   }
 
   /**

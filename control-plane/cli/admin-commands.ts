@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { InvalidArgumentError as CommanderInvalidArgument, type Command } from 'commander';
 import { collectLabel, parseCount, parseDurationMs, readSecret } from '../../common/cli.js';
+import { parseAudienceFile, type AudienceFileSpec } from '../../common/audience-files.js';
 import { assertPlaintextAllowed } from '../../common/loopback.js';
 import { parseSecret, type SecretRedactor } from '../../common/secrets.js';
 import { AdminServiceClient, AgentInfo, AgentTransition, DrainAgentInfo, HostInfo, MessageInfo, SigningKeyInfo } from '../../gen/tether/v1/admin.js';
@@ -112,6 +113,7 @@ interface SpecFlags {
   host?: string;
   label?: Label[];
   restart?: string;
+  audienceFile?: AudienceFileSpec[];
 }
 
 function dispatchRequest(agentId: string, flags: SpecFlags): {
@@ -119,7 +121,7 @@ function dispatchRequest(agentId: string, flags: SpecFlags): {
   name: string;
   hostId: string;
   hostLabels: Label[];
-  spec: { kind: string; module: string; command: string; args: string[]; config: string };
+  spec: { kind: string; module: string; command: string; args: string[]; config: string; audienceFiles?: { files: AudienceFileSpec[] } };
   restartPolicy?: string;
 } {
   if ((flags.module === undefined) === (flags.command === undefined)) throw new Error('give exactly one of --module or --command');
@@ -138,6 +140,7 @@ function dispatchRequest(agentId: string, flags: SpecFlags): {
       command: flags.command ?? '',
       args: flags.arg ?? [],
       config: flags.config ?? '',
+      ...(flags.audienceFile === undefined ? {} : { audienceFiles: { files: flags.audienceFile } }),
     },
   };
 }
@@ -151,6 +154,17 @@ function addSpecOptions(command: Command): Command {
     .option('--name <name>', 'a display name')
     .option('--host <host-id>', 'place on this host')
     .option('--label <key=value>', 'place on a host carrying this label (repeatable)', collectLabel)
+    .option(
+      '--audience-file <name=audience>',
+      'process agents: keep a token for this audience in <agent dir>/tokens/NAME, its path in TETHER_AUDIENCE_FILE_<NAME> (repeatable; see docs/federation.md)',
+      (value: string, previous: AudienceFileSpec[] = []) => {
+        try {
+          return [...previous, parseAudienceFile(value)];
+        } catch (err) {
+          throw new CommanderInvalidArgument(err instanceof Error ? err.message : String(err));
+        }
+      },
+    )
     .option(
       '--restart <policy>',
       'when it ends by itself: never (dispatch default), on-failure (default of an agent ensure creates) or always; ' +
@@ -332,9 +346,10 @@ export function addAdminCommands(program: Command, redactor: SecretRedactor, con
   program
     .command('jwks')
     .description('print the public signing keys (JWKS)')
-    .action(async (_flags: unknown, command: Command) => {
+    .option('--purpose <purpose>', 'tokens (the control plane\'s own) or audience (the federation JWKS of --issuer-url)', 'tokens')
+    .action(async (flags: { purpose: string }, command: Command) => {
       await withClient(command, async (admin) => {
-        const response = await invoke(admin.getJwks.bind(admin), {});
+        const response = await invoke(admin.getJwks.bind(admin), { purpose: flags.purpose });
         console.log(JSON.stringify(jwksDocument(response), null, 2));
       });
     });
@@ -563,9 +578,11 @@ function addKeyCommands(program: Command, withClient: WithClient): void {
           return;
         }
         printTable([
-          ['KEY', 'STATE', 'CREATED', 'SIGNING_SINCE', 'RETIRED', 'VERIFIES_UNTIL'],
+          ['KEY', 'PURPOSE', 'ALG', 'STATE', 'CREATED', 'SIGNING_SINCE', 'RETIRED', 'VERIFIES_UNTIL'],
           ...response.keys.map((key) => [
             key.keyId,
+            key.purpose,
+            key.alg,
             key.state,
             isoOrDash(key.createdAtMs),
             isoOrDash(key.signingSinceMs),
@@ -580,9 +597,10 @@ function addKeyCommands(program: Command, withClient: WithClient): void {
     .description(
       'promote the standby key to signer (it has been in the JWKS longer than the JWKS cache lifetime); the old signer keeps verifying until its last token expires, and a new standby is published',
     )
-    .action(async (_flags: unknown, command: Command) => {
+    .option('--purpose <purpose>', 'tokens (the control plane\'s own keys) or audience (the federation keys of --issuer-url)', 'tokens')
+    .action(async (flags: { purpose: string }, command: Command) => {
       await withClient(command, async (admin) => {
-        const response = await invoke(admin.rotateSigningKey.bind(admin), {});
+        const response = await invoke(admin.rotateSigningKey.bind(admin), { purpose: flags.purpose });
         console.log(
           JSON.stringify({
             keyId: response.keyId,
