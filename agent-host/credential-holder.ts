@@ -86,17 +86,27 @@ export class CredentialHolder implements ReadOnlyCredentials {
   /** A frozen view with no way to set or revoke: what agents and tools are given. */
   readOnly(): ReadOnlyCredentials {
     if (this.#readOnly === undefined) {
-      const get = (): string => this.get();
-      const expiresAtMs = (): number => this.#expiresAtMs;
-      const generation = (): number => this.#generation;
+      // Bound functions, not closures: one view per agent, and under tsx each named closure carries a property of its own.
       this.#readOnly = Object.freeze(
         Object.create(null, {
-          get: { value: get, enumerable: true },
-          expiresAtMs: { get: expiresAtMs, enumerable: true },
-          generation: { get: generation, enumerable: true },
+          get: { value: tokenOf.bind(this), enumerable: true },
+          expiresAtMs: { get: expiresAtMsOf.bind(this), enumerable: true },
+          generation: { get: generationOf.bind(this), enumerable: true },
         }) as ReadOnlyCredentials,
       );
     }
     return this.#readOnly;
   }
+}
+
+function tokenOf(this: CredentialHolder): string {
+  return this.get();
+}
+
+function expiresAtMsOf(this: CredentialHolder): number {
+  return this.expiresAtMs;
+}
+
+function generationOf(this: CredentialHolder): number {
+  return this.generation;
 }
