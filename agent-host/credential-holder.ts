@@ -83,30 +83,31 @@ export class CredentialHolder implements ReadOnlyCredentials {
     this.#token = '';
   }
 
+  #viewToken(): string {
+    return this.get();
+  }
+
+  #viewExpiresAtMs(): number {
+    return this.#expiresAtMs;
+  }
+
+  #viewGeneration(): number {
+    return this.#generation;
+  }
+
   /** A frozen view with no way to set or revoke: what agents and tools are given. */
   readOnly(): ReadOnlyCredentials {
     if (this.#readOnly === undefined) {
-      // Bound functions, not closures: one view per agent, and under tsx each named closure carries a property of its own.
+      // Bound methods, not closures: one view per agent, and under tsx each named closure (or bound module
+      // function, which tsx names too) carries a property store of its own, ~256 B.
       this.#readOnly = Object.freeze(
         Object.create(null, {
-          get: { value: tokenOf.bind(this), enumerable: true },
-          expiresAtMs: { get: expiresAtMsOf.bind(this), enumerable: true },
-          generation: { get: generationOf.bind(this), enumerable: true },
+          get: { value: this.#viewToken.bind(this), enumerable: true },
+          expiresAtMs: { get: this.#viewExpiresAtMs.bind(this), enumerable: true },
+          generation: { get: this.#viewGeneration.bind(this), enumerable: true },
         }) as ReadOnlyCredentials,
       );
     }
     return this.#readOnly;
   }
-}
-
-function tokenOf(this: CredentialHolder): string {
-  return this.get();
-}
-
-function expiresAtMsOf(this: CredentialHolder): number {
-  return this.expiresAtMs;
-}
-
-function generationOf(this: CredentialHolder): number {
-  return this.generation;
 }
