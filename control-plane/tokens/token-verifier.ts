@@ -103,6 +103,15 @@ interface CacheEntry {
   cacheKey: string;
 }
 
+/** A verification under way, which later presentations of the same token join. */
+interface Verifying {
+  kind: TokenKind;
+  audience: string;
+  /** {@link TokenVerifier.forgetSubject} and `forgetKey` calls when it began: a forget since makes it stale. */
+  forgets: number;
+  claims: Promise<TokenClaims>;
+}
+
 /**
  * Verifies Tether tokens: one algorithm per kind (EdDSA; ES256 for audience
  * tokens under federation), `kid` required and known to that kind's keys, `typ` exactly
@@ -110,11 +119,16 @@ interface CacheEntry {
  * (a string, never an array), `exp` required, every claim checked for type and
  * range. Verified tokens are
  * cached until they expire so the hot path skips the signature check; entries
- * are dropped when their subject's tokens are revoked.
+ * are dropped when their subject's tokens are revoked. Presentations of a token
+ * whose verification is under way join it (a fresh token meets many calls at
+ * once: after a rotation, every call in flight carries it), unless a subject or
+ * key was forgotten since it began.
  */
 export class TokenVerifier {
   readonly #options: TokenVerifierOptions;
   readonly #cache = new Map<string, CacheEntry>();
+  /** Token → its verification under way. */
+  readonly #verifying = new Map<string, Verifying>();
   /** `kind:subject` → tokens of it in the cache, so revocation can drop them. */
   readonly #bySubject = new Map<string, Set<string>>();
   readonly #cacheSize: () => number;
@@ -147,7 +161,28 @@ export class TokenVerifier {
       this.#drop(token);
       throw new TokenExpiredError();
     }
-    const claims = await this.#verifySignature(token, kind, nowMs, expectedAudience);
+    const pending = this.#verifying.get(token);
+    if (pending !== undefined && pending.kind === kind && pending.audience === expectedAudience && pending.forgets === this.#forgets) {
+      const claims = await pending.claims;
+      if (this.#options.clock.now() >= claims.expiresAtMs + this.#options.clockToleranceMs) throw new TokenExpiredError();
+      return claims;
+    }
+    const entry: Verifying = { kind, audience: expectedAudience, forgets: this.#forgets, claims: this.#verifyOnce(token, kind, nowMs, expectedAudience) };
+    this.#verifying.set(token, entry);
+    const settled = (): void => {
+      if (this.#verifying.get(token) === entry) this.#verifying.delete(token);
+    };
+    entry.claims.then(settled, settled);
+    return entry.claims;
+  }
+
+  /** How many verifications are under way (each shared by every presentation of its token meanwhile). */
+  get verificationsInFlight(): number {
+    return this.#verifying.size;
+  }
+
+  async #verifyOnce(token: string, kind: TokenKind, nowMs: number, audience: string): Promise<TokenClaims> {
+    const claims = await this.#verifySignature(token, kind, nowMs, audience);
     const forgetsBefore = this.#forgets;
     if (await this.#options.isRevoked(claims)) throw new TokenRevokedError();
     if (this.#forgets === forgetsBefore) this.#remember(token, claims);

@@ -164,6 +164,48 @@ describe('TokenVerifier', () => {
     expect(revocationChecks).toHaveLength(2);
   });
 
+  it('verifies a token presented by many calls at once only once (they join the verification under way)', async () => {
+    // After a rotation every call in flight carries the fresh token: each used to pay a signature check and a store read.
+    const v = verifier();
+    const token = await issue('agent', 'a1');
+    const all = await Promise.all(Array.from({ length: 64 }, () => v.verify(token, 'agent')));
+    expect(revocationChecks).toHaveLength(1);
+    expect(new Set(all.map((claims) => claims.tokenId)).size).toBe(1);
+    expect(v.verificationsInFlight).toBe(0);
+    expect(v.cacheEntries).toBe(1);
+  });
+
+  it('shares a refusal with every call that joined, and keeps nothing of it', async () => {
+    const v = verifier();
+    const token = await issue('agent', 'a1');
+    revokedSubjects.add('a1');
+    const reasons = await Promise.all(Array.from({ length: 8 }, () => v.verify(token, 'agent').then(() => 'accepted', (err: Error) => err.name)));
+    expect(new Set(reasons)).toEqual(new Set(['TokenRevokedError']));
+    expect(revocationChecks).toHaveLength(1);
+    expect(v.verificationsInFlight).toBe(0);
+    revokedSubjects.delete('a1');
+    await v.verify(token, 'agent');
+    expect(revocationChecks).toHaveLength(2);
+  });
+
+  it('does not join a verification under way for another kind or audience, nor one older than a forgetSubject', async () => {
+    const v = verifier();
+    const token = await issue('agent', 'a1');
+    const asHost = reasonOf(v.verify(token, 'host'));
+    const otherAudience = reasonOf(v.verify(token, 'agent', 'another-service'));
+    const first = reasonOf(v.verify(token, 'agent'));
+    // The agent stopped while the first verification runs: a call presenting its token after that is checked afresh.
+    v.forgetSubject('agent', 'a1');
+    revokedSubjects.add('a1');
+    const afterStop = reasonOf(v.verify(token, 'agent'));
+    const [, hostReason, audienceReason, afterStopReason] = await Promise.all([first, asHost, otherAudience, afterStop]);
+    expect(hostReason).toBe('claims');
+    expect(audienceReason).toBe('claims');
+    expect(afterStopReason).toBe('TokenRevokedError');
+    // The first verification and the one after the stop reached the revocation check; the other kind and audience did not.
+    expect(revocationChecks.map((claims) => claims.subject)).toEqual(['a1', 'a1']);
+  });
+
   it('keeps at most cacheSize tokens, dropping the oldest', async () => {
     const v = verifier(3);
     const tokens: string[] = [];
