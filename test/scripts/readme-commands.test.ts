@@ -149,6 +149,7 @@ const SCENARIO_BLOCKS = [
   ['README.md', '## Quick start'],
   ['README.md', '## Binaries'],
   ['docs/operations.md', '## Backup and restore'],
+  ['docs/operations.md', '## TLS'],
 ] as const;
 
 describe('the commands in the docs', () => {
@@ -238,5 +239,26 @@ describe('the commands in the docs', () => {
       if (line.startsWith('control-plane restore')) await stopAll(started);
       runLine(line, dir, environment(path, env));
     }
+  });
+
+  it('the TLS block works as written: a control plane on TLS, an admin command verifying it', async () => {
+    const { dir, path } = scratchProject();
+    dirs.push(dir);
+    const env: Record<string, string> = { TETHER_LISTEN: '127.0.0.1:0', TETHER_HTTP_LISTEN: '127.0.0.1:0' };
+    let ranAdmin = false;
+    for (const { line } of runBy('docs/operations.md', '## TLS')) {
+      if (line.endsWith('&')) {
+        const serving = await startInBackground(line, dir, environment(path, env), 'control plane serving', started);
+        expect(serving.tls).toBe(true);
+        env.TETHER_SERVER = `127.0.0.1:${String(serving.port)}`;
+      } else {
+        runLine(line, dir, environment(path, env));
+        ranAdmin ||= line.includes('--ca-file');
+      }
+    }
+    expect(ranAdmin).toBe(true);
+    // What the comment says: the same command without --ca-file does not get through.
+    const plaintext = spawnSync('sh', ['-c', 'control-plane --data-dir tls-data hosts ls'], { cwd: dir, env: environment(path, env), encoding: 'utf8', timeout: HANG_BOUND_MS * 2 });
+    expect(plaintext.status).not.toBe(0);
   });
 });
