@@ -156,12 +156,29 @@ function isEnsuredIndex(index: number, hosts: number): boolean {
   return Math.floor(index / hosts) % 3 === 2;
 }
 
-type FaultKind = 'cp-restart' | 'cp-outage' | 'host-crash' | 'host-death' | 'cut' | 'blackhole' | 'long-partition' | 'hung-agent' | 'key-rotation' | 'rotate-all';
-const ALL_FAULTS: readonly FaultKind[] = ['cp-restart', 'cp-outage', 'host-crash', 'host-death', 'cut', 'blackhole', 'long-partition', 'hung-agent', 'key-rotation', 'rotate-all'];
+type FaultKind = 'cp-restart' | 'cp-outage' | 'host-crash' | 'host-death' | 'drain' | 'cut' | 'blackhole' | 'long-partition' | 'hung-agent' | 'key-rotation' | 'rotate-all';
+const ALL_FAULTS: readonly FaultKind[] = ['cp-restart', 'cp-outage', 'host-crash', 'host-death', 'drain', 'cut', 'blackhole', 'long-partition', 'hung-agent', 'key-rotation', 'rotate-all'];
 /** Faults that need a long stretch of the phase (run first thing, and again only where the phase has room). */
 const LONG_FAULTS: readonly FaultKind[] = ['long-partition', 'host-death'];
 /** Faults that take the control plane down: not in the second phase, whose memory is of one process. */
 const CONTROL_PLANE_FAULTS: readonly FaultKind[] = ['cp-restart', 'cp-outage'];
+
+/** What a drain needs of the admin client: AdminService.DrainHost and UncordonHost (issue 15; generated only once the proto has them). */
+interface DrainAdmin {
+  drainHost(
+    request: { hostId: string; waitMs: number; watch: boolean },
+    metadata: grpc.Metadata,
+    options: Partial<grpc.CallOptions>,
+    callback: (err: grpc.ServiceError | null, response: { settled: boolean; agents: { agentId: string; outcome: string }[] }) => void,
+  ): grpc.ClientUnaryCall;
+  uncordonHost(request: { hostId: string }, metadata: grpc.Metadata, options: Partial<grpc.CallOptions>, callback: (err: grpc.ServiceError | null, response: unknown) => void): grpc.ClientUnaryCall;
+}
+
+/** The admin client as a {@link DrainAdmin}, if this build's AdminService has DrainHost; else undefined (the drain fault is skipped). */
+function drainAdminOf(admin: AdminServiceClient): DrainAdmin | undefined {
+  const candidate = admin as unknown as Partial<DrainAdmin>;
+  return typeof candidate.drainHost === 'function' && typeof candidate.uncordonHost === 'function' ? (admin as unknown as DrainAdmin) : undefined;
+}
 
 /** One control-plane outage's figures, for the summary. */
 interface OutageRecord {
@@ -799,15 +816,50 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
     say(`  host ${slot.index} back as incarnation ${slot.incarnation} ${returnMs} ms after its return began, its ${pinned.length} pinned agents started again; stale copies started there: ${stale.length}`);
   };
 
-  /*
-   * DRAIN (issue 15): to add once AdminService.DrainHost/UncordonHost exist (branch h1). A fault
-   * `drain` is then one function here, `drainHost(admin, slot)`: call admin.drainHost({ hostId })
-   * under load; wait (bounded: STEP_BOUND_MS) for `hasMoved(ensured on it, their instances then,
-   * slot)`; check no pinned agent moved (the ledger's pinnedMoved) and nothing was taken twice (the
-   * ledger: a drain hands over from the acked seq, so any redelivery here is a duplicate: mark the
-   * instances drained and count their redeliveries as duplicates); admin.uncordonHost({ hostId }).
-   * Push it in ALL_FAULTS and LONG_FAULTS is not needed (a drain is seconds), and count it in the summary.
+  const drains: { slot: number; moved: number; drainToMovedMs: number; outcomes: string }[] = [];
+  const drainSkips: string[] = [];
+  /**
+   * DRAIN (issue 15): `slot`'s host is drained under load (AdminService.DrainHost), its ensured agents
+   * must run elsewhere (bounded), its dispatched ones stay (the drain reports them so), and a drain
+   * hands over from the acknowledged seq: nothing its agents took comes again (the ledger counts any
+   * redelivery after it as a duplicate). Then UncordonHost. `drainAdmin` is the admin client when it
+   * has DrainHost (see {@link drainAdminOf}).
    */
+  const drainHost = async (drainAdmin: DrainAdmin, slot: HostSlot): Promise<void> => {
+    const movers = liveOnSlot(slot).filter(isEnsured);
+    const before = new Map(movers.map((id) => [id, instances.get(id)]));
+    for (const id of movers) ledger.onDrainStarted(id);
+    say(`fault: drain host ${slot.index} under load; its ${movers.length} ensured agents must move (${movers.join(', ') || 'none'}), nothing taken twice; then uncordon it`);
+    const drainedAtMs = elapsed();
+    let movedAfterMs = Number.NaN;
+    let outcomes = '';
+    try {
+      // Asked again while it runs (a call answers when the drain changes or settles, or after wait_ms).
+      await waitFor(
+        async () => {
+          const drained = await unary(drainAdmin.drainHost.bind(drainAdmin), { hostId: slot.hostId, waitMs: 2_000, watch: false }, CALL_BOUND_MS);
+          const counts = new Map<string, number>();
+          for (const agent of drained.agents) counts.set(agent.outcome, (counts.get(agent.outcome) ?? 0) + 1);
+          outcomes = [...counts].map(([k, v]) => `${k}×${v}`).join(', ');
+          return drained.settled && hasMoved(movers, before, slot);
+        },
+        `the drain of host ${slot.index} to settle with its ensured agents running elsewhere`,
+        STEP_BOUND_MS,
+      );
+      movedAfterMs = elapsed() - drainedAtMs;
+    } catch (err) {
+      fail(err instanceof Error ? err.message : String(err));
+    } finally {
+      for (const id of movers) ledger.onDrainEnded(id);
+      await unary(drainAdmin.uncordonHost.bind(drainAdmin), { hostId: slot.hostId }, CALL_BOUND_MS);
+    }
+    const pinnedGone = pinnedOfSlot(slot.index).filter((id) => !isLiveOn(id, slot));
+    if (pinnedGone.length > 0) fail(`drain of host ${slot.index}: its dispatched agents ${pinnedGone.join(', ')} no longer run there`);
+    drains.push({ slot: slot.index, moved: movers.length, drainToMovedMs: movedAfterMs, outcomes });
+    say(
+      `  host ${slot.index} drained in ${(movedAfterMs / 1000).toFixed(1)} s (${outcomes}): ${movers.map((id) => `${id} → host ${instances.get(id)?.slot ?? '?'}`).join(', ') || 'nothing to move'}; uncordoned`,
+    );
+  };
 
   /** `plannedDeath`: the slot a host death was planned for (see planHostDeath). */
   const runFault = async (kind: FaultKind, plannedDeath?: HostSlot): Promise<void> => {
@@ -1015,6 +1067,16 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
       }
       case 'host-death': {
         await hostDeath(plannedDeath ?? slotWithMostEnsured());
+        return;
+      }
+      case 'drain': {
+        const drainAdmin = drainAdminOf(admin);
+        if (drainAdmin === undefined) {
+          if (drainSkips.length === 0) drainSkips.push('this build has no AdminService.DrainHost');
+          faultCounts.set('drain', (faultCounts.get('drain') ?? 1) - 1);
+          return;
+        }
+        await drainHost(drainAdmin, slotWithMostEnsured());
         return;
       }
       case 'host-crash': {
@@ -1276,7 +1338,8 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
         (hostDeathSkips.length === 0 ? '' : `; skipped in ${hostDeathSkips.join('; ')}`),
     `  ensured agents: ${ensuredIds.size} of ${options.agents}; moves ${c.moves} (${c.movesBeforeOldStopped} before the old copy was seen stopped), ` +
       `long partitions moved ${longPartitions.reduce((n, p) => n + p.moved, 0)} (cut to running again max ${longPartitions.length === 0 ? '-' : `${(Math.max(...longPartitions.map((p) => p.cutToMovedMs)) / 1000).toFixed(1)} s`}); ` +
-      `drains 0 (DrainHost not on this branch); at the end not running somewhere ${ensuredProblems.length}`,
+      `drains ${drains.length}${drains.length === 0 ? ` (${drainSkips.join('; ') || 'none scheduled'})` : ` (${drains.map((d) => `host ${d.slot}: ${d.moved} moved in ${(d.drainToMovedMs / 1000).toFixed(1)} s, ${d.outcomes}`).join('; ')})`}; ` +
+      `at the end not running somewhere ${ensuredProblems.length}`,
     `  two copies at once: overlapping receipts ${c.overlappingReceipts}, overlapping validity ${c.overlappingValidity}, moves without a new incarnation ${c.movesWithoutNewIncarnation}, dispatched agents moved ${c.pinnedMoved}`,
     `  hung agents stopped: ${hungAgents.length} (${hungAgents.filter((h) => h.outcome === 'abandoned').length} abandoned, deadline ${STOP_DEADLINE_MS / 1000} s; ` +
       `StopAgent to report ${hungAgents.length === 0 ? '-' : `${Math.min(...hungAgents.map((h) => h.stopToReportMs))}–${Math.max(...hungAgents.map((h) => h.stopToReportMs))} ms`}; ` +

@@ -43,6 +43,8 @@ export interface AgentInstance {
   isFenced?: boolean;
   /** Its host stopped it (its signal aborted): nothing it sees afterwards counts. */
   isStopped?: boolean;
+  /** A drain of its host moves it: the next instance starts from the acked seq, so anything it takes again is a duplicate. */
+  isDraining?: boolean;
   firstSeq: number;
   lastSeq: number;
   /** Soak time of its first and last receipt (NaN: none). */
@@ -104,6 +106,8 @@ export interface LedgerCounts {
   moves: number;
   /** Moves whose previous instance was not yet seen stopped, dead or fenced when the new one started (a figure: validity is judged by the overlaps). */
   movesBeforeOldStopped: number;
+  /** Moves made by a drain (a hand-over from the acked seq: no redelivery allowed). */
+  movesByDrain: number;
   /** Dispatched (pinned) agents started on another slot: never allowed. */
   pinnedMoved: number;
   /** Moves whose new instance WhoAmI named an incarnation not above every one the previous instance was named. */
@@ -154,6 +158,7 @@ export class Ledger {
     selfFencesUnexcused: 0,
     moves: 0,
     movesBeforeOldStopped: 0,
+    movesByDrain: 0,
     pinnedMoved: 0,
     movesWithoutNewIncarnation: 0,
     overlappingReceipts: 0,
@@ -206,8 +211,10 @@ export class Ledger {
         this.#incident(`${agentId} started again on host ${slot}#${hostIncarnation}, which had it running`);
       } else {
         // Another host incarnation (a crash) or another slot (a move): what the earlier instance took
-        // unacknowledged comes again. Two live, valid copies at once are judged by the overlaps.
-        isAfterHostCrash = true;
+        // unacknowledged comes again. Two live, valid copies at once are judged by the overlaps. Not
+        // after a drain: it waits for the acks of what was taken before it starts the new copy.
+        isAfterHostCrash = previous.isDraining !== true || previous.isDead;
+        if (previous.isDraining === true && !previous.isDead) this.counts.movesByDrain++;
         if (previous.slot === slot) this.counts.restartsAfterHostCrash++;
         else {
           this.counts.moves++;
@@ -236,6 +243,17 @@ export class Ledger {
     record.current = instance;
     record.instances.push(instance);
     return instance;
+  }
+
+  /** A drain of `agentId`'s host began: until {@link onDrainEnded}, its current instance is handed over, not lost. */
+  onDrainStarted(agentId: string): void {
+    const current = this.#record(agentId).current;
+    if (current !== undefined) current.isDraining = true;
+  }
+
+  /** The drain is over (the agent moved, or it did not). */
+  onDrainEnded(agentId: string): void {
+    for (const instance of this.#record(agentId).instances) instance.isDraining = false;
   }
 
   /** The instance was stopped by its host (its signal aborted): what it sees from now on does not count. */

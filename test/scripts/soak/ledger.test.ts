@@ -110,3 +110,21 @@ describe('soak ledger: agents that move, and two live copies at once', () => {
     expect(ledger.incidents.join('\n')).toContain('a moved from host 0 to 1');
   });
 });
+
+describe('soak ledger: a drain hands over from the acknowledged seq', () => {
+  it('calls a message taken again after a drain moved the agent a duplicate, and one taken again after a host death not', () => {
+    const ledger = new Ledger(['a', 'b'], () => false, new Set(['a', 'b']));
+    for (const agentId of ['a', 'b']) {
+      const old = ledger.onInstanceStart(agentId, 0, 1);
+      ledger.onReceipt(old, 1, Ledger.payload(agentId, 0), 1_000);
+    }
+    ledger.onDrainStarted('a');
+    (ledger.current('a') as { isStopped?: boolean }).isStopped = true;
+    ledger.onReceipt(ledger.onInstanceStart('a', 1, 1), 1, Ledger.payload('a', 0), 5_000);
+    ledger.onDrainEnded('a');
+    (ledger.current('b') as { isDead: boolean }).isDead = true;
+    ledger.onReceipt(ledger.onInstanceStart('b', 1, 1), 1, Ledger.payload('b', 0), 5_000);
+    expect(ledger.counts).toMatchObject({ moves: 2, movesByDrain: 1, duplicatedIntoAgent: 1, redeliveredAfterHostCrash: 1 });
+    expect(ledger.incidents).toEqual(['a received seq 1 again on host 1#1']);
+  });
+});
