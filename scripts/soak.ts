@@ -34,10 +34,16 @@
  * again there and no copy of a moved agent may (one that starts must be
  * stopped having taken nothing and made no successful call); a cut of one
  * host's connections; a blackhole shorter than a third of the TTL; a LONG
- * PARTITION, a blackhole of the host with the most ensured agents longer than
- * the TTL (so past the grace: the host fences itself and its ensured agents
- * move, checked within the same bound from the cut), after which the host must
- * be connected and every dispatched agent of it rotated (bounded); a HUNG
+ * PARTITION, a blackhole of the host with the most ensured agents for 1.6 to
+ * 1.7 TTLs (past the grace: the host fences itself; the control plane sees
+ * the silent stream gone at its keepalive, 5 s here, and from then its
+ * ensured agents must run on another host within the same bound as after a
+ * host death, which falls before the heal but for a slow notice), after which
+ * the host must be connected and every dispatched agent of it rotated
+ * (bounded); a DRAIN of the host with the most ensured agents under load
+ * (only where AdminService has DrainHost: its ensured agents must run
+ * elsewhere, its dispatched ones stay, nothing is taken twice; then
+ * UncordonHost); a HUNG
  * AGENT, dispatched to one host as module `hang` (onMessage never settles, the
  * abort signal and close ignored), given a message and stopped: its host must
  * report it abandoned after its stop deadline (5 s on soak hosts) while the
@@ -46,7 +52,7 @@
  * first phase has every kind; the second has all but control-plane restarts
  * and outages, so the control plane's memory is compared across a stretch one
  * process lived. Long partitions and host deaths run first thing in a phase
- * and again only where the phase has room (a long partition 2·TTL + 10 s; a
+ * and again only where the phase has room (a long partition 2.7·TTL + 10 s; a
  * host death what its agents' token expiries make it need, asked before it
  * starts); the summary says "skipped, run too short" otherwise. With the
  * default 40 s TTL a 2-minute run has a host death in its first phase (at
@@ -76,9 +82,6 @@
  * paused, every message delivered, after GC). Exits 1 if any promise broke,
  * if heap grew more than 20 % or descriptors by more than 5 between the last
  * two quiet points, or if anything did not finish within its bound.
- *
- * Not yet: a DRAIN fault (AdminService.DrainHost is not on this branch; where
- * it goes is marked "DRAIN" below).
  *
  * Flags: --minutes (2), --seed, --hosts (3), --agents (30, a third ensured),
  * --agent-ttl (40s; the lost-host grace is half of it), --rate (messages per
@@ -138,6 +141,20 @@ const CLOCK_TOLERANCE_MS = 2_000;
 const MOVE_MARGIN_MS = 8_000;
 /** What a dead host's return takes, for the room a host death needs (its wait is bounded apart). */
 const RETURN_ESTIMATE_MS = 5_000;
+/**
+ * The control plane's transport keepalive in the soak (TETHER_KEEPALIVE; its timeout is 10 s): a
+ * silent partition ends the host's stream on the control plane only when a keepalive goes
+ * unanswered, and the lost-host grace counts from then. The default (30 s) is about 1 % of the
+ * default 1 h TTL; against the soak's 40 s TTL it would keep a partitioned host from being lost
+ * for up to 60 s, so the soak scales it down.
+ */
+const CP_KEEPALIVE_MS = 5_000;
+/**
+ * A long partition lasts this many TTLs: past the keepalive's notice (≤ 15 s) and the last token a
+ * rotation may have sent into the void meanwhile (a TTL) plus the tolerance and the margin, so
+ * its ensured agents must run on another host before it heals.
+ */
+const LONG_PARTITION_TTLS = [1.6, 1.7] as const;
 /** The label every soak host carries, and ensured agents ask for: they may be placed on any host. */
 const SOAK_LABEL = { key: 'soak', value: 'any' } as const;
 
@@ -435,6 +452,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
         // Same machine, no skew: a small tolerance, so an expired token is refused about when it expires.
         TETHER_CLOCK_TOLERANCE: String(CLOCK_TOLERANCE_MS),
         TETHER_LOST_HOST_GRACE: String(graceMs),
+        TETHER_KEEPALIVE: String(CP_KEEPALIVE_MS),
         TETHER_HEARTBEAT_INTERVAL: '5000',
       },
       nodeArgs: ['--expose-gc', '--import', './scripts/support/memory-probe.mjs'],
@@ -661,7 +679,17 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   const rotations = { ok: 0, notConnected: 0, other: 0 };
   const outages: OutageRecord[] = [];
   const hungAgents: HungRecord[] = [];
-  const longPartitions: { slot: number; ms: number; healToConnectedMs: number; healToRotatedMs: number; moved: number; cutToMovedMs: number }[] = [];
+  const longPartitions: {
+    slot: number;
+    ms: number;
+    healToConnectedMs: number;
+    healToRotatedMs: number;
+    moved: number;
+    noticedAfterMs: number;
+    /** The bound for its ensured agents to run elsewhere fell before the heal (so they had to, on another host). */
+    isMovedOff: boolean;
+    cutToMovedMs: number;
+  }[] = [];
   const setControlPlaneDown = (isDown: boolean): void => {
     for (const slot of slots) slot.reach.setControlPlaneDown(isDown, elapsed());
   };
@@ -956,8 +984,8 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
       }
       case 'long-partition': {
         const slot = slotWithMostEnsured();
-        const ms = faults.int(agentTtlMs + 5_000, Math.floor(agentTtlMs * 1.25));
-        // Past the grace: the host fences itself, and its ensured agents move (to another host, or back to it if it heals first).
+        const ms = faults.int(Math.floor(agentTtlMs * LONG_PARTITION_TTLS[0]), Math.floor(agentTtlMs * LONG_PARTITION_TTLS[1]));
+        // Past the grace: the host fences itself, and its ensured agents move to another host.
         const movers = liveOnSlot(slot).filter(isEnsured);
         const before = new Map(movers.map((id) => [id, instances.get(id)]));
         say(
@@ -965,25 +993,47 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
             `its 401s excused from TTL/3 in until TTL/3 after it heals; it must fence itself, and its ${movers.length} ensured agents move`,
         );
         const cutAtMs = elapsed();
-        const cutAtEpochMs = Date.now();
         slot.proxy.blackhole();
         slot.reach.setBlackholed(true, elapsed());
-        // Where its ensured agents went, and when, as it happens (they may move before the heal).
+        // The control plane notices the silent stream by its keepalive, and counts the grace from then. From
+        // then no token can be issued to the host's agents: their latest expiry is final, and so is the bound
+        // (soak time) by which they must run on another host.
+        let noticedAfterMs = Number.NaN;
+        let deadlineMs = Number.NaN;
+        const noticing = (async (): Promise<void> => {
+          for (let n = 0; n < 10_000 && elapsed() - cutAtMs < ms; n++) {
+            if (!(await isListedConnected(slot.hostId))) {
+              noticedAfterMs = elapsed() - cutAtMs;
+              deadlineMs = elapsed() + moveBoundMs(Date.now(), await latestExpiryMs(movers));
+              return;
+            }
+            await pause(500);
+          }
+        })();
+        // When its ensured agents run on another host, as it happens.
         let movedAfterMs = Number.NaN;
         const watching = waitFor(
           () => {
-            if (Number.isNaN(movedAfterMs) && hasMoved(movers, before, undefined)) movedAfterMs = elapsed() - cutAtMs;
+            if (Number.isNaN(movedAfterMs) && hasMoved(movers, before, slot)) movedAfterMs = elapsed() - cutAtMs;
             return !Number.isNaN(movedAfterMs) || elapsed() - cutAtMs >= ms;
           },
           'the partition to end',
           ms + STEP_BOUND_MS,
         );
         await pause(ms);
+        await within(noticing, 'the control plane to notice the partition', STEP_BOUND_MS);
         await watching;
         slot.proxy.heal();
         slot.reach.setBlackholed(false, elapsed());
         const healedAtMs = elapsed();
-        // Back: connected, and every agent of it given a token after the heal.
+        const hadToMoveOff = !Number.isNaN(deadlineMs) && deadlineMs <= healedAtMs;
+        if (hadToMoveOff && (Number.isNaN(movedAfterMs) || cutAtMs + movedAfterMs > deadlineMs)) {
+          fail(
+            `the ensured agents of partitioned host ${slot.index} did not run on another host within ${((deadlineMs - cutAtMs) / 1000).toFixed(1)} s of the cut ` +
+              `(the control plane saw it gone ${(noticedAfterMs / 1000).toFixed(1)} s after it; ${movers.filter((id) => !hasMoved([id], before, slot)).join(', ')} had not moved at the heal)`,
+          );
+        }
+        // Back: connected, and every pinned agent of it given a token after the heal.
         await waitFor(() => slot.host.state === 'connected', `host ${slot.index} to be connected after the long partition`, STEP_BOUND_MS);
         const connectedAfterMs = elapsed() - healedAtMs;
         const isRotated = (): boolean => pinnedOfSlot(slot.index).every((id) => (lastRotationAtMs.get(id) ?? -1) >= healedAtMs);
@@ -993,22 +1043,32 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
           fail(err instanceof Error ? err.message : String(err));
         }
         const rotatedAfterMs = elapsed() - healedAtMs;
-        // Its ensured agents: running again (elsewhere, or here after the heal), bounded as after a host death from the cut.
-        if (Number.isNaN(movedAfterMs)) {
-          // Tokens issued after the cut (the control plane may not have noticed it yet) count: the latest expiry is read now.
-          const boundMs = Math.max(MOVE_MARGIN_MS, moveBoundMs(cutAtEpochMs, await latestExpiryMs(movers)));
+        let ranAgainAfterMs = movedAfterMs;
+        if (!hadToMoveOff) {
+          // Healed before the bound: they may run on another host or on this one again, by the bound or soon after the heal.
+          const boundMs = Math.max(0, (Number.isNaN(deadlineMs) ? 0 : deadlineMs) - elapsed()) + MOVE_MARGIN_MS;
           try {
-            await waitFor(() => hasMoved(movers, before, undefined), `the ensured agents of partitioned host ${slot.index} to run again`, boundMs);
-            movedAfterMs = elapsed() - cutAtMs;
+            await waitFor(() => hasMoved(movers, before, undefined), `the ensured agents of partitioned host ${slot.index} to run again after the heal`, boundMs);
+            ranAgainAfterMs = elapsed() - cutAtMs;
           } catch (err) {
             fail(err instanceof Error ? err.message : String(err));
           }
         }
         const wentTo = movers.map((id) => `${id} → host ${instances.get(id)?.slot ?? '?'}`).join(', ');
-        longPartitions.push({ slot: slot.index, ms, healToConnectedMs: connectedAfterMs, healToRotatedMs: rotatedAfterMs, moved: movers.length, cutToMovedMs: movedAfterMs });
+        longPartitions.push({
+          slot: slot.index,
+          ms,
+          healToConnectedMs: connectedAfterMs,
+          healToRotatedMs: rotatedAfterMs,
+          moved: movers.length,
+          noticedAfterMs,
+          isMovedOff: hadToMoveOff,
+          cutToMovedMs: ranAgainAfterMs,
+        });
         say(
-          `  host ${slot.index} healed: connected ${connectedAfterMs} ms and every pinned agent rotated ${rotatedAfterMs} ms after the heal; ` +
-            `its ensured agents ran again ${(movedAfterMs / 1000).toFixed(1)} s after the cut (${wentTo || 'none'})`,
+          `  host ${slot.index} healed: connected ${connectedAfterMs} ms and every pinned agent rotated ${rotatedAfterMs} ms after the heal; the control plane saw it gone ` +
+            `${(noticedAfterMs / 1000).toFixed(1)} s after the cut; its ensured agents ran ${hadToMoveOff ? 'on other hosts' : 'again (healed before they had to move)'} ` +
+            `${(ranAgainAfterMs / 1000).toFixed(1)} s after the cut (${wentTo || 'none'})`,
         );
         return;
       }
@@ -1141,7 +1201,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
    * (more than a TTL, then the host's way back) runs only where the phase has
    * room for it: first thing, and again only while that much time is left.
    */
-  const longPartitionNeedsMs = agentTtlMs * 2 + 10_000;
+  const longPartitionNeedsMs = agentTtlMs * (LONG_PARTITION_TTLS[1] + 1) + 10_000;
   const longPartitionSkips: string[] = [];
   const chaos = async (kinds: readonly FaultKind[], untilMs: number, phase: string): Promise<void> => {
     const hasLongRoom = (): boolean => untilMs - elapsed() >= longPartitionNeedsMs;
@@ -1337,7 +1397,9 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
         `(${hostDeaths.map((d) => `host ${d.slot}: ${d.moved} in ${(d.deathToRunningElsewhereMs / 1000).toFixed(1)} s of ${(d.boundMs / 1000).toFixed(1)} s allowed, back ${d.returnMs} ms, stale copies ${d.staleStarts}`).join('; ')})` +
         (hostDeathSkips.length === 0 ? '' : `; skipped in ${hostDeathSkips.join('; ')}`),
     `  ensured agents: ${ensuredIds.size} of ${options.agents}; moves ${c.moves} (${c.movesBeforeOldStopped} before the old copy was seen stopped), ` +
-      `long partitions moved ${longPartitions.reduce((n, p) => n + p.moved, 0)} (cut to running again max ${longPartitions.length === 0 ? '-' : `${(Math.max(...longPartitions.map((p) => p.cutToMovedMs)) / 1000).toFixed(1)} s`}); ` +
+      `long partitions moved ${longPartitions.reduce((n, p) => n + p.moved, 0)} (${longPartitions.filter((p) => p.isMovedOff).length} of ${longPartitions.length} had to move them off before the heal; ` +
+      `seen gone by the control plane ${longPartitions.map((p) => `${(p.noticedAfterMs / 1000).toFixed(1)} s`).join(', ') || '-'} after the cut; ` +
+      `cut to running again max ${longPartitions.length === 0 ? '-' : `${(Math.max(...longPartitions.map((p) => p.cutToMovedMs)) / 1000).toFixed(1)} s`}); ` +
       `drains ${drains.length}${drains.length === 0 ? ` (${drainSkips.join('; ') || 'none scheduled'})` : ` (${drains.map((d) => `host ${d.slot}: ${d.moved} moved in ${(d.drainToMovedMs / 1000).toFixed(1)} s, ${d.outcomes}`).join('; ')})`}; ` +
       `at the end not running somewhere ${ensuredProblems.length}`,
     `  two copies at once: overlapping receipts ${c.overlappingReceipts}, overlapping validity ${c.overlappingValidity}, moves without a new incarnation ${c.movesWithoutNewIncarnation}, dispatched agents moved ${c.pinnedMoved}`,
