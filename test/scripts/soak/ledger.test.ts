@@ -45,6 +45,18 @@ describe('soak ledger: agents that move, and two live copies at once', () => {
     expect(ledger.incidents).toEqual([]);
   });
 
+  it('counts what an agent moved off a host that fenced itself takes again as a redelivery, not a duplicate', () => {
+    const ledger = new Ledger(['a'], () => false, new Set(['a']));
+    const old = ledger.onInstanceStart('a', 0, 1);
+    ledger.onReceipt(old, 1, payload('a', 0), 1_000);
+    ledger.onSelfFenced(0, 1, ['a'], 20_000);
+    ledger.onReceipt(ledger.onInstanceStart('a', 2, 1), 1, payload('a', 0), 50_000);
+    ledger.judgeSelfFences(() => true);
+    ledger.judgeOverlaps();
+    expect(ledger.counts).toMatchObject({ moves: 1, movesBeforeOldStopped: 0, restartsAfterSelfFence: 0, redeliveredAfterHostCrash: 1, duplicatedIntoAgent: 0 });
+    expect(ledger.incidents).toEqual([]);
+  });
+
   it('calls a dispatched agent started on another slot an incident', () => {
     const ledger = new Ledger(['a'], () => false, new Set());
     ledger.onInstanceStart('a', 0, 1).isDead = true;
