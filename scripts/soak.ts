@@ -1396,7 +1396,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
         `death to running elsewhere max ${(Math.max(...hostDeaths.map((d) => d.deathToRunningElsewhereMs)) / 1000).toFixed(1)} s ` +
         `(${hostDeaths.map((d) => `host ${d.slot}: ${d.moved} in ${(d.deathToRunningElsewhereMs / 1000).toFixed(1)} s of ${(d.boundMs / 1000).toFixed(1)} s allowed, back ${d.returnMs} ms, stale copies ${d.staleStarts}`).join('; ')})` +
         (hostDeathSkips.length === 0 ? '' : `; skipped in ${hostDeathSkips.join('; ')}`),
-    `  ensured agents: ${ensuredIds.size} of ${options.agents}; moves ${c.moves} (${c.movesBeforeOldStopped} before the old copy was seen stopped), ` +
+    `  ensured agents: ${ensuredIds.size} of ${options.agents}; moves ${c.moves} (${c.movesByDrain} by drains, ${c.movesBeforeOldStopped} before the old copy was seen stopped), ` +
       `long partitions moved ${longPartitions.reduce((n, p) => n + p.moved, 0)} (${longPartitions.filter((p) => p.isMovedOff).length} of ${longPartitions.length} had to move them off before the heal; ` +
       `seen gone by the control plane ${longPartitions.map((p) => `${(p.noticedAfterMs / 1000).toFixed(1)} s`).join(', ') || '-'} after the cut; ` +
       `cut to running again max ${longPartitions.length === 0 ? '-' : `${(Math.max(...longPartitions.map((p) => p.cutToMovedMs)) / 1000).toFixed(1)} s`}); ` +
