@@ -1397,9 +1397,11 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
         `(${hostDeaths.map((d) => `host ${d.slot}: ${d.moved} in ${(d.deathToRunningElsewhereMs / 1000).toFixed(1)} s of ${(d.boundMs / 1000).toFixed(1)} s allowed, back ${d.returnMs} ms, stale copies ${d.staleStarts}`).join('; ')})` +
         (hostDeathSkips.length === 0 ? '' : `; skipped in ${hostDeathSkips.join('; ')}`),
     `  ensured agents: ${ensuredIds.size} of ${options.agents}; moves ${c.moves} (${c.movesByDrain} by drains, ${c.movesBeforeOldStopped} before the old copy was seen stopped), ` +
-      `long partitions moved ${longPartitions.reduce((n, p) => n + p.moved, 0)} (${longPartitions.filter((p) => p.isMovedOff).length} of ${longPartitions.length} had to move them off before the heal; ` +
-      `seen gone by the control plane ${longPartitions.map((p) => `${(p.noticedAfterMs / 1000).toFixed(1)} s`).join(', ') || '-'} after the cut; ` +
-      `cut to running again max ${longPartitions.length === 0 ? '-' : `${(Math.max(...longPartitions.map((p) => p.cutToMovedMs)) / 1000).toFixed(1)} s`}); ` +
+      (longPartitions.length === 0
+        ? 'no long partition; '
+        : `long partitions moved ${longPartitions.reduce((n, p) => n + p.moved, 0)} (${longPartitions.filter((p) => p.isMovedOff).length} of ${longPartitions.length} had to move them off before the heal; ` +
+          `seen gone by the control plane ${longPartitions.map((p) => `${(p.noticedAfterMs / 1000).toFixed(1)} s`).join(', ')} after the cut; ` +
+          `cut to running again max ${(Math.max(...longPartitions.map((p) => p.cutToMovedMs)) / 1000).toFixed(1)} s); `) +
       `drains ${drains.length}${drains.length === 0 ? ` (${drainSkips.join('; ') || 'none scheduled'})` : ` (${drains.map((d) => `host ${d.slot}: ${d.moved} moved in ${(d.drainToMovedMs / 1000).toFixed(1)} s, ${d.outcomes}`).join('; ')})`}; ` +
       `at the end not running somewhere ${ensuredProblems.length}`,
     `  two copies at once: overlapping receipts ${c.overlappingReceipts}, overlapping validity ${c.overlappingValidity}, moves without a new incarnation ${c.movesWithoutNewIncarnation}, dispatched agents moved ${c.pinnedMoved}`,
