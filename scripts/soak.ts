@@ -55,8 +55,10 @@
  * and again only where the phase has room (a long partition 2.7·TTL + 10 s; a
  * host death what its agents' token expiries make it need, asked before it
  * starts); the summary says "skipped, run too short" otherwise. With the
- * default 40 s TTL a 2-minute run has a host death in its first phase (at
- * most about 55 s of its 60 s) but no long partition; `--minutes 6` has both.
+ * default 50 s TTL a 2-minute run has a host death in its first phase (its
+ * agents placed at most about 52 s in, of its 60 s) but no long partition;
+ * `--minutes 6` has a long partition and host deaths, `--minutes 8` a long
+ * partition in each phase.
  *
  * Who judges: an independent ledger of what the sender was told and what the
  * agents received and saw (scripts/soak/ledger.ts). A 401 counts against the
@@ -84,7 +86,7 @@
  * two quiet points, or if anything did not finish within its bound.
  *
  * Flags: --minutes (2), --seed, --hosts (3), --agents (30, a third ensured),
- * --agent-ttl (40s; the lost-host grace is half of it), --rate (messages per
+ * --agent-ttl (50s; the lost-host grace is half of it), --rate (messages per
  * second, 40), --storm-hosts (0: no storm), --keep (keep the temp folder),
  * --heap-snapshots (both processes, at each quiet point). Every wait is
  * bounded and a watchdog ends a soak that runs far past its time. Tokens never
@@ -145,8 +147,8 @@ const RETURN_ESTIMATE_MS = 5_000;
  * The control plane's transport keepalive in the soak (TETHER_KEEPALIVE; its timeout is 10 s): a
  * silent partition ends the host's stream on the control plane only when a keepalive goes
  * unanswered, and the lost-host grace counts from then. The default (30 s) is about 1 % of the
- * default 1 h TTL; against the soak's 40 s TTL it would keep a partitioned host from being lost
- * for up to 60 s, so the soak scales it down.
+ * default 1 h TTL; against the soak's 50 s TTL it would keep a partitioned host from being lost
+ * for up to 40 s past the grace, so the soak scales it down.
  */
 const CP_KEEPALIVE_MS = 5_000;
 /**
@@ -242,7 +244,7 @@ function parseOptions(argv: readonly string[]): SoakOptions {
     .addOption(new Option('--seed <n>', 'seed of the fault schedule (printed; replays it)').argParser(parseCount))
     .addOption(new Option('--hosts <n>', 'agent hosts').default(3).argParser(parseCount))
     .addOption(new Option('--agents <n>', 'module agents over all hosts').default(30).argParser(parseCount))
-    .addOption(new Option('--agent-ttl <duration>', 'agent token lifetime').default(40_000, '40s').argParser(parseDurationMs))
+    .addOption(new Option('--agent-ttl <duration>', 'agent token lifetime').default(50_000, '50s').argParser(parseDurationMs))
     .addOption(new Option('--rate <n>', 'messages per second, all agents together').default(40).argParser(parseCount))
     .addOption(new Option('--storm-hosts <n>', 'after the chaos, a reconnect storm of this many hosts (0: none)').default(0).argParser(parseCount))
     .addOption(new Option('--keep', 'keep the temp folder (data, logs) even if the soak passed'))
@@ -781,10 +783,14 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
    */
   const moveBoundMs = (lastContactAtEpochMs: number, latestExpiryAtEpochMs: number): number =>
     Math.max(lastContactAtEpochMs + graceMs + lostSweepMs, latestExpiryAtEpochMs + CLOCK_TOLERANCE_MS) + MOVE_MARGIN_MS - Date.now();
-  /** What a host death of `slot` would take: the agents to move, and the room it needs in the phase (the return is bounded apart). */
+  /**
+   * What a host death of `slot` would take: the agents to move, and the room it needs in the phase:
+   * when the control plane places them, and the return (the margin of the bound is for a slow start, a
+   * failure bound; a phase overrun by a slow one only makes the run longer).
+   */
   const planHostDeath = async (): Promise<{ slot: HostSlot; needMs: number }> => {
     const slot = slotWithMostEnsured();
-    const needMs = moveBoundMs(Date.now(), await latestExpiryMs(liveOnSlot(slot).filter(isEnsured))) + RETURN_ESTIMATE_MS;
+    const needMs = moveBoundMs(Date.now(), await latestExpiryMs(liveOnSlot(slot).filter(isEnsured))) - MOVE_MARGIN_MS + RETURN_ESTIMATE_MS;
     return { slot, needMs };
   };
   const hostDeaths: { slot: number; moved: number; deathToRunningElsewhereMs: number; boundMs: number; returnMs: number; staleStarts: number }[] = [];
