@@ -7,8 +7,8 @@ export interface ControlPlaneEventMap {
   heartbeat: [{ agentId: string; subject: string; generation: number; tokenId: string }];
   /** A host's stream opened (Welcome sent). */
   'host-connected': [{ hostId: string; sessionId: string }];
-  /** A host's stream ended. */
-  'host-disconnected': [{ hostId: string; sessionId: string }];
+  /** A host's stream ended; `lastContactMs`: when its last message arrived (our clock). */
+  'host-disconnected': [{ hostId: string; sessionId: string; lastContactMs: number }];
   /** A host was declared lost: not connected for the lost-host grace. */
   'host-lost': [{ hostId: string; silentForMs: number }];
   /** An agent changed state. */

@@ -41,9 +41,8 @@
  * host death, which falls before the heal but for a slow notice), after which
  * the host must be connected and every dispatched agent of it rotated
  * (bounded); a DRAIN of the host with the most ensured agents under load
- * (only where AdminService has DrainHost: its ensured agents must run
- * elsewhere, its dispatched ones stay, nothing is taken twice; then
- * UncordonHost); a HUNG
+ * (its ensured agents must run elsewhere, its dispatched ones stay, nothing
+ * is taken twice; then UncordonHost); a HUNG
  * AGENT, dispatched to one host as module `hang` (onMessage never settles, the
  * abort signal and close ignored), given a message and stopped: its host must
  * report it abandoned after its stop deadline (5 s on soak hosts) while the
@@ -181,23 +180,6 @@ const ALL_FAULTS: readonly FaultKind[] = ['cp-restart', 'cp-outage', 'host-crash
 const LONG_FAULTS: readonly FaultKind[] = ['long-partition', 'host-death'];
 /** Faults that take the control plane down: not in the second phase, whose memory is of one process. */
 const CONTROL_PLANE_FAULTS: readonly FaultKind[] = ['cp-restart', 'cp-outage'];
-
-/** What a drain needs of the admin client: AdminService.DrainHost and UncordonHost (issue 15; generated only once the proto has them). */
-interface DrainAdmin {
-  drainHost(
-    request: { hostId: string; waitMs: number; watch: boolean },
-    metadata: grpc.Metadata,
-    options: Partial<grpc.CallOptions>,
-    callback: (err: grpc.ServiceError | null, response: { settled: boolean; agents: { agentId: string; outcome: string }[] }) => void,
-  ): grpc.ClientUnaryCall;
-  uncordonHost(request: { hostId: string }, metadata: grpc.Metadata, options: Partial<grpc.CallOptions>, callback: (err: grpc.ServiceError | null, response: unknown) => void): grpc.ClientUnaryCall;
-}
-
-/** The admin client as a {@link DrainAdmin}, if this build's AdminService has DrainHost; else undefined (the drain fault is skipped). */
-function drainAdminOf(admin: AdminServiceClient): DrainAdmin | undefined {
-  const candidate = admin as unknown as Partial<DrainAdmin>;
-  return typeof candidate.drainHost === 'function' && typeof candidate.uncordonHost === 'function' ? (admin as unknown as DrainAdmin) : undefined;
-}
 
 /** One control-plane outage's figures, for the summary. */
 interface OutageRecord {
@@ -851,15 +833,13 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   };
 
   const drains: { slot: number; moved: number; drainToMovedMs: number; outcomes: string }[] = [];
-  const drainSkips: string[] = [];
   /**
    * DRAIN (issue 15): `slot`'s host is drained under load (AdminService.DrainHost), its ensured agents
    * must run elsewhere (bounded), its dispatched ones stay (the drain reports them so), and a drain
    * hands over from the acknowledged seq: nothing its agents took comes again (the ledger counts any
-   * redelivery after it as a duplicate). Then UncordonHost. `drainAdmin` is the admin client when it
-   * has DrainHost (see {@link drainAdminOf}).
+   * redelivery after it as a duplicate). Then UncordonHost.
    */
-  const drainHost = async (drainAdmin: DrainAdmin, slot: HostSlot): Promise<void> => {
+  const drainHost = async (slot: HostSlot): Promise<void> => {
     const movers = liveOnSlot(slot).filter(isEnsured);
     const before = new Map(movers.map((id) => [id, instances.get(id)]));
     for (const id of movers) ledger.onDrainStarted(id);
@@ -871,7 +851,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
       // Asked again while it runs (a call answers when the drain changes or settles, or after wait_ms).
       await waitFor(
         async () => {
-          const drained = await unary(drainAdmin.drainHost.bind(drainAdmin), { hostId: slot.hostId, waitMs: 2_000, watch: false }, CALL_BOUND_MS);
+          const drained = await unary(admin.drainHost.bind(admin), { hostId: slot.hostId, waitMs: 2_000, watch: false }, CALL_BOUND_MS);
           const counts = new Map<string, number>();
           for (const agent of drained.agents) counts.set(agent.outcome, (counts.get(agent.outcome) ?? 0) + 1);
           outcomes = [...counts].map(([k, v]) => `${k}×${v}`).join(', ');
@@ -885,7 +865,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
       fail(err instanceof Error ? err.message : String(err));
     } finally {
       for (const id of movers) ledger.onDrainEnded(id);
-      await unary(drainAdmin.uncordonHost.bind(drainAdmin), { hostId: slot.hostId }, CALL_BOUND_MS);
+      await unary(admin.uncordonHost.bind(admin), { hostId: slot.hostId }, CALL_BOUND_MS);
     }
     const pinnedGone = pinnedOfSlot(slot.index).filter((id) => !isLiveOn(id, slot));
     if (pinnedGone.length > 0) fail(`drain of host ${slot.index}: its dispatched agents ${pinnedGone.join(', ')} no longer run there`);
@@ -1136,13 +1116,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
         return;
       }
       case 'drain': {
-        const drainAdmin = drainAdminOf(admin);
-        if (drainAdmin === undefined) {
-          if (drainSkips.length === 0) drainSkips.push('this build has no AdminService.DrainHost');
-          faultCounts.set('drain', (faultCounts.get('drain') ?? 1) - 1);
-          return;
-        }
-        await drainHost(drainAdmin, slotWithMostEnsured());
+        await drainHost(slotWithMostEnsured());
         return;
       }
       case 'host-crash': {
@@ -1408,7 +1382,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
         : `long partitions moved ${longPartitions.reduce((n, p) => n + p.moved, 0)} (${longPartitions.filter((p) => p.isMovedOff).length} of ${longPartitions.length} had to move them off before the heal; ` +
           `seen gone by the control plane ${longPartitions.map((p) => `${(p.noticedAfterMs / 1000).toFixed(1)} s`).join(', ')} after the cut; ` +
           `cut to running again max ${(Math.max(...longPartitions.map((p) => p.cutToMovedMs)) / 1000).toFixed(1)} s); `) +
-      `drains ${drains.length}${drains.length === 0 ? ` (${drainSkips.join('; ') || 'none scheduled'})` : ` (${drains.map((d) => `host ${d.slot}: ${d.moved} moved in ${(d.drainToMovedMs / 1000).toFixed(1)} s, ${d.outcomes}`).join('; ')})`}; ` +
+      `drains ${drains.length}${drains.length === 0 ? ' (none scheduled)' : ` (${drains.map((d) => `host ${d.slot}: ${d.moved} moved in ${(d.drainToMovedMs / 1000).toFixed(1)} s, ${d.outcomes}`).join('; ')})`}; ` +
       `at the end not running somewhere ${ensuredProblems.length}`,
     `  two copies at once: overlapping receipts ${c.overlappingReceipts}, overlapping validity ${c.overlappingValidity}, moves without a new incarnation ${c.movesWithoutNewIncarnation}, dispatched agents moved ${c.pinnedMoved}`,
     `  hung agents stopped: ${hungAgents.length} (${hungAgents.filter((h) => h.outcome === 'abandoned').length} abandoned, deadline ${STOP_DEADLINE_MS / 1000} s; ` +

@@ -301,6 +301,7 @@ export class HostService {
       },
     );
     call.on('data', (message: HostMessage) => {
+      if (state.session !== undefined) state.session.lastContactMs = this.#options.clock.now();
       backlog++;
       if (backlog > MAX_INBOUND_BACKLOG) call.pause();
       chain = chain
@@ -336,7 +337,7 @@ export class HostService {
     session.markClosed();
     this.#options.delivery.detachSession(session);
     if (this.#options.sessions.remove(session)) {
-      this.#options.events.emit('host-disconnected', { hostId: session.hostId, sessionId: state.sessionId });
+      this.#options.events.emit('host-disconnected', { hostId: session.hostId, sessionId: state.sessionId, lastContactMs: session.lastContactMs });
       this.#logger.info({ hostId: session.hostId, sessionId: state.sessionId }, 'host disconnected');
     }
   }

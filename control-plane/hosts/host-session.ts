@@ -38,6 +38,12 @@ export class HostSession {
   clockSkewMs = 0;
   /** Envelope-level violations so far on this stream. */
   violations = 0;
+  /**
+   * When the last message from the host arrived (our clock): where the
+   * lost-host grace counts from once the stream is gone, however long the
+   * transport took to notice a silent link.
+   */
+  lastContactMs: number;
   readonly #closed = new AbortController();
   #state: HostSessionState = 'open';
   readonly #call: ServerDuplexStream<HostMessage, ControlMessage>;
@@ -54,6 +60,7 @@ export class HostSession {
     this.sessionId = options.sessionId;
     this.hello = options.hello;
     this.connectedAtMs = options.connectedAtMs;
+    this.lastContactMs = options.connectedAtMs;
     this.#call = options.call;
     this.#writer = new StreamWriter(options.call, { sizeOf: envelopeBytes });
   }

@@ -35,8 +35,8 @@ export class LostHostDetector {
   readonly #options: LostHostDetectorOptions;
   readonly #logger: Logger;
   readonly #startedAtMs: number;
-  /** When each host's last stream ended, on this control plane. */
-  readonly #disconnectedAtMs = new Map<string, number>();
+  /** When each disconnected host last sent us a message, on this control plane. */
+  readonly #lastContactMs = new Map<string, number>();
   /** Hosts declared lost and not connected since. */
   readonly #declared = new Set<string>();
   readonly #stop = new AbortController();
@@ -48,10 +48,12 @@ export class LostHostDetector {
     this.#startedAtMs = options.clock.now();
     options.events.on('host-connected', ({ hostId }) => {
       this.#declared.delete(hostId);
-      this.#disconnectedAtMs.delete(hostId);
+      this.#lastContactMs.delete(hostId);
     });
-    options.events.on('host-disconnected', ({ hostId }) => {
-      if (options.sessions.get(hostId) === undefined) this.#disconnectedAtMs.set(hostId, options.clock.now());
+    // The grace counts from the host's last message, not from when the transport noticed the silence
+    // (a silent link takes keepalive time + timeout to be seen): the promise is about contact.
+    options.events.on('host-disconnected', ({ hostId, lastContactMs }) => {
+      if (options.sessions.get(hostId) === undefined) this.#lastContactMs.set(hostId, lastContactMs);
     });
   }
 
@@ -87,7 +89,7 @@ export class LostHostDetector {
         if (this.#stop.signal.aborted || declared >= maxLostPerSweep) return declared;
         if (host.state === 'revoked' || this.#declared.has(host.hostId) || sessions.get(host.hostId) !== undefined) continue;
         const nowMs = clock.now();
-        const lastContactMs = Math.max(host.lastSeenMs, this.#disconnectedAtMs.get(host.hostId) ?? 0, this.#startedAtMs);
+        const lastContactMs = Math.max(host.lastSeenMs, this.#lastContactMs.get(host.hostId) ?? 0, this.#startedAtMs);
         const silentForMs = nowMs - lastContactMs;
         if (silentForMs < graceMs) continue;
         this.#declared.add(host.hostId);

@@ -101,6 +101,32 @@ describe('lost hosts', () => {
     expect(h.logs.records().some((r) => String(r.msg).includes('fencing this host'))).toBe(true);
   });
 
+  it('counts the grace from the host\'s last message, not from when keepalive noticed the silent link', async () => {
+    harness = await Harness.start({ agentTokenTtlMs: AGENT_TTL_MS, clockToleranceMs: TOLERANCE_MS, keepaliveTimeMs: 1_000, keepaliveTimeoutMs: 1_000 });
+    const h = harness;
+    const proxy = await FaultProxy.start({ targetPort: h.cp.port });
+    proxies.push(proxy);
+    const { hostId } = await h.startHost('silent', { target: proxy.target, keepaliveTimeMs: 1_000, keepaliveTimeoutMs: 1_000 });
+    // Silent from here (the fake clock stands still until the blackhole: nothing the host sends later gets through).
+    const lastContactMs = h.clock.now();
+    proxy.blackhole();
+    // Most of the grace passes on our clock before the transport notices (keepalive runs on the real clock).
+    const SILENT_BEFORE_NOTICED_MS = GRACE_MS - 4_000;
+    h.clock.advance(SILENT_BEFORE_NOTICED_MS);
+    const gone = new Promise<{ lastContactMs: number }>((resolve) => h.cp.events.once('host-disconnected', resolve));
+    await waitUntil(() => h.cp.connectedHosts === 0, 'the control plane to notice the silent link');
+    expect((await gone).lastContactMs).toBe(lastContactMs);
+    const noticedAtMs = h.clock.now();
+    let lostAtMs: number | undefined;
+    h.cp.events.on('host-lost', (e) => {
+      if (e.hostId === hostId) lostAtMs = h.clock.now();
+    });
+    await advanceUntil(h.clock, 250, () => lostAtMs !== undefined, 'the host to be declared lost');
+    // Lost once the grace has passed since its last message: well before a whole grace after the notice.
+    expect(lostAtMs).toBeGreaterThanOrEqual(lastContactMs + GRACE_MS);
+    expect(lostAtMs).toBeLessThan(noticedAtMs + GRACE_MS - 2_000);
+  });
+
   it('a control plane back after a long downtime declares no host lost that reconnects within the grace', async () => {
     harness = await Harness.start({ agentTokenTtlMs: AGENT_TTL_MS, clockToleranceMs: TOLERANCE_MS });
     const h = harness;
