@@ -759,6 +759,8 @@ export class AgentHost {
       if (existing.incarnation === start.incarnation) return;
       await this.#stopAgent(existing, 'superseded by a newer incarnation');
     }
+    // The agent's own handler deadline, if its spec sets one (0: none); else the host's.
+    const handlerDeadlineMs = start.spec?.handlerDeadlineMs ?? this.#options.handlerDeadlineMs;
     try {
       const agent = await HostedAgent.start({
         start,
@@ -776,7 +778,7 @@ export class AgentHost {
         onTaken: this.#emitTaken.bind(this, start.agentId),
         stopDeadlineMs: this.#stopDeadlineMs,
         ...(this.#options.stallAfterMs === undefined ? {} : { stallAfterMs: this.#options.stallAfterMs }),
-        ...(this.#options.handlerDeadlineMs === undefined ? {} : { handlerDeadlineMs: this.#options.handlerDeadlineMs }),
+        ...(handlerDeadlineMs === undefined ? {} : { handlerDeadlineMs }),
         onLiveness: this.#emitLiveness.bind(this, start.agentId, start.incarnation),
       });
       if (this.#state === 'closed' || this.#state === 'refused') {

@@ -1223,10 +1223,17 @@ export class AgentManager {
   }
 }
 
+/** The longest handler deadline an agent may ask for: the host flag's bound. */
+const MAX_HANDLER_DEADLINE_MS = 7 * 24 * 3_600_000;
+
 function validateSpec(spec: AgentSpecRecord): void {
   const audienceFiles = spec.audienceFiles?.files ?? [];
   if (audienceFiles.length > 0 && spec.kind !== 'process') throw new InvalidArgumentError('audience files are for process agents only');
   validateAudienceFiles(audienceFiles);
+  const deadlineMs = spec.handlerDeadlineMs;
+  if (deadlineMs !== undefined && (!Number.isSafeInteger(deadlineMs) || deadlineMs < 0 || deadlineMs > MAX_HANDLER_DEADLINE_MS)) {
+    throw new InvalidArgumentError(`spec.handler_deadline_ms must be from 0 (none) to ${MAX_HANDLER_DEADLINE_MS} (7 days), got ${String(deadlineMs)}`);
+  }
   if (spec.kind === 'module') {
     if (spec.module === '') throw new InvalidArgumentError('a module agent needs spec.module');
   } else if (spec.kind === 'process') {

@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { InvalidArgumentError as CommanderInvalidArgument, type Command } from 'commander';
-import { collectLabel, parseCount, parseDurationMs, readSecret } from '../../common/cli.js';
+import { collectLabel, parseCount, parseDurationMs, parseDurationWithin, readSecret } from '../../common/cli.js';
 import { parseAudienceFile, type AudienceFileSpec } from '../../common/audience-files.js';
 import { assertPlaintextAllowed } from '../../common/loopback.js';
 import { parseSecret, type SecretRedactor } from '../../common/secrets.js';
@@ -114,6 +114,7 @@ interface SpecFlags {
   label?: Label[];
   restart?: string;
   audienceFile?: AudienceFileSpec[];
+  handlerDeadline?: number;
 }
 
 function dispatchRequest(agentId: string, flags: SpecFlags): {
@@ -121,7 +122,7 @@ function dispatchRequest(agentId: string, flags: SpecFlags): {
   name: string;
   hostId: string;
   hostLabels: Label[];
-  spec: { kind: string; module: string; command: string; args: string[]; config: string; audienceFiles?: { files: AudienceFileSpec[] } };
+  spec: { kind: string; module: string; command: string; args: string[]; config: string; audienceFiles?: { files: AudienceFileSpec[] }; handlerDeadlineMs?: number };
   restartPolicy?: string;
 } {
   if ((flags.module === undefined) === (flags.command === undefined)) throw new Error('give exactly one of --module or --command');
@@ -141,6 +142,7 @@ function dispatchRequest(agentId: string, flags: SpecFlags): {
       args: flags.arg ?? [],
       config: flags.config ?? '',
       ...(flags.audienceFile === undefined ? {} : { audienceFiles: { files: flags.audienceFile } }),
+      ...(flags.handlerDeadline === undefined ? {} : { handlerDeadlineMs: flags.handlerDeadline }),
     },
   };
 }
@@ -164,6 +166,11 @@ function addSpecOptions(command: Command): Command {
           throw new CommanderInvalidArgument(err instanceof Error ? err.message : String(err));
         }
       },
+    )
+    .option(
+      '--handler-deadline <duration>',
+      "this agent's own --handler-deadline: how long it may hold one message before its host reports it stalled (0: never; 0–7d; default: its host's)",
+      parseDurationWithin('--handler-deadline', { minMs: 0, maxMs: 7 * 24 * 3_600_000 }),
     )
     .option(
       '--restart <policy>',

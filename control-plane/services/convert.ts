@@ -79,6 +79,7 @@ export function specFromProto(spec: AgentSpec | undefined): AgentSpecRecord {
     args: [...spec.args],
     config: spec.config,
     ...(files.length === 0 ? {} : { audienceFiles: { files: files.map((file) => ({ name: file.name, audience: file.audience })) } }),
+    ...(spec.handlerDeadlineMs === undefined ? {} : { handlerDeadlineMs: spec.handlerDeadlineMs }),
   };
 }
 

@@ -47,6 +47,8 @@ export interface AgentSpecRecord {
   config: string;
   /** Process agents: audience tokens kept in files by the host (absent in records from before them). */
   audienceFiles?: { files: { name: string; audience: string }[] };
+  /** Overrides the host's `--handler-deadline` for this agent (0: none); absent: the host's. */
+  handlerDeadlineMs?: number;
 }
 
 /** A key/value label. */

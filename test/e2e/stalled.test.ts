@@ -6,6 +6,7 @@
  * holding a message past its handler deadline is `stalled` until it lets go;
  * a dead process is `failed`, never `stalled`. Stalled is never a kill.
  */
+import * as grpc from '@grpc/grpc-js';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AgentRecord } from '../../control-plane/store/store.js';
 import { advanceUntil } from '../support/advance-until.js';
-import { call, Harness } from '../support/harness.js';
+import { call, Harness, statusOf } from '../support/harness.js';
 import { ScriptedModule } from '../support/scripted-module.js';
 import { nextEvent, waitUntil } from '../support/wait.js';
 
@@ -183,5 +184,71 @@ describe('stalled agents', () => {
     await taken;
     await waitUntil(async () => (await agentOf(h, 'slow')).state === 'running', 'slow running again');
     expect(scripted.taken('slow')).toEqual(['long job']);
+  });
+
+  it("an agent's own handler deadline overrides its host's: a shorter one stalls sooner, 0 never", async () => {
+    const h = await Harness.start();
+    harness = h;
+    const scripted = new ScriptedModule();
+    cleanups.push(() => scripted.openAll());
+    const { host, hostId } = await h.startHost('h', { modules: new Map([['scripted', scripted.module]]), handlerDeadlineMs: HANDLER_DEADLINE_MS });
+    const OWN_DEADLINE_MS = 10_000;
+    for (const [agentId, handlerDeadlineMs] of [['brisk', OWN_DEADLINE_MS], ['patient', 0], ['usual', undefined]] as const) {
+      const started = nextEvent<{ agentId: string }>(host.events, 'agent-started', (e) => e.agentId === agentId);
+      await call(h.admin.dispatchAgent.bind(h.admin), {
+        agentId,
+        name: agentId,
+        hostId,
+        hostLabels: [],
+        spec: { kind: 'module', module: 'scripted', command: '', args: [], config: '', ...(handlerDeadlineMs === undefined ? {} : { handlerDeadlineMs }) },
+      });
+      await started;
+      scripted.hold(agentId, 'long job');
+      await send(h, agentId, 'long job');
+      await waitUntil(() => scripted.of(agentId).length === 1, `${agentId} holding its message`);
+    }
+    const stateOf = async (agentId: string): Promise<string> => (await agentOf(h, agentId)).state;
+
+    // Past its own deadline, well short of the host's: only brisk is stalled.
+    const brisk = nextEvent<{ agentId: string; isStalled: boolean }>(host.events, 'agent-liveness', (e) => e.agentId === 'brisk');
+    h.clock.advance(OWN_DEADLINE_MS);
+    expect(await brisk).toMatchObject({ isStalled: true });
+    await waitUntil(async () => (await stateOf('brisk')) === 'stalled', 'brisk stalled');
+    expect((await agentOf(h, 'brisk')).detail).toBe(`it has held message 1 for ${OWN_DEADLINE_MS} ms, past its handler deadline of ${OWN_DEADLINE_MS} ms`);
+    expect(await stateOf('usual')).toBe('running');
+
+    // Past the host's: usual too; patient (0: no deadline) never, however long it holds its message.
+    const usual = nextEvent<{ agentId: string; isStalled: boolean }>(host.events, 'agent-liveness', (e) => e.agentId === 'usual');
+    h.clock.advance(HANDLER_DEADLINE_MS - OWN_DEADLINE_MS);
+    expect(await usual).toMatchObject({ isStalled: true });
+    await waitUntil(async () => (await stateOf('usual')) === 'stalled', 'usual stalled');
+    h.clock.advance(10 * HANDLER_DEADLINE_MS);
+    await waitUntil(() => h.cp.isSettled(), 'the control plane settled');
+    expect(await stateOf('patient')).toBe('running');
+    expect(h.logs.records().filter((r) => r.agentId === 'patient' && /stalled/.test(String(r.msg)))).toEqual([]);
+
+    // The override is part of the spec: ensure with another one is a difference.
+    const refused = await statusOf(
+      call(h.admin.ensureAgent.bind(h.admin), {
+        agentId: 'brisk',
+        name: '',
+        hostId,
+        hostLabels: [],
+        spec: { kind: 'module', module: 'scripted', command: '', args: [], config: '', handlerDeadlineMs: 20_000 },
+        update: false,
+      }),
+    );
+    expect(refused).toBe(grpc.status.FAILED_PRECONDITION);
+    // And out of range is refused at dispatch.
+    const tooLong = await statusOf(
+      call(h.admin.dispatchAgent.bind(h.admin), {
+        agentId: 'forever',
+        name: 'forever',
+        hostId,
+        hostLabels: [],
+        spec: { kind: 'module', module: 'scripted', command: '', args: [], config: '', handlerDeadlineMs: 8 * 24 * 3_600_000 },
+      }),
+    );
+    expect(tooLong).toBe(grpc.status.INVALID_ARGUMENT);
   });
 });

@@ -125,7 +125,14 @@ export interface AgentSpec {
    * For kind "process": audience tokens its host keeps in files under
    * <agent dir>/tokens/, for SDKs that read a web-identity token file.
    */
-  audienceFiles?: AudienceFiles | undefined;
+  audienceFiles?:
+    | AudienceFiles
+    | undefined;
+  /**
+   * How long the agent may hold one message (from its handler's start) before
+   * its host reports it `stalled`; 0: never. Absent: the host's --handler-deadline.
+   */
+  handlerDeadlineMs?: number | undefined;
 }
 
 /** Audience tokens kept in files for a process agent. */
@@ -435,7 +442,15 @@ export const Label: MessageFns<Label> = {
 };
 
 function createBaseAgentSpec(): AgentSpec {
-  return { kind: "", module: "", command: "", args: [], config: "", audienceFiles: undefined };
+  return {
+    kind: "",
+    module: "",
+    command: "",
+    args: [],
+    config: "",
+    audienceFiles: undefined,
+    handlerDeadlineMs: undefined,
+  };
 }
 
 export const AgentSpec: MessageFns<AgentSpec> = {
@@ -457,6 +472,9 @@ export const AgentSpec: MessageFns<AgentSpec> = {
     }
     if (message.audienceFiles !== undefined) {
       AudienceFiles.encode(message.audienceFiles, writer.uint32(50).fork()).join();
+    }
+    if (message.handlerDeadlineMs !== undefined) {
+      writer.uint32(56).uint64(message.handlerDeadlineMs);
     }
     return writer;
   },
@@ -522,6 +540,14 @@ export const AgentSpec: MessageFns<AgentSpec> = {
             message.audienceFiles = AudienceFiles.decode(reader, reader.uint32());
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.handlerDeadlineMs = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -546,6 +572,11 @@ export const AgentSpec: MessageFns<AgentSpec> = {
         : isSet(object.audience_files)
         ? AudienceFiles.fromJSON(object.audience_files)
         : undefined,
+      handlerDeadlineMs: isSet(object.handlerDeadlineMs)
+        ? globalThis.Number(object.handlerDeadlineMs)
+        : isSet(object.handler_deadline_ms)
+        ? globalThis.Number(object.handler_deadline_ms)
+        : undefined,
     };
   },
 
@@ -569,6 +600,9 @@ export const AgentSpec: MessageFns<AgentSpec> = {
     if (message.audienceFiles !== undefined) {
       obj.audienceFiles = AudienceFiles.toJSON(message.audienceFiles);
     }
+    if (message.handlerDeadlineMs !== undefined) {
+      obj.handlerDeadlineMs = Math.round(message.handlerDeadlineMs);
+    }
     return obj;
   },
 
@@ -585,6 +619,7 @@ export const AgentSpec: MessageFns<AgentSpec> = {
     message.audienceFiles = (object.audienceFiles !== undefined && object.audienceFiles !== null)
       ? AudienceFiles.fromPartial(object.audienceFiles)
       : undefined;
+    message.handlerDeadlineMs = object.handlerDeadlineMs ?? undefined;
     return message;
   },
 };
