@@ -319,9 +319,8 @@ export function addAdminCommands(program: Command, redactor: SecretRedactor, con
   );
   addOutputOption(addSpecOptions(agents.command('dispatch').description('create an agent and place it on a host; prints the agent').option('--id <agent-id>', 'the agent id (generated if absent)')), false).action(
     async (flags: SpecFlags & { id?: string; output: string }, command: Command) => {
-      const request = dispatchRequest(flags.id ?? '', flags);
       await withClient(command, async (admin) => {
-        const response = await invoke(admin.dispatchAgent.bind(admin), request);
+        const response = await invoke(admin.dispatchAgent.bind(admin), dispatchRequest(flags.id ?? '', flags));
         const agent = response.agent as AgentInfo;
         printObject(formatOf(flags), cliJson(agent) as Record<string, unknown>, agentRows(agent));
       });
@@ -340,9 +339,8 @@ export function addAdminCommands(program: Command, redactor: SecretRedactor, con
     ),
     false,
   ).action(async (agentId: string, flags: SpecFlags & { update?: boolean; output: string }, command: Command) => {
-    const request = { ...dispatchRequest(agentId, flags), update: flags.update === true };
     await withClient(command, async (admin) => {
-      const response = await invoke(admin.ensureAgent.bind(admin), request);
+      const response = await invoke(admin.ensureAgent.bind(admin), { ...dispatchRequest(agentId, flags), update: flags.update === true });
       const agent = response.agent as AgentInfo;
       printObject(formatOf(flags), { created: response.created, updated: response.updated, agent: cliJson(agent) }, [
         ['CREATED', String(response.created)],
