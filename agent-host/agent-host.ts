@@ -731,6 +731,28 @@ export class AgentHost {
     this.events.emit('host-credential', { generation: credential.generation, expiresAtMs: credential.expiresAtMs });
   }
 
+  /** What every hosted agent of this host calls alike. */
+  readonly #agentHooks = {
+    heartbeatIntervalMs: (): number => this.#heartbeatIntervalMs,
+    send: (envelope: HostMessage): void => {
+      // A delivery Ack waits for the others of this turn (see AckBatchingWriter).
+      if (envelope.ack?.seq !== undefined) this.#writer?.ack(envelope.ack);
+      else this.#writer?.write(envelope);
+    },
+  };
+
+  #emitHeartbeat(agentId: string, result: { isOk: boolean; error?: Error; generation: number }): void {
+    this.events.emit('heartbeat', { agentId, ...result });
+  }
+
+  #emitTaken(agentId: string, seq: number): void {
+    this.events.emit('message-taken', { agentId, seq });
+  }
+
+  #emitLiveness(agentId: string, incarnation: number, liveness: { isStalled: boolean; detail: string }): void {
+    this.events.emit('agent-liveness', { agentId, incarnation, ...liveness });
+  }
+
   async #onStartAgent(writer: AckBatchingWriter, start: StartAgent): Promise<void> {
     const existing = this.#agents.get(start.agentId);
     if (existing !== undefined) {
@@ -746,19 +768,16 @@ export class AgentHost {
         logger: this.#options.logger,
         channel: this.#channel,
         target: this.#options.target,
-        heartbeatIntervalMs: () => this.#heartbeatIntervalMs,
+        // Each agent holds these for its life: shared functions and bound methods, not closures (per-agent memory, issue 16).
+        heartbeatIntervalMs: this.#agentHooks.heartbeatIntervalMs,
         callDeadlineMs: this.#cadence().callDeadlineMs,
-        onHeartbeat: (result) => this.events.emit('heartbeat', { agentId: start.agentId, ...result }),
-        send: (envelope) => {
-          // A delivery Ack waits for the others of this turn (see AckBatchingWriter).
-          if (envelope.ack?.seq !== undefined) this.#writer?.ack(envelope.ack);
-          else this.#writer?.write(envelope);
-        },
-        onTaken: (seq) => this.events.emit('message-taken', { agentId: start.agentId, seq }),
+        onHeartbeat: this.#emitHeartbeat.bind(this, start.agentId),
+        send: this.#agentHooks.send,
+        onTaken: this.#emitTaken.bind(this, start.agentId),
         stopDeadlineMs: this.#stopDeadlineMs,
         ...(this.#options.stallAfterMs === undefined ? {} : { stallAfterMs: this.#options.stallAfterMs }),
         ...(this.#options.handlerDeadlineMs === undefined ? {} : { handlerDeadlineMs: this.#options.handlerDeadlineMs }),
-        onLiveness: (liveness) => this.events.emit('agent-liveness', { agentId: start.agentId, incarnation: start.incarnation, ...liveness }),
+        onLiveness: this.#emitLiveness.bind(this, start.agentId, start.incarnation),
       });
       if (this.#state === 'closed' || this.#state === 'refused') {
         await agent.stop();

@@ -43,6 +43,8 @@ export interface ProcessAgentVariables {
   config: string;
   /** CA certificate to verify a TLS control plane. */
   caFile?: string;
+  /** `TETHER_AUDIENCE_FILE_<NAME>` → path of each audience-token file. */
+  audienceFiles?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -64,5 +66,6 @@ export function childEnvironment(parent: Readonly<Record<string, string | undefi
   env.TETHER_AGENT_DIR = agent.agentDir;
   if (agent.config !== '') env.TETHER_AGENT_CONFIG = agent.config;
   if (agent.caFile !== undefined && agent.caFile !== '') env.TETHER_CA_FILE = agent.caFile;
+  for (const [name, path] of Object.entries(agent.audienceFiles ?? {})) if (name.startsWith('TETHER_AUDIENCE_FILE_')) env[name] = path;
   return env;
 }

@@ -83,17 +83,28 @@ export class CredentialHolder implements ReadOnlyCredentials {
     this.#token = '';
   }
 
+  #viewToken(): string {
+    return this.get();
+  }
+
+  #viewExpiresAtMs(): number {
+    return this.#expiresAtMs;
+  }
+
+  #viewGeneration(): number {
+    return this.#generation;
+  }
+
   /** A frozen view with no way to set or revoke: what agents and tools are given. */
   readOnly(): ReadOnlyCredentials {
     if (this.#readOnly === undefined) {
-      const get = (): string => this.get();
-      const expiresAtMs = (): number => this.#expiresAtMs;
-      const generation = (): number => this.#generation;
+      // Bound methods, not closures: one view per agent, and under tsx each named closure (or bound module
+      // function, which tsx names too) carries a property store of its own, ~256 B.
       this.#readOnly = Object.freeze(
         Object.create(null, {
-          get: { value: get, enumerable: true },
-          expiresAtMs: { get: expiresAtMs, enumerable: true },
-          generation: { get: generation, enumerable: true },
+          get: { value: this.#viewToken.bind(this), enumerable: true },
+          expiresAtMs: { get: this.#viewExpiresAtMs.bind(this), enumerable: true },
+          generation: { get: this.#viewGeneration.bind(this), enumerable: true },
         }) as ReadOnlyCredentials,
       );
     }

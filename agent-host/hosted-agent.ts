@@ -120,6 +120,7 @@ export class HostedAgent {
   readonly #stallAfterMs: number;
   readonly #handlerDeadlineMs: number;
   readonly #onLiveness: HostedAgentOptions['onLiveness'];
+  readonly #onHeartbeat: HostedAgentOptions['onHeartbeat'];
   /** Since when a probe has gone unanswered (the first probe sent after the last answer); undefined: answered. */
   #unansweredSinceMs: number | undefined;
   /** The message in hand and since when; undefined: none. */
@@ -142,6 +143,7 @@ export class HostedAgent {
     this.#stallAfterMs = options.stallAfterMs ?? 0;
     this.#handlerDeadlineMs = options.handlerDeadlineMs ?? 0;
     this.#onLiveness = options.onLiveness;
+    this.#onHeartbeat = options.onHeartbeat;
   }
 
   /** Applies the start credential, starts the runner and starts heartbeating. */
@@ -159,7 +161,7 @@ export class HostedAgent {
     });
     try {
       agent.#runner = await startWithin(
-        options.runner({ start, credentials: holder.readOnly(), client, clock, logger, signal: agent.#abort.signal, onPong: () => agent.#onPong() }),
+        options.runner({ start, credentials: holder.readOnly(), client, clock, logger, signal: agent.#abort.signal, onPong: agent.#onPong.bind(agent) }),
         clock,
         options.stopDeadlineMs ?? DEFAULT_STOP_DEADLINE_MS,
         logger,
@@ -179,10 +181,8 @@ export class HostedAgent {
       clock,
       intervalMs: options.heartbeatIntervalMs,
       signal: agent.#abort.signal,
-      onBeat: (result) => {
-        if (!result.isOk) logger.warn({ err: result.error, gen: holder.generation }, 'heartbeat failed');
-        options.onHeartbeat({ ...result, generation: holder.generation });
-      },
+      // Bound, not a closure over `options`: each idle agent holds this for its life.
+      onBeat: agent.#onBeat.bind(agent),
     });
     return agent;
   }
@@ -256,6 +256,11 @@ export class HostedAgent {
       }
       await this.#clock.sleep(intervalMs, signal);
     }
+  }
+
+  #onBeat(result: { isOk: boolean; error?: Error }): void {
+    if (!result.isOk) this.#logger.warn({ err: result.error, gen: this.holder.generation }, 'heartbeat failed');
+    this.#onHeartbeat({ ...result, generation: this.holder.generation });
   }
 
   #onPong(): void {

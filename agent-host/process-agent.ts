@@ -12,6 +12,7 @@ import { childEnvironment } from './child-environment.js';
 import { encodeMessageLine, encodePingLine, LineSplitter, parseControlLine, redactJwts, type SplitLine } from './process-protocol.js';
 import { forgetAgentProcess, recordAgentProcess, stopStaleAgentProcess } from './stale-agents.js';
 import { TokenFile } from './token-file.js';
+import { AudienceFileKeeper } from './audience-file-keeper.js';
 import type { DeliveredMessage } from './tools/agent-module.js';
 
 /** An agent id usable as one path component (the control plane's own pattern: no `/`, never `.` or `..`). */
@@ -83,6 +84,7 @@ export class ProcessAgent implements AgentRunner {
   readonly #child: ChildProcessWithoutNullStreams;
   readonly #tokenFile: TokenFile;
   readonly #agentDir: string;
+  readonly #audienceFiles: AudienceFileKeeper | undefined;
   readonly #clock: Clock;
   readonly #logger: Logger;
   readonly #stopGraceMs: number;
@@ -94,10 +96,18 @@ export class ProcessAgent implements AgentRunner {
   #lastPing = 0;
   readonly #onPong: (() => void) | undefined;
 
-  private constructor(child: ChildProcessWithoutNullStreams, tokenFile: TokenFile, agentDir: string, context: AgentRunnerContext, stopGraceMs: number) {
+  private constructor(
+    child: ChildProcessWithoutNullStreams,
+    tokenFile: TokenFile,
+    agentDir: string,
+    audienceFiles: AudienceFileKeeper | undefined,
+    context: AgentRunnerContext,
+    stopGraceMs: number,
+  ) {
     this.#child = child;
     this.#tokenFile = tokenFile;
     this.#agentDir = agentDir;
+    this.#audienceFiles = audienceFiles;
     this.#clock = context.clock;
     this.#logger = context.logger.child({ pid: child.pid });
     this.#stopGraceMs = stopGraceMs;
@@ -153,6 +163,25 @@ export class ProcessAgent implements AgentRunner {
     await stopStaleAgentProcess(agentDir, context.logger);
     const tokenFile = new TokenFile(join(agentDir, 'token'));
     await tokenFile.write(context.credentials.get());
+    // Audience tokens in files (<agent dir>/tokens/NAME), written before the agent starts and kept fresh while it runs.
+    const audienceFileSpecs = spec.audienceFiles?.files ?? [];
+    let audienceFiles: AudienceFileKeeper | undefined;
+    if (audienceFileSpecs.length > 0) {
+      const credential = start.credential;
+      try {
+        audienceFiles = await AudienceFileKeeper.start({
+          dir: join(agentDir, 'tokens'),
+          files: audienceFileSpecs,
+          client: context.client,
+          clock: context.clock,
+          logger: context.logger,
+          agentTokenTtlMs: credential === undefined ? 0 : credential.expiresAtMs - credential.issuedAtMs,
+        });
+      } catch (err) {
+        await tokenFile.close();
+        throw new FailedPreconditionError(`cannot write the audience files: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+      }
+    }
     const env = childEnvironment(options.environment, {
       agentId: start.agentId,
       name: start.name,
@@ -162,6 +191,7 @@ export class ProcessAgent implements AgentRunner {
       agentDir,
       config: spec.config,
       ...(options.caFile === undefined ? {} : { caFile: options.caFile }),
+      ...(audienceFiles === undefined ? {} : { audienceFiles: audienceFiles.variables() }),
     });
     let child: ChildProcessWithoutNullStreams;
     try {
@@ -188,9 +218,10 @@ export class ProcessAgent implements AgentRunner {
       });
     } catch (err) {
       await tokenFile.close();
+      await audienceFiles?.close();
       throw new FailedPreconditionError(`cannot start ${spec.command}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
     }
-    const agent = new ProcessAgent(child, tokenFile, agentDir, context, options.stopGraceMs);
+    const agent = new ProcessAgent(child, tokenFile, agentDir, audienceFiles, context, options.stopGraceMs);
     // Known on disk while it runs, so a later run of this host can stop it if this one dies first.
     if (child.pid !== undefined) {
       // Not fatal (the child is running): without the record, only a later run of this host is left blind to it.
@@ -231,6 +262,7 @@ export class ProcessAgent implements AgentRunner {
   /** Replaces the token file; the stream's next envelope is handled only after this resolves. */
   async applyCredential(credential: Credential): Promise<void> {
     await this.#tokenFile.write(credential.token);
+    this.#audienceFiles?.onCredential();
   }
 
   /** Stops the child (stdin closed and SIGTERM, SIGKILL after the grace period) and removes its token file. Idempotent. */
@@ -260,6 +292,7 @@ export class ProcessAgent implements AgentRunner {
     }
     await this.ended;
     await this.#tokenFile.close();
+    await this.#audienceFiles?.close();
     await forgetAgentProcess(this.#agentDir);
     this.#child.stdout.destroy();
     this.#child.stderr.destroy();
@@ -278,6 +311,7 @@ export class ProcessAgent implements AgentRunner {
     this.#child.stdout.destroy();
     this.#child.stderr.destroy();
     await this.#tokenFile.close();
+    await this.#audienceFiles?.close();
   }
 
   /** Signals the child's process group (the child alone on Windows), only while the child is not reaped (its pid cannot be reused yet). */

@@ -34,21 +34,52 @@ export class SystemClock implements Clock {
    */
   sleep(ms: number, signal?: AbortSignal): Promise<void> {
     if (signal?.aborted === true) return Promise.resolve();
-    let remainingMs = Number.isNaN(ms) ? 0 : Math.max(0, ms);
-    return new Promise((resolve) => {
-      let timer: NodeJS.Timeout | undefined;
-      const done = (): void => {
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', done);
-        resolve();
-      };
-      const arm = (): void => {
-        const stepMs = Math.min(remainingMs, MAX_TIMER_DELAY_MS);
-        remainingMs -= stepMs;
-        timer = setTimeout(remainingMs > 0 ? arm : done, stepMs);
-      };
-      arm();
-      signal?.addEventListener('abort', done, { once: true });
-    });
+    const remainingMs = Number.isNaN(ms) ? 0 : Math.max(0, ms);
+    return new Promise((resolve) => Sleep.start(remainingMs, signal, resolve));
+  }
+}
+
+/**
+ * One pending {@link SystemClock.sleep}: its timer, and the listener on its
+ * signal (itself, by `handleEvent`). An object rather than closures: every idle
+ * agent's heartbeat loop and every host session's loops hold one, and under tsx
+ * (which names each closure it can, a property of its own) two named closures
+ * cost about half a KiB per sleep.
+ */
+class Sleep {
+  readonly #resolve: () => void;
+  readonly #signal: AbortSignal | undefined;
+  #remainingMs: number;
+  #timer: NodeJS.Timeout | undefined;
+
+  private constructor(remainingMs: number, signal: AbortSignal | undefined, resolve: () => void) {
+    this.#remainingMs = remainingMs;
+    this.#signal = signal;
+    this.#resolve = resolve;
+  }
+
+  /** Arms the first timer and listens to `signal`; `resolve` is called once, when the time is up or the signal aborts. */
+  static start(remainingMs: number, signal: AbortSignal | undefined, resolve: () => void): void {
+    const sleep = new Sleep(remainingMs, signal, resolve);
+    sleep.#arm();
+    signal?.addEventListener('abort', sleep, { once: true });
+  }
+
+  static #fire(this: void, sleep: Sleep): void {
+    if (sleep.#remainingMs > 0) sleep.#arm();
+    else sleep.handleEvent();
+  }
+
+  #arm(): void {
+    const stepMs = Math.min(this.#remainingMs, MAX_TIMER_DELAY_MS);
+    this.#remainingMs -= stepMs;
+    this.#timer = setTimeout(Sleep.#fire, stepMs, this);
+  }
+
+  /** The signal aborted, or the time is up: ends the sleep. */
+  handleEvent(): void {
+    clearTimeout(this.#timer);
+    this.#signal?.removeEventListener('abort', this);
+    this.#resolve();
   }
 }

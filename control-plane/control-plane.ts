@@ -33,7 +33,8 @@ import { agentService } from './services/agent-service.js';
 import { HeartbeatLedger } from './services/heartbeat-ledger.js';
 import type { Store } from './store/store.js';
 import { KeyRevoker } from './tokens/key-revoker.js';
-import { JWKS_MAX_AGE_MS, SigningKeyRing } from './tokens/signing-keys.js';
+import { AUDIENCE_KEY_PURPOSE, FEDERATION_ALGORITHM, JWKS_MAX_AGE_MS, MAX_FEDERATION_KEYS, SigningKeyRing } from './tokens/signing-keys.js';
+import { discoveryDocument, federationPaths, parseIssuerUrl } from './tokens/discovery.js';
 import { TokenIssuer } from './tokens/token-issuer.js';
 import { TokenVerifier, verifierCacheSize } from './tokens/token-verifier.js';
 
@@ -75,6 +76,14 @@ export interface ControlPlaneOptions {
   isInsecureAllowed?: boolean;
   issuer?: string;
   audience?: string;
+  /**
+   * Federation: the `iss` of audience tokens, an HTTPS URL (plain HTTP only on
+   * loopback), which then are signed ES256 by their own keys; the HTTP listener
+   * serves the OpenID discovery document and the federation JWKS under it.
+   */
+  issuerUrl?: string;
+  /** The most keys the federation JWKS holds; from 3 to {@link MAX_FEDERATION_KEYS} (the default). */
+  maxFederationKeys?: number;
   agentTokenTtlMs?: number;
   /** Lifetime of tokens minted for other audiences (MintToken); never past the agent token's `exp`. Default 5 min. */
   audienceTokenTtlMs?: number;
@@ -241,6 +250,7 @@ export class ControlPlane {
   readonly #verifier: TokenVerifier;
   readonly #issuer: TokenIssuer;
   readonly #keys: SigningKeyRing;
+  readonly #federationKeys: SigningKeyRing | undefined;
   readonly #logger: Logger;
   readonly #metrics: { registry: Registry; close: () => void };
   readonly #heartbeats: HeartbeatLedger;
@@ -264,6 +274,7 @@ export class ControlPlane {
     verifier: TokenVerifier;
     issuer: TokenIssuer;
     keys: SigningKeyRing;
+    federationKeys: SigningKeyRing | undefined;
     logger: Logger;
     metrics: { registry: Registry; close: () => void };
     heartbeats: HeartbeatLedger;
@@ -285,6 +296,7 @@ export class ControlPlane {
     this.#verifier = parts.verifier;
     this.#issuer = parts.issuer;
     this.#keys = parts.keys;
+    this.#federationKeys = parts.federationKeys;
     this.#logger = parts.logger;
     this.#metrics = parts.metrics;
     this.#heartbeats = parts.heartbeats;
@@ -337,7 +349,27 @@ export class ControlPlane {
     // The longest any token lives, plus the tolerance: how long a retired key keeps verifying.
     const maxTokenLifetimeMs = Math.max(agentTokenTtlMs, hostTokenTtlMs) + clockToleranceMs;
     const keys = await SigningKeyRing.load({ store, clock, logger: root.child({ component: 'keys' }), maxTokenLifetimeMs });
-    const issuer = new TokenIssuer({ keys, clock, issuer: issuerName, audience });
+    const issuerUrl = options.issuerUrl === undefined ? undefined : parseIssuerUrl(options.issuerUrl);
+    const maxFederationKeys = options.maxFederationKeys ?? MAX_FEDERATION_KEYS;
+    if (!Number.isSafeInteger(maxFederationKeys) || maxFederationKeys < 3 || maxFederationKeys > MAX_FEDERATION_KEYS) {
+      throw new InvalidArgumentError(`maxFederationKeys must be a whole number from 3 to ${MAX_FEDERATION_KEYS}, got ${maxFederationKeys}`);
+    }
+    // Loaded after the own keys, which fix the verify-until of keys older than key states (all of them own keys).
+    const federationKeys =
+      issuerUrl === undefined
+        ? undefined
+        : await SigningKeyRing.load({
+            store,
+            clock,
+            logger: root.child({ component: 'keys' }),
+            purpose: AUDIENCE_KEY_PURPOSE,
+            algorithm: FEDERATION_ALGORITHM,
+            maxPublishedKeys: maxFederationKeys,
+            // An audience token never outlives the agent token it was minted with.
+            maxTokenLifetimeMs: agentTokenTtlMs + clockToleranceMs,
+          });
+    const federation = federationKeys === undefined || issuerUrl === undefined ? undefined : { keys: federationKeys, issuer: issuerUrl.issuer };
+    const issuer = new TokenIssuer({ keys, clock, issuer: issuerName, audience, ...(federation === undefined ? {} : { federation }) });
     const sessions = new HostSessions();
     const heartbeats = new HeartbeatLedger();
     // The verifier consults agents and hosts on a cache miss; they are built below (and before any call can arrive).
@@ -347,6 +379,7 @@ export class ControlPlane {
       issuer: issuerName,
       audience,
       clockToleranceMs,
+      ...(federation === undefined ? {} : { federation }),
       // Live tokens: of the agents scheduled for rotation (live, host connected) and of the connected hosts.
       cacheSize: () => verifierCacheSize(agents.scheduledAgents, sessions.size),
       isRevoked: async (claims): Promise<boolean> => {
@@ -451,6 +484,7 @@ export class ControlPlane {
 
     const keyRevoker = new KeyRevoker({
       keys,
+      ...(federationKeys === undefined ? {} : { federationKeys }),
       verifier,
       store,
       clock,
@@ -476,7 +510,7 @@ export class ControlPlane {
     });
     const hostServer: HostServiceServer = { connect: (call) => hosts.connect(call) };
     server.addService(HostServiceService, hostServer);
-    server.addService(AgentServiceService, agentService({ authenticator, agents, clock, events, heartbeats, issuer, audienceTokenTtlMs, delivery, logger: root }));
+    server.addService(AgentServiceService, agentService({ authenticator, agents, clock, events, heartbeats, issuer, audienceTokenTtlMs, agentTokenTtlMs, delivery, logger: root }));
     server.addService(AdminServiceService, adminService({
         authenticator,
         agents,
@@ -484,6 +518,7 @@ export class ControlPlane {
         delivery,
         store,
         keys,
+        federationKeys,
         clock,
         heartbeats,
         logger: root,
@@ -506,11 +541,26 @@ export class ControlPlane {
     let http: HttpServer | undefined;
     let httpPort = 0;
     if (options.httpAddress !== undefined) {
+      const paths = issuerUrl === undefined ? undefined : federationPaths(issuerUrl);
+      const discovery = issuerUrl === undefined ? undefined : JSON.stringify(discoveryDocument(issuerUrl));
       http = createServer((request, response) => {
-        if (request.method === 'GET' && request.url === '/.well-known/jwks.json') {
+        const path = (request.url ?? '').split('?')[0] ?? '';
+        if (request.method === 'GET' && path === '/.well-known/jwks.json') {
           response.writeHead(200, { 'content-type': 'application/jwk-set+json', 'cache-control': `max-age=${JWKS_MAX_AGE_MS / 1000}` });
           response.end(JSON.stringify(keys.jwks(clock.now())));
           return;
+        }
+        if (request.method === 'GET' && paths !== undefined && federationKeys !== undefined) {
+          if (paths.discovery.includes(path)) {
+            response.writeHead(200, { 'content-type': 'application/json', 'cache-control': `max-age=${JWKS_MAX_AGE_MS / 1000}` });
+            response.end(discovery);
+            return;
+          }
+          if (paths.jwks.includes(path)) {
+            response.writeHead(200, { 'content-type': 'application/jwk-set+json', 'cache-control': `max-age=${JWKS_MAX_AGE_MS / 1000}` });
+            response.end(JSON.stringify(federationKeys.jwks(clock.now())));
+            return;
+          }
         }
         if (answerMetrics(metrics.registry, logger, request, response)) return;
         if (request.method === 'GET' && request.url === '/healthz') {
@@ -525,16 +575,20 @@ export class ControlPlane {
       httpPort = await listen(http, options.httpAddress);
     }
 
+    if (issuerUrl !== undefined && http === undefined) {
+      logger.warn({ issuer: issuerUrl.issuer }, 'an issuer URL without an HTTP listener: no discovery document is served, so targets cannot find the federation keys');
+    }
     agents.start();
     delivery.start();
     keys.start();
+    federationKeys?.start();
     lostHosts.start();
     await agents.resumeFenced();
     await agents.placePending();
     // After the hosts' streams can open: a resumed drain moves agents as their hosts come back.
     await drains.start();
     logger.info({ port, httpPort, agentTokenTtlMs, hostTokenTtlMs, lostHostGraceMs, tls: options.tls !== undefined }, 'control plane serving');
-    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, logger, metrics, heartbeats, health, clock, shutdownGraceMs, lostHosts, drains });
+    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, federationKeys, logger, metrics, heartbeats, health, clock, shutdownGraceMs, lostHosts, drains });
   }
 
   /** How many hosts are connected. */
@@ -597,6 +651,11 @@ export class ControlPlane {
     return this.#keys;
   }
 
+  /** @internal The federation keys (audience tokens under an issuer URL); undefined without one. */
+  get federationKeys(): SigningKeyRing | undefined {
+    return this.#federationKeys;
+  }
+
   /**
    * Stops serving, gracefully: health turns NOT_SERVING (for `""` and each
    * service; Watch streams are told and ended), new streams are refused, host
@@ -634,6 +693,7 @@ export class ControlPlane {
     await this.#agents.close();
     await this.#delivery.close();
     await this.#keys.close();
+    await this.#federationKeys?.close();
     if (this.#http !== undefined) {
       const http = this.#http;
       http.closeAllConnections();

@@ -70,6 +70,11 @@ export function controlPlaneProgram(given: Partial<ControlPlaneActions> = {}, re
     .addOption(new Option('--agent-token-ttl <duration>', 'agent token lifetime').env('TETHER_AGENT_TOKEN_TTL').default(3_600_000, '1h').argParser(parseDurationWithin('--agent-token-ttl', BOUNDS.agentTokenTtl)))
     .addOption(new Option('--host-token-ttl <duration>', 'host token lifetime').env('TETHER_HOST_TOKEN_TTL').default(259_200_000, '72h').argParser(parseDurationWithin('--host-token-ttl', BOUNDS.hostTokenTtl)))
     .addOption(new Option('--audience-token-ttl <duration>', 'lifetime of tokens minted for other services (never past the agent token)').env('TETHER_AUDIENCE_TOKEN_TTL').default(300_000, '5m').argParser(parseDurationWithin('--audience-token-ttl', BOUNDS.audienceTokenTtl)))
+    .addOption(
+      new Option('--issuer-url <url>', 'federation: the https:// URL of audience tokens (their iss), signed ES256, with the OpenID discovery document served on the HTTP port (see docs/federation.md)').env(
+        'TETHER_ISSUER_URL',
+      ),
+    )
     .addOption(new Option('--join-token-ttl <duration>', 'default join token lifetime').env('TETHER_JOIN_TOKEN_TTL').default(3_600_000, '1h').argParser(parseDurationWithin('--join-token-ttl', BOUNDS.joinTokenTtl)))
     .addOption(new Option('--clock-tolerance <duration>', 'allowed clock skew on nbf/exp').env('TETHER_CLOCK_TOLERANCE').default(30_000, '30s').argParser(parseDurationWithin('--clock-tolerance', BOUNDS.clockTolerance)))
     .addOption(

@@ -2,12 +2,16 @@
  * `npm run soak -- --minutes N [--seed S] [--storm-hosts N]`: the chaos soak.
  *
  * What runs: `control-plane serve` as a child process (bin/control-plane.js, a
- * data directory in a temp folder, short agent TTL, real clock), and in this
- * process several agent hosts, each on a channel of its own and through a
- * fault proxy of its own, with module agents that record every message they
- * are given and keep making tool calls (WhoAmI and Heartbeat as themselves,
- * now and then a Heartbeat for another agent, which must be refused). A sender
- * keeps a steady load of messages going (idempotency keys, retries).
+ * data directory in a temp folder, short agent TTL, a lost-host grace of half
+ * of it, real clock), and in this process several agent hosts, each on a
+ * channel of its own and through a fault proxy of its own, all carrying the
+ * label soak=any, with module agents that record every message they are given
+ * and keep making tool calls (WhoAmI and Heartbeat as themselves, now and then
+ * a Heartbeat for another agent, which must be refused). Two thirds of the
+ * agents are DISPATCHED to a fixed host (restart policy never: they never
+ * move); a third are ENSURED (EnsureAgent, placed by the label among all
+ * hosts: they move when their host is lost). A sender keeps a steady load of
+ * messages going (idempotency keys, retries).
  *
  * What breaks, at seeded random moments (the seed is printed; --seed replays
  * the schedule): SIGKILL and restart of the control plane (same port, same data
@@ -19,20 +23,42 @@
  * reconnect attempts: the host's backoff grows), then restarted on the same
  * port and data directory, printing per host the time from listening to its
  * Welcome; a host crash (its proxy closed at once and every agent of it dead
- * on the spot, a new host started from the same data directory: the agents
- * start again there, so what the dead ones had taken may come again); a cut of
- * one host's connections; a blackhole shorter than a third of the TTL; a LONG
- * PARTITION, a blackhole of one host longer than the TTL, after which the host
- * must be connected and every agent of it rotated (bounded); only where a
- * phase has room for it (2·TTL + 10 s: not in a 2-minute run, which says
- * "long partition: skipped, run too short"); a HUNG AGENT, dispatched to one
- * host as module `hang` (onMessage never settles, the abort signal and close
- * ignored), given a message and stopped: its host must report it abandoned
- * after its stop deadline (5 s on soak hosts) while the other agents of that
- * host take messages and apply a rotation forced meanwhile; a signing-key
- * rotation; a forced rotation of every agent. The first phase has every kind;
- * the second has all but control-plane restarts and outages, so the control
- * plane's memory is compared across a stretch one process lived.
+ * on the spot, a new host started from the same data directory within the
+ * grace: the agents start again there, so what the dead ones had taken may
+ * come again); a HOST DEATH: the host with the most ensured agents crashed the
+ * same way and left dead past the lost-host grace: its ensured agents must run
+ * on other hosts, with every message confirmed before the death delivered,
+ * within the control plane's own bound (its grace and sweep, or the last token
+ * of the old incarnation expired, plus the tolerance, whichever is later, plus
+ * 8 s); then it returns from its data directory, its dispatched agents start
+ * again there and no copy of a moved agent may (one that starts must be
+ * stopped having taken nothing and made no successful call); a cut of one
+ * host's connections; a blackhole shorter than a third of the TTL; a LONG
+ * PARTITION, a blackhole of the host with the most ensured agents for 1.6 to
+ * 1.7 TTLs (past the grace: the host fences itself; the control plane sees
+ * the silent stream gone at its keepalive, 5 s here, and from then its
+ * ensured agents must run on another host within the same bound as after a
+ * host death, which falls before the heal but for a slow notice), after which
+ * the host must be connected and every dispatched agent of it rotated
+ * (bounded); a DRAIN of the host with the most ensured agents under load
+ * (only where AdminService has DrainHost: its ensured agents must run
+ * elsewhere, its dispatched ones stay, nothing is taken twice; then
+ * UncordonHost); a HUNG
+ * AGENT, dispatched to one host as module `hang` (onMessage never settles, the
+ * abort signal and close ignored), given a message and stopped: its host must
+ * report it abandoned after its stop deadline (5 s on soak hosts) while the
+ * other agents of that host take messages and apply a rotation forced
+ * meanwhile; a signing-key rotation; a forced rotation of every agent. The
+ * first phase has every kind; the second has all but control-plane restarts
+ * and outages, so the control plane's memory is compared across a stretch one
+ * process lived. Long partitions and host deaths run first thing in a phase
+ * and again only where the phase has room (a long partition 2.7·TTL + 10 s; a
+ * host death what its agents' token expiries make it need, asked before it
+ * starts); the summary says "skipped, run too short" otherwise. With the
+ * default 50 s TTL a 2-minute run has a host death in its first phase (its
+ * agents placed at most about 52 s in, of its 60 s) but no long partition;
+ * `--minutes 6` has a long partition and host deaths, `--minutes 8` a long
+ * partition in each phase.
  *
  * Who judges: an independent ledger of what the sender was told and what the
  * agents received and saw (scripts/soak/ledger.ts). A 401 counts against the
@@ -41,17 +67,30 @@
  * scheduled outage of its host (a blackhole of its link, the control plane
  * down) that had lasted more than TTL/3, or one that did and ended less than
  * TTL/3 before. Control-plane outages and short blackholes are below TTL/3, so
- * in practice only long partitions excuse: see scripts/soak/reachability.ts. Memory:
+ * in practice only long partitions excuse: see scripts/soak/reachability.ts
+ * (a dead host's agents are dead: nothing they see counts). A host may fence
+ * itself only inside such a long outage. An agent started on another host
+ * than its last is a MOVE, allowed for ensured agents only; what the new copy
+ * takes again is a redelivery, counted apart. NEVER TWO COPIES AT ONCE, judged
+ * at the end over every pair of instances (host slot, host incarnation, start)
+ * of an agent: their stretches of receipts must not overlap, nor may their
+ * own successful calls have been certainly accepted over overlapping stretches
+ * (each call accepted somewhere between its start and end; see
+ * Ledger.judgeOverlaps), and a move must come with a new incarnation (WhoAmI).
+ * At the end every ensured agent is `running` (GetAgent) on a connected host
+ * where the soak sees its one live instance. Memory:
  * heap after a full collection, RSS and open descriptors (/proc/<pid>/fd) of
  * this process and the control plane, at quiet points (no fault active, load
  * paused, every message delivered, after GC). Exits 1 if any promise broke,
  * if heap grew more than 20 % or descriptors by more than 5 between the last
  * two quiet points, or if anything did not finish within its bound.
  *
- * Flags: --minutes (2), --seed, --hosts (3), --agents (30), --agent-ttl (60s),
- * --rate (messages per second, 40), --storm-hosts (0: no storm), --keep (keep
- * the temp folder), --heap-snapshots (both processes, at each quiet point). Every wait is bounded and a watchdog ends a soak that runs
- * far past its time. Tokens never reach any output; the logs are checked.
+ * Flags: --minutes (2), --seed, --hosts (3), --agents (30, a third ensured),
+ * --agent-ttl (50s; the lost-host grace is half of it), --rate (messages per
+ * second, 40), --storm-hosts (0: no storm), --keep (keep the temp folder),
+ * --heap-snapshots (both processes, at each quiet point). Every wait is
+ * bounded and a watchdog ends a soak that runs far past its time. Tokens never
+ * reach any output; the logs are checked.
  */
 import { randomBytes, randomInt } from 'node:crypto';
 import { createWriteStream, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -95,11 +134,70 @@ const STOP_DEADLINE_MS = 5_000;
 const OUTAGE_MARGIN_MS = 3_000;
 /** Rotations fall due at 40 % of a token's life left: outages start when the lowest left is within a band above it. */
 const ROTATION_LEFT_FRACTION = 0.4;
+/** The control plane's clock tolerance in the soak (same machine, no skew). */
+const CLOCK_TOLERANCE_MS = 2_000;
+/**
+ * Past what the control plane's own timers allow (its lost-host sweep, its fence wait), how long
+ * the soak gives the agents of a lost host to be running elsewhere: the placement and start.
+ */
+const MOVE_MARGIN_MS = 8_000;
+/** What a dead host's return takes, for the room a host death needs (its wait is bounded apart). */
+const RETURN_ESTIMATE_MS = 5_000;
+/**
+ * The control plane's transport keepalive in the soak (TETHER_KEEPALIVE; its timeout is 10 s): a
+ * silent partition ends the host's stream on the control plane only when a keepalive goes
+ * unanswered, and the lost-host grace counts from then. The default (30 s) is about 1 % of the
+ * default 1 h TTL; against the soak's 50 s TTL it would keep a partitioned host from being lost
+ * for up to 40 s past the grace, so the soak scales it down.
+ */
+const CP_KEEPALIVE_MS = 5_000;
+/**
+ * A long partition lasts this many TTLs: past the keepalive's notice (≤ 15 s) and the last token a
+ * rotation may have sent into the void meanwhile (a TTL) plus the tolerance and the margin, so
+ * its ensured agents must run on another host before it heals.
+ */
+const LONG_PARTITION_TTLS = [1.6, 1.7] as const;
+/** The label every soak host carries, and ensured agents ask for: they may be placed on any host. */
+const SOAK_LABEL = { key: 'soak', value: 'any' } as const;
 
-type FaultKind = 'cp-restart' | 'cp-outage' | 'host-crash' | 'cut' | 'blackhole' | 'long-partition' | 'hung-agent' | 'key-rotation' | 'rotate-all';
-const ALL_FAULTS: readonly FaultKind[] = ['cp-restart', 'cp-outage', 'host-crash', 'cut', 'blackhole', 'long-partition', 'hung-agent', 'key-rotation', 'rotate-all'];
+/**
+ * The lost-host grace the soak's control plane runs with: half the TTL (the least it accepts is a
+ * third plus the tolerance). Short enough that a host death fits a 2-minute soak's first phase,
+ * long enough that the host fences itself (a tolerance before it) well after any short outage the
+ * schedule makes (below TTL/3 − 3 s) and its reconnect.
+ */
+function lostHostGraceMs(agentTtlMs: number): number {
+  return Math.max(Math.ceil(agentTtlMs / 3) + CLOCK_TOLERANCE_MS, Math.floor(agentTtlMs / 2));
+}
+
+/** Whether the `index`-th soak agent is created with EnsureAgent (a third of them, spread over the slots), else dispatched to a slot. */
+function isEnsuredIndex(index: number, hosts: number): boolean {
+  return Math.floor(index / hosts) % 3 === 2;
+}
+
+type FaultKind = 'cp-restart' | 'cp-outage' | 'host-crash' | 'host-death' | 'drain' | 'cut' | 'blackhole' | 'long-partition' | 'hung-agent' | 'key-rotation' | 'rotate-all';
+const ALL_FAULTS: readonly FaultKind[] = ['cp-restart', 'cp-outage', 'host-crash', 'host-death', 'drain', 'cut', 'blackhole', 'long-partition', 'hung-agent', 'key-rotation', 'rotate-all'];
+/** Faults that need a long stretch of the phase (run first thing, and again only where the phase has room). */
+const LONG_FAULTS: readonly FaultKind[] = ['long-partition', 'host-death'];
 /** Faults that take the control plane down: not in the second phase, whose memory is of one process. */
 const CONTROL_PLANE_FAULTS: readonly FaultKind[] = ['cp-restart', 'cp-outage'];
+
+/** What a drain needs of the admin client: AdminService.DrainHost and UncordonHost (issue 15; generated only once the proto has them). */
+interface DrainAdmin {
+  drainHost(
+    request: { hostId: string; waitMs: number; watch: boolean },
+    metadata: grpc.Metadata,
+    options: Partial<grpc.CallOptions>,
+    callback: (err: grpc.ServiceError | null, response: { settled: boolean; agents: { agentId: string; outcome: string }[] }) => void,
+  ): grpc.ClientUnaryCall;
+  uncordonHost(request: { hostId: string }, metadata: grpc.Metadata, options: Partial<grpc.CallOptions>, callback: (err: grpc.ServiceError | null, response: unknown) => void): grpc.ClientUnaryCall;
+}
+
+/** The admin client as a {@link DrainAdmin}, if this build's AdminService has DrainHost; else undefined (the drain fault is skipped). */
+function drainAdminOf(admin: AdminServiceClient): DrainAdmin | undefined {
+  const candidate = admin as unknown as Partial<DrainAdmin>;
+  return typeof candidate.drainHost === 'function' && typeof candidate.uncordonHost === 'function' ? (admin as unknown as DrainAdmin) : undefined;
+}
 
 /** One control-plane outage's figures, for the summary. */
 interface OutageRecord {
@@ -146,7 +244,7 @@ function parseOptions(argv: readonly string[]): SoakOptions {
     .addOption(new Option('--seed <n>', 'seed of the fault schedule (printed; replays it)').argParser(parseCount))
     .addOption(new Option('--hosts <n>', 'agent hosts').default(3).argParser(parseCount))
     .addOption(new Option('--agents <n>', 'module agents over all hosts').default(30).argParser(parseCount))
-    .addOption(new Option('--agent-ttl <duration>', 'agent token lifetime').default(60_000, '60s').argParser(parseDurationMs))
+    .addOption(new Option('--agent-ttl <duration>', 'agent token lifetime').default(50_000, '50s').argParser(parseDurationMs))
     .addOption(new Option('--rate <n>', 'messages per second, all agents together').default(40).argParser(parseCount))
     .addOption(new Option('--storm-hosts <n>', 'after the chaos, a reconnect storm of this many hosts (0: none)').default(0).argParser(parseCount))
     .addOption(new Option('--keep', 'keep the temp folder (data, logs) even if the soak passed'))
@@ -310,6 +408,9 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   const stamp = (): string => `[+${(elapsed() / 1000).toFixed(1)}s]`;
   const say = (line: string): void => console.log(`${stamp()} ${line}`);
   const { agentTtlMs } = options;
+  const graceMs = lostHostGraceMs(agentTtlMs);
+  /** The control plane's lost-host sweep (see control-plane.ts): a host is declared lost at most this long after the grace. */
+  const lostSweepMs = Math.min(30_000, Math.max(1_000, Math.floor(graceMs / 20)));
   const totalMs = options.minutes * 60_000;
   const warmupMs = Math.min(60_000, Math.max(10_000, totalMs * 0.12));
   const phase1Ms = totalMs * 0.5;
@@ -317,7 +418,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   const faults = SeededRandom.derived(options.seed, 'faults');
   const loadRandom = SeededRandom.derived(options.seed, 'load');
   console.log(
-    `soak: seed=${options.seed} minutes=${options.minutes} hosts=${options.hosts} agents=${options.agents} agent-ttl=${agentTtlMs / 1000}s rate=${options.rate}/s` +
+    `soak: seed=${options.seed} minutes=${options.minutes} hosts=${options.hosts} agents=${options.agents} agent-ttl=${agentTtlMs / 1000}s lost-host-grace=${graceMs / 1000}s rate=${options.rate}/s` +
       ` (replay: npm run soak -- --minutes ${options.minutes} --seed ${options.seed})`,
   );
 
@@ -351,7 +452,9 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
       env: {
         TETHER_AGENT_TOKEN_TTL: String(agentTtlMs),
         // Same machine, no skew: a small tolerance, so an expired token is refused about when it expires.
-        TETHER_CLOCK_TOLERANCE: '2000',
+        TETHER_CLOCK_TOLERANCE: String(CLOCK_TOLERANCE_MS),
+        TETHER_LOST_HOST_GRACE: String(graceMs),
+        TETHER_KEEPALIVE: String(CP_KEEPALIVE_MS),
         TETHER_HEARTBEAT_INTERVAL: '5000',
       },
       nodeArgs: ['--expose-gc', '--import', './scripts/support/memory-probe.mjs'],
@@ -369,10 +472,13 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   });
 
   const agentIds = Array.from({ length: options.agents }, (_, i) => `soak-${String(i).padStart(3, '0')}`);
+  /** Created with EnsureAgent, placed by label among all hosts: they move when their host is lost. The others are dispatched to `slotOf`. */
+  const ensuredIds = new Set(agentIds.filter((_, i) => isEnsuredIndex(i, options.hosts)));
+  const isEnsured = (agentId: string): boolean => ensuredIds.has(agentId);
   const slots: HostSlot[] = [];
   const slotOf = (agentId: string): number => agentIds.indexOf(agentId) % options.hosts;
   // A 401 is excused by the fault schedule only: during a scheduled outage longer than TTL/3 and a third of a TTL after it.
-  const ledger = new Ledger(agentIds, (slot, atMs) => slots[slot]?.reach.isExcused(atMs) ?? true);
+  const ledger = new Ledger(agentIds, (slot, atMs) => slots[slot]?.reach.isExcused(atMs) ?? true, ensuredIds);
   /** Per agent: when a rotation was last applied on its current host (soak time). */
   const lastRotationAtMs = new Map<string, number>();
   /** Hung agents: started on their host, and given their message. */
@@ -381,6 +487,8 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   /** Per agent: when a WhoAmI of its last succeeded (soak time). */
   const lastToolOkAtMs = new Map<string, number>();
   const instances = new Map<string, AgentInstance>();
+  /** When each instance started (soak time). */
+  const instanceStartedAtMs = new WeakMap<AgentInstance, number>();
   let isShuttingDown = false;
   const crashedHostClosings: Promise<void>[] = [];
   const toolLoops = new Set<Promise<void>>();
@@ -389,6 +497,8 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   const soakModule = (slot: number, hostIncarnation: number): AgentModule => (context: AgentContext) => {
     const instance = ledger.onInstanceStart(context.agentId, slot, hostIncarnation);
     instances.set(context.agentId, instance);
+    instanceStartedAtMs.set(instance, elapsed());
+    context.signal.addEventListener('abort', () => ledger.onInstanceStopped(instance), { once: true });
     const loop = toolCalls(context, instance).catch((err: unknown) => fail(`tool loop of ${context.agentId} threw: ${String(err)}`));
     toolLoops.add(loop);
     loop.then(
@@ -399,7 +509,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
       onMessage: (message) => {
         // A crashed host's agents take nothing more: they died with it.
         if (instance.isDead) return Promise.reject(new Error('this agent died with its host'));
-        ledger.onReceipt(instance, message.seq, message.payload);
+        ledger.onReceipt(instance, message.seq, message.payload, elapsed());
         return Promise.resolve();
       },
       close: () => loop,
@@ -429,32 +539,37 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
     for (let round = 0; !isOver(); round++) {
       await context.clock.sleep(random.int(2_000, 4_000), context.signal);
       if (isOver()) return;
+      // Each call's start is kept with its end: it was accepted somewhere between (see Ledger.judgeOverlaps).
+      let startedAtMs = elapsed();
       try {
         const me = await context.agent.whoAmI({ signal: context.signal });
         if (isOver()) return;
-        ledger.onToolCall(instance, 'as-itself', 'ok', elapsed());
+        ledger.onToolCall(instance, 'as-itself', 'ok', elapsed(), '', startedAtMs);
         lastToolOkAtMs.set(context.agentId, elapsed());
         if (me.agentId !== context.agentId) ledger.onWrongIdentity(instance, me.agentId);
+        else ledger.onIncarnation(instance, Number(me.incarnation));
       } catch (err) {
         if (isOver()) return;
-        ledger.onToolCall(instance, 'as-itself', outcomeOf(err), elapsed(), `(WhoAmI: ${err instanceof Error ? err.message : String(err)})`);
+        ledger.onToolCall(instance, 'as-itself', outcomeOf(err), elapsed(), `(WhoAmI: ${err instanceof Error ? err.message : String(err)})`, startedAtMs);
       }
+      startedAtMs = elapsed();
       try {
         await context.agent.heartbeat(context.agentId, { signal: context.signal });
         if (isOver()) return;
-        ledger.onToolCall(instance, 'as-itself', 'ok', elapsed());
+        ledger.onToolCall(instance, 'as-itself', 'ok', elapsed(), '', startedAtMs);
       } catch (err) {
         if (isOver()) return;
-        ledger.onToolCall(instance, 'as-itself', outcomeOf(err), elapsed(), `(Heartbeat: ${err instanceof Error ? err.message : String(err)})`);
+        ledger.onToolCall(instance, 'as-itself', outcomeOf(err), elapsed(), `(Heartbeat: ${err instanceof Error ? err.message : String(err)})`, startedAtMs);
       }
       if (round % 5 === 4 && others.length > 0) {
+        startedAtMs = elapsed();
         try {
           await context.agent.heartbeat(random.pick(others), { signal: context.signal });
           if (isOver()) return;
-          ledger.onToolCall(instance, 'as-another', 'ok', elapsed());
+          ledger.onToolCall(instance, 'as-another', 'ok', elapsed(), '', startedAtMs);
         } catch (err) {
           if (isOver()) return;
-          ledger.onToolCall(instance, 'as-another', outcomeOf(err), elapsed(), `(Heartbeat as another: ${err instanceof Error ? err.message : String(err)})`);
+          ledger.onToolCall(instance, 'as-another', outcomeOf(err), elapsed(), `(Heartbeat as another: ${err instanceof Error ? err.message : String(err)})`, startedAtMs);
         }
       }
     }
@@ -473,6 +588,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
         ['hang', hangModule],
       ]),
       stopDeadlineMs: STOP_DEADLINE_MS,
+      labels: [SOAK_LABEL],
       channelOptions: { 'grpc.use_local_subchannel_pool': 1 },
     });
     // Only the slot's current host speaks for it (a crashed one is let go; its events mean nothing).
@@ -497,11 +613,30 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   };
 
   const allConnected = (): boolean => slots.every((s) => s.host.state === 'connected');
-  const agentsOfSlot = (index: number): string[] => agentIds.filter((id) => slotOf(id) === index);
-  const slotAgentsStarted = (slot: HostSlot): boolean =>
-    agentsOfSlot(slot.index).every((id) => {
+  /** Whether `instance` is alive: not dead with its host, not stopped or fenced by it. */
+  const isLive = (instance: AgentInstance | undefined): instance is AgentInstance =>
+    instance !== undefined && !instance.isDead && instance.isStopped !== true && instance.isFenced !== true;
+  /** Whether `agentId`'s latest instance is alive on `slot`'s current host. */
+  const isLiveOn = (agentId: string, slot: HostSlot): boolean => {
+    const instance = instances.get(agentId);
+    return isLive(instance) && instance.slot === slot.index && instance.hostIncarnation === slot.incarnation;
+  };
+  /** The dispatched agents, pinned to `index` for good. */
+  const pinnedOfSlot = (index: number): string[] => agentIds.filter((id) => !isEnsured(id) && slotOf(id) === index);
+  /** The agents alive on `slot`'s current host now (pinned or ensured). */
+  const liveOnSlot = (slot: HostSlot): string[] => agentIds.filter((id) => isLiveOn(id, slot));
+  /** Whether every one of `agentIds` runs on `slot`'s current host. */
+  const allLiveOn = (slot: HostSlot, ids: readonly string[]): boolean => ids.every((id) => isLiveOn(id, slot));
+  /**
+   * Whether every one of `agentIds` has an instance started after `sinceInstances` (its instance then), alive on a
+   * connected host other than `awayFrom` (any host, with `awayFrom` undefined).
+   */
+  const hasMoved = (ids: readonly string[], sinceInstances: ReadonlyMap<string, AgentInstance | undefined>, awayFrom: HostSlot | undefined): boolean =>
+    ids.every((id) => {
       const instance = instances.get(id);
-      return instance !== undefined && instance.slot === slot.index && instance.hostIncarnation === slot.incarnation;
+      if (!isLive(instance) || instance === sinceInstances.get(id)) return false;
+      const slot = slots[instance.slot];
+      return slot !== undefined && slot !== awayFrom && slot.host.state === 'connected' && instance.hostIncarnation === slot.incarnation;
     });
 
   // Hosts and agents.
@@ -522,15 +657,19 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   }
   await waitFor(allConnected, 'every host to connect', STEP_BOUND_MS);
   for (const agentId of agentIds) {
+    const spec = { kind: 'module', module: 'soak', command: '', args: [], config: '' };
+    if (isEnsured(agentId)) {
+      await unary(admin.ensureAgent.bind(admin), { agentId, name: agentId, spec, hostId: '', hostLabels: [SOAK_LABEL], update: false }, CALL_BOUND_MS);
+      continue;
+    }
     const slot = slots[slotOf(agentId)] as HostSlot;
-    await unary(
-      admin.dispatchAgent.bind(admin),
-      { agentId, name: agentId, hostId: slot.hostId, hostLabels: [], spec: { kind: 'module', module: 'soak', command: '', args: [], config: '' } },
-      CALL_BOUND_MS,
-    );
+    await unary(admin.dispatchAgent.bind(admin), { agentId, name: agentId, hostId: slot.hostId, hostLabels: [], spec }, CALL_BOUND_MS);
   }
-  await waitFor(() => slots.every(slotAgentsStarted), 'every agent to start', STEP_BOUND_MS);
-  say(`${options.hosts} hosts connected, ${options.agents} agents running`);
+  await waitFor(() => agentIds.every((id) => slots.some((slot) => isLiveOn(id, slot))) && slots.every((slot) => allLiveOn(slot, pinnedOfSlot(slot.index))), 'every agent to start', STEP_BOUND_MS);
+  say(
+    `${options.hosts} hosts connected, ${options.agents} agents running (${ensuredIds.size} ensured, placed by label: ` +
+      `${slots.map((slot) => `host ${slot.index} ${liveOnSlot(slot).filter(isEnsured).length}`).join(', ')}; the others dispatched to a host)`,
+  );
 
   const load = new Load(admin, ledger, agentIds, options.rate, loadRandom);
   load.start(Math.min(6, options.agents));
@@ -542,7 +681,17 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   const rotations = { ok: 0, notConnected: 0, other: 0 };
   const outages: OutageRecord[] = [];
   const hungAgents: HungRecord[] = [];
-  const longPartitions: { slot: number; ms: number; healToConnectedMs: number; healToRotatedMs: number }[] = [];
+  const longPartitions: {
+    slot: number;
+    ms: number;
+    healToConnectedMs: number;
+    healToRotatedMs: number;
+    moved: number;
+    noticedAfterMs: number;
+    /** The bound for its ensured agents to run elsewhere fell before the heal (so they had to, on another host). */
+    isMovedOff: boolean;
+    cutToMovedMs: number;
+  }[] = [];
   const setControlPlaneDown = (isDown: boolean): void => {
     for (const slot of slots) slot.reach.setControlPlaneDown(isDown, elapsed());
   };
@@ -569,27 +718,185 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
     });
   };
 
-  const crashHost = async (slot: HostSlot): Promise<void> => {
-    const oldHost = slot.host;
-    const oldProxy = slot.proxy;
-    // The new proxy first, so it cannot be given the port the old one frees.
-    const newProxy = await FaultProxy.start({ targetPort: port });
-    // One synchronous step: every agent of the host dies and its links are reset, as if the process died.
-    for (const id of agentsOfSlot(slot.index)) {
-      const instance = instances.get(id);
-      if (instance !== undefined && instance.slot === slot.index && instance.hostIncarnation === slot.incarnation) instance.isDead = true;
-    }
-    slot.reach.setStreamUp(false, elapsed());
-    const proxyClosed = oldProxy.close();
-    // The object itself is let go: its links are gone, so nothing it does any more reaches the control plane.
-    crashedHostClosings.push(proxyClosed.then(() => oldHost.close()));
-    slot.incarnation++;
-    slot.proxy = newProxy;
-    slot.host = startHost(slot.index, newProxy, undefined, slot.incarnation);
-    await waitFor(() => slot.host.state === 'connected' && slotAgentsStarted(slot), `host ${slot.index} to come back with its agents`, STEP_BOUND_MS);
+  /** The slot with the most ensured agents alive on it (ties: the schedule's pick), so that a loss of it moves something. */
+  const slotWithMostEnsured = (): HostSlot => {
+    const ensuredOn = (slot: HostSlot): number => liveOnSlot(slot).filter(isEnsured).length;
+    const most = Math.max(...slots.map(ensuredOn));
+    return faults.pick(slots.filter((slot) => ensuredOn(slot) === most));
   };
 
-  const runFault = async (kind: FaultKind): Promise<void> => {
+  /**
+   * Kills `slot`'s host as a process death would: in one synchronous step every
+   * agent of it dies and its links are reset. Returns the agents alive on it.
+   */
+  const killHost = (slot: HostSlot): string[] => {
+    const wereThere = liveOnSlot(slot);
+    for (const id of agentIds) {
+      for (const instance of ledger.instancesOf(id)) if (instance.slot === slot.index && instance.hostIncarnation === slot.incarnation) instance.isDead = true;
+    }
+    slot.reach.setStreamUp(false, elapsed());
+    const oldHost = slot.host;
+    // The object itself is let go: its links are gone, so nothing it does any more reaches the control plane.
+    crashedHostClosings.push(slot.proxy.close().then(() => oldHost.close()));
+    return wereThere;
+  };
+  /** A new host for `slot` from the same data directory, behind `proxy` (started before the old one closed, so it cannot get its port). */
+  const reviveHost = (slot: HostSlot, proxy: FaultProxy): void => {
+    slot.incarnation++;
+    slot.proxy = proxy;
+    slot.host = startHost(slot.index, proxy, undefined, slot.incarnation);
+  };
+
+  const crashHost = async (slot: HostSlot): Promise<void> => {
+    const newProxy = await FaultProxy.start({ targetPort: port });
+    const wereThere = killHost(slot);
+    reviveHost(slot, newProxy);
+    // Back within the grace: every agent it had (pinned or ensured) starts again there.
+    await waitFor(() => slot.host.state === 'connected' && allLiveOn(slot, wereThere), `host ${slot.index} to come back with its agents`, STEP_BOUND_MS);
+  };
+
+  /** Whether the control plane lists `hostId` as connected. */
+  const isListedConnected = async (hostId: string): Promise<boolean> => {
+    for (let pageToken = '', page = 0; page < 100; page++) {
+      const listed = await unary(admin.listHosts.bind(admin), { pageSize: 100, pageToken }, CALL_BOUND_MS);
+      const host = listed.hosts.find((h) => h.hostId === hostId);
+      if (host !== undefined) return host.connected;
+      if (listed.nextPageToken === '') return false;
+      pageToken = listed.nextPageToken;
+    }
+    return false;
+  };
+  /** The latest expiry of a token the control plane issued to any of `agentIds` (epoch ms; 0 for none). */
+  const latestExpiryMs = async (ids: readonly string[]): Promise<number> => {
+    let latest = 0;
+    for (const agentId of ids) {
+      const got = await unary(admin.getAgent.bind(admin), { agentId }, CALL_BOUND_MS);
+      latest = Math.max(latest, got.agent?.expiresAtMs ?? 0);
+    }
+    return latest;
+  };
+  /**
+   * How long after a host's last contact its ensured agents can take to run
+   * elsewhere: the control plane declares it lost after the grace (and its
+   * sweep), and places each agent once the last token of its old incarnation
+   * has expired, plus the tolerance; then the placement and start (a margin).
+   */
+  const moveBoundMs = (lastContactAtEpochMs: number, latestExpiryAtEpochMs: number): number =>
+    Math.max(lastContactAtEpochMs + graceMs + lostSweepMs, latestExpiryAtEpochMs + CLOCK_TOLERANCE_MS) + MOVE_MARGIN_MS - Date.now();
+  /**
+   * What a host death of `slot` would take: the agents to move, and the room it needs in the phase:
+   * when the control plane places them, and the return (the margin of the bound is for a slow start, a
+   * failure bound; a phase overrun by a slow one only makes the run longer).
+   */
+  const planHostDeath = async (): Promise<{ slot: HostSlot; needMs: number }> => {
+    const slot = slotWithMostEnsured();
+    const needMs = moveBoundMs(Date.now(), await latestExpiryMs(liveOnSlot(slot).filter(isEnsured))) - MOVE_MARGIN_MS + RETURN_ESTIMATE_MS;
+    return { slot, needMs };
+  };
+  const hostDeaths: { slot: number; moved: number; deathToRunningElsewhereMs: number; boundMs: number; returnMs: number; staleStarts: number }[] = [];
+  const hostDeathSkips: string[] = [];
+
+  /**
+   * HOST DEATH: `slot`'s host dies and stays dead past the lost-host grace.
+   * Its ensured agents must start on other hosts (bounded: see
+   * {@link moveBoundMs}) and receive every message confirmed before the death
+   * (in order: the ledger checks order everywhere). Then the host comes back
+   * from its data directory: its pinned agents start again there, and no copy
+   * of a moved agent may run there (one that starts must be stopped, never
+   * having taken a message or made a successful call).
+   */
+  const hostDeath = async (slot: HostSlot): Promise<void> => {
+    const diedAtMs = elapsed();
+    const diedAtEpochMs = Date.now();
+    const confirmedAtDeath = new Map(agentIds.map((id) => [id, ledger.confirmed(id)]));
+    const wereThere = killHost(slot);
+    const movers = wereThere.filter(isEnsured);
+    const before = new Map(movers.map((id) => [id, instances.get(id)]));
+    say(`fault: host ${slot.index} dies (incarnation ${slot.incarnation}) and stays dead past the lost-host grace (${graceMs / 1000} s); ${movers.length} ensured agents must move: ${movers.join(', ') || 'none'}`);
+    // Once the control plane has seen it go, no token can be issued to its agents: their latest expiry is final.
+    await waitFor(async () => !(await isListedConnected(slot.hostId)), `the control plane to see host ${slot.index} gone`, STEP_BOUND_MS);
+    const boundMs = Math.max(MOVE_MARGIN_MS, moveBoundMs(diedAtEpochMs, await latestExpiryMs(movers)));
+    const isMoved = (): boolean =>
+      hasMoved(movers, before, slot) && movers.every((id) => ledger.isDeliveredUpTo(id, confirmedAtDeath.get(id) ?? 0));
+    let movedAfterMs = Number.NaN;
+    try {
+      await waitFor(isMoved, `the ensured agents of dead host ${slot.index} to run elsewhere with their mail`, boundMs);
+      movedAfterMs = elapsed() - diedAtMs;
+      say(
+        `  its ensured agents run elsewhere ${(movedAfterMs / 1000).toFixed(1)} s after the death (bound ${(boundMs / 1000).toFixed(1)} s from then): ` +
+          `${movers.map((id) => `${id} → host ${instances.get(id)?.slot ?? '?'}`).join(', ') || 'none to move'}`,
+      );
+    } catch (err) {
+      fail(err instanceof Error ? err.message : String(err));
+    }
+    // Back from its data directory.
+    const returnedAtMs = elapsed();
+    reviveHost(slot, await FaultProxy.start({ targetPort: port }));
+    const pinned = wereThere.filter((id) => !isEnsured(id));
+    await waitFor(() => slot.host.state === 'connected' && allLiveOn(slot, pinned), `host ${slot.index} to come back with its pinned agents`, STEP_BOUND_MS);
+    const returnMs = elapsed() - returnedAtMs;
+    // No copy of a moved agent may run on the returned host: one that started is stopped at once, having done nothing.
+    const stale = movers.flatMap((id) => ledger.instancesOf(id).filter((i) => i.slot === slot.index && i.hostIncarnation === slot.incarnation));
+    try {
+      await waitFor(() => stale.every((i) => i.isStopped === true), `stale copies on returned host ${slot.index} to be stopped`, STOP_DEADLINE_MS + 10_000);
+    } catch (err) {
+      fail(err instanceof Error ? err.message : String(err));
+    }
+    for (const copy of stale) {
+      if (!Number.isNaN(copy.firstReceiptAtMs)) fail(`a stale copy of ${copy.agentId} on returned host ${slot.index} took a message`);
+      if (Number.isFinite(copy.okFromMs)) fail(`a stale copy of ${copy.agentId} on returned host ${slot.index} made a successful call`);
+    }
+    hostDeaths.push({ slot: slot.index, moved: movers.length, deathToRunningElsewhereMs: movedAfterMs, boundMs, returnMs, staleStarts: stale.length });
+    say(`  host ${slot.index} back as incarnation ${slot.incarnation} ${returnMs} ms after its return began, its ${pinned.length} pinned agents started again; stale copies started there: ${stale.length}`);
+  };
+
+  const drains: { slot: number; moved: number; drainToMovedMs: number; outcomes: string }[] = [];
+  const drainSkips: string[] = [];
+  /**
+   * DRAIN (issue 15): `slot`'s host is drained under load (AdminService.DrainHost), its ensured agents
+   * must run elsewhere (bounded), its dispatched ones stay (the drain reports them so), and a drain
+   * hands over from the acknowledged seq: nothing its agents took comes again (the ledger counts any
+   * redelivery after it as a duplicate). Then UncordonHost. `drainAdmin` is the admin client when it
+   * has DrainHost (see {@link drainAdminOf}).
+   */
+  const drainHost = async (drainAdmin: DrainAdmin, slot: HostSlot): Promise<void> => {
+    const movers = liveOnSlot(slot).filter(isEnsured);
+    const before = new Map(movers.map((id) => [id, instances.get(id)]));
+    for (const id of movers) ledger.onDrainStarted(id);
+    say(`fault: drain host ${slot.index} under load; its ${movers.length} ensured agents must move (${movers.join(', ') || 'none'}), nothing taken twice; then uncordon it`);
+    const drainedAtMs = elapsed();
+    let movedAfterMs = Number.NaN;
+    let outcomes = '';
+    try {
+      // Asked again while it runs (a call answers when the drain changes or settles, or after wait_ms).
+      await waitFor(
+        async () => {
+          const drained = await unary(drainAdmin.drainHost.bind(drainAdmin), { hostId: slot.hostId, waitMs: 2_000, watch: false }, CALL_BOUND_MS);
+          const counts = new Map<string, number>();
+          for (const agent of drained.agents) counts.set(agent.outcome, (counts.get(agent.outcome) ?? 0) + 1);
+          outcomes = [...counts].map(([k, v]) => `${k}×${v}`).join(', ');
+          return drained.settled && hasMoved(movers, before, slot);
+        },
+        `the drain of host ${slot.index} to settle with its ensured agents running elsewhere`,
+        STEP_BOUND_MS,
+      );
+      movedAfterMs = elapsed() - drainedAtMs;
+    } catch (err) {
+      fail(err instanceof Error ? err.message : String(err));
+    } finally {
+      for (const id of movers) ledger.onDrainEnded(id);
+      await unary(drainAdmin.uncordonHost.bind(drainAdmin), { hostId: slot.hostId }, CALL_BOUND_MS);
+    }
+    const pinnedGone = pinnedOfSlot(slot.index).filter((id) => !isLiveOn(id, slot));
+    if (pinnedGone.length > 0) fail(`drain of host ${slot.index}: its dispatched agents ${pinnedGone.join(', ')} no longer run there`);
+    drains.push({ slot: slot.index, moved: movers.length, drainToMovedMs: movedAfterMs, outcomes });
+    say(
+      `  host ${slot.index} drained in ${(movedAfterMs / 1000).toFixed(1)} s (${outcomes}): ${movers.map((id) => `${id} → host ${instances.get(id)?.slot ?? '?'}`).join(', ') || 'nothing to move'}; uncordoned`,
+    );
+  };
+
+  /** `plannedDeath`: the slot a host death was planned for (see planHostDeath). */
+  const runFault = async (kind: FaultKind, plannedDeath?: HostSlot): Promise<void> => {
     faultCounts.set(kind, (faultCounts.get(kind) ?? 0) + 1);
     switch (kind) {
       case 'cp-restart': {
@@ -682,34 +989,100 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
         return;
       }
       case 'long-partition': {
-        const slot = faults.pick(slots);
-        const ms = faults.int(agentTtlMs + 5_000, Math.floor(agentTtlMs * 1.25));
-        say(`fault: long partition: blackhole host ${slot.index} for ${(ms / 1000).toFixed(1)} s (the TTL is ${agentTtlMs / 1000} s): its 401s excused from TTL/3 in until TTL/3 after it heals`);
+        const slot = slotWithMostEnsured();
+        const ms = faults.int(Math.floor(agentTtlMs * LONG_PARTITION_TTLS[0]), Math.floor(agentTtlMs * LONG_PARTITION_TTLS[1]));
+        // Past the grace: the host fences itself, and its ensured agents move to another host.
+        const movers = liveOnSlot(slot).filter(isEnsured);
+        const before = new Map(movers.map((id) => [id, instances.get(id)]));
+        say(
+          `fault: long partition: blackhole host ${slot.index} for ${(ms / 1000).toFixed(1)} s (the TTL is ${agentTtlMs / 1000} s, the lost-host grace ${graceMs / 1000} s): ` +
+            `its 401s excused from TTL/3 in until TTL/3 after it heals; it must fence itself, and its ${movers.length} ensured agents move`,
+        );
+        const cutAtMs = elapsed();
         slot.proxy.blackhole();
         slot.reach.setBlackholed(true, elapsed());
+        // The control plane notices the silent stream by its keepalive, and counts the grace from then. From
+        // then no token can be issued to the host's agents: their latest expiry is final, and so is the bound
+        // (soak time) by which they must run on another host.
+        let noticedAfterMs = Number.NaN;
+        let deadlineMs = Number.NaN;
+        const noticing = (async (): Promise<void> => {
+          for (let n = 0; n < 10_000 && elapsed() - cutAtMs < ms; n++) {
+            if (!(await isListedConnected(slot.hostId))) {
+              noticedAfterMs = elapsed() - cutAtMs;
+              deadlineMs = elapsed() + moveBoundMs(Date.now(), await latestExpiryMs(movers));
+              return;
+            }
+            await pause(500);
+          }
+        })();
+        // When its ensured agents run on another host, as it happens.
+        let movedAfterMs = Number.NaN;
+        const watching = waitFor(
+          () => {
+            if (Number.isNaN(movedAfterMs) && hasMoved(movers, before, slot)) movedAfterMs = elapsed() - cutAtMs;
+            return !Number.isNaN(movedAfterMs) || elapsed() - cutAtMs >= ms;
+          },
+          'the partition to end',
+          ms + STEP_BOUND_MS,
+        );
         await pause(ms);
+        await within(noticing, 'the control plane to notice the partition', STEP_BOUND_MS);
+        await watching;
         slot.proxy.heal();
         slot.reach.setBlackholed(false, elapsed());
         const healedAtMs = elapsed();
-        // Back: connected, and every agent of it given a token after the heal.
+        const hadToMoveOff = !Number.isNaN(deadlineMs) && deadlineMs <= healedAtMs;
+        if (hadToMoveOff && (Number.isNaN(movedAfterMs) || cutAtMs + movedAfterMs > deadlineMs)) {
+          fail(
+            `the ensured agents of partitioned host ${slot.index} did not run on another host within ${((deadlineMs - cutAtMs) / 1000).toFixed(1)} s of the cut ` +
+              `(the control plane saw it gone ${(noticedAfterMs / 1000).toFixed(1)} s after it; ${movers.filter((id) => !hasMoved([id], before, slot)).join(', ')} had not moved at the heal)`,
+          );
+        }
+        // Back: connected, and every pinned agent of it given a token after the heal.
         await waitFor(() => slot.host.state === 'connected', `host ${slot.index} to be connected after the long partition`, STEP_BOUND_MS);
         const connectedAfterMs = elapsed() - healedAtMs;
-        const isRotated = (): boolean => agentsOfSlot(slot.index).every((id) => (lastRotationAtMs.get(id) ?? -1) >= healedAtMs);
+        const isRotated = (): boolean => pinnedOfSlot(slot.index).every((id) => (lastRotationAtMs.get(id) ?? -1) >= healedAtMs);
         try {
           await waitFor(isRotated, `every agent of host ${slot.index} to be rotated after the long partition`, agentTtlMs);
         } catch (err) {
           fail(err instanceof Error ? err.message : String(err));
         }
         const rotatedAfterMs = elapsed() - healedAtMs;
-        longPartitions.push({ slot: slot.index, ms, healToConnectedMs: connectedAfterMs, healToRotatedMs: rotatedAfterMs });
-        say(`  host ${slot.index} healed: connected ${connectedAfterMs} ms and every agent rotated ${rotatedAfterMs} ms after the heal`);
+        let ranAgainAfterMs = movedAfterMs;
+        if (!hadToMoveOff) {
+          // Healed before the bound: they may run on another host or on this one again, by the bound or soon after the heal.
+          const boundMs = Math.max(0, (Number.isNaN(deadlineMs) ? 0 : deadlineMs) - elapsed()) + MOVE_MARGIN_MS;
+          try {
+            await waitFor(() => hasMoved(movers, before, undefined), `the ensured agents of partitioned host ${slot.index} to run again after the heal`, boundMs);
+            ranAgainAfterMs = elapsed() - cutAtMs;
+          } catch (err) {
+            fail(err instanceof Error ? err.message : String(err));
+          }
+        }
+        const wentTo = movers.map((id) => `${id} → host ${instances.get(id)?.slot ?? '?'}`).join(', ');
+        longPartitions.push({
+          slot: slot.index,
+          ms,
+          healToConnectedMs: connectedAfterMs,
+          healToRotatedMs: rotatedAfterMs,
+          moved: movers.length,
+          noticedAfterMs,
+          isMovedOff: hadToMoveOff,
+          cutToMovedMs: ranAgainAfterMs,
+        });
+        say(
+          `  host ${slot.index} healed: connected ${connectedAfterMs} ms and every pinned agent rotated ${rotatedAfterMs} ms after the heal; the control plane saw it gone ` +
+            `${(noticedAfterMs / 1000).toFixed(1)} s after the cut; its ensured agents ran ${hadToMoveOff ? 'on other hosts' : 'again (healed before they had to move)'} ` +
+            `${(ranAgainAfterMs / 1000).toFixed(1)} s after the cut (${wentTo || 'none'})`,
+        );
         return;
       }
       case 'hung-agent': {
         const slot = faults.pick(slots);
         const host = slot.host;
         const agentId = `soak-hung-${String(hungAgents.length).padStart(3, '0')}`;
-        const neighbours = agentsOfSlot(slot.index);
+        const neighbours = liveOnSlot(slot);
         say(`fault: hung agent ${agentId} on host ${slot.index}: it never settles a message and ignores its signal; stopped (deadline ${STOP_DEADLINE_MS / 1000} s)`);
         await unary(
           admin.dispatchAgent.bind(admin),
@@ -756,6 +1129,20 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
           host.events.off('message-taken', onTaken);
           host.events.off('rotation-applied', onRotated);
         }
+        return;
+      }
+      case 'host-death': {
+        await hostDeath(plannedDeath ?? slotWithMostEnsured());
+        return;
+      }
+      case 'drain': {
+        const drainAdmin = drainAdminOf(admin);
+        if (drainAdmin === undefined) {
+          if (drainSkips.length === 0) drainSkips.push('this build has no AdminService.DrainHost');
+          faultCounts.set('drain', (faultCounts.get('drain') ?? 1) - 1);
+          return;
+        }
+        await drainHost(drainAdmin, slotWithMostEnsured());
         return;
       }
       case 'host-crash': {
@@ -820,15 +1207,23 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
    * (more than a TTL, then the host's way back) runs only where the phase has
    * room for it: first thing, and again only while that much time is left.
    */
-  const longPartitionNeedsMs = agentTtlMs * 2 + 10_000;
+  const longPartitionNeedsMs = agentTtlMs * (LONG_PARTITION_TTLS[1] + 1) + 10_000;
   const longPartitionSkips: string[] = [];
   const chaos = async (kinds: readonly FaultKind[], untilMs: number, phase: string): Promise<void> => {
     const hasLongRoom = (): boolean => untilMs - elapsed() >= longPartitionNeedsMs;
+    /** A host death where the phase has room for it (what it needs depends on its agents' token expiries: asked now). */
+    const maybeHostDeath = async (isFirst: boolean): Promise<void> => {
+      const plan = await planHostDeath();
+      const leftMs = untilMs - elapsed();
+      if (leftMs >= plan.needMs) await runFault('host-death', plan.slot);
+      else if (isFirst) hostDeathSkips.push(`${phase} (${Math.round(leftMs / 1000)} s, needs ${Math.round(plan.needMs / 1000)} s)`);
+    };
     if (kinds.includes('long-partition')) {
       if (hasLongRoom()) await runFault('long-partition');
       else longPartitionSkips.push(`${phase} (${Math.round((untilMs - elapsed()) / 1000)} s, needs ${longPartitionNeedsMs / 1000} s)`);
     }
-    const shortKinds = kinds.filter((kind) => kind !== 'long-partition');
+    if (kinds.includes('host-death')) await maybeHostDeath(true);
+    const shortKinds = kinds.filter((kind) => !LONG_FAULTS.includes(kind));
     let deck: FaultKind[] = [];
     for (let n = 0; n < 10_000; n++) {
       const gapMs = faults.int(2_000, 8_000);
@@ -837,7 +1232,8 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
       if (deck.length === 0) deck = faults.shuffled(kinds);
       const kind = deck.shift() as FaultKind;
       if (kind === 'long-partition' && !hasLongRoom()) continue;
-      await runFault(kind);
+      if (kind === 'host-death') await maybeHostDeath(false);
+      else await runFault(kind);
     }
     for (const kind of shortKinds) if ((faultCounts.get(kind) ?? 0) === 0) await runFault(kind);
   };
@@ -888,6 +1284,20 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   await quietPoint('end');
   await load.stop();
 
+  // Every ensured agent runs somewhere at the end: `running` on a connected host, by the control plane's
+  // word, and the soak sees exactly one live instance of it, on that host's current incarnation.
+  const ensuredProblems: string[] = [];
+  for (const agentId of ensuredIds) {
+    const got = await unary(admin.getAgent.bind(admin), { agentId }, CALL_BOUND_MS);
+    const slot = slots.find((s) => s.hostId === got.agent?.hostId);
+    const live = ledger.instancesOf(agentId).filter(isLive);
+    if (got.agent?.state !== AgentState.AGENT_STATE_RUNNING) ensuredProblems.push(`${agentId} is ${AgentState[got.agent?.state ?? AgentState.AGENT_STATE_UNSPECIFIED] ?? '?'}, not running`);
+    else if (slot === undefined || slot.host.state !== 'connected') ensuredProblems.push(`${agentId} runs on ${got.agent.hostId}, not a connected soak host`);
+    else if (!isLiveOn(agentId, slot)) ensuredProblems.push(`${agentId}: the control plane says host ${slot.index}, where the soak sees no live instance of it`);
+    if (live.length !== 1) ensuredProblems.push(`${agentId} has ${live.length} live instances (${live.map((i) => `host ${i.slot}#${i.hostIncarnation}`).join(', ')})`);
+  }
+  for (const problem of ensuredProblems) fail(`at the end: ${problem}`);
+
   let storm: StormResult | undefined;
   if (options.stormHosts > 0) {
     say(`reconnect storm: ${options.stormHosts} hosts, each on its own connection, through one proxy`);
@@ -930,6 +1340,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
 
   // The verdict.
   ledger.finish();
+  ledger.judgeOverlaps();
   const endedAtMs = elapsed();
   ledger.judgeSelfFences((slot, atMs) => slots[slot]?.reach.wasInLongOutage(atMs, endedAtMs) ?? false);
   const c = ledger.counts;
@@ -950,6 +1361,10 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   check(c.refusedAsItself, 'tool calls refused PERMISSION_DENIED though the agent acted as itself');
   check(c.wrongIdentity, 'WhoAmI answers naming another agent');
   check(c.actedAsAnother, 'calls as another agent accepted');
+  check(c.pinnedMoved, 'dispatched agents started on another host than theirs');
+  check(c.overlappingReceipts, 'pairs of instances of one agent that took messages over overlapping stretches of time');
+  check(c.overlappingValidity, 'pairs of instances of one agent whose calls were accepted over overlapping stretches of time (two valid incarnations at once)');
+  check(c.movesWithoutNewIncarnation, 'moves without a new incarnation');
   const [mid, end] = [quietPoints.at(-2), quietPoints.at(-1)];
   const growth: string[] = [];
   if (mid !== undefined && end !== undefined) {
@@ -981,6 +1396,21 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
       ? `  long partition: skipped, run too short (${longPartitionSkips.join('; ') || 'no phase had room'})`
       : `  long partitions (> TTL): ${longPartitions.map((p) => `host ${p.slot} ${(p.ms / 1000).toFixed(1)} s, back ${p.healToConnectedMs} ms and rotated ${p.healToRotatedMs} ms after the heal`).join('; ')}` +
         (longPartitionSkips.length === 0 ? '' : `; skipped in ${longPartitionSkips.join('; ')}`),
+    hostDeaths.length === 0
+      ? `  host deaths (dead past the grace): none, skipped, run too short (${hostDeathSkips.join('; ') || 'no phase had room'})`
+      : `  host deaths (dead past the ${graceMs / 1000} s grace): ${hostDeaths.length}, ${hostDeaths.reduce((n, d) => n + d.moved, 0)} ensured agents moved; ` +
+        `death to running elsewhere max ${(Math.max(...hostDeaths.map((d) => d.deathToRunningElsewhereMs)) / 1000).toFixed(1)} s ` +
+        `(${hostDeaths.map((d) => `host ${d.slot}: ${d.moved} in ${(d.deathToRunningElsewhereMs / 1000).toFixed(1)} s of ${(d.boundMs / 1000).toFixed(1)} s allowed, back ${d.returnMs} ms, stale copies ${d.staleStarts}`).join('; ')})` +
+        (hostDeathSkips.length === 0 ? '' : `; skipped in ${hostDeathSkips.join('; ')}`),
+    `  ensured agents: ${ensuredIds.size} of ${options.agents}; moves ${c.moves} (${c.movesByDrain} by drains, ${c.movesBeforeOldStopped} before the old copy was seen stopped), ` +
+      (longPartitions.length === 0
+        ? 'no long partition; '
+        : `long partitions moved ${longPartitions.reduce((n, p) => n + p.moved, 0)} (${longPartitions.filter((p) => p.isMovedOff).length} of ${longPartitions.length} had to move them off before the heal; ` +
+          `seen gone by the control plane ${longPartitions.map((p) => `${(p.noticedAfterMs / 1000).toFixed(1)} s`).join(', ')} after the cut; ` +
+          `cut to running again max ${(Math.max(...longPartitions.map((p) => p.cutToMovedMs)) / 1000).toFixed(1)} s); `) +
+      `drains ${drains.length}${drains.length === 0 ? ` (${drainSkips.join('; ') || 'none scheduled'})` : ` (${drains.map((d) => `host ${d.slot}: ${d.moved} moved in ${(d.drainToMovedMs / 1000).toFixed(1)} s, ${d.outcomes}`).join('; ')})`}; ` +
+      `at the end not running somewhere ${ensuredProblems.length}`,
+    `  two copies at once: overlapping receipts ${c.overlappingReceipts}, overlapping validity ${c.overlappingValidity}, moves without a new incarnation ${c.movesWithoutNewIncarnation}, dispatched agents moved ${c.pinnedMoved}`,
     `  hung agents stopped: ${hungAgents.length} (${hungAgents.filter((h) => h.outcome === 'abandoned').length} abandoned, deadline ${STOP_DEADLINE_MS / 1000} s; ` +
       `StopAgent to report ${hungAgents.length === 0 ? '-' : `${Math.min(...hungAgents.map((h) => h.stopToReportMs))}–${Math.max(...hungAgents.map((h) => h.stopToReportMs))} ms`}; ` +
       `neighbours meanwhile took ${hungAgents.reduce((n, h) => n + h.neighbourMessages, 0)} messages, applied ${hungAgents.reduce((n, h) => n + h.neighbourRotations, 0)} rotations)`,

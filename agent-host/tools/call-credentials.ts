@@ -11,7 +11,7 @@ type MessageContext = Parameters<CallInterface['sendMessageWithContext']>[0];
  * Why a source gave no token, for a status detail: a {@link TetherError}'s
  * message (which never holds a token) or just the error's name.
  */
-function describeFailure(err: unknown): string {
+export function describeFailure(err: unknown): string {
   if (err instanceof TetherError) return `${err.name}: ${err.message}`;
   return err instanceof Error ? err.name : 'unknown error';
 }

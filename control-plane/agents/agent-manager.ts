@@ -3,6 +3,7 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { Clock } from '../../common/clock.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
+import { validateAudienceFiles } from '../../common/audience-files.js';
 import type { Credential } from '../../gen/tether/v1/common.js';
 import type { AgentEvent, Hello } from '../../gen/tether/v1/host.js';
 import type { ControlPlaneEvents } from '../events.js';
@@ -1223,6 +1224,9 @@ export class AgentManager {
 }
 
 function validateSpec(spec: AgentSpecRecord): void {
+  const audienceFiles = spec.audienceFiles?.files ?? [];
+  if (audienceFiles.length > 0 && spec.kind !== 'process') throw new InvalidArgumentError('audience files are for process agents only');
+  validateAudienceFiles(audienceFiles);
   if (spec.kind === 'module') {
     if (spec.module === '') throw new InvalidArgumentError('a module agent needs spec.module');
   } else if (spec.kind === 'process') {

@@ -39,6 +39,7 @@ export function specDifferences(
   const args = agent.spec.args;
   if (desired.spec.args.length !== args.length || desired.spec.args.some((arg, i) => arg !== args[i])) differences.push('spec.args');
   if (desired.spec.config !== agent.spec.config) differences.push('spec.config');
+  if (JSON.stringify(desired.spec.audienceFiles?.files ?? []) !== JSON.stringify(agent.spec.audienceFiles?.files ?? [])) differences.push('spec.audience_files');
   if ((desired.hostId === '' ? null : desired.hostId) !== agent.requestedHostId) differences.push('host_id');
   if (labelKey(desired.hostLabels) !== labelKey(agent.hostLabels)) differences.push('host_labels');
   if (desired.restartPolicy !== undefined && desired.restartPolicy !== (agent.restartPolicy ?? 'never')) differences.push('restart_policy');

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { InvalidArgumentError as CommanderInvalidArgument, type Command } from 'commander';
 import { CliError, collectLabel, describeStatus, EXIT, exitCodeForStatus, parseCount, parseDurationMs, readSecret, UsageError } from '../../common/cli.js';
+import { parseAudienceFile, type AudienceFileSpec } from '../../common/audience-files.js';
 import { assertPlaintextAllowed } from '../../common/loopback.js';
 import { parseSecret, type SecretRedactor } from '../../common/secrets.js';
 import { AdminServiceClient, type AgentInfo, type AgentTransition, type DrainAgentInfo, type HostInfo, type MessageInfo, type SigningKeyInfo } from '../../gen/tether/v1/admin.js';
@@ -171,6 +172,7 @@ interface SpecFlags {
   host?: string;
   label?: Label[];
   restart?: string;
+  audienceFile?: AudienceFileSpec[];
 }
 
 function dispatchRequest(agentId: string, flags: SpecFlags): {
@@ -178,7 +180,7 @@ function dispatchRequest(agentId: string, flags: SpecFlags): {
   name: string;
   hostId: string;
   hostLabels: Label[];
-  spec: { kind: string; module: string; command: string; args: string[]; config: string };
+  spec: { kind: string; module: string; command: string; args: string[]; config: string; audienceFiles?: { files: AudienceFileSpec[] } };
   restartPolicy?: string;
 } {
   if ((flags.module === undefined) === (flags.command === undefined)) throw new UsageError('give exactly one of --module or --command');
@@ -197,6 +199,7 @@ function dispatchRequest(agentId: string, flags: SpecFlags): {
       command: flags.command ?? '',
       args: flags.arg ?? [],
       config: flags.config ?? '',
+      ...(flags.audienceFile === undefined ? {} : { audienceFiles: { files: flags.audienceFile } }),
     },
   };
 }
@@ -210,6 +213,17 @@ function addSpecOptions(command: Command): Command {
     .option('--name <name>', 'a display name')
     .option('--host <host-id>', 'place on this host')
     .option('--label <key=value>', 'place on a host carrying this label (repeatable)', collectLabel)
+    .option(
+      '--audience-file <name=audience>',
+      'process agents: keep a token for this audience in <agent dir>/tokens/NAME, its path in TETHER_AUDIENCE_FILE_<NAME> (repeatable; see docs/federation.md)',
+      (value: string, previous: AudienceFileSpec[] = []) => {
+        try {
+          return [...previous, parseAudienceFile(value)];
+        } catch (err) {
+          throw new CommanderInvalidArgument(err instanceof Error ? err.message : String(err));
+        }
+      },
+    )
     .option(
       '--restart <policy>',
       'when it ends by itself: never (dispatch default), on-failure (default of an agent ensure creates) or always; ' +
@@ -395,10 +409,16 @@ export function addAdminCommands(program: Command, redactor: SecretRedactor, con
     });
   });
 
-  addOutputOption(program.command('jwks').description('print the public signing keys: a table of them, or (-o json) the JWKS document'), true).action(
-    async (flags: { output: string }, command: Command) => {
+  addOutputOption(
+    program
+      .command('jwks')
+      .description('print the public signing keys: a table of them, or (-o json) the JWKS document')
+      .option('--purpose <purpose>', "tokens (the control plane's own) or audience (the federation JWKS of --issuer-url)", 'tokens'),
+    true,
+  ).action(
+    async (flags: { output: string; purpose: string }, command: Command) => {
       await withClient(command, async (admin) => {
-        const document = jwksDocument(await invoke(admin.getJwks.bind(admin), {}));
+        const document = jwksDocument(await invoke(admin.getJwks.bind(admin), { purpose: flags.purpose }));
         const format = formatOf(flags);
         if (format === 'json') {
           console.log(JSON.stringify(document, null, 2));
@@ -672,6 +692,8 @@ function addKeyCommands(program: Command, withClient: WithClient): void {
       const response = await invoke(admin.listSigningKeys.bind(admin), {});
       printList(formatOf(flags), response.keys, [
         { header: 'KEY', cell: (key: SigningKeyInfo) => key.keyId },
+        { header: 'PURPOSE', cell: (key) => key.purpose },
+        { header: 'ALG', cell: (key) => key.alg },
         { header: 'STATE', cell: (key) => key.state },
         { header: 'CREATED', cell: (key) => timeCell(key.createdAtMs) },
         { header: 'SIGNING_SINCE', cell: (key) => timeCell(key.signingSinceMs) },
@@ -685,11 +707,12 @@ function addKeyCommands(program: Command, withClient: WithClient): void {
       .command('rotate')
       .description(
         'promote the standby key to signer (it has been in the JWKS longer than the JWKS cache lifetime); the old signer keeps verifying until its last token expires, and a new standby is published',
-      ),
+      )
+      .option('--purpose <purpose>', "tokens (the control plane's own keys) or audience (the federation keys of --issuer-url)", 'tokens'),
     false,
-  ).action(async (flags: { output: string }, command: Command) => {
+  ).action(async (flags: { output: string; purpose: string }, command: Command) => {
     await withClient(command, async (admin) => {
-      const response = await invoke(admin.rotateSigningKey.bind(admin), {});
+      const response = await invoke(admin.rotateSigningKey.bind(admin), { purpose: flags.purpose });
       printObject(formatOf(flags), {
         keyId: response.keyId,
         retiredKeyId: response.retiredKeyId,

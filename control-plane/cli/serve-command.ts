@@ -43,6 +43,7 @@ export interface ServeFlags {
   insecure?: boolean;
   agentTokenTtl: number;
   audienceTokenTtl: number;
+  issuerUrl?: string;
   hostTokenTtl: number;
   joinTokenTtl: number;
   clockTolerance: number;
@@ -145,6 +146,7 @@ export async function serve(flags: ServeFlags, redactor = new SecretRedactor()):
     isInsecureAllowed: flags.insecure === true,
     agentTokenTtlMs: flags.agentTokenTtl,
     audienceTokenTtlMs: flags.audienceTokenTtl,
+    ...(flags.issuerUrl === undefined || flags.issuerUrl === '' ? {} : { issuerUrl: flags.issuerUrl }),
     hostTokenTtlMs: flags.hostTokenTtl,
     joinTokenTtlMs: flags.joinTokenTtl,
     clockToleranceMs: flags.clockTolerance,

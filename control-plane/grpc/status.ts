@@ -46,8 +46,17 @@ export function unary<Req, Res>(
   handler: (request: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res>,
 ): (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void {
   return (call, callback) => {
-    new Promise<Res>((resolve) => resolve(handler(call.request, call))).then(
-      (response) => callback(null, response),
+    let response: Promise<Res>;
+    try {
+      response = handler(call.request, call);
+    } catch (err) {
+      // Answered on a later tick, as a rejection would be.
+      queueMicrotask(() => callback(toStatus(err, logger)));
+      return;
+    }
+    // Not a new promise resolved with the handler's (an allocation and two more ticks per call): Promise.resolve returns a native one as is.
+    Promise.resolve(response).then(
+      (result) => callback(null, result),
       (err: unknown) => callback(toStatus(err, logger)),
     );
   };

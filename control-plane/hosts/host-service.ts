@@ -253,9 +253,13 @@ export class HostService {
       return;
     }
     // The slot is held for as long as the HTTP/2 stream is, not only until grpc-js is done with the call.
+    let releaseOnClose: (() => void) | undefined;
     if (http2 !== undefined) {
       if (http2.closed || http2.destroyed) unverified.release();
-      else http2.once('close', () => unverified.release());
+      else {
+        releaseOnClose = unverified.release.bind(unverified);
+        http2.once('close', releaseOnClose);
+      }
     }
     const sessionId = randomUUID();
     this.#liveStreams.add(sessionId);
@@ -268,7 +272,8 @@ export class HostService {
       http2,
       unverified,
     };
-    const onEnded = (): void => this.#onStreamEnded(state);
+    // Bound, not a closure: every connected host's stream holds it for the connection's life.
+    const onEnded = this.#onStreamEnded.bind(this, state);
     call.on('cancelled', onEnded);
     call.on('close', onEnded);
     call.on('finish', onEnded);
@@ -284,6 +289,8 @@ export class HostService {
         state.identity = identity;
         state.unverified = undefined;
         unverified.release();
+        // Nothing waits for the stream's close any more: its listener would be held for the connection's life.
+        if (releaseOnClose !== undefined) http2?.removeListener('close', releaseOnClose);
       },
       (err: unknown) => {
         // Refused: the status goes out and the stream is reset, then it is forgotten like any that

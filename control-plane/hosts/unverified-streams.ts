@@ -73,16 +73,36 @@ export class UnverifiedStreams {
     this.#byConnection.set(connection, onConnection + 1);
     this.#held++;
     this.#peakHeld = Math.max(this.#peakHeld, this.#held);
-    let isReleased = false;
-    return {
-      release: (): void => {
-        if (isReleased) return;
-        isReleased = true;
-        this.#held--;
-        const left = (this.#byConnection.get(connection) ?? 1) - 1;
-        if (left <= 0) this.#byConnection.delete(connection);
-        else this.#byConnection.set(connection, left);
-      },
-    };
+    return new Permit(this, connection);
+  }
+
+  /** @internal Frees one slot of `connection` (what a permit's release does). */
+  static free(streams: UnverifiedStreams, connection: string): void {
+    streams.#held--;
+    const left = (streams.#byConnection.get(connection) ?? 1) - 1;
+    if (left <= 0) streams.#byConnection.delete(connection);
+    else streams.#byConnection.set(connection, left);
+  }
+}
+
+/**
+ * One held slot. An object rather than a closure: every connected host's
+ * stream keeps its permit for the connection's life (under tsx a named
+ * closure also carries a property store of its own).
+ */
+class Permit implements UnverifiedStreamPermit {
+  readonly #streams: UnverifiedStreams;
+  readonly #connection: string;
+  #isReleased = false;
+
+  constructor(streams: UnverifiedStreams, connection: string) {
+    this.#streams = streams;
+    this.#connection = connection;
+  }
+
+  release(): void {
+    if (this.#isReleased) return;
+    this.#isReleased = true;
+    UnverifiedStreams.free(this.#streams, this.#connection);
   }
 }

@@ -7,11 +7,11 @@ import type { HostDrains } from '../hosts/host-drain.js';
 import type { HostService } from '../hosts/host-service.js';
 import type { Store } from '../store/store.js';
 import type { KeyRevoker } from '../tokens/key-revoker.js';
-import type { SigningKeyRing } from '../tokens/signing-keys.js';
+import { AUDIENCE_KEY_PURPOSE, TOKEN_KEY_PURPOSE, type SigningKeyRing } from '../tokens/signing-keys.js';
 import type { Clock } from '../../common/clock.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
 import type { HeartbeatLedger } from './heartbeat-ledger.js';
-import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import type { MessageStateName } from '../store/store.js';
 import { decodePageToken, encodePageToken, labelsFromProto, pageSize, restartPolicyFromProto, specFromProto, toAgentInfo, toAgentTransition } from './convert.js';
 import { jwkToMessage } from '../tokens/jwk-message.js';
@@ -23,6 +23,8 @@ export interface AdminServiceDeps {
   hosts: HostService;
   store: Store;
   keys: SigningKeyRing;
+  /** The federation keys (ES256) of audience tokens; undefined without an issuer URL. */
+  federationKeys: SigningKeyRing | undefined;
   clock: Clock;
   heartbeats: HeartbeatLedger;
   delivery: DeliveryManager;
@@ -37,7 +39,13 @@ const MAX_DRAIN_WAIT_MS = 60_000;
 
 /** The operator API; every call first proves the admin token. */
 export function adminService(deps: AdminServiceDeps): AdminServiceServer {
-  const { authenticator, agents, hosts, store, keys, keyRevoker, clock, heartbeats, delivery, drains } = deps;
+  const { authenticator, agents, hosts, store, keys, federationKeys, keyRevoker, clock, heartbeats, delivery, drains } = deps;
+  /** The key ring of `purpose` ("" is Tether's own tokens). */
+  const ringFor = (purpose = ''): SigningKeyRing | undefined => {
+    if (purpose === '' || purpose === TOKEN_KEY_PURPOSE) return keys;
+    if (purpose === AUDIENCE_KEY_PURPOSE) return federationKeys;
+    throw new InvalidArgumentError(`purpose must be "${TOKEN_KEY_PURPOSE}" or "${AUDIENCE_KEY_PURPOSE}", got ${JSON.stringify(purpose.slice(0, 64))}`);
+  };
   const logger = deps.logger.child({ component: 'admin' });
   return {
     enrollHost: unary(logger, async (request, call) => {
@@ -92,9 +100,11 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
       const moved = await agents.evacuateHost(request.hostId);
       return { agentsMoved: moved };
     }),
-    rotateSigningKey: unary(logger, async (_request, call) => {
+    rotateSigningKey: unary(logger, async (request, call) => {
       authenticator.admin(call.metadata);
-      const rotation = await keys.rotate();
+      const ring = ringFor(request.purpose);
+      if (ring === undefined) throw new FailedPreconditionError('there are no audience (federation) keys: the control plane runs without --issuer-url');
+      const rotation = await ring.rotate();
       return {
         keyId: rotation.kid,
         retiredKeyId: rotation.retiredKid,
@@ -105,8 +115,10 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
     listSigningKeys: unary(logger, (_request, call) => {
       authenticator.admin(call.metadata);
       return Promise.resolve({
-        keys: keys.list().map((key) => ({
+        keys: [keys, ...(federationKeys === undefined ? [] : [federationKeys])].flatMap((ring) => ring.list().map((key) => ({ ...key, alg: ring.algorithm }))).map((key) => ({
           keyId: key.kid,
+          purpose: key.purpose,
+          alg: key.alg,
           state: key.state,
           createdAtMs: key.createdAtMs,
           signingSinceMs: key.signingSinceMs ?? 0,
@@ -228,9 +240,10 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
       await store.purgeMessage(request.agentId, request.seq);
       return {};
     }),
-    getJwks: unary(logger, (_request, call) => {
+    getJwks: unary(logger, (request, call) => {
       authenticator.admin(call.metadata);
-      return Promise.resolve({ keys: keys.jwks(clock.now()).keys.map(jwkToMessage) });
+      const ring = ringFor(request.purpose);
+      return Promise.resolve({ keys: ring === undefined ? [] : ring.jwks(clock.now()).keys.map(jwkToMessage) });
     }),
   };
 }

@@ -6,7 +6,7 @@ import type { AgentManager } from '../agents/agent-manager.js';
 import type { Authenticator } from '../auth/authenticator.js';
 import type { ControlPlaneEvents } from '../events.js';
 import { unary } from '../grpc/status.js';
-import type { TokenIssuer } from '../tokens/token-issuer.js';
+import type { AudienceClaims, TokenIssuer } from '../tokens/token-issuer.js';
 import type { TokenClaims } from '../tokens/token-kinds.js';
 import { stateToProto } from './convert.js';
 import type { DeliveryManager } from '../delivery/delivery-manager.js';
@@ -23,6 +23,8 @@ export interface AgentServiceDeps {
   issuer: TokenIssuer;
   /** Lifetime of an audience token, capped by the agent token's `exp`. */
   audienceTokenTtlMs: number;
+  /** The agent token TTL: half of it is the longest audience token that may be asked for (token files). */
+  agentTokenTtlMs: number;
   delivery: DeliveryManager;
   logger: Logger;
 }
@@ -48,6 +50,19 @@ function requireForeignAudience(audience: string, ownAudience: string): void {
 /** An agent may act only as itself: the id it names must be its token's subject. */
 function requireSelf(claims: TokenClaims, agentId: string): void {
   if (agentId !== claims.subject) throw new PermissionDeniedError('an agent may act only as itself');
+}
+
+/**
+ * The lifetime of an audience token asked for `requestedMs` (absent or 0: the
+ * default): at most the longer of the default and half the agent token TTL.
+ */
+function audienceTtl(requestedMs: number | undefined, defaultMs: number, agentTokenTtlMs: number): number {
+  if (requestedMs === undefined || requestedMs === 0) return defaultMs;
+  const maxMs = Math.max(defaultMs, Math.floor(agentTokenTtlMs / 2));
+  if (!Number.isSafeInteger(requestedMs) || requestedMs < 1_000 || requestedMs > maxMs) {
+    throw new InvalidArgumentError(`ttl_ms must be from 1000 to ${maxMs} (the longer of --audience-token-ttl and half the agent token TTL), or 0 for the default`);
+  }
+  return requestedMs;
 }
 
 /** The API agents (and their tools) call with their own agent token. */
@@ -82,14 +97,21 @@ export function agentService(deps: AgentServiceDeps): AgentServiceServer {
       requireForeignAudience(request.audience, issuer.audience);
       // Within the clock tolerance the verifier still accepts an agent token past its `exp`; nothing can be minted from it.
       if (claims.expiresAtMs <= clock.now()) throw new TokenExpiredError('the agent token has expired');
+      // Under federation the token names the agent for the target's policies: its name and labels (a store read; minting is not on a hot path).
+      let agent: AudienceClaims | undefined;
+      if (issuer.isFederated) {
+        const record = await agents.get(claims.subject);
+        agent = { name: record.name, labels: Object.fromEntries(record.hostLabels.map((label) => [label.key, label.value])) };
+      }
       const minted = await issuer.issue({
         kind: 'audience',
         subject: claims.subject,
         hostId: claims.hostId,
         audience: request.audience,
         generation: claims.generation,
-        ttlMs: audienceTokenTtlMs,
+        ttlMs: audienceTtl(request.ttlMs, audienceTokenTtlMs, deps.agentTokenTtlMs),
         notAfterMs: claims.expiresAtMs,
+        ...(agent === undefined ? {} : { agent }),
       });
       const m = minted.claims;
       logger.info({ agentId: m.subject, aud: m.audience, jti: m.tokenId, kid: m.keyId, gen: m.generation, exp: m.expiresAtMs }, 'audience token minted');

@@ -71,7 +71,15 @@ export function toAgentTransition(transition: AgentTransitionRecord): AgentTrans
 /** A spec from the wire; kind is validated where agents are created. */
 export function specFromProto(spec: AgentSpec | undefined): AgentSpecRecord {
   if (spec === undefined) throw new InvalidArgumentError('spec is required');
-  return { kind: spec.kind, module: spec.module, command: spec.command, args: [...spec.args], config: spec.config };
+  const files = spec.audienceFiles?.files ?? [];
+  return {
+    kind: spec.kind,
+    module: spec.module,
+    command: spec.command,
+    args: [...spec.args],
+    config: spec.config,
+    ...(files.length === 0 ? {} : { audienceFiles: { files: files.map((file) => ({ name: file.name, audience: file.audience })) } }),
+  };
 }
 
 /** Labels from the wire. */

@@ -45,6 +45,8 @@ export interface AgentSpecRecord {
   command: string;
   args: string[];
   config: string;
+  /** Process agents: audience tokens kept in files by the host (absent in records from before them). */
+  audienceFiles?: { files: { name: string; audience: string }[] };
 }
 
 /** A key/value label. */

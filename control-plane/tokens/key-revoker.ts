@@ -17,6 +17,12 @@ const PAGE = 500;
 /** Options of {@link KeyRevoker}. */
 export interface KeyRevokerOptions {
   keys: SigningKeyRing;
+  /**
+   * The federation keys (audience tokens under an issuer URL). Revoking one of
+   * them refuses and unpublishes what it signed; nothing is re-signed here: an
+   * audience token is minted again by its agent (or its host, for token files) when due.
+   */
+  federationKeys?: SigningKeyRing;
   verifier: TokenVerifier;
   store: Store;
   clock: Clock;
@@ -109,7 +115,8 @@ export class KeyRevoker {
 
   /** Revokes `kid` and starts replacing what it signed; see the class comment. */
   async revoke(kid: string): Promise<KeyRevocationReport> {
-    const { keys, verifier, clock } = this.#options;
+    const { verifier, clock, federationKeys } = this.#options;
+    const keys = federationKeys?.has(kid) === true ? federationKeys : this.#options.keys;
     const revocation = await keys.revoke(kid);
     verifier.forgetKey(kid);
     const report: KeyRevocationReport = {
@@ -122,6 +129,10 @@ export class KeyRevoker {
       windowMs: 0,
     };
     const period = revocation.signedPeriod;
+    if (keys === federationKeys) {
+      this.#logger.warn({ kid, purpose: keys.purpose }, 'federation key revoked; the audience tokens it signed are refused and minted again by their agents');
+      return report;
+    }
     if (period === undefined) {
       this.#logger.warn({ kid }, 'revoked signing key never signed; nothing to re-sign');
       return report;

@@ -5,8 +5,14 @@ import { AlreadyExistsError, FailedPreconditionError, NotFoundError } from '../.
 import type { Logger } from '../../common/logger.js';
 import type { SigningKeyRecord, SigningKeyState, SigningKeyTransition, Store } from '../store/store.js';
 
-/** The one signing algorithm; pinned on verify. */
+/** The algorithm of the control plane's own tokens (agent, host, and audience tokens without an issuer URL); pinned on verify. */
 export const SIGNING_ALGORITHM = 'EdDSA';
+
+/** The algorithm of federation keys: audience tokens with an issuer URL (AWS STS and GCP refuse EdDSA). */
+export const FEDERATION_ALGORITHM = 'ES256';
+
+/** The algorithms a key ring signs with. */
+export type SigningAlgorithm = typeof SIGNING_ALGORITHM | typeof FEDERATION_ALGORITHM;
 
 /**
  * How long the JWKS may be cached (the HTTP `Cache-Control: max-age` of
@@ -17,6 +23,12 @@ export const JWKS_MAX_AGE_MS = 60_000;
 
 /** The purpose of the keys that sign Tether's own tokens (one signer and one standby per purpose). */
 export const TOKEN_KEY_PURPOSE = 'tokens';
+
+/** The purpose of the keys that sign audience tokens when an issuer URL is set (ES256, in the federation JWKS). */
+export const AUDIENCE_KEY_PURPOSE = 'audience';
+
+/** The most keys the federation JWKS may hold: AWS STS accepts at most 100 keys in a JWKS. */
+export const MAX_FEDERATION_KEYS = 100;
 
 /** How often the pruner looks for keys whose last token has expired, at most. */
 const PRUNE_CHECK_MS = 60_000;
@@ -36,8 +48,9 @@ interface LoadedKey {
 /** The active signing key. */
 export interface ActiveKey {
   kid: string;
+  algorithm: SigningAlgorithm;
   privateKey: CryptoKey;
-  /** The same private key as a `node:crypto` KeyObject, for `crypto.sign(null, data, key)`. */
+  /** The same private key as a `node:crypto` KeyObject, for `crypto.sign`. */
   signingKey: KeyObject;
 }
 
@@ -78,10 +91,20 @@ export interface SigningKeyRingOptions {
   maxTokenLifetimeMs: number;
   /** How long the JWKS may be cached; default {@link JWKS_MAX_AGE_MS}. */
   jwksMaxAgeMs?: number;
+  /** What the keys sign; default {@link TOKEN_KEY_PURPOSE}. Each purpose has its own signer, standby and JWKS. */
+  purpose?: string;
+  /** Default {@link SIGNING_ALGORITHM}; pinned: a ring's keys are of this algorithm only. */
+  algorithm?: SigningAlgorithm;
+  /**
+   * The most keys the JWKS may hold (standby, signer and retired keys still
+   * verifying); a rotation that would publish one more is refused. Default: no bound.
+   */
+  maxPublishedKeys?: number;
 }
 
 /**
- * The control plane's Ed25519 keys, persisted in the store, each `standby`,
+ * The control plane's keys of one purpose (Ed25519 for its own tokens, P-256
+ * for federation), persisted in the store, each `standby`,
  * `signing`, `verifying-only` or `revoked` (see {@link SigningKeyState}). One key
  * signs; a published standby is always ready to take over, so a rotation never
  * makes anyone wait and never signs with a key a cached JWKS lacks. The store
@@ -94,6 +117,9 @@ export class SigningKeyRing {
   readonly #clock: Clock;
   readonly #logger: Logger;
   readonly #jwksMaxAgeMs: number;
+  readonly #purpose: string;
+  readonly #algorithm: SigningAlgorithm;
+  readonly #maxPublishedKeys: number;
   readonly #closing = new AbortController();
   #keys: LoadedKey[] = [];
   #pruning: Promise<void> | undefined;
@@ -104,6 +130,26 @@ export class SigningKeyRing {
     this.#clock = options.clock;
     this.#logger = options.logger;
     this.#jwksMaxAgeMs = options.jwksMaxAgeMs ?? JWKS_MAX_AGE_MS;
+    this.#purpose = options.purpose ?? TOKEN_KEY_PURPOSE;
+    this.#algorithm = options.algorithm ?? SIGNING_ALGORITHM;
+    this.#maxPublishedKeys = options.maxPublishedKeys ?? Infinity;
+    // A signer and a standby are always published, and a rotation adds one more key for a while.
+    if (!(this.#maxPublishedKeys >= 3)) throw new FailedPreconditionError(`maxPublishedKeys must be at least 3, got ${this.#maxPublishedKeys}`);
+  }
+
+  /** What this ring's keys sign. */
+  get purpose(): string {
+    return this.#purpose;
+  }
+
+  /** The one algorithm of this ring's keys. */
+  get algorithm(): SigningAlgorithm {
+    return this.#algorithm;
+  }
+
+  /** Whether `kid` is one of this ring's keys (in any state, until pruned). */
+  has(kid: string): boolean {
+    return this.#keys.some((key) => key.record.kid === kid);
   }
 
   /**
@@ -113,7 +159,8 @@ export class SigningKeyRing {
    */
   static async load(options: SigningKeyRingOptions): Promise<SigningKeyRing> {
     const ring = new SigningKeyRing(options);
-    await ring.#store.fixSigningKeyVerifyUntil(ring.#clock.now() + options.maxTokenLifetimeMs);
+    // Only keys from before states existed lack a verify-until, and those were all of Tether's own tokens.
+    if (ring.#purpose === TOKEN_KEY_PURPOSE) await ring.#store.fixSigningKeyVerifyUntil(ring.#clock.now() + options.maxTokenLifetimeMs);
     await ring.#reload();
     for (let attempt = 0; attempt < TRANSITION_ATTEMPTS && ring.#inState('signing') === undefined; attempt++) {
       const standby = ring.#inState('standby');
@@ -133,13 +180,13 @@ export class SigningKeyRing {
   }
 
   async #reload(): Promise<void> {
-    const records = (await this.#store.listSigningKeys()).filter((record) => record.purpose === TOKEN_KEY_PURPOSE);
+    const records = (await this.#store.listSigningKeys()).filter((record) => record.purpose === this.#purpose);
     this.#keys = await Promise.all(
       records.map(async (record): Promise<LoadedKey> => {
         const publicJwk = JSON.parse(record.publicJwk) as JWK;
-        const publicKey = (await importJWK(publicJwk, SIGNING_ALGORITHM)) as CryptoKey;
+        const publicKey = (await importJWK(publicJwk, this.#algorithm)) as CryptoKey;
         const privateKey =
-          record.privateJwk === null ? undefined : ((await importJWK(JSON.parse(record.privateJwk) as JWK, SIGNING_ALGORITHM)) as CryptoKey);
+          record.privateJwk === null ? undefined : ((await importJWK(JSON.parse(record.privateJwk) as JWK, this.#algorithm)) as CryptoKey);
         return { record, publicKey, privateKey, signingKey: privateKey === undefined ? undefined : KeyObject.from(privateKey), publicJwk };
       }),
     );
@@ -151,15 +198,16 @@ export class SigningKeyRing {
 
   /** Creates a key in `state`; false if the store already has one there (another control plane won). */
   async #create(state: 'signing' | 'standby'): Promise<boolean> {
-    const { publicKey, privateKey } = await generateKeyPair(SIGNING_ALGORITHM, { crv: 'Ed25519', extractable: true });
+    const algorithm = this.#algorithm;
+    const { publicKey, privateKey } = await generateKeyPair(algorithm, algorithm === SIGNING_ALGORITHM ? { crv: 'Ed25519', extractable: true } : { extractable: true });
     const kid = randomUUID();
-    const publicJwk = { ...(await exportJWK(publicKey)), kid, alg: SIGNING_ALGORITHM, use: 'sig' };
-    const privateJwk = { ...(await exportJWK(privateKey)), kid, alg: SIGNING_ALGORITHM };
+    const publicJwk = { ...(await exportJWK(publicKey)), kid, alg: algorithm, use: 'sig' };
+    const privateJwk = { ...(await exportJWK(privateKey)), kid, alg: algorithm };
     const nowMs = this.#clock.now();
     try {
       await this.#store.insertSigningKey({
         kid,
-        purpose: TOKEN_KEY_PURPOSE,
+        purpose: this.#purpose,
         state,
         privateJwk: JSON.stringify(privateJwk),
         publicJwk: JSON.stringify(publicJwk),
@@ -174,7 +222,7 @@ export class SigningKeyRing {
       return false;
     }
     await this.#reload();
-    this.#logger.info({ kid, state }, 'signing key created');
+    this.#logger.info({ kid, state, purpose: this.#purpose, alg: algorithm }, 'signing key created');
     return true;
   }
 
@@ -186,7 +234,7 @@ export class SigningKeyRing {
   active(): ActiveKey {
     const key = this.#inState('signing');
     if (key?.privateKey === undefined || key.signingKey === undefined) throw new FailedPreconditionError('no signing key');
-    return { kid: key.record.kid, privateKey: key.privateKey, signingKey: key.signingKey };
+    return { kid: key.record.kid, algorithm: this.#algorithm, privateKey: key.privateKey, signingKey: key.signingKey };
   }
 
   /** Whether `kid` was revoked: every token it signed is refused, for that reason. */
@@ -233,6 +281,17 @@ export class SigningKeyRing {
     if (signer === undefined || standby === undefined) throw new FailedPreconditionError('no signing or standby key; restart the control plane');
     const nowMs = this.#clock.now();
     const publishedMs = nowMs - standby.record.createdAtMs;
+    const published = this.#keys.filter((key) => isPublished(key.record, nowMs));
+    if (published.length + 1 > this.#maxPublishedKeys) {
+      // Never by dropping a key early: a retired key verifies tokens still live until its verify-until.
+      const nextOutMs = Math.min(...published.map((key) => (key.record.state === 'verifying-only' ? (key.record.verifyUntilMs ?? Infinity) : Infinity)));
+      throw new FailedPreconditionError(
+        `the ${this.#purpose} JWKS already holds ${published.length} keys, its bound is ${this.#maxPublishedKeys}: a rotation would publish one more. ` +
+          (Number.isFinite(nextOutMs)
+            ? `The oldest retired key leaves when its last token expires, at ${new Date(nextOutMs).toISOString()}; rotate again after that`
+            : 'Revoke a key, or raise the bound'),
+      );
+    }
     if (publishedMs <= this.#jwksMaxAgeMs) {
       const waitS = Math.ceil((this.#jwksMaxAgeMs - publishedMs + 1) / 1000);
       throw new FailedPreconditionError(
@@ -249,7 +308,7 @@ export class SigningKeyRing {
     if (!isDone) throw new FailedPreconditionError('another rotation changed the signing keys first; see `keys ls`');
     await this.#ensureStandby();
     const standbyKid = this.#inState('standby')?.record.kid ?? '';
-    this.#logger.info({ kid: standby.record.kid, retiredKid: signer.record.kid, standbyKid, verifyUntilMs: retiredVerifyUntilMs }, 'signing key rotated');
+    this.#logger.info({ kid: standby.record.kid, retiredKid: signer.record.kid, standbyKid, verifyUntilMs: retiredVerifyUntilMs, purpose: this.#purpose }, 'signing key rotated');
     return { kid: standby.record.kid, retiredKid: signer.record.kid, retiredVerifyUntilMs, standbyKid };
   }
 
@@ -282,7 +341,7 @@ export class SigningKeyRing {
       if (this.#inState('signing') === undefined) await this.#create('signing');
       await this.#ensureStandby();
       const signerKid = this.active().kid;
-      this.#logger.warn({ kid, previousState: record.state, signerKid }, 'signing key revoked');
+      this.#logger.warn({ kid, previousState: record.state, signerKid, purpose: this.#purpose }, 'signing key revoked');
       return { kid, previousState: record.state, signerKid, signedPeriod };
     }
     throw new FailedPreconditionError(`signing key ${kid} kept changing under the revocation; try again`);
@@ -290,8 +349,11 @@ export class SigningKeyRing {
 
   /** Deletes retired keys whose last token has expired; returns their kids. */
   async prune(): Promise<string[]> {
-    const kids = await this.#store.deleteExpiredSigningKeys(this.#clock.now());
-    if (kids.length > 0) {
+    const nowMs = this.#clock.now();
+    const kids = await this.#store.deleteExpiredSigningKeys(nowMs);
+    // The store deletes the expired keys of every purpose: another ring's prune may have taken ours already.
+    const isStale = this.#keys.some((key) => isRetired(key.record.state) && key.record.verifyUntilMs !== null && key.record.verifyUntilMs <= nowMs);
+    if (kids.length > 0 || isStale) {
       await this.#reload();
       this.#logger.info({ kids }, 'signing keys pruned: their last tokens have expired');
     }

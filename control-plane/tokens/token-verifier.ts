@@ -1,7 +1,7 @@
 import { errors, jwtVerify, type JWTHeaderParameters, type JWTPayload } from 'jose';
 import type { Clock } from '../../common/clock.js';
 import { TokenExpiredError, TokenRevokedError, UnauthenticatedError } from '../../common/errors.js';
-import { SIGNING_ALGORITHM, type SigningKeyRing } from './signing-keys.js';
+import type { SigningKeyRing } from './signing-keys.js';
 import { MAX_TOKEN_LENGTH, TOKEN_TYPES, type TokenClaims, type TokenKind } from './token-kinds.js';
 
 /** Why a token was refused; a metric label, never the token. */
@@ -68,6 +68,8 @@ export interface TokenVerifierOptions {
   audience: string;
   /** Allowed skew on `nbf` and `exp`. */
   clockToleranceMs: number;
+  /** Federation: audience tokens are verified against these keys (ES256 only) and this `iss` instead. */
+  federation?: { keys: SigningKeyRing; issuer: string };
   /**
    * Verified tokens kept; the oldest are dropped beyond this. A function is
    * read at each insertion, so the bound follows the number of live tokens
@@ -101,17 +103,32 @@ interface CacheEntry {
   cacheKey: string;
 }
 
+/** A verification under way, which later presentations of the same token join. */
+interface Verifying {
+  kind: TokenKind;
+  audience: string;
+  /** {@link TokenVerifier.forgetSubject} and `forgetKey` calls when it began: a forget since makes it stale. */
+  forgets: number;
+  claims: Promise<TokenClaims>;
+}
+
 /**
- * Verifies Tether tokens: EdDSA only, `kid` required and known, `typ` exactly
+ * Verifies Tether tokens: one algorithm per kind (EdDSA; ES256 for audience
+ * tokens under federation), `kid` required and known to that kind's keys, `typ` exactly
  * that of the expected kind, `iss` pinned, `aud` exactly the expected audience
  * (a string, never an array), `exp` required, every claim checked for type and
  * range. Verified tokens are
  * cached until they expire so the hot path skips the signature check; entries
- * are dropped when their subject's tokens are revoked.
+ * are dropped when their subject's tokens are revoked. Presentations of a token
+ * whose verification is under way join it (a fresh token meets many calls at
+ * once: after a rotation, every call in flight carries it), unless a subject or
+ * key was forgotten since it began.
  */
 export class TokenVerifier {
   readonly #options: TokenVerifierOptions;
   readonly #cache = new Map<string, CacheEntry>();
+  /** Token → its verification under way. */
+  readonly #verifying = new Map<string, Verifying>();
   /** `kind:subject` → tokens of it in the cache, so revocation can drop them. */
   readonly #bySubject = new Map<string, Set<string>>();
   readonly #cacheSize: () => number;
@@ -144,7 +161,28 @@ export class TokenVerifier {
       this.#drop(token);
       throw new TokenExpiredError();
     }
-    const claims = await this.#verifySignature(token, kind, nowMs, expectedAudience);
+    const pending = this.#verifying.get(token);
+    if (pending !== undefined && pending.kind === kind && pending.audience === expectedAudience && pending.forgets === this.#forgets) {
+      const claims = await pending.claims;
+      if (this.#options.clock.now() >= claims.expiresAtMs + this.#options.clockToleranceMs) throw new TokenExpiredError();
+      return claims;
+    }
+    const entry: Verifying = { kind, audience: expectedAudience, forgets: this.#forgets, claims: this.#verifyOnce(token, kind, nowMs, expectedAudience) };
+    this.#verifying.set(token, entry);
+    const settled = (): void => {
+      if (this.#verifying.get(token) === entry) this.#verifying.delete(token);
+    };
+    entry.claims.then(settled, settled);
+    return entry.claims;
+  }
+
+  /** How many verifications are under way (each shared by every presentation of its token meanwhile). */
+  get verificationsInFlight(): number {
+    return this.#verifying.size;
+  }
+
+  async #verifyOnce(token: string, kind: TokenKind, nowMs: number, audience: string): Promise<TokenClaims> {
+    const claims = await this.#verifySignature(token, kind, nowMs, audience);
     const forgetsBefore = this.#forgets;
     if (await this.#options.isRevoked(claims)) throw new TokenRevokedError();
     if (this.#forgets === forgetsBefore) this.#remember(token, claims);
@@ -174,13 +212,18 @@ export class TokenVerifier {
 
   async #verifySignature(token: string, kind: TokenKind, nowMs: number, audience: string): Promise<TokenClaims> {
     if (token.length > MAX_TOKEN_LENGTH) throw new TokenRejectedError('oversize');
-    const { keys, issuer, clockToleranceMs } = this.#options;
+    const { clockToleranceMs, federation } = this.#options;
+    // Algorithms pinned per kind: each kind's key ring has exactly one, and its keys verify that kind only.
+    const isFederated = kind === 'audience' && federation !== undefined;
+    const keys = isFederated ? federation.keys : this.#options.keys;
+    const issuer = isFederated ? federation.issuer : this.#options.issuer;
+    const algorithm = keys.algorithm;
     let keyId = '';
     try {
       const { payload, protectedHeader } = await jwtVerify(
         token,
         (header: JWTHeaderParameters) => {
-          if (header.alg !== SIGNING_ALGORITHM || typeof header.kid !== 'string') throw new TokenRejectedError('malformed');
+          if (header.alg !== algorithm || typeof header.kid !== 'string') throw new TokenRejectedError('malformed');
           // Before anything else about the token: whatever a revoked key signed is refused, for that reason.
           if (keys.isRevoked(header.kid)) throw new TokenRejectedError('key-revoked');
           const key = keys.publicKey(header.kid, nowMs);
@@ -189,7 +232,7 @@ export class TokenVerifier {
           return key;
         },
         {
-          algorithms: [SIGNING_ALGORITHM],
+          algorithms: [algorithm],
           issuer,
           audience,
           typ: TOKEN_TYPES[kind],

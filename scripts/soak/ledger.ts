@@ -31,14 +31,34 @@ export interface AgentInstance {
   readonly agentId: string;
   readonly slot: number;
   readonly hostIncarnation: number;
-  /** Started because its host crashed and a new one took over (redeliveries are then expected). */
+  /**
+   * Started after an earlier instance of the agent on another host or host
+   * incarnation (its host crashed, or it moved): a message the earlier one took
+   * but had not acknowledged may come again (counted apart, not a duplicate).
+   */
   readonly isAfterHostCrash: boolean;
   /** Its host crashed: it takes nothing more, and nothing it sees counts. */
   isDead: boolean;
   /** Its host fenced itself (see {@link Ledger.onSelfFenced}): it was stopped, and may be started again there. */
   isFenced?: boolean;
+  /** Its host stopped it (its signal aborted): nothing it sees afterwards counts. */
+  isStopped?: boolean;
+  /** A drain of its host moves it: the next instance starts from the acked seq, so anything it takes again is a duplicate. */
+  isDraining?: boolean;
   firstSeq: number;
   lastSeq: number;
+  /** Soak time of its first and last receipt (NaN: none). */
+  firstReceiptAtMs: number;
+  lastReceiptAtMs: number;
+  /**
+   * Successful calls as itself: the earliest END of one and the latest START
+   * of one. It was accepted at or before the first and at or after the second
+   * (see {@link Ledger.judgeOverlaps}).
+   */
+  okFromMs: number;
+  okToMs: number;
+  /** Incarnations WhoAmI named (the control plane's, from the token it accepted). */
+  readonly incarnations: Set<number>;
 }
 
 /** Everything the checker keeps about one agent. */
@@ -55,6 +75,8 @@ class AgentRecord {
   /** Every confirmed message below this index is known to have arrived. */
   deliveredPrefix = 0;
   current: AgentInstance | undefined;
+  /** Every instance it had, in start order (a handful: one per start). */
+  readonly instances: AgentInstance[] = [];
 }
 
 /** How a tool call ended, as the agent saw it (after the tool library's one retry on UNAUTHENTICATED). */
@@ -80,6 +102,20 @@ export interface LedgerCounts {
   /** Self-fences the schedule excuses (a scheduled outage of the host longer than TTL/3), and those it does not. */
   selfFences: number;
   selfFencesUnexcused: number;
+  /** Instances started on another host slot than the one before (ensured agents moved by the control plane). */
+  moves: number;
+  /** Moves whose previous instance was not yet seen stopped, dead or fenced when the new one started (a figure: validity is judged by the overlaps). */
+  movesBeforeOldStopped: number;
+  /** Moves made by a drain (a hand-over from the acked seq: no redelivery allowed). */
+  movesByDrain: number;
+  /** Dispatched (pinned) agents started on another slot: never allowed. */
+  pinnedMoved: number;
+  /** Moves whose new instance WhoAmI named an incarnation not above every one the previous instance was named. */
+  movesWithoutNewIncarnation: number;
+  /** Pairs of instances of one agent that took messages in overlapping stretches of time. */
+  overlappingReceipts: number;
+  /** Pairs of instances of one agent whose own calls were certainly accepted in overlapping stretches of time. */
+  overlappingValidity: number;
   toolCalls: number;
   toolCallsOk: number;
   toolCallsUnavailable: number;
@@ -99,6 +135,8 @@ export interface LedgerCounts {
 export class Ledger {
   readonly #agents = new Map<string, AgentRecord>();
   readonly #isExcused: (slot: number, atMs: number) => boolean;
+  /** Agents the control plane may move (created with EnsureAgent); the others are pinned to one slot. */
+  readonly #movable: ReadonlySet<string>;
   /** Self-fences seen, judged at the end (see {@link judgeSelfFences}). */
   readonly #selfFences: { slot: number; hostIncarnation: number; atMs: number }[] = [];
   readonly counts: LedgerCounts = {
@@ -118,6 +156,13 @@ export class Ledger {
     restartsAfterSelfFence: 0,
     selfFences: 0,
     selfFencesUnexcused: 0,
+    moves: 0,
+    movesBeforeOldStopped: 0,
+    movesByDrain: 0,
+    pinnedMoved: 0,
+    movesWithoutNewIncarnation: 0,
+    overlappingReceipts: 0,
+    overlappingValidity: 0,
     toolCalls: 0,
     toolCallsOk: 0,
     toolCallsUnavailable: 0,
@@ -135,10 +180,14 @@ export class Ledger {
   /** The first few things that went wrong, described (no token ever). */
   readonly incidents: string[] = [];
 
-  /** `isExcused(slot, atMs)`: whether a 401 on that host's agent at that moment falls outside the promise. */
-  constructor(agentIds: readonly string[], isExcused: (slot: number, atMs: number) => boolean) {
+  /**
+   * `isExcused(slot, atMs)`: whether a 401 on that host's agent at that moment falls outside the promise.
+   * `movable`: the agents created with EnsureAgent, which may start on another slot once their host is lost.
+   */
+  constructor(agentIds: readonly string[], isExcused: (slot: number, atMs: number) => boolean, movable: ReadonlySet<string> = new Set()) {
     for (const agentId of agentIds) this.#agents.set(agentId, new AgentRecord());
     this.#isExcused = isExcused;
+    this.#movable = movable;
   }
 
   /** The payload the sender puts in the `index`-th message to `agentId`. */
@@ -161,13 +210,65 @@ export class Ledger {
         this.counts.restartsWhileHostLived++;
         this.#incident(`${agentId} started again on host ${slot}#${hostIncarnation}, which had it running`);
       } else {
-        isAfterHostCrash = previous.isDead;
-        this.counts.restartsAfterHostCrash++;
+        // Another host incarnation (a crash) or another slot (a move): what the earlier instance took
+        // unacknowledged comes again. Two live, valid copies at once are judged by the overlaps. Not
+        // after a drain: it waits for the acks of what was taken before it starts the new copy.
+        isAfterHostCrash = previous.isDraining !== true || previous.isDead;
+        if (previous.isDraining === true && !previous.isDead) this.counts.movesByDrain++;
+        if (previous.slot === slot) this.counts.restartsAfterHostCrash++;
+        else {
+          this.counts.moves++;
+          if (previous.isDead !== true && previous.isFenced !== true && previous.isStopped !== true) this.counts.movesBeforeOldStopped++;
+          if (!this.#movable.has(agentId)) {
+            this.counts.pinnedMoved++;
+            this.#incident(`${agentId}, dispatched to host ${previous.slot}, started on host ${slot}`);
+          }
+        }
       }
     }
-    const instance: AgentInstance = { agentId, slot, hostIncarnation, isAfterHostCrash, isDead: false, firstSeq: 0, lastSeq: 0 };
+    const instance: AgentInstance = {
+      agentId,
+      slot,
+      hostIncarnation,
+      isAfterHostCrash,
+      isDead: false,
+      firstSeq: 0,
+      lastSeq: 0,
+      firstReceiptAtMs: Number.NaN,
+      lastReceiptAtMs: Number.NaN,
+      okFromMs: Number.POSITIVE_INFINITY,
+      okToMs: Number.NEGATIVE_INFINITY,
+      incarnations: new Set(),
+    };
     record.current = instance;
+    record.instances.push(instance);
     return instance;
+  }
+
+  /** A drain of `agentId`'s host began: until {@link onDrainEnded}, its current instance is handed over, not lost. */
+  onDrainStarted(agentId: string): void {
+    const current = this.#record(agentId).current;
+    if (current !== undefined) current.isDraining = true;
+  }
+
+  /** The drain is over (the agent moved, or it did not). */
+  onDrainEnded(agentId: string): void {
+    for (const instance of this.#record(agentId).instances) instance.isDraining = false;
+  }
+
+  /** The instance was stopped by its host (its signal aborted): what it sees from now on does not count. */
+  onInstanceStopped(instance: AgentInstance): void {
+    instance.isStopped = true;
+  }
+
+  /** The instance that is `agentId`'s latest start (undefined before its first). */
+  current(agentId: string): AgentInstance | undefined {
+    return this.#record(agentId).current;
+  }
+
+  /** Every instance `agentId` has had, in start order. */
+  instancesOf(agentId: string): readonly AgentInstance[] {
+    return this.#record(agentId).instances;
   }
 
   /**
@@ -196,10 +297,12 @@ export class Ledger {
     this.#selfFences.length = 0;
   }
 
-  /** What an instance received (its host passed it the message; it takes it). */
-  onReceipt(instance: AgentInstance, seq: number, payload: Uint8Array): void {
+  /** What an instance received at `atMs` (its host passed it the message; it takes it). */
+  onReceipt(instance: AgentInstance, seq: number, payload: Uint8Array, atMs = Number.NaN): void {
     if (instance.isDead) return;
     const record = this.#record(instance.agentId);
+    if (Number.isNaN(instance.firstReceiptAtMs)) instance.firstReceiptAtMs = atMs;
+    instance.lastReceiptAtMs = atMs;
     const text = Buffer.from(payload).toString('utf8');
     const hash = text.lastIndexOf('#');
     const addressee = text.slice(0, hash);
@@ -254,6 +357,16 @@ export class Ledger {
     return this.#record(agentId).confirmed;
   }
 
+  /** Whether the first `count` messages sent to `agentId` (all confirmed) have reached it at least once. */
+  isDeliveredUpTo(agentId: string, count: number): boolean {
+    const record = this.#record(agentId);
+    for (let index = 0; index < count; index++) {
+      const seq = record.seqOfIndex.get(index);
+      if (seq === 0 || record.receipts.get(seq) === 0) return false;
+    }
+    return true;
+  }
+
   /** Whether every confirmed message of every agent has reached it at least once. */
   isAllDelivered(): boolean {
     for (const record of this.#agents.values()) {
@@ -263,9 +376,16 @@ export class Ledger {
     return true;
   }
 
-  /** A tool call the agent made as itself (`expected`: what it should see) ended with `outcome`. */
-  onToolCall(instance: AgentInstance, kind: 'as-itself' | 'as-another', outcome: CallOutcome, atMs: number, detail = ''): void {
+  /**
+   * A tool call the agent made (as itself, or as another agent) ended with
+   * `outcome` at `atMs`; it was made at `startedAtMs` (defaults to `atMs`).
+   */
+  onToolCall(instance: AgentInstance, kind: 'as-itself' | 'as-another', outcome: CallOutcome, atMs: number, detail = '', startedAtMs = atMs): void {
     if (instance.isDead) return;
+    if (kind === 'as-itself' && outcome === 'ok') {
+      instance.okFromMs = Math.min(instance.okFromMs, atMs);
+      instance.okToMs = Math.max(instance.okToMs, startedAtMs);
+    }
     this.counts.toolCalls++;
     if (kind === 'as-another') {
       this.counts.crossAgentAttempts++;
@@ -301,6 +421,12 @@ export class Ledger {
         this.counts.toolCallsOther++;
         this.#incident(`${instance.agentId}: ${detail}`);
     }
+  }
+
+  /** WhoAmI, as itself, named incarnation `incarnation` (the control plane's, from the token it accepted). */
+  onIncarnation(instance: AgentInstance, incarnation: number): void {
+    if (instance.isDead || instance.incarnations.size >= 100) return;
+    instance.incarnations.add(incarnation);
   }
 
   /** WhoAmI named someone else. */
@@ -352,6 +478,63 @@ export class Ledger {
           this.#incident(`${agentId}: seq ${seq} never arrived though later ones did`);
         } else if (record.indexAtSeq.get(seq) - 1 >= record.confirmed) {
           c.deliveredUnconfirmed++;
+        }
+      }
+    }
+  }
+
+  /**
+   * Two live, valid copies of one agent, judged at the end over every pair
+   * of its instances (sound: only what certainly happened counts):
+   * - RECEIPTS: the stretches [first receipt, last receipt] of two instances
+   *   overlap: each began strictly before the other ended. Receipt times are when the module was handed the
+   *   message, in this process: exact. An agent is one copy taking messages
+   *   one at a time; a move starts the new copy only after the old one was
+   *   fenced, so redelivery after a move never overlaps.
+   * - VALIDITY: a call that succeeded was accepted somewhere in [its start,
+   *   its end]. So an instance was accepted at or before `okFromMs` (the
+   *   earliest end of a successful call) and at or after `okToMs` (the latest
+   *   start of one). If A.okFromMs < B.okToMs and B.okFromMs < A.okToMs, A was
+   *   accepted at some α1 ≤ A.okFromMs and α2 ≥ A.okToMs, B at β1, β2 alike,
+   *   and α1 < β2, β1 < α2: the stretches [α1, α2] and [β1, β2] overlap, and
+   *   since a fenced incarnation never becomes valid again, each was valid
+   *   throughout its own: both at once.
+   * Only calls and receipts of live instances are recorded (a crashed host's
+   *   agents are dead at the crash; a stopped one is over at its abort).
+   * Also: a move (another slot) must come with a new incarnation, when WhoAmI
+   * named one on both sides.
+   */
+  judgeOverlaps(): void {
+    for (const [agentId, record] of this.#agents) {
+      const all = record.instances;
+      for (let i = 0; i < all.length; i++) {
+        for (let j = i + 1; j < all.length; j++) {
+          const a = all[i] as AgentInstance;
+          const b = all[j] as AgentInstance;
+          const name = (x: AgentInstance): string => `host ${x.slot}#${x.hostIncarnation} (start ${all.indexOf(x) + 1})`;
+          if (!Number.isNaN(a.firstReceiptAtMs) && !Number.isNaN(b.firstReceiptAtMs)) {
+            if (a.firstReceiptAtMs < b.lastReceiptAtMs && b.firstReceiptAtMs < a.lastReceiptAtMs) {
+              this.counts.overlappingReceipts++;
+              this.#incident(
+                `${agentId} took messages on ${name(a)} from +${a.firstReceiptAtMs} to +${a.lastReceiptAtMs} ms and on ${name(b)} from +${b.firstReceiptAtMs} to +${b.lastReceiptAtMs} ms`,
+              );
+            }
+          }
+          if (a.okFromMs < b.okToMs && b.okFromMs < a.okToMs) {
+            this.counts.overlappingValidity++;
+            this.#incident(
+              `${agentId}: calls of ${name(a)} were accepted by +${a.okFromMs} and after +${a.okToMs} ms, calls of ${name(b)} by +${b.okFromMs} and after +${b.okToMs} ms`,
+            );
+          }
+        }
+      }
+      for (let i = 1; i < all.length; i++) {
+        const before = all[i - 1] as AgentInstance;
+        const after = all[i] as AgentInstance;
+        if (before.slot === after.slot || before.incarnations.size === 0 || after.incarnations.size === 0) continue;
+        if (Math.min(...after.incarnations) <= Math.max(...before.incarnations)) {
+          this.counts.movesWithoutNewIncarnation++;
+          this.#incident(`${agentId} moved from host ${before.slot} to ${after.slot} but WhoAmI named incarnation ${Math.min(...after.incarnations)}, not above ${Math.max(...before.incarnations)}`);
         }
       }
     }

@@ -3,6 +3,7 @@
  * (vi.useFakeTimers), as SystemClock is the module that arms them; fake-timers
  * behaves as Node does with a delay past 2³¹−1 ms: it fires after 1 ms.
  */
+import { getEventListeners } from 'node:events';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { MAX_TIMER_DELAY_MS, SystemClock } from '../../common/clock.js';
 
@@ -78,5 +79,24 @@ describe('SystemClock.sleep', () => {
     expect(await isSettled(forever)).toBe(false);
     stop.abort();
     expect(await isSettled(forever)).toBe(true);
+  });
+
+  it('listens to its signal only while it waits: none left after the time is up or the signal aborted', async () => {
+    const clock = new SystemClock();
+    const signal = new AbortController().signal;
+    const slept = clock.sleep(1_000, signal);
+    expect(getEventListeners(signal, 'abort')).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(await isSettled(slept)).toBe(true);
+    expect(getEventListeners(signal, 'abort')).toHaveLength(0);
+    expect(vi.getTimerCount()).toBe(0);
+
+    const stop = new AbortController();
+    const sleeps = [clock.sleep(1_000, stop.signal), clock.sleep(2 * MAX_TIMER_DELAY_MS, stop.signal)];
+    expect(getEventListeners(stop.signal, 'abort')).toHaveLength(2);
+    stop.abort();
+    for (const sleep of sleeps) expect(await isSettled(sleep)).toBe(true);
+    expect(getEventListeners(stop.signal, 'abort')).toHaveLength(0);
+    expect(vi.getTimerCount()).toBe(0);
   });
 });

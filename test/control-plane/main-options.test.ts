@@ -95,6 +95,7 @@ const SERVE_ROWS: Record<string, Row> = {
   '--agent-token-ttl': { env: 'TETHER_AGENT_TOKEN_TTL', value: '2h', key: 'agentTokenTtl', expected: 7_200_000 },
   '--host-token-ttl': { env: 'TETHER_HOST_TOKEN_TTL', value: '48h', key: 'hostTokenTtl', expected: 172_800_000 },
   '--audience-token-ttl': { env: 'TETHER_AUDIENCE_TOKEN_TTL', value: '2m', key: 'audienceTokenTtl', expected: 120_000 },
+  '--issuer-url': { env: 'TETHER_ISSUER_URL', value: 'https://tether.example.com', key: 'issuerUrl', expected: 'https://tether.example.com' },
   '--join-token-ttl': { env: 'TETHER_JOIN_TOKEN_TTL', value: '3h', key: 'joinTokenTtl', expected: 10_800_000 },
   '--clock-tolerance': { env: 'TETHER_CLOCK_TOLERANCE', value: '5s', key: 'clockTolerance', expected: 5_000 },
   '--heartbeat-interval': { env: 'TETHER_HEARTBEAT_INTERVAL', value: '20s', key: 'heartbeatInterval', expected: 20_000 },

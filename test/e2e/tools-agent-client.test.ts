@@ -6,6 +6,7 @@
  * never a loop. Attempts are counted at the source (the library reads it once
  * per attempt) and successes at the control plane (its heartbeat events).
  */
+import { getEventListeners } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { AgentClient } from '../../agent-host/tools/agent-client.js';
@@ -128,5 +129,44 @@ describe('AgentClient retry on UNAUTHENTICATED', () => {
     onTestFinished(() => client.close());
     await expect(client.heartbeat('someone-else')).rejects.toBeInstanceOf(PermissionDeniedError);
     expect(source.gets).toBe(1);
+  });
+});
+
+describe('AgentClient cancellation', () => {
+  let harness: Harness | undefined;
+  afterEach(async () => {
+    await harness?.close();
+    harness = undefined;
+  });
+
+  async function liveAgent(): Promise<{ h: Harness; credentials: ReadOnlyCredentials }> {
+    const h = await Harness.start({ isRotationEnabled: false, heartbeatIntervalMs: 3_600_000 });
+    harness = h;
+    const { host, hostId } = await h.startHost('abort-host');
+    const started = nextEvent<{ agentId: string; credentials: ReadOnlyCredentials }>(host.events, 'agent-started', (e) => e.agentId === AGENT_ID);
+    await h.dispatch(host, hostId, AGENT_ID);
+    const { credentials } = await started;
+    return { h, credentials };
+  }
+
+  it('cancels a call whose signal aborts, refuses one whose signal already has, and leaves no listener behind', async () => {
+    const { h, credentials } = await liveAgent();
+    const client = new AgentClient({ target: h.target, source: credentials });
+    onTestFinished(() => client.close());
+    const done = new AbortController();
+    expect((await client.whoAmI({ signal: done.signal })).agentId).toBe(AGENT_ID);
+    expect(getEventListeners(done.signal, 'abort')).toHaveLength(0);
+
+    const aborting = new AbortController();
+    const cancelled = client.whoAmI({ signal: aborting.signal });
+    expect(getEventListeners(aborting.signal, 'abort')).toHaveLength(1);
+    aborting.abort();
+    const failure = await cancelled.then(
+      () => undefined,
+      (err: unknown) => err as Error,
+    );
+    expect(failure?.message).toContain('CANCELLED');
+
+    await expect(client.whoAmI({ signal: aborting.signal })).rejects.toMatchObject({ name: 'AbortError' });
   });
 });

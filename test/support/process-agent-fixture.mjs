@@ -15,6 +15,9 @@
  *   --orphan-holds-output  starts a detached grandchild that holds its stdout and
  *                     stderr open (and sleeps) and writes its pid to `orphan`: once
  *                     this process has exited, its output still has not ended.
+ *   --audience-each   on each message, reads the audience-token file named by
+ *                     $TETHER_AUDIENCE_FILE_AWS once and appends the message's
+ *                     payload, the file's path, mode and content to audience.json.
  *   --ignore-sigterm  survives SIGTERM and the end of stdin (writes `sigterm` when
  *                     it gets one); only SIGKILL ends it.
  *   --call-loop       calls AgentService.Heartbeat at $TETHER_SERVER over and over
@@ -35,6 +38,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
 const flags = new Set(process.argv.slice(2));
+const audienceEach = [];
 const dir = process.env.TETHER_AGENT_DIR ?? '.';
 const tokenFile = process.env.TETHER_TOKEN_FILE ?? '';
 
@@ -126,6 +130,16 @@ function onLine(line) {
   if (flags.has('--report-each')) {
     seenEach.push({ seq: message.seq, text, ...tokenNow() });
     publish('seen.json', JSON.stringify(seenEach));
+  }
+  if (flags.has('--audience-each')) {
+    const path = process.env.TETHER_AUDIENCE_FILE_AWS ?? '';
+    const fd = openSync(path, 'r');
+    try {
+      audienceEach.push({ text, path, mode: fstatSync(fd).mode & 0o777, token: readFileSync(fd, 'utf8') });
+    } finally {
+      closeSync(fd);
+    }
+    publish('audience.json', JSON.stringify(audienceEach));
   }
   process.stdout.write(`${JSON.stringify({ ack: message.seq })}\n`);
   const exit = /^exit (\d+)$/.exec(text);

@@ -312,6 +312,12 @@ export interface AgentInfo {
 }
 
 export interface GetJwksRequest {
+  /**
+   * "" or "tokens": the keys of the control plane's own tokens (/.well-known/jwks.json).
+   * "audience": the federation keys that sign audience tokens under --issuer-url
+   * (the discovery document's jwks_uri); empty without an issuer URL.
+   */
+  purpose?: string | undefined;
 }
 
 /** One public key of the JWKS, as RFC 7517 names its members (empty when absent). */
@@ -341,6 +347,12 @@ export interface RevokeHostResponse {
 }
 
 export interface RotateSigningKeyRequest {
+  /**
+   * "" or "tokens": the keys of the control plane's own tokens. "audience": the
+   * federation (ES256) keys of audience tokens; refused without --issuer-url, and
+   * when the federation JWKS is at its bound.
+   */
+  purpose?: string | undefined;
 }
 
 export interface RotateSigningKeyResponse {
@@ -367,6 +379,10 @@ export interface SigningKeyInfo {
   state: string;
   /** When it started signing; 0 if it never did. */
   signingSinceMs: number;
+  /** "tokens" (the control plane's own tokens) or "audience" (federation). */
+  purpose: string;
+  /** "EdDSA" or "ES256". */
+  alg: string;
 }
 
 export interface ListSigningKeysResponse {
@@ -4368,11 +4384,14 @@ export const AgentInfo: MessageFns<AgentInfo> = {
 };
 
 function createBaseGetJwksRequest(): GetJwksRequest {
-  return {};
+  return { purpose: undefined };
 }
 
 export const GetJwksRequest: MessageFns<GetJwksRequest> = {
-  encode(_: GetJwksRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: GetJwksRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.purpose !== undefined) {
+      writer.uint32(10).string(message.purpose);
+    }
     return writer;
   },
 
@@ -4389,6 +4408,14 @@ export const GetJwksRequest: MessageFns<GetJwksRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.purpose = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4401,20 +4428,24 @@ export const GetJwksRequest: MessageFns<GetJwksRequest> = {
     }
   },
 
-  fromJSON(_: any): GetJwksRequest {
-    return {};
+  fromJSON(object: any): GetJwksRequest {
+    return { purpose: isSet(object.purpose) ? globalThis.String(object.purpose) : undefined };
   },
 
-  toJSON(_: GetJwksRequest): unknown {
+  toJSON(message: GetJwksRequest): unknown {
     const obj: any = {};
+    if (message.purpose !== undefined) {
+      obj.purpose = message.purpose;
+    }
     return obj;
   },
 
   create<I extends Exact<DeepPartial<GetJwksRequest>, I>>(base?: I): GetJwksRequest {
     return GetJwksRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<GetJwksRequest>, I>>(_: I): GetJwksRequest {
+  fromPartial<I extends Exact<DeepPartial<GetJwksRequest>, I>>(object: I): GetJwksRequest {
     const message = createBaseGetJwksRequest();
+    message.purpose = object.purpose ?? undefined;
     return message;
   },
 };
@@ -4798,11 +4829,14 @@ export const RevokeHostResponse: MessageFns<RevokeHostResponse> = {
 };
 
 function createBaseRotateSigningKeyRequest(): RotateSigningKeyRequest {
-  return {};
+  return { purpose: undefined };
 }
 
 export const RotateSigningKeyRequest: MessageFns<RotateSigningKeyRequest> = {
-  encode(_: RotateSigningKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: RotateSigningKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.purpose !== undefined) {
+      writer.uint32(10).string(message.purpose);
+    }
     return writer;
   },
 
@@ -4819,6 +4853,14 @@ export const RotateSigningKeyRequest: MessageFns<RotateSigningKeyRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.purpose = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4831,20 +4873,24 @@ export const RotateSigningKeyRequest: MessageFns<RotateSigningKeyRequest> = {
     }
   },
 
-  fromJSON(_: any): RotateSigningKeyRequest {
-    return {};
+  fromJSON(object: any): RotateSigningKeyRequest {
+    return { purpose: isSet(object.purpose) ? globalThis.String(object.purpose) : undefined };
   },
 
-  toJSON(_: RotateSigningKeyRequest): unknown {
+  toJSON(message: RotateSigningKeyRequest): unknown {
     const obj: any = {};
+    if (message.purpose !== undefined) {
+      obj.purpose = message.purpose;
+    }
     return obj;
   },
 
   create<I extends Exact<DeepPartial<RotateSigningKeyRequest>, I>>(base?: I): RotateSigningKeyRequest {
     return RotateSigningKeyRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<RotateSigningKeyRequest>, I>>(_: I): RotateSigningKeyRequest {
+  fromPartial<I extends Exact<DeepPartial<RotateSigningKeyRequest>, I>>(object: I): RotateSigningKeyRequest {
     const message = createBaseRotateSigningKeyRequest();
+    message.purpose = object.purpose ?? undefined;
     return message;
   },
 };
@@ -5035,7 +5081,16 @@ export const ListSigningKeysRequest: MessageFns<ListSigningKeysRequest> = {
 };
 
 function createBaseSigningKeyInfo(): SigningKeyInfo {
-  return { keyId: "", createdAtMs: 0, retiredAtMs: 0, verifyUntilMs: 0, state: "", signingSinceMs: 0 };
+  return {
+    keyId: "",
+    createdAtMs: 0,
+    retiredAtMs: 0,
+    verifyUntilMs: 0,
+    state: "",
+    signingSinceMs: 0,
+    purpose: "",
+    alg: "",
+  };
 }
 
 export const SigningKeyInfo: MessageFns<SigningKeyInfo> = {
@@ -5057,6 +5112,12 @@ export const SigningKeyInfo: MessageFns<SigningKeyInfo> = {
     }
     if (message.signingSinceMs !== 0) {
       writer.uint32(48).int64(message.signingSinceMs);
+    }
+    if (message.purpose !== "") {
+      writer.uint32(58).string(message.purpose);
+    }
+    if (message.alg !== "") {
+      writer.uint32(66).string(message.alg);
     }
     return writer;
   },
@@ -5122,6 +5183,22 @@ export const SigningKeyInfo: MessageFns<SigningKeyInfo> = {
             message.signingSinceMs = longToNumber(reader.int64());
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.purpose = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.alg = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5162,6 +5239,8 @@ export const SigningKeyInfo: MessageFns<SigningKeyInfo> = {
         : isSet(object.signing_since_ms)
         ? globalThis.Number(object.signing_since_ms)
         : 0,
+      purpose: isSet(object.purpose) ? globalThis.String(object.purpose) : "",
+      alg: isSet(object.alg) ? globalThis.String(object.alg) : "",
     };
   },
 
@@ -5185,6 +5264,12 @@ export const SigningKeyInfo: MessageFns<SigningKeyInfo> = {
     if (message.signingSinceMs !== 0) {
       obj.signingSinceMs = Math.round(message.signingSinceMs);
     }
+    if (message.purpose !== "") {
+      obj.purpose = message.purpose;
+    }
+    if (message.alg !== "") {
+      obj.alg = message.alg;
+    }
     return obj;
   },
 
@@ -5199,6 +5284,8 @@ export const SigningKeyInfo: MessageFns<SigningKeyInfo> = {
     message.verifyUntilMs = object.verifyUntilMs ?? 0;
     message.state = object.state ?? "";
     message.signingSinceMs = object.signingSinceMs ?? 0;
+    message.purpose = object.purpose ?? "";
+    message.alg = object.alg ?? "";
     return message;
   },
 };

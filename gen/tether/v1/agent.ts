@@ -77,6 +77,12 @@ export interface MintTokenRequest {
    * characters, no spaces; never the control plane's own audience.
    */
   audience: string;
+  /**
+   * The lifetime asked for; absent or 0: --audience-token-ttl. At most the
+   * longer of --audience-token-ttl and half the agent token TTL (what a host
+   * asks for the tokens it keeps in files); never past the agent token's exp.
+   */
+  ttlMs?: number | undefined;
 }
 
 export interface MintTokenResponse {
@@ -776,13 +782,16 @@ export const WhoAmIResponse: MessageFns<WhoAmIResponse> = {
 };
 
 function createBaseMintTokenRequest(): MintTokenRequest {
-  return { audience: "" };
+  return { audience: "", ttlMs: undefined };
 }
 
 export const MintTokenRequest: MessageFns<MintTokenRequest> = {
   encode(message: MintTokenRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.audience !== "") {
       writer.uint32(10).string(message.audience);
+    }
+    if (message.ttlMs !== undefined) {
+      writer.uint32(16).int64(message.ttlMs);
     }
     return writer;
   },
@@ -808,6 +817,14 @@ export const MintTokenRequest: MessageFns<MintTokenRequest> = {
             message.audience = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.ttlMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -821,13 +838,23 @@ export const MintTokenRequest: MessageFns<MintTokenRequest> = {
   },
 
   fromJSON(object: any): MintTokenRequest {
-    return { audience: isSet(object.audience) ? globalThis.String(object.audience) : "" };
+    return {
+      audience: isSet(object.audience) ? globalThis.String(object.audience) : "",
+      ttlMs: isSet(object.ttlMs)
+        ? globalThis.Number(object.ttlMs)
+        : isSet(object.ttl_ms)
+        ? globalThis.Number(object.ttl_ms)
+        : undefined,
+    };
   },
 
   toJSON(message: MintTokenRequest): unknown {
     const obj: any = {};
     if (message.audience !== "") {
       obj.audience = message.audience;
+    }
+    if (message.ttlMs !== undefined) {
+      obj.ttlMs = Math.round(message.ttlMs);
     }
     return obj;
   },
@@ -838,6 +865,7 @@ export const MintTokenRequest: MessageFns<MintTokenRequest> = {
   fromPartial<I extends Exact<DeepPartial<MintTokenRequest>, I>>(object: I): MintTokenRequest {
     const message = createBaseMintTokenRequest();
     message.audience = object.audience ?? "";
+    message.ttlMs = object.ttlMs ?? undefined;
     return message;
   },
 };

@@ -121,6 +121,29 @@ export interface AgentSpec {
   args: string[];
   /** Opaque configuration handed to the agent (JSON by convention). */
   config: string;
+  /**
+   * For kind "process": audience tokens its host keeps in files under
+   * <agent dir>/tokens/, for SDKs that read a web-identity token file.
+   */
+  audienceFiles?: AudienceFiles | undefined;
+}
+
+/** Audience tokens kept in files for a process agent. */
+export interface AudienceFiles {
+  /** At most 16, names distinct. */
+  files: AudienceFile[];
+}
+
+/**
+ * One audience-token file: <agent dir>/tokens/<name>, holding a token for
+ * `audience` (minted as the agent, refreshed by its host well before expiry),
+ * its path in the agent's environment as TETHER_AUDIENCE_FILE_<NAME>.
+ */
+export interface AudienceFile {
+  /** 1 to 64 of [A-Za-z0-9_-], starting with a letter or digit: never a path. */
+  name: string;
+  /** As MintToken's audience. */
+  audience: string;
 }
 
 /** A message to an agent. */
@@ -412,7 +435,7 @@ export const Label: MessageFns<Label> = {
 };
 
 function createBaseAgentSpec(): AgentSpec {
-  return { kind: "", module: "", command: "", args: [], config: "" };
+  return { kind: "", module: "", command: "", args: [], config: "", audienceFiles: undefined };
 }
 
 export const AgentSpec: MessageFns<AgentSpec> = {
@@ -431,6 +454,9 @@ export const AgentSpec: MessageFns<AgentSpec> = {
     }
     if (message.config !== "") {
       writer.uint32(42).string(message.config);
+    }
+    if (message.audienceFiles !== undefined) {
+      AudienceFiles.encode(message.audienceFiles, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -488,6 +514,14 @@ export const AgentSpec: MessageFns<AgentSpec> = {
             message.config = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.audienceFiles = AudienceFiles.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -507,6 +541,11 @@ export const AgentSpec: MessageFns<AgentSpec> = {
       command: isSet(object.command) ? globalThis.String(object.command) : "",
       args: globalThis.Array.isArray(object?.args) ? object.args.map((e: any) => globalThis.String(e)) : [],
       config: isSet(object.config) ? globalThis.String(object.config) : "",
+      audienceFiles: isSet(object.audienceFiles)
+        ? AudienceFiles.fromJSON(object.audienceFiles)
+        : isSet(object.audience_files)
+        ? AudienceFiles.fromJSON(object.audience_files)
+        : undefined,
     };
   },
 
@@ -527,6 +566,9 @@ export const AgentSpec: MessageFns<AgentSpec> = {
     if (message.config !== "") {
       obj.config = message.config;
     }
+    if (message.audienceFiles !== undefined) {
+      obj.audienceFiles = AudienceFiles.toJSON(message.audienceFiles);
+    }
     return obj;
   },
 
@@ -540,6 +582,163 @@ export const AgentSpec: MessageFns<AgentSpec> = {
     message.command = object.command ?? "";
     message.args = object.args?.map((e) => e) || [];
     message.config = object.config ?? "";
+    message.audienceFiles = (object.audienceFiles !== undefined && object.audienceFiles !== null)
+      ? AudienceFiles.fromPartial(object.audienceFiles)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseAudienceFiles(): AudienceFiles {
+  return { files: [] };
+}
+
+export const AudienceFiles: MessageFns<AudienceFiles> = {
+  encode(message: AudienceFiles, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.files) {
+      AudienceFile.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AudienceFiles {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAudienceFiles();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.files.push(AudienceFile.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AudienceFiles {
+    return {
+      files: globalThis.Array.isArray(object?.files) ? object.files.map((e: any) => AudienceFile.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: AudienceFiles): unknown {
+    const obj: any = {};
+    if (message.files?.length) {
+      obj.files = message.files.map((e) => AudienceFile.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AudienceFiles>, I>>(base?: I): AudienceFiles {
+    return AudienceFiles.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AudienceFiles>, I>>(object: I): AudienceFiles {
+    const message = createBaseAudienceFiles();
+    message.files = object.files?.map((e) => AudienceFile.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseAudienceFile(): AudienceFile {
+  return { name: "", audience: "" };
+}
+
+export const AudienceFile: MessageFns<AudienceFile> = {
+  encode(message: AudienceFile, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.audience !== "") {
+      writer.uint32(18).string(message.audience);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AudienceFile {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAudienceFile();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.audience = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AudienceFile {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      audience: isSet(object.audience) ? globalThis.String(object.audience) : "",
+    };
+  },
+
+  toJSON(message: AudienceFile): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.audience !== "") {
+      obj.audience = message.audience;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AudienceFile>, I>>(base?: I): AudienceFile {
+    return AudienceFile.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AudienceFile>, I>>(object: I): AudienceFile {
+    const message = createBaseAudienceFile();
+    message.name = object.name ?? "";
+    message.audience = object.audience ?? "";
     return message;
   },
 };

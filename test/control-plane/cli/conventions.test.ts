@@ -159,7 +159,7 @@ describe('the control-plane CLI convention', () => {
         ok(['keys', 'ls']),
         json<Record<string, unknown>[]>(['keys', 'ls']),
         ok(['jwks']),
-        json<{ keys: Record<string, unknown>[] }>(['jwks']),
+        json<{ keys: Record<string, unknown>[] }>(['jwks', '--purpose', 'tokens']),
       ]);
     // hosts ls: every host, lowercase states; wide adds NAME and LABELS; jsonl is one host a line.
     expect(rows(hostsTable)[0]?.slice(0, 6)).toEqual(['HOST', 'STATE', 'CONNECTED', 'SCHEDULABLE', 'DRAIN', 'AGENTS']);
@@ -195,7 +195,8 @@ describe('the control-plane CLI convention', () => {
     expect(describeAgentJson.transitions.map((t) => `${String(t.fromState)}>${String(t.toState)}`)).toEqual(['null>pending', 'pending>starting', 'starting>running']);
 
     // keys ls and jwks: the signer and the standby.
-    expect(rows(keysTable).slice(1).map((r) => r[1]).sort()).toEqual(['signing', 'standby']);
+    expect(rows(keysTable)[0]?.slice(0, 4)).toEqual(['KEY', 'PURPOSE', 'ALG', 'STATE']);
+    expect(rows(keysTable).slice(1).map((r) => [r[1], r[3]]).sort()).toEqual([['tokens', 'signing'], ['tokens', 'standby']]);
     expect(keysJson.map((k) => k.state).sort()).toEqual(['signing', 'standby']);
     expect(keysJson.find((k) => k.state === 'standby')).toMatchObject({ signingSince: null, createdAt: expect.stringMatching(ISO) });
     expect(rows(jwksTable)[0]).toEqual(['KID', 'KTY', 'ALG', 'USE']);
@@ -237,7 +238,7 @@ describe('the control-plane CLI convention', () => {
     const sentJson = await json<Record<string, unknown>>(['send', 'inbox', '--data', 'held', '--content-type', 'text/plain', '--idempotency-key', 'k1']);
     const [dispatched, dispatchedTable, ensured, rotated, rotatedJson, sentTable, sentStdin, badOne, badTwo] = await Promise.all([
       json<Record<string, unknown>>(['agents', 'dispatch', '--id', 'd1', '--module', 'idle', '--name', 'first', '--host', conv, '--restart', 'never', '--config', '{"a":1}']),
-      ok(['agents', 'dispatch', '--id', 'p1', '--command', '/no/such/agent', '--arg', 'x', '--label', 'zone=nowhere']),
+      ok(['agents', 'dispatch', '--id', 'p1', '--command', '/no/such/agent', '--arg', 'x', '--audience-file', 'billing=https://billing.example', '--label', 'zone=nowhere']),
       ok(['agents', 'ensure', 'e1', '--module', 'idle', '--label', 'zone=a', '--restart', 'always']),
       ok(['agents', 'rotate', 'a1']),
       json<Record<string, unknown>>(['agents', 'rotate', 'mail']),
@@ -251,6 +252,7 @@ describe('the control-plane CLI convention', () => {
     expect(dispatchedTable).toMatch(/^STATE\s+pending$/m);
     expect(dispatchedTable).toMatch(/^DETAIL\s+.*zone=nowhere/m);
     expect((await h.store.getAgent('p1'))?.spec).toMatchObject({ kind: 'process', command: '/no/such/agent', args: ['x'] });
+    expect(JSON.stringify((await h.store.getAgent('p1'))?.spec)).toContain('https://billing.example');
     expect(ensured).toMatch(/^CREATED\s+true$/m);
     expect(ensured).toMatch(/^RESTART_POLICY\s+always$/m);
     expect(rotated).toMatch(/^AGENT_ID\s+a1$/m);
@@ -292,7 +294,7 @@ describe('the control-plane CLI convention', () => {
       json<{ created: boolean; updated: boolean; agent: Record<string, unknown> }>(['agents', 'ensure', 'e1', '--module', 'mail', '--label', 'zone=a', '--update']),
       json<Record<string, unknown>>(['agents', 'stop', 'd1', '--reason', 'done with it']),
       ok(['agents', 'stop', 'p1']),
-      json<{ created: boolean; agent: Record<string, unknown> }>(['agents', 'ensure', 'p2', '--command', '/no/such/agent', '--arg', 'y', '--config', '{}', '--name', 'second', '--host', conv]),
+      json<{ created: boolean; agent: Record<string, unknown> }>(['agents', 'ensure', 'p2', '--command', '/no/such/agent', '--arg', 'y', '--audience-file', 'ledger=https://ledger.example', '--config', '{}', '--name', 'second', '--host', conv]),
     ]);
     expect(ensuredProcess).toMatchObject({ created: true, agent: { agentId: 'p2', name: 'second', requestedHostId: conv, restartPolicy: 'on-failure', spec: { kind: 'process', command: '/no/such/agent', args: ['y'], config: '{}' } } });
     expect(updated).toMatchObject({ updated: true, agent: { agentId: 'e1', spec: { module: 'mail' } } });
@@ -346,7 +348,7 @@ describe('the control-plane CLI convention', () => {
     expect(early.status).toBe(EXIT.refused);
     expect(early.stderr).toMatch(/^error: refused: .*JWKS cache lifetime/);
     h.clock.advance(JWKS_MAX_AGE_MS + 1);
-    const first = await json<{ keyId: string; retiredKeyId: string; retiredVerifiesUntil: string; standbyKeyId: string }>(['keys', 'rotate']);
+    const first = await json<{ keyId: string; retiredKeyId: string; retiredVerifiesUntil: string; standbyKeyId: string }>(['keys', 'rotate', '--purpose', 'tokens']);
     expect(first.retiredVerifiesUntil).toMatch(ISO);
     h.clock.advance(JWKS_MAX_AGE_MS + 1);
     const second = await ok(['keys', 'rotate']);

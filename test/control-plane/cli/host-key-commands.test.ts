@@ -57,9 +57,9 @@ describe('control-plane hosts revoke / keys', () => {
     expect(rotated.retiredVerifiesUntil).toBe(new Date(h.clock.now() + 150_000).toISOString());
 
     const table = (await ok(h, ['keys', 'ls'])).trim().split('\n');
-    expect(table[0]).toMatch(/^KEY\s+STATE\s+CREATED\s+SIGNING_SINCE\s+RETIRED\s+VERIFIES_UNTIL$/);
+    expect(table[0]).toMatch(/^KEY\s+PURPOSE\s+ALG\s+STATE\s+CREATED\s+SIGNING_SINCE\s+RETIRED\s+VERIFIES_UNTIL$/);
     const rows = table.slice(1).map((line) => line.split(/\s+/));
-    expect(rows.map((row) => [row[0], row[1]])).toEqual(
+    expect(rows.map((row) => [row[0], row[3]])).toEqual(
       expect.arrayContaining([
         [first?.keyId, 'verifying-only'],
         [rotated.keyId, 'signing'],

@@ -20,4 +20,30 @@ describe('unary', () => {
       expect(answered).toMatchObject({ code: status.UNAUTHENTICATED, details: 'not the admin token' });
     }
   });
+
+  it("answers with the handler's response, and never before the handler call returns (a synchronous throw included)", async () => {
+    const logs = new LogCapture();
+    const handlers = [
+      (): Promise<{ ok: boolean }> => Promise.resolve({ ok: true }),
+      (): Promise<{ ok: boolean }> => {
+        throw new UnauthenticatedError('no');
+      },
+    ];
+    const answers: unknown[] = [];
+    for (const handler of handlers) {
+      let isReturned = false;
+      const answered = new Promise<void>((resolve) => {
+        unary(logs.logger, handler)({ request: {} } as ServerUnaryCall<object, { ok: boolean }>, (err, value) => {
+          answers.push({ isReturned, code: err?.code, value });
+          resolve();
+        });
+      });
+      isReturned = true;
+      await answered;
+    }
+    expect(answers).toEqual([
+      { isReturned: true, code: undefined, value: { ok: true } },
+      { isReturned: true, code: status.UNAUTHENTICATED, value: undefined },
+    ]);
+  });
 });

@@ -4,9 +4,9 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { TokenExpiredError, TokenRevokedError } from '../../../common/errors.js';
 import { SqliteStore } from '../../../control-plane/store/sqlite-store.js';
-import { JWKS_MAX_AGE_MS, SigningKeyRing } from '../../../control-plane/tokens/signing-keys.js';
-import { TokenIssuer, type IssueRequest } from '../../../control-plane/tokens/token-issuer.js';
-import type { TokenClaims, TokenKind } from '../../../control-plane/tokens/token-kinds.js';
+import { AUDIENCE_KEY_PURPOSE, FEDERATION_ALGORITHM, JWKS_MAX_AGE_MS, SigningKeyRing } from '../../../control-plane/tokens/signing-keys.js';
+import { MAX_CLAIM_LABELS, MAX_CLAIM_LENGTH, MAX_LABEL_LENGTH, TokenIssuer, type IssueRequest } from '../../../control-plane/tokens/token-issuer.js';
+import { MAX_TOKEN_LENGTH, type TokenClaims, type TokenKind } from '../../../control-plane/tokens/token-kinds.js';
 import { MIN_VERIFIER_CACHE_SIZE, TokenRejectedError, TokenVerifier, verifierCacheSize } from '../../../control-plane/tokens/token-verifier.js';
 import { FakeClock } from '../../support/fake-clock.js';
 import { partsOf, signEdDsa } from '../../support/forge-token.js';
@@ -162,6 +162,48 @@ describe('TokenVerifier', () => {
     expect(v.cacheEntries).toBe(0);
     await expect(v.verify(token, 'agent')).rejects.toBeInstanceOf(TokenRevokedError);
     expect(revocationChecks).toHaveLength(2);
+  });
+
+  it('verifies a token presented by many calls at once only once (they join the verification under way)', async () => {
+    // After a rotation every call in flight carries the fresh token: each used to pay a signature check and a store read.
+    const v = verifier();
+    const token = await issue('agent', 'a1');
+    const all = await Promise.all(Array.from({ length: 64 }, () => v.verify(token, 'agent')));
+    expect(revocationChecks).toHaveLength(1);
+    expect(new Set(all.map((claims) => claims.tokenId)).size).toBe(1);
+    expect(v.verificationsInFlight).toBe(0);
+    expect(v.cacheEntries).toBe(1);
+  });
+
+  it('shares a refusal with every call that joined, and keeps nothing of it', async () => {
+    const v = verifier();
+    const token = await issue('agent', 'a1');
+    revokedSubjects.add('a1');
+    const reasons = await Promise.all(Array.from({ length: 8 }, () => v.verify(token, 'agent').then(() => 'accepted', (err: Error) => err.name)));
+    expect(new Set(reasons)).toEqual(new Set(['TokenRevokedError']));
+    expect(revocationChecks).toHaveLength(1);
+    expect(v.verificationsInFlight).toBe(0);
+    revokedSubjects.delete('a1');
+    await v.verify(token, 'agent');
+    expect(revocationChecks).toHaveLength(2);
+  });
+
+  it('does not join a verification under way for another kind or audience, nor one older than a forgetSubject', async () => {
+    const v = verifier();
+    const token = await issue('agent', 'a1');
+    const asHost = reasonOf(v.verify(token, 'host'));
+    const otherAudience = reasonOf(v.verify(token, 'agent', 'another-service'));
+    const first = reasonOf(v.verify(token, 'agent'));
+    // The agent stopped while the first verification runs: a call presenting its token after that is checked afresh.
+    v.forgetSubject('agent', 'a1');
+    revokedSubjects.add('a1');
+    const afterStop = reasonOf(v.verify(token, 'agent'));
+    const [, hostReason, audienceReason, afterStopReason] = await Promise.all([first, asHost, otherAudience, afterStop]);
+    expect(hostReason).toBe('claims');
+    expect(audienceReason).toBe('claims');
+    expect(afterStopReason).toBe('TokenRevokedError');
+    // The first verification and the one after the stop reached the revocation check; the other kind and audience did not.
+    expect(revocationChecks.map((claims) => claims.subject)).toEqual(['a1', 'a1']);
   });
 
   it('keeps at most cacheSize tokens, dropping the oldest', async () => {
@@ -351,5 +393,58 @@ describe('TokenVerifier', () => {
       expect(await reasonOf(v.verify(token, kind))).toBe(reason);
       if (reason !== 'accepted') expect(v.cacheEntries).toBe(0);
     });
+  });
+});
+
+describe('TokenVerifier under federation: algorithms pinned per kind', () => {
+  let dir: string;
+  let store: SqliteStore;
+
+  afterEach(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('verifies audience tokens as ES256 from the federation keys under the issuer URL only, and agent tokens as EdDSA from the own keys only', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'tether-verifier-fed-'));
+    store = SqliteStore.open(join(dir, 'tether.db'));
+    const clock = new FakeClock();
+    const logger = new LogCapture().logger;
+    const keys = await SigningKeyRing.load({ store, clock, logger, maxTokenLifetimeMs: 60_000 });
+    const federationKeys = await SigningKeyRing.load({ store, clock, logger, maxTokenLifetimeMs: 60_000, purpose: AUDIENCE_KEY_PURPOSE, algorithm: FEDERATION_ALGORITHM, maxPublishedKeys: 100 });
+    const federation = { keys: federationKeys, issuer: 'https://tether.example' };
+    const fedIssuer = new TokenIssuer({ keys, clock, issuer: ISSUER, audience: AUDIENCE, federation });
+    // The same control plane without an issuer URL: EdDSA audience tokens under the own issuer.
+    const plainIssuer = new TokenIssuer({ keys, clock, issuer: ISSUER, audience: AUDIENCE });
+    const v = new TokenVerifier({ keys, clock, issuer: ISSUER, audience: AUDIENCE, clockToleranceMs: TOLERANCE_MS, federation, isRevoked: () => Promise.resolve(false) });
+    const reason = async (promise: Promise<unknown>): Promise<string> =>
+      promise.then(
+        () => 'accepted',
+        (err: unknown) => (err instanceof TokenRejectedError ? err.reason : (err as Error).name),
+      );
+    const request: IssueRequest = { kind: 'audience', subject: 'a1', hostId: 'h1', ttlMs: TTL_MS, generation: 1, audience: 'sts.amazonaws.com', agent: { name: 'n', labels: { team: 'a' } } };
+
+    const es256 = await fedIssuer.issue(request);
+    expect(es256.token.split('.')[0]).toBe(Buffer.from(JSON.stringify({ alg: 'ES256', kid: federationKeys.active().kid, typ: 'tether-aud+jwt' })).toString('base64url'));
+    // A JOSE ES256 signature is r||s, 64 bytes (never DER).
+    expect(Buffer.from(es256.token.split('.')[2] ?? '', 'base64url')).toHaveLength(64);
+    expect(await v.verify(es256.token, 'audience', 'sts.amazonaws.com')).toMatchObject({ subject: 'a1', keyId: federationKeys.active().kid });
+    // An EdDSA audience token, signed by an own key, is refused as an audience token under federation.
+    const eddsa = await plainIssuer.issue(request);
+    expect(await reason(v.verify(eddsa.token, 'audience', 'sts.amazonaws.com'))).toBe('malformed');
+    // Agent tokens stay EdDSA, and an ES256 token never passes for one.
+    const agent = await fedIssuer.issue({ kind: 'agent', subject: 'a1', hostId: 'h1', incarnation: 1, ttlMs: TTL_MS, generation: 1 });
+    expect(await reason(v.verify(agent.token, 'agent'))).toBe('accepted');
+    expect(await reason(v.verify(es256.token, 'agent', 'sts.amazonaws.com'))).toBe('malformed');
+    // The claims for policies, bounded: at most 16 labels, strings cut to 128 characters.
+    const labels = Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`k${String(i).padStart(2, '0')}${'x'.repeat(200)}`, 'v'.repeat(500)]));
+    const big = await fedIssuer.issue({ ...request, audience: 'a'.repeat(256), agent: { name: 'n'.repeat(1000), labels } });
+    const payload = JSON.parse(Buffer.from(big.token.split('.')[1] ?? '', 'base64url').toString()) as { name: string; labels: Record<string, string> };
+    expect(payload.name).toHaveLength(MAX_CLAIM_LENGTH);
+    expect(Object.keys(payload.labels)).toHaveLength(MAX_CLAIM_LABELS);
+    for (const [key, value] of Object.entries(payload.labels)) expect([key.length, value.length]).toEqual([MAX_LABEL_LENGTH, MAX_LABEL_LENGTH]);
+    expect(big.token.length).toBeLessThan(3 * 1024);
+    expect(big.token.length).toBeLessThan(MAX_TOKEN_LENGTH / 2);
+    expect(await reason(v.verify(big.token, 'audience', 'a'.repeat(256)))).toBe('accepted');
   });
 });
