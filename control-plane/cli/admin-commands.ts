@@ -626,6 +626,7 @@ function addHostDrainCommands(hosts: Command, withClient: WithClient): void {
       .argument('<host-id>')
       .option('--no-wait', 'start the drain and print where it stands, without waiting for it'),
     false,
+    'table (default: a line per agent, the drain on stderr), wide (as table), json (one document at the end: the drain and its agents) or jsonl (a line per agent, then the drain)',
   ).action(async (hostId: string, flags: { wait: boolean; output: string }, command: Command) => {
     const format = formatOf(flags);
     await withClient(command, async (admin) => {

@@ -15,12 +15,12 @@ const CLOCK = new SystemClock();
 export const OUTPUT_FORMATS = ['table', 'wide', 'json', 'jsonl'] as const;
 export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
 
-/** Adds `-o, --output <format>` to `command`; `isList` only changes the help text. */
-export function addOutputOption(command: Command, isList: boolean): Command {
-  const help = isList
+/** Adds `-o, --output <format>` to `command`; `isList` only changes the help text (`help` replaces it). */
+export function addOutputOption(command: Command, isList: boolean, help?: string): Command {
+  const text = help ?? (isList
     ? 'table (default), wide (more columns), json (one document: an array) or jsonl (one object a line)'
-    : 'table (default: one field a line), wide (as table), json (one document) or jsonl (the same on one line)';
-  return command.addOption(new Option('-o, --output <format>', help).choices(OUTPUT_FORMATS).default('table'));
+    : 'table (default: one field a line), wide (as table), json (one document) or jsonl (the same on one line)');
+  return command.addOption(new Option('-o, --output <format>', text).choices(OUTPUT_FORMATS).default('table'));
 }
 
 /** An agent state as one lowercase word (`running`), `null` for none. */
