@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
 import { InvalidArgumentError as CommanderInvalidArgument, type Command, type Option } from 'commander';
 import ms from 'ms';
 import type { Label } from '../gen/tether/v1/common.js';
@@ -158,4 +159,106 @@ export function parseBooleanEnvStrictly(program: Command): Command {
       if (owner.getOptionValueSource(key) === 'env') owner.setOptionValueWithSource(key, parsed === true, 'env');
     }
   });
+}
+
+/**
+ * Exit statuses of the command-line tools, one meaning each (documented in
+ * `--help` and the README): the way a script tells "no such thing" from "the
+ * control plane said no" from "cannot reach it".
+ */
+export const EXIT = {
+  /** It did what was asked. */
+  ok: 0,
+  /** It failed: the control plane could not be reached or answered with an error, a file could not be read… */
+  failure: 1,
+  /** The command line is wrong: an unknown command or flag, a bad value, a missing argument or token. */
+  usage: 2,
+  /** What it names does not exist (NOT_FOUND): an agent, host, key, message. */
+  notFound: 3,
+  /** The control plane refused: the credential (UNAUTHENTICATED, PERMISSION_DENIED) or the state of things (FAILED_PRECONDITION, ALREADY_EXISTS). */
+  refused: 4,
+  /** It was started but did not finish: `hosts drain` left agents blocked (the drain goes on in the control plane). */
+  unfinished: 5,
+} as const;
+
+/** The exit statuses as `--help` shows them. */
+export const EXIT_STATUS_HELP = [
+  'Exit status:',
+  '  0  ok',
+  '  1  failure (cannot reach the control plane, an error it answered, a file)',
+  '  2  usage (unknown command or flag, bad value, missing argument or admin token; INVALID_ARGUMENT)',
+  '  3  not found (NOT_FOUND: no such agent, host, key or message)',
+  '  4  refused (UNAUTHENTICATED or PERMISSION_DENIED: the token; FAILED_PRECONDITION or ALREADY_EXISTS: the state of things)',
+  '  5  unfinished (hosts drain left agents blocked; the drain goes on)',
+].join('\n');
+
+/** A failure whose exit status is known: a usage error (2), something not found (3)… */
+export class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode: number,
+  ) {
+    super(message);
+    this.name = 'CliError';
+  }
+}
+
+/** A wrong command line found by the action itself (two flags that exclude each other): exit status 2. */
+export class UsageError extends CliError {
+  constructor(message: string) {
+    super(message, EXIT.usage);
+    this.name = 'UsageError';
+  }
+}
+
+/** The exit status for a gRPC status code (see {@link EXIT}). */
+export function exitCodeForStatus(code: grpc.status): number {
+  switch (code) {
+    case grpc.status.OK:
+      return EXIT.ok;
+    case grpc.status.NOT_FOUND:
+      return EXIT.notFound;
+    case grpc.status.INVALID_ARGUMENT:
+    case grpc.status.OUT_OF_RANGE:
+      return EXIT.usage;
+    case grpc.status.UNAUTHENTICATED:
+    case grpc.status.PERMISSION_DENIED:
+    case grpc.status.FAILED_PRECONDITION:
+    case grpc.status.ALREADY_EXISTS:
+      return EXIT.refused;
+    default:
+      return EXIT.failure;
+  }
+}
+
+/**
+ * One line saying what a gRPC failure means and what to do about it, without
+ * grpc-js's transport detail ("No connection established. Last error: …").
+ * `server` is the address called; `details` must already be redacted.
+ */
+export function describeStatus(code: grpc.status, details: string, server: string): string {
+  switch (code) {
+    case grpc.status.UNAVAILABLE:
+      return `cannot reach the control plane at ${server} (is it running? check --server / TETHER_SERVER, and --ca-file for TLS)`;
+    case grpc.status.DEADLINE_EXCEEDED:
+      return `the control plane at ${server} did not answer in time (is it overloaded? try again)`;
+    case grpc.status.UNAUTHENTICATED:
+      return `the control plane refused the admin token${details === '' ? '' : ` (${details})`}: check --admin-token-file / TETHER_ADMIN_TOKEN_FILE / TETHER_ADMIN_TOKEN`;
+    case grpc.status.PERMISSION_DENIED:
+      return `permission denied: ${details}`;
+    case grpc.status.NOT_FOUND:
+      return `not found: ${details}`;
+    case grpc.status.FAILED_PRECONDITION:
+    case grpc.status.ALREADY_EXISTS:
+      return `refused: ${details}`;
+    case grpc.status.INVALID_ARGUMENT:
+    case grpc.status.OUT_OF_RANGE:
+      return `invalid request: ${details}`;
+    case grpc.status.RESOURCE_EXHAUSTED:
+      return `the control plane is at a limit: ${details}`;
+    case grpc.status.UNIMPLEMENTED:
+      return `the control plane at ${server} does not offer this call (an older version?)`;
+    default:
+      return `the control plane failed: ${details === '' ? grpc.status[code] : details}`;
+  }
 }

@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import { parseBooleanEnvStrictly, parseCount, parseCountOrAuto, parseCountWithin, parseDurationWithin } from '../common/cli.js';
+import { EXIT_STATUS_HELP, parseBooleanEnvStrictly, parseCount, parseCountOrAuto, parseCountWithin, parseDurationWithin } from '../common/cli.js';
 import { MAX_PAYLOAD_BYTES_CEILING } from '../common/protocol.js';
 import type { AdminServiceClient } from '../gen/tether/v1/admin.js';
 import { SecretRedactor } from '../common/secrets.js';
@@ -61,9 +61,9 @@ export function controlPlaneProgram(given: Partial<ControlPlaneActions> = {}, re
 
   program
     .command('serve')
-    .description('run the control plane (gRPC, plus HTTP for /.well-known/jwks.json); also takes the global --data-dir and --admin-token-file')
+    .description('run the control plane: gRPC on --listen, and HTTP on --http-listen serving the JWKS (/.well-known/jwks.json), /metrics and /healthz; also takes the global --data-dir and --admin-token-file')
     .addOption(new Option('--listen <host:port>', 'gRPC listen address; plaintext only on loopback unless --insecure').env('TETHER_LISTEN').default('127.0.0.1:7443'))
-    .addOption(new Option('--http-listen <host:port>', 'HTTP listen address for the JWKS; empty for none').env('TETHER_HTTP_LISTEN').default('127.0.0.1:7480'))
+    .addOption(new Option('--http-listen <host:port>', 'HTTP listen address for the JWKS (/.well-known/jwks.json), /metrics (Prometheus) and /healthz; empty for none').env('TETHER_HTTP_LISTEN').default('127.0.0.1:7480'))
     .addOption(new Option('--tls-cert <path>', 'PEM certificate: serve TLS').env('TETHER_TLS_CERT'))
     .addOption(new Option('--tls-key <path>', 'PEM private key of --tls-cert').env('TETHER_TLS_KEY'))
     .addOption(new Option('--insecure', 'allow plaintext on a non-loopback address (TETHER_INSECURE: true/1/yes or false/0/no)').env('TETHER_INSECURE'))
@@ -113,5 +113,15 @@ export function controlPlaneProgram(given: Partial<ControlPlaneActions> = {}, re
   addAdminCommands(program, redactor, actions.connectAdmin);
   addBackupCommands(program);
   addAdminTokenCommand(program);
+  addExitStatusHelp(program);
   return parseBooleanEnvStrictly(program);
+}
+
+/** Adds the exit statuses to the help of `program` and of each of its commands. */
+function addExitStatusHelp(program: Command): void {
+  const pending = [program];
+  for (let command = pending.pop(); command !== undefined; command = pending.pop()) {
+    command.addHelpText('after', `\n${EXIT_STATUS_HELP}`);
+    pending.push(...command.commands);
+  }
 }

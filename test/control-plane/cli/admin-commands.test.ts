@@ -60,15 +60,15 @@ describe('control-plane send / messages', () => {
     const file = join(dir, 'payload.json');
     writeFileSync(file, '{"from":"a file"}');
 
-    const fromData = JSON.parse(await ok(harness, ['send', 'cli-agent', '--data', 'hello', '--content-type', 'text/plain'])) as Record<string, unknown>;
+    const fromData = JSON.parse(await ok(harness, ['send', 'cli-agent', '--data', 'hello', '--content-type', 'text/plain', '-o', 'json'])) as Record<string, unknown>;
     expect(fromData).toEqual({ agentId: 'cli-agent', id: expect.any(String), seq: 1, duplicate: false });
-    expect(JSON.parse(await ok(harness, ['send', 'cli-agent', '--file', file, '--content-type', 'application/json']))).toMatchObject({ seq: 2 });
-    const fromStdin = JSON.parse(await ok(harness, ['send', 'cli-agent', '--idempotency-key', 'k1'], 'piped in')) as Record<string, unknown>;
+    expect(JSON.parse(await ok(harness, ['send', 'cli-agent', '--file', file, '--content-type', 'application/json', '-o', 'json']))).toMatchObject({ seq: 2 });
+    const fromStdin = JSON.parse(await ok(harness, ['send', 'cli-agent', '--idempotency-key', 'k1', '-o', 'json'], 'piped in')) as Record<string, unknown>;
     expect(fromStdin).toMatchObject({ seq: 3, duplicate: false });
     // The same key again: the first send's id and seq, nothing appended.
-    expect(JSON.parse(await ok(harness, ['send', 'cli-agent', '--idempotency-key', 'k1', '--data', 'again']))).toEqual({ ...fromStdin, duplicate: true });
+    expect(JSON.parse(await ok(harness, ['send', 'cli-agent', '--idempotency-key', 'k1', '--data', 'again', '-o', 'json']))).toEqual({ ...fromStdin, duplicate: true });
 
-    const listed = JSON.parse(await ok(harness, ['messages', 'ls', 'cli-agent', '--json'])) as Record<string, unknown>[];
+    const listed = JSON.parse(await ok(harness, ['messages', 'ls', 'cli-agent', '-o', 'json'])) as Record<string, unknown>[];
     expect(listed.map((m) => [m.seq, m.state, m.contentType, m.sizeBytes, m.from])).toEqual([
       [1, 'pending', 'text/plain', 5, 'operator'],
       [2, 'pending', 'application/json', 17, 'operator'],
@@ -93,7 +93,7 @@ describe('control-plane send / messages', () => {
     ]);
   });
 
-  it('lists dead letters, requeues one and purges another; failures are one line and exit status 1', async () => {
+  it('lists dead letters, requeues one and purges another; failures are one line and their exit status', async () => {
     ({ harness, scripted } = await setUp());
     const mail = scripted;
     dir = mkdtempSync(join(tmpdir(), 'tether-cli-'));
@@ -101,32 +101,32 @@ describe('control-plane send / messages', () => {
     writeFileSync(file, 'x');
     // One refusal is enough for a dead letter here.
     mail.refuse('cli-agent', 'bad');
-    const bad = JSON.parse(await ok(harness, ['send', 'cli-agent', '--data', 'bad'])) as { id: string; seq: number };
+    const bad = JSON.parse(await ok(harness, ['send', 'cli-agent', '--data', 'bad', '-o', 'json'])) as { id: string; seq: number };
     await waitUntil(async () => (await deadLetters(harness as Harness)) === 1, 'a dead letter');
-    const dead = JSON.parse(await ok(harness, ['messages', 'ls', 'cli-agent', '--dead', '--json'])) as Record<string, unknown>[];
+    const dead = JSON.parse(await ok(harness, ['messages', 'ls', 'cli-agent', '--dead', '-o', 'json'])) as Record<string, unknown>[];
     expect(dead).toEqual([expect.objectContaining({ seq: bad.seq, id: bad.id, state: 'dead', attempts: 1, lastError: expect.stringContaining('refusing bad') })]);
     mail.accept('cli-agent', 'bad');
-    expect(JSON.parse(await ok(harness, ['messages', 'requeue', 'cli-agent', String(bad.seq)]))).toEqual({ agentId: 'cli-agent', seq: bad.seq, newSeq: bad.seq + 1 });
+    expect(JSON.parse(await ok(harness, ['messages', 'requeue', 'cli-agent', String(bad.seq), '-o', 'json']))).toEqual({ agentId: 'cli-agent', seq: bad.seq, newSeq: bad.seq + 1 });
     await waitUntil(() => mail.taken('cli-agent').length >= 1, 'the requeued message taken');
     expect(mail.of('cli-agent').at(-1)).toMatchObject({ payload: 'bad', id: bad.id, seq: bad.seq + 1 });
 
     mail.refuse('cli-agent', 'worse');
-    const worse = JSON.parse(await ok(harness, ['send', 'cli-agent', '--data', 'worse'])) as { seq: number };
+    const worse = JSON.parse(await ok(harness, ['send', 'cli-agent', '--data', 'worse', '-o', 'json'])) as { seq: number };
     await waitUntil(async () => (await deadLetters(harness as Harness)) === 1, 'a second dead letter');
-    expect(JSON.parse(await ok(harness, ['messages', 'purge', 'cli-agent', String(worse.seq)]))).toEqual({ agentId: 'cli-agent', seq: worse.seq, purged: true });
-    expect(JSON.parse(await ok(harness, ['messages', 'ls', 'cli-agent', '--dead', '--json']))).toEqual([]);
+    expect(JSON.parse(await ok(harness, ['messages', 'purge', 'cli-agent', String(worse.seq), '-o', 'json']))).toEqual({ agentId: 'cli-agent', seq: worse.seq, purged: true });
+    expect(JSON.parse(await ok(harness, ['messages', 'ls', 'cli-agent', '--dead', '-o', 'json']))).toEqual([]);
 
-    // Failures are one line on stderr and exit status 1.
+    // Failures are one line on stderr, with the exit status of what went wrong: 3 not found, 2 usage.
     const [unknown, purgedAgain, both] = await Promise.all([
       cli(harness, ['send', 'nobody', '--data', 'x']),
       cli(harness, ['messages', 'purge', 'cli-agent', String(worse.seq)]),
       cli(harness, ['send', 'cli-agent', '--data', 'x', '--file', file]),
     ]);
-    expect(unknown.status).toBe(1);
-    expect(unknown.stderr).toMatch(/^error: NOT_FOUND: no agent nobody\n$/);
-    expect(purgedAgain.status).toBe(1);
-    expect(purgedAgain.stderr).toContain('NOT_FOUND');
-    expect(both.status).toBe(1);
+    expect(unknown.status).toBe(3);
+    expect(unknown.stderr).toMatch(/^error: not found: no agent nobody\n$/);
+    expect(purgedAgain.status).toBe(3);
+    expect(purgedAgain.stderr).toMatch(/^error: not found: /);
+    expect(both.status).toBe(2);
     expect(both.stderr).toContain('at most one of --data and --file');
   });
 });

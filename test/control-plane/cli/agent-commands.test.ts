@@ -1,7 +1,7 @@
 /**
  * The `control-plane` binary's agent lifecycle commands, run for real (`node
  * bin/control-plane.js ...`) against a control plane and host in this process:
- * `agents ensure` refusing a different spec (exit 1, the fields named) and
+ * `agents ensure` refusing a different spec (exit 4, the fields named) and
  * replacing it with `--update`; `agents describe` as text and JSON.
  */
 import { afterEach, describe, expect, it } from 'vitest';
@@ -35,30 +35,30 @@ describe('control-plane agents ensure / describe', () => {
       return agent?.state === 'running' && agent.incarnation === incarnation;
     };
 
-    expect(JSON.parse(await ok(h, ['agents', 'ensure', 'cli-agent', '--module', 'idle']))).toMatchObject({ created: true, updated: false });
+    expect(JSON.parse(await ok(h, ['agents', 'ensure', 'cli-agent', '--module', 'idle', '-o', 'json']))).toMatchObject({ created: true, updated: false });
     await waitUntil(running(1), 'cli-agent running');
 
     const refused = await cli(h, ['agents', 'ensure', 'cli-agent', '--module', 'other']);
-    expect(refused.status).toBe(1);
-    expect(refused.stderr).toContain('error: FAILED_PRECONDITION: agent cli-agent exists with a different spec (differs in spec.module); ensure it with --update');
+    expect(refused.status).toBe(4);
+    expect(refused.stderr).toContain('error: refused: agent cli-agent exists with a different spec (differs in spec.module); ensure it with --update');
     expect((await h.store.getAgent('cli-agent'))?.spec.module).toBe('idle');
 
-    const updated = JSON.parse(await ok(h, ['agents', 'ensure', 'cli-agent', '--module', 'other', '--update'])) as { created: boolean; updated: boolean };
+    const updated = JSON.parse(await ok(h, ['agents', 'ensure', 'cli-agent', '--module', 'other', '--update', '-o', 'json'])) as { created: boolean; updated: boolean };
     expect(updated).toMatchObject({ created: true, updated: true });
     await waitUntil(running(2), 'cli-agent running again');
 
-    const described = JSON.parse(await ok(h, ['agents', 'describe', 'cli-agent', '--json'])) as {
+    const described = JSON.parse(await ok(h, ['agents', 'describe', 'cli-agent', '-o', 'json'])) as {
       agent: Record<string, unknown>;
-      transitions: { fromState?: string; toState: string; reason: string; incarnation: number }[];
+      transitions: { fromState: string | null; toState: string; reason: string; incarnation: number }[];
     };
-    expect(described.agent).toMatchObject({ agentId: 'cli-agent', state: 'AGENT_STATE_RUNNING', incarnation: 2, restarts: 1 });
+    expect(described.agent).toMatchObject({ agentId: 'cli-agent', state: 'running', incarnation: 2, restarts: 1 });
     expect(described.transitions.map((t) => `${t.fromState ?? '-'}>${t.toState}: ${t.reason}`)).toEqual([
-      '->AGENT_STATE_PENDING: created by ensure',
-      'AGENT_STATE_PENDING>AGENT_STATE_STARTING: placed on the least loaded host (load 0)',
-      'AGENT_STATE_STARTING>AGENT_STATE_RUNNING: its host reported it started',
-      'AGENT_STATE_RUNNING>AGENT_STATE_PENDING: spec updated by ensure (spec.module)',
-      'AGENT_STATE_PENDING>AGENT_STATE_STARTING: placed on the least loaded host (load 0)',
-      'AGENT_STATE_STARTING>AGENT_STATE_RUNNING: its host reported it started',
+      '->pending: created by ensure',
+      'pending>starting: placed on the least loaded host (load 0)',
+      'starting>running: its host reported it started',
+      'running>pending: spec updated by ensure (spec.module)',
+      'pending>starting: placed on the least loaded host (load 0)',
+      'starting>running: its host reported it started',
     ]);
 
     const text = (await ok(h, ['agents', 'describe', 'cli-agent'])).split('\n');

@@ -76,12 +76,12 @@ describe('control-plane backup / restore', () => {
     expect(backup.stdout).toBe(`backed up 1 hosts, 1 agents, 0 pending messages (epoch ${epoch}, ${/(\d+) bytes/.exec(backup.stdout)?.[1]} bytes) to ${backupPath}\n`);
     const again = await cli(dataDir, ['backup', '--out', backupPath]);
     expect(again.status).toBe(1);
-    expect(again.stderr).toBe(`control-plane: ${backupPath} already exists; a backup never overwrites a file\n`);
+    expect(again.stderr).toBe(`error: ${backupPath} already exists; a backup never overwrites a file\n`);
 
     writeFileSync(pidFilePath(dbPath), `${process.pid}\n`);
     const refused = await cli(dataDir, ['restore', '--from', backupPath]);
     expect(refused.status).toBe(1);
-    expect(refused.stderr).toBe(`control-plane: a control plane (pid ${process.pid}) serves ${dbPath}: stop it first (if none runs, remove ${pidFilePath(dbPath)})\n`);
+    expect(refused.stderr).toBe(`error: a control plane (pid ${process.pid}) serves ${dbPath}: stop it first (if none runs, remove ${pidFilePath(dbPath)})\n`);
 
     rmSync(pidFilePath(dbPath));
     const restored = await cli(dataDir, ['restore', '--from', backupPath]);

@@ -21,7 +21,7 @@ describe('control-plane hosts drain / uncordon', () => {
     harness = undefined;
   });
 
-  it('prints each agent blocked (exit 3) or moved (exit 0), shows the drain in hosts ls, and uncordons', async () => {
+  it('prints each agent blocked (exit 5: unfinished) or moved (exit 0), shows the drain in hosts ls, and uncordons', async () => {
     harness = await Harness.start();
     const h = harness;
     const a = await h.startHost('a');
@@ -32,7 +32,7 @@ describe('control-plane hosts drain / uncordon', () => {
     await waitUntil(() => a.host.agentIds().length === 3, 'the agents on a');
 
     const blocked = await cli(h, ['hosts', 'drain', a.hostId]);
-    expect(blocked.status, blocked.stderr).toBe(3);
+    expect(blocked.status, blocked.stderr).toBe(5);
     expect(blocked.stdout.trim().split('\n').sort()).toEqual([
       expect.stringMatching(/^d1: stays: made by dispatch with restart policy never/),
       'e1: blocked: no host is connected',
@@ -52,13 +52,13 @@ describe('control-plane hosts drain / uncordon', () => {
     expect(moved.stdout).toContain(`e2: moved to ${b.hostId}`);
     expect(moved.stderr).toContain(`host ${a.hostId}: drained; 2 moved, 0 blocked, 1 staying`);
 
-    const uncordoned = await cli(h, ['hosts', 'uncordon', a.hostId]);
+    const uncordoned = await cli(h, ['hosts', 'uncordon', a.hostId, '-o', 'json']);
     expect(uncordoned.status, uncordoned.stderr).toBe(0);
     expect(JSON.parse(uncordoned.stdout)).toEqual({ hostId: a.hostId, schedulable: true, previousDrainState: 'drained' });
     expect((await cli(h, ['hosts', 'ls'])).stdout).toMatch(new RegExp(`^${a.hostId}\\s+active\\s+true\\s+true\\s+-\\s`, 'm'));
 
     const unknown = await cli(h, ['hosts', 'drain', 'nobody-00000000']);
-    expect(unknown.status).toBe(1);
+    expect(unknown.status).toBe(3);
     expect(unknown.stderr.trim().split('\n')).toHaveLength(1);
   });
 });

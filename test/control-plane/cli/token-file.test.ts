@@ -89,8 +89,8 @@ describe('--token-file', () => {
       TETHER_SERVER: harness.target,
       TETHER_ADMIN_TOKEN: 'not-the-admin-token',
     });
-    expect(run.status).toBe(1);
-    expect(run.stderr).toContain('UNAUTHENTICATED');
+    expect(run.status).toBe(4);
+    expect(run.stderr).toMatch(/^error: the control plane refused the admin token .*check --admin-token-file/);
     expect(existsSync(file)).toBe(false);
   });
 
