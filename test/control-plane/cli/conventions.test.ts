@@ -28,7 +28,7 @@ import { waitUntil } from '../../support/wait.js';
 /** The commands that call no control plane, tested elsewhere. */
 const LOCAL_COMMANDS: readonly string[] = ['serve', 'backup', 'restore', 'generate-admin-token'];
 /** Fields of the CLI's JSON that hold a duration in milliseconds (every other `…Ms` would be a time not turned into ISO 8601). */
-const DURATION_FIELDS: readonly string[] = ['clockSkewMs', 'resignWindowMs'];
+const DURATION_FIELDS: readonly string[] = ['clockSkewMs', 'resignWindowMs', 'handlerDeadlineMs'];
 const ISO = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
 
 /** The words each run used, by command path: the last test checks that every listed option was used. */
@@ -237,7 +237,7 @@ describe('the control-plane CLI convention', () => {
     // The first message to inbox is held by its agent: those after it stay unacknowledged too.
     const sentJson = await json<Record<string, unknown>>(['send', 'inbox', '--data', 'held', '--content-type', 'text/plain', '--idempotency-key', 'k1']);
     const [dispatched, dispatchedTable, ensured, rotated, rotatedJson, sentTable, sentStdin, badOne, badTwo] = await Promise.all([
-      json<Record<string, unknown>>(['agents', 'dispatch', '--id', 'd1', '--module', 'idle', '--name', 'first', '--host', conv, '--restart', 'never', '--config', '{"a":1}']),
+      json<Record<string, unknown>>(['agents', 'dispatch', '--id', 'd1', '--module', 'idle', '--name', 'first', '--host', conv, '--restart', 'never', '--config', '{"a":1}', '--handler-deadline', '2m']),
       ok(['agents', 'dispatch', '--id', 'p1', '--command', '/no/such/agent', '--arg', 'x', '--audience-file', 'billing=https://billing.example', '--label', 'zone=nowhere']),
       ok(['agents', 'ensure', 'e1', '--module', 'idle', '--label', 'zone=a', '--restart', 'always']),
       ok(['agents', 'rotate', 'a1']),
@@ -248,6 +248,7 @@ describe('the control-plane CLI convention', () => {
       json<{ seq: number }>(['send', 'mail', '--data', 'bad']),
     ]);
     expect(dispatched).toMatchObject({ agentId: 'd1', name: 'first', state: expect.stringMatching(/^(pending|starting|running)$/), requestedHostId: conv, restartPolicy: 'never', spec: { kind: 'module', module: 'idle', config: '{"a":1}' } });
+    expect((await h.store.getAgent('d1'))?.spec.handlerDeadlineMs).toBe(120_000);
     expect(dispatchedTable).toMatch(/^AGENT\s+p1$/m);
     expect(dispatchedTable).toMatch(/^STATE\s+pending$/m);
     expect(dispatchedTable).toMatch(/^DETAIL\s+.*zone=nowhere/m);
@@ -294,9 +295,9 @@ describe('the control-plane CLI convention', () => {
       json<{ created: boolean; updated: boolean; agent: Record<string, unknown> }>(['agents', 'ensure', 'e1', '--module', 'mail', '--label', 'zone=a', '--update']),
       json<Record<string, unknown>>(['agents', 'stop', 'd1', '--reason', 'done with it']),
       ok(['agents', 'stop', 'p1']),
-      json<{ created: boolean; agent: Record<string, unknown> }>(['agents', 'ensure', 'p2', '--command', '/no/such/agent', '--arg', 'y', '--audience-file', 'ledger=https://ledger.example', '--config', '{}', '--name', 'second', '--host', conv]),
+      json<{ created: boolean; agent: Record<string, unknown> }>(['agents', 'ensure', 'p2', '--command', '/no/such/agent', '--arg', 'y', '--audience-file', 'ledger=https://ledger.example', '--config', '{}', '--name', 'second', '--host', conv, '--handler-deadline', '0']),
     ]);
-    expect(ensuredProcess).toMatchObject({ created: true, agent: { agentId: 'p2', name: 'second', requestedHostId: conv, restartPolicy: 'on-failure', spec: { kind: 'process', command: '/no/such/agent', args: ['y'], config: '{}' } } });
+    expect(ensuredProcess).toMatchObject({ created: true, agent: { agentId: 'p2', name: 'second', requestedHostId: conv, restartPolicy: 'on-failure', spec: { kind: 'process', command: '/no/such/agent', args: ['y'], config: '{}', handlerDeadlineMs: 0 } } });
     expect(updated).toMatchObject({ updated: true, agent: { agentId: 'e1', spec: { module: 'mail' } } });
     expect(stopped).toMatchObject({ agentId: 'd1', state: 'stopped' });
     expect(stoppedTable).toMatch(/^STATE\s+stopped$/m);
