@@ -134,6 +134,11 @@ interface StreamState {
   unverified: UnverifiedStreamPermit | undefined;
 }
 
+/** Whether `session` is still open (a call, so a state read before an await does not narrow the one after it). */
+function isOpen(session: HostSession): boolean {
+  return session.state === 'open';
+}
+
 /** What a session's deadlines call back into: one object for the whole service, not a closure per session. */
 interface SessionDeadlineDriver {
   ping(deadline: PingDeadline): void;
@@ -353,10 +358,12 @@ export class HostService {
     let chain: Promise<void> = this.#authenticate(presented, heard, sessionId).then(
       (identity) => {
         state.identity = identity;
+        // Through `state`, not the locals: this function's context lives as long as the stream's listeners, and would keep them.
+        state.unverified?.release();
         state.unverified = undefined;
-        unverified.release();
         // Nothing waits for the stream's close any more: its listener would be held for the connection's life.
-        if (releaseOnClose !== undefined) http2?.removeListener('close', releaseOnClose);
+        if (releaseOnClose !== undefined) state.http2?.removeListener('close', releaseOnClose);
+        releaseOnClose = undefined;
       },
       (err: unknown) => {
         // Refused: the status goes out and the stream is reset, then it is forgotten like any that
@@ -650,6 +657,7 @@ export class HostService {
     this.#logger.info({ hostId, sessionId: state.sessionId, running: hello.running.length, version: hello.version }, 'host connected');
     events.emit('host-connected', { hostId, sessionId: state.sessionId });
     await this.#options.agents.onHostConnected(session);
+    session.forgetHelloReport();
     // Gone meanwhile: its release found nothing to unschedule, so nothing is scheduled for it.
     if (session.state === 'closed') return;
     state.ping = new PingDeadline(session, this.#driver);
@@ -725,7 +733,7 @@ export class HostService {
         const dueAtMs = deadline.held < host.credentialGeneration ? nowMs : hostRotationDueAtMs(host.credentialIssuedAtMs, host.credentialExpiresAtMs);
         if (nowMs < dueAtMs) {
           // Closed during the read (its release unscheduled nothing): nothing is scheduled.
-          if (!session.closedSignal.aborted) this.#deadlines.set(deadline, dueAtMs);
+          if (isOpen(session)) this.#deadlines.set(deadline, dueAtMs);
           return;
         }
         const sent = await this.rotateHostCredential(session);
