@@ -626,6 +626,11 @@ export class ControlPlane {
     return this.#hosts.openStreams;
   }
 
+  /** @internal Host session Pings and credential rotations scheduled on the shared deadline heap; for tests that check none is left behind. */
+  get hostSessionDeadlines(): number {
+    return this.#hosts.scheduledDeadlines;
+  }
+
   /** @internal The connect limiter's table of failing source addresses (size now, peak); for tests that flood it. */
   get connectLimiterSources(): HostService['connectLimiterSources'] {
     return this.#hosts.connectLimiterSources;

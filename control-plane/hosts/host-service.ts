@@ -23,6 +23,7 @@ import { ConnectLimiter, type ConnectLimiterOptions, type HeardAttempt } from '.
 import { DEFAULT_MAX_CONCURRENT_HELLOS, HelloAdmission } from './hello-admission.js';
 import { HostCredentials } from './host-credentials.js';
 import { joinSecretMatches, mintJoinToken, parseJoinToken } from './join-token.js';
+import { Deadlines, type Deadline } from './deadlines.js';
 import { HostSession, type HostSessions } from './host-session.js';
 import { peerSource } from './peer-source.js';
 import {
@@ -121,13 +122,66 @@ interface StreamState {
   sessionId: string;
   identity: StreamIdentity;
   session: HostSession | undefined;
-  pingSentAtMs: Map<number, number>;
+  /** The session's Ping, once it has one (see {@link HostService.connect}'s Hello). */
+  ping: PingDeadline | undefined;
+  /** The session's host credential rotation, once it has one. */
+  rotation: RotationDeadline | undefined;
   /** The stream has ended (or was refused); nothing more is done for it. */
   isEnded: boolean;
   /** Its HTTP/2 stream (undefined if grpc-js hid it): reset when refused before it was verified. */
   http2: ServerHttp2Stream | undefined;
   /** Its slot among the streams not yet verified; released once verified or closed. */
   unverified: UnverifiedStreamPermit | undefined;
+}
+
+/** Whether `session` is still open (a call, so a state read before an await does not narrow the one after it). */
+function isOpen(session: HostSession): boolean {
+  return session.state === 'open';
+}
+
+/** What a session's deadlines call back into: one object for the whole service, not a closure per session. */
+interface SessionDeadlineDriver {
+  ping(deadline: PingDeadline): void;
+  checkHostCredential(deadline: RotationDeadline): void;
+}
+
+/** A session's next app-level Ping, and the send times of those not yet answered. */
+class PingDeadline implements Deadline {
+  dueAtMs = 0;
+  heapIndex = -1;
+  readonly session: HostSession;
+  /** Send times of Pings not yet answered (a few: cleared past eight). */
+  readonly sentAtMs: number[] = [];
+  readonly #driver: SessionDeadlineDriver;
+
+  constructor(session: HostSession, driver: SessionDeadlineDriver) {
+    this.session = session;
+    this.#driver = driver;
+  }
+
+  fire(): void {
+    this.#driver.ping(this);
+  }
+}
+
+/** When a session's host credential is next looked at for rotation. */
+class RotationDeadline implements Deadline {
+  dueAtMs = 0;
+  heapIndex = -1;
+  readonly session: HostSession;
+  /** The generation the host holds (as far as this stream knows). */
+  held: number;
+  readonly #driver: SessionDeadlineDriver;
+
+  constructor(session: HostSession, held: number, driver: SessionDeadlineDriver) {
+    this.session = session;
+    this.held = held;
+    this.#driver = driver;
+  }
+
+  fire(): void {
+    this.#driver.checkHostCredential(this);
+  }
 }
 
 /**
@@ -144,6 +198,9 @@ export class HostService {
   readonly #unverified: UnverifiedStreams;
   readonly #credentials: HostCredentials;
   readonly #admission: HelloAdmission;
+  /** Every session's Pings and credential rotations, on one clock wait. */
+  readonly #deadlines: Deadlines;
+  readonly #driver: SessionDeadlineDriver;
   #hasWarnedNoHttp2 = false;
 
   constructor(options: HostServiceOptions) {
@@ -162,6 +219,19 @@ export class HostService {
       ...(options.helloRetryUnitMs === undefined ? {} : { retryUnitMs: options.helloRetryUnitMs }),
     });
     this.#credentials = new HostCredentials({ store: options.store, issuer: options.issuer, clock: options.clock, hostTokenTtlMs: options.hostTokenTtlMs });
+    this.#deadlines = new Deadlines(options.clock, (err: unknown) => this.#logger.error({ err }, 'host session deadline failed'));
+    this.#driver = {
+      ping: (deadline) => this.#ping(deadline),
+      // Handles its own failures (logged, no more rotations on that stream): this catch is for a bug in that handling.
+      checkHostCredential: (deadline) => {
+        this.#checkHostCredential(deadline).catch((err: unknown) => this.#logger.error({ err, hostId: deadline.session.hostId }, 'host credential loop failed'));
+      },
+    };
+  }
+
+  /** @internal Pings and credential rotations scheduled (two per open session at most; none once every session is gone). */
+  get scheduledDeadlines(): number {
+    return this.#deadlines.size;
   }
 
   /** @internal Connect streams open right now, authenticated or not (each ends up forgotten when it ends). */
@@ -267,7 +337,8 @@ export class HostService {
       sessionId,
       identity: { hostId: '', generation: 0 },
       session: undefined,
-      pingSentAtMs: new Map(),
+      ping: undefined,
+      rotation: undefined,
       isEnded: false,
       http2,
       unverified,
@@ -287,10 +358,12 @@ export class HostService {
     let chain: Promise<void> = this.#authenticate(presented, heard, sessionId).then(
       (identity) => {
         state.identity = identity;
+        // Through `state`, not the locals: this function's context lives as long as the stream's listeners, and would keep them.
+        state.unverified?.release();
         state.unverified = undefined;
-        unverified.release();
         // Nothing waits for the stream's close any more: its listener would be held for the connection's life.
-        if (releaseOnClose !== undefined) http2?.removeListener('close', releaseOnClose);
+        if (releaseOnClose !== undefined) state.http2?.removeListener('close', releaseOnClose);
+        releaseOnClose = undefined;
       },
       (err: unknown) => {
         // Refused: the status goes out and the stream is reset, then it is forgotten like any that
@@ -335,6 +408,8 @@ export class HostService {
     const session = state.session;
     if (session === undefined) return;
     session.markClosed();
+    if (state.ping !== undefined) this.#deadlines.delete(state.ping);
+    if (state.rotation !== undefined) this.#deadlines.delete(state.rotation);
     this.#options.delivery.detachSession(session);
     if (this.#options.sessions.remove(session)) {
       this.#options.events.emit('host-disconnected', { hostId: session.hostId, sessionId: state.sessionId, lastContactMs: session.lastContactMs });
@@ -582,11 +657,13 @@ export class HostService {
     this.#logger.info({ hostId, sessionId: state.sessionId, running: hello.running.length, version: hello.version }, 'host connected');
     events.emit('host-connected', { hostId, sessionId: state.sessionId });
     await this.#options.agents.onHostConnected(session);
-    this.#pingLoop(session, state).catch((err: unknown) => this.#logger.error({ err, hostId }, 'ping loop failed'));
-    // Handles its own failures (logged, the loop ends): this catch is for a bug in that handling.
-    this.#hostCredentialLoop(session, state.identity.generation).catch((err: unknown) =>
-      this.#logger.error({ err, hostId }, 'host credential loop failed'),
-    );
+    session.forgetHelloReport();
+    // Gone meanwhile: its release found nothing to unschedule, so nothing is scheduled for it.
+    if (session.state === 'closed') return;
+    state.ping = new PingDeadline(session, this.#driver);
+    state.rotation = new RotationDeadline(session, state.identity.generation, this.#driver);
+    this.#ping(state.ping);
+    this.#driver.checkHostCredential(state.rotation);
   }
 
   async #onAck(session: HostSession, state: StreamState, ack: Ack): Promise<void> {
@@ -638,29 +715,30 @@ export class HostService {
 
   /**
    * Replaces the host's own credential once a third of its life has passed, for
-   * as long as the stream lives. `heldGeneration` is the generation the host
-   * opened the stream with. When it is older than the newest one issued, a
-   * rotation was lost with an earlier stream (sent, never stored): the host holds
-   * a credential whose third passed when that rotation was made, so it gets a
+   * as long as the stream lives: looks now, then again when it falls due (see
+   * {@link Deadlines}). `deadline.held` starts as the generation the host opened
+   * the stream with. When it is older than the newest one issued, a rotation
+   * was lost with an earlier stream (sent, never stored): the host holds a
+   * credential whose third passed when that rotation was made, so it gets a
    * fresh one now rather than when the lost one falls due.
    */
-  async #hostCredentialLoop(session: HostSession, heldGeneration: number): Promise<void> {
+  async #checkHostCredential(deadline: RotationDeadline): Promise<void> {
     const { clock, store } = this.#options;
-    const signal = session.closedSignal;
-    let held = heldGeneration;
+    const session = deadline.session;
     try {
-      while (!signal.aborted) {
+      while (session.state !== 'closed') {
         const host = await store.getHost(session.hostId);
         if (host === undefined || host.state === 'revoked') return;
         const nowMs = clock.now();
-        const dueAtMs = held < host.credentialGeneration ? nowMs : hostRotationDueAtMs(host.credentialIssuedAtMs, host.credentialExpiresAtMs);
+        const dueAtMs = deadline.held < host.credentialGeneration ? nowMs : hostRotationDueAtMs(host.credentialIssuedAtMs, host.credentialExpiresAtMs);
         if (nowMs < dueAtMs) {
-          await clock.sleep(dueAtMs - nowMs, signal);
-          continue;
+          // Closed during the read (its release unscheduled nothing): nothing is scheduled.
+          if (isOpen(session)) this.#deadlines.set(deadline, dueAtMs);
+          return;
         }
         const sent = await this.rotateHostCredential(session);
         if (sent === undefined) return;
-        held = sent;
+        deadline.held = sent;
       }
     } catch (err) {
       this.#logger.error({ err, hostId: session.hostId }, 'host credential rotation failed');
@@ -688,18 +766,16 @@ export class HostService {
     return generation;
   }
 
-  /** App-level pings: data on an otherwise idle stream, and the host's clock skew. */
-  async #pingLoop(session: HostSession, state: StreamState): Promise<void> {
-    const { clock, pingIntervalMs } = this.#options;
-    const signal = session.closedSignal;
-    while (!signal.aborted) {
-      const sentAtMs = clock.now();
-      // Unanswered pings are forgotten after a few rounds so the map stays small.
-      if (state.pingSentAtMs.size > 8) state.pingSentAtMs.clear();
-      state.pingSentAtMs.set(sentAtMs, sentAtMs);
-      session.send({ ping: { timeMs: sentAtMs } });
-      await clock.sleep(pingIntervalMs, signal);
-    }
+  /** App-level pings (data on an otherwise idle stream, and the host's clock skew): sends one, and schedules the next. */
+  #ping(deadline: PingDeadline): void {
+    const { session, sentAtMs } = deadline;
+    if (session.state === 'closed') return;
+    const nowMs = this.#options.clock.now();
+    // Unanswered pings are forgotten after a few rounds so the list stays small.
+    if (sentAtMs.length > 8) sentAtMs.length = 0;
+    if (!sentAtMs.includes(nowMs)) sentAtMs.push(nowMs);
+    session.send({ ping: { timeMs: nowMs } });
+    this.#deadlines.set(deadline, nowMs + this.#options.pingIntervalMs);
   }
 
   /** Revokes a host: its credential is refused from now on and its stream ends with a final refusal. */
@@ -720,9 +796,11 @@ export class HostService {
   }
 
   #onPong(session: HostSession, state: StreamState, pong: Pong): void {
-    const sentAtMs = state.pingSentAtMs.get(pong.pingTimeMs);
-    if (sentAtMs === undefined) return;
-    state.pingSentAtMs.delete(pong.pingTimeMs);
+    const sent = state.ping?.sentAtMs;
+    const index = sent === undefined ? -1 : sent.indexOf(pong.pingTimeMs);
+    if (sent === undefined || index < 0) return;
+    const sentAtMs = sent[index] as number;
+    sent.splice(index, 1);
     const nowMs = this.#options.clock.now();
     session.clockSkewMs = Math.round(pong.timeMs - (sentAtMs + nowMs) / 2);
   }
@@ -772,5 +850,6 @@ export class HostService {
     for (const session of this.#options.sessions.all()) {
       session.close({ code: status.UNAVAILABLE, details: 'control plane shutting down', metadata: new Metadata() } satisfies Partial<StatusObject>);
     }
+    this.#deadlines.clear();
   }
 }

@@ -24,6 +24,9 @@ export function envelopeBytes(message: ControlMessage): number {
   return (message.deliver?.message?.payload.length ?? 0) + 512;
 }
 
+/** Shared by every session's Hello once its report (running and ended agents) was reconciled: never written to. */
+const NO_ENTRIES: never[] = Object.freeze([]) as unknown as never[];
+
 /**
  * One host's live stream. Envelopes are written in the order they were sent (a
  * TokenRotated sent before a Deliver reaches the host first), and writing waits
@@ -32,7 +35,12 @@ export function envelopeBytes(message: ControlMessage): number {
 export class HostSession {
   readonly hostId: string;
   readonly sessionId: string;
-  readonly hello: Hello;
+  /**
+   * What the host said in its Hello. Its report (`running`, `ended`) is there
+   * only until {@link forgetHelloReport}: a session lives as long as the
+   * connection, and a host back with many agents would keep that list with it.
+   */
+  hello: Hello;
   readonly connectedAtMs: number;
   /** Host clock minus ours, from the last Ping/Pong; 0 until measured. */
   clockSkewMs = 0;
@@ -44,7 +52,8 @@ export class HostSession {
    * transport took to notice a silent link.
    */
   lastContactMs: number;
-  readonly #closed = new AbortController();
+  /** Made when first asked for ({@link closedSignal}): most sessions never are, and each would hold an AbortSignal (an EventTarget and its maps) for its life. */
+  #closed: AbortController | undefined;
   #state: HostSessionState = 'open';
   readonly #call: ServerDuplexStream<HostMessage, ControlMessage>;
   readonly #writer: StreamWriter<ControlMessage>;
@@ -75,9 +84,31 @@ export class HostSession {
     return this.#state;
   }
 
-  /** Aborted when the session closes: loops tied to the session wait on it. */
+  /** Aborted when the session closes: work tied to the session waits on it. */
   get closedSignal(): AbortSignal {
+    if (this.#closed === undefined) {
+      this.#closed = new AbortController();
+      if (this.#state === 'closed') this.#closed.abort();
+    }
     return this.#closed.signal;
+  }
+
+  /**
+   * Drops the Hello's report of running and ended agents once it was
+   * reconciled, and trims the lists kept (module names, commands, labels,
+   * used for placement) to their length.
+   */
+  forgetHelloReport(): void {
+    const hello = this.hello;
+    const trimmed = <T>(list: T[]): T[] => (list.length === 0 ? NO_ENTRIES : list.slice());
+    this.hello = {
+      ...hello,
+      labels: trimmed(hello.labels),
+      allowedCommands: trimmed(hello.allowedCommands),
+      modules: trimmed(hello.modules),
+      running: NO_ENTRIES,
+      ended: NO_ENTRIES,
+    };
   }
 
   /** Envelopes waiting for the stream to drain. */
@@ -127,7 +158,7 @@ export class HostSession {
   markClosed(): void {
     this.#state = 'closed';
     this.#writer.close();
-    this.#closed.abort();
+    this.#closed?.abort();
   }
 }
 
