@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Command, Option, InvalidArgumentError as CommanderInvalidArgument } from 'commander';
 import type { Registry } from 'prom-client';
 import { SystemClock } from '../common/clock.js';
-import { collect, collectLabel, parseBooleanEnvStrictly, parseCount, parseDurationWithin, readSecret, type DurationBounds } from '../common/cli.js';
+import { collect, collectLabel, parseBooleanEnvStrictly, parseCount, parseDurationWithin, HANDLER_DEADLINE_BOUNDS, readSecret, type DurationBounds } from '../common/cli.js';
 import { createLogger } from '../common/logger.js';
 import { SecretRedactor } from '../common/secrets.js';
 import { serveMetrics } from '../common/metrics-http.js';
@@ -29,7 +29,7 @@ export const HOST_DURATION_BOUNDS = {
   stopDeadline: { minMs: 1_000, maxMs: 3_600_000 },
   keepalive: { minMs: 1_000, maxMs: 2 * 3_600_000 },
   stallAfter: { minMs: 0, maxMs: 24 * 3_600_000 },
-  handlerDeadline: { minMs: 0, maxMs: 7 * 24 * 3_600_000 },
+  handlerDeadline: HANDLER_DEADLINE_BOUNDS,
   drainTimeout: { minMs: 0, maxMs: 24 * 3_600_000 },
 } as const satisfies Record<string, DurationBounds>;
 

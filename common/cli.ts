@@ -20,6 +20,9 @@ export interface DurationBounds {
   maxMs: number;
 }
 
+/** A handler deadline, the host's `--handler-deadline` or an agent's own (0: none): up to 7 days. */
+export const HANDLER_DEADLINE_BOUNDS: DurationBounds = { minMs: 0, maxMs: 7 * 24 * 3_600_000 };
+
 /** `90000` → `1m 30s`, `259200000` → `3d`: how a bound is shown in an error. */
 function formatDuration(valueMs: number): string {
   if (valueMs === 0) return '0';

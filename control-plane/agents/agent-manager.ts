@@ -1,3 +1,4 @@
+import { HANDLER_DEADLINE_BOUNDS } from '../../common/cli.js';
 import { randomBytes } from 'node:crypto';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { Clock } from '../../common/clock.js';
@@ -835,7 +836,7 @@ export class AgentManager {
       if (agent?.hostId !== session.hostId) {
         // The end of a stale copy this host was told to stop at Hello says nothing about the agent, which
         // lives elsewhere now; nor is it a protocol violation.
-        const isEnd = event.state === 'stopped' || event.state === 'exited' || event.state === 'failed';
+        const isEnd = (ENDED_AGENT_STATES as readonly string[]).includes(event.state);
         if (isEnd && this.#staleCopies.get(session)?.delete(event.agentId) === true) {
           this.#logger.debug({ agentId: event.agentId, hostId: session.hostId, state: event.state, incarnation: event.incarnation }, 'a stale copy ended');
           return;
@@ -1223,16 +1224,14 @@ export class AgentManager {
   }
 }
 
-/** The longest handler deadline an agent may ask for: the host flag's bound. */
-const MAX_HANDLER_DEADLINE_MS = 7 * 24 * 3_600_000;
-
 function validateSpec(spec: AgentSpecRecord): void {
   const audienceFiles = spec.audienceFiles?.files ?? [];
   if (audienceFiles.length > 0 && spec.kind !== 'process') throw new InvalidArgumentError('audience files are for process agents only');
   validateAudienceFiles(audienceFiles);
   const deadlineMs = spec.handlerDeadlineMs;
-  if (deadlineMs !== undefined && (!Number.isSafeInteger(deadlineMs) || deadlineMs < 0 || deadlineMs > MAX_HANDLER_DEADLINE_MS)) {
-    throw new InvalidArgumentError(`spec.handler_deadline_ms must be from 0 (none) to ${MAX_HANDLER_DEADLINE_MS} (7 days), got ${String(deadlineMs)}`);
+  const { minMs, maxMs } = HANDLER_DEADLINE_BOUNDS;
+  if (deadlineMs !== undefined && (!Number.isSafeInteger(deadlineMs) || deadlineMs < minMs || deadlineMs > maxMs)) {
+    throw new InvalidArgumentError(`spec.handler_deadline_ms must be from ${minMs} (none) to ${maxMs} (7 days), got ${String(deadlineMs)}`);
   }
   if (spec.kind === 'module') {
     if (spec.module === '') throw new InvalidArgumentError('a module agent needs spec.module');

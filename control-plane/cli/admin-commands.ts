@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { InvalidArgumentError as CommanderInvalidArgument, type Command } from 'commander';
-import { CliError, collectLabel, describeStatus, EXIT, exitCodeForStatus, parseCount, parseDurationMs, parseDurationWithin, readSecret, UsageError } from '../../common/cli.js';
+import { CliError, collectLabel, describeStatus, EXIT, exitCodeForStatus, parseCount, parseDurationMs, parseDurationWithin, HANDLER_DEADLINE_BOUNDS, readSecret, UsageError } from '../../common/cli.js';
 import { parseAudienceFile, type AudienceFileSpec } from '../../common/audience-files.js';
 import { assertPlaintextAllowed } from '../../common/loopback.js';
 import { parseSecret, type SecretRedactor } from '../../common/secrets.js';
@@ -229,7 +229,7 @@ function addSpecOptions(command: Command): Command {
     .option(
       '--handler-deadline <duration>',
       "this agent's own --handler-deadline: how long it may hold one message before its host reports it stalled (0: never; 0–7d; default: its host's)",
-      parseDurationWithin('--handler-deadline', { minMs: 0, maxMs: 7 * 24 * 3_600_000 }),
+      parseDurationWithin('--handler-deadline', HANDLER_DEADLINE_BOUNDS),
     )
     .option(
       '--restart <policy>',
