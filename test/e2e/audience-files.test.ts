@@ -16,7 +16,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { refreshAtMs } from '../../agent-host/audience-file-keeper.js';
 import { advanceUntil } from '../support/advance-until.js';
 import { FaultProxy } from '../support/fault-proxy.js';
-import { call, Harness, statusOf } from '../support/harness.js';
+import { call, Harness, killStartedAgentProcesses, statusOf } from '../support/harness.js';
 import { startHttpFront, type HttpFront } from '../support/http-front.js';
 import { nextEvent, waitUntil } from '../support/wait.js';
 
@@ -39,15 +39,7 @@ describe('audience-token files', () => {
   const dirs: string[] = [];
 
   afterEach(async () => {
-    for (const record of harness?.logs.records() ?? []) {
-      if (record.msg === 'agent process started' && typeof record.pid === 'number') {
-        try {
-          process.kill(record.pid, 'SIGKILL');
-        } catch {
-          // Already gone.
-        }
-      }
-    }
+    killStartedAgentProcesses(harness);
     await harness?.close();
     harness = undefined;
     await front?.close();

@@ -17,7 +17,7 @@ import { createRemoteJWKSet, decodeJwt, jwtVerify } from 'jose';
 import { afterEach, describe, expect, it } from 'vitest';
 import { refreshAtMs } from '../../agent-host/audience-file-keeper.js';
 import { listen } from '../../common/metrics-http.js';
-import { call, Harness } from '../support/harness.js';
+import { call, Harness, killStartedAgentProcesses } from '../support/harness.js';
 import { startHttpFront, type HttpFront } from '../support/http-front.js';
 import { nextEvent, waitUntil } from '../support/wait.js';
 
@@ -93,15 +93,7 @@ describe('AWS SDK web-identity provider against an audience-token file', () => {
   const dirs: string[] = [];
 
   afterEach(async () => {
-    for (const record of harness?.logs.records() ?? []) {
-      if (record.msg === 'agent process started' && typeof record.pid === 'number') {
-        try {
-          process.kill(record.pid, 'SIGKILL');
-        } catch {
-          // Already gone.
-        }
-      }
-    }
+    killStartedAgentProcesses(harness);
     await harness?.close();
     harness = undefined;
     await front?.close();

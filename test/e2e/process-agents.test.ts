@@ -24,7 +24,7 @@ import { fromFile } from '../../agent-host/tools/credential-source.js';
 import { AgentState } from '../../gen/tether/v1/common.js';
 import { advanceUntil } from '../support/advance-until.js';
 import { FaultProxy } from '../support/fault-proxy.js';
-import { call, Harness, statusOf } from '../support/harness.js';
+import { call, Harness, killStartedAgentProcesses, startedAgentPids, statusOf } from '../support/harness.js';
 import { assertNoSecrets, JWT_SHAPE } from '../support/secrets.js';
 import { nextEvent, waitUntil } from '../support/wait.js';
 
@@ -42,14 +42,6 @@ type LogRecord = Record<string, unknown>;
 function pidOf(harness: Harness, agentId: string): number | undefined {
   const record = harness.logs.records().find((r) => r.msg === 'agent process started' && r.agentId === agentId);
   return typeof record?.pid === 'number' ? record.pid : undefined;
-}
-
-/** Every pid the host logged starting. */
-function startedPids(harness: Harness): number[] {
-  return harness.logs
-    .records()
-    .filter((r) => r.msg === 'agent process started' && typeof r.pid === 'number')
-    .map((r) => r.pid as number);
 }
 
 /** How the host saw `pid` end, once it has. */
@@ -138,13 +130,7 @@ describe('process agents', () => {
     if (hostProcess !== undefined && hostProcess.exitCode === null && hostProcess.signalCode === null) hostProcess.kill('SIGKILL');
     hostProcess = undefined;
     // Children first, so closing a host never waits out a grace period on the fake clock.
-    for (const pid of harness === undefined ? [] : startedPids(harness)) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // Already gone.
-      }
-    }
+    killStartedAgentProcesses(harness);
     await harness?.close();
     harness = undefined;
     if (savedUmask !== undefined) process.umask(savedUmask);
@@ -270,7 +256,7 @@ describe('process agents', () => {
     expect(statSync(agentsDir).mode & 0o7777).toBe(0o1777);
     expect(readdirSync(agentsDir)).toEqual([]);
     expect(host.agentIds()).toEqual([]);
-    expect(startedPids(h)).toEqual([]);
+    expect(startedAgentPids(h)).toEqual([]);
   });
 
   it('refuses at dispatch a command the host does not allow (FAILED_PRECONDITION), and starts nothing', async () => {
@@ -306,7 +292,7 @@ describe('process agents', () => {
     expect(started).toEqual(['allowed']);
     expect(host.agentIds()).toEqual(['allowed']);
     expect(readdirSync(agentsDir)).toEqual(['allowed']);
-    expect(startedPids(h)).toHaveLength(1);
+    expect(startedAgentPids(h)).toHaveLength(1);
     const stillParked = await call(h.admin.getAgent.bind(h.admin), { agentId: 'parked' });
     expect(stillParked.agent?.state).toBe(AgentState.AGENT_STATE_PENDING);
   });
@@ -337,7 +323,7 @@ describe('process agents', () => {
     expect(agent.agent?.state).toBe(AgentState.AGENT_STATE_FAILED);
     expect(agent.agent?.detail).toMatch(/not allowed on this host/);
     expect(after.agentIds()).toEqual([]);
-    expect(startedPids(h)).toHaveLength(1);
+    expect(startedAgentPids(h)).toHaveLength(1);
   });
 
   it('stops a process with SIGTERM within the grace period, without the clock moving', async () => {

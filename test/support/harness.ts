@@ -49,6 +49,25 @@ export function bearer(token: string): grpc.Metadata {
   return metadata;
 }
 
+/** Every pid the harness's hosts logged starting a process agent with. */
+export function startedAgentPids(harness: Harness): number[] {
+  return harness.logs
+    .records()
+    .filter((r) => r.msg === 'agent process started' && typeof r.pid === 'number')
+    .map((r) => r.pid as number);
+}
+
+/** SIGKILLs every process agent the harness's hosts started (cleanup: a test may end with some running). */
+export function killStartedAgentProcesses(harness: Harness | undefined): void {
+  for (const pid of harness === undefined ? [] : startedAgentPids(harness)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // Already gone.
+    }
+  }
+}
+
 /** A module agent that does nothing but exist (and heartbeat, which the host does for it). */
 export const idleModule: AgentModule = () => ({});
 
