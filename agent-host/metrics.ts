@@ -31,9 +31,18 @@ export function createHostMetrics(host: AgentHost): { registry: Registry; close:
     help: "Seconds until the soonest-expiring token held here (an agent's or the host's own) expires; absent while none is held.",
     registers: [registry],
     collect() {
-      this.reset();
+      // Absent, not 0: a 0 would read as a token about to expire (an unlabelled gauge keeps a 0 through reset()).
+      this.remove();
       const lowestMs = host.lowestTimeToExpiryMs();
       if (Number.isFinite(lowestMs)) this.set(lowestMs / 1000);
+    },
+  });
+  new Gauge({
+    name: 'tether_host_agent_token_ttl_seconds',
+    help: 'The lifetime of agent tokens the control plane announced (its default before any Welcome): alert when the lowest time-to-expiry falls below a third of it.',
+    registers: [registry],
+    collect() {
+      this.set(host.rotationPolicy.agentTokenTtlMs / 1000);
     },
   });
   new Gauge({

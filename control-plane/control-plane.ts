@@ -405,7 +405,7 @@ export class ControlPlane {
       logger: root,
       events,
       rotate: async (agentId) => {
-        await agents.rotate(agentId, 'deliver');
+        await agents.rotate(agentId, 'delivery');
       },
       window: deliveryWindow,
       maxAttempts: options.maxDeliveryAttempts ?? 5,
@@ -495,7 +495,7 @@ export class ControlPlane {
         const session = sessions.get(hostId);
         return session !== undefined && (await hosts.rotateHostCredential(session)) !== undefined;
       },
-      scheduleRotation: (agentId, dueAtMs, expiresAtMs) => agents.scheduleRotation(agentId, dueAtMs, expiresAtMs),
+      scheduleRotation: (agentId, dueAtMs, expiresAtMs) => agents.scheduleRotation(agentId, dueAtMs, expiresAtMs, 'key-revoked'),
     });
 
     const keepaliveTimeMs = options.keepaliveTimeMs ?? 30_000;
@@ -537,7 +537,7 @@ export class ControlPlane {
       server.bindAsync(address, credentials, (err, boundPort) => (err === null ? resolve(boundPort) : reject(err)));
     });
 
-    const metrics = createMetrics({ events, sessions, store });
+    const metrics = createMetrics({ events, sessions, store, clock, rotation: agents, agentTokenTtlMs });
     let http: HttpServer | undefined;
     let httpPort = 0;
     if (options.httpAddress !== undefined) {

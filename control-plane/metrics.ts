@@ -1,10 +1,11 @@
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { ControlPlaneEventMap, ControlPlaneEvents } from './events.js';
 import type { HostSessions } from './hosts/host-session.js';
+import { registerOperationsMetrics, type OperationsMetricsOptions } from './operations-metrics.js';
 import type { Store } from './store/store.js';
 
-/** Options of {@link createMetrics}. */
-export interface MetricsOptions {
+/** Options of {@link createMetrics} (with what the operations metrics read: see operations-metrics.ts). */
+export interface MetricsOptions extends OperationsMetricsOptions {
   events: ControlPlaneEvents;
   sessions: HostSessions;
   store: Store;
@@ -67,10 +68,13 @@ export function createMetrics(options: MetricsOptions): { registry: Registry; cl
   ];
   const emitter = events as unknown as { on(name: string, listener: (event: never) => void): void; off(name: string, listener: (event: never) => void): void };
   for (const [name, listener] of subscriptions) emitter.on(name, listener);
+  // Rotations, lowest time-to-expiry, signing cap, delivery latency, outbox bytes, reconnects, skew.
+  const closeOperations = registerOperationsMetrics(registry, options);
   return {
     registry,
     close: () => {
       for (const [name, listener] of subscriptions) emitter.off(name, listener);
+      closeOperations();
     },
   };
 }

@@ -11,6 +11,7 @@ import type { ControlPlaneEvents } from '../events.js';
 import type { HostSession, HostSessions } from '../hosts/host-session.js';
 import type { HeartbeatLedger } from '../services/heartbeat-ledger.js';
 import { isPastHalfLife, isRotationDue, rotationDueAtMs } from '../rotation/rotation-policy.js';
+import type { RotationReason } from '../rotation/rotation-reason.js';
 import { RotationScheduler } from '../rotation/rotation-scheduler.js';
 import {
   ENDED_AGENT_STATES,
@@ -187,8 +188,8 @@ export class AgentManager {
       maxPerSecond: options.maxRotationsPerSecond,
       tokenTtlMs: options.agentTokenTtlMs,
       maxInFlight: options.maxConcurrentRotations,
-      rotate: async (agentId) => {
-        await this.rotate(agentId, 'due');
+      rotate: async (agentId, reason) => {
+        await this.rotate(agentId, reason);
       },
     });
     this.#moves = new AgentMoves({
@@ -231,6 +232,16 @@ export class AgentManager {
   /** The rotation scheduler's signing-rate cap in force now (for `auto`, sized from the agents scheduled). */
   get maxRotationsPerSecond(): number {
     return this.#scheduler.maxPerSecond;
+  }
+
+  /** The soonest expiry (ms since the epoch) of the scheduled agents' tokens, Infinity when none is (for metrics; a scan). */
+  lowestScheduledExpiresAtMs(): number {
+    return this.#scheduler.lowestExpiresAtMs();
+  }
+
+  /** Rotations due and waiting for the signing budget (for metrics). */
+  get rotationsWaiting(): number {
+    return this.#scheduler.dueWaiting;
   }
 
   /** How many agents have a rotation scheduled: the live agents whose hosts are connected. */
@@ -349,8 +360,8 @@ export class AgentManager {
    * (soonest-expiring first among those due); replaces any rotation it had queued.
    * For credentials that must be replaced early (their signing key was revoked).
    */
-  scheduleRotation(agentId: string, dueAtMs: number, expiresAtMs: number): void {
-    this.#scheduler.schedule(agentId, dueAtMs, expiresAtMs);
+  scheduleRotation(agentId: string, dueAtMs: number, expiresAtMs: number, reason: RotationReason): void {
+    this.#scheduler.schedule(agentId, dueAtMs, expiresAtMs, reason);
   }
 
   /** Whether a verified agent token has been revoked since it was issued. */
@@ -560,7 +571,7 @@ export class AgentManager {
    * Reads only the columns a rotation needs and writes without reading back
    * (a rotation storm does this for every agent).
    */
-  async rotate(agentId: string, why: 'due' | 'forced' | 'resume' | 'deliver'): Promise<{ generation: number; expiresAtMs: number } | undefined> {
+  async rotate(agentId: string, why: RotationReason): Promise<{ generation: number; expiresAtMs: number } | undefined> {
     return this.#locks.run(agentId, async () => {
       const agent = await this.#options.store.getAgentCredentialState(agentId);
       if (agent === undefined) {
@@ -669,7 +680,7 @@ export class AgentManager {
     }
     // All at once, in one turn: scheduled one by one as they were reconciled, the first would be
     // signed while the rest were still being read, whatever their expiry.
-    for (const due of dueOnResume) this.#scheduler.schedule(due.agentId, due.dueAtMs, due.expiresAtMs);
+    for (const due of dueOnResume) this.#scheduler.schedule(due.agentId, due.dueAtMs, due.expiresAtMs, 'resume');
     // Agents this host was given but did not report: start them again, under a new incarnation.
     for (let afterId: string | null = null; ; ) {
       const page = await store.listAgents({ hostId: session.hostId, states: ON_HOST_STATES }, afterId, PAGE);
@@ -1094,7 +1105,7 @@ export class AgentManager {
     const updated = placed.agent;
     if (this.#options.isRotationEnabled) this.#scheduler.schedule(agent.agentId, dueAtMs, claims.expiresAtMs);
     this.#logger.debug({ agentId: agent.agentId, why, ...logFields(claims) }, 'agent credential issued');
-    events.emit('credential-issued', { agentId: agent.agentId, hostId, incarnation, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs, rotationDueAtMs: dueAtMs });
+    events.emit('credential-issued', { agentId: agent.agentId, hostId, incarnation, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs, rotationDueAtMs: dueAtMs, reason: 'placed' });
     return { outcome: 'placed', agent: updated, credential: toCredential(issued) };
   }
 
@@ -1104,7 +1115,7 @@ export class AgentManager {
    * incarnation, without reading the agent back. Undefined when the agent
    * changed meanwhile. Caller holds the lock.
    */
-  async #reissue(agent: AgentCredentialState, why: string): Promise<Credential | undefined> {
+  async #reissue(agent: AgentCredentialState, why: RotationReason): Promise<Credential | undefined> {
     const { issuer, store, clock, events } = this.#options;
     const hostId = agent.hostId;
     if (hostId === null) return undefined;
@@ -1130,7 +1141,7 @@ export class AgentManager {
     if (!isWritten) return undefined;
     if (this.#options.isRotationEnabled) this.#scheduler.schedule(agent.agentId, dueAtMs, claims.expiresAtMs);
     this.#logger.debug({ agentId: agent.agentId, why, ...logFields(claims) }, 'agent credential issued');
-    events.emit('credential-issued', { agentId: agent.agentId, hostId, incarnation, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs, rotationDueAtMs: dueAtMs });
+    events.emit('credential-issued', { agentId: agent.agentId, hostId, incarnation, generation, tokenId: claims.tokenId, expiresAtMs: claims.expiresAtMs, rotationDueAtMs: dueAtMs, reason: why });
     return toCredential(issued);
   }
 

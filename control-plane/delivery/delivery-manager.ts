@@ -57,6 +57,13 @@ export interface DeliveryManagerOptions {
 }
 
 /** Where delivery stands for one agent on its host's current stream. */
+/** Takes from `cursor.unacked` every entry up to `seq` (acknowledged, cumulatively): their append times. */
+function takeUnacked(cursor: Cursor, seq: number): number[] {
+  let n = 0;
+  while (n < cursor.unacked.length && (cursor.unacked[n] as { seq: number }).seq <= seq) n++;
+  return cursor.unacked.splice(0, n).map((sent) => sent.createdAtMs);
+}
+
 interface Cursor {
   agentId: string;
   session: HostSession;
@@ -97,6 +104,12 @@ interface Cursor {
   isReading: boolean;
   /** The agent's token as last read from the store (see #refreshTokenIfNeeded). */
   token: { issuedAtMs: number; expiresAtMs: number } | undefined;
+  /**
+   * Seqs sent on this stream and not acknowledged yet, in seq order, with their
+   * append times: what the delivery latency is measured from. Only first sends
+   * (a re-send keeps its entry), so at most the window's worth.
+   */
+  unacked: { seq: number; createdAtMs: number }[];
   /** Being handed over (drain): nothing more is sent, acks are still taken (see {@link DeliveryManager.hold}). */
   isHeld: boolean;
 }
@@ -234,7 +247,7 @@ export class DeliveryManager {
     if (agent === undefined || session.state === 'closed') return;
     // A host never took what was never appended; a claim past that is ignored.
     const taken = Math.min(Math.max(agent.ackedSeq, hostTakenSeq), agent.lastSeq);
-    if (taken > agent.ackedSeq) this.#commitAck(agentId, taken, 0);
+    if (taken > agent.ackedSeq) this.#commitAck(agentId, taken, 0, []);
     this.#dropCursor(agentId);
     this.#cursors.set(agentId, {
       agentId,
@@ -251,6 +264,7 @@ export class DeliveryManager {
       drainedAtAppends: -1,
       isReading: false,
       token: undefined,
+      unacked: [],
       isHeld: false,
     });
     this.#kick(agentId);
@@ -288,7 +302,7 @@ export class DeliveryManager {
     const known = Math.max(agent.ackedSeq, this.#cursors.get(agentId)?.ackedSeq ?? 0);
     const taken = Math.min(Math.max(known, takenSeq), agent.lastSeq);
     this.#dropCursor(agentId);
-    if (taken > known) this.#commitAck(agentId, taken, taken - known);
+    if (taken > known) this.#commitAck(agentId, taken, taken - known, []);
     await this.#batcher.flush();
     return Math.max(taken, agent.ackedSeq);
   }
@@ -330,7 +344,7 @@ export class DeliveryManager {
       if (seq > cursor.ackedSeq) {
         const count = seq - cursor.ackedSeq;
         cursor.ackedSeq = seq;
-        this.#commitAck(agentId, seq, count);
+        this.#commitAck(agentId, seq, count, takeUnacked(cursor, seq));
       }
       if (cursor.retrySeq !== undefined && cursor.retrySeq <= seq) cursor.retrySeq = undefined;
       this.#kick(agentId);
@@ -345,6 +359,8 @@ export class DeliveryManager {
       return undefined;
     }
     if (message.state === 'dead') {
+      // Not delivered: kept out of the delivery latency.
+      if (this.#cursors.get(agentId) === cursor) cursor.unacked = cursor.unacked.filter((sent) => sent.seq !== seq);
       this.#logger.warn({ agentId, seq, id: message.id, attempts: message.attempts, error }, 'message dead-lettered');
       this.#options.events.emit('dead-letter', { agentId, seq, id: message.id });
       session.send({ skip: { agentId, seq } });
@@ -366,11 +382,14 @@ export class DeliveryManager {
    * Queues a cumulative ack for the next group commit. Reported (`message-acked`,
    * when `count` > 0) once durable, so whoever hears of it finds the outbox
    * saying so; an ack whose commit failed is only a re-send the host drops.
+   * `createdAtMs`: the append times of the acknowledged messages this stream sent.
    */
-  #commitAck(agentId: string, seq: number, count: number): void {
+  #commitAck(agentId: string, seq: number, count: number, createdAtMs: readonly number[]): void {
     this.#batcher.ack(agentId, seq, count).then(
       (isCommitted) => {
-        if (isCommitted && count > 0) this.#options.events.emit('message-acked', { agentId, seq, count });
+        if (!isCommitted || count <= 0) return;
+        const nowMs = this.#options.clock.now();
+        this.#options.events.emit('message-acked', { agentId, seq, count, deliveredInMs: createdAtMs.map((atMs) => Math.max(0, nowMs - atMs)) });
       },
       (err: unknown) => this.#logger.error({ err, agentId, seq }, 'ack not committed'),
     );
@@ -507,6 +526,7 @@ export class DeliveryManager {
       const envelope: ControlMessage = batch.length === 1 ? { deliver: last } : { deliverBatch: { deliveries: batch } };
       if (!cursor.session.trySend(envelope, this.#hostBounds)) return envelopeBytes(envelope);
       cursor.sentSeq = last.seq;
+      for (const sent of batch) cursor.unacked.push({ seq: sent.seq, createdAtMs: sent.message?.createdAtMs ?? 0 });
       batch = [];
       batchBytes = 0;
       return undefined;
@@ -541,6 +561,7 @@ export class DeliveryManager {
         const envelope: ControlMessage = { deliver };
         if (!cursor.session.trySend(envelope, this.#hostBounds)) return envelopeBytes(envelope);
         cursor.sentSeq = message.seq;
+        cursor.unacked.push({ seq: message.seq, createdAtMs: message.createdAtMs });
         lastSeq = message.seq;
         continue;
       }

@@ -470,6 +470,11 @@ export class HostService {
       return result;
     } catch (err) {
       heard.settle(isCredentialFailure(err));
+      // A refused bearer token was counted by the authenticator; a refused join token is counted here.
+      if (presented.scheme === 'join' && isCredentialFailure(err)) {
+        const reason = err instanceof StreamRefusedError && err.refusal !== undefined ? `join-${err.refusal}` : 'join-refused';
+        this.#options.events.emit('auth-failure', { principal: 'host', reason });
+      }
       throw err;
     }
   }
@@ -655,7 +660,7 @@ export class HostService {
       },
     });
     this.#logger.info({ hostId, sessionId: state.sessionId, running: hello.running.length, version: hello.version }, 'host connected');
-    events.emit('host-connected', { hostId, sessionId: state.sessionId });
+    events.emit('host-connected', { hostId, sessionId: state.sessionId, isReconnect: joined === undefined });
     await this.#options.agents.onHostConnected(session);
     session.forgetHelloReport();
     // Gone meanwhile: its release found nothing to unschedule, so nothing is scheduled for it.
@@ -762,6 +767,7 @@ export class HostService {
       tokenId: issued.claims.tokenId,
       expiresAtMs: issued.claims.expiresAtMs,
       rotationDueAtMs: hostRotationDueAtMs(issued.claims.issuedAtMs, issued.claims.expiresAtMs),
+      reason: 'host',
     });
     return generation;
   }
@@ -803,6 +809,7 @@ export class HostService {
     sent.splice(index, 1);
     const nowMs = this.#options.clock.now();
     session.clockSkewMs = Math.round(pong.timeMs - (sentAtMs + nowMs) / 2);
+    this.#options.events.emit('clock-skew', { hostId: session.hostId, skewMs: session.clockSkewMs });
   }
 
   #reject(session: HostSession, what: string, agentId: string, reason: string): void {

@@ -1,6 +1,7 @@
 import type { Clock } from '../../common/clock.js';
 import type { Logger } from '../../common/logger.js';
 import { MIN_AUTO_ROTATIONS_PER_SECOND, neededRotationsPerSecond } from './rotation-policy.js';
+import type { RotationReason } from './rotation-reason.js';
 
 /** Options of {@link RotationScheduler}. */
 export interface RotationSchedulerOptions {
@@ -20,7 +21,7 @@ export interface RotationSchedulerOptions {
    * Replaces the credential of `agentId`. Resolves once done (or once it is
    * known the agent needs no rotation); a rejection is logged and retried later.
    */
-  rotate: (agentId: string) => Promise<void>;
+  rotate: (agentId: string, reason: RotationReason) => Promise<void>;
   /** Delay before a failed rotation is tried again. */
   retryDelayMs?: number;
   /**
@@ -36,6 +37,7 @@ interface Entry {
   agentId: string;
   dueAtMs: number;
   expiresAtMs: number;
+  reason: RotationReason;
 }
 
 /**
@@ -64,6 +66,13 @@ class IndexedHeap {
 
   peek(): Entry | undefined {
     return this.#items[0];
+  }
+
+  /** The least `expiresAtMs` over every entry (Infinity when empty): a scan, for a scrape, never the hot path. */
+  lowestExpiresAtMs(): number {
+    let lowest = Infinity;
+    for (const item of this.#items) if (item.expiresAtMs < lowest) lowest = item.expiresAtMs;
+    return lowest;
   }
 
   /** Inserts `entry`, or replaces the entry of its agent in place (a decrease- or increase-key). */
@@ -192,10 +201,10 @@ export class RotationScheduler {
     this.#loop ??= this.#run();
   }
 
-  /** Schedules (or reschedules) the rotation of `agentId`. */
-  schedule(agentId: string, dueAtMs: number, expiresAtMs: number): void {
+  /** Schedules (or reschedules) the rotation of `agentId`; `reason` is what it is counted as once done. */
+  schedule(agentId: string, dueAtMs: number, expiresAtMs: number, reason: RotationReason = 'due'): void {
     this.#ready.delete(agentId);
-    this.#byDue.set({ agentId, dueAtMs, expiresAtMs });
+    this.#byDue.set({ agentId, dueAtMs, expiresAtMs, reason });
     this.#checkCap();
     if (this.#isWakeable) this.#sleep?.abort();
   }
@@ -236,6 +245,19 @@ export class RotationScheduler {
    */
   get heapSize(): number {
     return this.#byDue.size + this.#ready.size;
+  }
+
+  /**
+   * The soonest expiry (ms since the epoch) of the tokens of the agents scheduled, Infinity when
+   * none is: O(agents scheduled), for a metrics scrape. Rotations in flight are not counted.
+   */
+  lowestExpiresAtMs(): number {
+    return Math.min(this.#byDue.lowestExpiresAtMs(), this.#ready.lowestExpiresAtMs());
+  }
+
+  /** Rotations due and waiting for the signing budget or a free slot: above 0 for long, the cap is what holds them. */
+  get dueWaiting(): number {
+    return this.#ready.size;
   }
 
   /** The scheduler's lifecycle state. */
@@ -328,11 +350,11 @@ export class RotationScheduler {
   async #rotate(entry: Entry): Promise<void> {
     const { clock, logger } = this.#options;
     try {
-      await this.#options.rotate(entry.agentId);
+      await this.#options.rotate(entry.agentId, entry.reason);
     } catch (err) {
       logger.warn({ err, agentId: entry.agentId }, 'rotation failed; will retry');
       if (!this.#isScheduled(entry.agentId)) {
-        this.schedule(entry.agentId, clock.now() + (this.#options.retryDelayMs ?? 1_000), entry.expiresAtMs);
+        this.schedule(entry.agentId, clock.now() + (this.#options.retryDelayMs ?? 1_000), entry.expiresAtMs, entry.reason);
       }
     }
   }

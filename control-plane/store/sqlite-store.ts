@@ -860,6 +860,11 @@ export class SqliteStore implements Store {
     );
   }
 
+  countOutboxBytes(): Promise<number> {
+    // One row per agent (kept by the triggers on messages), not a scan of the payloads.
+    return this.#run(() => (this.#prepare('SELECT COALESCE(SUM(outbox_bytes), 0) AS n FROM agents').get() as { n: number }).n);
+  }
+
   applyOutboxBatch(batch: OutboxBatch): Promise<(AppendResult[] | Error)[]> {
     return this.#write(() =>
       this.#open().transaction(() => {

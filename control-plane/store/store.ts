@@ -474,6 +474,8 @@ export interface Store {
   countAgentsByState(): Promise<Map<AgentStateName, number>>;
   /** Unacknowledged messages over all outboxes. */
   countPendingMessages(): Promise<number>;
+  /** Payload bytes held by every outbox (unacknowledged or dead-lettered: what outbox admission counts). */
+  countOutboxBytes(): Promise<number>;
 
   /**
    * Applies a batch of appends and acks in one transaction. Each append succeeds

@@ -147,6 +147,8 @@ describe('host enrollment', () => {
     expect(await stream.ended).toMatchObject({ code: grpc.status.UNAUTHENTICATED, refusal: 'expired' });
     expect(stream.received).toEqual([]);
     expect(await hostState(h, hostId)).toBe('enrolled');
+    // Counted as an auth failure, with a fixed word for why.
+    expect(await h.cp.metrics.metrics()).toMatch(/^tether_auth_failures_total\{principal="host",reason="join-expired"\} 1$/m);
   });
 
   it('refuses a join token whose ID names another host, or no host, without spending either host\'s token', async () => {
@@ -167,6 +169,7 @@ describe('host enrollment', () => {
     const unknown = open(h.target, `Join nobody-00000000.${secretOfX}`);
     unknown.send(helloEnvelope());
     expect(await unknown.ended).toMatchObject({ code: grpc.status.UNAUTHENTICATED, refusal: 'unknown-host' });
+    expect(await h.cp.metrics.metrics()).toMatch(/^tether_auth_failures_total\{principal="host",reason="join-unknown-host"\} 1$/m);
 
     // Neither failed attempt leased or burnt a token: both hosts still join with their own, as themselves.
     for (const host of [y, x]) {

@@ -67,6 +67,45 @@ describe('RotationScheduler', () => {
     await waitUntil(() => clock.pendingTimers === 1, 'the scheduler to wait on the clock');
   }
 
+  it('rotates each agent with the reason it was scheduled for, kept across a failed try', async () => {
+    const reasons: string[] = [];
+    let isFirstTry = true;
+    const s = start({
+      retryDelayMs: 100,
+      rotate: (agentId, reason) => {
+        reasons.push(`${agentId}:${reason}`);
+        if (agentId === 'revoked' && isFirstTry) {
+          isFirstTry = false;
+          return Promise.reject(new Error('store busy'));
+        }
+        return Promise.resolve();
+      },
+    });
+    const t0 = clock.now();
+    s.schedule('plain', t0, t0 + 2_000);
+    s.schedule('revoked', t0, t0 + 1_000, 'key-revoked');
+    s.schedule('back', t0, t0 + 3_000, 'resume');
+    await waitUntil(() => reasons.length === 3, 'three rotations tried');
+    await asleep();
+    clock.advance(100);
+    await waitUntil(() => reasons.length === 4, 'the failed one tried again');
+    expect(reasons).toEqual(['revoked:key-revoked', 'plain:due', 'back:resume', 'revoked:key-revoked']);
+  });
+
+  it('tells the soonest expiry over every scheduled agent, due or not (Infinity when none)', async () => {
+    const s = start();
+    expect(s.lowestExpiresAtMs()).toBe(Infinity);
+    const t0 = clock.now();
+    // Due later but expiring sooner than the other: not the top of the due-time heap.
+    s.schedule('a', t0 + 1_000, t0 + 9_000);
+    s.schedule('b', t0 + 5_000, t0 + 6_000);
+    s.schedule('c', t0 + 9_000, t0 + 20_000);
+    await asleep();
+    expect(s.lowestExpiresAtMs()).toBe(t0 + 6_000);
+    s.unschedule('b');
+    expect(s.lowestExpiresAtMs()).toBe(t0 + 9_000);
+  });
+
   it('rotates nothing before it is due', async () => {
     const s = start();
     const t0 = clock.now();
