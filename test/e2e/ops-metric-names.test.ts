@@ -4,14 +4,15 @@
  * control plane and a host started here (histograms with their `_bucket`,
  * `_sum` and `_count`), so a renamed metric breaks this test, not a page at 3 am.
  */
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { load } from 'js-yaml';
+import { dump, load } from 'js-yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHostMetrics } from '../../agent-host/metrics.js';
 import { serveMetrics } from '../../common/metrics-http.js';
 import { Harness } from '../support/harness.js';
-import { exportedNames } from '../support/promtool.js';
+import { exportedNames, hasPromtool, promtool } from '../support/promtool.js';
 
 const OPS = join(import.meta.dirname, '..', '..', 'ops');
 
@@ -24,6 +25,32 @@ function metricNamesIn(expr: string): string[] {
 function alertExpressions(): { where: string; expr: string }[] {
   const rules = load(readFileSync(join(OPS, 'prometheus', 'tether-alerts.yml'), 'utf8')) as { groups: { rules: { alert?: string; record?: string; expr: string }[] }[] };
   return rules.groups.flatMap((g) => g.rules.map((r) => ({ where: `rule ${r.alert ?? r.record ?? '?'}`, expr: r.expr })));
+}
+
+interface Panel {
+  id: number;
+  type: string;
+  title: string;
+  targets?: { expr?: string; refId: string }[];
+  panels?: Panel[];
+}
+
+/** The dashboard, parsed (a syntax error fails here). */
+function dashboard(): { uid: string; panels: Panel[]; templating: { list: { name: string; type: string; definition?: string }[] } } {
+  return JSON.parse(readFileSync(join(OPS, 'grafana', 'tether-dashboard.json'), 'utf8')) as ReturnType<typeof dashboard>;
+}
+
+/** Every panel of the dashboard, those inside rows included. */
+function allPanels(panels: readonly Panel[]): Panel[] {
+  return panels.flatMap((p) => [p, ...allPanels(p.panels ?? [])]);
+}
+
+/** Every expression of the dashboard: each panel target's, and each query variable's. */
+function dashboardExpressions(): { where: string; expr: string }[] {
+  const parsed = dashboard();
+  const targets = allPanels(parsed.panels).flatMap((p) => (p.targets ?? []).map((t) => ({ where: `panel "${p.title}" ${t.refId}`, expr: t.expr ?? '' })));
+  const variables = parsed.templating.list.filter((v) => v.type === 'query').map((v) => ({ where: `variable ${v.name}`, expr: v.definition ?? '' }));
+  return [...targets, ...variables];
 }
 
 describe('metric names of the shipped alert rules and dashboard', () => {
@@ -61,13 +88,39 @@ describe('metric names of the shipped alert rules and dashboard', () => {
     expect(metricNamesIn('sum(rate(tether_no_such_metric_total[5m])) > tether_x')).toEqual(['tether_no_such_metric_total', 'tether_x']);
   });
 
-  it('every alert rule names only exported metrics, and at least one', () => {
-    const expressions = alertExpressions();
-    expect(expressions.length).toBeGreaterThanOrEqual(8);
-    for (const { where, expr } of expressions) {
+  it.each([
+    ['alert rule', alertExpressions],
+    ['dashboard', dashboardExpressions],
+  ])('every %s expression names only exported metrics, and at least one', (_what, expressions) => {
+    expect(expressions().length).toBeGreaterThanOrEqual(8);
+    for (const { where, expr } of expressions()) {
       const names = metricNamesIn(expr);
       expect({ where, hasMetric: names.length > 0 }).toEqual({ where, hasMetric: true });
       expect({ where, unknown: names.filter((n) => !exported.has(n)) }).toEqual({ where, unknown: [] });
+    }
+  });
+
+  it('the dashboard has unique panel ids, and every panel other than a row queries something', () => {
+    const panels = allPanels(dashboard().panels);
+    expect(new Set(panels.map((p) => p.id)).size).toBe(panels.length);
+    for (const panel of panels.filter((p) => p.type !== 'row')) {
+      expect({ panel: panel.title, targets: (panel.targets ?? []).filter((t) => (t.expr ?? '') !== '').length > 0 }).toEqual({ panel: panel.title, targets: true });
+    }
+  });
+
+  it.runIf(hasPromtool())('every dashboard panel expression is valid PromQL (promtool, as recording rules)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tether-dashboard-'));
+    try {
+      const targets = dashboardExpressions().filter((e) => !e.where.startsWith('variable'));
+      // Grafana's variables sit inside label matchers' strings ("$cp"), which PromQL takes as they are.
+      const rules = { groups: [{ name: 'dashboard', rules: targets.map((t, i) => ({ record: `tether_dashboard:expr_${i}`, expr: t.expr })) }] };
+      const file = join(dir, 'dashboard-rules.yml');
+      writeFileSync(file, dump(rules));
+      const result = promtool(['check', 'rules', file]);
+      expect({ status: result.status, stderr: result.stderr }).toEqual({ status: 0, stderr: '' });
+      expect(result.stdout).toContain(`SUCCESS: ${targets.length} rules found`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
