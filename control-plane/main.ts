@@ -7,7 +7,8 @@ import { addAdminCommands, adminClient, type ClientFlags } from './cli/admin-com
 import { addAdminTokenCommand } from './cli/admin-token-command.js';
 import { addBackupCommands } from './cli/backup-commands.js';
 import { MAX_OUTBOX_BYTES_BOUNDS as OUTBOX_BYTES } from './control-plane.js';
-import { serve, SERVE_DURATION_BOUNDS as BOUNDS, type ServeFlags } from './cli/serve-command.js';
+import { parseStore, serve, SERVE_DURATION_BOUNDS as BOUNDS, type ServeFlags } from './cli/serve-command.js';
+import { DEFAULT_POSTGRES_POOL_SIZE } from './store/postgres-store.js';
 
 /**
  * What the commands of {@link controlPlaneProgram} run, given the configuration
@@ -105,6 +106,21 @@ export function controlPlaneProgram(given: Partial<ControlPlaneActions> = {}, re
     .addOption(new Option('--max-outbox-messages <n>', 'unacknowledged or dead-lettered messages per agent before sends get RESOURCE_EXHAUSTED').env('TETHER_MAX_OUTBOX_MESSAGES').default(10_000).argParser(parseCount))
     .addOption(new Option('--max-outbox-bytes <n>', `payload bytes of unacknowledged or dead-lettered messages per agent before sends get RESOURCE_EXHAUSTED (${OUTBOX_BYTES.min} to ${OUTBOX_BYTES.max}, at least --max-payload-bytes)`).env('TETHER_MAX_OUTBOX_BYTES').default(67_108_864, '64 MiB').argParser(parseCountWithin('--max-outbox-bytes', OUTBOX_BYTES.min, OUTBOX_BYTES.max)))
     .addOption(new Option('--max-payload-bytes <n>', `largest message payload accepted (at most ${MAX_PAYLOAD_BYTES_CEILING}: a delivery must fit a host's 4 MiB receive limit)`).env('TETHER_MAX_PAYLOAD_BYTES').default(1_048_576).argParser(parseCountWithin('--max-payload-bytes', 1, MAX_PAYLOAD_BYTES_CEILING)))
+    .addOption(
+      new Option(
+        '--store <sqlite|postgres://…>',
+        'where the state lives: sqlite (the embedded store, <data-dir>/tether.db) or a PostgreSQL connection string (postgres://user[:password]@host:port/db; ?options=-c%20search_path%3D<schema> picks a schema); with PostgreSQL pass the admin token in TETHER_ADMIN_TOKEN(_FILE)',
+      )
+        .env('TETHER_STORE')
+        .default('sqlite')
+        .argParser(parseStore),
+    )
+    .addOption(
+      new Option('--store-pool-size <n>', 'PostgreSQL store: connections at most (each one a server process: keep control planes × this below max_connections)')
+        .env('TETHER_STORE_POOL_SIZE')
+        .default(DEFAULT_POSTGRES_POOL_SIZE)
+        .argParser(parseCountWithin('--store-pool-size', 1, 1_000)),
+    )
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
     .action(async (_flags: unknown, command: Command) => {
       await actions.serve(serveFlags(command));

@@ -49,7 +49,7 @@ const MUTATIONS: Mutation[] = [
     file: 'control-plane/store/sqlite-store.ts',
     find: "DELETE FROM messages WHERE state IN ('acked', 'requeued') AND created_at_ms < ?",
     replace: "DELETE FROM messages WHERE state IN ('acked', 'requeued') AND 0 AND created_at_ms < ?",
-    tests: ['test/e2e/retention.test.ts', 'test/control-plane/store/sqlite-store.test.ts'],
+    tests: ['test/e2e/retention.test.ts', 'test/control-plane/store/store-contract.sqlite.test.ts'],
   },
   {
     name: 'stream-writer-never-waits-for-drain',

@@ -1,10 +1,15 @@
 import type { Command } from 'commander';
 import { SystemClock } from '../../common/clock.js';
 import { backupDatabase, restoreDatabase, RESTORE_GENERATION_GAP } from '../store/sqlite-backup.js';
+import { PostgresStore } from '../store/postgres-store.js';
+import { isPostgresUrl } from '../store/postgres-url.js';
 import { SCHEMA_VERSION } from '../store/sqlite-schema.js';
 import { databasePath } from '../store/sqlite-store.js';
 
-/** Adds `backup` and `restore`, which work on the data directory's store file, not over gRPC. */
+/**
+ * Adds `backup` and `restore`, which work on the data directory's store file, not over gRPC,
+ * and `new-epoch`, a PostgreSQL store's step after a restore with pg_restore.
+ */
 export function addBackupCommands(program: Command): void {
   program
     .command('backup')
@@ -38,5 +43,24 @@ export function addBackupCommands(program: Command): void {
       if (summary.signingKeysKept > 0) console.log(`kept ${summary.signingKeysKept} signing keys made after the backup`);
       if (summary.joinTokensBurnt > 0) console.log(`burnt ${summary.joinTokensBurnt} unused join tokens: enroll those hosts again`);
       if (summary.replacedPath !== undefined) console.log(`the replaced store is kept at ${summary.replacedPath}`);
+    });
+  program
+    .command('new-epoch')
+    .description(
+      'PostgreSQL store: after restoring it with pg_restore (or failing PostgreSQL over to a replica that may have lost commits), ' +
+        'with every control plane stopped, start a new history as `restore` does for SQLite: a new epoch, every agent and host ' +
+        'generation advanced past any the lost history reached, unused join tokens burnt. Back up with pg_dump.',
+    )
+    .requiredOption('--store <postgres://…>', 'the PostgreSQL store (the connection string serve --store was given)')
+    .action(async (flags: { store: string }) => {
+      if (!isPostgresUrl(flags.store)) throw new Error('--store must be a postgres:// connection string (for the embedded store, `restore` starts the new epoch)');
+      const store = await PostgresStore.open(flags.store, { poolSize: 1 });
+      try {
+        const summary = await store.startNewEpoch();
+        console.log(`epoch ${summary.previousEpoch} -> ${summary.epoch}; generations of ${summary.agents} agents and ${summary.hosts} hosts advanced by ${RESTORE_GENERATION_GAP}`);
+        if (summary.joinTokensBurnt > 0) console.log(`burnt ${summary.joinTokensBurnt} unused join tokens: enroll those hosts again`);
+      } finally {
+        await store.close();
+      }
     });
 }

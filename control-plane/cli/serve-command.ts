@@ -7,8 +7,12 @@ import { readSecret, type DurationBounds } from '../../common/cli.js';
 import { createLogger, type Logger } from '../../common/logger.js';
 import { parseSecret, SecretRedactor } from '../../common/secrets.js';
 import { ControlPlane } from '../control-plane.js';
+import { InvalidArgumentError as CommanderInvalidArgument } from 'commander';
+import { PostgresStore } from '../store/postgres-store.js';
+import { connectionStringPassword, isPostgresUrl, redactConnectionString } from '../store/postgres-url.js';
 import { claimDatabase } from '../store/sqlite-backup.js';
 import { databasePath, SqliteStore } from '../store/sqlite-store.js';
+import type { Store } from '../store/store.js';
 
 const SECOND_MS = 1_000;
 const MINUTE_MS = 60 * SECOND_MS;
@@ -59,7 +63,16 @@ export interface ServeFlags {
   maxOutboxMessages: number;
   maxOutboxBytes: number;
   maxPayloadBytes: number;
+  /** `sqlite` (the embedded store in the data directory) or a `postgres://` connection string. */
+  store: string;
+  storePoolSize: number;
   logLevel: string;
+}
+
+/** Parses `--store`: `sqlite`, or a PostgreSQL connection string (never echoed back: it can hold a password). */
+export function parseStore(value: string): string {
+  if (value === 'sqlite' || isPostgresUrl(value)) return value;
+  throw new CommanderInvalidArgument('expected sqlite or a postgres:// connection string');
 }
 
 /** A new random admin token: 32 bytes, base64url (header-safe, one line). */
@@ -125,13 +138,30 @@ export async function serve(flags: ServeFlags, redactor = new SecretRedactor()):
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
   });
+  const isPostgres = isPostgresUrl(flags.store);
+  if (isPostgres) {
+    const password = connectionStringPassword(flags.store);
+    if (password !== undefined) redactor.register(password);
+    if (readSecret(flags.adminTokenFile, 'TETHER_ADMIN_TOKEN', redactor) === undefined) {
+      // Everything else lives in PostgreSQL: a control plane started elsewhere on the same store needs the same token.
+      logger.warn({ dataDir: flags.dataDir }, 'with a PostgreSQL store, pass the admin token in TETHER_ADMIN_TOKEN or --admin-token-file: the one generated in the data directory stays on this machine');
+    }
+  }
   const adminToken = await resolveAdminToken(flags, logger, redactor);
-  const dbPath = databasePath(flags.dataDir);
-  const store = SqliteStore.open(dbPath);
-  const { release, otherPid } = claimDatabase(dbPath);
-  if (otherPid !== undefined) {
-    // Not refused: after a crash, the pid in a stale claim can belong to an unrelated process.
-    logger.warn({ pid: otherPid, dataDir: flags.dataDir }, 'another live process claims this data directory; two control planes must not share one');
+  let store: Store;
+  let release = (): void => undefined;
+  if (isPostgres) {
+    store = await PostgresStore.open(flags.store, { poolSize: flags.storePoolSize, logger: logger.child({ component: 'store' }) });
+    logger.info({ store: redactConnectionString(flags.store), poolSize: flags.storePoolSize }, 'store: PostgreSQL');
+  } else {
+    const dbPath = databasePath(flags.dataDir);
+    store = SqliteStore.open(dbPath);
+    const claim = claimDatabase(dbPath);
+    release = claim.release;
+    if (claim.otherPid !== undefined) {
+      // Not refused: after a crash, the pid in a stale claim can belong to an unrelated process.
+      logger.warn({ pid: claim.otherPid, dataDir: flags.dataDir }, 'another live process claims this data directory; two control planes must not share one');
+    }
   }
   const controlPlane = await ControlPlane.start({
     store,

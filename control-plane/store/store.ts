@@ -395,57 +395,21 @@ export interface AgentMoveRecord {
 /** How {@link Store.reserveMove} went. */
 export type ReserveMoveResult = 'reserved' | 'agent-changed' | 'host-full' | 'host-unavailable';
 
-/** The control plane's durable state. */
-export interface Store {
-  /** The identity of this store's history; a restore mints a new one. */
-  epoch(): Promise<string>;
-
-  /** Every signing key, oldest first. */
-  listSigningKeys(): Promise<SigningKeyRecord[]>;
-  /** Throws AlreadyExistsError when the kid is taken, or the purpose has a key in that state that must be alone (signing, standby). */
-  insertSigningKey(key: SigningKeyRecord): Promise<void>;
-  /**
-   * Applies every transition, in order, in one transaction, or none: returns
-   * false (changing nothing) if any key is not in its `from` state, or if the
-   * result would give a purpose two signers or two standbys. This is how two
-   * concurrent rotations (in one control plane or several) resolve: one wins.
-   */
-  transitionSigningKeys(transitions: readonly SigningKeyTransition[]): Promise<boolean>;
-  /** Sets the verify-until of retired (verifying-only, revoked) keys that have none yet; returns how many. */
-  fixSigningKeyVerifyUntil(verifyUntilMs: number): Promise<number>;
-  /** Deletes retired (verifying-only, revoked) keys whose verify-until is at or before `nowMs`; returns their kids. */
-  deleteExpiredSigningKeys(nowMs: number): Promise<string[]>;
+/** Agents: their records, lifecycle transitions and placement on hosts. */
+export interface AgentStore {
   /**
    * Makes the credential of every live agent issued in `[issuedFromMs, issuedUntilMs]`
    * due for rotation at `dueAtMs` (if it was due later), in one transaction: the
    * credentials a revoked key may have signed. Returns how many changed.
    */
   markAgentRotationsDue(issuedFromMs: number, issuedUntilMs: number, dueAtMs: number): Promise<number>;
-
-  insertHost(host: HostRecord): Promise<void>;
-  getHost(hostId: string): Promise<HostRecord | undefined>;
-  /**
-   * Applies `patch` if `expect` holds and returns the updated host; returns
-   * undefined if the host does not exist or `expect` does not hold.
-   */
-  updateHost(hostId: string, patch: HostPatch, expect?: HostExpectation): Promise<HostRecord | undefined>;
-  /** Capacity and load of each of `hostIds` that exists (one read per host, whatever the number of agents). */
-  getHostLoads(hostIds: readonly string[]): Promise<Map<string, HostLoad>>;
-  listHosts(afterId: string | null, limit: number): Promise<Page<HostRecord>>;
-  /**
-   * Leases the host's join token to `sessionId` if it is unexpired, unburnt and
-   * not leased to a live session (`isLeaseLive` decides). Atomic: of two
-   * concurrent callers, one wins.
-   */
-  leaseJoinToken(hostId: string, sessionId: string, nowMs: number, isLeaseLive: (sessionId: string) => boolean): Promise<HostRecord | undefined>;
-
   /** Throws AlreadyExistsError when the id is taken. Records its first transition with `reason`. */
   insertAgent(agent: AgentRecord, reason?: string): Promise<void>;
   getAgent(agentId: string): Promise<AgentRecord | undefined>;
   /** Only what a credential rotation needs of an agent (see {@link AgentCredentialState}). */
   getAgentCredentialState(agentId: string): Promise<AgentCredentialState | undefined>;
   /**
-   * Applies `patch` if `expect` holds, like {@link Store.updateAgent}, without
+   * Applies `patch` if `expect` holds, like {@link AgentStore.updateAgent}, without
    * reading the agent back: true if it was written. For hot paths (rotations,
    * their Acks) that have what they need already. It records no transition, so
    * it refuses a patch of the state, host or incarnation (use updateAgent).
@@ -472,6 +436,50 @@ export interface Store {
   countAgentsByHost(states: readonly AgentStateName[]): Promise<Map<string, number>>;
   /** How many agents are in each state. */
   countAgentsByState(): Promise<Map<AgentStateName, number>>;
+}
+
+/** Hosts: their records, join-token leases, drains and move reservations. */
+export interface HostStore {
+  insertHost(host: HostRecord): Promise<void>;
+  getHost(hostId: string): Promise<HostRecord | undefined>;
+  /**
+   * Applies `patch` if `expect` holds and returns the updated host; returns
+   * undefined if the host does not exist or `expect` does not hold.
+   */
+  updateHost(hostId: string, patch: HostPatch, expect?: HostExpectation): Promise<HostRecord | undefined>;
+  /** Capacity and load of each of `hostIds` that exists (one read per host, whatever the number of agents). */
+  getHostLoads(hostIds: readonly string[]): Promise<Map<string, HostLoad>>;
+  listHosts(afterId: string | null, limit: number): Promise<Page<HostRecord>>;
+  /**
+   * Leases the host's join token to `sessionId` if it is unexpired, unburnt and
+   * not leased to a live session (`isLeaseLive` decides). Atomic: of two
+   * concurrent callers, one wins.
+   */
+  leaseJoinToken(hostId: string, sessionId: string, nowMs: number, isLeaseLive: (sessionId: string) => boolean): Promise<HostRecord | undefined>;
+  /**
+   * Records `hostId`'s drain as `state` and makes the host unschedulable, in one
+   * transaction; `null` deletes the drain and makes it schedulable again. Returns
+   * the drain as it was before (undefined: none), or throws NotFoundError for no such host.
+   */
+  setHostDrain(hostId: string, state: HostDrainState | null, nowMs: number): Promise<HostDrainRecord | undefined>;
+  getHostDrain(hostId: string): Promise<HostDrainRecord | undefined>;
+  /** Every drain (a handful of rows: one per host drained and not uncordoned). */
+  listHostDrains(): Promise<HostDrainRecord[]>;
+  /**
+   * Reserves room on `toHostId` for `agentId` (counted in its load from this
+   * commit) if the agent is still live on `fromHostId` at `incarnation`, the
+   * target is not revoked, schedulable and has room, and the agent has no
+   * reservation yet. One transaction.
+   */
+  reserveMove(agentId: string, fromHostId: string, toHostId: string, incarnation: number, nowMs: number): Promise<ReserveMoveResult>;
+  getMove(agentId: string): Promise<AgentMoveRecord | undefined>;
+  listMoves(): Promise<AgentMoveRecord[]>;
+  /** Drops `agentId`'s reservation, if any (its room on the target is free again). */
+  releaseMove(agentId: string): Promise<void>;
+}
+
+/** Each agent's outbox of messages: appends, acks, dead letters. */
+export interface OutboxStore {
   /** Unacknowledged messages over all outboxes. */
   countPendingMessages(): Promise<number>;
   /** Payload bytes held by every outbox (unacknowledged or dead-lettered: what outbox admission counts). */
@@ -503,28 +511,35 @@ export interface Store {
    * `endedBeforeMs`. Returns how many went.
    */
   pruneMessages(ackedBeforeMs: number, endedBeforeMs: number): Promise<number>;
+}
 
+/** Signing keys and their lifecycle. */
+export interface KeyStore {
+  /** Every signing key, oldest first. */
+  listSigningKeys(): Promise<SigningKeyRecord[]>;
+  /** Throws AlreadyExistsError when the kid is taken, or the purpose has a key in that state that must be alone (signing, standby). */
+  insertSigningKey(key: SigningKeyRecord): Promise<void>;
   /**
-   * Records `hostId`'s drain as `state` and makes the host unschedulable, in one
-   * transaction; `null` deletes the drain and makes it schedulable again. Returns
-   * the drain as it was before (undefined: none), or throws NotFoundError for no such host.
+   * Applies every transition, in order, in one transaction, or none: returns
+   * false (changing nothing) if any key is not in its `from` state, or if the
+   * result would give a purpose two signers or two standbys. This is how two
+   * concurrent rotations (in one control plane or several) resolve: one wins.
    */
-  setHostDrain(hostId: string, state: HostDrainState | null, nowMs: number): Promise<HostDrainRecord | undefined>;
-  getHostDrain(hostId: string): Promise<HostDrainRecord | undefined>;
-  /** Every drain (a handful of rows: one per host drained and not uncordoned). */
-  listHostDrains(): Promise<HostDrainRecord[]>;
-  /**
-   * Reserves room on `toHostId` for `agentId` (counted in its load from this
-   * commit) if the agent is still live on `fromHostId` at `incarnation`, the
-   * target is not revoked, schedulable and has room, and the agent has no
-   * reservation yet. One transaction.
-   */
-  reserveMove(agentId: string, fromHostId: string, toHostId: string, incarnation: number, nowMs: number): Promise<ReserveMoveResult>;
-  getMove(agentId: string): Promise<AgentMoveRecord | undefined>;
-  listMoves(): Promise<AgentMoveRecord[]>;
-  /** Drops `agentId`'s reservation, if any (its room on the target is free again). */
-  releaseMove(agentId: string): Promise<void>;
+  transitionSigningKeys(transitions: readonly SigningKeyTransition[]): Promise<boolean>;
+  /** Sets the verify-until of retired (verifying-only, revoked) keys that have none yet; returns how many. */
+  fixSigningKeyVerifyUntil(verifyUntilMs: number): Promise<number>;
+  /** Deletes retired (verifying-only, revoked) keys whose verify-until is at or before `nowMs`; returns their kids. */
+  deleteExpiredSigningKeys(nowMs: number): Promise<string[]>;
+}
 
+/**
+ * The control plane's durable state: every concern's store, on one engine
+ * (SQLite or PostgreSQL), behind one epoch. Each engine runs the one contract
+ * suite (test/control-plane/store/store-contract.ts).
+ */
+export interface Store extends AgentStore, HostStore, OutboxStore, KeyStore {
+  /** The identity of this store's history; a restore mints a new one. */
+  epoch(): Promise<string>;
   /** Closes the database; later calls throw ClosedError. Idempotent. */
   close(): Promise<void>;
 }

@@ -109,6 +109,8 @@ const SERVE_ROWS: Record<string, Row> = {
   '--max-outbox-messages': { env: 'TETHER_MAX_OUTBOX_MESSAGES', value: '77', key: 'maxOutboxMessages', expected: 77 },
   '--max-outbox-bytes': { env: 'TETHER_MAX_OUTBOX_BYTES', value: '2097152', key: 'maxOutboxBytes', expected: 2_097_152 },
   '--max-payload-bytes': { env: 'TETHER_MAX_PAYLOAD_BYTES', value: '4096', key: 'maxPayloadBytes', expected: 4096 },
+  '--store': { env: 'TETHER_STORE', value: 'postgres://tether@db.example:5432/tether', key: 'store', expected: 'postgres://tether@db.example:5432/tether' },
+  '--store-pool-size': { env: 'TETHER_STORE_POOL_SIZE', value: '4', key: 'storePoolSize', expected: 4 },
   '--log-level': { env: 'TETHER_LOG_LEVEL', value: 'debug', key: 'logLevel', expected: 'debug' },
 };
 
@@ -140,8 +142,8 @@ function serveCommand(program: Command): Command {
   return program.commands.find((command) => command.name() === 'serve') as Command;
 }
 
-/** The commands that call no control plane: serve, backup and restore (on the data directory), generate-admin-token (on nothing). */
-const LOCAL_COMMANDS: readonly string[] = ['serve', 'backup', 'restore', 'generate-admin-token'];
+/** The commands that call no control plane: serve, backup and restore (on the data directory), new-epoch (on a PostgreSQL store), generate-admin-token (on nothing). */
+const LOCAL_COMMANDS: readonly string[] = ['serve', 'backup', 'restore', 'new-epoch', 'generate-admin-token'];
 
 /** The admin commands: every leaf but the local ones. */
 function adminCommands(program: Command): Command[] {

@@ -8,7 +8,7 @@
  * blocked (5). Every option each command lists is used by some run here (the
  * last test checks it against the commander objects), and the help of every
  * command group names all of its subcommands. The local commands (serve,
- * backup, restore, generate-admin-token) have their own tests.
+ * backup, restore, new-epoch, generate-admin-token) have their own tests.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -26,7 +26,7 @@ import { assertNoSecrets } from '../../support/secrets.js';
 import { waitUntil } from '../../support/wait.js';
 
 /** The commands that call no control plane, tested elsewhere. */
-const LOCAL_COMMANDS: readonly string[] = ['serve', 'backup', 'restore', 'generate-admin-token'];
+const LOCAL_COMMANDS: readonly string[] = ['serve', 'backup', 'restore', 'new-epoch', 'generate-admin-token'];
 /** Fields of the CLI's JSON that hold a duration in milliseconds (every other `…Ms` would be a time not turned into ISO 8601). */
 const DURATION_FIELDS: readonly string[] = ['clockSkewMs', 'resignWindowMs', 'handlerDeadlineMs'];
 const ISO = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
