@@ -1,9 +1,11 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Clock } from '../common/clock.js';
 import { FailedPreconditionError, InvalidArgumentError, InvalidSecretError } from '../common/errors.js';
+import { FailoverChannel } from '../common/failover-channel.js';
 import type { Logger } from '../common/logger.js';
 import { HOST_MAX_RECEIVE_MESSAGE_BYTES, PROTOCOL_VERSION, type Refusal } from '../common/protocol.js';
 import { tokenProblem } from '../common/secrets.js';
+import { parseServerAddresses } from '../common/server-addresses.js';
 import { StreamWriter } from '../common/stream-writer.js';
 import type { Credential, Label } from '../gen/tether/v1/common.js';
 import {
@@ -77,7 +79,12 @@ export const HOST_VERSION = '0.1.0';
 
 /** Options of {@link AgentHost}. */
 export interface AgentHostOptions {
-  /** The control plane, `host:port`. */
+  /**
+   * The control plane, `host:port`, or several comma-separated
+   * (`a:7443,b:7443`): tried in a shuffled order, the next at once when one
+   * fails (see {@link runConnectionLoop}). An empty or malformed entry fails
+   * `start` with InvalidArgumentError.
+   */
   target: string;
   clock: Clock;
   logger: Logger;
@@ -203,8 +210,13 @@ export class AgentHost {
   readonly done: Promise<HostExit>;
   readonly #options: AgentHostOptions;
   readonly #logger: Logger;
-  /** The agents' channel (heartbeats, tools); the stream has a channel of its own per attempt. */
-  readonly #channel: grpc.Channel;
+  /**
+   * The agents' channel (heartbeats, tools): one channel per address, calls sent to the one the
+   * stream was last welcomed on; the stream has a channel of its own per attempt.
+   */
+  readonly #channel: FailoverChannel;
+  /** The control plane's addresses, checked. */
+  readonly #addresses: readonly string[];
   readonly #streamChannelOptions: grpc.ChannelOptions;
   readonly #channelFactory: NonNullable<AgentHostOptions['channelFactory']>;
   readonly #backoff: ReconnectBackoffPolicy;
@@ -247,6 +259,7 @@ export class AgentHost {
     this.#options = options;
     this.#logger = options.logger.child({ component: 'agent-host' });
     this.#router = new EnvelopeRouter((err, key) => this.#logger.error({ err, queue: key ?? 'welcome' }, 'failed to handle an envelope'));
+    this.#addresses = parseServerAddresses(options.target);
     if (options.channelCredentials === undefined) assertPlaintextAllowed(options.target);
     if (options.joinToken !== undefined) {
       const problem = tokenProblem(options.joinToken) ?? (/^[^.]+\.[^.]+$/.test(options.joinToken) ? undefined : 'is not of the form ID.SECRET');
@@ -270,7 +283,14 @@ export class AgentHost {
       ...options.channelOptions,
     };
     this.#channelFactory = options.channelFactory ?? ((target, credentials, channelOptions) => new grpc.Channel(target, credentials, channelOptions));
-    this.#channel = this.#channelFactory(options.target, options.channelCredentials ?? grpc.credentials.createInsecure(), channelOptions, 'agents');
+    const agentsCredentials = options.channelCredentials ?? grpc.credentials.createInsecure();
+    const agentsChannelOptions: grpc.ChannelOptions =
+      this.#addresses.length > 1 ? { ...channelOptions, 'grpc.use_local_subchannel_pool': 1 } : channelOptions;
+    this.#channel = new FailoverChannel({
+      addresses: this.#addresses,
+      makeChannel: (address) => this.#channelFactory(address, agentsCredentials, agentsChannelOptions, 'agents'),
+      random: options.random ?? Math.random,
+    });
     this.#streamChannelOptions = {
       ...channelOptions,
       // A subchannel of its own: grpc-js's global pool would otherwise hand a fresh channel the old
@@ -407,12 +427,16 @@ export class AgentHost {
       signal: this.#closing.signal,
       random: this.#options.random ?? Math.random,
       backoff: this.#backoff,
-      openChannel: () => this.#channelFactory(this.#options.target, credentials, this.#streamChannelOptions, 'stream'),
-      runStream: (channel) => this.#stream(channel),
+      addresses: this.#addresses,
+      openChannel: (address) => this.#channelFactory(address, credentials, this.#streamChannelOptions, 'stream'),
+      runStream: (channel, address) => this.#stream(channel, address),
       lowestTimeToExpiryMs: () => this.lowestTimeToExpiryMs(),
-      onLost: (outcome, retryInMs, { attempt, capMs, retryAfterMs }) => {
+      onLost: (outcome, retryInMs, { attempt, capMs, retryAfterMs, address, nextAddress }) => {
         this.#state = 'connecting';
-        this.#logger.info({ code: outcome.code, details: outcome.details, delayMs: retryInMs, attempt, capMs, retryAfterMs }, 'stream lost; reconnecting');
+        this.#logger.info(
+          { code: outcome.code, details: outcome.details, delayMs: retryInMs, attempt, capMs, retryAfterMs, server: address, nextServer: nextAddress },
+          'stream lost; reconnecting',
+        );
         this.events.emit('disconnected', { code: outcome.code, details: outcome.details, retryInMs, attempt, capMs, retryAfterMs });
       },
     });
@@ -430,8 +454,8 @@ export class AgentHost {
     return { refusal: refused.refusal, details: refused.details };
   }
 
-  /** Runs one stream to its end, on `channel` (this attempt's own). */
-  async #stream(channel: grpc.Channel): Promise<StreamOutcome> {
+  /** Runs one stream to its end, on `channel` (this attempt's own, to `address`). */
+  async #stream(channel: grpc.Channel, address: string): Promise<StreamOutcome> {
     const metadata = new grpc.Metadata();
     const stored = await this.#options.credentialStore.load();
     // Checked before grpc-js sees it: its own complaint about a header value quotes the whole value.
@@ -442,7 +466,7 @@ export class AgentHost {
     else return { isWelcomed: false, code: grpc.status.UNAUTHENTICATED, details: 'no host credential and no join token', refusal: 'unknown-host' };
 
     if (stored !== undefined) this.#hostCredentialExpiresAtMs = stored.expiresAtMs;
-    const client = new HostServiceClient(this.#options.target, this.#options.channelCredentials ?? grpc.credentials.createInsecure(), {
+    const client = new HostServiceClient(address, this.#options.channelCredentials ?? grpc.credentials.createInsecure(), {
       channelOverride: channel,
     });
     const call = client.connect(metadata);
@@ -455,6 +479,8 @@ export class AgentHost {
       this.#lastContactMs = this.#options.clock.now();
       if (message.welcome !== undefined && !isWelcomed) {
         isWelcomed = true;
+        // The agents' calls follow the stream to the control plane that took this host.
+        this.#channel.prefer(address);
         writer.acceptsAckBatch = message.welcome.acceptsAckBatch;
         this.#pingLoop(writer, streamEnded.signal).catch((err: unknown) => this.#logger.error({ err }, 'ping loop failed'));
       }

@@ -4,6 +4,7 @@ import type { Clock } from '../common/clock.js';
 import { InvalidSecretError } from '../common/errors.js';
 import { isRefusal, parseRetryAfterMs, REFUSAL_METADATA_KEY, RETRY_AFTER_METADATA_KEY, type Refusal } from '../common/protocol.js';
 import { redactSecrets } from '../common/secrets.js';
+import { shuffledAddresses } from '../common/server-addresses.js';
 import { reconnectCapMs, reconnectDelayMs, retryAfterDelayMs, type ReconnectBackoffPolicy } from './reconnect-backoff.js';
 
 /** What happened to one stream. */
@@ -50,6 +51,10 @@ export interface RetryPlan {
   capMs: number;
   /** The control plane's retry-after, when it deferred the Hello. */
   retryAfterMs: number | undefined;
+  /** The address whose stream was lost. */
+  address: string;
+  /** The address the next attempt goes to. */
+  nextAddress: string;
 }
 
 /** Options of {@link runConnectionLoop}. */
@@ -61,13 +66,20 @@ export interface ConnectionLoopOptions {
   random: () => number;
   backoff: ReconnectBackoffPolicy;
   /**
-   * A new channel for one attempt. The loop owns it and closes it once that
+   * The control plane's addresses (at least one), tried in an order shuffled
+   * once with `random`. After a lost stream the next address not yet tried
+   * since the last welcomed stream (or the last full round) is tried at once;
+   * only when every address has failed does the loop wait its backoff.
+   */
+  addresses: readonly string[];
+  /**
+   * A new channel for one attempt, to `address`. The loop owns it and closes it once that
    * attempt's stream has ended, so no attempt inherits a channel in grpc-js's
    * own reconnect backoff (1 s ×1.6 to 120 s by default), which would add to ours.
    */
-  openChannel: () => grpc.Channel;
-  /** Runs one stream on `channel` until it ends. */
-  runStream: (channel: grpc.Channel) => Promise<StreamOutcome>;
+  openChannel: (address: string) => grpc.Channel;
+  /** Runs one stream on `channel` (to `address`) until it ends. */
+  runStream: (channel: grpc.Channel, address: string) => Promise<StreamOutcome>;
   /** The lowest remaining life of the tokens held now (Infinity if none): bounds the backoff. */
   lowestTimeToExpiryMs: () => number;
   /** A stream ended (not refused, not closing); the next attempt comes after `retryInMs`. */
@@ -76,11 +88,14 @@ export interface ConnectionLoopOptions {
 
 /**
  * Keeps one stream to the control plane: runs a stream on a fresh channel,
- * and when it ends waits a full-jitter backoff bounded by the tokens' life
- * ({@link reconnectDelayMs}) on the injected clock, then tries again. The
- * attempt count goes back to 0 after a stream that was welcomed. A Hello the
- * control plane deferred (RESOURCE_EXHAUSTED with a retry-after) is retried
- * after the retry-after, jittered and still bounded by the tokens' life
+ * and when it ends tries the next of the control plane's addresses at once if
+ * one has not been tried since the last welcomed stream (a control plane that
+ * moved is found without waiting); once all have failed, waits a full-jitter
+ * backoff bounded by the tokens' life ({@link reconnectDelayMs}) on the
+ * injected clock, then goes round again. The attempt count (one per failed
+ * round) goes back to 0 after a stream that was welcomed. A Hello the control
+ * plane deferred (RESOURCE_EXHAUSTED with a retry-after) is retried after the
+ * retry-after, jittered and still bounded by the tokens' life
  * ({@link retryAfterDelayMs}); it does not grow the backoff, as the control
  * plane was reached and set the pace itself. Resolves with
  * the outcome of a stream that carried a final refusal or found the host's own
@@ -88,33 +103,62 @@ export interface ConnectionLoopOptions {
  */
 export async function runConnectionLoop(options: ConnectionLoopOptions): Promise<StreamOutcome | undefined> {
   const { clock, signal } = options;
+  if (options.addresses.length === 0) throw new RangeError('runConnectionLoop needs at least one address');
+  const order = shuffledAddresses(options.addresses, options.random);
+  /** Addresses whose attempt failed since the last welcomed stream or the last backoff. */
+  const failedInRound = new Set<string>();
+  let index = 0;
   let attempt = 0;
   while (!signal.aborted) {
-    const outcome = await runAttempt(options);
+    const address = order[index] ?? '';
+    const outcome = await runAttempt(options, address);
     if (signal.aborted) return undefined;
     if (outcome.refusal !== undefined || outcome.fault !== undefined) return outcome;
-    if (outcome.isWelcomed) attempt = 0;
+    if (outcome.isWelcomed) {
+      attempt = 0;
+      failedInRound.clear();
+    }
+    failedInRound.add(address);
+    const untried = nextUntried(order, index, failedInRound);
     const lowestMs = options.lowestTimeToExpiryMs();
     let plan: RetryPlan;
     if (outcome.retryAfterMs !== undefined && !outcome.isWelcomed) {
+      // A control plane was reached and set the pace: a new round after its retry-after.
+      failedInRound.clear();
+      index = (index + 1) % order.length;
       const retryInMs = retryAfterDelayMs(outcome.retryAfterMs, lowestMs, options.random, options.backoff);
-      plan = { retryInMs, attempt, capMs: retryAfterDelayMs(outcome.retryAfterMs, lowestMs, () => 1, options.backoff), retryAfterMs: outcome.retryAfterMs };
+      const capMs = retryAfterDelayMs(outcome.retryAfterMs, lowestMs, () => 1, options.backoff);
+      plan = { retryInMs, attempt, capMs, retryAfterMs: outcome.retryAfterMs, address, nextAddress: order[index] ?? '' };
+    } else if (untried !== undefined) {
+      index = untried;
+      plan = { retryInMs: 0, attempt, capMs: 0, retryAfterMs: undefined, address, nextAddress: order[index] ?? '' };
     } else {
+      failedInRound.clear();
+      index = (index + 1) % order.length;
       const retryInMs = reconnectDelayMs(attempt, lowestMs, options.random, options.backoff);
-      plan = { retryInMs, attempt: attempt + 1, capMs: reconnectCapMs(attempt, lowestMs, options.backoff), retryAfterMs: undefined };
+      plan = { retryInMs, attempt: attempt + 1, capMs: reconnectCapMs(attempt, lowestMs, options.backoff), retryAfterMs: undefined, address, nextAddress: order[index] ?? '' };
       attempt++;
     }
     options.onLost(outcome, plan.retryInMs, plan);
-    await clock.sleep(plan.retryInMs, signal);
+    if (plan.retryInMs > 0) await clock.sleep(plan.retryInMs, signal);
+  }
+  return undefined;
+}
+
+/** The index of the first address after `index` (cyclically) not in `failed`, if any. */
+function nextUntried(order: readonly string[], index: number, failed: ReadonlySet<string>): number | undefined {
+  for (let step = 1; step < order.length; step++) {
+    const candidate = (index + step) % order.length;
+    if (!failed.has(order[candidate] ?? '')) return candidate;
   }
   return undefined;
 }
 
 /** One attempt on its own channel, closed before the next attempt is made. */
-async function runAttempt(options: ConnectionLoopOptions): Promise<StreamOutcome> {
-  const channel = options.openChannel();
+async function runAttempt(options: ConnectionLoopOptions, address: string): Promise<StreamOutcome> {
+  const channel = options.openChannel(address);
   try {
-    return await options.runStream(channel);
+    return await options.runStream(channel, address);
   } catch (err) {
     if (err instanceof InvalidSecretError) return { isWelcomed: false, code: status.UNAUTHENTICATED, details: err.message, refusal: undefined, fault: err };
     // Reading the stored credential can fail (a disk hiccup): retried like any lost stream, never the end of the loop.

@@ -27,7 +27,7 @@ export interface HostedAgentOptions {
   clock: Clock;
   logger: Logger;
   /** The host's channel to the control plane, shared by all its agents. */
-  channel: grpc.Channel;
+  channel: grpc.ChannelInterface;
   target: string;
   heartbeatIntervalMs: () => number;
   /** The deadline of each of the agent's calls to the control plane (heartbeats, tools). Default 30 s. */

@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Command, Option, InvalidArgumentError as CommanderInvalidArgument } from 'commander';
 import type { Registry } from 'prom-client';
 import { SystemClock } from '../common/clock.js';
-import { collect, collectLabel, parseBooleanEnvStrictly, parseCount, parseDurationWithin, HANDLER_DEADLINE_BOUNDS, readSecret, type DurationBounds } from '../common/cli.js';
+import { collect, collectLabel, parseBooleanEnvStrictly, parseCount, parseServerList, parseDurationWithin, HANDLER_DEADLINE_BOUNDS, readSecret, type DurationBounds } from '../common/cli.js';
 import { createLogger } from '../common/logger.js';
 import { SecretRedactor } from '../common/secrets.js';
 import { serveMetrics } from '../common/metrics-http.js';
@@ -180,7 +180,12 @@ export function agentHostProgram(run?: (flags: HostFlags) => Promise<void>, reda
   const program = new Command('agent-host')
     .description('Tether agent host: keeps one stream to the control plane and runs the agents it is given.')
     .showHelpAfterError()
-    .addOption(new Option('--server <host:port>', 'the control plane').env('TETHER_SERVER').default('127.0.0.1:7443'))
+    .addOption(
+      new Option('--server <host:port,...>', 'the control plane; several comma-separated addresses are tried in a shuffled order, the next at once when one fails')
+        .env('TETHER_SERVER')
+        .default('127.0.0.1:7443')
+        .argParser(parseServerList),
+    )
     .addOption(new Option('--data-dir <dir>', "where the host keeps its own credential (0600)").env('TETHER_HOST_DATA_DIR').default('.tether/host'))
     .addOption(new Option('--join-token-file <path>', 'file holding the one-time join token (else $TETHER_JOIN_TOKEN); needed only on first start').env('TETHER_JOIN_TOKEN_FILE'))
     .addOption(new Option('--ca-file <path>', 'CA certificate to verify a TLS control plane (plaintext otherwise, loopback only)').env('TETHER_CA_FILE'))

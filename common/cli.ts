@@ -4,6 +4,7 @@ import { InvalidArgumentError as CommanderInvalidArgument, type Command, type Op
 import ms from 'ms';
 import type { Label } from '../gen/tether/v1/common.js';
 import { parseSecret, type SecretRedactor } from './secrets.js';
+import { parseServerAddresses } from './server-addresses.js';
 
 /** Parses a duration flag ("90s", "1h", "500ms", or plain milliseconds) for commander. */
 export function parseDurationMs(value: string): number {
@@ -60,6 +61,19 @@ export function parseCountWithin(flag: string, min: number, max: number): (value
     if (parsed < min || parsed > max) throw new CommanderInvalidArgument(`${flag} must be from ${min} to ${max}, got ${value}`);
     return parsed;
   };
+}
+
+/**
+ * A commander parser for `--server`: one control-plane address or several
+ * comma-separated (`a:7443,b:7443`); an empty or malformed entry is refused
+ * with an error naming it. Gives the list back with spaces dropped.
+ */
+export function parseServerList(value: string): string {
+  try {
+    return parseServerAddresses(value).join(',');
+  } catch (err) {
+    throw new CommanderInvalidArgument(`--server: ${err instanceof Error ? err.message : String(err)}`);
+  }
 }
 
 /** Parses a non-negative integer flag for commander. */

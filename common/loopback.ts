@@ -24,11 +24,14 @@ export function targetHost(target: string): string {
 
 /**
  * Refuses to send a token in plaintext anywhere but loopback. Called before a
- * channel is made, so no connection is ever opened to such a target.
+ * channel is made, so no connection is ever opened to such a target. A
+ * comma-separated list of control-plane addresses is checked address by address.
  */
 export function assertPlaintextAllowed(target: string): void {
-  const host = targetHost(target);
-  if (!isLoopback(host)) {
-    throw new InvalidArgumentError(`refusing to send a token in plaintext to ${host}: use TLS (a non-loopback target)`);
+  for (const address of target.split(',')) {
+    const host = targetHost(address.trim());
+    if (!isLoopback(host)) {
+      throw new InvalidArgumentError(`refusing to send a token in plaintext to ${host}: use TLS (a non-loopback target)`);
+    }
   }
 }

@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import { EXIT_STATUS_HELP, parseBooleanEnvStrictly, parseCount, parseCountOrAuto, parseCountWithin, parseDurationWithin } from '../common/cli.js';
+import { EXIT_STATUS_HELP, parseBooleanEnvStrictly, parseCount, parseCountOrAuto, parseCountWithin, parseDurationWithin, parseServerList } from '../common/cli.js';
 import { MAX_PAYLOAD_BYTES_CEILING } from '../common/protocol.js';
 import type { AdminServiceClient } from '../gen/tether/v1/admin.js';
 import { SecretRedactor } from '../common/secrets.js';
@@ -48,7 +48,12 @@ export function controlPlaneProgram(given: Partial<ControlPlaneActions> = {}, re
   const program = new Command('control-plane')
     .description('Tether control plane: serve it, or administer one over AdminService.')
     .showHelpAfterError()
-    .addOption(new Option('--server <host:port>', 'the control plane admin commands talk to').env('TETHER_SERVER').default('127.0.0.1:7443'))
+    .addOption(
+      new Option('--server <host:port,...>', 'the control plane admin commands talk to; several comma-separated addresses are tried in a shuffled order until one answers')
+        .env('TETHER_SERVER')
+        .default('127.0.0.1:7443')
+        .argParser(parseServerList),
+    )
     .addOption(
       new Option(
         '--admin-token-file <path>',

@@ -9,6 +9,8 @@ import {
   type WhoAmIResponse,
 } from '../../gen/tether/v1/agent.js';
 import type { OutgoingMessage, SendMessagesResponse } from '../../gen/tether/v1/common.js';
+import { FailoverChannel } from '../../common/failover-channel.js';
+import { parseServerAddresses } from '../../common/server-addresses.js';
 import { describeFailure } from './call-credentials.js';
 import { wellFormedToken, type CredentialSource } from './credential-source.js';
 import { assertChannelAllowed } from './loopback.js';
@@ -16,7 +18,12 @@ import { fromServiceError, isServiceError } from './service-errors.js';
 
 /** Options of {@link AgentClient}. */
 export interface AgentClientOptions {
-  /** The control plane, `host:port`. */
+  /**
+   * The control plane, `host:port`, or several comma-separated (`a:7443,b:7443`,
+   * as the host passes in `TETHER_SERVER`): one channel each, tried in a
+   * shuffled order; after a call fails because its address cannot be reached
+   * (UNAVAILABLE, as with one address), the next calls go to the next address.
+   */
   target: string;
   /** Where the agent's token is read at each call. */
   source: CredentialSource;
@@ -25,7 +32,7 @@ export interface AgentClientOptions {
   /** grpc-js channel options. */
   channelOptions?: grpc.ChannelOptions;
   /** @internal Share an existing channel (the host's); the client then does not close it. */
-  channel?: grpc.Channel;
+  channel?: grpc.ChannelInterface;
   /** Per-call deadline. Default 30 s. */
   deadlineMs?: number;
 }
@@ -52,19 +59,18 @@ export class AgentClient {
 
   /** Makes the client; throws InvalidArgumentError for a plaintext non-loopback target. */
   constructor(options: AgentClientOptions) {
-    // A shared channel (the host's) was checked by whoever made it.
+    // Checked before any channel exists; a shared channel (the host's) was checked by whoever made it.
+    const addresses = options.channel === undefined && options.target.includes(',') ? parseServerAddresses(options.target) : undefined;
     if (options.channel === undefined) assertChannelAllowed(options.target, options.channelCredentials);
-    this.#client = new GeneratedAgentServiceClient(
-      options.target,
-      options.channelCredentials ?? grpc.credentials.createInsecure(),
-      {
-        ...options.channelOptions,
-        // The token goes into each call's metadata in #once, not through an interceptor: the source is synchronous,
-        // and an interceptor layer cost about a tenth of a call's client-side CPU (issue 16's tool-call profile).
-        interceptors: [],
-        ...(options.channel === undefined ? {} : { channelOverride: options.channel }),
-      },
-    );
+    const credentials = options.channelCredentials ?? grpc.credentials.createInsecure();
+    const channel = options.channel ?? (addresses === undefined ? undefined : failoverChannel(addresses, credentials, options.channelOptions));
+    this.#client = new GeneratedAgentServiceClient(options.target, credentials, {
+      ...options.channelOptions,
+      // The token goes into each call's metadata in #once, not through an interceptor: the source is synchronous,
+      // and an interceptor layer cost about a tenth of a call's client-side CPU (issue 16's tool-call profile).
+      interceptors: [],
+      ...(channel === undefined ? {} : { channelOverride: channel }),
+    });
     this.#source = options.source;
     this.#deadlineMs = options.deadlineMs ?? 30_000;
     this.#isChannelOwned = options.channel === undefined;
@@ -161,6 +167,15 @@ export class AgentClient {
       if (signal !== undefined) detach = cancelOnAbort(signal, call);
     });
   }
+}
+
+/** One channel per address, each with its own subchannels. */
+function failoverChannel(addresses: readonly string[], credentials: grpc.ChannelCredentials, channelOptions: grpc.ChannelOptions | undefined): FailoverChannel {
+  return new FailoverChannel({
+    addresses,
+    makeChannel: (address) => new grpc.Channel(address, credentials, { ...channelOptions, 'grpc.use_local_subchannel_pool': 1 }),
+    random: Math.random,
+  });
 }
 
 /** A grpc-js deadline `ms` from now (milliseconds since the epoch). grpc-js measures deadlines on the real clock itself. */

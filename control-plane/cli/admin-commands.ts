@@ -4,7 +4,9 @@ import * as grpc from '@grpc/grpc-js';
 import { InvalidArgumentError as CommanderInvalidArgument, type Command } from 'commander';
 import { CliError, collectLabel, describeStatus, EXIT, exitCodeForStatus, parseCount, parseDurationMs, parseDurationWithin, HANDLER_DEADLINE_BOUNDS, readSecret, UsageError } from '../../common/cli.js';
 import { parseAudienceFile, type AudienceFileSpec } from '../../common/audience-files.js';
+import { FailoverChannel } from '../../common/failover-channel.js';
 import { assertPlaintextAllowed } from '../../common/loopback.js';
+import { parseServerAddresses } from '../../common/server-addresses.js';
 import { parseSecret, type SecretRedactor } from '../../common/secrets.js';
 import { AdminServiceClient, type AgentInfo, type AgentTransition, type DrainAgentInfo, type HostInfo, type MessageInfo, type SigningKeyInfo } from '../../gen/tether/v1/admin.js';
 import type { AgentState, Label } from '../../gen/tether/v1/common.js';
@@ -53,6 +55,7 @@ export function adminClient(flags: ClientFlags, redactor: SecretRedactor): Admin
   const token = adminToken(flags, redactor);
   const credentials =
     flags.caFile === undefined ? grpc.credentials.createInsecure() : grpc.credentials.createSsl(readFileSync(flags.caFile));
+  const addresses = parseServerAddresses(flags.server);
   if (flags.caFile === undefined) assertPlaintextAllowed(flags.server);
   const interceptor: grpc.Interceptor = (options, nextCall) =>
     new grpc.InterceptingCall(nextCall(options), {
@@ -61,8 +64,17 @@ export function adminClient(flags: ClientFlags, redactor: SecretRedactor): Admin
         next(metadata, listener);
       },
     });
-  return new AdminServiceClient(flags.server, credentials, { interceptors: [interceptor] });
+  // One channel per address; the command's calls go to the first (in a shuffled order) that connects.
+  const channel = new FailoverChannel({
+    addresses,
+    makeChannel: (address) => new grpc.Channel(address, credentials, { 'grpc.use_local_subchannel_pool': 1 }),
+    random: Math.random,
+  });
+  return new AdminServiceClient(flags.server, credentials, { interceptors: [interceptor], channelOverride: channel });
 }
+
+/** How long the CLI gives each of several addresses to connect before trying the next. */
+const CONNECT_PER_ADDRESS_MS = 10_000;
 
 /** Every item of a paginated list, page after page (bounded). */
 async function listAll<T>(fetch: (pageToken: string) => Promise<{ items: T[]; nextPageToken: string }>): Promise<T[]> {
@@ -97,6 +109,9 @@ function clientRunner(connect: (flags: ClientFlags) => AdminServiceClient, redac
     const flags = command.optsWithGlobals<ClientFlags>();
     const admin = connect(flags);
     try {
+      const channel = admin.getChannel();
+      // Several addresses: settle on one that connects before the first call (none: the calls fail UNAVAILABLE as with one).
+      if (channel instanceof FailoverChannel && channel.addresses.length > 1) await channel.connect(CONNECT_PER_ADDRESS_MS);
       await body(admin);
     } catch (err) {
       const serviceError = err as Partial<grpc.ServiceError>;

@@ -26,19 +26,22 @@ const lost = (isWelcomed = false): StreamOutcome => ({ isWelcomed, code: status.
 const deferred = (retryAfterMs: number): StreamOutcome => ({ isWelcomed: false, code: status.RESOURCE_EXHAUSTED, details: 'busy', refusal: undefined, retryAfterMs });
 
 /** Runs the loop over `outcomes` (one per attempt), stopping it once they are used up. */
-async function runOver(outcomes: StreamOutcome[], options: { lowestMs?: number; random?: () => number } = {}) {
+async function runOver(outcomes: StreamOutcome[], options: { lowestMs?: number; random?: () => number; addresses?: string[] } = {}) {
   const clock = new FakeClock();
   const stop = new AbortController();
   const channels: FakeChannel[] = [];
   const losses: { retryInMs: number; atMs: number; plan: RetryPlan }[] = [];
   const openWhileOthersOpen: number[] = [];
+  const attemptedAddresses: string[] = [];
   let next = 0;
   const done = runConnectionLoop({
     clock,
     signal: stop.signal,
     random: options.random ?? (() => 0.999),
     backoff: DEFAULT_RECONNECT_BACKOFF,
-    openChannel: () => {
+    addresses: options.addresses ?? ['127.0.0.1:7443'],
+    openChannel: (address) => {
+      attemptedAddresses.push(address);
       const open = channels.filter((c) => !c.isClosed).length;
       if (open > 0) openWhileOthersOpen.push(open);
       const channel = new FakeChannel();
@@ -73,7 +76,7 @@ async function runOver(outcomes: StreamOutcome[], options: { lowestMs?: number; 
     await waitUntil(() => clock.pendingTimers > 0 || isDone, 'the loop to wait or end');
     if (clock.pendingTimers > 0) clock.advance(losses.at(-1)?.retryInMs ?? 0);
   }
-  return { result: await tracked, channels, losses, openWhileOthersOpen, attempts: next };
+  return { result: await tracked, channels, losses, openWhileOthersOpen, attempts: next, attemptedAddresses };
 }
 
 describe('runConnectionLoop', () => {
@@ -122,6 +125,31 @@ describe('runConnectionLoop', () => {
     expect(losses.every((l) => l.plan.capMs === 400)).toBe(true);
   });
 
+  it('with several addresses, tries each untried one at once and backs off only once all have failed', async () => {
+    const addresses = ['a:1', 'b:2', 'c:3'];
+    const { losses, attemptedAddresses } = await runOver([lost(), lost(), lost(), lost(), lost(), lost(), lost(true), lost(), lost()], { addresses });
+    // Rounds of three: no wait inside a round; the backoff (still growing per round) after each full round.
+    const caps = [0, 1].map((attempt) => Math.floor(0.999 * reconnectCapMs(attempt, Infinity)));
+    expect(losses.map((l) => l.retryInMs)).toEqual([0, 0, caps[0], 0, 0, caps[1], 0, 0, caps[0]]);
+    expect(losses.map((l) => l.plan.attempt)).toEqual([0, 0, 1, 1, 1, 2, 0, 0, 1]);
+    // Every round tries every address once, in one order (shuffled once).
+    const order = attemptedAddresses.slice(0, 3);
+    expect([...order].sort()).toEqual(addresses);
+    expect(attemptedAddresses.slice(3, 6)).toEqual(order);
+    // After the welcomed stream on the 7th attempt is lost, the next two addresses are tried at once, then the backoff starts over.
+    expect(attemptedAddresses.slice(6, 9)).toEqual(order);
+    for (const [i, loss] of losses.entries()) expect(loss.plan.nextAddress).toBe(attemptedAddresses[i + 1]);
+  });
+
+  it('with several addresses, still bounds the backoff by a tenth of the lowest remaining token life', async () => {
+    const { losses } = await runOver(Array.from({ length: 12 }, () => lost()), { lowestMs: 4_000, addresses: ['a:1', 'b:2'] });
+    expect(losses.filter((l) => l.retryInMs > 0).length).toBeGreaterThan(0);
+    for (const { retryInMs, plan } of losses) {
+      expect(retryInMs).toBeLessThanOrEqual(400);
+      expect(plan.capMs).toBeLessThanOrEqual(400);
+    }
+  });
+
   it('ends with the outcome of a final refusal, opening nothing more', async () => {
     const refusal: StreamOutcome = { isWelcomed: false, code: status.UNAUTHENTICATED, details: 'revoked', refusal: 'revoked' };
     const { result, channels, attempts } = await runOver([lost(), refusal, lost()]);
@@ -141,6 +169,7 @@ describe('runConnectionLoop', () => {
       signal: stop.signal,
       random: () => 0,
       backoff: DEFAULT_RECONNECT_BACKOFF,
+      addresses: ['127.0.0.1:7443'],
       openChannel: () => {
         const channel = new FakeChannel();
         channels.push(channel);

@@ -46,7 +46,7 @@ interface Row {
 }
 
 const ROWS: Record<string, Row> = {
-  '--server': { env: 'TETHER_SERVER', value: '127.0.0.1:7004', key: 'server', expected: '127.0.0.1:7004' },
+  '--server': { env: 'TETHER_SERVER', value: '127.0.0.1:7004, cp2.example:7443', key: 'server', expected: '127.0.0.1:7004,cp2.example:7443' },
   '--data-dir': { env: 'TETHER_HOST_DATA_DIR', value: '/var/lib/tether-host-test', key: 'dataDir', expected: '/var/lib/tether-host-test' },
   '--join-token-file': { env: 'TETHER_JOIN_TOKEN_FILE', value: '/run/secrets/join', key: 'joinTokenFile', expected: '/run/secrets/join' },
   '--ca-file': { env: 'TETHER_CA_FILE', value: '/etc/tether/ca.pem', key: 'caFile', expected: '/etc/tether/ca.pem' },
@@ -84,6 +84,17 @@ describe('agent-host options take effect', () => {
       const fromEnv = await resolveHost([], { [row.env]: row.value });
       expect(fromEnv.error).toBeUndefined();
       expect(fromEnv.flags?.[row.key]).toEqual(row.expected);
+    }
+  });
+
+  it.each([
+    ['127.0.0.1:1,', 'address 2 of 2 is empty'],
+    ['', 'the address is empty'],
+    ['127.0.0.1:1,nope', 'address 2 of 2 must be host:port'],
+  ])('refuses the --server list %j from the flag and from TETHER_SERVER, naming the entry', async (value, message) => {
+    for (const outcome of [await resolveHost(['--server', value]), await resolveHost([], { TETHER_SERVER: value })]) {
+      expect(outcome.flags).toBeUndefined();
+      expect(outcome.error).toContain(`--server: ${message}`);
     }
   });
 

@@ -116,7 +116,7 @@ const SERVE_ROWS: Record<string, Row> = {
 
 /** The program's global options: the row, and which commands must receive it. */
 const GLOBAL_ROWS: Record<string, Row & { isForServe: boolean; isForAdmin: boolean }> = {
-  '--server': { env: 'TETHER_SERVER', value: '127.0.0.1:7003', key: 'server', expected: '127.0.0.1:7003', isForServe: false, isForAdmin: true },
+  '--server': { env: 'TETHER_SERVER', value: '127.0.0.1:7003, 127.0.0.2:7004', key: 'server', expected: '127.0.0.1:7003,127.0.0.2:7004', isForServe: false, isForAdmin: true },
   '--admin-token-file': { env: 'TETHER_ADMIN_TOKEN_FILE', value: '/run/secrets/admin', key: 'adminTokenFile', expected: '/run/secrets/admin', isForServe: true, isForAdmin: true },
   '--ca-file': { env: 'TETHER_CA_FILE', value: '/etc/tether/ca.pem', key: 'caFile', expected: '/etc/tether/ca.pem', isForServe: false, isForAdmin: true },
   '--data-dir': { env: 'TETHER_DATA_DIR', value: '/var/lib/tether-test', key: 'dataDir', expected: '/var/lib/tether-test', isForServe: true, isForAdmin: true },
@@ -212,6 +212,23 @@ describe('control-plane options take effect', () => {
         expect(outcome.error, args.join(' ')).toBeUndefined();
         expect((outcome.client as unknown as Record<string, unknown> | undefined)?.[row.key], `${args.join(' ')} ${JSON.stringify(env)}`).toEqual(row.expected);
       }
+    }
+  });
+});
+
+describe('--server takes a list of addresses', () => {
+  it.each([
+    ['127.0.0.1:1,', 'address 2 of 2 is empty'],
+    ['127.0.0.1:1,nope', 'address 2 of 2 must be host:port'],
+    ['127.0.0.1:99999', 'the address has port 99999, not in 1-65535'],
+  ])('refuses %j from the flag and from TETHER_SERVER, naming the entry', async (value, message) => {
+    for (const [args, env] of [
+      [['--server', value, 'agents', 'ls'], {}],
+      [['agents', 'ls'], { TETHER_SERVER: value }],
+    ] as [string[], Record<string, string>][]) {
+      const outcome = await resolveCli(args, env);
+      expect(outcome.client).toBeUndefined();
+      expect(outcome.error).toContain(`--server: ${message}`);
     }
   });
 });
