@@ -22,6 +22,7 @@ import { caFileCredentials } from '../../agent-host/tools/ca-file-credentials.js
 import { AdminServiceClient } from '../../gen/tether/v1/admin.js';
 import { advanceUntil } from '../support/advance-until.js';
 import { runControlPlaneCli } from '../support/control-plane-cli.js';
+import { ControlPlaneProcess } from '../support/control-plane-process.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { call, Harness, idleModule, statusOf } from '../support/harness.js';
 import { selfSignedCert, type SelfSignedCert } from '../support/tls-cert.js';
@@ -192,5 +193,31 @@ describe('TLS reload', () => {
     await advanceUntil(h.clock, 10, () => connections.count > 0, 'the host to reconnect, verifying the new certificate with the new CA');
     expect(host.state).toBe('connected');
     expect(await servedFingerprint(proxy.port)).toBe(fingerprintOf(b));
+  });
+
+  it('the real binary serves --tls-cert/--tls-key from the watched files, and refuses a mismatched pair at start without quoting it', async () => {
+    const a = selfSignedCert();
+    const b = selfSignedCert();
+    dir = mkdtempSync(join(tmpdir(), 'tether-tls-binary-'));
+    const write = (name: string, content: Buffer): string => {
+      const path = join(dir ?? '', name);
+      writeFileSync(path, content, { mode: 0o600 });
+      return path;
+    };
+    const [certA, keyA, keyB, caA] = [write('a.crt', a.certPem), write('a.key', a.keyPem), write('b.key', b.keyPem), write('ca-a.pem', a.certPem)];
+    const adminToken = 'binary-tls-admin-token-0123456789abcdef';
+    const cp = await ControlPlaneProcess.start({ dataDir: join(dir, 'data'), adminToken, args: ['--tls-cert', certA, '--tls-key', keyA, '--http-listen', ''] });
+    owned.push({ close: () => cp.stop() });
+    expect(await servedFingerprint(cp.port)).toBe(fingerprintOf(a));
+    const env = { PATH: process.env.PATH ?? '', TETHER_ADMIN_TOKEN: adminToken, TETHER_SERVER: `localhost:${String(cp.port)}` };
+    const listed = await runControlPlaneCli(['--ca-file', caA, 'hosts', 'ls', '-o', 'json'], env);
+    expect(listed.stderr).toBe('');
+    expect(JSON.parse(listed.stdout)).toEqual([]);
+
+    const refused = await runControlPlaneCli(['serve', '--data-dir', join(dir, 'data-2'), '--listen', '127.0.0.1:0', '--http-listen', '', '--tls-cert', certA, '--tls-key', keyB], env);
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toContain(`the private key in ${keyB} does not match the certificate in ${certA}`);
+    expect(refused.stderr).not.toContain('PRIVATE KEY');
+    expect(refused.stderr).not.toContain('    at ');
   });
 });
