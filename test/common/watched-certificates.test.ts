@@ -38,7 +38,7 @@ describe('WatchedCertificates', () => {
     const clock = new FakeClock();
     const cases: [Parameters<typeof WatchedCertificates.open>[0], string][] = [
       [{ certFile: fileWith('a.crt', a.certPem), keyFile: fileWith('b.key', b.keyPem), clock }, 'does not match the certificate'],
-      [{ certFile: fileWith('a.crt', a.certPem), keyFile: fileWith('missing.key', '').replace('missing', 'absent'), clock }, '(ENOENT)'],
+      [{ certFile: fileWith('a.crt', a.certPem), keyFile: join(tmpdir(), 'tether-no-such-dir', 'absent.key'), clock }, '(ENOENT)'],
       [{ certFile: fileWith('junk.crt', 'not a certificate'), keyFile: fileWith('a.key', a.keyPem), clock }, 'holds no PEM certificate'],
       [{ certFile: fileWith('a.crt', a.certPem), keyFile: fileWith('junk.key', 'not a key'), clock }, 'holds no usable PEM private key'],
       [{ caFile: fileWith('junk-ca.pem', 'nothing'), clock }, 'holds no PEM CA certificate'],
