@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
@@ -6,9 +5,10 @@ import { Command, Option, InvalidArgumentError as CommanderInvalidArgument } fro
 import type { Registry } from 'prom-client';
 import { SystemClock } from '../common/clock.js';
 import { collect, collectLabel, parseBooleanEnvStrictly, parseCount, parseServerList, parseDurationWithin, HANDLER_DEADLINE_BOUNDS, readSecret, type DurationBounds } from '../common/cli.js';
-import { createLogger } from '../common/logger.js';
+import { createLogger, type Logger } from '../common/logger.js';
 import { SecretRedactor } from '../common/secrets.js';
 import { serveMetrics } from '../common/metrics-http.js';
+import { WatchedCertificates } from '../common/watched-certificates.js';
 import type { Label } from '../gen/tether/v1/common.js';
 import { AgentHost } from './agent-host.js';
 import { prepareAgentsDirectory } from './agents-directory.js';
@@ -87,14 +87,42 @@ export async function runHost(flags: HostFlags, redactor: SecretRedactor): Promi
     // Nothing runs here yet: whatever an earlier run left (it was killed) may now live elsewhere, and must not act.
     await stopStaleAgents(agentsDir, logger);
   }
-  const host = AgentHost.start({
+  const clock = new SystemClock();
+  // Watched: a CA file replaced (a certificate rotated to a new CA) is used by the next connections, without a restart.
+  const ca = flags.caFile === undefined ? undefined : WatchedCertificates.open({ caFile: flags.caFile, clock, logger: logger.child({ component: 'tls' }) });
+  let host: AgentHost;
+  try {
+    host = startHost(flags, clock, logger, credentialStore, joinToken, ca, await loadModules(flags.module ?? []), agentsDir);
+  } catch (err) {
+    await ca?.close();
+    throw err;
+  }
+  try {
+    await runUntilDone(host, flags, logger, redactor);
+  } finally {
+    await ca?.close();
+  }
+}
+
+/** Starts the host `flags` describe. */
+function startHost(
+  flags: HostFlags,
+  clock: SystemClock,
+  logger: Logger,
+  credentialStore: FileHostCredentialStore,
+  joinToken: string | undefined,
+  ca: WatchedCertificates | undefined,
+  modules: Map<string, AgentModule>,
+  agentsDir: string,
+): AgentHost {
+  return AgentHost.start({
     target: flags.server,
-    clock: new SystemClock(),
+    clock,
     logger,
     credentialStore,
     ...(joinToken === undefined ? {} : { joinToken }),
-    ...(flags.caFile === undefined ? {} : { channelCredentials: grpc.credentials.createSsl(readFileSync(flags.caFile)) }),
-    modules: await loadModules(flags.module ?? []),
+    ...(ca === undefined ? {} : { channelCredentials: grpc.experimental.createCertificateProviderChannelCredentials(ca, null) }),
+    modules,
     allowedCommands: flags.allowCommand ?? [],
     agentsDir,
     stopGraceMs: flags.stopGrace,
@@ -106,6 +134,10 @@ export async function runHost(flags: HostFlags, redactor: SecretRedactor): Promi
     labels: flags.label ?? [],
     keepaliveTimeMs: flags.keepalive,
   });
+}
+
+/** Serves metrics if asked, drains at the first signal, and waits for the host to end; sets the exit status. */
+async function runUntilDone(host: AgentHost, flags: HostFlags, logger: Logger, redactor: SecretRedactor): Promise<void> {
   let metrics: { registry: Registry; close: () => void; server: { port: number; close: () => Promise<void> } } | undefined;
   if (flags.metricsListen !== '') {
     const { registry, close } = createHostMetrics(host);

@@ -249,14 +249,27 @@ export function exitCodeForStatus(code: grpc.status): number {
 }
 
 /**
+ * What Node's TLS said when it refused the server's certificate, out of
+ * grpc-js's transport detail ("No connection established. Last error: Error:
+ * self-signed certificate (…)"), or undefined if the failure was not that.
+ */
+function tlsFailureOf(details: string): string | undefined {
+  const match = /(self[- ]signed certificate[^(.;]*|unable to (?:verify|get)[^(.;]*certificate[^(.;]*|certificate has expired|Hostname\/IP does not match certificate's altnames[^(.;]*|certificate (?:signature failure|is not yet valid))/i.exec(details);
+  return match?.[1]?.trim();
+}
+
+/**
  * One line saying what a gRPC failure means and what to do about it, without
  * grpc-js's transport detail ("No connection established. Last error: …").
  * `server` is the address called; `details` must already be redacted.
  */
 export function describeStatus(code: grpc.status, details: string, server: string): string {
   switch (code) {
-    case grpc.status.UNAVAILABLE:
+    case grpc.status.UNAVAILABLE: {
+      const tlsFailure = tlsFailureOf(details);
+      if (tlsFailure !== undefined) return `the control plane at ${server} presented a certificate the CA in --ca-file does not verify (${tlsFailure}): check --ca-file / TETHER_CA_FILE`;
       return `cannot reach the control plane at ${server} (is it running? check --server / TETHER_SERVER, and --ca-file for TLS)`;
+    }
     case grpc.status.DEADLINE_EXCEEDED:
       return `the control plane at ${server} did not answer in time (is it overloaded? try again)`;
     case grpc.status.UNAUTHENTICATED:

@@ -10,6 +10,7 @@ import { fromBinary, toBinary } from '@bufbuild/protobuf';
 import { FileDescriptorProtoSchema, FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
 import type { Clock } from '../common/clock.js';
 import { InvalidArgumentError } from '../common/errors.js';
+import { WatchedCertificates } from '../common/watched-certificates.js';
 import type { Logger } from '../common/logger.js';
 import { isLoopback, splitHostPort } from '../common/loopback.js';
 import { answerMetrics, listen } from '../common/metrics-http.js';
@@ -72,6 +73,13 @@ export interface ControlPlaneOptions {
   httpAddress?: string;
   /** PEM certificate and key: serve TLS. */
   tls?: { certPem: Buffer; keyPem: Buffer };
+  /**
+   * PEM certificate and key files: serve TLS, and read the files again every
+   * `pollIntervalMs` (on `clock`; default 10 s) so new connections get a
+   * replaced certificate without a restart; a pair that does not check out is
+   * not taken (see {@link WatchedCertificates}). Instead of `tls`.
+   */
+  tlsFiles?: { certFile: string; keyFile: string; pollIntervalMs?: number };
   /** Allow plaintext on a non-loopback address. */
   isInsecureAllowed?: boolean;
   issuer?: string;
@@ -259,6 +267,8 @@ export class ControlPlane {
   readonly #shutdownGraceMs: number;
   readonly #lostHosts: LostHostDetector;
   readonly #drains: HostDrains;
+  /** The TLS files served and watched (`tlsFiles`), closed last. */
+  readonly #certificates: WatchedCertificates | undefined;
   #closing: Promise<void> | undefined;
 
   private constructor(parts: {
@@ -283,6 +293,7 @@ export class ControlPlane {
     shutdownGraceMs: number;
     lostHosts: LostHostDetector;
     drains: HostDrains;
+    certificates: WatchedCertificates | undefined;
   }) {
     this.events = parts.events;
     this.port = parts.port;
@@ -305,6 +316,7 @@ export class ControlPlane {
     this.#shutdownGraceMs = parts.shutdownGraceMs;
     this.#lostHosts = parts.lostHosts;
     this.#drains = parts.drains;
+    this.#certificates = parts.certificates;
   }
 
   /** The Prometheus registry of this control plane (also served at HTTP `/metrics`). */
@@ -320,7 +332,8 @@ export class ControlPlane {
     const logger = root.child({ component: 'control-plane' });
     const address = options.address ?? '127.0.0.1:7443';
     const { host } = splitHostPort(address);
-    if (options.tls === undefined && !isLoopback(host) && options.isInsecureAllowed !== true) {
+    if (options.tls !== undefined && options.tlsFiles !== undefined) throw new InvalidArgumentError('give tls or tlsFiles, not both');
+    if (options.tls === undefined && options.tlsFiles === undefined && !isLoopback(host) && options.isInsecureAllowed !== true) {
       throw new InvalidArgumentError(`refusing plaintext on ${host}: give a TLS certificate and key, or --insecure`);
     }
     const issuerName = options.issuer ?? 'tether-control-plane';
@@ -529,12 +542,19 @@ export class ControlPlane {
     health.addToServer(server);
     new ReflectionService(reflectedDescriptors()).addToServer(server);
 
+    const certificates =
+      options.tlsFiles === undefined ? undefined : WatchedCertificates.open({ ...options.tlsFiles, clock, logger: root.child({ component: 'tls' }) });
     const credentials =
-      options.tls === undefined
-        ? grpc.ServerCredentials.createInsecure()
-        : grpc.ServerCredentials.createSsl(null, [{ cert_chain: options.tls.certPem, private_key: options.tls.keyPem }], false);
+      certificates !== undefined
+        ? grpc.experimental.createCertificateProviderServerCredentials(certificates, null, false)
+        : options.tls === undefined
+          ? grpc.ServerCredentials.createInsecure()
+          : grpc.ServerCredentials.createSsl(null, [{ cert_chain: options.tls.certPem, private_key: options.tls.keyPem }], false);
     const port = await new Promise<number>((resolve, reject) => {
       server.bindAsync(address, credentials, (err, boundPort) => (err === null ? resolve(boundPort) : reject(err)));
+    }).catch(async (err: unknown) => {
+      await certificates?.close();
+      throw err;
     });
 
     const metrics = createMetrics({ events, sessions, store, clock, rotation: agents, agentTokenTtlMs });
@@ -587,8 +607,8 @@ export class ControlPlane {
     await agents.placePending();
     // After the hosts' streams can open: a resumed drain moves agents as their hosts come back.
     await drains.start();
-    logger.info({ port, httpPort, agentTokenTtlMs, hostTokenTtlMs, lostHostGraceMs, tls: options.tls !== undefined }, 'control plane serving');
-    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, federationKeys, logger, metrics, heartbeats, health, clock, shutdownGraceMs, lostHosts, drains });
+    logger.info({ port, httpPort, agentTokenTtlMs, hostTokenTtlMs, lostHostGraceMs, tls: options.tls !== undefined || certificates !== undefined, ...(certificates?.certificate === undefined ? {} : { certificate: certificates.certificate }) }, 'control plane serving');
+    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, federationKeys, logger, metrics, heartbeats, health, clock, shutdownGraceMs, lostHosts, drains, certificates });
   }
 
   /** How many hosts are connected. */
@@ -705,6 +725,7 @@ export class ControlPlane {
       await new Promise<void>((resolve) => http.close(() => resolve()));
     }
     this.#metrics.close();
+    await this.#certificates?.close();
     this.#logger.info('control plane stopped');
   }
 }

@@ -16,6 +16,7 @@ export {
   type AudienceTokensOptions,
   type AudienceTokensState,
 } from './audience-tokens.js';
+export { caFileCredentials, type CaFileCredentials, type CaFileCredentialsOptions } from './ca-file-credentials.js';
 export { bearerChannel, type BearerChannelArgs, type BearerChannelOptions } from './bearer-channel.js';
 export { authorizationHeader, bearerInterceptor, callCredentials } from './call-credentials.js';
 export {

@@ -170,9 +170,8 @@ export async function serve(flags: ServeFlags, redactor = new SecretRedactor()):
     adminToken,
     address: flags.listen,
     ...(flags.httpListen === '' ? {} : { httpAddress: flags.httpListen }),
-    ...(flags.tlsCert !== undefined && flags.tlsKey !== undefined
-      ? { tls: { certPem: readFileSync(flags.tlsCert), keyPem: readFileSync(flags.tlsKey) } }
-      : {}),
+    // Watched: a replaced certificate and key are served to new connections without a restart.
+    ...(flags.tlsCert !== undefined && flags.tlsKey !== undefined ? { tlsFiles: { certFile: flags.tlsCert, keyFile: flags.tlsKey } } : {}),
     isInsecureAllowed: flags.insecure === true,
     agentTokenTtlMs: flags.agentTokenTtl,
     audienceTokenTtlMs: flags.audienceTokenTtl,

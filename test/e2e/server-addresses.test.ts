@@ -7,15 +7,19 @@
  * UNAUTHENTICATED; the agents' calls follow it. The admin CLI and the tool
  * library take the same lists.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../agent-host/tools/agent-client.js';
 import type { ReadOnlyCredentials } from '../../agent-host/tools/credential-source.js';
 import { advanceUntil } from '../support/advance-until.js';
-import { runControlPlaneCli } from '../support/control-plane-cli.js';
+import { runControlPlaneCli, RunningBinary } from '../support/control-plane-cli.js';
+import { ControlPlaneProcess } from '../support/control-plane-process.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { call, Harness } from '../support/harness.js';
-import { nextEvent } from '../support/wait.js';
+import { nextEvent, waitUntil } from '../support/wait.js';
 
 /** Nothing listens on port 1 of loopback: a connection there is refused at once. */
 const DEAD = '127.0.0.1:1';
@@ -137,5 +141,55 @@ describe('several control-plane addresses', () => {
     const dead = await runControlPlaneCli(['agents', 'ls', '--server', `${DEAD},127.0.0.1:2`], env);
     expect(dead.status).toBe(1);
     expect(dead.stderr).toBe(`error: cannot reach the control plane at ${DEAD},127.0.0.1:2 (is it running? check --server / TETHER_SERVER, and --ca-file for TLS)\n`);
+  });
+});
+
+describe('several control-plane addresses, real binaries', () => {
+  const cleanups: (() => unknown)[] = [];
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  });
+
+  it('an agent-host given both addresses resumes on a control plane started after the first was stopped, on the same data directory: no agent restarted, no UNAUTHENTICATED', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'tether-move-'));
+    cleanups.push(() => rmSync(root, { recursive: true, force: true }));
+    const dataDir = join(root, 'cp');
+    const adminToken = 'move-admin-token-0123456789abcdefghij';
+    const first = await ControlPlaneProcess.start({ dataDir, adminToken });
+    cleanups.push(() => first.stop());
+    // The second address, pointed at the first control plane until the second one exists.
+    const proxy = await FaultProxy.start({ targetPort: first.port });
+    cleanups.push(() => proxy.close());
+    const admin = (port: number): NodeJS.ProcessEnv => ({ PATH: process.env.PATH ?? '', TETHER_ADMIN_TOKEN: adminToken, TETHER_SERVER: `127.0.0.1:${String(port)}` });
+    const enrolled = await runControlPlaneCli(['hosts', 'enroll', 'mover'], admin(first.port));
+    expect(enrolled.status, enrolled.stderr).toBe(0);
+    const host = RunningBinary.start('agent-host', ['--server', `127.0.0.1:${String(first.port)},${proxy.target}`], {
+      PATH: process.env.PATH ?? '',
+      TETHER_HOST_DATA_DIR: join(root, 'host'),
+      TETHER_JOIN_TOKEN: enrolled.stdout.trim(),
+    });
+    cleanups.push(() => host.stop());
+    await host.waitForOutput('connected to control plane', 'the host to join');
+    const dispatched = await runControlPlaneCli(['agents', 'dispatch', '--id', 'mover-1', '--module', 'idle', '-o', 'json'], admin(first.port));
+    expect(dispatched.status, dispatched.stderr).toBe(0);
+    const running = async (port: number): Promise<{ agentId: string; state: string; incarnation: number; restarts: number }[]> => {
+      const listed = await runControlPlaneCli(['agents', 'ls', '-o', 'json'], admin(port));
+      return listed.status === 0 ? (JSON.parse(listed.stdout) as { agentId: string; state: string; incarnation: number; restarts: number }[]) : [];
+    };
+    await waitUntil(async () => (await running(first.port)).some((a) => a.state === 'running'), 'the agent running');
+    const connectionsBefore = host.stdout.split('connected to control plane').length;
+
+    expect((await first.stop()).code).toBe(0);
+    const second = await ControlPlaneProcess.start({ dataDir, adminToken });
+    cleanups.push(() => second.stop());
+    proxy.setTarget(second.port);
+    await waitUntil(() => host.stdout.split('connected to control plane').length > connectionsBefore, 'the host to resume on the second control plane');
+
+    const agents = await running(second.port);
+    expect(agents.map((a) => [a.agentId, a.state, a.incarnation, a.restarts])).toEqual([['mover-1', 'running', 1, 0]]);
+    const lines = host.stdout.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(lines.filter((l) => l.msg === 'agent started').map((l) => l.agentId)).toEqual(['mover-1']);
+    expect(lines.filter((l) => l.code === grpc.status.UNAUTHENTICATED)).toEqual([]);
+    expect(lines.some((l) => l.msg === 'stream lost; reconnecting')).toBe(true);
   });
 });
