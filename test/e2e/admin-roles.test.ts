@@ -77,7 +77,7 @@ describe('admin tokens with roles, and the audit log', () => {
     const got: Record<string, { viewer: grpc.status | 'ok'; admin: grpc.status | 'ok' }> = {};
     for (const method of methods) {
       const spec = AdminServiceService[method];
-      const request = { ...(spec.requestDeserialize(Buffer.alloc(0)) as object), ...overrides[method] };
+      const request = { ...(spec.requestDeserialize(Buffer.alloc(0))), ...overrides[method] };
       const invoke = (raw[method] as unknown as AnyUnary).bind(raw);
       // The viewer first: a refusal changes nothing, so the admin's call meets the state the request was written for.
       const viewer = await statusOf(call(invoke, request, bearer(addedViewer.secretToken)));
