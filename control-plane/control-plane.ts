@@ -20,7 +20,7 @@ import { HostServiceService, type HostServiceServer } from '../gen/tether/v1/hos
 import { AgentManager } from './agents/agent-manager.js';
 import { AdminTokens } from './auth/admin-tokens.js';
 import { Authenticator } from './auth/authenticator.js';
-import { AuditLog } from './audit/audit-log.js';
+import { AUDIT_DEFAULTS, AuditLog } from './audit/audit-log.js';
 import { RefusalLog } from './auth/refusal-log.js';
 import { DeliveryManager } from './delivery/delivery-manager.js';
 import { ControlPlaneEvents } from './events.js';
@@ -419,8 +419,8 @@ export class ControlPlane {
       store: options.auditStore ?? storePart<AuditStore>(store, 'AuditStore', ['appendAudit', 'listAudit', 'pruneAudit']),
       clock,
       logger: root,
-      maxAgeMs: options.auditMaxAgeMs ?? 90 * 24 * 3_600_000,
-      maxRecords: options.auditMaxRecords ?? 1_000_000,
+      maxAgeMs: options.auditMaxAgeMs ?? AUDIT_DEFAULTS.maxAgeMs,
+      maxRecords: options.auditMaxRecords ?? AUDIT_DEFAULTS.maxRecords,
     });
     const authenticator = new Authenticator({
       verifier,

@@ -6,7 +6,9 @@ import { SecretRedactor } from '../common/secrets.js';
 import { addAdminCommands, adminClient, type ClientFlags } from './cli/admin-commands.js';
 import { addAdminTokenCommand } from './cli/admin-token-command.js';
 import { addBackupCommands } from './cli/backup-commands.js';
+import { addTokenCommands } from './cli/token-commands.js';
 import { MAX_OUTBOX_BYTES_BOUNDS as OUTBOX_BYTES } from './control-plane.js';
+import { AUDIT_DEFAULTS, AUDIT_RETENTION_BOUNDS } from './audit/audit-log.js';
 import { serve, SERVE_DURATION_BOUNDS as BOUNDS, type ServeFlags } from './cli/serve-command.js';
 
 /**
@@ -105,12 +107,25 @@ export function controlPlaneProgram(given: Partial<ControlPlaneActions> = {}, re
     .addOption(new Option('--max-outbox-messages <n>', 'unacknowledged or dead-lettered messages per agent before sends get RESOURCE_EXHAUSTED').env('TETHER_MAX_OUTBOX_MESSAGES').default(10_000).argParser(parseCount))
     .addOption(new Option('--max-outbox-bytes <n>', `payload bytes of unacknowledged or dead-lettered messages per agent before sends get RESOURCE_EXHAUSTED (${OUTBOX_BYTES.min} to ${OUTBOX_BYTES.max}, at least --max-payload-bytes)`).env('TETHER_MAX_OUTBOX_BYTES').default(67_108_864, '64 MiB').argParser(parseCountWithin('--max-outbox-bytes', OUTBOX_BYTES.min, OUTBOX_BYTES.max)))
     .addOption(new Option('--max-payload-bytes <n>', `largest message payload accepted (at most ${MAX_PAYLOAD_BYTES_CEILING}: a delivery must fit a host's 4 MiB receive limit)`).env('TETHER_MAX_PAYLOAD_BYTES').default(1_048_576).argParser(parseCountWithin('--max-payload-bytes', 1, MAX_PAYLOAD_BYTES_CEILING)))
+    .addOption(
+      new Option('--audit-max-age <duration>', 'audit records older than this are pruned (1m to 10y)')
+        .env('TETHER_AUDIT_MAX_AGE')
+        .default(AUDIT_DEFAULTS.maxAgeMs, '90d')
+        .argParser(parseDurationWithin('--audit-max-age', AUDIT_RETENTION_BOUNDS.maxAgeMs)),
+    )
+    .addOption(
+      new Option('--audit-max-records <n>', `audit records kept at most, the oldest pruned first (${AUDIT_RETENTION_BOUNDS.maxRecords.min} to ${AUDIT_RETENTION_BOUNDS.maxRecords.max})`)
+        .env('TETHER_AUDIT_MAX_RECORDS')
+        .default(AUDIT_DEFAULTS.maxRecords)
+        .argParser(parseCountWithin('--audit-max-records', AUDIT_RETENTION_BOUNDS.maxRecords.min, AUDIT_RETENTION_BOUNDS.maxRecords.max)),
+    )
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
     .action(async (_flags: unknown, command: Command) => {
       await actions.serve(serveFlags(command));
     });
 
   addAdminCommands(program, redactor, actions.connectAdmin);
+  addTokenCommands(program, redactor, actions.connectAdmin);
   addBackupCommands(program);
   addAdminTokenCommand(program);
   addExitStatusHelp(program);

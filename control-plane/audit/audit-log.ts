@@ -9,6 +9,9 @@ export const AUDIT_RETENTION_BOUNDS = {
   maxRecords: { min: 100, max: 100_000_000 },
 } as const;
 
+/** The retention of the audit log when none is given: 90 days, a million records. */
+export const AUDIT_DEFAULTS = { maxAgeMs: 90 * 24 * 3_600_000, maxRecords: 1_000_000 } as const;
+
 /** Options of {@link AuditLog}. */
 export interface AuditLogOptions {
   store: AuditStore;

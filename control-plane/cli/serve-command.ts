@@ -59,6 +59,8 @@ export interface ServeFlags {
   maxOutboxMessages: number;
   maxOutboxBytes: number;
   maxPayloadBytes: number;
+  auditMaxAge: number;
+  auditMaxRecords: number;
   logLevel: string;
 }
 
@@ -161,6 +163,8 @@ export async function serve(flags: ServeFlags, redactor = new SecretRedactor()):
     maxOutboxBytes: flags.maxOutboxBytes,
     maxPayloadBytes: flags.maxPayloadBytes,
     shutdownGraceMs: flags.shutdownGrace,
+    auditMaxAgeMs: flags.auditMaxAge,
+    auditMaxRecords: flags.auditMaxRecords,
   });
   await stopRequested;
   await controlPlane.close();

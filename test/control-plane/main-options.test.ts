@@ -109,6 +109,8 @@ const SERVE_ROWS: Record<string, Row> = {
   '--max-outbox-messages': { env: 'TETHER_MAX_OUTBOX_MESSAGES', value: '77', key: 'maxOutboxMessages', expected: 77 },
   '--max-outbox-bytes': { env: 'TETHER_MAX_OUTBOX_BYTES', value: '2097152', key: 'maxOutboxBytes', expected: 2_097_152 },
   '--max-payload-bytes': { env: 'TETHER_MAX_PAYLOAD_BYTES', value: '4096', key: 'maxPayloadBytes', expected: 4096 },
+  '--audit-max-age': { env: 'TETHER_AUDIT_MAX_AGE', value: '30d', key: 'auditMaxAge', expected: 2_592_000_000 },
+  '--audit-max-records': { env: 'TETHER_AUDIT_MAX_RECORDS', value: '5000', key: 'auditMaxRecords', expected: 5000 },
   '--log-level': { env: 'TETHER_LOG_LEVEL', value: 'debug', key: 'logLevel', expected: 'debug' },
 };
 
