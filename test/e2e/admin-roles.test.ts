@@ -171,6 +171,10 @@ describe('admin tokens with roles, and the audit log', () => {
     const refused = await call(raw.listAgents.bind(raw), { pageSize: 0, pageToken: '', hostId: '' }, bearer(added.secretToken)).catch((err: grpc.ServiceError) => err);
     expect(refused).toMatchObject({ code: UNAUTHENTICATED, details: `admin token ${tokenId} is retired` });
     expect(await listAgents(rawOther, added.secretToken)).toBe(UNAUTHENTICATED);
+    // Counted by a fixed word each (never the token): the wrong secret and the retired token.
+    const metrics = await h.cp.metrics.metrics();
+    expect(metrics).toMatch(/^tether_auth_failures_total\{principal="admin",reason="wrong-admin-token"\} 1$/m);
+    expect(metrics).toMatch(/^tether_auth_failures_total\{principal="admin",reason="retired-admin-token"\} 1$/m);
     // Retiring again is harmless; the bootstrap token is refused; an unknown id is not found.
     expect((await call(h.admin.retireAdminToken.bind(h.admin), { tokenId })).token?.retiredAtMs).toBe(retired.token?.retiredAtMs);
     expect(await statusOf(call(h.admin.retireAdminToken.bind(h.admin), { tokenId: 'bootstrap' }))).toBe(grpc.status.FAILED_PRECONDITION);
