@@ -111,7 +111,7 @@ export function controlPlaneProgram(given: Partial<ControlPlaneActions> = {}, re
       new Option('--audit-max-age <duration>', 'audit records older than this are pruned (1m to 10y)')
         .env('TETHER_AUDIT_MAX_AGE')
         .default(AUDIT_DEFAULTS.maxAgeMs, '90d')
-        .argParser(parseDurationWithin('--audit-max-age', AUDIT_RETENTION_BOUNDS.maxAgeMs)),
+        .argParser(parseDurationWithin('--audit-max-age', BOUNDS.auditMaxAge)),
     )
     .addOption(
       new Option('--audit-max-records <n>', `audit records kept at most, the oldest pruned first (${AUDIT_RETENTION_BOUNDS.maxRecords.min} to ${AUDIT_RETENTION_BOUNDS.maxRecords.max})`)

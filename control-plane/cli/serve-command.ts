@@ -6,6 +6,7 @@ import { SystemClock } from '../../common/clock.js';
 import { readSecret, type DurationBounds } from '../../common/cli.js';
 import { createLogger, type Logger } from '../../common/logger.js';
 import { parseSecret, SecretRedactor } from '../../common/secrets.js';
+import { AUDIT_RETENTION_BOUNDS } from '../audit/audit-log.js';
 import { ControlPlane } from '../control-plane.js';
 import { claimDatabase } from '../store/sqlite-backup.js';
 import { databasePath, SqliteStore } from '../store/sqlite-store.js';
@@ -30,6 +31,7 @@ export const SERVE_DURATION_BOUNDS = {
   keepalive: { minMs: SECOND_MS, maxMs: 2 * HOUR_MS },
   shutdownGrace: { minMs: 0, maxMs: 10 * MINUTE_MS },
   lostHostGrace: { minMs: SECOND_MS, maxMs: 30 * DAY_MS },
+  auditMaxAge: AUDIT_RETENTION_BOUNDS.maxAgeMs,
 } as const satisfies Record<string, DurationBounds>;
 
 /** Flags of `control-plane serve`. */
