@@ -19,7 +19,9 @@ import { AdminServiceService } from '../gen/tether/v1/admin.js';
 import { AgentServiceService } from '../gen/tether/v1/agent.js';
 import { HostServiceService, type HostServiceServer } from '../gen/tether/v1/host.js';
 import { AgentManager } from './agents/agent-manager.js';
+import { AdminTokens } from './auth/admin-tokens.js';
 import { Authenticator } from './auth/authenticator.js';
+import { AUDIT_DEFAULTS, AuditLog } from './audit/audit-log.js';
 import { RefusalLog } from './auth/refusal-log.js';
 import { DeliveryManager } from './delivery/delivery-manager.js';
 import { ControlPlaneEvents } from './events.js';
@@ -32,6 +34,8 @@ import { LostHostDetector } from './hosts/lost-host-detector.js';
 import { adminService } from './services/admin-service.js';
 import { agentService } from './services/agent-service.js';
 import { HeartbeatLedger } from './services/heartbeat-ledger.js';
+import type { AdminTokenStore } from './store/admin-token-store.js';
+import type { AuditStore } from './store/audit-store.js';
 import type { Store } from './store/store.js';
 import { KeyRevoker } from './tokens/key-revoker.js';
 import { AUDIENCE_KEY_PURPOSE, FEDERATION_ALGORITHM, JWKS_MAX_AGE_MS, MAX_FEDERATION_KEYS, SigningKeyRing } from './tokens/signing-keys.js';
@@ -65,8 +69,16 @@ export interface ControlPlaneOptions {
   store: Store;
   clock: Clock;
   logger: Logger;
-  /** The operator's secret (from the environment or a file, never argv). */
+  /** The bootstrap admin token (from the environment or a file, never argv): an admin with the id `bootstrap`. */
   adminToken: string;
+  /** Where admin tokens added through AdminService are kept. Default: `store`, which must implement it (SqliteStore does). */
+  adminTokenStore?: AdminTokenStore;
+  /** Where the audit log is kept. Default: `store`, which must implement it (SqliteStore does). */
+  auditStore?: AuditStore;
+  /** Audit records older than this are pruned. Default 90 days. */
+  auditMaxAgeMs?: number;
+  /** Audit records beyond the newest this many are pruned. Default 1,000,000. */
+  auditMaxRecords?: number;
   /** gRPC listen address, `host:port`; port 0 picks one. Default `127.0.0.1:7443`. */
   address?: string;
   /** HTTP listen address for `/.well-known/jwks.json`; undefined: none. */
@@ -201,6 +213,13 @@ function byteBound(value: number | undefined, fallback: number, name: string): n
   return bytes;
 }
 
+/** `store` as the interface whose `methods` it has, or an error naming what is missing. */
+function storePart<T>(store: object, what: string, methods: readonly string[]): T {
+  const missing = methods.filter((m) => typeof (store as Record<string, unknown>)[m] !== 'function');
+  if (missing.length > 0) throw new InvalidArgumentError(`the store is no ${what} (it lacks ${missing.join(', ')}): give one in the options`);
+  return store as T;
+}
+
 /** The least lost-host grace: a third of the agent token TTL plus the clock tolerance. */
 export function minLostHostGraceMs(agentTokenTtlMs: number, clockToleranceMs: number): number {
   return Math.ceil(agentTokenTtlMs / 3) + clockToleranceMs;
@@ -269,6 +288,7 @@ export class ControlPlane {
   readonly #drains: HostDrains;
   /** The TLS files served and watched (`tlsFiles`), closed last. */
   readonly #certificates: WatchedCertificates | undefined;
+  readonly #audit: AuditLog;
   #closing: Promise<void> | undefined;
 
   private constructor(parts: {
@@ -294,6 +314,7 @@ export class ControlPlane {
     lostHosts: LostHostDetector;
     drains: HostDrains;
     certificates: WatchedCertificates | undefined;
+    audit: AuditLog;
   }) {
     this.events = parts.events;
     this.port = parts.port;
@@ -317,6 +338,7 @@ export class ControlPlane {
     this.#lostHosts = parts.lostHosts;
     this.#drains = parts.drains;
     this.#certificates = parts.certificates;
+    this.#audit = parts.audit;
   }
 
   /** The Prometheus registry of this control plane (also served at HTTP `/metrics`). */
@@ -401,9 +423,21 @@ export class ControlPlane {
         return false;
       },
     });
+    const adminTokens = new AdminTokens({
+      store: options.adminTokenStore ?? storePart<AdminTokenStore>(store, 'AdminTokenStore', ['insertAdminToken', 'getAdminToken', 'listAdminTokens', 'retireAdminToken']),
+      bootstrapToken: options.adminToken,
+      clock,
+    });
+    const audit = new AuditLog({
+      store: options.auditStore ?? storePart<AuditStore>(store, 'AuditStore', ['appendAudit', 'listAudit', 'pruneAudit']),
+      clock,
+      logger: root,
+      maxAgeMs: options.auditMaxAgeMs ?? AUDIT_DEFAULTS.maxAgeMs,
+      maxRecords: options.auditMaxRecords ?? AUDIT_DEFAULTS.maxRecords,
+    });
     const authenticator = new Authenticator({
       verifier,
-      adminToken: options.adminToken,
+      adminTokens,
       onFailure: (principal, reason) => events.emit('auth-failure', { principal, reason }),
       onAgentVerified: (claims) => {
         if (events.listenerCount('agent-verified') > 0) {
@@ -526,6 +560,8 @@ export class ControlPlane {
     server.addService(AgentServiceService, agentService({ authenticator, agents, clock, events, heartbeats, issuer, audienceTokenTtlMs, agentTokenTtlMs, delivery, logger: root }));
     server.addService(AdminServiceService, adminService({
         authenticator,
+        adminTokens,
+        audit,
         agents,
         hosts,
         delivery,
@@ -603,12 +639,13 @@ export class ControlPlane {
     keys.start();
     federationKeys?.start();
     lostHosts.start();
+    audit.start();
     await agents.resumeFenced();
     await agents.placePending();
     // After the hosts' streams can open: a resumed drain moves agents as their hosts come back.
     await drains.start();
     logger.info({ port, httpPort, agentTokenTtlMs, hostTokenTtlMs, lostHostGraceMs, tls: options.tls !== undefined || certificates !== undefined, ...(certificates?.certificate === undefined ? {} : { certificate: certificates.certificate }) }, 'control plane serving');
-    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, federationKeys, logger, metrics, heartbeats, health, clock, shutdownGraceMs, lostHosts, drains, certificates });
+    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, federationKeys, logger, metrics, heartbeats, health, clock, shutdownGraceMs, lostHosts, drains, certificates, audit });
   }
 
   /** How many hosts are connected. */
@@ -719,6 +756,7 @@ export class ControlPlane {
     await this.#delivery.close();
     await this.#keys.close();
     await this.#federationKeys?.close();
+    await this.#audit.close();
     if (this.#http !== undefined) {
       const http = this.#http;
       http.closeAllConnections();

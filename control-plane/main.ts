@@ -6,7 +6,9 @@ import { SecretRedactor } from '../common/secrets.js';
 import { addAdminCommands, adminClient, type ClientFlags } from './cli/admin-commands.js';
 import { addAdminTokenCommand } from './cli/admin-token-command.js';
 import { addBackupCommands } from './cli/backup-commands.js';
+import { addTokenCommands } from './cli/token-commands.js';
 import { MAX_OUTBOX_BYTES_BOUNDS as OUTBOX_BYTES } from './control-plane.js';
+import { AUDIT_DEFAULTS, AUDIT_RETENTION_BOUNDS } from './audit/audit-log.js';
 import { parseStore, serve, SERVE_DURATION_BOUNDS as BOUNDS, type ServeFlags } from './cli/serve-command.js';
 import { DEFAULT_POSTGRES_POOL_SIZE } from './store/postgres-store.js';
 
@@ -126,12 +128,25 @@ export function controlPlaneProgram(given: Partial<ControlPlaneActions> = {}, re
         .default(DEFAULT_POSTGRES_POOL_SIZE)
         .argParser(parseCountWithin('--store-pool-size', 1, 1_000)),
     )
+    .addOption(
+      new Option('--audit-max-age <duration>', 'audit records older than this are pruned (1m to 10y)')
+        .env('TETHER_AUDIT_MAX_AGE')
+        .default(AUDIT_DEFAULTS.maxAgeMs, '90d')
+        .argParser(parseDurationWithin('--audit-max-age', BOUNDS.auditMaxAge)),
+    )
+    .addOption(
+      new Option('--audit-max-records <n>', `audit records kept at most, the oldest pruned first (${AUDIT_RETENTION_BOUNDS.maxRecords.min} to ${AUDIT_RETENTION_BOUNDS.maxRecords.max})`)
+        .env('TETHER_AUDIT_MAX_RECORDS')
+        .default(AUDIT_DEFAULTS.maxRecords)
+        .argParser(parseCountWithin('--audit-max-records', AUDIT_RETENTION_BOUNDS.maxRecords.min, AUDIT_RETENTION_BOUNDS.maxRecords.max)),
+    )
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
     .action(async (_flags: unknown, command: Command) => {
       await actions.serve(serveFlags(command));
     });
 
   addAdminCommands(program, redactor, actions.connectAdmin);
+  addTokenCommands(program, redactor, actions.connectAdmin);
   addBackupCommands(program);
   addAdminTokenCommand(program);
   addExitStatusHelp(program);

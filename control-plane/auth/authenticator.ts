@@ -1,9 +1,10 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import type { Metadata } from '@grpc/grpc-js';
 import { decodeProtectedHeader } from 'jose';
 import { TetherError, UnauthenticatedError } from '../../common/errors.js';
 import { TOKEN_TYPES, type TokenClaims, type TokenKind } from '../tokens/token-kinds.js';
 import { TokenRejectedError, type TokenVerifier } from '../tokens/token-verifier.js';
+import { AdminTokenRefusedError, parseAdminToken, type AdminCaller, type AdminTokens } from './admin-tokens.js';
 import { refusedIdentity, type RefusalLog } from './refusal-log.js';
 
 /** An `authorization` header's scheme and credential. */
@@ -38,7 +39,7 @@ export function secretDigest(secret: string): Buffer {
 export type CredentialKind = 'admin' | TokenKind;
 
 const KIND_NAMES: Readonly<Record<CredentialKind, string>> = {
-  admin: 'the admin token',
+  admin: 'an admin token',
   agent: 'an agent token',
   host: 'a host token',
   audience: 'an audience token (minted for another service)',
@@ -71,8 +72,8 @@ function claimedTokenKind(token: string): TokenKind | undefined {
 /** Options of {@link Authenticator}. */
 export interface AuthenticatorOptions {
   verifier: TokenVerifier;
-  /** The operator's secret; compared in constant time, never logged. */
-  adminToken: string;
+  /** The admin tokens (the bootstrap one and those added through AdminService). */
+  adminTokens: AdminTokens;
   /** Told of each refusal, with a fixed word for why (for metrics; never the credential). */
   onFailure?: (principal: 'admin' | 'agent' | 'host', reason: string) => void;
   /** Where refused agent and host credentials are logged, once per principal per window. */
@@ -83,7 +84,7 @@ export interface AuthenticatorOptions {
 
 /** A fixed word for why a credential was refused. */
 function failureReason(err: unknown): string {
-  if (err instanceof TokenRejectedError || err instanceof WrongCredentialKindError) return err.reason;
+  if (err instanceof TokenRejectedError || err instanceof WrongCredentialKindError || err instanceof AdminTokenRefusedError) return err.reason;
   if (err instanceof TetherError) return err.code;
   return 'error';
 }
@@ -95,14 +96,14 @@ function failureReason(err: unknown): string {
  */
 export class Authenticator {
   readonly #verifier: TokenVerifier;
-  readonly #adminDigest: Buffer;
+  readonly #adminTokens: AdminTokens;
   readonly #onFailure: (principal: 'admin' | 'agent' | 'host', reason: string) => void;
   readonly #refusals: RefusalLog | undefined;
   readonly #onAgentVerified: ((claims: TokenClaims) => void) | undefined;
 
   constructor(options: AuthenticatorOptions) {
     this.#verifier = options.verifier;
-    this.#adminDigest = secretDigest(options.adminToken);
+    this.#adminTokens = options.adminTokens;
     this.#onFailure = options.onFailure ?? ((): void => undefined);
     this.#refusals = options.refusals;
     this.#onAgentVerified = options.onAgentVerified;
@@ -110,12 +111,13 @@ export class Authenticator {
 
   /**
    * The kind of credential `token` is, when it is one of ours but not `expected`:
-   * the admin token (compared in constant time), or a JWT whose `typ` names
+   * an admin token (the bootstrap one compared in constant time, or one of the
+   * `tadm_` form, unchecked: only the refusal's wording depends on it), or a JWT whose `typ` names
    * another kind. Asked only after a refusal, so the hot path never pays for it.
    */
   #otherKind(token: string, expected: CredentialKind): CredentialKind | undefined {
     if (token === '') return undefined;
-    if (expected !== 'admin' && timingSafeEqual(secretDigest(token), this.#adminDigest)) return 'admin';
+    if (expected !== 'admin' && (parseAdminToken(token) !== undefined || this.#adminTokens.isBootstrap(token))) return 'admin';
     const kind = claimedTokenKind(token);
     return kind === expected ? undefined : kind;
   }
@@ -126,8 +128,11 @@ export class Authenticator {
     this.#refusals?.record(principal, reason, refusedIdentity(token));
   }
 
-  /** Throws unless the call carries the admin token. */
-  admin(metadata: Metadata): void {
+  /**
+   * Who calls AdminService: the admin token the call carries, checked against
+   * the store (so a retired one is refused at once), with its id and role.
+   */
+  async adminCaller(metadata: Metadata): Promise<AdminCaller> {
     let presented: PresentedCredential;
     try {
       presented = presentedCredential(metadata);
@@ -135,14 +140,17 @@ export class Authenticator {
       this.#onFailure('admin', 'malformed');
       throw err;
     }
-    if (presented.scheme !== 'bearer' || !timingSafeEqual(secretDigest(presented.credential), this.#adminDigest)) {
-      const other = presented.scheme === 'bearer' ? this.#otherKind(presented.credential, 'admin') : undefined;
+    try {
+      if (presented.scheme !== 'bearer') throw new AdminTokenRefusedError('wrong-admin-token', 'not an admin token');
+      return await this.#adminTokens.authenticate(presented.credential);
+    } catch (err) {
+      const other = presented.scheme === 'bearer' && err instanceof AdminTokenRefusedError && err.reason === 'wrong-admin-token' ? this.#otherKind(presented.credential, 'admin') : undefined;
       if (other !== undefined) {
         this.#onFailure('admin', 'wrong-kind');
         throw new WrongCredentialKindError('admin', other);
       }
-      this.#onFailure('admin', 'wrong-admin-token');
-      throw new UnauthenticatedError('not the admin token');
+      this.#onFailure('admin', failureReason(err));
+      throw err;
     }
   }
 

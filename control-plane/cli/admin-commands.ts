@@ -30,7 +30,8 @@ type Unary<Req, Res> = (
   callback: (err: grpc.ServiceError | null, response: Res) => void,
 ) => grpc.ClientUnaryCall;
 
-function invoke<Req, Res>(method: Unary<Req, Res>, request: Req): Promise<Res> {
+/** Calls a unary method of the admin client (30 s deadline). */
+export function invoke<Req, Res>(method: Unary<Req, Res>, request: Req): Promise<Res> {
   return new Promise((resolve, reject) => {
     method(request, new grpc.Metadata(), { deadline: new Date(performance.timeOrigin + performance.now() + 30_000) }, (err, response) =>
       err === null ? resolve(response) : reject(err),
@@ -77,7 +78,7 @@ export function adminClient(flags: ClientFlags, redactor: SecretRedactor): Admin
 const CONNECT_PER_ADDRESS_MS = 10_000;
 
 /** Every item of a paginated list, page after page (bounded). */
-async function listAll<T>(fetch: (pageToken: string) => Promise<{ items: T[]; nextPageToken: string }>): Promise<T[]> {
+export async function listAll<T>(fetch: (pageToken: string) => Promise<{ items: T[]; nextPageToken: string }>): Promise<T[]> {
   const found: T[] = [];
   let pageToken = '';
   for (let page = 0; page < 100_000; page++) {
@@ -101,10 +102,10 @@ function stateCell(state: AgentState): string {
  * by the redactor: a status grpc-js makes up on the client side can quote a
  * header value.
  */
-type WithClient = (command: Command, body: (admin: AdminServiceClient) => Promise<void>) => Promise<void>;
+export type WithClient = (command: Command, body: (admin: AdminServiceClient) => Promise<void>) => Promise<void>;
 
 /** A {@link WithClient} that opens its clients with `connect`. */
-function clientRunner(connect: (flags: ClientFlags) => AdminServiceClient, redactor: SecretRedactor): WithClient {
+export function clientRunner(connect: (flags: ClientFlags) => AdminServiceClient, redactor: SecretRedactor): WithClient {
   return async (command, body) => {
     const flags = command.optsWithGlobals<ClientFlags>();
     const admin = connect(flags);
@@ -128,7 +129,7 @@ function clientRunner(connect: (flags: ClientFlags) => AdminServiceClient, redac
 }
 
 /** The output format a command was given (`-o`). */
-function formatOf(flags: { output?: string }): OutputFormat {
+export function formatOf(flags: { output?: string }): OutputFormat {
   return (flags.output ?? 'table') as OutputFormat;
 }
 

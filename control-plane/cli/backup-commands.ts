@@ -41,6 +41,7 @@ export function addBackupCommands(program: Command): void {
         console.log(`migrated the backup's schema from version ${summary.previousSchemaVersion} to ${SCHEMA_VERSION}`);
       }
       if (summary.signingKeysKept > 0) console.log(`kept ${summary.signingKeysKept} signing keys made after the backup`);
+      if (summary.adminTokensCarried > 0) console.log(`kept ${summary.adminTokensCarried} admin tokens added or retired after the backup as they are now`);
       if (summary.joinTokensBurnt > 0) console.log(`burnt ${summary.joinTokensBurnt} unused join tokens: enroll those hosts again`);
       if (summary.replacedPath !== undefined) console.log(`the replaced store is kept at ${summary.replacedPath}`);
     });

@@ -6,6 +6,7 @@ import { SystemClock } from '../../common/clock.js';
 import { readSecret, type DurationBounds } from '../../common/cli.js';
 import { createLogger, type Logger } from '../../common/logger.js';
 import { parseSecret, SecretRedactor } from '../../common/secrets.js';
+import { AUDIT_RETENTION_BOUNDS } from '../audit/audit-log.js';
 import { ControlPlane } from '../control-plane.js';
 import { InvalidArgumentError as CommanderInvalidArgument } from 'commander';
 import { PostgresStore } from '../store/postgres-store.js';
@@ -34,6 +35,7 @@ export const SERVE_DURATION_BOUNDS = {
   keepalive: { minMs: SECOND_MS, maxMs: 2 * HOUR_MS },
   shutdownGrace: { minMs: 0, maxMs: 10 * MINUTE_MS },
   lostHostGrace: { minMs: SECOND_MS, maxMs: 30 * DAY_MS },
+  auditMaxAge: AUDIT_RETENTION_BOUNDS.maxAgeMs,
 } as const satisfies Record<string, DurationBounds>;
 
 /** Flags of `control-plane serve`. */
@@ -66,6 +68,8 @@ export interface ServeFlags {
   /** `sqlite` (the embedded store in the data directory) or a `postgres://` connection string. */
   store: string;
   storePoolSize: number;
+  auditMaxAge: number;
+  auditMaxRecords: number;
   logLevel: string;
 }
 
@@ -190,6 +194,8 @@ export async function serve(flags: ServeFlags, redactor = new SecretRedactor()):
     maxOutboxBytes: flags.maxOutboxBytes,
     maxPayloadBytes: flags.maxPayloadBytes,
     shutdownGraceMs: flags.shutdownGrace,
+    auditMaxAgeMs: flags.auditMaxAge,
+    auditMaxRecords: flags.auditMaxRecords,
   });
   await stopRequested;
   await controlPlane.close();

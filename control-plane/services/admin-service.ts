@@ -1,5 +1,11 @@
+import { status as grpcStatus } from '@grpc/grpc-js';
 import type { Logger } from '../../common/logger.js';
-import type { AdminServiceServer } from '../../gen/tether/v1/admin.js';
+import { AdminServiceService, type AdminServiceServer, type AdminTokenInfo } from '../../gen/tether/v1/admin.js';
+import type { AuditLog } from '../audit/audit-log.js';
+import { parseAdminRole } from '../auth/admin-roles.js';
+import type { AdminCaller, AdminTokens } from '../auth/admin-tokens.js';
+import type { AdminTokenRecord } from '../store/admin-token-store.js';
+import { guardAdminService } from './admin-guard.js';
 import type { AgentManager } from '../agents/agent-manager.js';
 import type { Authenticator } from '../auth/authenticator.js';
 import { unary } from '../grpc/status.js';
@@ -19,6 +25,8 @@ import { jwkToMessage } from '../tokens/jwk-message.js';
 /** What AdminService needs. */
 export interface AdminServiceDeps {
   authenticator: Authenticator;
+  adminTokens: AdminTokens;
+  audit: AuditLog;
   agents: AgentManager;
   hosts: HostService;
   store: Store;
@@ -37,9 +45,17 @@ export interface AdminServiceDeps {
 /** The longest DrainHost waits for progress in one call (the CLI calls again). */
 const MAX_DRAIN_WAIT_MS = 60_000;
 
-/** The operator API; every call first proves the admin token. */
+/** An admin token as the API shows it (never its hash). */
+function toAdminTokenInfo(token: AdminTokenRecord): AdminTokenInfo {
+  return { tokenId: token.tokenId, name: token.name, role: token.role, createdAtMs: token.createdAtMs, createdBy: token.createdBy, retiredAtMs: token.retiredAtMs ?? 0 };
+}
+
+/**
+ * The operator API. Every call goes through {@link guardAdminService} first:
+ * the admin token is checked, its role must allow the method, and the call is audited.
+ */
 export function adminService(deps: AdminServiceDeps): AdminServiceServer {
-  const { authenticator, agents, hosts, store, keys, federationKeys, keyRevoker, clock, heartbeats, delivery, drains } = deps;
+  const { authenticator, adminTokens, audit, agents, hosts, store, keys, federationKeys, keyRevoker, clock, heartbeats, delivery, drains } = deps;
   /** The key ring of `purpose` ("" is Tether's own tokens). */
   const ringFor = (purpose = ''): SigningKeyRing | undefined => {
     if (purpose === '' || purpose === TOKEN_KEY_PURPOSE) return keys;
@@ -47,14 +63,14 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
     throw new InvalidArgumentError(`purpose must be "${TOKEN_KEY_PURPOSE}" or "${AUDIENCE_KEY_PURPOSE}", got ${JSON.stringify(purpose.slice(0, 64))}`);
   };
   const logger = deps.logger.child({ component: 'admin' });
-  return {
-    enrollHost: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+  /** Who makes each call in flight (set by the guard before the handler runs). */
+  const callers = new WeakMap<object, AdminCaller>();
+  const handlers: AdminServiceServer = {
+    enrollHost: unary(logger, async (request) => {
       const { host, joinToken } = await hosts.enroll(request.name, request.joinTtlMs);
       return { hostId: host.hostId, joinToken, joinExpiresAtMs: host.joinExpiresAtMs };
     }),
-    listHosts: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    listHosts: unary(logger, async (request) => {
       const page = await hosts.listHosts(decodePageToken(request.pageToken), pageSize(request.pageSize));
       return {
         hosts: page.hosts.map((host) => ({
@@ -75,8 +91,7 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
         nextPageToken: encodePageToken(page.nextAfterId),
       };
     }),
-    drainHost: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    drainHost: unary(logger, async (request) => {
       if (request.hostId === '') throw new InvalidArgumentError('host_id is required');
       if (request.waitMs < 0) throw new InvalidArgumentError('wait_ms must not be negative');
       const started = request.watch ? await drains.status(request.hostId, 0) : await drains.drain(request.hostId, 'operator');
@@ -89,19 +104,16 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
         settled: status.isSettled,
       };
     }),
-    uncordonHost: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    uncordonHost: unary(logger, async (request) => {
       if (request.hostId === '') throw new InvalidArgumentError('host_id is required');
       return { previousDrainState: await drains.uncordon(request.hostId) };
     }),
-    revokeHost: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    revokeHost: unary(logger, async (request) => {
       await hosts.revoke(request.hostId);
       const moved = await agents.evacuateHost(request.hostId);
       return { agentsMoved: moved };
     }),
-    rotateSigningKey: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    rotateSigningKey: unary(logger, async (request) => {
       const ring = ringFor(request.purpose);
       if (ring === undefined) throw new FailedPreconditionError('there are no audience (federation) keys: the control plane runs without --issuer-url');
       const rotation = await ring.rotate();
@@ -112,8 +124,7 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
         standbyKeyId: rotation.standbyKid,
       };
     }),
-    listSigningKeys: unary(logger, (_request, call) => {
-      authenticator.admin(call.metadata);
+    listSigningKeys: unary(logger, () => {
       return Promise.resolve({
         keys: [keys, ...(federationKeys === undefined ? [] : [federationKeys])].flatMap((ring) => ring.list().map((key) => ({ ...key, alg: ring.algorithm }))).map((key) => ({
           keyId: key.kid,
@@ -127,8 +138,7 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
         })),
       });
     }),
-    revokeSigningKey: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    revokeSigningKey: unary(logger, async (request) => {
       if (request.keyId === '') throw new InvalidArgumentError('key_id is required');
       const report = await keyRevoker.revoke(request.keyId);
       return {
@@ -141,8 +151,7 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
         resignWindowMs: report.windowMs,
       };
     }),
-    dispatchAgent: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    dispatchAgent: unary(logger, async (request) => {
       const agent = await agents.dispatch({
         agentId: request.agentId,
         name: request.name,
@@ -153,8 +162,7 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
       });
       return { agent: toAgentInfo(agent) };
     }),
-    ensureAgent: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    ensureAgent: unary(logger, async (request) => {
       const { agent, isCreated, isUpdated } = await agents.ensure(
         {
           agentId: request.agentId,
@@ -168,18 +176,15 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
       );
       return { agent: toAgentInfo(agent, heartbeats.last(agent.agentId)), created: isCreated, updated: isUpdated };
     }),
-    stopAgent: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    stopAgent: unary(logger, async (request) => {
       const agent = await agents.stop(request.agentId, request.reason);
       return { agent: toAgentInfo(agent) };
     }),
-    rotateAgentCredential: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    rotateAgentCredential: unary(logger, async (request) => {
       const agent = await agents.rotate(request.agentId, 'forced');
       return { generation: agent?.generation ?? 0, expiresAtMs: agent?.expiresAtMs ?? 0 };
     }),
-    listAgents: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    listAgents: unary(logger, async (request) => {
       const page = await store.listAgents(
         request.hostId === '' ? {} : { hostId: request.hostId },
         decodePageToken(request.pageToken),
@@ -190,23 +195,19 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
         nextPageToken: encodePageToken(page.nextAfterId),
       };
     }),
-    getAgent: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    getAgent: unary(logger, async (request) => {
       const agent = await agents.get(request.agentId);
       return { agent: toAgentInfo(agent, heartbeats.last(agent.agentId)) };
     }),
-    describeAgent: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    describeAgent: unary(logger, async (request) => {
       const { agent, transitions } = await agents.describe(request.agentId);
       return { agent: toAgentInfo(agent, heartbeats.last(agent.agentId)), transitions: transitions.map(toAgentTransition) };
     }),
-    sendMessages: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    sendMessages: unary(logger, async (request) => {
       const results = await delivery.send(request.agentId, { kind: 'operator' }, request.messages);
       return { messages: results.map((r) => ({ id: r.id, seq: r.seq, duplicate: r.isDuplicate })) };
     }),
-    listMessages: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    listMessages: unary(logger, async (request) => {
       const states: MessageStateName[] = request.state === 'dead' ? ['dead'] : request.state === 'pending' || request.state === '' ? ['pending'] : [];
       if (states.length === 0) throw new InvalidArgumentError('state must be "pending" or "dead"');
       await agents.get(request.agentId);
@@ -230,20 +231,55 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
         nextPageToken: messages.length > limit ? encodePageToken(String(page[page.length - 1]?.seq ?? 0)) : '',
       };
     }),
-    requeueMessage: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    requeueMessage: unary(logger, async (request) => {
       const seq = await delivery.requeue(request.agentId, request.seq);
       return { seq };
     }),
-    purgeMessage: unary(logger, async (request, call) => {
-      authenticator.admin(call.metadata);
+    purgeMessage: unary(logger, async (request) => {
       await store.purgeMessage(request.agentId, request.seq);
       return {};
     }),
-    getJwks: unary(logger, (request, call) => {
-      authenticator.admin(call.metadata);
+    getJwks: unary(logger, (request) => {
       const ring = ringFor(request.purpose);
       return Promise.resolve({ keys: ring === undefined ? [] : ring.jwks(clock.now()).keys.map(jwkToMessage) });
     }),
+    listAdminTokens: unary(logger, async (request) => {
+      const limit = pageSize(request.pageSize);
+      const tokens = await adminTokens.list(decodePageToken(request.pageToken), limit + 1);
+      const page = tokens.slice(0, limit);
+      return { tokens: page.map(toAdminTokenInfo), nextPageToken: tokens.length > limit ? encodePageToken(page[page.length - 1]?.tokenId ?? null) : '' };
+    }),
+    addAdminToken: unary(logger, async (request, call) => {
+      const role = parseAdminRole(request.role);
+      if (role === undefined) throw new InvalidArgumentError('role must be "admin" or "viewer"');
+      const caller = callers.get(call);
+      if (caller === undefined) throw new Error('an admin call without its caller');
+      const { record, token } = await adminTokens.add(request.name, role, caller.tokenId);
+      logger.info({ tokenId: record.tokenId, role, createdBy: caller.tokenId }, 'admin token added');
+      return { token: toAdminTokenInfo(record), secretToken: token };
+    }),
+    retireAdminToken: unary(logger, async (request, call) => {
+      const record = await adminTokens.retire(request.tokenId);
+      logger.info({ tokenId: record.tokenId, retiredBy: callers.get(call)?.tokenId }, 'admin token retired');
+      return { token: toAdminTokenInfo(record) };
+    }),
+    listAuditRecords: unary(logger, async (request) => {
+      const limit = pageSize(request.pageSize);
+      const afterId = Number(decodePageToken(request.pageToken) ?? '0');
+      if (!Number.isSafeInteger(afterId) || afterId < 0) throw new InvalidArgumentError('page_token is not one this call returned');
+      if (request.sinceMs < 0) throw new InvalidArgumentError('since_ms must not be negative');
+      const records = await audit.list({
+        afterId,
+        limit: limit + 1,
+        ...(request.tokenId === '' ? {} : { tokenId: request.tokenId }),
+        ...(request.sinceMs === 0 ? {} : { sinceMs: request.sinceMs }),
+      });
+      const page = records.slice(0, limit);
+      return {
+        records: page.map((r) => ({ id: r.id, atMs: r.atMs, tokenId: r.tokenId, method: r.method, targets: r.targets, code: r.code, status: grpcStatus[r.code] ?? String(r.code) })),
+        nextPageToken: records.length > limit ? encodePageToken(String(page[page.length - 1]?.id ?? 0)) : '',
+      };
+    }),
   };
+  return guardAdminService(AdminServiceService, handlers, { authenticator, audit, logger, onAuthorized: (call, caller) => callers.set(call, caller) });
 }

@@ -22,6 +22,10 @@
  *   enroll its host a second time.
  * - Signing keys the replaced database holds and the backup does not (made
  *   after it) are kept, so the tokens they signed still verify.
+ * - Admin tokens follow the replaced database: one retired since the backup
+ *   stays retired (a restore must not bring back access that was taken away),
+ *   and one added since is kept. The audit records made since stay in the
+ *   replaced database, which is kept beside the new one.
  */
 import { randomUUID } from 'node:crypto';
 import { closeSync, existsSync, fstatSync, fsyncSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
@@ -54,6 +58,8 @@ export interface RestoreSummary extends BackupSummary {
   joinTokensBurnt: number;
   /** Signing keys kept from the replaced database. */
   signingKeysKept: number;
+  /** Admin tokens retired in the replaced database that the backup had valid, or did not have: retired or kept as they were. */
+  adminTokensCarried: number;
   /** The backup's schema version; the restored store has this binary's. */
   previousSchemaVersion: number;
 }
@@ -226,6 +232,28 @@ function mergeKeptKeys(db: Database.Database, keptKeys: unknown[], nowMs: number
   return kept;
 }
 
+/**
+ * Brings into the restored store the admin tokens of the store it replaces:
+ * each one the backup lacks, as it is; each one retired there, retired here.
+ * Returns how many rows changed.
+ */
+function mergeKeptAdminTokens(db: Database.Database, keptTokens: unknown[]): number {
+  const insert = db.prepare(
+    `INSERT OR IGNORE INTO admin_tokens (token_id, name, role, secret_hash, created_at_ms, created_by, retired_at_ms)
+     VALUES (@token_id, @name, @role, @secret_hash, @created_at_ms, @created_by, @retired_at_ms)`,
+  );
+  const retire = db.prepare('UPDATE admin_tokens SET retired_at_ms = @retired_at_ms WHERE token_id = @token_id AND retired_at_ms IS NULL');
+  let changed = 0;
+  for (const raw of keptTokens) {
+    const row = raw as Record<string, unknown>;
+    if (typeof row.token_id !== 'string' || typeof row.secret_hash !== 'string') continue;
+    const added = insert.run(row).changes;
+    changed += added;
+    if (added === 0 && typeof row.retired_at_ms === 'number') changed += retire.run(row).changes;
+  }
+  return changed;
+}
+
 /** Bytes copied at a time from a backup into the staging file. */
 const COPY_CHUNK_BYTES = 1 << 20;
 
@@ -289,17 +317,22 @@ export function restoreDatabase(dbPath: string, fromPath: string, nowMs: number,
 
   // Keys made after the backup live only in the database being replaced: keep them, if it can be read.
   let keptKeys: unknown[] = [];
+  let keptTokens: unknown[] = [];
   if (existsSync(dbPath)) {
     try {
       const replaced = new Database(dbPath, { fileMustExist: true });
       try {
         keptKeys = replaced.prepare('SELECT * FROM signing_keys').all();
+        // A store older than admin tokens has none to keep.
+        const hasTokens = replaced.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'admin_tokens'").get() !== undefined;
+        keptTokens = hasTokens ? replaced.prepare('SELECT * FROM admin_tokens').all() : [];
       } finally {
         replaced.close();
       }
     } catch {
       // A damaged or foreign file: restoring is how one gets past it; its keys are lost with it.
       keptKeys = [];
+      keptTokens = [];
     }
   }
 
@@ -311,7 +344,7 @@ export function restoreDatabase(dbPath: string, fromPath: string, nowMs: number,
   options.onStaged?.(stagingPath);
 
   const db = new Database(stagingPath, { fileMustExist: true });
-  let changes: Pick<RestoreSummary, 'previousEpoch' | 'joinTokensBurnt' | 'signingKeysKept'>;
+  let changes: Pick<RestoreSummary, 'previousEpoch' | 'joinTokensBurnt' | 'signingKeysKept' | 'adminTokensCarried'>;
   let summary: BackupSummary;
   try {
     // The same migration every open runs: an older backup's schema is brought up to date here, in one transaction.
@@ -325,7 +358,8 @@ export function restoreDatabase(dbPath: string, fromPath: string, nowMs: number,
         .prepare('UPDATE hosts SET join_secret_hash = NULL, join_lease_session_id = NULL WHERE join_secret_hash IS NOT NULL')
         .run().changes;
       const signingKeysKept = mergeKeptKeys(db, keptKeys, nowMs);
-      return { previousEpoch, joinTokensBurnt, signingKeysKept };
+      const adminTokensCarried = mergeKeptAdminTokens(db, keptTokens);
+      return { previousEpoch, joinTokensBurnt, signingKeysKept, adminTokensCarried };
     })();
     db.pragma('wal_checkpoint(TRUNCATE)');
     db.pragma('journal_mode = DELETE');

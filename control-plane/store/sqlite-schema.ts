@@ -375,6 +375,28 @@ BEGIN
 END;
 `;
 
+const ADMIN_TOKENS_AND_AUDIT = `
+CREATE TABLE admin_tokens (
+  token_id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  role TEXT NOT NULL,
+  secret_hash TEXT NOT NULL,
+  created_at_ms INTEGER NOT NULL,
+  created_by TEXT NOT NULL,
+  retired_at_ms INTEGER
+);
+CREATE TABLE audit_records (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  at_ms INTEGER NOT NULL,
+  token_id TEXT NOT NULL,
+  method TEXT NOT NULL,
+  targets TEXT NOT NULL,
+  code INTEGER NOT NULL
+);
+CREATE INDEX audit_records_by_time ON audit_records (at_ms);
+CREATE INDEX audit_records_by_token ON audit_records (token_id, id);
+`;
+
 /** Every migration, in order. Append only; the last one's number is {@link SCHEMA_VERSION}. */
 const MIGRATIONS: readonly Migration[] = [
   {
@@ -439,6 +461,11 @@ const MIGRATIONS: readonly Migration[] = [
     version: 11,
     description: 'host drain: persisted drain state per host; move reservations counted in their target host\'s load',
     apply: (db) => db.exec(HOST_DRAIN),
+  },
+  {
+    version: 12,
+    description: 'admin tokens with ids and roles (secrets as SHA-256 only); the audit log of AdminService calls (AUTOINCREMENT: ids never reused after pruning)',
+    apply: (db) => db.exec(ADMIN_TOKENS_AND_AUDIT),
   },
 ];
 

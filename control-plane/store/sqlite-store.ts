@@ -3,6 +3,8 @@ import { closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { AlreadyExistsError, ClosedError, FailedPreconditionError, NotFoundError, ResourceExhaustedError } from '../../common/errors.js';
+import type { AdminRoleName, AdminTokenRecord, AdminTokenStore } from './admin-token-store.js';
+import type { AuditQuery, AuditRecord, AuditStore, AuditTarget } from './audit-store.js';
 import { migrate } from './sqlite-schema.js';
 import { ENDED_AGENT_STATES, LIVE_AGENT_STATES, MAX_TRANSITIONS_PER_AGENT, senderName, senderPrincipal } from './store.js';
 import type {
@@ -36,6 +38,41 @@ import type {
   SigningKeyTransition,
   Store,
 } from './store.js';
+
+interface AdminTokenRow {
+  token_id: string;
+  name: string;
+  role: string;
+  secret_hash: string;
+  created_at_ms: number;
+  created_by: string;
+  retired_at_ms: number | null;
+}
+
+function adminTokenFromRow(row: AdminTokenRow): AdminTokenRecord {
+  return {
+    tokenId: row.token_id,
+    name: row.name,
+    role: row.role as AdminRoleName,
+    secretHash: row.secret_hash,
+    createdAtMs: row.created_at_ms,
+    createdBy: row.created_by,
+    retiredAtMs: row.retired_at_ms,
+  };
+}
+
+interface AuditRow {
+  id: number;
+  at_ms: number;
+  token_id: string;
+  method: string;
+  targets: string;
+  code: number;
+}
+
+function auditFromRow(row: AuditRow): AuditRecord {
+  return { id: row.id, atMs: row.at_ms, tokenId: row.token_id, method: row.method, targets: JSON.parse(row.targets) as AuditTarget[], code: row.code };
+}
 
 interface AgentRow {
   agent_id: string;
@@ -374,7 +411,7 @@ function storeError(err: unknown): Error {
  * so a conditional update is decided against every write queued before it.
  * Reads run at once (WAL: they see what is committed). No transaction spans an `await`.
  */
-export class SqliteStore implements Store {
+export class SqliteStore implements Store, AdminTokenStore, AuditStore {
   readonly #db: Database.Database;
   readonly #statements = new Map<string, Database.Statement>();
   readonly #isGroupCommit: boolean;
@@ -1104,6 +1141,72 @@ export class SqliteStore implements Store {
   releaseMove(agentId: string): Promise<void> {
     return this.#write(() => {
       this.#prepare('DELETE FROM agent_moves WHERE agent_id = ?').run(agentId);
+    });
+  }
+
+  insertAdminToken(token: AdminTokenRecord): Promise<void> {
+    return this.#write(() => {
+      try {
+        this.#prepare(
+          'INSERT INTO admin_tokens (token_id, name, role, secret_hash, created_at_ms, created_by, retired_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        ).run(token.tokenId, token.name, token.role, token.secretHash, token.createdAtMs, token.createdBy, token.retiredAtMs);
+      } catch (err) {
+        if (isUniqueViolation(err)) throw new AlreadyExistsError(`admin token ${token.tokenId} exists`);
+        throw err;
+      }
+    });
+  }
+
+  getAdminToken(tokenId: string): Promise<AdminTokenRecord | undefined> {
+    return this.#run(() => this.#getAdminToken(tokenId));
+  }
+
+  #getAdminToken(tokenId: string): AdminTokenRecord | undefined {
+    const row = this.#prepare('SELECT * FROM admin_tokens WHERE token_id = ?').get(tokenId) as AdminTokenRow | undefined;
+    return row === undefined ? undefined : adminTokenFromRow(row);
+  }
+
+  listAdminTokens(afterId: string | null, limit: number): Promise<AdminTokenRecord[]> {
+    return this.#run(() =>
+      (this.#prepare('SELECT * FROM admin_tokens WHERE token_id > ? ORDER BY token_id LIMIT ?').all(afterId ?? '', limit) as AdminTokenRow[]).map(adminTokenFromRow),
+    );
+  }
+
+  retireAdminToken(tokenId: string, nowMs: number): Promise<AdminTokenRecord | undefined> {
+    return this.#write(() => {
+      this.#prepare('UPDATE admin_tokens SET retired_at_ms = ? WHERE token_id = ? AND retired_at_ms IS NULL').run(nowMs, tokenId);
+      return this.#getAdminToken(tokenId);
+    });
+  }
+
+  appendAudit(record: Omit<AuditRecord, 'id'>): Promise<number> {
+    return this.#write(() =>
+      Number(
+        this.#prepare('INSERT INTO audit_records (at_ms, token_id, method, targets, code) VALUES (?, ?, ?, ?, ?)').run(
+          record.atMs,
+          record.tokenId,
+          record.method,
+          JSON.stringify(record.targets),
+          record.code,
+        ).lastInsertRowid,
+      ),
+    );
+  }
+
+  listAudit(query: AuditQuery): Promise<AuditRecord[]> {
+    return this.#run(() => {
+      const rows = this.#prepare(
+        `SELECT * FROM audit_records WHERE id > ? AND at_ms >= ? ${query.tokenId === undefined ? '' : 'AND token_id = ?'} ORDER BY id LIMIT ?`,
+      ).all(query.afterId, query.sinceMs ?? 0, ...(query.tokenId === undefined ? [] : [query.tokenId]), query.limit) as AuditRow[];
+      return rows.map(auditFromRow);
+    });
+  }
+
+  pruneAudit(beforeMs: number, maxRecords: number): Promise<number> {
+    return this.#write(() => {
+      const old = this.#prepare('DELETE FROM audit_records WHERE at_ms < ?').run(beforeMs).changes;
+      const excess = this.#prepare('DELETE FROM audit_records WHERE id <= (SELECT id FROM audit_records ORDER BY id DESC LIMIT 1 OFFSET ?)').run(maxRecords).changes;
+      return old + excess;
     });
   }
 

@@ -111,6 +111,8 @@ const SERVE_ROWS: Record<string, Row> = {
   '--max-payload-bytes': { env: 'TETHER_MAX_PAYLOAD_BYTES', value: '4096', key: 'maxPayloadBytes', expected: 4096 },
   '--store': { env: 'TETHER_STORE', value: 'postgres://tether@db.example:5432/tether', key: 'store', expected: 'postgres://tether@db.example:5432/tether' },
   '--store-pool-size': { env: 'TETHER_STORE_POOL_SIZE', value: '4', key: 'storePoolSize', expected: 4 },
+  '--audit-max-age': { env: 'TETHER_AUDIT_MAX_AGE', value: '30d', key: 'auditMaxAge', expected: 2_592_000_000 },
+  '--audit-max-records': { env: 'TETHER_AUDIT_MAX_RECORDS', value: '5000', key: 'auditMaxRecords', expected: 5000 },
   '--log-level': { env: 'TETHER_LOG_LEVEL', value: 'debug', key: 'logLevel', expected: 'debug' },
 };
 

@@ -191,12 +191,12 @@ describe('authorization: each principal is accepted by exactly one service, as i
       adminOnConnect: (await probeHostConnect(h.target, bearer(h.adminToken))).details,
     };
     expect(got).toEqual({
-      adminOnWhoAmI: 'an agent token is expected; this is the admin token',
+      adminOnWhoAmI: 'an agent token is expected; this is an admin token',
       hostOnHeartbeat: 'an agent token is expected; this is a host token',
-      agentOnListAgents: 'the admin token is expected; this is an agent token',
-      hostOnListAgents: 'the admin token is expected; this is a host token',
+      agentOnListAgents: 'an admin token is expected; this is an agent token',
+      hostOnListAgents: 'an admin token is expected; this is a host token',
       agentOnConnect: 'a host token is expected; this is an agent token',
-      adminOnConnect: 'a host token is expected; this is the admin token',
+      adminOnConnect: 'a host token is expected; this is an admin token',
     });
     // A stranger's token is still just refused, and no refusal quotes a credential.
     expect(await detailsOf(call(agentApi.whoAmI.bind(agentApi), {}, bearer('not-a-token')))).toBe('token refused: malformed');

@@ -86,7 +86,7 @@ describe('canary secrets never appear in what the binaries print', () => {
   const everyCommand = [['agents', 'ls'], ['hosts', 'enroll', 'never-made'], ['keys', 'ls'], ['messages', 'ls', 'some-agent']];
   // Exit 1 (failure) for a token that cannot be read, 4 (refused) for one the control plane refuses.
   const adminVariants: { name: string; env: () => NodeJS.ProcessEnv; said: RegExp; commands?: string[][]; status?: number }[] = [
-    { name: 'a wrong admin token', env: () => env({ TETHER_ADMIN_TOKEN: WRONG_ADMIN }), said: /^error: the control plane refused the admin token \(not the admin token\)/, commands: everyCommand, status: 4 },
+    { name: 'a wrong admin token', env: () => env({ TETHER_ADMIN_TOKEN: WRONG_ADMIN }), said: /^error: the control plane refused the admin token \(not an admin token\)/, commands: everyCommand, status: 4 },
     {
       name: 'a control character',
       env: () => env({ TETHER_ADMIN_TOKEN: `${WRONG_ADMIN}\u0001` }),

@@ -116,6 +116,9 @@ export class Harness {
     this.cp = await ControlPlane.start({
       address: '127.0.0.1:0',
       heartbeatIntervalMs: 3_000,
+      // The admin tokens and the audit log on the SQLite store itself: `wrapStore` fakes the Store interface only.
+      adminTokenStore: this.store,
+      auditStore: this.store,
       ...rest,
       store: wrapStore === undefined ? this.store : wrapStore(this.store),
       clock: this.clock,

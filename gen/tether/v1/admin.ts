@@ -415,6 +415,86 @@ export interface RevokeSigningKeyResponse {
   resignWindowMs: number;
 }
 
+export interface ListAdminTokensRequest {
+  pageSize: number;
+  pageToken: string;
+}
+
+export interface AdminTokenInfo {
+  /** "bootstrap", or the id in the token (tadm_<id>.<secret>). */
+  tokenId: string;
+  name: string;
+  /** "admin" or "viewer". */
+  role: string;
+  createdAtMs: number;
+  /** The token id of the admin who added it ("" for the bootstrap token). */
+  createdBy: string;
+  /** When it was retired; 0 while valid. */
+  retiredAtMs: number;
+}
+
+export interface ListAdminTokensResponse {
+  tokens: AdminTokenInfo[];
+  nextPageToken: string;
+}
+
+export interface AddAdminTokenRequest {
+  /** A label for people (whose token, what for); at most 128 characters. */
+  name: string;
+  /** "admin" or "viewer". */
+  role: string;
+}
+
+export interface AddAdminTokenResponse {
+  token:
+    | AdminTokenInfo
+    | undefined;
+  /** tadm_<id>.<secret>: shown once, stored only as a hash. */
+  secretToken: string;
+}
+
+export interface RetireAdminTokenRequest {
+  tokenId: string;
+}
+
+export interface RetireAdminTokenResponse {
+  token: AdminTokenInfo | undefined;
+}
+
+export interface ListAuditRecordsRequest {
+  pageSize: number;
+  pageToken: string;
+  /** Only the calls of this admin token. */
+  tokenId: string;
+  /** Only calls at or after this time (ms since the epoch; 0: all kept). */
+  sinceMs: number;
+}
+
+/** One id an audited call named: kind "agent", "host", "key", "token", "seq", "purpose" or "name". */
+export interface AuditTarget {
+  kind: string;
+  id: string;
+}
+
+export interface AuditRecordInfo {
+  /** Increasing; never reused. */
+  id: number;
+  atMs: number;
+  /** The admin token that called ("bootstrap" for the bootstrap token). */
+  tokenId: string;
+  /** The RPC, as the proto names it ("DispatchAgent"). */
+  method: string;
+  targets: AuditTarget[];
+  /** The gRPC status code it ended with (0: OK), and its name ("OK", "PERMISSION_DENIED"). */
+  code: number;
+  status: string;
+}
+
+export interface ListAuditRecordsResponse {
+  records: AuditRecordInfo[];
+  nextPageToken: string;
+}
+
 function createBaseListMessagesRequest(): ListMessagesRequest {
   return { agentId: "", state: "", pageSize: 0, pageToken: "" };
 }
@@ -5633,6 +5713,1153 @@ export const RevokeSigningKeyResponse: MessageFns<RevokeSigningKeyResponse> = {
   },
 };
 
+function createBaseListAdminTokensRequest(): ListAdminTokensRequest {
+  return { pageSize: 0, pageToken: "" };
+}
+
+export const ListAdminTokensRequest: MessageFns<ListAdminTokensRequest> = {
+  encode(message: ListAdminTokensRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).uint32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListAdminTokensRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListAdminTokensRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListAdminTokensRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListAdminTokensRequest): unknown {
+    const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListAdminTokensRequest>, I>>(base?: I): ListAdminTokensRequest {
+    return ListAdminTokensRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListAdminTokensRequest>, I>>(object: I): ListAdminTokensRequest {
+    const message = createBaseListAdminTokensRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseAdminTokenInfo(): AdminTokenInfo {
+  return { tokenId: "", name: "", role: "", createdAtMs: 0, createdBy: "", retiredAtMs: 0 };
+}
+
+export const AdminTokenInfo: MessageFns<AdminTokenInfo> = {
+  encode(message: AdminTokenInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tokenId !== "") {
+      writer.uint32(10).string(message.tokenId);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.role !== "") {
+      writer.uint32(26).string(message.role);
+    }
+    if (message.createdAtMs !== 0) {
+      writer.uint32(32).int64(message.createdAtMs);
+    }
+    if (message.createdBy !== "") {
+      writer.uint32(42).string(message.createdBy);
+    }
+    if (message.retiredAtMs !== 0) {
+      writer.uint32(48).int64(message.retiredAtMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AdminTokenInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAdminTokenInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tokenId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.role = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.createdAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.createdBy = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.retiredAtMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AdminTokenInfo {
+    return {
+      tokenId: isSet(object.tokenId)
+        ? globalThis.String(object.tokenId)
+        : isSet(object.token_id)
+        ? globalThis.String(object.token_id)
+        : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      role: isSet(object.role) ? globalThis.String(object.role) : "",
+      createdAtMs: isSet(object.createdAtMs)
+        ? globalThis.Number(object.createdAtMs)
+        : isSet(object.created_at_ms)
+        ? globalThis.Number(object.created_at_ms)
+        : 0,
+      createdBy: isSet(object.createdBy)
+        ? globalThis.String(object.createdBy)
+        : isSet(object.created_by)
+        ? globalThis.String(object.created_by)
+        : "",
+      retiredAtMs: isSet(object.retiredAtMs)
+        ? globalThis.Number(object.retiredAtMs)
+        : isSet(object.retired_at_ms)
+        ? globalThis.Number(object.retired_at_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: AdminTokenInfo): unknown {
+    const obj: any = {};
+    if (message.tokenId !== "") {
+      obj.tokenId = message.tokenId;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.role !== "") {
+      obj.role = message.role;
+    }
+    if (message.createdAtMs !== 0) {
+      obj.createdAtMs = Math.round(message.createdAtMs);
+    }
+    if (message.createdBy !== "") {
+      obj.createdBy = message.createdBy;
+    }
+    if (message.retiredAtMs !== 0) {
+      obj.retiredAtMs = Math.round(message.retiredAtMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AdminTokenInfo>, I>>(base?: I): AdminTokenInfo {
+    return AdminTokenInfo.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AdminTokenInfo>, I>>(object: I): AdminTokenInfo {
+    const message = createBaseAdminTokenInfo();
+    message.tokenId = object.tokenId ?? "";
+    message.name = object.name ?? "";
+    message.role = object.role ?? "";
+    message.createdAtMs = object.createdAtMs ?? 0;
+    message.createdBy = object.createdBy ?? "";
+    message.retiredAtMs = object.retiredAtMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseListAdminTokensResponse(): ListAdminTokensResponse {
+  return { tokens: [], nextPageToken: "" };
+}
+
+export const ListAdminTokensResponse: MessageFns<ListAdminTokensResponse> = {
+  encode(message: ListAdminTokensResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.tokens) {
+      AdminTokenInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListAdminTokensResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListAdminTokensResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tokens.push(AdminTokenInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListAdminTokensResponse {
+    return {
+      tokens: globalThis.Array.isArray(object?.tokens) ? object.tokens.map((e: any) => AdminTokenInfo.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListAdminTokensResponse): unknown {
+    const obj: any = {};
+    if (message.tokens?.length) {
+      obj.tokens = message.tokens.map((e) => AdminTokenInfo.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListAdminTokensResponse>, I>>(base?: I): ListAdminTokensResponse {
+    return ListAdminTokensResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListAdminTokensResponse>, I>>(object: I): ListAdminTokensResponse {
+    const message = createBaseListAdminTokensResponse();
+    message.tokens = object.tokens?.map((e) => AdminTokenInfo.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseAddAdminTokenRequest(): AddAdminTokenRequest {
+  return { name: "", role: "" };
+}
+
+export const AddAdminTokenRequest: MessageFns<AddAdminTokenRequest> = {
+  encode(message: AddAdminTokenRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.role !== "") {
+      writer.uint32(18).string(message.role);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AddAdminTokenRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAddAdminTokenRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.role = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AddAdminTokenRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      role: isSet(object.role) ? globalThis.String(object.role) : "",
+    };
+  },
+
+  toJSON(message: AddAdminTokenRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.role !== "") {
+      obj.role = message.role;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AddAdminTokenRequest>, I>>(base?: I): AddAdminTokenRequest {
+    return AddAdminTokenRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AddAdminTokenRequest>, I>>(object: I): AddAdminTokenRequest {
+    const message = createBaseAddAdminTokenRequest();
+    message.name = object.name ?? "";
+    message.role = object.role ?? "";
+    return message;
+  },
+};
+
+function createBaseAddAdminTokenResponse(): AddAdminTokenResponse {
+  return { token: undefined, secretToken: "" };
+}
+
+export const AddAdminTokenResponse: MessageFns<AddAdminTokenResponse> = {
+  encode(message: AddAdminTokenResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.token !== undefined) {
+      AdminTokenInfo.encode(message.token, writer.uint32(10).fork()).join();
+    }
+    if (message.secretToken !== "") {
+      writer.uint32(18).string(message.secretToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AddAdminTokenResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAddAdminTokenResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.token = AdminTokenInfo.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.secretToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AddAdminTokenResponse {
+    return {
+      token: isSet(object.token) ? AdminTokenInfo.fromJSON(object.token) : undefined,
+      secretToken: isSet(object.secretToken)
+        ? globalThis.String(object.secretToken)
+        : isSet(object.secret_token)
+        ? globalThis.String(object.secret_token)
+        : "",
+    };
+  },
+
+  toJSON(message: AddAdminTokenResponse): unknown {
+    const obj: any = {};
+    if (message.token !== undefined) {
+      obj.token = AdminTokenInfo.toJSON(message.token);
+    }
+    if (message.secretToken !== "") {
+      obj.secretToken = message.secretToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AddAdminTokenResponse>, I>>(base?: I): AddAdminTokenResponse {
+    return AddAdminTokenResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AddAdminTokenResponse>, I>>(object: I): AddAdminTokenResponse {
+    const message = createBaseAddAdminTokenResponse();
+    message.token = (object.token !== undefined && object.token !== null)
+      ? AdminTokenInfo.fromPartial(object.token)
+      : undefined;
+    message.secretToken = object.secretToken ?? "";
+    return message;
+  },
+};
+
+function createBaseRetireAdminTokenRequest(): RetireAdminTokenRequest {
+  return { tokenId: "" };
+}
+
+export const RetireAdminTokenRequest: MessageFns<RetireAdminTokenRequest> = {
+  encode(message: RetireAdminTokenRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tokenId !== "") {
+      writer.uint32(10).string(message.tokenId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RetireAdminTokenRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRetireAdminTokenRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tokenId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RetireAdminTokenRequest {
+    return {
+      tokenId: isSet(object.tokenId)
+        ? globalThis.String(object.tokenId)
+        : isSet(object.token_id)
+        ? globalThis.String(object.token_id)
+        : "",
+    };
+  },
+
+  toJSON(message: RetireAdminTokenRequest): unknown {
+    const obj: any = {};
+    if (message.tokenId !== "") {
+      obj.tokenId = message.tokenId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RetireAdminTokenRequest>, I>>(base?: I): RetireAdminTokenRequest {
+    return RetireAdminTokenRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RetireAdminTokenRequest>, I>>(object: I): RetireAdminTokenRequest {
+    const message = createBaseRetireAdminTokenRequest();
+    message.tokenId = object.tokenId ?? "";
+    return message;
+  },
+};
+
+function createBaseRetireAdminTokenResponse(): RetireAdminTokenResponse {
+  return { token: undefined };
+}
+
+export const RetireAdminTokenResponse: MessageFns<RetireAdminTokenResponse> = {
+  encode(message: RetireAdminTokenResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.token !== undefined) {
+      AdminTokenInfo.encode(message.token, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RetireAdminTokenResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRetireAdminTokenResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.token = AdminTokenInfo.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RetireAdminTokenResponse {
+    return { token: isSet(object.token) ? AdminTokenInfo.fromJSON(object.token) : undefined };
+  },
+
+  toJSON(message: RetireAdminTokenResponse): unknown {
+    const obj: any = {};
+    if (message.token !== undefined) {
+      obj.token = AdminTokenInfo.toJSON(message.token);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RetireAdminTokenResponse>, I>>(base?: I): RetireAdminTokenResponse {
+    return RetireAdminTokenResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RetireAdminTokenResponse>, I>>(object: I): RetireAdminTokenResponse {
+    const message = createBaseRetireAdminTokenResponse();
+    message.token = (object.token !== undefined && object.token !== null)
+      ? AdminTokenInfo.fromPartial(object.token)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseListAuditRecordsRequest(): ListAuditRecordsRequest {
+  return { pageSize: 0, pageToken: "", tokenId: "", sinceMs: 0 };
+}
+
+export const ListAuditRecordsRequest: MessageFns<ListAuditRecordsRequest> = {
+  encode(message: ListAuditRecordsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).uint32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
+    if (message.tokenId !== "") {
+      writer.uint32(26).string(message.tokenId);
+    }
+    if (message.sinceMs !== 0) {
+      writer.uint32(32).int64(message.sinceMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListAuditRecordsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListAuditRecordsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.tokenId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.sinceMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListAuditRecordsRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+      tokenId: isSet(object.tokenId)
+        ? globalThis.String(object.tokenId)
+        : isSet(object.token_id)
+        ? globalThis.String(object.token_id)
+        : "",
+      sinceMs: isSet(object.sinceMs)
+        ? globalThis.Number(object.sinceMs)
+        : isSet(object.since_ms)
+        ? globalThis.Number(object.since_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: ListAuditRecordsRequest): unknown {
+    const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    if (message.tokenId !== "") {
+      obj.tokenId = message.tokenId;
+    }
+    if (message.sinceMs !== 0) {
+      obj.sinceMs = Math.round(message.sinceMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListAuditRecordsRequest>, I>>(base?: I): ListAuditRecordsRequest {
+    return ListAuditRecordsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListAuditRecordsRequest>, I>>(object: I): ListAuditRecordsRequest {
+    const message = createBaseListAuditRecordsRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    message.tokenId = object.tokenId ?? "";
+    message.sinceMs = object.sinceMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseAuditTarget(): AuditTarget {
+  return { kind: "", id: "" };
+}
+
+export const AuditTarget: MessageFns<AuditTarget> = {
+  encode(message: AuditTarget, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== "") {
+      writer.uint32(10).string(message.kind);
+    }
+    if (message.id !== "") {
+      writer.uint32(18).string(message.id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuditTarget {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuditTarget();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuditTarget {
+    return {
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+    };
+  },
+
+  toJSON(message: AuditTarget): unknown {
+    const obj: any = {};
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AuditTarget>, I>>(base?: I): AuditTarget {
+    return AuditTarget.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AuditTarget>, I>>(object: I): AuditTarget {
+    const message = createBaseAuditTarget();
+    message.kind = object.kind ?? "";
+    message.id = object.id ?? "";
+    return message;
+  },
+};
+
+function createBaseAuditRecordInfo(): AuditRecordInfo {
+  return { id: 0, atMs: 0, tokenId: "", method: "", targets: [], code: 0, status: "" };
+}
+
+export const AuditRecordInfo: MessageFns<AuditRecordInfo> = {
+  encode(message: AuditRecordInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.atMs !== 0) {
+      writer.uint32(16).int64(message.atMs);
+    }
+    if (message.tokenId !== "") {
+      writer.uint32(26).string(message.tokenId);
+    }
+    if (message.method !== "") {
+      writer.uint32(34).string(message.method);
+    }
+    for (const v of message.targets) {
+      AuditTarget.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.code !== 0) {
+      writer.uint32(48).uint32(message.code);
+    }
+    if (message.status !== "") {
+      writer.uint32(58).string(message.status);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuditRecordInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuditRecordInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.atMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.tokenId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.method = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.targets.push(AuditTarget.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.code = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.status = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuditRecordInfo {
+    return {
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      atMs: isSet(object.atMs)
+        ? globalThis.Number(object.atMs)
+        : isSet(object.at_ms)
+        ? globalThis.Number(object.at_ms)
+        : 0,
+      tokenId: isSet(object.tokenId)
+        ? globalThis.String(object.tokenId)
+        : isSet(object.token_id)
+        ? globalThis.String(object.token_id)
+        : "",
+      method: isSet(object.method) ? globalThis.String(object.method) : "",
+      targets: globalThis.Array.isArray(object?.targets) ? object.targets.map((e: any) => AuditTarget.fromJSON(e)) : [],
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      status: isSet(object.status) ? globalThis.String(object.status) : "",
+    };
+  },
+
+  toJSON(message: AuditRecordInfo): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.atMs !== 0) {
+      obj.atMs = Math.round(message.atMs);
+    }
+    if (message.tokenId !== "") {
+      obj.tokenId = message.tokenId;
+    }
+    if (message.method !== "") {
+      obj.method = message.method;
+    }
+    if (message.targets?.length) {
+      obj.targets = message.targets.map((e) => AuditTarget.toJSON(e));
+    }
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.status !== "") {
+      obj.status = message.status;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AuditRecordInfo>, I>>(base?: I): AuditRecordInfo {
+    return AuditRecordInfo.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AuditRecordInfo>, I>>(object: I): AuditRecordInfo {
+    const message = createBaseAuditRecordInfo();
+    message.id = object.id ?? 0;
+    message.atMs = object.atMs ?? 0;
+    message.tokenId = object.tokenId ?? "";
+    message.method = object.method ?? "";
+    message.targets = object.targets?.map((e) => AuditTarget.fromPartial(e)) || [];
+    message.code = object.code ?? 0;
+    message.status = object.status ?? "";
+    return message;
+  },
+};
+
+function createBaseListAuditRecordsResponse(): ListAuditRecordsResponse {
+  return { records: [], nextPageToken: "" };
+}
+
+export const ListAuditRecordsResponse: MessageFns<ListAuditRecordsResponse> = {
+  encode(message: ListAuditRecordsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.records) {
+      AuditRecordInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListAuditRecordsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListAuditRecordsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.records.push(AuditRecordInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListAuditRecordsResponse {
+    return {
+      records: globalThis.Array.isArray(object?.records)
+        ? object.records.map((e: any) => AuditRecordInfo.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListAuditRecordsResponse): unknown {
+    const obj: any = {};
+    if (message.records?.length) {
+      obj.records = message.records.map((e) => AuditRecordInfo.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListAuditRecordsResponse>, I>>(base?: I): ListAuditRecordsResponse {
+    return ListAuditRecordsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListAuditRecordsResponse>, I>>(object: I): ListAuditRecordsResponse {
+    const message = createBaseListAuditRecordsResponse();
+    message.records = object.records?.map((e) => AuditRecordInfo.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
 /** Operator API, authorized by the admin token (`authorization: Bearer <admin token>`). */
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
@@ -5881,6 +7108,65 @@ export const AdminServiceService = {
       Buffer.from(PurgeMessageResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PurgeMessageResponse => PurgeMessageResponse.decode(value),
   },
+  /**
+   * The admin tokens: the bootstrap one first, then those added, retired ones
+   * included. Never a secret. Admin role only.
+   */
+  listAdminTokens: {
+    path: "/tether.v1.AdminService/ListAdminTokens" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListAdminTokensRequest): Buffer =>
+      Buffer.from(ListAdminTokensRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListAdminTokensRequest => ListAdminTokensRequest.decode(value),
+    responseSerialize: (value: ListAdminTokensResponse): Buffer =>
+      Buffer.from(ListAdminTokensResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListAdminTokensResponse => ListAdminTokensResponse.decode(value),
+  },
+  /**
+   * Adds an admin token with a role; its secret is in the response, once, and
+   * stored only as a hash. Valid at once, on every control plane of the store.
+   */
+  addAdminToken: {
+    path: "/tether.v1.AdminService/AddAdminToken" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AddAdminTokenRequest): Buffer => Buffer.from(AddAdminTokenRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AddAdminTokenRequest => AddAdminTokenRequest.decode(value),
+    responseSerialize: (value: AddAdminTokenResponse): Buffer =>
+      Buffer.from(AddAdminTokenResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AddAdminTokenResponse => AddAdminTokenResponse.decode(value),
+  },
+  /**
+   * Retires an admin token: every later call with it is refused
+   * (UNAUTHENTICATED). The bootstrap token is refused (FAILED_PRECONDITION).
+   */
+  retireAdminToken: {
+    path: "/tether.v1.AdminService/RetireAdminToken" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RetireAdminTokenRequest): Buffer =>
+      Buffer.from(RetireAdminTokenRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RetireAdminTokenRequest => RetireAdminTokenRequest.decode(value),
+    responseSerialize: (value: RetireAdminTokenResponse): Buffer =>
+      Buffer.from(RetireAdminTokenResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RetireAdminTokenResponse => RetireAdminTokenResponse.decode(value),
+  },
+  /**
+   * The audit log: every AdminService call made with a valid admin token (who,
+   * what, when, how it ended), oldest first. Admin role only.
+   */
+  listAuditRecords: {
+    path: "/tether.v1.AdminService/ListAuditRecords" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListAuditRecordsRequest): Buffer =>
+      Buffer.from(ListAuditRecordsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListAuditRecordsRequest => ListAuditRecordsRequest.decode(value),
+    responseSerialize: (value: ListAuditRecordsResponse): Buffer =>
+      Buffer.from(ListAuditRecordsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListAuditRecordsResponse => ListAuditRecordsResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -5953,6 +7239,26 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   requeueMessage: handleUnaryCall<RequeueMessageRequest, RequeueMessageResponse>;
   /** Deletes a dead letter. */
   purgeMessage: handleUnaryCall<PurgeMessageRequest, PurgeMessageResponse>;
+  /**
+   * The admin tokens: the bootstrap one first, then those added, retired ones
+   * included. Never a secret. Admin role only.
+   */
+  listAdminTokens: handleUnaryCall<ListAdminTokensRequest, ListAdminTokensResponse>;
+  /**
+   * Adds an admin token with a role; its secret is in the response, once, and
+   * stored only as a hash. Valid at once, on every control plane of the store.
+   */
+  addAdminToken: handleUnaryCall<AddAdminTokenRequest, AddAdminTokenResponse>;
+  /**
+   * Retires an admin token: every later call with it is refused
+   * (UNAUTHENTICATED). The bootstrap token is refused (FAILED_PRECONDITION).
+   */
+  retireAdminToken: handleUnaryCall<RetireAdminTokenRequest, RetireAdminTokenResponse>;
+  /**
+   * The audit log: every AdminService call made with a valid admin token (who,
+   * what, when, how it ended), oldest first. Admin role only.
+   */
+  listAuditRecords: handleUnaryCall<ListAuditRecordsRequest, ListAuditRecordsResponse>;
 }
 
 export interface AdminServiceClient extends Client {
@@ -6304,6 +7610,82 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PurgeMessageResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The admin tokens: the bootstrap one first, then those added, retired ones
+   * included. Never a secret. Admin role only.
+   */
+  listAdminTokens(
+    request: ListAdminTokensRequest,
+    callback: (error: ServiceError | null, response: ListAdminTokensResponse) => void,
+  ): ClientUnaryCall;
+  listAdminTokens(
+    request: ListAdminTokensRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListAdminTokensResponse) => void,
+  ): ClientUnaryCall;
+  listAdminTokens(
+    request: ListAdminTokensRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListAdminTokensResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Adds an admin token with a role; its secret is in the response, once, and
+   * stored only as a hash. Valid at once, on every control plane of the store.
+   */
+  addAdminToken(
+    request: AddAdminTokenRequest,
+    callback: (error: ServiceError | null, response: AddAdminTokenResponse) => void,
+  ): ClientUnaryCall;
+  addAdminToken(
+    request: AddAdminTokenRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AddAdminTokenResponse) => void,
+  ): ClientUnaryCall;
+  addAdminToken(
+    request: AddAdminTokenRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AddAdminTokenResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Retires an admin token: every later call with it is refused
+   * (UNAUTHENTICATED). The bootstrap token is refused (FAILED_PRECONDITION).
+   */
+  retireAdminToken(
+    request: RetireAdminTokenRequest,
+    callback: (error: ServiceError | null, response: RetireAdminTokenResponse) => void,
+  ): ClientUnaryCall;
+  retireAdminToken(
+    request: RetireAdminTokenRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RetireAdminTokenResponse) => void,
+  ): ClientUnaryCall;
+  retireAdminToken(
+    request: RetireAdminTokenRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RetireAdminTokenResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The audit log: every AdminService call made with a valid admin token (who,
+   * what, when, how it ended), oldest first. Admin role only.
+   */
+  listAuditRecords(
+    request: ListAuditRecordsRequest,
+    callback: (error: ServiceError | null, response: ListAuditRecordsResponse) => void,
+  ): ClientUnaryCall;
+  listAuditRecords(
+    request: ListAuditRecordsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListAuditRecordsResponse) => void,
+  ): ClientUnaryCall;
+  listAuditRecords(
+    request: ListAuditRecordsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListAuditRecordsResponse) => void,
   ): ClientUnaryCall;
 }
 

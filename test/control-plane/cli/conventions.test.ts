@@ -361,6 +361,58 @@ describe('the control-plane CLI convention', () => {
     expect(states.filter((k) => k.state === 'revoked').map((k) => k.keyId).sort()).toEqual([first.keyId, first.retiredKeyId].sort());
   });
 
+  it('adds, lists and retires admin tokens and prints the audit log; a viewer is refused with exit 4 and one clear line', async () => {
+    const tokenFile = join(dir, 'viewer-token');
+    const [added, addedToFile] = await Promise.all([cli(['tokens', 'add', '--role', 'admin', '--name', 'ops']), cli(['tokens', 'add', '--name', 'ci', '--token-file', tokenFile])]);
+    expect(added.status, added.stderr).toBe(0);
+    expect(added.stdout).toMatch(/^tadm_[0-9a-f]{16}\.[\w-]{43}\n$/);
+    expect(added.stderr).toMatch(/^admin token [0-9a-f]{16} \(admin\) added \(shown once\):\n$/);
+    expect(addedToFile.status, addedToFile.stderr).toBe(0);
+    const viewerId = addedToFile.stdout.trim();
+    expect(addedToFile.stderr).toBe(`admin token ${viewerId} (viewer) added, written to ${tokenFile}\n`);
+    const viewer = readFileSync(tokenFile, 'utf8').trim();
+    expect(viewer.startsWith(`tadm_${viewerId}.`)).toBe(true);
+    const asViewer = async (args: string[]): Promise<CliRun> => {
+      const run = await cli(args, { TETHER_ADMIN_TOKEN: viewer });
+      assertNoSecrets(run.stdout + run.stderr, [viewer], `control-plane ${args.join(' ')} as the viewer`);
+      return run;
+    };
+    const [viewerLs, viewerStop, viewerAudit] = await Promise.all([asViewer(['agents', 'ls', '-o', 'json']), asViewer(['agents', 'stop', 'a1']), asViewer(['audit'])]);
+    expect(viewerLs.status, viewerLs.stderr).toBe(EXIT.ok);
+    expect([viewerStop.status, viewerStop.stderr]).toEqual([EXIT.refused, `error: permission denied: StopAgent needs the admin role; admin token ${viewerId} has the viewer role\n`]);
+    expect(viewerAudit.status).toBe(EXIT.refused);
+
+    const [listed, listedTable, listedWide] = await Promise.all([json<Record<string, unknown>[]>(['tokens', 'ls']), ok(['tokens', 'ls']), ok(['tokens', 'ls', '-o', 'wide'])]);
+    expect(listed[0]).toMatchObject({ tokenId: 'bootstrap', role: 'admin', state: 'valid', retiredAt: null });
+    expect(listed.find((t) => t.tokenId === viewerId)).toMatchObject({ role: 'viewer', name: 'ci', state: 'valid', createdBy: 'bootstrap', createdAt: expect.stringMatching(ISO) });
+    expect(JSON.stringify(listed)).not.toMatch(/secret|hash/i);
+    expect(rows(listedTable)[0]).toEqual(['TOKEN', 'ROLE', 'STATE', 'NAME', 'CREATED', 'RETIRED']);
+    expect(rows(listedWide)[0]).toContain('CREATED_BY');
+    const [retiredTable, retiredAgain] = await Promise.all([ok(['tokens', 'retire', viewerId]), json<Record<string, unknown>>(['tokens', 'retire', viewerId])]);
+    expect(retiredTable).toMatch(/^STATE\s+retired$/m);
+    expect(retiredAgain).toMatchObject({ tokenId: viewerId, state: 'retired', retiredAt: expect.stringMatching(ISO) });
+    const afterRetire = await asViewer(['agents', 'ls']);
+    expect(afterRetire.status).toBe(EXIT.refused);
+    expect(afterRetire.stderr).toContain(`admin token ${viewerId} is retired`);
+    const bootstrapRetire = await cli(['tokens', 'retire', 'bootstrap']);
+    expect([bootstrapRetire.status, bootstrapRetire.stderr]).toEqual([EXIT.refused, expect.stringMatching(/^error: refused: the bootstrap token cannot be retired through the API/)]);
+
+    // The audit log: the viewer's calls, allowed and refused, by token and in every format.
+    const [audited, auditTable, auditWide, auditJsonl] = await Promise.all([
+      json<{ tokenId: string; method: string; status: string; targets: { kind: string; id: string }[] }[]>(['audit', '--token', viewerId, '--since', '1h']),
+      ok(['audit']),
+      ok(['audit', '-o', 'wide']),
+      ok(['audit', '--token', 'bootstrap', '-o', 'jsonl']),
+    ]);
+    expect(audited.map((r) => [r.method, r.status]).sort()).toEqual([['ListAgents', 'OK'], ['ListAuditRecords', 'PERMISSION_DENIED'], ['StopAgent', 'PERMISSION_DENIED']]);
+    expect(audited.find((r) => r.method === 'StopAgent')?.targets).toEqual([{ kind: 'agent', id: 'a1' }]);
+    expect(rows(auditTable)[0]).toEqual(['TIME', 'TOKEN', 'METHOD', 'TARGETS', 'STATUS']);
+    expect(auditTable).toMatch(new RegExp(`\\s${viewerId}\\s+StopAgent\\s+agent=a1\\s+PERMISSION_DENIED$`, 'm'));
+    expect(rows(auditWide)[0]?.[0]).toBe('ID');
+    expect(auditJsonl.trimEnd().split('\n').every((line) => (JSON.parse(line) as { tokenId: string }).tokenId === 'bootstrap')).toBe(true);
+    assertNoSecrets(auditTable + auditWide + auditJsonl, [viewer, added.stdout.trim(), h.adminToken], 'control-plane audit');
+  });
+
   it('every option each admin command lists was used above; every group names its subcommands; every help shows the exit statuses', () => {
     const program = controlPlaneProgram();
     const leaves = allCommands(program).filter((c) => c.commands.length === 0 && c.parent !== null && !LOCAL_COMMANDS.includes(c.name()));
@@ -370,8 +422,8 @@ describe('the control-plane CLI convention', () => {
       return command.options.filter((o) => !(words.has(o.long as string) || (o.short !== undefined && words.has(o.short)))).map((o) => `${pathOf(command).join(' ')} ${o.long}`);
     });
     expect(missing).toEqual([]);
-    // Each command that prints data takes -o; hosts enroll prints a secret (or the host id) and takes none.
-    expect(leaves.filter((c) => !c.options.some((o) => o.long === '--output')).map((c) => pathOf(c).join(' '))).toEqual(['hosts enroll']);
+    // Each command that prints data takes -o; hosts enroll and tokens add print a secret (or an id) and take none.
+    expect(leaves.filter((c) => !c.options.some((o) => o.long === '--output')).map((c) => pathOf(c).join(' '))).toEqual(['hosts enroll', 'tokens add']);
     for (const group of allCommands(program).filter((c) => c.parent !== null && c.commands.length > 0)) {
       for (const sub of group.commands) expect(group.description(), `${group.name()} --help`).toContain(sub.name() === 'ls' ? 'list' : sub.name());
     }
