@@ -375,6 +375,21 @@ BEGIN
 END;
 `;
 
+const EVENTS = `
+CREATE TABLE events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  at_ms INTEGER NOT NULL,
+  kind TEXT NOT NULL,
+  agent_id TEXT NOT NULL,
+  host_id TEXT NOT NULL,
+  incarnation INTEGER NOT NULL,
+  generation INTEGER NOT NULL,
+  key_id TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  detail TEXT NOT NULL
+);
+`;
+
 /** Every migration, in order. Append only; the last one's number is {@link SCHEMA_VERSION}. */
 const MIGRATIONS: readonly Migration[] = [
   {
@@ -439,6 +454,11 @@ const MIGRATIONS: readonly Migration[] = [
     version: 11,
     description: 'host drain: persisted drain state per host; move reservations counted in their target host\'s load',
     apply: (db) => db.exec(HOST_DRAIN),
+  },
+  {
+    version: 12,
+    description: 'events: lifecycle events for WatchEvents, ids never reused (AUTOINCREMENT), pruned oldest first',
+    apply: (db) => db.exec(EVENTS),
   },
 ];
 
