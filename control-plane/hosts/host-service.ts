@@ -745,8 +745,12 @@ export class HostService {
     }
   }
 
-  /** Issues the host a fresh credential down its own stream; resolves with its generation, or undefined if none was sent. */
-  async rotateHostCredential(session: HostSession): Promise<number | undefined> {
+  /**
+   * Issues the host a fresh credential down its own stream; resolves with its
+   * generation, or undefined if none was sent. `reason`: why (`due`, or
+   * `key-revoked` when the key that signed the old one was revoked).
+   */
+  async rotateHostCredential(session: HostSession, reason = 'due'): Promise<number | undefined> {
     if (session.state === 'closed') return undefined;
     const issued = await this.#credentials.rotate(session.hostId);
     if (issued === undefined) return undefined;
@@ -762,6 +766,7 @@ export class HostService {
       tokenId: issued.claims.tokenId,
       expiresAtMs: issued.claims.expiresAtMs,
       rotationDueAtMs: hostRotationDueAtMs(issued.claims.issuedAtMs, issued.claims.expiresAtMs),
+      reason,
     });
     return generation;
   }

@@ -15,6 +15,8 @@ import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '..
 import type { MessageStateName } from '../store/store.js';
 import { decodePageToken, encodePageToken, labelsFromProto, pageSize, restartPolicyFromProto, specFromProto, toAgentInfo, toAgentTransition } from './convert.js';
 import { jwkToMessage } from '../tokens/jwk-message.js';
+import type { EventWatchers } from '../event-log/event-watchers.js';
+import { watchEventsHandler } from './watch-events.js';
 
 /** What AdminService needs. */
 export interface AdminServiceDeps {
@@ -32,6 +34,8 @@ export interface AdminServiceDeps {
   /** Revokes signing keys and replaces what they signed. */
   keyRevoker: KeyRevoker;
   drains: HostDrains;
+  /** The WatchEvents streams. */
+  watchers: EventWatchers;
 }
 
 /** The longest DrainHost waits for progress in one call (the CLI calls again). */
@@ -245,5 +249,6 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
       const ring = ringFor(request.purpose);
       return Promise.resolve({ keys: ring === undefined ? [] : ring.jwks(clock.now()).keys.map(jwkToMessage) });
     }),
+    watchEvents: watchEventsHandler({ authenticator, watchers: deps.watchers, logger }),
   };
 }
