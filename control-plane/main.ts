@@ -105,6 +105,8 @@ export function controlPlaneProgram(given: Partial<ControlPlaneActions> = {}, re
     .addOption(new Option('--max-outbox-messages <n>', 'unacknowledged or dead-lettered messages per agent before sends get RESOURCE_EXHAUSTED').env('TETHER_MAX_OUTBOX_MESSAGES').default(10_000).argParser(parseCount))
     .addOption(new Option('--max-outbox-bytes <n>', `payload bytes of unacknowledged or dead-lettered messages per agent before sends get RESOURCE_EXHAUSTED (${OUTBOX_BYTES.min} to ${OUTBOX_BYTES.max}, at least --max-payload-bytes)`).env('TETHER_MAX_OUTBOX_BYTES').default(67_108_864, '64 MiB').argParser(parseCountWithin('--max-outbox-bytes', OUTBOX_BYTES.min, OUTBOX_BYTES.max)))
     .addOption(new Option('--max-payload-bytes <n>', `largest message payload accepted (at most ${MAX_PAYLOAD_BYTES_CEILING}: a delivery must fit a host's 4 MiB receive limit)`).env('TETHER_MAX_PAYLOAD_BYTES').default(1_048_576).argParser(parseCountWithin('--max-payload-bytes', 1, MAX_PAYLOAD_BYTES_CEILING)))
+    .addOption(new Option('--event-retention <duration>', 'how long lifecycle events (`watch`) are kept').env('TETHER_EVENT_RETENTION').default(604_800_000, '7d').argParser(parseDurationWithin('--event-retention', BOUNDS.eventRetention)))
+    .addOption(new Option('--event-retention-count <n>', 'how many lifecycle events are kept at most (the oldest go first)').env('TETHER_EVENT_RETENTION_COUNT').default(100_000).argParser(parseCountWithin('--event-retention-count', 1, 100_000_000)))
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
     .action(async (_flags: unknown, command: Command) => {
       await actions.serve(serveFlags(command));

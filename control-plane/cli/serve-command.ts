@@ -30,6 +30,7 @@ export const SERVE_DURATION_BOUNDS = {
   keepalive: { minMs: SECOND_MS, maxMs: 2 * HOUR_MS },
   shutdownGrace: { minMs: 0, maxMs: 10 * MINUTE_MS },
   lostHostGrace: { minMs: SECOND_MS, maxMs: 30 * DAY_MS },
+  eventRetention: { minMs: MINUTE_MS, maxMs: 365 * DAY_MS },
 } as const satisfies Record<string, DurationBounds>;
 
 /** Flags of `control-plane serve`. */
@@ -59,6 +60,10 @@ export interface ServeFlags {
   maxOutboxMessages: number;
   maxOutboxBytes: number;
   maxPayloadBytes: number;
+  /** How long lifecycle events (watch) are kept. */
+  eventRetention: number;
+  /** How many lifecycle events are kept at most. */
+  eventRetentionCount: number;
   logLevel: string;
 }
 
@@ -161,6 +166,8 @@ export async function serve(flags: ServeFlags, redactor = new SecretRedactor()):
     maxOutboxBytes: flags.maxOutboxBytes,
     maxPayloadBytes: flags.maxPayloadBytes,
     shutdownGraceMs: flags.shutdownGrace,
+    eventRetentionMs: flags.eventRetention,
+    eventRetentionCount: flags.eventRetentionCount,
   });
   await stopRequested;
   await controlPlane.close();

@@ -109,6 +109,8 @@ const SERVE_ROWS: Record<string, Row> = {
   '--max-outbox-messages': { env: 'TETHER_MAX_OUTBOX_MESSAGES', value: '77', key: 'maxOutboxMessages', expected: 77 },
   '--max-outbox-bytes': { env: 'TETHER_MAX_OUTBOX_BYTES', value: '2097152', key: 'maxOutboxBytes', expected: 2_097_152 },
   '--max-payload-bytes': { env: 'TETHER_MAX_PAYLOAD_BYTES', value: '4096', key: 'maxPayloadBytes', expected: 4096 },
+  '--event-retention': { env: 'TETHER_EVENT_RETENTION', value: '2d', key: 'eventRetention', expected: 172_800_000 },
+  '--event-retention-count': { env: 'TETHER_EVENT_RETENTION_COUNT', value: '5000', key: 'eventRetentionCount', expected: 5_000 },
   '--log-level': { env: 'TETHER_LOG_LEVEL', value: 'debug', key: 'logLevel', expected: 'debug' },
 };
 
