@@ -5,10 +5,13 @@
  * pruned id is refused with OUT_OF_RANGE naming the oldest kept; a watcher that
  * never reads is cut, told, and holds no more than its bound meanwhile.
  */
+import { createServer } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
+import { ANY_EVENT } from '../../control-plane/store/event-store.js';
 import { WatchEventsRequest, WatchEventsResponse, type AdminServiceClient, type Event } from '../../gen/tether/v1/admin.js';
 import { advanceUntil } from '../support/advance-until.js';
+import { RunningBinary } from '../support/control-plane-cli.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { call, Harness } from '../support/harness.js';
 import { UnreadGrpcStream } from '../support/unread-grpc-stream.js';
@@ -36,6 +39,16 @@ function watch(client: AdminServiceClient, request: Partial<WatchEventsRequest> 
   return { events, status, stream, cancel: () => stream.cancel() };
 }
 
+/** A port free now (to restart a control plane on the same address). */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  if (address === null || typeof address === 'string') throw new Error('no port');
+  return address.port;
+}
+
 /** `kind` plus its agent or host, the way the order assertions name events. */
 function label(e: Event): string {
   return [e.kind, e.agentId, e.agentId === '' ? e.hostId : '', e.reason].filter((part) => part !== '').join(' ');
@@ -52,9 +65,11 @@ describe('WatchEvents', () => {
   let harness: Harness | undefined;
   const proxies: FaultProxy[] = [];
   const lazies: UnreadGrpcStream[] = [];
+  const binaries: RunningBinary[] = [];
 
   afterEach(async () => {
     for (const lazy of lazies.splice(0)) lazy.close();
+    for (const binary of binaries.splice(0)) await binary.stop();
     for (const proxy of proxies.splice(0)) await proxy.close();
     await harness?.close();
     harness = undefined;
@@ -240,5 +255,31 @@ describe('WatchEvents', () => {
     expect(late).toEqual(reader.events.slice(0, late.length).map((e) => e.id));
     reader.cancel();
     await waitUntil(() => h.cp.eventWatchers.count === 0, 'no watcher left');
+  });
+
+  it('`control-plane watch` resumes on its own from its last id when the control plane restarts: every event once', async () => {
+    const port = await freePort();
+    harness = await Harness.start({ address: `127.0.0.1:${port}` });
+    const h = harness;
+    const a = await h.startHost('a');
+    await h.dispatch(a.host, a.hostId, 'w1');
+    await h.cp.eventLog.flush();
+    const before = h.cp.eventLog.lastId;
+    const cli = RunningBinary.start('control-plane', ['watch', '--after-id', '0', '-o', 'jsonl'], { PATH: process.env.PATH ?? '', TETHER_SERVER: h.target, TETHER_ADMIN_TOKEN: h.adminToken });
+    binaries.push(cli);
+    await cli.waitForOutput(`{"id":${before},`, 'the CLI to print the events so far');
+    await h.stopControlPlane();
+    await h.startControlPlane();
+    await advanceUntil(h.clock, 10, () => h.cp.connectedHosts === 1, 'a back');
+    for (let i = 0; i < 3; i++) await call(h.admin.rotateAgentCredential.bind(h.admin), { agentId: 'w1' });
+    await h.cp.eventLog.flush();
+    const lastId = h.cp.eventLog.lastId;
+    await cli.waitForOutput(`{"id":${lastId},`, 'the CLI to print the events after the restart');
+    const printed = cli.stdout.trimEnd().split('\n').map((line) => (JSON.parse(line) as { id: number }).id);
+    const kept = (await h.store.listEvents(0, lastId, ANY_EVENT, 10_000)).map((e) => e.id);
+    expect(kept.length).toBeGreaterThan(before);
+    expect(printed).toEqual(kept);
+    expect(cli.stderr).toMatch(/resuming after event \d+/);
+    expect(cli.stdout.match(/"reason":"forced"/g)).toHaveLength(3);
   });
 });
