@@ -381,6 +381,10 @@ export class ControlPlane {
     const eventRetentionCount = options.eventRetentionCount ?? 100_000;
     if (!Number.isSafeInteger(eventRetentionMs) || eventRetentionMs < 60_000) throw new InvalidArgumentError(`eventRetentionMs must be at least 1 min, got ${eventRetentionMs}`);
     if (!Number.isSafeInteger(eventRetentionCount) || eventRetentionCount < 1) throw new InvalidArgumentError(`eventRetentionCount must be a whole number of 1 or more, got ${eventRetentionCount}`);
+    const maxEventsQueuedPerWatcher = options.maxEventsQueuedPerWatcher;
+    if (maxEventsQueuedPerWatcher !== undefined && (!Number.isSafeInteger(maxEventsQueuedPerWatcher) || maxEventsQueuedPerWatcher < 1)) {
+      throw new InvalidArgumentError(`maxEventsQueuedPerWatcher must be a whole number of 1 or more, got ${maxEventsQueuedPerWatcher}`);
+    }
     const eventStore = options.eventStore ?? (isEventStore(store) ? store : undefined);
     if (eventStore === undefined) logger.warn('the store keeps no events: they are kept in memory and lost at a restart');
     const eventLog = await EventLog.open({
@@ -396,7 +400,7 @@ export class ControlPlane {
     const watchers = new EventWatchers({
       log: eventLog,
       logger: root,
-      ...(options.maxEventsQueuedPerWatcher === undefined ? {} : { maxQueuedPerWatcher: options.maxEventsQueuedPerWatcher }),
+      ...(maxEventsQueuedPerWatcher === undefined ? {} : { maxQueuedPerWatcher: maxEventsQueuedPerWatcher }),
       onCut: (queued) => void events.emit('event-watcher-cut', { queued }),
     });
     const onKeyChange = (change: { kid: string; purpose: string; change: 'rotated' | 'revoked'; detail: string }): void => void events.emit('signing-key', change);
