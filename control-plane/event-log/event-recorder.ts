@@ -51,9 +51,8 @@ export class EventRecorder {
       ),
       on('credential-issued', (e) => {
         if (e.reason === 'start') return;
-        const reason = rotationReason(e.reason);
-        const whose = e.agentId === '' ? `host ${e.hostId}` : `agent ${e.agentId}`;
-        record('credential.rotated', { agentId: e.agentId, hostId: e.hostId, incarnation: e.incarnation, generation: e.generation, reason, detail: `${whose}: generation ${e.generation} (${reason})` });
+        // No detail: the fields say it all, and a storm makes thousands a second.
+        record('credential.rotated', { agentId: e.agentId, hostId: e.hostId, incarnation: e.incarnation, generation: e.generation, reason: rotationReason(e.reason) });
       }),
       on('dead-letter', (e) => record('message.dead_lettered', { agentId: e.agentId, detail: `message ${e.id} (seq ${e.seq}) refused too often` })),
       on('host-connected', (e) => record('host.connected', { hostId: e.hostId })),
