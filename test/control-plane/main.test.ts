@@ -49,6 +49,7 @@ const DURATION_FLAGS: [string, keyof typeof SERVE_DURATION_BOUNDS][] = [
   ['--keepalive', 'keepalive'],
   ['--shutdown-grace', 'shutdownGrace'],
   ['--lost-host-grace', 'lostHostGrace'],
+  ['--event-retention', 'eventRetention'],
 ];
 
 describe('control-plane serve flags', () => {
