@@ -15,6 +15,7 @@ export type TetherErrorCode =
   | 'invalid-argument'
   | 'failed-precondition'
   | 'resource-exhausted'
+  | 'out-of-range'
   | 'unavailable'
   | 'closed'
   | 'protocol';
@@ -90,6 +91,13 @@ export class FailedPreconditionError extends TetherError {
 export class ResourceExhaustedError extends TetherError {
   constructor(message: string, options?: ErrorOptions) {
     super('resource-exhausted', message, options);
+  }
+}
+
+/** A position asked for is outside what is kept (an event id already pruned). */
+export class OutOfRangeError extends TetherError {
+  constructor(message: string, options?: ErrorOptions) {
+    super('out-of-range', message, options);
   }
 }
 

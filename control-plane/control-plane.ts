@@ -25,6 +25,9 @@ import { AUDIT_DEFAULTS, AuditLog } from './audit/audit-log.js';
 import { RefusalLog } from './auth/refusal-log.js';
 import { DeliveryManager } from './delivery/delivery-manager.js';
 import { ControlPlaneEvents } from './events.js';
+import { EventLog } from './event-log/event-log.js';
+import { EventRecorder } from './event-log/event-recorder.js';
+import { EventWatchers } from './event-log/event-watchers.js';
 import { createMetrics } from './metrics.js';
 import { HealthService } from './grpc/health-service.js';
 import { HostService, type ConnectLimits } from './hosts/host-service.js';
@@ -37,6 +40,8 @@ import { HeartbeatLedger } from './services/heartbeat-ledger.js';
 import type { AdminTokenStore } from './store/admin-token-store.js';
 import type { AuditStore } from './store/audit-store.js';
 import type { Store } from './store/store.js';
+import type { EventStore } from './store/event-store.js';
+import { MemoryEventStore } from './store/memory-event-store.js';
 import { KeyRevoker } from './tokens/key-revoker.js';
 import { AUDIENCE_KEY_PURPOSE, FEDERATION_ALGORITHM, JWKS_MAX_AGE_MS, MAX_FEDERATION_KEYS, SigningKeyRing } from './tokens/signing-keys.js';
 import { discoveryDocument, federationPaths, parseIssuerUrl } from './tokens/discovery.js';
@@ -197,11 +202,28 @@ export interface ControlPlaneOptions {
   /** Hosts declared lost per sweep at most (a sweep every grace/20, from 1 s to 30 s). Default 16. */
   maxLostHostsPerSweep?: number;
   /**
+   * Where lifecycle events (WatchEvents) are kept. Default: `store` itself when
+   * it has the events part (SqliteStore does), else memory (lost at a restart).
+   */
+  eventStore?: EventStore;
+  /** Events older than this are pruned. Default 7 days. */
+  eventRetentionMs?: number;
+  /** Events past the newest this many are pruned. Default 100,000. */
+  eventRetentionCount?: number;
+  /** Events one WatchEvents watcher may have waiting (it does not read) before it is cut. Default 4,096. */
+  maxEventsQueuedPerWatcher?: number;
+  /**
    * How long `close()` lets calls in flight finish, on the injected clock, after
    * health turns NOT_SERVING and new streams are refused; what is still open
    * then is cut. 0 cuts at once. Default 10 s.
    */
   shutdownGraceMs?: number;
+}
+
+/** Whether `store` also keeps events (SqliteStore, or a fake of the Store around one). */
+function isEventStore(store: Store): store is Store & EventStore {
+  const candidate = store as Partial<EventStore>;
+  return typeof candidate.appendEvents === 'function' && typeof candidate.listEvents === 'function' && typeof candidate.eventIdRange === 'function' && typeof candidate.pruneEvents === 'function';
 }
 
 /** `value` (or `fallback`) checked to lie within the bounds of a byte-count option. */
@@ -289,6 +311,9 @@ export class ControlPlane {
   /** The TLS files served and watched (`tlsFiles`), closed last. */
   readonly #certificates: WatchedCertificates | undefined;
   readonly #audit: AuditLog;
+  readonly #eventLog: EventLog;
+  readonly #eventRecorder: EventRecorder;
+  readonly #watchers: EventWatchers;
   #closing: Promise<void> | undefined;
 
   private constructor(parts: {
@@ -315,6 +340,9 @@ export class ControlPlane {
     drains: HostDrains;
     certificates: WatchedCertificates | undefined;
     audit: AuditLog;
+    eventLog: EventLog;
+    eventRecorder: EventRecorder;
+    watchers: EventWatchers;
   }) {
     this.events = parts.events;
     this.port = parts.port;
@@ -339,6 +367,9 @@ export class ControlPlane {
     this.#drains = parts.drains;
     this.#certificates = parts.certificates;
     this.#audit = parts.audit;
+    this.#eventLog = parts.eventLog;
+    this.#eventRecorder = parts.eventRecorder;
+    this.#watchers = parts.watchers;
   }
 
   /** The Prometheus registry of this control plane (also served at HTTP `/metrics`). */
@@ -381,9 +412,36 @@ export class ControlPlane {
     if (!Number.isFinite(shutdownGraceMs) || shutdownGraceMs < 0) throw new InvalidArgumentError(`shutdownGraceMs must be 0 or more, got ${shutdownGraceMs}`);
 
     const events = new ControlPlaneEvents();
+    const eventRetentionMs = options.eventRetentionMs ?? 7 * 24 * 3_600_000;
+    const eventRetentionCount = options.eventRetentionCount ?? 100_000;
+    if (!Number.isSafeInteger(eventRetentionMs) || eventRetentionMs < 60_000) throw new InvalidArgumentError(`eventRetentionMs must be at least 1 min, got ${eventRetentionMs}`);
+    if (!Number.isSafeInteger(eventRetentionCount) || eventRetentionCount < 1) throw new InvalidArgumentError(`eventRetentionCount must be a whole number of 1 or more, got ${eventRetentionCount}`);
+    const maxEventsQueuedPerWatcher = options.maxEventsQueuedPerWatcher;
+    if (maxEventsQueuedPerWatcher !== undefined && (!Number.isSafeInteger(maxEventsQueuedPerWatcher) || maxEventsQueuedPerWatcher < 1)) {
+      throw new InvalidArgumentError(`maxEventsQueuedPerWatcher must be a whole number of 1 or more, got ${maxEventsQueuedPerWatcher}`);
+    }
+    const eventStore = options.eventStore ?? (isEventStore(store) ? store : undefined);
+    if (eventStore === undefined) logger.warn('the store keeps no events: they are kept in memory and lost at a restart');
+    const eventLog = await EventLog.open({
+      store: eventStore ?? new MemoryEventStore(),
+      clock,
+      logger: root,
+      retentionMs: eventRetentionMs,
+      retentionCount: eventRetentionCount,
+      // Often enough that the count bound holds within a few thousand events at a high rotation rate.
+      pruneIntervalMs: Math.min(60_000, Math.max(1_000, Math.floor(eventRetentionMs / 100))),
+    });
+    const eventRecorder = new EventRecorder(events, eventLog);
+    const watchers = new EventWatchers({
+      log: eventLog,
+      logger: root,
+      ...(maxEventsQueuedPerWatcher === undefined ? {} : { maxQueuedPerWatcher: maxEventsQueuedPerWatcher }),
+      onCut: (queued) => void events.emit('event-watcher-cut', { queued }),
+    });
+    const onKeyChange = (change: { kid: string; purpose: string; change: 'rotated' | 'revoked'; detail: string }): void => void events.emit('signing-key', change);
     // The longest any token lives, plus the tolerance: how long a retired key keeps verifying.
     const maxTokenLifetimeMs = Math.max(agentTokenTtlMs, hostTokenTtlMs) + clockToleranceMs;
-    const keys = await SigningKeyRing.load({ store, clock, logger: root.child({ component: 'keys' }), maxTokenLifetimeMs });
+    const keys = await SigningKeyRing.load({ store, clock, logger: root.child({ component: 'keys' }), maxTokenLifetimeMs, onKeyChange });
     const issuerUrl = options.issuerUrl === undefined ? undefined : parseIssuerUrl(options.issuerUrl);
     const maxFederationKeys = options.maxFederationKeys ?? MAX_FEDERATION_KEYS;
     if (!Number.isSafeInteger(maxFederationKeys) || maxFederationKeys < 3 || maxFederationKeys > MAX_FEDERATION_KEYS) {
@@ -402,6 +460,7 @@ export class ControlPlane {
             maxPublishedKeys: maxFederationKeys,
             // An audience token never outlives the agent token it was minted with.
             maxTokenLifetimeMs: agentTokenTtlMs + clockToleranceMs,
+            onKeyChange,
           });
     const federation = federationKeys === undefined || issuerUrl === undefined ? undefined : { keys: federationKeys, issuer: issuerUrl.issuer };
     const issuer = new TokenIssuer({ keys, clock, issuer: issuerName, audience, ...(federation === undefined ? {} : { federation }) });
@@ -540,7 +599,7 @@ export class ControlPlane {
       isHostConnected: (hostId) => sessions.get(hostId) !== undefined,
       resignHost: async (hostId) => {
         const session = sessions.get(hostId);
-        return session !== undefined && (await hosts.rotateHostCredential(session)) !== undefined;
+        return session !== undefined && (await hosts.rotateHostCredential(session, 'key-revoked')) !== undefined;
       },
       scheduleRotation: (agentId, dueAtMs, expiresAtMs) => agents.scheduleRotation(agentId, dueAtMs, expiresAtMs, 'key-revoked'),
     });
@@ -573,6 +632,7 @@ export class ControlPlane {
         logger: root,
         keyRevoker,
         drains,
+        watchers,
       }));
     const health = new HealthService(['tether.v1.HostService', 'tether.v1.AgentService', 'tether.v1.AdminService']);
     health.addToServer(server);
@@ -593,7 +653,7 @@ export class ControlPlane {
       throw err;
     });
 
-    const metrics = createMetrics({ events, sessions, store, clock, rotation: agents, agentTokenTtlMs });
+    const metrics = createMetrics({ events, sessions, store, clock, rotation: agents, agentTokenTtlMs, eventWatchers: () => watchers.count });
     let http: HttpServer | undefined;
     let httpPort = 0;
     if (options.httpAddress !== undefined) {
@@ -640,12 +700,13 @@ export class ControlPlane {
     federationKeys?.start();
     lostHosts.start();
     audit.start();
+    eventLog.start();
     await agents.resumeFenced();
     await agents.placePending();
     // After the hosts' streams can open: a resumed drain moves agents as their hosts come back.
     await drains.start();
     logger.info({ port, httpPort, agentTokenTtlMs, hostTokenTtlMs, lostHostGraceMs, tls: options.tls !== undefined || certificates !== undefined, ...(certificates?.certificate === undefined ? {} : { certificate: certificates.certificate }) }, 'control plane serving');
-    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, federationKeys, logger, metrics, heartbeats, health, clock, shutdownGraceMs, lostHosts, drains, certificates, audit });
+    return new ControlPlane({ events, port, httpPort, server, http, agents, hosts, delivery, sessions, verifier, issuer, keys, federationKeys, logger, metrics, heartbeats, health, clock, shutdownGraceMs, lostHosts, drains, certificates, audit, eventLog, eventRecorder, watchers });
   }
 
   /** How many hosts are connected. */
@@ -656,6 +717,16 @@ export class ControlPlane {
   /** True when every rotation time has made due is done; for tests on a fake clock. */
   isSettled(): boolean {
     return this.#agents.isSettled();
+  }
+
+  /** @internal The lifecycle events (for tests: flush, prune, last id, buffered; record, to make many at once). */
+  get eventLog(): Pick<EventLog, 'flush' | 'prune' | 'lastId' | 'pendingEvents' | 'droppedEvents' | 'record'> {
+    return this.#eventLog;
+  }
+
+  /** @internal The WatchEvents streams (for tests: how many, how many cut, the most events one had waiting, the bound). */
+  get eventWatchers(): Pick<EventWatchers, 'count' | 'cutTotal' | 'peakQueued' | 'maxQueuedPerWatcher'> {
+    return this.#watchers;
   }
 
   /** @internal The host drains (for tests: whether one runs). */
@@ -738,6 +809,8 @@ export class ControlPlane {
     const drained = new Promise<void>((resolve) => this.#server.tryShutdown(() => resolve()));
     // Host streams never end on their own; a host told UNAVAILABLE reconnects with backoff.
     this.#hosts.closeAll();
+    // Nor do event watchers; each is told UNAVAILABLE and resumes from its last id.
+    this.#watchers.closeAll();
     const graceOver = new AbortController();
     const isDrained = await Promise.race([
       drained.then(() => true),
@@ -757,6 +830,9 @@ export class ControlPlane {
     await this.#keys.close();
     await this.#federationKeys?.close();
     await this.#audit.close();
+    // Last: the parts above report their final events on the way out.
+    this.#eventRecorder.close();
+    await this.#eventLog.close();
     if (this.#http !== undefined) {
       const http = this.#http;
       http.closeAllConnections();

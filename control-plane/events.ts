@@ -16,16 +16,22 @@ export interface ControlPlaneEventMap {
   'host-disconnected': [{ hostId: string; sessionId: string; lastContactMs: number }];
   /** A host was declared lost: not connected for the lost-host grace. */
   'host-lost': [{ hostId: string; silentForMs: number }];
-  /** An agent changed state. */
-  'agent-state': [{ agentId: string; state: AgentStateName; incarnation: number }];
+  /**
+   * An agent changed state. `hostId`: its host then (the new one for
+   * `starting`); `detail`: why; `endedAs`: a `pending` that follows an end by
+   * itself (exited or failed) and a restart scheduled by its restart policy.
+   */
+  'agent-state': [{ agentId: string; state: AgentStateName; incarnation: number; hostId?: string | null; detail?: string; endedAs?: 'exited' | 'failed' }];
+  /** A drain moved an agent to another host (started there under `incarnation`). */
+  'agent-moved': [{ agentId: string; fromHostId: string; toHostId: string; incarnation: number }];
   /**
    * A credential was issued to an agent (or, with an empty agentId, to a host);
    * `rotationDueAtMs` is when it falls due for replacement (what the rotation
    * benchmark measures lateness against); `incarnation` is the agent's (0 for a host);
-   * `reason`: `placed` (the first of a placement), `host` (a host credential), or why an agent's was rotated.
+   * `reason`: `placed` (the first of a placement), or why a credential was rotated (a host's: `agentId` is empty).
    */
   'credential-issued': [
-    { agentId: string; hostId: string; incarnation: number; generation: number; tokenId: string; expiresAtMs: number; rotationDueAtMs: number; reason: 'placed' | 'host' | RotationReason },
+    { agentId: string; hostId: string; incarnation: number; generation: number; tokenId: string; expiresAtMs: number; rotationDueAtMs: number; reason: 'placed' | RotationReason },
   ];
   /**
    * A host acknowledged an agent's messages up to `seq` (cumulative), and it is
@@ -40,6 +46,12 @@ export interface ControlPlaneEventMap {
    * plane's clock): a log of these shows which incarnations were valid when.
    */
   'agent-verified': [{ agentId: string; hostId: string; incarnation: number; generation: number; tokenId: string; atMs: number; expiresAtMs: number }];
+  /** A host's drain finished: nothing movable is left on it. */
+  'host-drained': [{ hostId: string }];
+  /** A signing key was promoted to signer by a rotation, or revoked. */
+  'signing-key': [{ kid: string; purpose: string; change: 'rotated' | 'revoked'; detail: string }];
+  /** A WatchEvents watcher was cut for not reading: `queued` events were waiting for it. */
+  'event-watcher-cut': [{ queued: number }];
   /** A caller was refused; `reason` is a fixed word, safe as a metric label. */
   'auth-failure': [{ principal: 'admin' | 'agent' | 'host'; reason: string }];
   /** A host answered a Ping: its clock minus ours (ms), measured at the middle of the round trip. */

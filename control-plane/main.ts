@@ -140,6 +140,8 @@ export function controlPlaneProgram(given: Partial<ControlPlaneActions> = {}, re
         .default(AUDIT_DEFAULTS.maxRecords)
         .argParser(parseCountWithin('--audit-max-records', AUDIT_RETENTION_BOUNDS.maxRecords.min, AUDIT_RETENTION_BOUNDS.maxRecords.max)),
     )
+    .addOption(new Option('--event-retention <duration>', 'how long lifecycle events (`watch`) are kept').env('TETHER_EVENT_RETENTION').default(604_800_000, '7d').argParser(parseDurationWithin('--event-retention', BOUNDS.eventRetention)))
+    .addOption(new Option('--event-retention-count <n>', 'how many lifecycle events are kept at most (the oldest go first)').env('TETHER_EVENT_RETENTION_COUNT').default(100_000).argParser(parseCountWithin('--event-retention-count', 1, 100_000_000)))
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error').env('TETHER_LOG_LEVEL').default('info'))
     .action(async (_flags: unknown, command: Command) => {
       await actions.serve(serveFlags(command));

@@ -9,6 +9,8 @@ export interface MetricsOptions extends OperationsMetricsOptions {
   events: ControlPlaneEvents;
   sessions: HostSessions;
   store: Store;
+  /** WatchEvents streams open now. */
+  eventWatchers: () => number;
 }
 
 /**
@@ -17,7 +19,7 @@ export interface MetricsOptions extends OperationsMetricsOptions {
  * fixed words and agent states: never a token, never an id.
  */
 export function createMetrics(options: MetricsOptions): { registry: Registry; close: () => void } {
-  const { events, sessions, store } = options;
+  const { events, sessions, store, eventWatchers } = options;
   const registry = new Registry();
   new Gauge({
     name: 'tether_hosts_connected',
@@ -55,6 +57,15 @@ export function createMetrics(options: MetricsOptions): { registry: Registry; cl
     labelNames: ['principal', 'reason'],
     registers: [registry],
   });
+  new Gauge({
+    name: 'tether_event_watchers',
+    help: 'WatchEvents streams open (catching up or live).',
+    registers: [registry],
+    collect() {
+      this.set(eventWatchers());
+    },
+  });
+  const watchersCut = new Counter({ name: 'tether_event_watchers_cut_total', help: 'WatchEvents streams cut for not reading (their buffer bound reached).', registers: [registry] });
   const rejects = new Counter({ name: 'tether_envelopes_rejected_total', help: 'Host envelopes answered with Reject.', labelNames: ['what'], registers: [registry] });
 
   // Each subscription with its removal, so close() undoes exactly what was done here.
@@ -65,6 +76,7 @@ export function createMetrics(options: MetricsOptions): { registry: Registry; cl
     ['heartbeat', () => heartbeats.inc()],
     ['auth-failure', (e: { principal: string; reason: string }) => authFailures.inc({ principal: e.principal, reason: e.reason })],
     ['reject', (e: { what: string }) => rejects.inc({ what: e.what })],
+    ['event-watcher-cut', () => watchersCut.inc()],
   ];
   const emitter = events as unknown as { on(name: string, listener: (event: never) => void): void; off(name: string, listener: (event: never) => void): void };
   for (const [name, listener] of subscriptions) emitter.on(name, listener);

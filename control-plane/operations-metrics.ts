@@ -113,7 +113,7 @@ export function registerOperationsMetrics(registry: Registry, options: Operation
     [
       'credential-issued',
       (e: ControlPlaneEventMap['credential-issued'][0]) => {
-        if (e.reason === 'placed' || e.reason === 'host') return;
+        if (e.reason === 'placed' || e.agentId === '') return;
         rotations.inc({ reason: e.reason });
         lastRotation.set(clock.now() / 1000);
       },

@@ -214,7 +214,7 @@ export class AgentManager {
         );
         if (pending === undefined) return;
         this.#forgetPlacement(agent.agentId);
-        this.#onStateChanged(agent, 'pending');
+        this.#onStateChanged(agent, 'pending', reason);
         this.requestPlacement();
       },
     });
@@ -498,7 +498,7 @@ export class AgentManager {
         // The old copy is fenced from here: pending is not a live state, so its tokens are refused
         // (isAgentTokenRevoked), and its next placement is a new incarnation, whose start supersedes it.
         this.#forgetPlacement(agent.agentId);
-        this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'pending', incarnation: agent.incarnation });
+        this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'pending', incarnation: agent.incarnation, hostId: agent.hostId, detail: reason });
         const session = agent.hostId === null ? undefined : this.#options.sessions.get(agent.hostId);
         session?.send({ stopAgent: { agentId: agent.agentId, reason: 'spec updated' } });
         this.requestPlacement();
@@ -732,7 +732,7 @@ export class AgentManager {
           if (marked === undefined) return;
           lost++;
           this.#forgetPlacement(agent.agentId);
-          this.#onStateChanged(agent, 'lost');
+          this.#onStateChanged(agent, 'lost', reason);
           if (!isRescheduledWhenLost(marked)) return;
           const placeAfterMs = marked.expiresAtMs + this.#options.clockToleranceMs;
           const fenceReason = `old incarnation ${marked.incarnation} fenced (every credential of it refused); placed again once its last token has expired, at ${new Date(placeAfterMs).toISOString()}`;
@@ -774,7 +774,7 @@ export class AgentManager {
           reason,
         );
         if (pending === undefined) return;
-        this.#onStateChanged(agent, 'pending');
+        this.#onStateChanged(agent, 'pending', reason);
         await this.#place(agent.agentId);
       });
     })()
@@ -802,7 +802,7 @@ export class AgentManager {
           if (updated === undefined) return;
           this.#forgetPlacement(agent.agentId);
           this.#noteState(agent.agentId, 'pending');
-          this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'pending', incarnation: updated.incarnation });
+          this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'pending', incarnation: updated.incarnation, hostId, detail: `host ${hostId} revoked` });
           moved++;
         });
       }
@@ -877,7 +877,7 @@ export class AgentManager {
             { incarnation: agent.incarnation, generation: agent.generation, states: [agent.state] },
             'its host reported it started',
           );
-          if (updated !== undefined && isNowRunning) this.#onStateChanged(agent, 'running');
+          if (updated !== undefined && isNowRunning) this.#onStateChanged(agent, 'running', agent.state === 'stalled' ? 'its host reported it running again' : 'its host reported it started');
           return;
         }
         case 'stalled':
@@ -1055,7 +1055,7 @@ export class AgentManager {
       },
     });
     this.#noteState(agent.agentId, 'starting');
-    this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'starting', incarnation });
+    this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'starting', incarnation, hostId: session.hostId, detail: reason });
     this.#logger.info({ agentId: agent.agentId, hostId: session.hostId, incarnation }, 'agent started on host');
     await this.#options.delivery.attach(session, agent.agentId, issued.agent.ackedSeq);
     return { outcome: 'placed', agent: issued.agent };
@@ -1152,13 +1152,13 @@ export class AgentManager {
       { incarnation: agent.incarnation, states: [agent.state] },
       reason,
     );
-    if (updated !== undefined) this.#onStateChanged(agent, state);
+    if (updated !== undefined) this.#onStateChanged(agent, state, reason);
     return updated;
   }
 
-  #onStateChanged(agent: AgentRecord, state: AgentStateName): void {
+  #onStateChanged(agent: AgentRecord, state: AgentStateName, detail: string): void {
     this.#noteState(agent.agentId, state);
-    this.#options.events.emit('agent-state', { agentId: agent.agentId, state, incarnation: agent.incarnation });
+    this.#options.events.emit('agent-state', { agentId: agent.agentId, state, incarnation: agent.incarnation, hostId: agent.hostId, detail });
     this.#logger.info({ agentId: agent.agentId, state }, 'agent state');
   }
 
@@ -1202,7 +1202,7 @@ export class AgentManager {
     // Its tokens are refused from here (pending is not live); its next start is a new incarnation.
     this.#noteState(agent.agentId, 'pending');
     this.#forgetPlacement(agent.agentId);
-    this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'pending', incarnation: agent.incarnation });
+    this.#options.events.emit('agent-state', { agentId: agent.agentId, state: 'pending', incarnation: agent.incarnation, hostId: agent.hostId, detail: reason, endedAs: state });
     this.#logger.info({ agentId: agent.agentId, state, failures: decision.failures, delayMs: decision.delayMs, policy }, 'agent ended; restart scheduled');
     this.#scheduleRestart(agent.agentId, decision.restartAtMs);
     // Its place on its host is free.
@@ -1228,7 +1228,7 @@ export class AgentManager {
     this.#cancelRestart(agent.agentId);
     this.#noteState(agent.agentId, state);
     this.#forgetPlacement(agent.agentId);
-    this.#options.events.emit('agent-state', { agentId: agent.agentId, state, incarnation: agent.incarnation });
+    this.#options.events.emit('agent-state', { agentId: agent.agentId, state, incarnation: agent.incarnation, hostId: agent.hostId, detail });
     this.#logger.info({ agentId: agent.agentId, state, detail }, 'agent ended');
     if (LIVE_AGENT_STATES.includes(agent.state)) this.requestPlacement();
     return updated;

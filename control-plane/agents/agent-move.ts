@@ -225,6 +225,7 @@ export class AgentMoves {
       const started = await this.#context.startOn(current, target, reason);
       if (started.outcome === 'placed') {
         outcome = { outcome: 'moved', targetHostId: target.hostId, incarnation: started.agent.incarnation, ackedSeq, reason };
+        this.#context.events.emit('agent-moved', { agentId: agent.agentId, fromHostId: session.hostId, toHostId: target.hostId, incarnation: started.agent.incarnation });
       }
     }
     if (outcome === undefined) {

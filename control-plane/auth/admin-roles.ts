@@ -42,6 +42,7 @@ export const ADMIN_METHOD_ROLES: Readonly<Record<AdminMethod, AdminRoleName>> = 
   addAdminToken: 'admin',
   retireAdminToken: 'admin',
   listAuditRecords: 'admin',
+  watchEvents: 'viewer',
 };
 
 /** Every role, least first: each may do what those before it may. */

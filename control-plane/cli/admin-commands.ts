@@ -12,6 +12,7 @@ import { AdminServiceClient, type AgentInfo, type AgentTransition, type DrainAge
 import type { AgentState, Label } from '../../gen/tether/v1/common.js';
 import { addOutputOption, agentStateWord, cliJson, isoOrNull, labelsCell, printList, printObject, printTable, timeCell, type Column, type OutputFormat } from './output.js';
 import { SecretOutputFile } from './secret-output-file.js';
+import { addWatchCommand } from './watch-command.js';
 import { jwksDocument } from '../tokens/jwk-message.js';
 
 /** Flags every admin subcommand shares (the program's global options). */
@@ -460,6 +461,7 @@ export function addAdminCommands(program: Command, redactor: SecretRedactor, con
 
   addMessageCommands(program, withClient);
   addKeyCommands(program, withClient);
+  addWatchCommand(program, withClient);
 }
 
 /** Every host, page after page. */

@@ -36,6 +36,7 @@ export const SERVE_DURATION_BOUNDS = {
   shutdownGrace: { minMs: 0, maxMs: 10 * MINUTE_MS },
   lostHostGrace: { minMs: SECOND_MS, maxMs: 30 * DAY_MS },
   auditMaxAge: AUDIT_RETENTION_BOUNDS.maxAgeMs,
+  eventRetention: { minMs: MINUTE_MS, maxMs: 365 * DAY_MS },
 } as const satisfies Record<string, DurationBounds>;
 
 /** Flags of `control-plane serve`. */
@@ -70,6 +71,10 @@ export interface ServeFlags {
   storePoolSize: number;
   auditMaxAge: number;
   auditMaxRecords: number;
+  /** How long lifecycle events (watch) are kept. */
+  eventRetention: number;
+  /** How many lifecycle events are kept at most. */
+  eventRetentionCount: number;
   logLevel: string;
 }
 
@@ -196,6 +201,8 @@ export async function serve(flags: ServeFlags, redactor = new SecretRedactor()):
     shutdownGraceMs: flags.shutdownGrace,
     auditMaxAgeMs: flags.auditMaxAge,
     auditMaxRecords: flags.auditMaxRecords,
+    eventRetentionMs: flags.eventRetention,
+    eventRetentionCount: flags.eventRetentionCount,
   });
   await stopRequested;
   await controlPlane.close();

@@ -12,6 +12,7 @@ const STATUS_BY_CODE: Readonly<Record<TetherErrorCode, status>> = {
   'invalid-argument': status.INVALID_ARGUMENT,
   'failed-precondition': status.FAILED_PRECONDITION,
   'resource-exhausted': status.RESOURCE_EXHAUSTED,
+  'out-of-range': status.OUT_OF_RANGE,
   unavailable: status.UNAVAILABLE,
   closed: status.UNAVAILABLE,
   protocol: status.FAILED_PRECONDITION,

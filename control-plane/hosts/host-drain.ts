@@ -266,6 +266,7 @@ export class HostDrains {
         const still = await store.getHostDrain(run.hostId);
         if (still?.state !== 'draining') return;
         await store.setHostDrain(run.hostId, 'drained', clock.now());
+        this.#options.events.emit('host-drained', { hostId: run.hostId });
         this.#logger.warn({ hostId: run.hostId, stays: [...run.agents.values()].filter((a) => a.outcome === 'stays').length }, 'host drained');
         return;
       }

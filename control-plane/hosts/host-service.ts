@@ -13,6 +13,7 @@ import type { ControlPlaneEvents } from '../events.js';
 import { http2StreamOf, resetWhenAnswered } from '../grpc/http2-stream.js';
 import { toStatus } from '../grpc/status.js';
 import { hostRotationDueAtMs, ROTATION_WINDOW_START, ROTATION_WINDOW_WIDTH } from '../rotation/rotation-policy.js';
+import type { RotationReason } from '../rotation/rotation-reason.js';
 import type { HostRecord, LabelRecord, Store } from '../store/store.js';
 import type { TokenIssuer } from '../tokens/token-issuer.js';
 import type { IssuedToken, TokenClaims } from '../tokens/token-kinds.js';
@@ -750,8 +751,12 @@ export class HostService {
     }
   }
 
-  /** Issues the host a fresh credential down its own stream; resolves with its generation, or undefined if none was sent. */
-  async rotateHostCredential(session: HostSession): Promise<number | undefined> {
+  /**
+   * Issues the host a fresh credential down its own stream; resolves with its
+   * generation, or undefined if none was sent. `reason`: why (`due`, or
+   * `key-revoked` when the key that signed the old one was revoked).
+   */
+  async rotateHostCredential(session: HostSession, reason: RotationReason = 'due'): Promise<number | undefined> {
     if (session.state === 'closed') return undefined;
     const issued = await this.#credentials.rotate(session.hostId);
     if (issued === undefined) return undefined;
@@ -767,7 +772,7 @@ export class HostService {
       tokenId: issued.claims.tokenId,
       expiresAtMs: issued.claims.expiresAtMs,
       rotationDueAtMs: hostRotationDueAtMs(issued.claims.issuedAtMs, issued.claims.expiresAtMs),
-      reason: 'host',
+      reason,
     });
     return generation;
   }

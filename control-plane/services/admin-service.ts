@@ -21,6 +21,8 @@ import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '..
 import type { MessageStateName } from '../store/store.js';
 import { decodePageToken, encodePageToken, labelsFromProto, pageSize, restartPolicyFromProto, specFromProto, toAgentInfo, toAgentTransition } from './convert.js';
 import { jwkToMessage } from '../tokens/jwk-message.js';
+import type { EventWatchers } from '../event-log/event-watchers.js';
+import { watchEventsHandler } from './watch-events.js';
 
 /** What AdminService needs. */
 export interface AdminServiceDeps {
@@ -40,6 +42,8 @@ export interface AdminServiceDeps {
   /** Revokes signing keys and replaces what they signed. */
   keyRevoker: KeyRevoker;
   drains: HostDrains;
+  /** The WatchEvents streams. */
+  watchers: EventWatchers;
 }
 
 /** The longest DrainHost waits for progress in one call (the CLI calls again). */
@@ -280,6 +284,7 @@ export function adminService(deps: AdminServiceDeps): AdminServiceServer {
         nextPageToken: records.length > limit ? encodePageToken(String(page[page.length - 1]?.id ?? 0)) : '',
       };
     }),
+    watchEvents: watchEventsHandler({ watchers: deps.watchers, logger }),
   };
   return guardAdminService(AdminServiceService, handlers, { authenticator, audit, logger, onAuthorized: (call, caller) => callers.set(call, caller) });
 }

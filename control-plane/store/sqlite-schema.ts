@@ -397,6 +397,21 @@ CREATE INDEX audit_records_by_time ON audit_records (at_ms);
 CREATE INDEX audit_records_by_token ON audit_records (token_id, id);
 `;
 
+const EVENTS = `
+CREATE TABLE events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  at_ms INTEGER NOT NULL,
+  kind TEXT NOT NULL,
+  agent_id TEXT NOT NULL,
+  host_id TEXT NOT NULL,
+  incarnation INTEGER NOT NULL,
+  generation INTEGER NOT NULL,
+  key_id TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  detail TEXT NOT NULL
+);
+`;
+
 /** Every migration, in order. Append only; the last one's number is {@link SCHEMA_VERSION}. */
 const MIGRATIONS: readonly Migration[] = [
   {
@@ -466,6 +481,11 @@ const MIGRATIONS: readonly Migration[] = [
     version: 12,
     description: 'admin tokens with ids and roles (secrets as SHA-256 only); the audit log of AdminService calls (AUTOINCREMENT: ids never reused after pruning)',
     apply: (db) => db.exec(ADMIN_TOKENS_AND_AUDIT),
+  },
+  {
+    version: 13,
+    description: 'events: lifecycle events for WatchEvents, ids never reused (AUTOINCREMENT), pruned oldest first',
+    apply: (db) => db.exec(EVENTS),
   },
 ];
 

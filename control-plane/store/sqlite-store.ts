@@ -6,6 +6,7 @@ import { AlreadyExistsError, ClosedError, FailedPreconditionError, NotFoundError
 import type { AdminRoleName, AdminTokenRecord, AdminTokenStore } from './admin-token-store.js';
 import type { AuditQuery, AuditRecord, AuditStore, AuditTarget } from './audit-store.js';
 import { migrate } from './sqlite-schema.js';
+import type { EventFilter, EventIdRange, EventKind, EventRecord, EventStore, NewEventRecord } from './event-store.js';
 import { ENDED_AGENT_STATES, LIVE_AGENT_STATES, MAX_TRANSITIONS_PER_AGENT, senderName, senderPrincipal } from './store.js';
 import type {
   AgentCredentialState,
@@ -292,6 +293,34 @@ function hostFromRow(row: HostRow): HostRecord {
   };
 }
 
+interface EventRow {
+  id: number;
+  at_ms: number;
+  kind: string;
+  agent_id: string;
+  host_id: string;
+  incarnation: number;
+  generation: number;
+  key_id: string;
+  reason: string;
+  detail: string;
+}
+
+function eventFromRow(row: EventRow): EventRecord {
+  return {
+    id: row.id,
+    atMs: row.at_ms,
+    kind: row.kind as EventKind,
+    agentId: row.agent_id,
+    hostId: row.host_id,
+    incarnation: row.incarnation,
+    generation: row.generation,
+    keyId: row.key_id,
+    reason: row.reason,
+    detail: row.detail,
+  };
+}
+
 interface DrainRow {
   host_id: string;
   state: string;
@@ -411,7 +440,7 @@ function storeError(err: unknown): Error {
  * so a conditional update is decided against every write queued before it.
  * Reads run at once (WAL: they see what is committed). No transaction spans an `await`.
  */
-export class SqliteStore implements Store, AdminTokenStore, AuditStore {
+export class SqliteStore implements Store, AdminTokenStore, AuditStore, EventStore {
   readonly #db: Database.Database;
   readonly #statements = new Map<string, Database.Statement>();
   readonly #isGroupCommit: boolean;
@@ -1207,6 +1236,63 @@ export class SqliteStore implements Store, AdminTokenStore, AuditStore {
       const old = this.#prepare('DELETE FROM audit_records WHERE at_ms < ?').run(beforeMs).changes;
       const excess = this.#prepare('DELETE FROM audit_records WHERE id <= (SELECT id FROM audit_records ORDER BY id DESC LIMIT 1 OFFSET ?)').run(maxRecords).changes;
       return old + excess;
+    });
+  }
+
+  appendEvents(events: readonly NewEventRecord[]): Promise<EventRecord[]> {
+    if (events.length === 0) return Promise.resolve([]);
+    return this.#write(() => {
+      const insert = this.#prepare(
+        'INSERT INTO events (at_ms, kind, agent_id, host_id, incarnation, generation, key_id, reason, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      );
+      return events.map((e): EventRecord => {
+        const { lastInsertRowid } = insert.run(e.atMs, e.kind, e.agentId, e.hostId, e.incarnation, e.generation, e.keyId, e.reason, e.detail);
+        return { ...e, id: Number(lastInsertRowid) };
+      });
+    });
+  }
+
+  listEvents(afterId: number, untilId: number, filter: EventFilter, limit: number): Promise<EventRecord[]> {
+    return this.#run(() => {
+      const where = ['id > ?', 'id <= ?'];
+      const params: (string | number)[] = [afterId, untilId];
+      if (filter.agentId !== '') {
+        where.push('agent_id = ?');
+        params.push(filter.agentId);
+      }
+      if (filter.hostId !== '') {
+        where.push('host_id = ?');
+        params.push(filter.hostId);
+      }
+      if (filter.kinds.length > 0) {
+        where.push(`kind IN (${filter.kinds.map(() => '?').join(', ')})`);
+        params.push(...filter.kinds);
+      }
+      const sql = `SELECT * FROM events WHERE ${where.join(' AND ')} ORDER BY id LIMIT ?`;
+      return (this.#prepare(sql).all(...params, limit) as EventRow[]).map(eventFromRow);
+    });
+  }
+
+  eventIdRange(): Promise<EventIdRange> {
+    return this.#run(() => {
+      // AUTOINCREMENT keeps the highest id ever given in sqlite_sequence, whatever was pruned since.
+      const last = this.#prepare("SELECT seq FROM sqlite_sequence WHERE name = 'events'").get() as { seq: number } | undefined;
+      const first = this.#prepare('SELECT min(id) AS id FROM events').get() as { id: number | null };
+      const lastId = last?.seq ?? 0;
+      return { firstId: first.id ?? lastId + 1, lastId };
+    });
+  }
+
+  pruneEvents(beforeMs: number, keepCount: number, maxDeleted: number): Promise<number> {
+    return this.#write(() => {
+      // The first event to keep by age: a scan from the oldest that stops there (ids follow the clock, near enough).
+      const byAge = this.#prepare('SELECT id FROM events WHERE at_ms >= ? ORDER BY id LIMIT 1').get(beforeMs) as { id: number } | undefined;
+      const byCount = this.#prepare('SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?').get(Math.max(0, keepCount - 1)) as { id: number } | undefined;
+      // Keep from the later of the two bounds; none kept by age (all older) means none.
+      const keepFromId = Math.max(byAge?.id ?? Number.MAX_SAFE_INTEGER, keepCount === 0 ? Number.MAX_SAFE_INTEGER : (byCount?.id ?? 0));
+      const oldest = this.#prepare('SELECT id FROM events ORDER BY id LIMIT 1 OFFSET ?').get(Math.max(0, maxDeleted)) as { id: number } | undefined;
+      const untilId = Math.min(keepFromId, oldest?.id ?? Number.MAX_SAFE_INTEGER);
+      return this.#prepare('DELETE FROM events WHERE id < ?').run(untilId).changes;
     });
   }
 

@@ -100,6 +100,8 @@ export interface SigningKeyRingOptions {
    * verifying); a rotation that would publish one more is refused. Default: no bound.
    */
   maxPublishedKeys?: number;
+  /** Told of each rotation (`kid`: the new signer) and revocation, once it is in the store. */
+  onKeyChange?: (change: { kid: string; purpose: string; change: 'rotated' | 'revoked'; detail: string }) => void;
 }
 
 /**
@@ -309,6 +311,7 @@ export class SigningKeyRing {
     await this.#ensureStandby();
     const standbyKid = this.#inState('standby')?.record.kid ?? '';
     this.#logger.info({ kid: standby.record.kid, retiredKid: signer.record.kid, standbyKid, verifyUntilMs: retiredVerifyUntilMs, purpose: this.#purpose }, 'signing key rotated');
+    this.#options.onKeyChange?.({ kid: standby.record.kid, purpose: this.#purpose, change: 'rotated', detail: `${standby.record.kid} signs; ${signer.record.kid} verifies only, until its last token expires` });
     return { kid: standby.record.kid, retiredKid: signer.record.kid, retiredVerifyUntilMs, standbyKid };
   }
 
@@ -342,6 +345,7 @@ export class SigningKeyRing {
       await this.#ensureStandby();
       const signerKid = this.active().kid;
       this.#logger.warn({ kid, previousState: record.state, signerKid, purpose: this.#purpose }, 'signing key revoked');
+      this.#options.onKeyChange?.({ kid, purpose: this.#purpose, change: 'revoked', detail: `${kid} revoked (it was ${record.state}); ${signerKid} signs` });
       return { kid, previousState: record.state, signerKid, signedPeriod };
     }
     throw new FailedPreconditionError(`signing key ${kid} kept changing under the revocation; try again`);

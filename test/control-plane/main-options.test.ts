@@ -113,6 +113,8 @@ const SERVE_ROWS: Record<string, Row> = {
   '--store-pool-size': { env: 'TETHER_STORE_POOL_SIZE', value: '4', key: 'storePoolSize', expected: 4 },
   '--audit-max-age': { env: 'TETHER_AUDIT_MAX_AGE', value: '30d', key: 'auditMaxAge', expected: 2_592_000_000 },
   '--audit-max-records': { env: 'TETHER_AUDIT_MAX_RECORDS', value: '5000', key: 'auditMaxRecords', expected: 5000 },
+  '--event-retention': { env: 'TETHER_EVENT_RETENTION', value: '2d', key: 'eventRetention', expected: 172_800_000 },
+  '--event-retention-count': { env: 'TETHER_EVENT_RETENTION_COUNT', value: '5000', key: 'eventRetentionCount', expected: 5_000 },
   '--log-level': { env: 'TETHER_LOG_LEVEL', value: 'debug', key: 'logLevel', expected: 'debug' },
 };
 

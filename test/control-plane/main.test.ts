@@ -50,6 +50,7 @@ const DURATION_FLAGS: [string, keyof typeof SERVE_DURATION_BOUNDS][] = [
   ['--shutdown-grace', 'shutdownGrace'],
   ['--lost-host-grace', 'lostHostGrace'],
   ['--audit-max-age', 'auditMaxAge'],
+  ['--event-retention', 'eventRetention'],
 ];
 
 describe('control-plane serve flags', () => {

@@ -39,6 +39,8 @@ describe('rotation and heartbeat store cost', () => {
 
   it('rotates, and records the Ack, reading only what a rotation needs', async () => {
     const { h, calls } = await start();
+    // The start's own events written first: what follows is the rotation's alone.
+    await h.cp.eventLog.flush();
     calls.reset();
     const acked = waitUntil(async () => (await h.store.getAgent(AGENT_ID))?.ackedGeneration === 2, 'the rotation acknowledged');
     const rotated = await call(h.admin.rotateAgentCredential.bind(h.admin), { agentId: AGENT_ID });
@@ -47,7 +49,11 @@ describe('rotation and heartbeat store cost', () => {
     const stored = await h.store.getAgent(AGENT_ID);
     expect(stored).toMatchObject({ generation: 2, ackedGeneration: 2, expiresAtMs: rotated.expiresAtMs });
     expect(stored?.ackedExpiresAtMs).toBe(rotated.expiresAtMs);
-    expect(calls.snapshot()).toEqual({ getAgentCredentialState: 2, patchAgent: 2 });
+    await h.cp.eventLog.flush();
+    const { appendEvents, ...rotation } = calls.snapshot();
+    expect(rotation).toEqual({ getAgentCredentialState: 2, patchAgent: 2 });
+    // Its lifecycle event (credential.rotated) is one write, no read, and shared by every event of its turn (a storm's too).
+    expect(appendEvents).toBe(1);
   });
 
   it('answers a Heartbeat without a store call once the state is known, and still refuses a stopped agent', async () => {
@@ -62,6 +68,8 @@ describe('rotation and heartbeat store cost', () => {
     };
     const token = credentials.get();
     expect(await beat(token)).toMatchObject({ state: AgentState.AGENT_STATE_RUNNING });
+    // The start's lifecycle events written first (a heartbeat makes none).
+    await h.cp.eventLog.flush();
     calls.reset();
     for (let i = 0; i < 5; i++) expect(await beat(token)).toMatchObject({ state: AgentState.AGENT_STATE_RUNNING });
     expect(calls.snapshot()).toEqual({});

@@ -11,7 +11,9 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -493,6 +495,52 @@ export interface AuditRecordInfo {
 export interface ListAuditRecordsResponse {
   records: AuditRecordInfo[];
   nextPageToken: string;
+}
+
+export interface WatchEventsRequest {
+  /** Only the events of this agent ("": any). */
+  agentId: string;
+  /** Only the events naming this host ("": any): its own and its agents'. */
+  hostId: string;
+  /**
+   * Only events of these kinds (none: every kind), e.g. "agent.failed",
+   * "credential.rotated", "host.lost" (see Event.kind).
+   */
+  kinds: string[];
+  /**
+   * Resume: every kept event with a larger id first (0: every kept event),
+   * then live ones. Unset: live ones only, from now.
+   */
+  afterEventId?: number | undefined;
+}
+
+export interface WatchEventsResponse {
+  event: Event | undefined;
+}
+
+/** One lifecycle event. Fields that do not apply to its kind are empty or 0. */
+export interface Event {
+  /** Increasing, never reused: what a watcher resumes from. */
+  id: number;
+  atMs: number;
+  /**
+   * agent.placed, agent.started, agent.stalled, agent.lost, agent.exited,
+   * agent.failed, agent.stopped, agent.pending, agent.moved,
+   * credential.rotated, message.dead_lettered, host.connected,
+   * host.disconnected, host.lost, host.drained, key.rotated, key.revoked.
+   */
+  kind: string;
+  agentId: string;
+  hostId: string;
+  incarnation: number;
+  /** The credential's generation (credential.rotated). */
+  generation: number;
+  /** The signing key (key.rotated: the new signer; key.revoked). */
+  keyId: string;
+  /** Why a credential was rotated: due, delivery, resume, forced or key-revoked. */
+  reason: string;
+  /** A sentence for people (never a token or a payload). */
+  detail: string;
 }
 
 function createBaseListMessagesRequest(): ListMessagesRequest {
@@ -6860,6 +6908,442 @@ export const ListAuditRecordsResponse: MessageFns<ListAuditRecordsResponse> = {
   },
 };
 
+function createBaseWatchEventsRequest(): WatchEventsRequest {
+  return { agentId: "", hostId: "", kinds: [], afterEventId: undefined };
+}
+
+export const WatchEventsRequest: MessageFns<WatchEventsRequest> = {
+  encode(message: WatchEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.agentId !== "") {
+      writer.uint32(10).string(message.agentId);
+    }
+    if (message.hostId !== "") {
+      writer.uint32(18).string(message.hostId);
+    }
+    for (const v of message.kinds) {
+      writer.uint32(26).string(v!);
+    }
+    if (message.afterEventId !== undefined) {
+      writer.uint32(32).uint64(message.afterEventId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchEventsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchEventsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.agentId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.kinds.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.afterEventId = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchEventsRequest {
+    return {
+      agentId: isSet(object.agentId)
+        ? globalThis.String(object.agentId)
+        : isSet(object.agent_id)
+        ? globalThis.String(object.agent_id)
+        : "",
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+      kinds: globalThis.Array.isArray(object?.kinds) ? object.kinds.map((e: any) => globalThis.String(e)) : [],
+      afterEventId: isSet(object.afterEventId)
+        ? globalThis.Number(object.afterEventId)
+        : isSet(object.after_event_id)
+        ? globalThis.Number(object.after_event_id)
+        : undefined,
+    };
+  },
+
+  toJSON(message: WatchEventsRequest): unknown {
+    const obj: any = {};
+    if (message.agentId !== "") {
+      obj.agentId = message.agentId;
+    }
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    if (message.kinds?.length) {
+      obj.kinds = message.kinds;
+    }
+    if (message.afterEventId !== undefined) {
+      obj.afterEventId = Math.round(message.afterEventId);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchEventsRequest>, I>>(base?: I): WatchEventsRequest {
+    return WatchEventsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchEventsRequest>, I>>(object: I): WatchEventsRequest {
+    const message = createBaseWatchEventsRequest();
+    message.agentId = object.agentId ?? "";
+    message.hostId = object.hostId ?? "";
+    message.kinds = object.kinds?.map((e) => e) || [];
+    message.afterEventId = object.afterEventId ?? undefined;
+    return message;
+  },
+};
+
+function createBaseWatchEventsResponse(): WatchEventsResponse {
+  return { event: undefined };
+}
+
+export const WatchEventsResponse: MessageFns<WatchEventsResponse> = {
+  encode(message: WatchEventsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.event !== undefined) {
+      Event.encode(message.event, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchEventsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchEventsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.event = Event.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchEventsResponse {
+    return { event: isSet(object.event) ? Event.fromJSON(object.event) : undefined };
+  },
+
+  toJSON(message: WatchEventsResponse): unknown {
+    const obj: any = {};
+    if (message.event !== undefined) {
+      obj.event = Event.toJSON(message.event);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchEventsResponse>, I>>(base?: I): WatchEventsResponse {
+    return WatchEventsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchEventsResponse>, I>>(object: I): WatchEventsResponse {
+    const message = createBaseWatchEventsResponse();
+    message.event = (object.event !== undefined && object.event !== null) ? Event.fromPartial(object.event) : undefined;
+    return message;
+  },
+};
+
+function createBaseEvent(): Event {
+  return {
+    id: 0,
+    atMs: 0,
+    kind: "",
+    agentId: "",
+    hostId: "",
+    incarnation: 0,
+    generation: 0,
+    keyId: "",
+    reason: "",
+    detail: "",
+  };
+}
+
+export const Event: MessageFns<Event> = {
+  encode(message: Event, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.atMs !== 0) {
+      writer.uint32(16).int64(message.atMs);
+    }
+    if (message.kind !== "") {
+      writer.uint32(26).string(message.kind);
+    }
+    if (message.agentId !== "") {
+      writer.uint32(34).string(message.agentId);
+    }
+    if (message.hostId !== "") {
+      writer.uint32(42).string(message.hostId);
+    }
+    if (message.incarnation !== 0) {
+      writer.uint32(48).uint64(message.incarnation);
+    }
+    if (message.generation !== 0) {
+      writer.uint32(56).uint64(message.generation);
+    }
+    if (message.keyId !== "") {
+      writer.uint32(66).string(message.keyId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(74).string(message.reason);
+    }
+    if (message.detail !== "") {
+      writer.uint32(82).string(message.detail);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Event {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.atMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.agentId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.incarnation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.keyId = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Event {
+    return {
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      atMs: isSet(object.atMs)
+        ? globalThis.Number(object.atMs)
+        : isSet(object.at_ms)
+        ? globalThis.Number(object.at_ms)
+        : 0,
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      agentId: isSet(object.agentId)
+        ? globalThis.String(object.agentId)
+        : isSet(object.agent_id)
+        ? globalThis.String(object.agent_id)
+        : "",
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+      incarnation: isSet(object.incarnation) ? globalThis.Number(object.incarnation) : 0,
+      generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
+      keyId: isSet(object.keyId)
+        ? globalThis.String(object.keyId)
+        : isSet(object.key_id)
+        ? globalThis.String(object.key_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+    };
+  },
+
+  toJSON(message: Event): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.atMs !== 0) {
+      obj.atMs = Math.round(message.atMs);
+    }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.agentId !== "") {
+      obj.agentId = message.agentId;
+    }
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    if (message.incarnation !== 0) {
+      obj.incarnation = Math.round(message.incarnation);
+    }
+    if (message.generation !== 0) {
+      obj.generation = Math.round(message.generation);
+    }
+    if (message.keyId !== "") {
+      obj.keyId = message.keyId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Event>, I>>(base?: I): Event {
+    return Event.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Event>, I>>(object: I): Event {
+    const message = createBaseEvent();
+    message.id = object.id ?? 0;
+    message.atMs = object.atMs ?? 0;
+    message.kind = object.kind ?? "";
+    message.agentId = object.agentId ?? "";
+    message.hostId = object.hostId ?? "";
+    message.incarnation = object.incarnation ?? 0;
+    message.generation = object.generation ?? 0;
+    message.keyId = object.keyId ?? "";
+    message.reason = object.reason ?? "";
+    message.detail = object.detail ?? "";
+    return message;
+  },
+};
+
 /** Operator API, authorized by the admin token (`authorization: Bearer <admin token>`). */
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
@@ -7167,6 +7651,25 @@ export const AdminServiceService = {
       Buffer.from(ListAuditRecordsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListAuditRecordsResponse => ListAuditRecordsResponse.decode(value),
   },
+  /**
+   * Streams lifecycle events as they happen (agents placed, started, ended,
+   * moved; credentials rotated; dead letters; hosts connected, lost, drained;
+   * keys rotated or revoked; never one per delivered message), in id order,
+   * filtered by agent, host and kinds. With after_event_id, every kept event
+   * after it comes first, then live ones, with no gap and no repeat; an id
+   * already pruned is refused with OUT_OF_RANGE (the message names the oldest
+   * kept). A watcher that does not read fast enough is ended with
+   * RESOURCE_EXHAUSTED: resume with the last id it got.
+   */
+  watchEvents: {
+    path: "/tether.v1.AdminService/WatchEvents" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchEventsRequest): Buffer => Buffer.from(WatchEventsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchEventsRequest => WatchEventsRequest.decode(value),
+    responseSerialize: (value: WatchEventsResponse): Buffer => Buffer.from(WatchEventsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WatchEventsResponse => WatchEventsResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -7259,6 +7762,17 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
    * what, when, how it ended), oldest first. Admin role only.
    */
   listAuditRecords: handleUnaryCall<ListAuditRecordsRequest, ListAuditRecordsResponse>;
+  /**
+   * Streams lifecycle events as they happen (agents placed, started, ended,
+   * moved; credentials rotated; dead letters; hosts connected, lost, drained;
+   * keys rotated or revoked; never one per delivered message), in id order,
+   * filtered by agent, host and kinds. With after_event_id, every kept event
+   * after it comes first, then live ones, with no gap and no repeat; an id
+   * already pruned is refused with OUT_OF_RANGE (the message names the oldest
+   * kept). A watcher that does not read fast enough is ended with
+   * RESOURCE_EXHAUSTED: resume with the last id it got.
+   */
+  watchEvents: handleServerStreamingCall<WatchEventsRequest, WatchEventsResponse>;
 }
 
 export interface AdminServiceClient extends Client {
@@ -7687,6 +8201,22 @@ export interface AdminServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListAuditRecordsResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Streams lifecycle events as they happen (agents placed, started, ended,
+   * moved; credentials rotated; dead letters; hosts connected, lost, drained;
+   * keys rotated or revoked; never one per delivered message), in id order,
+   * filtered by agent, host and kinds. With after_event_id, every kept event
+   * after it comes first, then live ones, with no gap and no repeat; an id
+   * already pruned is refused with OUT_OF_RANGE (the message names the oldest
+   * kept). A watcher that does not read fast enough is ended with
+   * RESOURCE_EXHAUSTED: resume with the last id it got.
+   */
+  watchEvents(request: WatchEventsRequest, options?: Partial<CallOptions>): ClientReadableStream<WatchEventsResponse>;
+  watchEvents(
+    request: WatchEventsRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchEventsResponse>;
 }
 
 export const AdminServiceClient = makeGenericClientConstructor(

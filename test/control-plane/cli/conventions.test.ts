@@ -413,6 +413,34 @@ describe('the control-plane CLI convention', () => {
     assertNoSecrets(auditTable + auditWide + auditJsonl, [viewer, added.stdout.trim(), h.adminToken], 'control-plane audit');
   });
 
+  it('watches events: the kept ones after --after-id, filtered by agent, host and kind, --count of them, in every format; then live ones', async () => {
+    const [firstThree, a1Table, hostWide, oneJson, badKind, pastNewest] = await Promise.all([
+      ok(['watch', '--after-id', '0', '--count', '3', '-o', 'jsonl']),
+      ok(['watch', '--agent', 'a1', '--kind', 'agent.placed', '--kind', 'agent.started', '--after-id', '0', '--count', '2']),
+      ok(['watch', '--host', conv, '--kind', 'agent.placed', '--after-id', '0', '--count', '1', '-o', 'wide']),
+      json<Record<string, unknown>>(['watch', '--kind', 'agent.placed', '--after-id', '0', '--count', '1']),
+      cli(['watch', '--kind', 'agent.exploded']),
+      cli(['watch', '--after-id', '999999999', '--no-reconnect']),
+    ]);
+    const events = firstThree.trimEnd().split('\n').map((line) => JSON.parse(line) as { id: number; kind: string; at: string });
+    expect(events.map((e) => e.id)).toEqual([1, 2, 3]);
+    expect(events[0]).toMatchObject({ kind: 'host.connected', hostId: conv, at: expect.stringMatching(ISO) });
+    expect(a1Table).toMatch(new RegExp(`^\\d+\\s+\\S+ \\(.*\\)\\s+agent\\.placed\\s+agent=a1\\s+host=${conv}\\s`, 'm'));
+    expect(a1Table.trimEnd().split('\n').map((line) => line.split(/\s{2,}/)[2])).toEqual(['agent.placed', 'agent.started']);
+    expect(hostWide).toMatch(/\sincarnation=1\s+generation=0\s/);
+    expect(oneJson).toMatchObject({ kind: 'agent.placed', agentId: expect.any(String), hostId: conv, incarnation: 1, at: expect.stringMatching(ISO) });
+    expect(badKind.status).toBe(EXIT.usage);
+    expect(badKind.stderr).toContain('unknown kind agent.exploded');
+    expect([pastNewest.status, pastNewest.stderr]).toEqual([EXIT.usage, expect.stringMatching(/^error: invalid request: after_event_id 999999999 is past the newest event/)]);
+    // Live: from the last id now, the next forced rotation of a1 (however soon it comes, it is after that id).
+    await h.cp.eventLog.flush();
+    const live = cli(['watch', '--agent', 'a1', '--kind', 'credential.rotated', '--after-id', String(h.cp.eventLog.lastId), '--count', '1', '-o', 'jsonl']);
+    await call(h.admin.rotateAgentCredential.bind(h.admin), { agentId: 'a1' });
+    const rotated = await live;
+    expect(rotated.status, rotated.stderr).toBe(EXIT.ok);
+    expect(JSON.parse(rotated.stdout)).toMatchObject({ kind: 'credential.rotated', agentId: 'a1', reason: 'forced' });
+  });
+
   it('every option each admin command lists was used above; every group names its subcommands; every help shows the exit statuses', () => {
     const program = controlPlaneProgram();
     const leaves = allCommands(program).filter((c) => c.commands.length === 0 && c.parent !== null && !LOCAL_COMMANDS.includes(c.name()));
