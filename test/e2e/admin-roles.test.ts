@@ -19,6 +19,23 @@ const { PERMISSION_DENIED, UNAUTHENTICATED, OK } = grpc.status;
 const PAYLOAD_CANARY = 'payload-canary-7f3e9b1c5d';
 
 type AnyUnary = (request: unknown, metadata: grpc.Metadata, options: Partial<grpc.CallOptions>, callback: (err: grpc.ServiceError | null, response: unknown) => void) => grpc.ClientUnaryCall;
+type AnyServerStream = (request: unknown, metadata: grpc.Metadata) => grpc.ClientReadableStream<unknown>;
+
+/**
+ * A server-streaming call's outcome: 'ok' at its first message (then cancelled),
+ * or the status it ended with. Its request must make the server send at once
+ * (WatchEvents from event 0: the kept events come first).
+ */
+function streamStatusOf(stream: grpc.ClientReadableStream<unknown>): Promise<grpc.status | 'ok'> {
+  return new Promise((resolve) => {
+    stream.once('data', () => {
+      resolve('ok');
+      stream.cancel();
+    });
+    stream.on('error', (err: grpc.ServiceError) => resolve(err.code));
+    stream.once('end', () => resolve(OK));
+  });
+}
 
 /** Every method, proto name. */
 const rpcName = (method: string): string => AdminServiceService[method as AdminMethod].path.split('/').pop() as string;
@@ -72,16 +89,20 @@ describe('admin tokens with roles, and the audit log', () => {
       addAdminToken: { name: 'made in the loop', role: 'viewer' },
       retireAdminToken: { tokenId: throwaway.token?.tokenId },
       listAuditRecords: { tokenId: viewerId },
+      watchEvents: { afterEventId: 0 },
     };
     const methods = Object.keys(AdminServiceService) as AdminMethod[];
     const got: Record<string, { viewer: grpc.status | 'ok'; admin: grpc.status | 'ok' }> = {};
     for (const method of methods) {
       const spec = AdminServiceService[method];
       const request = { ...(spec.requestDeserialize(Buffer.alloc(0))), ...overrides[method] };
-      const invoke = (raw[method] as unknown as AnyUnary).bind(raw);
+      const outcome = (token: string): Promise<grpc.status | 'ok'> =>
+        spec.responseStream
+          ? streamStatusOf((raw[method] as unknown as AnyServerStream).call(raw, request, bearer(token)))
+          : statusOf(call((raw[method] as unknown as AnyUnary).bind(raw), request, bearer(token)));
       // The viewer first: a refusal changes nothing, so the admin's call meets the state the request was written for.
-      const viewer = await statusOf(call(invoke, request, bearer(addedViewer.secretToken)));
-      const admin = await statusOf(call(invoke, request, bearer(addedAdmin.secretToken)));
+      const viewer = await outcome(addedViewer.secretToken);
+      const admin = await outcome(addedAdmin.secretToken);
       got[rpcName(method)] = { viewer, admin };
     }
     for (const method of methods) {
@@ -94,6 +115,7 @@ describe('admin tokens with roles, and the audit log', () => {
     // The calls did what they were asked (so "allowed" meant it): not every allowed call is merely "not refused".
     expect(got.StopAgent?.admin).toBe('ok');
     expect(got.ListAgents).toEqual({ viewer: 'ok', admin: 'ok' });
+    expect(got.WatchEvents).toEqual({ viewer: 'ok', admin: 'ok' });
     expect(got.RetireAdminToken?.admin).toBe('ok');
     expect((await h.store.getAgent('victim'))?.state).toBe('stopped');
 

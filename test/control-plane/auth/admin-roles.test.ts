@@ -19,7 +19,7 @@ describe('ADMIN_METHOD_ROLES', () => {
 
   it('lets a viewer list and describe only: nothing that changes state, reads a payload, the tokens or the audit log', () => {
     const viewer = Object.entries(ADMIN_METHOD_ROLES).filter(([, role]) => role === 'viewer').map(([method]) => rpcName(method)).sort();
-    expect(viewer).toEqual(['DescribeAgent', 'GetAgent', 'GetJwks', 'ListAgents', 'ListHosts', 'ListMessages', 'ListSigningKeys'].sort());
+    expect(viewer).toEqual(['DescribeAgent', 'GetAgent', 'GetJwks', 'ListAgents', 'ListHosts', 'ListMessages', 'ListSigningKeys', 'WatchEvents'].sort());
     // ListMessages is a viewer's because its answer has no payload field.
     expect(Object.keys(AdminServiceService.listMessages.responseDeserialize(Buffer.alloc(0)).messages[0] ?? { agentId: '', seq: 0, id: '', from: '', contentType: '', sizeBytes: 0, createdAtMs: 0, state: '', attempts: 0, lastError: '' })).not.toContain('payload');
   });
