@@ -1,13 +1,16 @@
 /**
  * The EventStore contract on the PostgreSQL store (a fresh schema per case),
  * and what only a shared database shows: appends from several stores at once
- * (two control planes) take gapless ids in commit order.
+ * (two control planes) take gapless ids in commit order; a database at schema 1
+ * gets the tables at open.
  */
+import pg from 'pg';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { migratePostgres } from '../../../control-plane/store/postgres-schema.js';
 import { PostgresStore } from '../../../control-plane/store/postgres-store.js';
 import { ANY_EVENT } from '../../../control-plane/store/event-store.js';
 import { eventStoreContract, newEvent } from '../../support/event-store-contract.js';
-import { createTestSchema, isPostgresAvailable, lockGate, type TestSchema } from '../../support/postgres.js';
+import { adminQuery, createTestSchema, isPostgresAvailable, lockGate, type TestSchema } from '../../support/postgres.js';
 
 const isAvailable = await isPostgresAvailable('the PostgreSQL event store');
 
@@ -66,6 +69,39 @@ if (isAvailable) {
       expect(await a.eventIdRange()).toEqual({ firstId: 1, lastId: 1 });
       const [next] = await a.appendEvents([newEvent()]);
       expect(next?.id).toBe(2);
+    });
+  });
+
+  describe('PostgresStore: migration 2 on a database an older Tether made', () => {
+    it('adds admin tokens, audit and events to a database at schema 1, keeping what it holds', async () => {
+      const schema = await createTestSchema();
+      const client = new pg.Client({ connectionString: schema.url });
+      try {
+        await client.connect();
+        // As a binary of schema 1 left it: its epoch and a host.
+        await migratePostgres(client as unknown as pg.PoolClient, 'old-epoch', { toVersion: 1 });
+        await client.query(
+          `INSERT INTO hosts (host_id, name, state, join_expires_at_ms, credential_generation, min_valid_generation, credential_expires_at_ms, capacity, labels, last_seen_ms, created_at_ms)
+           VALUES ('h1', 'old', 'enrolled', 0, 0, 0, 0, 1, '[]', 0, 0)`,
+        );
+        expect((await client.query<{ version: number }>('SELECT version FROM tether_schema')).rows).toEqual([{ version: 1 }]);
+        await client.end();
+        const store = await PostgresStore.open(schema.url, { poolSize: 1 });
+        try {
+          expect(await adminQuery(`SELECT version FROM ${schema.name}.tether_schema`)).toEqual([{ version: 2 }]);
+          expect(await store.epoch()).toBe('old-epoch');
+          expect((await store.getHost('h1'))?.name).toBe('old');
+          expect(await store.eventIdRange()).toEqual({ firstId: 1, lastId: 0 });
+          expect((await store.appendEvents([newEvent()])).map((e) => e.id)).toEqual([1]);
+          expect(await store.appendAudit({ atMs: 1, tokenId: 'bootstrap', method: 'ListAgents', targets: [], code: 0 })).toBe(1);
+          expect(await store.listAdminTokens(null, 10)).toEqual([]);
+        } finally {
+          await store.close();
+        }
+      } finally {
+        await client.end().catch(() => undefined);
+        await schema.drop();
+      }
     });
   });
 } else {
