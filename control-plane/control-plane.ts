@@ -76,9 +76,9 @@ export interface ControlPlaneOptions {
   logger: Logger;
   /** The bootstrap admin token (from the environment or a file, never argv): an admin with the id `bootstrap`. */
   adminToken: string;
-  /** Where admin tokens added through AdminService are kept. Default: `store`, which must implement it (SqliteStore does). */
+  /** Where admin tokens added through AdminService are kept. Default: `store`, which must implement it (SqliteStore and PostgresStore do). */
   adminTokenStore?: AdminTokenStore;
-  /** Where the audit log is kept. Default: `store`, which must implement it (SqliteStore does). */
+  /** Where the audit log is kept. Default: `store`, which must implement it (SqliteStore and PostgresStore do). */
   auditStore?: AuditStore;
   /** Audit records older than this are pruned. Default 90 days. */
   auditMaxAgeMs?: number;
@@ -203,7 +203,7 @@ export interface ControlPlaneOptions {
   maxLostHostsPerSweep?: number;
   /**
    * Where lifecycle events (WatchEvents) are kept. Default: `store` itself when
-   * it has the events part (SqliteStore does), else memory (lost at a restart).
+   * it has the events part (SqliteStore and PostgresStore do), else memory (lost at a restart).
    */
   eventStore?: EventStore;
   /** Events older than this are pruned. Default 7 days. */
@@ -220,7 +220,7 @@ export interface ControlPlaneOptions {
   shutdownGraceMs?: number;
 }
 
-/** Whether `store` also keeps events (SqliteStore, or a fake of the Store around one). */
+/** Whether `store` also keeps events (SqliteStore, PostgresStore, or a fake of the Store around one). */
 function isEventStore(store: Store): store is Store & EventStore {
   const candidate = store as Partial<EventStore>;
   return typeof candidate.appendEvents === 'function' && typeof candidate.listEvents === 'function' && typeof candidate.eventIdRange === 'function' && typeof candidate.pruneEvents === 'function';

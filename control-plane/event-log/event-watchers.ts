@@ -51,9 +51,12 @@ function toMessage(event: EventRecord): WatchEventsResponse {
 /**
  * The live WatchEvents streams. A watcher that resumes (an `afterId`) first
  * gets what the store kept after it, page by page and only as fast as it
- * reads, up to the log's last id at that moment; then, in the same synchronous
+ * reads, up to the log's last id at that moment (or the store's, when other
+ * control planes on a shared store wrote past it); then, in the same synchronous
  * step, it subscribes to the log, whose events all have larger ids: no gap, no
- * repeat. Live events wait in the watcher's {@link StreamWriter} while its
+ * repeat. Live events are this control plane's own: on a store several share
+ * (PostgreSQL), another's events written after the catch-up reach a watcher
+ * here only when it watches again with an `afterId`. Live events wait in the watcher's {@link StreamWriter} while its
  * stream is full (its client not reading: HTTP/2 flow control); past
  * `maxQueuedPerWatcher` of them it is cut with RESOURCE_EXHAUSTED, so a
  * watcher that never reads holds at most that many events here (plus what
@@ -103,7 +106,7 @@ export class EventWatchers {
    */
   async watch(request: WatchRequest, stream: WritableLike<WatchEventsResponse>, signal: AbortSignal): Promise<void> {
     const { filter, afterId } = request;
-    if (afterId !== undefined) await this.#checkKept(afterId);
+    const storeLastId = afterId === undefined ? 0 : await this.#checkKept(afterId);
     let resolveEnd: (why: WatchEnd) => void = () => {};
     const watcher: Watcher = {
       writer: new StreamWriter(stream),
@@ -122,7 +125,7 @@ export class EventWatchers {
     this.#active.add(watcher);
     let unsubscribe = (): void => {};
     try {
-      const cursor = afterId === undefined ? this.#log.lastId : await this.#catchUp(watcher, filter, afterId);
+      const cursor = afterId === undefined ? this.#log.lastId : await this.#catchUp(watcher, filter, afterId, storeLastId);
       if (!watcher.isEnded) {
         // No await since catch-up saw the log's last id: every event the log hands over from here has a larger one.
         unsubscribe = this.#log.subscribe((event) => {
@@ -144,26 +147,37 @@ export class EventWatchers {
     for (const watcher of this.#active) watcher.end(new UnavailableError('the control plane is shutting down; watch again with after_event_id set to the last id you got'));
   }
 
-  async #checkKept(afterId: number): Promise<void> {
-    const { firstId } = await this.#log.store.eventIdRange();
+  /**
+   * Refuses an `afterId` pruned or past the newest event; returns the store's
+   * last id. On a store shared by several control planes (PostgreSQL) that can
+   * be past this log's own: the others' events, which a watcher that moved here
+   * from another control plane may have seen.
+   */
+  async #checkKept(afterId: number): Promise<number> {
+    const { firstId, lastId: storeLastId } = await this.#log.store.eventIdRange();
     if (afterId < firstId - 1) {
       throw new OutOfRangeError(`events after ${afterId} were pruned: the oldest event kept is ${firstId}; watch from after_event_id ${firstId - 1}, or without one for live events`);
     }
-    const lastId = this.#log.lastId;
+    const lastId = Math.max(storeLastId, this.#log.lastId);
     if (afterId > lastId) throw new OutOfRangeError(`after_event_id ${afterId} is past the newest event, ${lastId} (was the store restored from a backup?)`);
+    return storeLastId;
   }
 
   /**
    * Sends the kept events after `afterId` that pass `filter`, as fast as the
    * watcher reads (its writer kept at most half full, so it goes live with
-   * room), until it has read up to the log's last id; returns that id.
+   * room), until it has read up to the log's last id and to `storeLastId`,
+   * the store's when the watch began (other control planes' events on a
+   * shared store: read once, so a busy neighbour cannot keep it catching up);
+   * returns the id it read up to.
    */
-  async #catchUp(watcher: Watcher, filter: EventFilter, afterId: number): Promise<number> {
+  async #catchUp(watcher: Watcher, filter: EventFilter, afterId: number, storeLastId: number): Promise<number> {
     const room = Math.max(1, Math.floor(this.#maxQueued / 2));
     let cursor = afterId;
     // Each round moves the cursor forward (to the last id read, or to the horizon), so it ends.
-    while (cursor < this.#log.lastId && !watcher.isEnded) {
-      const horizon = this.#log.lastId;
+    // The log's last id is read with no await before the caller subscribes: nothing it handed over is missed.
+    while (cursor < Math.max(this.#log.lastId, storeLastId) && !watcher.isEnded) {
+      const horizon = Math.max(this.#log.lastId, storeLastId);
       const page = await this.#log.store.listEvents(cursor, horizon, filter, CATCH_UP_PAGE);
       // Pruned under a slow reader: what it missed is gone, so say so rather than skip it.
       await this.#checkKept(cursor);

@@ -4,6 +4,9 @@
  * parses int8; every value it holds is a millisecond time, a seq, a count or a
  * generation, all well inside 2^53).
  */
+import type { AdminRoleName, AdminTokenRecord } from './admin-token-store.js';
+import type { AuditRecord, AuditTarget } from './audit-store.js';
+import type { EventKind, EventRecord } from './event-store.js';
 import type {
   AgentMoveRecord,
   AgentPatch,
@@ -353,5 +356,73 @@ export function keyFromRow(row: KeyRow): SigningKeyRecord {
     signingSinceMs: row.signing_since_ms,
     retiredAtMs: row.retired_at_ms,
     verifyUntilMs: row.verify_until_ms,
+  };
+}
+
+// --- Admin tokens, the audit log, lifecycle events (migration 2) ---
+
+/** A row of `admin_tokens`. */
+export interface AdminTokenRow {
+  token_id: string;
+  name: string;
+  role: string;
+  secret_hash: string;
+  created_at_ms: number;
+  created_by: string;
+  retired_at_ms: number | null;
+}
+
+export function adminTokenFromRow(row: AdminTokenRow): AdminTokenRecord {
+  return {
+    tokenId: row.token_id,
+    name: row.name,
+    role: row.role as AdminRoleName,
+    secretHash: row.secret_hash,
+    createdAtMs: row.created_at_ms,
+    createdBy: row.created_by,
+    retiredAtMs: row.retired_at_ms,
+  };
+}
+
+/** A row of `audit_records` (`targets`: the JSON of the list). */
+export interface AuditRow {
+  id: number;
+  at_ms: number;
+  token_id: string;
+  method: string;
+  targets: string;
+  code: number;
+}
+
+export function auditFromRow(row: AuditRow): AuditRecord {
+  return { id: row.id, atMs: row.at_ms, tokenId: row.token_id, method: row.method, targets: JSON.parse(row.targets) as AuditTarget[], code: row.code };
+}
+
+/** A row of `events`. */
+export interface EventRow {
+  id: number;
+  at_ms: number;
+  kind: string;
+  agent_id: string;
+  host_id: string;
+  incarnation: number;
+  generation: number;
+  key_id: string;
+  reason: string;
+  detail: string;
+}
+
+export function eventFromRow(row: EventRow): EventRecord {
+  return {
+    id: row.id,
+    atMs: row.at_ms,
+    kind: row.kind as EventKind,
+    agentId: row.agent_id,
+    hostId: row.host_id,
+    incarnation: row.incarnation,
+    generation: row.generation,
+    keyId: row.key_id,
+    reason: row.reason,
+    detail: row.detail,
   };
 }

@@ -7,12 +7,13 @@
  * an empty database make one schema (the second waits, then finds it made),
  * and a database migrated by a newer binary is refused rather than misread.
  *
- * The schema is the SQLite store's as it stands (its migrations 1 to 11),
+ * Migration 1 is the SQLite store's schema at its version 11,
  * written for PostgreSQL: BIGINT for every millisecond and seq, BOOLEAN flags,
  * BYTEA payloads, and the counters (`hosts.load`, `agents.outbox_bytes` and
  * `outbox_count`) kept by triggers, as in SQLite, so no code path can forget
  * them. Ids are `COLLATE "C"`: listings page in the byte order SQLite's do.
- * Later changes get their own numbered migration here.
+ * Migration 2 is SQLite's 12 and 13 (admin tokens, audit, events). Later
+ * changes get their own numbered migration here.
  */
 import type { PoolClient } from 'pg';
 import { FailedPreconditionError } from '../../common/errors.js';
@@ -213,12 +214,70 @@ CREATE TRIGGER messages_held AFTER INSERT OR DELETE OR UPDATE OF agent_id, state
   FOR EACH ROW EXECUTE FUNCTION tether_messages_held();
 `;
 
+/**
+ * SQLite's migrations 12 and 13: admin tokens, the audit log, the lifecycle events.
+ *
+ * Audit ids come from an identity (a rolled-back append leaves a gap: harmless,
+ * nothing waits on an audit id). Event ids do not: they are taken from the one
+ * row of `event_ids` in the appending transaction, as outbox seqs are, so they
+ * exist only once committed, gapless and in commit order across every control
+ * plane on the database, and `event_ids.last_id` is the highest id ever given
+ * however much was pruned (what SQLite reads from sqlite_sequence). A watcher
+ * that read events up to it has seen every event with a lower id.
+ */
+const ADMIN_AUDIT_EVENTS = `
+CREATE TABLE admin_tokens (
+  token_id TEXT COLLATE "C" PRIMARY KEY,
+  name TEXT NOT NULL,
+  role TEXT NOT NULL,
+  secret_hash TEXT NOT NULL,
+  created_at_ms BIGINT NOT NULL,
+  created_by TEXT NOT NULL,
+  retired_at_ms BIGINT
+);
+
+CREATE TABLE audit_records (
+  id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  at_ms BIGINT NOT NULL,
+  token_id TEXT NOT NULL,
+  method TEXT NOT NULL,
+  targets TEXT NOT NULL,
+  code INTEGER NOT NULL
+);
+CREATE INDEX audit_records_by_time ON audit_records (at_ms);
+CREATE INDEX audit_records_by_token ON audit_records (token_id, id);
+
+CREATE TABLE events (
+  id BIGINT PRIMARY KEY,
+  at_ms BIGINT NOT NULL,
+  kind TEXT NOT NULL,
+  agent_id TEXT NOT NULL,
+  host_id TEXT NOT NULL,
+  incarnation BIGINT NOT NULL,
+  generation BIGINT NOT NULL,
+  key_id TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  detail TEXT NOT NULL
+);
+-- One row: the highest event id ever given.
+CREATE TABLE event_ids (
+  is_the_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (is_the_row),
+  last_id BIGINT NOT NULL
+);
+INSERT INTO event_ids (last_id) VALUES (0);
+`;
+
 /** Every migration, in order. Append only; the last one's number is {@link POSTGRES_SCHEMA_VERSION}. */
 const MIGRATIONS: readonly PostgresMigration[] = [
   {
     version: 1,
     description: 'the schema of the SQLite store at its version 11: meta, signing keys, hosts, agents, messages, history, drains, moves; counters kept by triggers',
     sql: BASELINE,
+  },
+  {
+    version: 2,
+    description: "the SQLite store's migrations 12 and 13: admin tokens (secrets as SHA-256 only), the audit log (identity ids), events (ids from event_ids: gapless, in commit order, never reused)",
+    sql: ADMIN_AUDIT_EVENTS,
   },
 ];
 

@@ -3,8 +3,17 @@ import pg from 'pg';
 import type { PoolClient, QueryResultRow } from 'pg';
 import { AlreadyExistsError, ClosedError, FailedPreconditionError, NotFoundError, ResourceExhaustedError, UnavailableError } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
+import type { AdminTokenRecord, AdminTokenStore } from './admin-token-store.js';
+import type { AuditQuery, AuditRecord, AuditStore } from './audit-store.js';
+import type { EventFilter, EventIdRange, EventRecord, EventStore, NewEventRecord } from './event-store.js';
 import { migratePostgres } from './postgres-schema.js';
 import {
+  adminTokenFromRow,
+  auditFromRow,
+  eventFromRow,
+  type AdminTokenRow,
+  type AuditRow,
+  type EventRow,
   AGENT_COLUMNS,
   AGENT_INSERT_COLUMNS,
   agentFromRow,
@@ -190,7 +199,7 @@ function page<T>(rows: T[], limit: number, idOf: (row: T) => string): Page<T> {
  * A deadlock PostgreSQL still finds (two agents moving between two hosts in
  * opposite directions at once) rolls one transaction back whole; it is run again.
  */
-export class PostgresStore implements Store {
+export class PostgresStore implements Store, AdminTokenStore, AuditStore, EventStore {
   readonly #pool: pg.Pool;
   #isClosed = false;
   #closing: Promise<void> | undefined;
@@ -781,6 +790,140 @@ export class PostgresStore implements Store {
       this.#closing = this.#pool.end();
     }
     return this.#closing;
+  }
+
+  // --- Admin tokens, the audit log, lifecycle events (migration 2); each method one statement or transaction ---
+
+  async insertAdminToken(token: AdminTokenRecord): Promise<void> {
+    try {
+      await this.#query(
+        'INSERT INTO admin_tokens (token_id, name, role, secret_hash, created_at_ms, created_by, retired_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)',
+        [token.tokenId, token.name, token.role, token.secretHash, token.createdAtMs, token.createdBy, token.retiredAtMs],
+      );
+    } catch (err) {
+      if (isUniqueViolation(err)) throw new AlreadyExistsError(`admin token ${token.tokenId} exists`);
+      throw err;
+    }
+  }
+
+  /** The token with its secret's hash: the caller compares it (in constant time), never the database. */
+  async getAdminToken(tokenId: string): Promise<AdminTokenRecord | undefined> {
+    const row = (await this.#query<AdminTokenRow>('SELECT * FROM admin_tokens WHERE token_id = $1', [tokenId])).rows[0];
+    return row === undefined ? undefined : adminTokenFromRow(row);
+  }
+
+  async listAdminTokens(afterId: string | null, limit: number): Promise<AdminTokenRecord[]> {
+    return (await this.#query<AdminTokenRow>('SELECT * FROM admin_tokens WHERE token_id > $1 ORDER BY token_id LIMIT $2', [afterId ?? '', limit])).rows.map(adminTokenFromRow);
+  }
+
+  /** One UPDATE … RETURNING: retired at `nowMs`, or at the time it was first retired (kept). */
+  async retireAdminToken(tokenId: string, nowMs: number): Promise<AdminTokenRecord | undefined> {
+    const row = (
+      await this.#query<AdminTokenRow>('UPDATE admin_tokens SET retired_at_ms = COALESCE(retired_at_ms, $2) WHERE token_id = $1 RETURNING *', [tokenId, nowMs])
+    ).rows[0];
+    return row === undefined ? undefined : adminTokenFromRow(row);
+  }
+
+  async appendAudit(record: Omit<AuditRecord, 'id'>): Promise<number> {
+    const row = (
+      await this.#query<{ id: number }>('INSERT INTO audit_records (at_ms, token_id, method, targets, code) VALUES ($1, $2, $3, $4, $5) RETURNING id', [
+        record.atMs,
+        record.tokenId,
+        record.method,
+        JSON.stringify(record.targets),
+        record.code,
+      ])
+    ).rows[0];
+    if (row === undefined) throw new Error('INSERT … RETURNING returned no row');
+    return row.id;
+  }
+
+  async listAudit(query: AuditQuery): Promise<AuditRecord[]> {
+    const params = new Params();
+    const where = [`id > ${params.add(query.afterId)}`, `at_ms >= ${params.add(query.sinceMs ?? 0)}`];
+    if (query.tokenId !== undefined) where.push(`token_id = ${params.add(query.tokenId)}`);
+    const sql = `SELECT * FROM audit_records WHERE ${where.join(' AND ')} ORDER BY id LIMIT ${params.add(query.limit)}`;
+    return (await this.#query<AuditRow>(sql, params.values)).rows.map(auditFromRow);
+  }
+
+  pruneAudit(beforeMs: number, maxRecords: number): Promise<number> {
+    return this.#tx(async (client) => {
+      const old = (await client.query('DELETE FROM audit_records WHERE at_ms < $1', [beforeMs])).rowCount ?? 0;
+      const excess = (await client.query('DELETE FROM audit_records WHERE id <= (SELECT id FROM audit_records ORDER BY id DESC LIMIT 1 OFFSET $1)', [maxRecords])).rowCount ?? 0;
+      return old + excess;
+    });
+  }
+
+  /**
+   * One statement: takes `events.length` ids from `event_ids` (its row stays
+   * locked to the commit, so appends from every control plane on the database
+   * commit in id order, and an id exists only once committed: no gap a reader
+   * could pass over) and inserts the events with them, in order.
+   */
+  async appendEvents(events: readonly NewEventRecord[]): Promise<EventRecord[]> {
+    if (events.length === 0) return [];
+    const column = <T>(pick: (e: NewEventRecord) => T): T[] => events.map(pick);
+    const row = (
+      await this.#query<{ last_id: number }>(
+        `WITH taken AS (UPDATE event_ids SET last_id = last_id + $1::bigint RETURNING last_id),
+         added AS (
+           INSERT INTO events (id, at_ms, kind, agent_id, host_id, incarnation, generation, key_id, reason, detail)
+           SELECT taken.last_id - $1::bigint + e.n, e.at_ms, e.kind, e.agent_id, e.host_id, e.incarnation, e.generation, e.key_id, e.reason, e.detail
+           FROM taken, unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[])
+             WITH ORDINALITY AS e(at_ms, kind, agent_id, host_id, incarnation, generation, key_id, reason, detail, n)
+         )
+         SELECT last_id FROM taken`,
+        [
+          events.length,
+          column((e) => e.atMs),
+          column((e) => e.kind),
+          column((e) => e.agentId),
+          column((e) => e.hostId),
+          column((e) => e.incarnation),
+          column((e) => e.generation),
+          column((e) => e.keyId),
+          column((e) => e.reason),
+          column((e) => e.detail),
+        ],
+      )
+    ).rows[0];
+    if (row === undefined) throw new Error('event_ids has no row');
+    const firstId = row.last_id - events.length + 1;
+    return events.map((e, i): EventRecord => ({ ...e, id: firstId + i }));
+  }
+
+  async listEvents(afterId: number, untilId: number, filter: EventFilter, limit: number): Promise<EventRecord[]> {
+    const params = new Params();
+    const where = [`id > ${params.add(afterId)}`, `id <= ${params.add(untilId)}`];
+    if (filter.agentId !== '') where.push(`agent_id = ${params.add(filter.agentId)}`);
+    if (filter.hostId !== '') where.push(`host_id = ${params.add(filter.hostId)}`);
+    if (filter.kinds.length > 0) where.push(`kind = ANY(${params.add([...filter.kinds])}::text[])`);
+    const sql = `SELECT * FROM events WHERE ${where.join(' AND ')} ORDER BY id LIMIT ${params.add(limit)}`;
+    return (await this.#query<EventRow>(sql, params.values)).rows.map(eventFromRow);
+  }
+
+  /** One statement (one snapshot): `event_ids.last_id` is the highest id ever given, whatever was pruned since. */
+  async eventIdRange(): Promise<EventIdRange> {
+    const row = (await this.#query<{ first_id: number | null; last_id: number }>('SELECT (SELECT min(id) FROM events) AS first_id, (SELECT last_id FROM event_ids) AS last_id')).rows[0];
+    const lastId = row?.last_id ?? 0;
+    return { firstId: row?.first_id ?? lastId + 1, lastId };
+  }
+
+  /** One DELETE of a prefix in id order: up to the later of the age and count bounds, at most `maxDeleted` rows. */
+  async pruneEvents(beforeMs: number, keepCount: number, maxDeleted: number): Promise<number> {
+    const none = '9223372036854775807';
+    // The first event to keep by age: a scan from the oldest that stops there (ids follow the clock, near enough).
+    const result = await this.#query(
+      `DELETE FROM events WHERE id < LEAST(
+         GREATEST(
+           COALESCE((SELECT id FROM events WHERE at_ms >= $1 ORDER BY id LIMIT 1), ${none}),
+           CASE WHEN $2::bigint = 0 THEN ${none} ELSE COALESCE((SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET $3), 0) END
+         ),
+         COALESCE((SELECT id FROM events ORDER BY id LIMIT 1 OFFSET $4), ${none})
+       )`,
+      [beforeMs, keepCount, Math.max(0, keepCount - 1), Math.max(0, maxDeleted)],
+    );
+    return result.rowCount ?? 0;
   }
 }
 

@@ -100,6 +100,33 @@ describe('EventWatchers', () => {
     expect(watchers.count).toBe(0);
   });
 
+  it('on a store two control planes share, resumes after an id only the other one wrote, and catches up on its events', async () => {
+    const store = new GatedStore();
+    const a = await setUp(store);
+    const b = await setUp(store);
+    for (let i = 1; i <= 3; i++) a.log.record(event(`a${i}`));
+    await a.log.flush();
+    // B wrote nothing yet: its own last id is 0, the store's is 3.
+    expect(b.log.lastId).toBe(0);
+    const resumed = new FakeStream();
+    const fromStart = new FakeStream();
+    const stop = new AbortController();
+    const watching = [
+      b.watchers.watch({ filter: ANY_EVENT, afterId: 3 }, resumed, stop.signal),
+      b.watchers.watch({ filter: ANY_EVENT, afterId: 0 }, fromStart, stop.signal),
+    ];
+    await waitUntil(() => fromStart.ids.length === 3, "the catch-up on A's events");
+    await waitUntil(() => b.watchers.count === 2, 'both watching');
+    b.log.record(event('b4'));
+    await b.log.flush();
+    await waitUntil(() => resumed.ids.length === 1 && fromStart.ids.length === 4, "B's live event");
+    expect(resumed.ids).toEqual([4]);
+    expect(fromStart.ids).toEqual([1, 2, 3, 4]);
+    await expect(b.watchers.watch({ filter: ANY_EVENT, afterId: 5 }, new FakeStream(), stop.signal)).rejects.toThrow(/past the newest event, 4/);
+    stop.abort();
+    await Promise.all(watching);
+  });
+
   it('cuts a watcher whose stream never drains once its bound is reached, and no other', async () => {
     const { log, watchers } = await setUp(new GatedStore(), 4);
     const stuck = new FakeStream(true);
