@@ -279,6 +279,12 @@ async function main(): Promise<void> {
           await unary(fixture.admin.rotateAgentCredential.bind(fixture.admin), { agentId });
         });
       }
+      // Every host holds the last token issued to each of its agents (pushes may still be on their way).
+      const isCaughtUp = (): boolean => {
+        for (const [agentId, entry] of held) if (dueOf.get(agentId)?.generation !== entry.generation) return false;
+        return true;
+      };
+      await until(isCaughtUp, 'every re-issued token held', 5);
     };
 
     /** One steady window: the clock runs from `fromMs` to `toMs`; every rotation's lateness against its due time. */
