@@ -76,6 +76,22 @@ describe('SqliteStore', () => {
       expect(await store.getAgent('a1')).toEqual(agent('a1', { detail: 'after the failure' }));
     });
 
+    it('rejects only a failing one-statement patch of a group (run without a savepoint); the writes around it commit', async () => {
+      const store = open();
+      await store.insertAgent(agent('a1'));
+      const results = await Promise.allSettled([
+        store.patchAgent('a1', { detail: 'before' }, {}),
+        // NOT NULL refuses it: the statement is undone, the transaction goes on.
+        store.patchAgent('a1', { detail: null as unknown as string, generation: 9 }, {}),
+        store.insertAgent(agent('a2')),
+        store.patchAgent('a1', { tokenId: 'after' }, { generation: 1 }),
+      ]);
+      expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled', 'fulfilled']);
+      expect((results[3] as PromiseFulfilledResult<boolean>).value).toBe(true);
+      expect(await store.getAgent('a1')).toEqual(agent('a1', { detail: 'before', tokenId: 'after' }));
+      expect((await store.getAgent('a2'))?.agentId).toBe('a2');
+    });
+
     it('decides conditional updates of one group in the order they were made, each against the ones before', async () => {
       const store = open();
       await store.insertAgent(agent('a1'));

@@ -79,6 +79,23 @@ describe('TokenIssuer (node:crypto signing)', () => {
     expect(await verifier.verify(issued.token, 'agent')).toEqual(issued.claims);
   });
 
+  it('signs again with the key active now when the signing key changed while the signature was computed off the event loop', async () => {
+    clock.advance(120_000); // past the JWKS cache lifetime, so the standby may sign
+    const before = keys.active();
+    await keys.rotate();
+    const after = keys.active();
+    expect(after.kid).not.toBe(before.kid);
+    // The key ring as the issuer sees it: `before` signs when the token is prepared, `after` once the signature is back.
+    let calls = 0;
+    const changing = { active: () => (++calls === 1 ? before : after) } as unknown as SigningKeyRing;
+    const racing = new TokenIssuer({ keys: changing, clock, issuer: ISSUER, audience: AUDIENCE });
+    const issued = await racing.issue({ kind: 'agent', subject: 'a1', ttlMs: TTL_MS, generation: 3, hostId: 'host-1', incarnation: 1 });
+    expect(issued.claims.keyId).toBe(after.kid);
+    expect(decodeProtectedHeader(issued.token).kid).toBe(after.kid);
+    const { payload } = await jwtVerify(issued.token, createLocalJWKSet(keys.jwks(clock.now())), { algorithms: ['EdDSA'], currentDate: new Date(clock.now()) });
+    expect(payload).toMatchObject({ sub: 'a1', gen: 3, jti: issued.claims.tokenId });
+  });
+
   it('signs with the key that took over after a rotation of the signing key', async () => {
     clock.advance(120_000); // past the JWKS cache lifetime, so the standby may sign
     const rotation = await keys.rotate();
