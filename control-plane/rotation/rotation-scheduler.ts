@@ -87,7 +87,7 @@ class IndexedHeap {
   set(entry: Entry): void {
     const found = this.#byAgent.get(entry.agentId);
     if (found === undefined) {
-      const item: HeapItem = { agentId: entry.agentId, dueAtMs: entry.dueAtMs, expiresAtMs: entry.expiresAtMs, index: this.#items.length };
+      const item: HeapItem = { agentId: entry.agentId, dueAtMs: entry.dueAtMs, expiresAtMs: entry.expiresAtMs, reason: entry.reason, index: this.#items.length };
       this.#items.push(item);
       this.#byAgent.set(item.agentId, item);
       this.#siftUp(item.index);
@@ -95,6 +95,7 @@ class IndexedHeap {
     }
     found.dueAtMs = entry.dueAtMs;
     found.expiresAtMs = entry.expiresAtMs;
+    found.reason = entry.reason;
     this.#siftDown(this.#siftUp(found.index));
   }
 

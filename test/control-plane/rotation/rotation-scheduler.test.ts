@@ -67,7 +67,7 @@ describe('RotationScheduler', () => {
     await waitUntil(() => clock.pendingTimers === 1, 'the scheduler to wait on the clock');
   }
 
-  it('rotates each agent with the reason it was scheduled for, kept across a failed try', async () => {
+  it('rotates each agent with the reason it was last scheduled for, kept across a failed try', async () => {
     const reasons: string[] = [];
     let isFirstTry = true;
     const s = start({
@@ -84,6 +84,8 @@ describe('RotationScheduler', () => {
     const t0 = clock.now();
     s.schedule('plain', t0, t0 + 2_000);
     s.schedule('revoked', t0, t0 + 1_000, 'key-revoked');
+    // Scheduled as due, then rescheduled sooner for another reason: the later reason is the one counted.
+    s.schedule('back', t0 + 500, t0 + 3_000);
     s.schedule('back', t0, t0 + 3_000, 'resume');
     await waitUntil(() => reasons.length === 3, 'three rotations tried');
     await asleep();
