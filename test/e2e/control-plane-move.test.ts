@@ -312,7 +312,7 @@ describe.runIf(isAvailable)('moving a control plane on PostgreSQL to another mac
       for (const agentId of agentIds) expect((await recorder.clients.get(agentId)?.whoAmI())?.agentId).toBe(agentId);
 
       console.log(
-        `control-plane-move: SIGKILL at ${killAt} received / ${sentAtKill} sent; hosts resumed on the second control plane in ${Math.round(resumedInMs)} ms; ` +
+        `control-plane-move: SIGKILL at ${killAt} received / ${sentAtKill} sends answered; hosts resumed on the second control plane in ${Math.round(resumedInMs)} ms; ` +
           `${retries} send retries, ${duplicatesSeen} answered as duplicates; ${recorder.toolCalls.ok} tool calls ok, failures: ${summarize(recorder.toolCalls.failures)}; ` +
           `heartbeat failures (while no control plane was up): ${summarize(heartbeatFailures)}; all in ${Math.round(performance.now() - startedAtMs)} ms`,
       );
