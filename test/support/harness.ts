@@ -7,13 +7,14 @@ import { MemoryHostCredentialStore } from '../../agent-host/host-credential-stor
 import type { AgentModule } from '../../agent-host/tools/agent-module.js';
 import { bearerInterceptor } from '../../agent-host/tools/call-credentials.js';
 import { ControlPlane, type ControlPlaneOptions } from '../../control-plane/control-plane.js';
-import { databasePath, SqliteStore } from '../../control-plane/store/sqlite-store.js';
+import { SqliteStore } from '../../control-plane/store/sqlite-store.js';
 import type { Store } from '../../control-plane/store/store.js';
 import { AdminServiceClient } from '../../gen/tether/v1/admin.js';
 import { AgentServiceClient } from '../../gen/tether/v1/agent.js';
 import { FakeClock } from './fake-clock.js';
 import { LogCapture } from './log-capture.js';
 import { assertNoSecrets } from './secrets.js';
+import { createTestStoreLocation, type TestStoreEngine, type TestStoreLocation } from './test-store.js';
 import { nextEvent } from './wait.js';
 
 /** Calls a grpc-js unary method and returns a Promise. */
@@ -76,18 +77,26 @@ export interface HarnessOptions extends Partial<Omit<ControlPlaneOptions, 'store
   clock?: FakeClock;
   logs?: LogCapture;
   dataDir?: string;
-  /** What the control plane is given in place of the SQLite store: a fake of the Store interface around it (counting, failing, gating calls). */
-  wrapStore?: (store: SqliteStore) => Store;
+  /** The store engine; default this run's (TETHER_TEST_STORE, SQLite when unset). */
+  storeEngine?: TestStoreEngine;
+  /** What the control plane is given in place of the store: a fake of the Store interface around it (counting, failing, gating calls). */
+  wrapStore?: (store: Store) => Store;
 }
 
-/** A control plane on a fresh SQLite file and a 127.0.0.1:0 port, an admin client, and hosts on demand. */
+/**
+ * A control plane on a fresh store (a SQLite file in its data directory, or
+ * with TETHER_TEST_STORE=postgres a PostgreSQL schema of its own, dropped at
+ * close) and a 127.0.0.1:0 port, an admin client, and hosts on demand.
+ */
 export class Harness {
   readonly clock: FakeClock;
   readonly logs: LogCapture;
   readonly dir: string;
   readonly adminToken = `admin-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
   cp!: ControlPlane;
-  store!: SqliteStore;
+  store!: Store;
+  /** Where the store lives, kept across control-plane restarts. */
+  storeLocation!: TestStoreLocation;
   admin!: AdminServiceClient;
   readonly hosts: AgentHost[] = [];
   readonly #clients: grpc.Client[] = [];
@@ -105,14 +114,20 @@ export class Harness {
   /** Starts a control plane (fake clock, debug logs captured). */
   static async start(options: HarnessOptions = {}): Promise<Harness> {
     const harness = new Harness(options);
-    await harness.startControlPlane();
+    harness.storeLocation = await createTestStoreLocation(harness.dir, options.storeEngine);
+    try {
+      await harness.startControlPlane();
+    } catch (err) {
+      await harness.storeLocation.drop();
+      throw err;
+    }
     return harness;
   }
 
   /** (Re)starts the control plane on the same data directory. */
   async startControlPlane(): Promise<void> {
-    const { clock: _clock, logs: _logs, dataDir: _dataDir, wrapStore, ...rest } = this.#options;
-    this.store = SqliteStore.open(databasePath(this.dir));
+    const { clock: _clock, logs: _logs, dataDir: _dataDir, storeEngine: _storeEngine, wrapStore, ...rest } = this.#options;
+    this.store = await this.storeLocation.open();
     this.cp = await ControlPlane.start({
       address: '127.0.0.1:0',
       heartbeatIntervalMs: 3_000,
@@ -126,6 +141,12 @@ export class Harness {
       interceptors: [bearerInterceptor({ get: () => this.adminToken })],
     });
     this.#clients.push(this.admin);
+  }
+
+  /** The store as SQLite, for a test about SQLite itself; throws on a PostgreSQL run (such a test skips there). */
+  get sqliteStore(): SqliteStore {
+    if (!(this.store instanceof SqliteStore)) throw new Error('this test needs the SQLite store (TETHER_TEST_STORE=postgres runs skip it)');
+    return this.store;
   }
 
   /** The control plane's gRPC target. */
@@ -193,6 +214,7 @@ export class Harness {
     for (const client of this.#clients) client.close();
     await this.cp.close();
     await this.store.close();
+    await this.storeLocation.drop();
     if (this.#ownsDir) rmSync(this.dir, { recursive: true, force: true });
     assertNoSecrets(this.logs.text(), [this.adminToken], 'the captured logs');
   }
