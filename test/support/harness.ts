@@ -15,7 +15,7 @@ import { FakeClock } from './fake-clock.js';
 import { LogCapture } from './log-capture.js';
 import { assertNoSecrets } from './secrets.js';
 import { createTestStoreLocation, type TestStoreEngine, type TestStoreLocation } from './test-store.js';
-import { nextEvent } from './wait.js';
+import { nextEvent, waitUntil } from './wait.js';
 
 /** Calls a grpc-js unary method and returns a Promise. */
 export function call<Req, Res>(
@@ -79,6 +79,8 @@ export interface HarnessOptions extends Partial<Omit<ControlPlaneOptions, 'store
   dataDir?: string;
   /** The store engine; default this run's (TETHER_TEST_STORE, SQLite when unset). */
   storeEngine?: TestStoreEngine;
+  /** Another harness's store location, to open the same store (with its `dataDir` for SQLite); that harness drops it. */
+  storeLocation?: TestStoreLocation;
   /** What the control plane is given in place of the store: a fake of the Store interface around it (counting, failing, gating calls). */
   wrapStore?: (store: Store) => Store;
 }
@@ -114,11 +116,11 @@ export class Harness {
   /** Starts a control plane (fake clock, debug logs captured). */
   static async start(options: HarnessOptions = {}): Promise<Harness> {
     const harness = new Harness(options);
-    harness.storeLocation = await createTestStoreLocation(harness.dir, options.storeEngine);
+    harness.storeLocation = options.storeLocation ?? (await createTestStoreLocation(harness.dir, options.storeEngine));
     try {
       await harness.startControlPlane();
     } catch (err) {
-      await harness.storeLocation.drop();
+      if (options.storeLocation === undefined) await harness.storeLocation.drop();
       throw err;
     }
     return harness;
@@ -126,7 +128,7 @@ export class Harness {
 
   /** (Re)starts the control plane on the same data directory. */
   async startControlPlane(): Promise<void> {
-    const { clock: _clock, logs: _logs, dataDir: _dataDir, storeEngine: _storeEngine, wrapStore, ...rest } = this.#options;
+    const { clock: _clock, logs: _logs, dataDir: _dataDir, storeEngine: _storeEngine, storeLocation: _storeLocation, wrapStore, ...rest } = this.#options;
     this.store = await this.storeLocation.open();
     this.cp = await ControlPlane.start({
       address: '127.0.0.1:0',
@@ -185,7 +187,11 @@ export class Harness {
     return { host, hostId: enrolled.hostId, joinToken: enrolled.joinToken };
   }
 
-  /** Dispatches a module agent onto `hostId` and waits for its host to start it. */
+  /**
+   * Dispatches a module agent onto `hostId` and waits for its host to start it
+   * and for the control plane to have recorded the host's report (no longer
+   * `starting`: a store with round trips, PostgreSQL, records it a moment later).
+   */
   async dispatch(host: AgentHost, hostId: string, agentId: string, module = 'idle'): Promise<void> {
     const started = nextEvent<{ agentId: string }>(host.events, 'agent-started', (e) => e.agentId === agentId);
     await call(this.admin.dispatchAgent.bind(this.admin), {
@@ -196,6 +202,7 @@ export class Harness {
       spec: { kind: 'module', module, command: '', args: [], config: '' },
     });
     await started;
+    await waitUntil(async () => (await this.store.getAgent(agentId))?.state !== 'starting', `${agentId}'s start recorded by the control plane`);
   }
 
   /** Stops the control plane (leaves hosts running). */
@@ -214,7 +221,7 @@ export class Harness {
     for (const client of this.#clients) client.close();
     await this.cp.close();
     await this.store.close();
-    await this.storeLocation.drop();
+    if (this.#options.storeLocation === undefined) await this.storeLocation.drop();
     if (this.#ownsDir) rmSync(this.dir, { recursive: true, force: true });
     assertNoSecrets(this.logs.text(), [this.adminToken], 'the captured logs');
   }
