@@ -87,7 +87,10 @@
  * Flags: --minutes (2), --seed, --hosts (3), --agents (30, a third ensured),
  * --agent-ttl (50s; the lost-host grace is half of it), --rate (messages per
  * second, 40), --storm-hosts (0: no storm), --keep (keep the temp folder),
- * --heap-snapshots (both processes, at each quiet point). Every wait is
+ * --heap-snapshots (both processes, at each quiet point), --store (`sqlite`,
+ * the default, or `postgres://…`: a fresh schema on that server for this run,
+ * which every control-plane child is given; dropped at the end unless kept,
+ * as the temp folder is). Every wait is
  * bounded and a watchdog ends a soak that runs far past its time. Tokens never
  * reach any output; the logs are checked.
  */
@@ -108,7 +111,9 @@ import { TetherError } from '../common/errors.js';
 import { createLogger, type Logger } from '../common/logger.js';
 import { AdminServiceClient } from '../gen/tether/v1/admin.js';
 import { AgentState } from '../gen/tether/v1/common.js';
+import { isPostgresUrl, redactConnectionString } from '../control-plane/store/postgres-url.js';
 import { ControlPlaneProcess } from './support/control-plane-process.js';
+import { createScratchSchema, type ScratchSchema } from './support/scratch-schema.js';
 import { FaultProxy } from './support/fault-proxy.js';
 import { Ledger, type AgentInstance, type CallOutcome } from './soak/ledger.js';
 import { measureChild, measureSelf, mib, type MemorySnapshot } from './soak/memory.js';
@@ -215,6 +220,8 @@ interface SoakOptions {
   rate: number;
   stormHosts: number;
   isKeeping: boolean;
+  /** `sqlite` (in the control plane's data directory) or the `postgres://` server a scratch schema is made on. */
+  store: string;
   /** Heap snapshots of both processes at each quiet point, in the kept temp folder. */
   isSnapshotting: boolean;
 }
@@ -231,9 +238,11 @@ function parseOptions(argv: readonly string[]): SoakOptions {
     .addOption(new Option('--storm-hosts <n>', 'after the chaos, a reconnect storm of this many hosts (0: none)').default(0).argParser(parseCount))
     .addOption(new Option('--keep', 'keep the temp folder (data, logs) even if the soak passed'))
     .addOption(new Option('--heap-snapshots', 'write heap snapshots of both processes at each quiet point (implies --keep)'))
+    .addOption(new Option('--store <store>', 'sqlite, or postgres://… (a fresh schema there for this run)').default('sqlite'))
     .exitOverride();
   program.parse(argv);
-  const flags = program.opts<{ minutes: number; seed?: number; hosts: number; agents: number; agentTtl: number; rate: number; stormHosts: number; keep?: boolean; heapSnapshots?: boolean }>();
+  const flags = program.opts<{ minutes: number; seed?: number; hosts: number; agents: number; agentTtl: number; rate: number; stormHosts: number; keep?: boolean; heapSnapshots?: boolean; store: string }>();
+  if (flags.store !== 'sqlite' && !isPostgresUrl(flags.store)) throw new Error('--store must be sqlite or a postgres:// connection string');
   if (flags.hosts < 1 || flags.agents < flags.hosts || flags.rate < 1) throw new Error('need at least one host, an agent per host and a rate of at least 1');
   if (flags.agentTtl < 15_000) throw new Error('--agent-ttl must be at least 15s (blackholes are up to a third of it, minus margins)');
   return {
@@ -246,7 +255,13 @@ function parseOptions(argv: readonly string[]): SoakOptions {
     stormHosts: flags.stormHosts,
     isKeeping: flags.keep === true || flags.heapSnapshots === true,
     isSnapshotting: flags.heapSnapshots === true,
+    store: flags.store,
   };
+}
+
+/** The `--store` part of the replay command (the server's URL without its password; nothing for SQLite). */
+function replayStore(options: SoakOptions): string {
+  return options.store === 'sqlite' ? '' : ` --store ${redactConnectionString(options.store)}`;
 }
 
 function positive(value: string, name: string): number {
@@ -401,8 +416,11 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   const loadRandom = SeededRandom.derived(options.seed, 'load');
   console.log(
     `soak: seed=${options.seed} minutes=${options.minutes} hosts=${options.hosts} agents=${options.agents} agent-ttl=${agentTtlMs / 1000}s lost-host-grace=${graceMs / 1000}s rate=${options.rate}/s` +
-      ` (replay: npm run soak -- --minutes ${options.minutes} --seed ${options.seed})`,
+      ` store=${options.store === 'sqlite' ? 'sqlite' : redactConnectionString(options.store)} (replay: npm run soak -- --minutes ${options.minutes} --seed ${options.seed}${replayStore(options)})`,
   );
+  // PostgreSQL: a schema of this run's own, given to every control-plane child (restarts find the same state).
+  const schema: ScratchSchema | undefined = isPostgresUrl(options.store) ? await createScratchSchema(options.store, 'soak') : undefined;
+  const storeEnv: Record<string, string> = schema === undefined ? {} : { TETHER_STORE: schema.url };
 
   const dir = mkdtempSync(join(tmpdir(), 'tether-soak-'));
   const cpLogPath = join(dir, 'control-plane.log');
@@ -438,6 +456,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
         TETHER_LOST_HOST_GRACE: String(graceMs),
         TETHER_KEEPALIVE: String(CP_KEEPALIVE_MS),
         TETHER_HEARTBEAT_INTERVAL: '5000',
+        ...storeEnv,
       },
       nodeArgs: ['--expose-gc', '--import', './scripts/support/memory-probe.mjs'],
       hasIpc: true,
@@ -446,7 +465,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
     });
   let cp = await startControlPlane('127.0.0.1:0');
   const port = cp.port;
-  say(`control plane serving on 127.0.0.1:${port} (pid ${cp.pid}); data and logs in ${dir}`);
+  say(`control plane serving on 127.0.0.1:${port} (pid ${cp.pid}); data and logs in ${dir}${schema === undefined ? '' : `; store: schema ${schema.name} (${schema.shownUrl})`}`);
   const admin = new AdminServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
     interceptors: [bearerInterceptor({ get: () => adminToken })],
     'grpc.initial_reconnect_backoff_ms': 100,
@@ -1359,7 +1378,7 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
   const faultLine = ALL_FAULTS.map((kind) => `${kind}×${faultCounts.get(kind) ?? 0}`).join(' ');
   const lines = [
     '',
-    `soak summary (seed ${options.seed}; replay: npm run soak -- --minutes ${options.minutes} --seed ${options.seed})`,
+    `soak summary (seed ${options.seed}; store ${schema === undefined ? 'sqlite' : `postgres, schema ${schema.name}`}; replay: npm run soak -- --minutes ${options.minutes} --seed ${options.seed}${replayStore(options)})`,
     `  ran ${(elapsed() / 60_000).toFixed(1)} min: ${options.hosts} hosts, ${options.agents} agents, agent TTL ${agentTtlMs / 1000} s (a third: ${(agentTtlMs / 3000).toFixed(1)} s)`,
     `  faults: ${faultLine}; longest blackhole ${(longestBlackholeMs / 1000).toFixed(1)} s; longest cp-restart ${(longestCpDowntimeMs / 1000).toFixed(1)} s (kill to every host back)`,
     `  forced rotations: ${rotations.ok} ok, ${rotations.notConnected} refused (host not connected), ${rotations.other} other`,
@@ -1409,8 +1428,13 @@ async function soak(options: SoakOptions, startedAtMs: number): Promise<number> 
     violations.length === 0 ? '  verdict: PASS' : `  verdict: FAIL (${violations.length}): ${violations.join('; ')}`,
   ];
   console.log(lines.join('\n'));
-  if (violations.length === 0 && !options.isKeeping) rmSync(dir, { recursive: true, force: true });
-  else console.log(`  data and logs kept in ${dir}`);
+  if (violations.length === 0 && !options.isKeeping) {
+    rmSync(dir, { recursive: true, force: true });
+    await schema?.drop();
+  } else {
+    console.log(`  data and logs kept in ${dir}`);
+    if (schema !== undefined) console.log(`  store kept: schema ${schema.name} (${schema.shownUrl}; DROP SCHEMA ${schema.name} CASCADE when done)`);
+  }
   return violations.length === 0 ? 0 : 1;
 }
 

@@ -14,6 +14,12 @@ export interface BenchArgs {
   rounds: number;
   /** The benchmark's own whole-number flags (`--agents 1000`), by name. */
   counts: Record<string, number>;
+  /**
+   * `--store sqlite,postgres://…`: the stores to run on, in order (default
+   * `sqlite`); each a `postgres://` server gets a fresh schema per run. For
+   * the benchmarks that take it (delivery throughput, rotation storm).
+   */
+  stores: string[];
 }
 
 /** Every benchmark runs at least this many interleaved rounds. */
@@ -26,7 +32,7 @@ export const MIN_ROUNDS = 3;
  * full, quick). Unknown flags and bad values throw, naming the flag.
  */
 export function parseBenchArgs(argv: readonly string[], countDefaults: Readonly<Record<string, readonly [full: number, quick: number]>> = {}): BenchArgs {
-  const options: Record<string, { type: 'string' | 'boolean' }> = { quick: { type: 'boolean' }, rounds: { type: 'string' } };
+  const options: Record<string, { type: 'string' | 'boolean' }> = { quick: { type: 'boolean' }, rounds: { type: 'string' }, store: { type: 'string' } };
   for (const name of Object.keys(countDefaults)) options[name] = { type: 'string' };
   const { values } = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false });
   const isQuick = values.quick === true;
@@ -37,7 +43,22 @@ export function parseBenchArgs(argv: readonly string[], countDefaults: Readonly<
     const given = values[name];
     counts[name] = given === undefined ? (isQuick ? quick : full) : positiveCount(name, given);
   }
-  return { isQuick, rounds, counts };
+  return { isQuick, rounds, counts, stores: parseStores(typeof values.store === 'string' ? values.store : 'sqlite') };
+}
+
+/** `--store`'s list: `sqlite` and `postgres://` URLs, comma-separated, none twice. */
+function parseStores(list: string): string[] {
+  const stores = list.split(',').map((entry) => entry.trim());
+  for (const store of stores) {
+    if (store !== 'sqlite' && !/^postgres(ql)?:\/\//i.test(store)) throw new Error(`--store takes sqlite and postgres://… URLs, comma-separated; got ${store === '' ? 'an empty entry' : 'another value'}`);
+  }
+  if (new Set(stores).size !== stores.length) throw new Error('--store names a store twice');
+  return stores;
+}
+
+/** A store of `--store` as a label: `sqlite`, or `postgres` (never the URL: it may hold a password). */
+export function storeLabel(store: string): 'sqlite' | 'postgres' {
+  return store === 'sqlite' ? 'sqlite' : 'postgres';
 }
 
 function positiveCount(name: string, value: string | boolean | undefined): number {

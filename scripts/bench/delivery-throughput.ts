@@ -15,12 +15,16 @@
  * case (the issue's goal: at least 0.6).
  *
  * Flags: --quick, --rounds N, --messages N (per case at 100 B; a quarter at
- * 4 KiB), --batch N (500; at 4 KiB, as many as fit in 256 KiB: 64). BENCH_DIR: where stores go (refused on tmpfs).
+ * 4 KiB), --batch N (500; at 4 KiB, as many as fit in 256 KiB: 64), --store
+ * sqlite,postgres://… (each store's Tether runs interleaved with the others'
+ * and the raw ones, a fresh SQLite file or PostgreSQL schema per run; the
+ * JSON line's figures are the first store's, the others' beside them).
+ * BENCH_DIR: where stores go (refused on tmpfs).
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { AgentModule } from '../../agent-host/tools/agent-module.js';
 import { ControlMessage } from '../../gen/tether/v1/host.js';
-import { parseBenchArgs, resultLine, round } from './bench-cli.js';
+import { parseBenchArgs, resultLine, round, storeLabel } from './bench-cli.js';
 import { benchDir, describeSummary, figure, interleave, printTable, startTiming, unary, within } from './bench-support.js';
 import { RawGrpc } from './raw-grpc.js';
 import { TetherFixture } from './tether-fixture.js';
@@ -47,8 +51,8 @@ interface Run extends Record<string, number> {
 }
 
 /** One Tether run: a fresh control plane and host, `agents` agents, every message sent and taken. */
-async function tetherRun(root: string, c: Case): Promise<Run> {
-  const fixture = await TetherFixture.start(root);
+async function tetherRun(root: string, c: Case, store: string): Promise<Run> {
+  const fixture = await TetherFixture.start(root, {}, store);
   let host: Awaited<ReturnType<TetherFixture['startHost']>>['host'] | undefined;
   try {
     let taken = 0;
@@ -133,45 +137,57 @@ async function main(): Promise<void> {
     { key: '1 agent, 4 KiB', agents: 1, payloadBytes: 4096, messages: large, batch: batch(4096) },
     { key: '100 agents, 4 KiB', agents: 100, payloadBytes: 4096, messages: large, batch: batch(4096) },
   ];
+  const stores = args.stores;
   console.log(
     `delivery-throughput${args.isQuick ? ' (quick)' : ''}: ${args.rounds} interleaved rounds per case; ` +
-      'control plane (synchronous = FULL) and one host in this process, loopback',
+      `control plane (${stores.map((store) => (store === 'sqlite' ? 'SQLite, synchronous = FULL' : 'PostgreSQL, a fresh schema per run')).join(' against ')}) and one host in this process, loopback`,
   );
-  const rows: string[][] = [['case', 'messages', 'batch', 'tether msg/s (range, spread)', 'raw msg/s (range, spread)', 'ratio', 'tether CPU µs/msg', 'raw CPU µs/msg']];
+  const rows: string[][] = [['case', 'messages', 'batch', 'store', 'tether msg/s (range, spread)', 'raw msg/s (range, spread)', 'ratio', 'tether CPU µs/msg', 'raw CPU µs/msg']];
   const figures: Record<string, unknown> = {};
   let goalRatio = Number.NaN;
+  const variantOf = (store: string): string => `tether on ${storeLabel(store)}`;
   for (const c of cases) {
     console.log(`${c.key}: ${c.messages} messages, sent in batches of ${c.batch}`);
     const bytes = envelopeBytes(c);
-    const runs = await interleave(args.rounds, { tether: () => tetherRun(root, c), raw: () => rawRun(c, bytes) }, (_, run) =>
+    const variants: Record<string, () => Promise<Run>> = { raw: () => rawRun(c, bytes) };
+    for (const store of stores) variants[variantOf(store)] = () => tetherRun(root, c, store);
+    const runs = await interleave(args.rounds, variants, (_, run) =>
       `${run.perSecond.toFixed(0)} msg/s, CPU ${run.cpuUsPerMessage.toFixed(1)} µs/msg, loop delay p99 ${run.loopP99Ms.toFixed(1)} ms`,
     );
-    const tether = figure(runs.tether, 'perSecond');
-    const raw = figure(runs.raw, 'perSecond');
-    const ratio = tether.median / raw.median;
-    if (c.agents === 100 && c.payloadBytes === 100) goalRatio = ratio;
-    rows.push([
-      c.key,
-      String(c.messages),
-      String(c.batch),
-      describeSummary(tether),
-      describeSummary(raw),
-      ratio.toFixed(3),
-      figure(runs.tether, 'cpuUsPerMessage').median.toFixed(1),
-      figure(runs.raw, 'cpuUsPerMessage').median.toFixed(1),
-    ]);
+    const raw = figure(runs.raw ?? [], 'perSecond');
+    const byStore: Record<string, unknown> = {};
+    for (const [index, store] of stores.entries()) {
+      const tetherRuns = runs[variantOf(store)] ?? [];
+      const tether = figure(tetherRuns, 'perSecond');
+      const ratio = tether.median / raw.median;
+      if (index === 0 && c.agents === 100 && c.payloadBytes === 100) goalRatio = ratio;
+      rows.push([
+        c.key,
+        String(c.messages),
+        String(c.batch),
+        storeLabel(store),
+        describeSummary(tether),
+        describeSummary(raw),
+        ratio.toFixed(3),
+        figure(tetherRuns, 'cpuUsPerMessage').median.toFixed(1),
+        figure(runs.raw ?? [], 'cpuUsPerMessage').median.toFixed(1),
+      ]);
+      byStore[storeLabel(store)] = { tetherPerSecond: round(tether.median, 0), tetherSpreadPct: round(tether.spreadPct, 1), ratio: round(ratio) };
+    }
+    const first = byStore[storeLabel(stores[0] ?? 'sqlite')] as Record<string, number>;
     figures[`${c.agents}x${c.payloadBytes}`] = {
       messages: c.messages,
       batch: c.batch,
-      tetherPerSecond: round(tether.median, 0),
-      tetherSpreadPct: round(tether.spreadPct, 1),
+      ...first,
       rawPerSecond: round(raw.median, 0),
       rawSpreadPct: round(raw.spreadPct, 1),
-      ratio: round(ratio),
+      ...(stores.length > 1 ? { stores: byStore } : {}),
     };
   }
   printTable(rows);
-  console.log(resultLine('delivery-throughput', goalRatio, { quick: args.isQuick, rounds: args.rounds, synchronous: 'full', cases: figures }));
+  console.log(
+    resultLine('delivery-throughput', goalRatio, { quick: args.isQuick, rounds: args.rounds, store: storeLabel(stores[0] ?? 'sqlite'), synchronous: 'full', cases: figures }),
+  );
 }
 
 await main();

@@ -41,7 +41,9 @@
  * issue's goal: at least 0.5).
  *
  * Flags: --quick, --rounds N (each round: one wave of each shape and one
- * baseline), --agents N, --hosts N, --ttl-seconds N, --rate N.
+ * baseline), --agents N, --hosts N, --ttl-seconds N, --rate N, --store
+ * sqlite,postgres://… (the whole benchmark once per store, in that order, a
+ * fresh SQLite file or PostgreSQL schema each; a table and a JSON line each).
  * BENCH_DIR: where the store goes (refused on tmpfs).
  */
 import { generateKeyPair, SignJWT } from 'jose';
@@ -50,7 +52,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import { join } from 'node:path';
 import type { Credential } from '../../gen/tether/v1/common.js';
-import { parseBenchArgs, quantile, resultLine, round, summarize } from './bench-cli.js';
+import { parseBenchArgs, quantile, resultLine, round, storeLabel, summarize } from './bench-cli.js';
 import { benchDir, describeSummary, eachLimited, printTable, unary, until } from './bench-support.js';
 import { SimHost } from './sim-host.js';
 import { StormClock } from './storm-clock.js';
@@ -148,19 +150,23 @@ async function profileWave<T>(name: string, body: () => Promise<T>): Promise<T> 
   }
 }
 
-async function main(): Promise<void> {
+async function main(store: string): Promise<void> {
   const root = benchDir();
   const clock = new StormClock();
   clock.freeze();
   // The jitter of the tokens being issued now: pinned to 0 while the next wave is to be all due at once.
   let nextShape: Shape = 'all-due-at-once';
-  const fixture = await TetherFixture.start(root, {
-    clock,
-    agentTokenTtlMs: TTL_MS,
-    maxRotationsPerSecond: RATE,
-    heartbeatIntervalMs: 24 * 3_600_000,
-    random: () => (nextShape === 'all-due-at-once' ? 0 : Math.random()),
-  });
+  const fixture = await TetherFixture.start(
+    root,
+    {
+      clock,
+      agentTokenTtlMs: TTL_MS,
+      maxRotationsPerSecond: RATE,
+      heartbeatIntervalMs: 24 * 3_600_000,
+      random: () => (nextShape === 'all-due-at-once' ? 0 : Math.random()),
+    },
+    store,
+  );
   const held = new Map<string, Held>();
   const dueOf = new Map<string, { generation: number; dueAtMs: number }>();
   fixture.cp.events.on('credential-issued', (e) => {
@@ -229,7 +235,7 @@ async function main(): Promise<void> {
     const setupMs = performance.now() - setupStartedMs;
     console.log(
       `rotation-storm${args.isQuick ? ' (quick)' : ''}: ${AGENTS} agents over ${HOSTS} simulated hosts (set up in ${(setupMs / 1000).toFixed(1)} s), ` +
-        `TTL ${TTL_MS / 1000} s, signing cap ${RATE}/s (needed to stay fresh: ${NEEDED_RATE}/s), ${args.rounds} interleaved rounds; control plane (synchronous = FULL) in this process`,
+        `TTL ${TTL_MS / 1000} s, signing cap ${RATE}/s (needed to stay fresh: ${NEEDED_RATE}/s), ${args.rounds} interleaved rounds; control plane (${store === 'sqlite' ? 'SQLite, synchronous = FULL' : 'PostgreSQL, a fresh schema'}) in this process`,
     );
 
     const key = (await generateKeyPair('EdDSA', { crv: 'Ed25519' })).privateKey;
@@ -425,6 +431,7 @@ async function main(): Promise<void> {
       resultLine('rotation-storm', all.ratioToSigning, {
         quick: args.isQuick,
         rounds: args.rounds,
+        store: storeLabel(store),
         agents: AGENTS,
         hosts: HOSTS,
         ttlSeconds: TTL_MS / 1000,
@@ -445,4 +452,4 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+for (const store of args.stores) await main(store);

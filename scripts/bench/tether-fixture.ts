@@ -1,8 +1,10 @@
 /**
  * A control plane for a benchmark: SQLite (default options, so
  * `synchronous = FULL` and group commit) in a fresh directory on a real
- * filesystem, served on 127.0.0.1:0 in this process, with an admin client;
- * plus enrolling hosts, starting real agent hosts and dispatching agents.
+ * filesystem, or PostgreSQL in a fresh schema (`--store postgres://…`; default
+ * options: the pool of 10, synchronous_commit as the server has it), served on
+ * 127.0.0.1:0 in this process, with an admin client; plus enrolling hosts,
+ * starting real agent hosts and dispatching agents.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -15,8 +17,11 @@ import { bearerInterceptor } from '../../agent-host/tools/call-credentials.js';
 import { SystemClock, type Clock } from '../../common/clock.js';
 import { createLogger, type Logger } from '../../common/logger.js';
 import { ControlPlane, type ControlPlaneOptions } from '../../control-plane/control-plane.js';
+import { PostgresStore } from '../../control-plane/store/postgres-store.js';
 import { SqliteStore, type SqliteStoreOptions } from '../../control-plane/store/sqlite-store.js';
+import type { Store } from '../../control-plane/store/store.js';
 import { AdminServiceClient } from '../../gen/tether/v1/admin.js';
+import { createScratchSchema, type ScratchSchema } from '../support/scratch-schema.js';
 import { eachLimited, unary, within } from './bench-support.js';
 
 /**
@@ -39,14 +44,15 @@ export type FixtureOptions = Partial<Omit<ControlPlaneOptions, 'store' | 'logger
 /** A running control plane, its store and an admin client; `close()` ends them and removes the store. */
 export class TetherFixture {
   readonly cp: ControlPlane;
-  readonly store: SqliteStore;
+  readonly store: Store;
   readonly admin: AdminServiceClient;
   readonly target: string;
   readonly clock: Clock;
   readonly logger: Logger;
   readonly #dir: string;
+  readonly #schema: ScratchSchema | undefined;
 
-  private constructor(parts: { cp: ControlPlane; store: SqliteStore; admin: AdminServiceClient; clock: Clock; logger: Logger; dir: string }) {
+  private constructor(parts: { cp: ControlPlane; store: Store; admin: AdminServiceClient; clock: Clock; logger: Logger; dir: string; schema: ScratchSchema | undefined }) {
     this.cp = parts.cp;
     this.store = parts.store;
     this.admin = parts.admin;
@@ -54,18 +60,23 @@ export class TetherFixture {
     this.clock = parts.clock;
     this.logger = parts.logger;
     this.#dir = parts.dir;
+    this.#schema = parts.schema;
   }
 
-  /** Starts a control plane with a store in a fresh directory under `root`. */
-  static async start(root: string, options: FixtureOptions = {}): Promise<TetherFixture> {
+  /**
+   * Starts a control plane with a store in a fresh directory under `root`, or
+   * (`store` a `postgres://` URL) in a fresh schema on that server.
+   */
+  static async start(root: string, options: FixtureOptions = {}, storeName = 'sqlite'): Promise<TetherFixture> {
     const dir = mkdtempSync(join(root, 'tether-bench-'));
-    const store = SqliteStore.open(join(dir, 'tether.db'), storeOptions());
+    const schema = storeName === 'sqlite' ? undefined : await createScratchSchema(storeName, 'bench');
+    const store: Store = schema === undefined ? SqliteStore.open(join(dir, 'tether.db'), storeOptions()) : await PostgresStore.open(schema.url);
     const clock = options.clock ?? new SystemClock();
     const logger = createLogger({ level: 'warn' });
     const adminToken = randomBytes(24).toString('base64url');
     const cp = await ControlPlane.start({ address: '127.0.0.1:0', ...options, store, clock, logger, adminToken });
     const admin = new AdminServiceClient(`127.0.0.1:${cp.port}`, grpc.credentials.createInsecure(), { interceptors: [bearerInterceptor({ get: () => adminToken })] });
-    return new TetherFixture({ cp, store, admin, clock, logger, dir });
+    return new TetherFixture({ cp, store, admin, clock, logger, dir, schema });
   }
 
   /** Enrolls a host: its id and one-time join token. */
@@ -99,11 +110,12 @@ export class TetherFixture {
     });
   }
 
-  /** Closes the admin client, the control plane and the store, and removes the store's directory. */
+  /** Closes the admin client, the control plane and the store, and removes the store's directory (or schema). */
   async close(): Promise<void> {
     this.admin.close();
     await this.cp.close();
     await this.store.close();
     rmSync(this.#dir, { recursive: true, force: true });
+    await this.#schema?.drop();
   }
 }

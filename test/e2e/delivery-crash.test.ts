@@ -31,6 +31,7 @@ import { ControlPlaneProcess, withinHangBound } from '../support/control-plane-p
 import { call } from '../support/harness.js';
 import { LogCapture } from '../support/log-capture.js';
 import { assertNoSecrets } from '../support/secrets.js';
+import { createTestStoreLocation } from '../support/test-store.js';
 import { HANG_BOUND_MS, nextEvent, waitUntil } from '../support/wait.js';
 
 const AGENTS = 10;
@@ -170,9 +171,11 @@ describe('delivery across a control-plane crash', () => {
 
       const dataDir = mkdtempSync(join(tmpdir(), 'tether-crash-'));
       cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }));
+      const store = await createTestStoreLocation(dataDir);
+      cleanups.push(() => store.drop());
       const adminToken = `admin-${randomBytes(24).toString('base64url')}`;
       const cpOutput: string[] = [];
-      let cp = await ControlPlaneProcess.start({ dataDir, adminToken });
+      let cp = await ControlPlaneProcess.start({ dataDir, adminToken, env: store.env });
       const current = { cp };
       cleanups.push(() => current.cp.close());
       const port = cp.port;
@@ -283,7 +286,7 @@ describe('delivery across a control-plane crash', () => {
 
       const downAtMs = performance.now();
       cpOutput.push(...cp.stdoutLines());
-      cp = await ControlPlaneProcess.start({ dataDir, adminToken, listen: target });
+      cp = await ControlPlaneProcess.start({ dataDir, adminToken, listen: target, env: store.env });
       current.cp = cp;
       expect(cp.port).toBe(port);
       const downtimeMs = performance.now() - downAtMs;

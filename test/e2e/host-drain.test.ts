@@ -77,6 +77,16 @@ describe('host drain', () => {
     return call(h.admin.drainHost.bind(h.admin), { hostId, waitMs: 0, watch: true });
   }
 
+  /**
+   * Waits until the control plane has asked `agentId`'s host to hand it over. A
+   * drain reports `moving` before the move's store writes and asks the host only
+   * after them, so `moving` alone does not mean the host was asked (on
+   * PostgreSQL, where each write is a round trip, the gap is wide).
+   */
+  async function handOverAsked(h: Harness, agentId: string): Promise<void> {
+    await waitUntil(() => h.logs.records().some((r) => r.msg === 'agent hand-over asked' && r.agentId === agentId), `the hand-over of ${agentId} asked`);
+  }
+
   async function hostRow(h: Harness, hostId: string): Promise<{ schedulable: boolean; drainState: string }> {
     const { hosts } = await call(h.admin.listHosts.bind(h.admin), { pageSize: 100, pageToken: '' });
     const row = hosts.find((host) => host.hostId === hostId);
@@ -184,12 +194,14 @@ describe('host drain', () => {
     await call(h.admin.drainHost.bind(h.admin), { hostId: a.hostId, waitMs: 0, watch: false });
     // The drain moves one agent at a time, `slow` first: nothing starts on b while its message is in hand.
     await waitUntil(async () => (await drainStatus(h, a.hostId)).agents.some((x) => x.agentId === 'slow' && x.outcome === 'moving'), 'slow being handed over');
+    await handOverAsked(h, 'slow');
     await send('slow', 'during:slow');
     expect(startedOnB).toEqual([]);
     gates.get('hold:slow')?.();
     await waitUntil(() => startedOnB.includes('slow'), 'slow started on b once its message is done');
     // `stuck` never lets go: past the handler deadline (from its handler's start) it moves anyway.
     await waitUntil(async () => (await drainStatus(h, a.hostId)).agents.some((x) => x.agentId === 'stuck' && x.outcome === 'moving'), 'stuck being handed over');
+    await handOverAsked(h, 'stuck');
     expect(startedOnB).toEqual(['slow']);
     await advanceUntil(h.clock, 5_000, () => startedOnB.includes('stuck'), 'stuck moved past its handler deadline');
     await waitUntil(() => taken.filter((t) => t.host === 'b').length === 4, 'the rest taken on b');
@@ -234,6 +246,7 @@ describe('host drain', () => {
     await waitUntil(() => release !== undefined, 'hold in hand on a');
     await call(h.admin.drainHost.bind(h.admin), { hostId: a.hostId, waitMs: 0, watch: false });
     await waitUntil(async () => (await drainStatus(h, a.hostId)).agents.some((x) => x.outcome === 'moving'), 'x being handed over');
+    await handOverAsked(h, 'x');
 
     // The control plane goes down while x finishes its message: its Ack and the stop are sent into a dead stream.
     await h.stopControlPlane();

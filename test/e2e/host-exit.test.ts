@@ -219,7 +219,7 @@ describe('host exit policy', () => {
       await refusedThenRecovered(async (right) => {
         // The same data directory (the same keys), read by a control plane whose clock is an hour behind.
         const behind = new FakeClock(right.clock.now() - 3_600_000);
-        return startHarness({ clock: behind, dataDir: right.dir });
+        return startHarness({ clock: behind, dataDir: right.dir, storeLocation: right.storeLocation });
       }, /claims/);
     });
   });

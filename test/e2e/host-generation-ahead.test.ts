@@ -10,7 +10,6 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { MemoryHostCredentialStore } from '../../agent-host/host-credential-store.js';
-import { databasePath, SqliteStore } from '../../control-plane/store/sqlite-store.js';
 import { advanceUntil } from '../support/advance-until.js';
 import { withinHangBound } from '../support/control-plane-process.js';
 import { FaultProxy } from '../support/fault-proxy.js';
@@ -52,7 +51,7 @@ describe('a host credential ahead of the store', () => {
     const lost = nextEvent(host.events, 'disconnected');
     await h.stopControlPlane();
     await lost;
-    const rolledBack = SqliteStore.open(databasePath(h.dir));
+    const rolledBack = await h.storeLocation.open();
     await rolledBack.updateHost(hostId, {
       credentialGeneration: joined.credentialGeneration,
       minValidGeneration: joined.minValidGeneration,

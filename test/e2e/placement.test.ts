@@ -44,8 +44,8 @@ describe('placement', () => {
     expect(agents.filter((a) => a.state === 'pending')).toHaveLength(DISPATCHES - 7);
     const loads = await h.store.getHostLoads([small, medium]);
     expect([loads.get(small)?.load, loads.get(medium)?.load]).toEqual([3, 4]);
-    // Each waiting agent says why.
-    expect((await h.store.getAgent('racer-49'))?.detail).toBe('no connected host can take it (2 full)');
+    // Each waiting agent says why (which ones wait depends on how the race went: on PostgreSQL the dispatches run at once).
+    expect(new Set(agents.filter((a) => a.state === 'pending').map((a) => a.detail))).toEqual(new Set(['no connected host can take it (2 full)']));
   });
 
   it('gives a place given back to a pending agent at once, and never more than the capacity', async () => {

@@ -27,7 +27,9 @@ describe('resume rotations', () => {
   });
 
   it('are made by the rate-capped scheduler, soonest-expiring first, not all at once inside the Hello', async () => {
-    harness = await Harness.start({ agentTokenTtlMs: AGENT_TTL_MS, maxRotationsPerSecond: MAX_ROTATIONS_PER_SECOND });
+    // One rotation at a time, so the issues come in the order the scheduler started them: two started
+    // together (the bucket's burst) may commit in either order on a store with concurrent writers (PostgreSQL).
+    harness = await Harness.start({ agentTokenTtlMs: AGENT_TTL_MS, maxRotationsPerSecond: MAX_ROTATIONS_PER_SECOND, maxConcurrentRotations: 1 });
     const h = harness;
     proxy = await FaultProxy.start({ targetPort: h.cp.port });
     const p = proxy;

@@ -7,14 +7,15 @@ import { MemoryHostCredentialStore } from '../../agent-host/host-credential-stor
 import type { AgentModule } from '../../agent-host/tools/agent-module.js';
 import { bearerInterceptor } from '../../agent-host/tools/call-credentials.js';
 import { ControlPlane, type ControlPlaneOptions } from '../../control-plane/control-plane.js';
-import { databasePath, SqliteStore } from '../../control-plane/store/sqlite-store.js';
+import { SqliteStore } from '../../control-plane/store/sqlite-store.js';
 import type { Store } from '../../control-plane/store/store.js';
 import { AdminServiceClient } from '../../gen/tether/v1/admin.js';
 import { AgentServiceClient } from '../../gen/tether/v1/agent.js';
 import { FakeClock } from './fake-clock.js';
 import { LogCapture } from './log-capture.js';
 import { assertNoSecrets } from './secrets.js';
-import { nextEvent } from './wait.js';
+import { createTestStoreLocation, type TestStore, type TestStoreEngine, type TestStoreLocation } from './test-store.js';
+import { nextEvent, waitUntil } from './wait.js';
 
 /** Calls a grpc-js unary method and returns a Promise. */
 export function call<Req, Res>(
@@ -76,18 +77,28 @@ export interface HarnessOptions extends Partial<Omit<ControlPlaneOptions, 'store
   clock?: FakeClock;
   logs?: LogCapture;
   dataDir?: string;
-  /** What the control plane is given in place of the SQLite store: a fake of the Store interface around it (counting, failing, gating calls). */
-  wrapStore?: (store: SqliteStore) => Store;
+  /** The store engine; default this run's (TETHER_TEST_STORE, SQLite when unset). */
+  storeEngine?: TestStoreEngine;
+  /** Another harness's store location, to open the same store (with its `dataDir` for SQLite); that harness drops it. */
+  storeLocation?: TestStoreLocation;
+  /** What the control plane is given in place of the store: a fake of the Store interface around it (counting, failing, gating calls). */
+  wrapStore?: (store: Store) => Store;
 }
 
-/** A control plane on a fresh SQLite file and a 127.0.0.1:0 port, an admin client, and hosts on demand. */
+/**
+ * A control plane on a fresh store (a SQLite file in its data directory, or
+ * with TETHER_TEST_STORE=postgres a PostgreSQL schema of its own, dropped at
+ * close) and a 127.0.0.1:0 port, an admin client, and hosts on demand.
+ */
 export class Harness {
   readonly clock: FakeClock;
   readonly logs: LogCapture;
   readonly dir: string;
   readonly adminToken = `admin-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
   cp!: ControlPlane;
-  store!: SqliteStore;
+  store!: TestStore;
+  /** Where the store lives, kept across control-plane restarts. */
+  storeLocation!: TestStoreLocation;
   admin!: AdminServiceClient;
   readonly hosts: AgentHost[] = [];
   readonly #clients: grpc.Client[] = [];
@@ -105,18 +116,24 @@ export class Harness {
   /** Starts a control plane (fake clock, debug logs captured). */
   static async start(options: HarnessOptions = {}): Promise<Harness> {
     const harness = new Harness(options);
-    await harness.startControlPlane();
+    harness.storeLocation = options.storeLocation ?? (await createTestStoreLocation(harness.dir, options.storeEngine));
+    try {
+      await harness.startControlPlane();
+    } catch (err) {
+      if (options.storeLocation === undefined) await harness.storeLocation.drop();
+      throw err;
+    }
     return harness;
   }
 
   /** (Re)starts the control plane on the same data directory. */
   async startControlPlane(): Promise<void> {
-    const { clock: _clock, logs: _logs, dataDir: _dataDir, wrapStore, ...rest } = this.#options;
-    this.store = SqliteStore.open(databasePath(this.dir));
+    const { clock: _clock, logs: _logs, dataDir: _dataDir, storeEngine: _storeEngine, storeLocation: _storeLocation, wrapStore, ...rest } = this.#options;
+    this.store = await this.storeLocation.open();
     this.cp = await ControlPlane.start({
       address: '127.0.0.1:0',
       heartbeatIntervalMs: 3_000,
-      // The admin tokens and the audit log on the SQLite store itself: `wrapStore` fakes the Store interface only.
+      // The admin tokens and the audit log on the store itself: `wrapStore` fakes the Store interface only.
       adminTokenStore: this.store,
       auditStore: this.store,
       ...rest,
@@ -129,6 +146,12 @@ export class Harness {
       interceptors: [bearerInterceptor({ get: () => this.adminToken })],
     });
     this.#clients.push(this.admin);
+  }
+
+  /** The store as SQLite, for a test about SQLite itself; throws on a PostgreSQL run (such a test skips there). */
+  get sqliteStore(): SqliteStore {
+    if (!(this.store instanceof SqliteStore)) throw new Error('this test needs the SQLite store (TETHER_TEST_STORE=postgres runs skip it)');
+    return this.store;
   }
 
   /** The control plane's gRPC target. */
@@ -167,7 +190,11 @@ export class Harness {
     return { host, hostId: enrolled.hostId, joinToken: enrolled.joinToken };
   }
 
-  /** Dispatches a module agent onto `hostId` and waits for its host to start it. */
+  /**
+   * Dispatches a module agent onto `hostId` and waits for its host to start it
+   * and for the control plane to have recorded the host's report (no longer
+   * `starting`: a store with round trips, PostgreSQL, records it a moment later).
+   */
   async dispatch(host: AgentHost, hostId: string, agentId: string, module = 'idle'): Promise<void> {
     const started = nextEvent<{ agentId: string }>(host.events, 'agent-started', (e) => e.agentId === agentId);
     await call(this.admin.dispatchAgent.bind(this.admin), {
@@ -178,6 +205,7 @@ export class Harness {
       spec: { kind: 'module', module, command: '', args: [], config: '' },
     });
     await started;
+    await waitUntil(async () => (await this.store.getAgent(agentId))?.state !== 'starting', `${agentId}'s start recorded by the control plane`);
   }
 
   /** Stops the control plane (leaves hosts running). */
@@ -196,6 +224,7 @@ export class Harness {
     for (const client of this.#clients) client.close();
     await this.cp.close();
     await this.store.close();
+    if (this.#options.storeLocation === undefined) await this.storeLocation.drop();
     if (this.#ownsDir) rmSync(this.dir, { recursive: true, force: true });
     assertNoSecrets(this.logs.text(), [this.adminToken], 'the captured logs');
   }

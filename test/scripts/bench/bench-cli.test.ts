@@ -5,12 +5,17 @@ describe('parseBenchArgs', () => {
   const defaults = { agents: [100_000, 5_000], hosts: [1_000, 50] } as const;
 
   it('takes the full sizes by default and the quick ones with --quick, at least 3 rounds', () => {
-    expect(parseBenchArgs([], defaults)).toEqual({ isQuick: false, rounds: 3, counts: { agents: 100_000, hosts: 1_000 } });
-    expect(parseBenchArgs(['--quick'], defaults)).toEqual({ isQuick: true, rounds: 3, counts: { agents: 5_000, hosts: 50 } });
+    expect(parseBenchArgs([], defaults)).toEqual({ isQuick: false, rounds: 3, counts: { agents: 100_000, hosts: 1_000 }, stores: ['sqlite'] });
+    expect(parseBenchArgs(['--quick'], defaults)).toEqual({ isQuick: true, rounds: 3, counts: { agents: 5_000, hosts: 50 }, stores: ['sqlite'] });
   });
 
   it('lets a flag override the size, quick or not', () => {
-    expect(parseBenchArgs(['--quick', '--agents', '200', '--rounds', '5'], defaults)).toEqual({ isQuick: true, rounds: 5, counts: { agents: 200, hosts: 50 } });
+    expect(parseBenchArgs(['--quick', '--agents', '200', '--rounds', '5'], defaults)).toEqual({ isQuick: true, rounds: 5, counts: { agents: 200, hosts: 50 }, stores: ['sqlite'] });
+  });
+
+  it('takes a list of stores to compare in one run', () => {
+    expect(parseBenchArgs(['--store', 'sqlite,postgres://u@db:5432/t']).stores).toEqual(['sqlite', 'postgres://u@db:5432/t']);
+    expect(parseBenchArgs(['--store', 'postgres://u@db/t']).stores).toEqual(['postgres://u@db/t']);
   });
 
   it.each([
@@ -21,6 +26,9 @@ describe('parseBenchArgs', () => {
     [['--agents', 'many']],
     [['--unknown']],
     [['positional']],
+    [['--store', 'mysql://db']],
+    [['--store', 'sqlite,']],
+    [['--store', 'sqlite,sqlite']],
   ])('refuses %j', (argv) => {
     expect(() => parseBenchArgs(argv, defaults)).toThrow();
   });
