@@ -7,6 +7,7 @@ import type { AdminTokenRecord, AdminTokenStore } from './admin-token-store.js';
 import type { AuditQuery, AuditRecord, AuditStore } from './audit-store.js';
 import type { EventFilter, EventIdRange, EventRecord, EventStore, NewEventRecord } from './event-store.js';
 import { migratePostgres } from './postgres-schema.js';
+import { AGENT_COLUMNS, HOST_COLUMNS } from './patch-columns.js';
 import {
   adminTokenFromRow,
   auditFromRow,
@@ -14,13 +15,11 @@ import {
   type AdminTokenRow,
   type AuditRow,
   type EventRow,
-  AGENT_COLUMNS,
   AGENT_INSERT_COLUMNS,
   agentFromRow,
   agentValues,
   columnValue,
   drainFromRow,
-  HOST_COLUMNS,
   HOST_INSERT_COLUMNS,
   hostFromRow,
   hostValues,
