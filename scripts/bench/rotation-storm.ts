@@ -257,31 +257,15 @@ async function main(store: string): Promise<void> {
       return BASELINE_SIGNATURES / ((performance.now() - startedMs) / 1000);
     };
 
-    const runWave = async (shape: Shape, followedBy: Shape): Promise<Wave> => {
-      wave++;
-      nextShape = followedBy;
-      let lastDueMs = Number.NEGATIVE_INFINITY;
-      let firstDueMs = Number.POSITIVE_INFINITY;
-      let firstExpiryMs = Number.POSITIVE_INFINITY;
-      for (const entry of held.values()) {
-        lastDueMs = Math.max(lastDueMs, entry.dueAtMs);
-        firstDueMs = Math.min(firstDueMs, entry.dueAtMs);
-        firstExpiryMs = Math.min(firstExpiryMs, entry.expiresAtMs);
-      }
-      if (!Number.isFinite(lastDueMs) || !Number.isFinite(firstDueMs)) throw new Error('bench: an agent holds a token whose due time was never reported');
-      waveStartMs = shape === 'all-due-at-once' ? Math.min(lastDueMs, firstExpiryMs - 1) : firstDueMs;
-      rotatedInWave = 0;
-      rotationsInWave = 0;
-      lateness = [];
-      const expiredBefore = expired;
-      clock.jumpTo(waveStartMs);
+    /** Runs the clock (sweeping expiries) until `isDone` settles, then the wave's figures: CPU, rate, lateness, expired. */
+    const measureWave = async (expiredBefore: number, isDone: () => Promise<void>): Promise<Wave> => {
       const cpuAt = process.cpuUsage();
       const loopAtUs = mainThreadCpuUs();
       const startedMs = performance.now();
       clock.resume();
       const sweeper = setInterval(sweep, SWEEP_EVERY_MS);
       try {
-        await until(() => rotatedInWave === AGENTS, `every agent rotated in wave ${wave}`, 5);
+        await isDone();
       } finally {
         clearInterval(sweeper);
       }
@@ -301,6 +285,27 @@ async function main(store: string): Promise<void> {
         cpuPct: ((cpu.user + cpu.system) / 1000 / wallMs) * 100,
         wallMs,
       };
+    };
+
+    const runWave = async (shape: Shape, followedBy: Shape): Promise<Wave> => {
+      wave++;
+      nextShape = followedBy;
+      let lastDueMs = Number.NEGATIVE_INFINITY;
+      let firstDueMs = Number.POSITIVE_INFINITY;
+      let firstExpiryMs = Number.POSITIVE_INFINITY;
+      for (const entry of held.values()) {
+        lastDueMs = Math.max(lastDueMs, entry.dueAtMs);
+        firstDueMs = Math.min(firstDueMs, entry.dueAtMs);
+        firstExpiryMs = Math.min(firstExpiryMs, entry.expiresAtMs);
+      }
+      if (!Number.isFinite(lastDueMs) || !Number.isFinite(firstDueMs)) throw new Error('bench: an agent holds a token whose due time was never reported');
+      waveStartMs = shape === 'all-due-at-once' ? Math.min(lastDueMs, firstExpiryMs - 1) : firstDueMs;
+      rotatedInWave = 0;
+      rotationsInWave = 0;
+      lateness = [];
+      const expiredBefore = expired;
+      clock.jumpTo(waveStartMs);
+      return measureWave(expiredBefore, () => until(() => rotatedInWave === AGENTS, `every agent rotated in wave ${wave}`, 5));
     };
 
     /** Re-issues every agent's token (forced rotations, clock frozen) at times spread evenly over 0.45 TTL. */
@@ -332,32 +337,7 @@ async function main(store: string): Promise<void> {
       lateness = [];
       const expiredBefore = expired;
       clock.jumpTo(fromMs);
-      const cpuAt = process.cpuUsage();
-      const loopAtUs = mainThreadCpuUs();
-      const startedMs = performance.now();
-      clock.resume();
-      const sweeper = setInterval(sweep, SWEEP_EVERY_MS);
-      try {
-        await until(() => clock.now() >= toMs, `the steady window to ${toMs}`, 5);
-      } finally {
-        clearInterval(sweeper);
-      }
-      clock.freeze();
-      const wallMs = performance.now() - startedMs;
-      const cpu = process.cpuUsage(cpuAt);
-      const loopUs = mainThreadCpuUs() - loopAtUs;
-      sweep();
-      return {
-        cpuUsPerRotation: (cpu.user + cpu.system) / Math.max(1, rotationsInWave),
-        loopUsPerRotation: loopUs / Math.max(1, rotationsInWave),
-        perSecond: rotationsInWave / (wallMs / 1000),
-        p50LatenessMs: quantile(lateness, 0.5),
-        p99LatenessMs: quantile(lateness, 0.99),
-        maxLatenessMs: quantile(lateness, 1),
-        expired: expired - expiredBefore,
-        cpuPct: ((cpu.user + cpu.system) / 1000 / wallMs) * 100,
-        wallMs,
-      };
+      return measureWave(expiredBefore, () => until(() => clock.now() >= toMs, `the steady window to ${toMs}`, 5));
     };
 
     const results: { baseline: number[]; 'all-due-at-once': Wave[]; jittered: Wave[]; steady: Wave[] } = { baseline: [], 'all-due-at-once': [], jittered: [], steady: [] };
