@@ -8,35 +8,31 @@ import type { AuditQuery, AuditRecord, AuditStore } from './audit-store.js';
 import type { EventFilter, EventIdRange, EventRecord, EventStore, NewEventRecord } from './event-store.js';
 import { migratePostgres } from './postgres-schema.js';
 import { AGENT_COLUMNS, HOST_COLUMNS } from './patch-columns.js';
+import { AGENT_INSERT_COLUMNS, agentValues, columnValue, HOST_INSERT_COLUMNS, hostValues } from './postgres-rows.js';
+import { redactConnectionString } from './postgres-url.js';
+import { RESTORE_GENERATION_GAP } from './sqlite-backup.js';
 import {
   adminTokenFromRow,
-  auditFromRow,
-  eventFromRow,
-  type AdminTokenRow,
-  type AuditRow,
-  type EventRow,
-  AGENT_INSERT_COLUMNS,
   agentFromRow,
-  agentValues,
-  columnValue,
+  auditFromRow,
   drainFromRow,
-  HOST_INSERT_COLUMNS,
+  eventFromRow,
   hostFromRow,
-  hostValues,
   keyFromRow,
   messageFromRow,
   moveFromRow,
   transitionFromRow,
+  type AdminTokenRow,
   type AgentRow,
+  type AuditRow,
   type DrainRow,
+  type EventRow,
   type HostRow,
   type KeyRow,
   type MessageRow,
   type MoveRow,
   type TransitionRow,
-} from './postgres-rows.js';
-import { redactConnectionString } from './postgres-url.js';
-import { RESTORE_GENERATION_GAP } from './sqlite-backup.js';
+} from './store-rows.js';
 import { ENDED_AGENT_STATES, LIVE_AGENT_STATES, MAX_TRANSITIONS_PER_AGENT, senderName, senderPrincipal } from './store.js';
 import type {
   AgentCredentialState,

@@ -3,10 +3,10 @@ import { closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { AlreadyExistsError, ClosedError, FailedPreconditionError, NotFoundError, ResourceExhaustedError } from '../../common/errors.js';
-import type { AdminRoleName, AdminTokenRecord, AdminTokenStore } from './admin-token-store.js';
-import type { AuditQuery, AuditRecord, AuditStore, AuditTarget } from './audit-store.js';
+import type { AdminTokenRecord, AdminTokenStore } from './admin-token-store.js';
+import type { AuditQuery, AuditRecord, AuditStore } from './audit-store.js';
 import { migrate } from './sqlite-schema.js';
-import type { EventFilter, EventIdRange, EventKind, EventRecord, EventStore, NewEventRecord } from './event-store.js';
+import type { EventFilter, EventIdRange, EventRecord, EventStore, NewEventRecord } from './event-store.js';
 import { ENDED_AGENT_STATES, LIVE_AGENT_STATES, MAX_TRANSITIONS_PER_AGENT, senderName, senderPrincipal } from './store.js';
 import type {
   AgentCredentialState,
@@ -15,7 +15,6 @@ import type {
   AgentTransitionRecord,
   AgentPatch,
   AgentRecord,
-  AgentSpecRecord,
   AgentStateName,
   AppendRequest,
   AppendResult,
@@ -26,7 +25,6 @@ import type {
   HostPatch,
   HostRecord,
   HostStateName,
-  LabelRecord,
   MessageRecord,
   MessageStateName,
   OutboxBatch,
@@ -34,284 +32,35 @@ import type {
   PlaceAgentResult,
   ReserveMoveResult,
   SigningKeyRecord,
-  RestartPolicyName,
-  SigningKeyState,
   SigningKeyTransition,
   Store,
 } from './store.js';
 import { AGENT_COLUMNS, HOST_COLUMNS } from './patch-columns.js';
-
-interface AdminTokenRow {
-  token_id: string;
-  name: string;
-  role: string;
-  secret_hash: string;
-  created_at_ms: number;
-  created_by: string;
-  retired_at_ms: number | null;
-}
-
-function adminTokenFromRow(row: AdminTokenRow): AdminTokenRecord {
-  return {
-    tokenId: row.token_id,
-    name: row.name,
-    role: row.role as AdminRoleName,
-    secretHash: row.secret_hash,
-    createdAtMs: row.created_at_ms,
-    createdBy: row.created_by,
-    retiredAtMs: row.retired_at_ms,
-  };
-}
-
-interface AuditRow {
-  id: number;
-  at_ms: number;
-  token_id: string;
-  method: string;
-  targets: string;
-  code: number;
-}
-
-function auditFromRow(row: AuditRow): AuditRecord {
-  return { id: row.id, atMs: row.at_ms, tokenId: row.token_id, method: row.method, targets: JSON.parse(row.targets) as AuditTarget[], code: row.code };
-}
-
-interface AgentRow {
-  agent_id: string;
-  name: string;
-  state: string;
-  host_id: string | null;
-  host_labels: string;
-  spec: string;
-  incarnation: number;
-  generation: number;
-  token_id: string | null;
-  issued_at_ms: number;
-  expires_at_ms: number;
-  rotation_due_at_ms: number;
-  previous_expires_at_ms: number;
-  acked_generation: number;
-  acked_expires_at_ms: number;
-  created_at_ms: number;
-  updated_at_ms: number;
-  detail: string;
-  last_seq: number;
-  acked_seq: number;
-  requested_host_id: string | null;
-  restarts: number;
-  last_error: string;
-  last_error_at_ms: number;
-  is_ensured: number;
-  restart_policy: string;
-  failures: number;
-  restart_at_ms: number;
-  running_since_ms: number;
-}
-
-interface TransitionRow {
-  agent_id: string;
-  at_ms: number;
-  from_state: string | null;
-  to_state: string;
-  host_id: string | null;
-  incarnation: number;
-  reason: string;
-}
-
-interface MessageRow {
-  agent_id: string;
-  seq: number;
-  id: string;
-  sender: string;
-  sender_principal: string;
-  content_type: string;
-  payload: Buffer;
-  created_at_ms: number;
-  state: string;
-  attempts: number;
-  last_error: string;
-  idempotency_key: string | null;
-}
-
-interface HostRow {
-  host_id: string;
-  name: string;
-  state: string;
-  join_secret_hash: string | null;
-  join_expires_at_ms: number;
-  join_lease_session_id: string | null;
-  credential_generation: number;
-  min_valid_generation: number;
-  credential_issued_at_ms: number;
-  credential_expires_at_ms: number;
-  capacity: number;
-  labels: string;
-  last_seen_ms: number;
-  created_at_ms: number;
-  is_schedulable: number;
-}
-
-interface KeyRow {
-  kid: string;
-  purpose: string;
-  state: string;
-  private_jwk: string | null;
-  public_jwk: string;
-  created_at_ms: number;
-  signing_since_ms: number | null;
-  retired_at_ms: number | null;
-  verify_until_ms: number | null;
-}
-
-function agentFromRow(row: AgentRow): AgentRecord {
-  return {
-    agentId: row.agent_id,
-    name: row.name,
-    state: row.state as AgentStateName,
-    hostId: row.host_id,
-    hostLabels: JSON.parse(row.host_labels) as LabelRecord[],
-    spec: JSON.parse(row.spec) as AgentSpecRecord,
-    incarnation: row.incarnation,
-    generation: row.generation,
-    tokenId: row.token_id,
-    issuedAtMs: row.issued_at_ms,
-    expiresAtMs: row.expires_at_ms,
-    rotationDueAtMs: row.rotation_due_at_ms,
-    previousExpiresAtMs: row.previous_expires_at_ms,
-    ackedGeneration: row.acked_generation,
-    ackedExpiresAtMs: row.acked_expires_at_ms,
-    createdAtMs: row.created_at_ms,
-    updatedAtMs: row.updated_at_ms,
-    detail: row.detail,
-    lastSeq: row.last_seq,
-    ackedSeq: row.acked_seq,
-    requestedHostId: row.requested_host_id,
-    restarts: row.restarts,
-    lastError: row.last_error,
-    lastErrorAtMs: row.last_error_at_ms,
-    isEnsured: row.is_ensured === 1,
-    restartPolicy: row.restart_policy as RestartPolicyName,
-    failures: row.failures,
-    restartAtMs: row.restart_at_ms,
-    runningSinceMs: row.running_since_ms,
-  };
-}
-
-function transitionFromRow(row: TransitionRow): AgentTransitionRecord {
-  return {
-    agentId: row.agent_id,
-    atMs: row.at_ms,
-    fromState: row.from_state as AgentStateName | null,
-    toState: row.to_state as AgentStateName,
-    hostId: row.host_id,
-    incarnation: row.incarnation,
-    reason: row.reason,
-  };
-}
+import {
+  adminTokenFromRow,
+  agentFromRow,
+  auditFromRow,
+  drainFromRow,
+  eventFromRow,
+  hostFromRow,
+  keyFromRow,
+  messageFromRow,
+  moveFromRow,
+  transitionFromRow,
+  type AdminTokenRow,
+  type AgentRow,
+  type AuditRow,
+  type DrainRow,
+  type EventRow,
+  type HostRow,
+  type KeyRow,
+  type MessageRow,
+  type MoveRow,
+  type TransitionRow,
+} from './store-rows.js';
 
 /** Longest reason kept in a transition (a host's detail can be long). */
 const MAX_REASON_CHARS = 1024;
-
-function messageFromRow(row: MessageRow): MessageRecord {
-  return {
-    agentId: row.agent_id,
-    seq: row.seq,
-    id: row.id,
-    from: row.sender,
-    contentType: row.content_type,
-    payload: row.payload,
-    createdAtMs: row.created_at_ms,
-    state: row.state as MessageStateName,
-    attempts: row.attempts,
-    lastError: row.last_error,
-    idempotencyKey: row.idempotency_key,
-  };
-}
-
-function hostFromRow(row: HostRow): HostRecord {
-  return {
-    hostId: row.host_id,
-    name: row.name,
-    state: row.state as HostRecord['state'],
-    joinSecretHash: row.join_secret_hash,
-    joinExpiresAtMs: row.join_expires_at_ms,
-    joinLeaseSessionId: row.join_lease_session_id,
-    credentialGeneration: row.credential_generation,
-    minValidGeneration: row.min_valid_generation,
-    credentialIssuedAtMs: row.credential_issued_at_ms,
-    credentialExpiresAtMs: row.credential_expires_at_ms,
-    capacity: row.capacity,
-    labels: JSON.parse(row.labels) as LabelRecord[],
-    lastSeenMs: row.last_seen_ms,
-    createdAtMs: row.created_at_ms,
-    isSchedulable: row.is_schedulable !== 0,
-  };
-}
-
-interface EventRow {
-  id: number;
-  at_ms: number;
-  kind: string;
-  agent_id: string;
-  host_id: string;
-  incarnation: number;
-  generation: number;
-  key_id: string;
-  reason: string;
-  detail: string;
-}
-
-function eventFromRow(row: EventRow): EventRecord {
-  return {
-    id: row.id,
-    atMs: row.at_ms,
-    kind: row.kind as EventKind,
-    agentId: row.agent_id,
-    hostId: row.host_id,
-    incarnation: row.incarnation,
-    generation: row.generation,
-    keyId: row.key_id,
-    reason: row.reason,
-    detail: row.detail,
-  };
-}
-
-interface DrainRow {
-  host_id: string;
-  state: string;
-  started_at_ms: number;
-  updated_at_ms: number;
-}
-
-function drainFromRow(row: DrainRow): HostDrainRecord {
-  return { hostId: row.host_id, state: row.state as HostDrainState, startedAtMs: row.started_at_ms, updatedAtMs: row.updated_at_ms };
-}
-
-interface MoveRow {
-  agent_id: string;
-  from_host_id: string;
-  to_host_id: string;
-  incarnation: number;
-  reserved_at_ms: number;
-}
-
-function moveFromRow(row: MoveRow): AgentMoveRecord {
-  return { agentId: row.agent_id, fromHostId: row.from_host_id, toHostId: row.to_host_id, incarnation: row.incarnation, reservedAtMs: row.reserved_at_ms };
-}
-
-function keyFromRow(row: KeyRow): SigningKeyRecord {
-  return {
-    kid: row.kid,
-    purpose: row.purpose,
-    state: row.state as SigningKeyState,
-    privateJwk: row.private_jwk,
-    publicJwk: row.public_jwk,
-    createdAtMs: row.created_at_ms,
-    signingSinceMs: row.signing_since_ms,
-    retiredAtMs: row.retired_at_ms,
-    verifyUntilMs: row.verify_until_ms,
-  };
-}
 
 /** Thrown inside a key transition whose condition does not hold, to roll it back. */
 class TransitionRefused extends Error {}
