@@ -16,7 +16,6 @@
 import { EventEmitter } from 'node:events';
 import { randomBytes, randomInt } from 'node:crypto';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -35,6 +34,7 @@ import { LogCapture } from '../support/log-capture.js';
 import { createTestSchema, isPostgresAvailable } from '../support/postgres.js';
 import { assertNoSecrets } from '../support/secrets.js';
 import { HANG_BOUND_MS, nextEvent, waitUntil } from '../support/wait.js';
+import { freePort } from '../support/free-port.js';
 
 const isAvailable = await isPostgresAvailable('the control-plane move (PostgreSQL)');
 
@@ -52,19 +52,6 @@ const RUN_BOUND_MS = 150_000;
 const TRANSIENT = new Set<grpc.status>([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED]);
 /** Error names that would mean an agent's credential was refused somewhere. */
 const AUTH_FAILURES = new Set(['UnauthenticatedError', 'TokenExpiredError', 'TokenRevokedError', 'PermissionDeniedError']);
-
-/** A loopback port nothing listens on now: bound at 0, read, closed. */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (address === null || typeof address === 'string') throw new Error('no port bound');
-  return address.port;
-}
 
 /** What the agents got, per agent in arrival order, how often each module started, and what their tool calls met. */
 class Recorder {

@@ -5,7 +5,6 @@
  * pruned id is refused with OUT_OF_RANGE naming the oldest kept; a watcher that
  * never reads is cut, told, and holds no more than its bound meanwhile.
  */
-import { createServer } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ANY_EVENT } from '../../control-plane/store/event-store.js';
@@ -16,6 +15,7 @@ import { FaultProxy } from '../support/fault-proxy.js';
 import { call, Harness } from '../support/harness.js';
 import { UnreadGrpcStream } from '../support/unread-grpc-stream.js';
 import { waitUntil } from '../support/wait.js';
+import { freePort } from '../support/free-port.js';
 
 const AGENT_TTL_MS = 60_000;
 const TOLERANCE_MS = 1_000;
@@ -37,16 +37,6 @@ function watch(client: AdminServiceClient, request: Partial<WatchEventsRequest> 
   stream.on('error', () => {});
   stream.on('data', (m: { event?: Event }) => void (m.event !== undefined && events.push(m.event)));
   return { events, status, stream, cancel: () => stream.cancel() };
-}
-
-/** A port free now (to restart a control plane on the same address). */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  return address.port;
 }
 
 /** `kind` plus its agent or host, the way the order assertions name events. */
